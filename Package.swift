@@ -1,0 +1,77 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// One place for dependency versions: these are the versions available offline on the project's machines.
+let dependencies: [Package.Dependency] = [
+    .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+    .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
+    .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+    .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+    .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+    .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+]
+
+let nio: [Target.Dependency] = [
+    .product(name: "NIOCore", package: "swift-nio"),
+    .product(name: "NIOPosix", package: "swift-nio"),
+    .product(name: "NIOHTTP1", package: "swift-nio"),
+]
+
+let package = Package(
+    name: "portcullis",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "portcullis", targets: ["portcullis"])
+    ],
+    dependencies: dependencies,
+    targets: [
+        .systemLibrary(name: "CCrypt", path: "Sources/CCrypt", providers: [.apt(["libcrypt-dev"])]),
+        .target(
+            name: "PortcullisAuth",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .target(
+            name: "PortcullisStores",
+            dependencies: [
+                "CCrypt",
+                "PortcullisAuth",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ] + nio
+        ),
+        .target(
+            name: "PortcullisProxy",
+            dependencies: [
+                "PortcullisAuth",
+                "PortcullisStores",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOExtras", package: "swift-nio-extras"),
+            ] + nio
+        ),
+        .target(
+            name: "PortcullisServer",
+            dependencies: [
+                "PortcullisProxy",
+                "PortcullisStores",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOExtras", package: "swift-nio-extras"),
+                .product(name: "Yams", package: "Yams"),
+            ] + nio
+        ),
+        .executableTarget(
+            name: "portcullis",
+            dependencies: [
+                "PortcullisServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "PortcullisAuthTests", dependencies: ["PortcullisAuth"]),
+        .testTarget(name: "PortcullisStoresTests", dependencies: ["PortcullisStores"]),
+        .testTarget(
+            name: "PortcullisProxyTests",
+            dependencies: ["PortcullisProxy", .product(name: "NIOEmbedded", package: "swift-nio")] + nio
+        ),
+    ],
+    swiftLanguageModes: [.v5]
+)

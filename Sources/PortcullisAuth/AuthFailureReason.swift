@@ -1,0 +1,34 @@
+/// Why a request did not pass the proxy's authentication gate.
+///
+/// The same reasons feed the client's 407 body, the `Proxy-Status` header, logs and (later)
+/// metrics, so their ``token`` values are stable identifiers, never free text.
+public enum AuthFailureReason: String, Sendable, Hashable, CaseIterable {
+    /// No `Proxy-Authorization` header at all.
+    case missingCredentials = "missing-credentials"
+    /// A `Proxy-Authorization` header with a scheme this proxy does not offer.
+    case unsupportedScheme = "unsupported-scheme"
+    /// The scheme is right but the credentials cannot be decoded.
+    case malformedCredentials = "malformed-credentials"
+    /// Unknown user or wrong password: deliberately one reason so the client cannot tell them apart.
+    case invalidCredentials = "invalid-credentials"
+
+    /// A stable identifier for headers, logs and metrics labels.
+    public var token: String { self.rawValue }
+}
+
+/// The detail behind a ``AuthFailureReason``: what the client sent wrong, in words it can act on.
+///
+/// Never contains any part of the submitted credentials.
+public struct AuthFailure: Error, Sendable, Hashable {
+    public var reason: AuthFailureReason
+    /// A sentence for the client (407 body) and the operator's log.
+    public var explanation: String
+    /// The scheme the client used, if any (lower-cased); useful in logs, never a secret.
+    public var presentedScheme: String?
+
+    public init(reason: AuthFailureReason, explanation: String, presentedScheme: String? = nil) {
+        self.reason = reason
+        self.explanation = explanation
+        self.presentedScheme = presentedScheme
+    }
+}

@@ -1,0 +1,109 @@
+/// Authentication schemes the gate can offer, in challenge order.
+public enum AuthScheme: String, Sendable, Hashable, CaseIterable {
+    case basic
+}
+
+/// The gate's verdict on a request's `Proxy-Authorization` fields, before any store is asked.
+public enum GateDecision: Sendable, Hashable {
+    /// Well-formed Basic credentials that a credential store must now verify.
+    case verifyBasic(BasicCredentials)
+    /// Unusable credentials: answer 407 with this failure.
+    case reject(AuthFailure)
+}
+
+/// Decides, from the request's `Proxy-Authorization` field values alone, whether credentials are
+/// usable and for which scheme; renders the challenges of the 407 response.
+///
+/// Pure logic: no I/O, no clock. The channel handler asks it, then asks a store.
+public struct ProxyAuthGate: Sendable {
+    public var realm: String
+    public var schemes: [AuthScheme]
+
+    public init(realm: String, schemes: [AuthScheme] = [.basic]) {
+        self.realm = realm
+        self.schemes = schemes
+    }
+
+    /// The `Proxy-Authenticate` field values of a 407, one per offered scheme, in order.
+    public var challenges: [String] {
+        self.schemes.map { scheme in
+            switch scheme {
+            case .basic:
+                return "Basic realm=\(Self.quoted(self.realm)), charset=\"UTF-8\""
+            }
+        }
+    }
+
+    /// Evaluates the `Proxy-Authorization` field values of one request.
+    public func evaluate(proxyAuthorization values: [String]) -> GateDecision {
+        guard let first = values.first else {
+            return .reject(
+                AuthFailure(
+                    reason: .missingCredentials,
+                    explanation: "no Proxy-Authorization header was sent; this proxy requires \(self.offeredNames) credentials"
+                )
+            )
+        }
+        guard values.count == 1 else {
+            return .reject(
+                AuthFailure(
+                    reason: .malformedCredentials,
+                    explanation: "more than one Proxy-Authorization header was sent; send exactly one"
+                )
+            )
+        }
+        guard let credentials = Credentials(fieldValue: first) else {
+            return .reject(
+                AuthFailure(
+                    reason: .malformedCredentials,
+                    explanation: "the Proxy-Authorization header does not start with an authentication scheme"
+                )
+            )
+        }
+        if credentials.schemeIs("basic"), self.schemes.contains(.basic) {
+            switch BasicCredentials.decode(token68: credentials.parameters) {
+            case .success(let basic):
+                return .verifyBasic(basic)
+            case .failure(let failure):
+                return .reject(failure)
+            }
+        }
+        let scheme = credentials.scheme.lowercased()
+        return .reject(
+            AuthFailure(
+                reason: .unsupportedScheme,
+                explanation:
+                    "the Proxy-Authorization header uses the \(Self.displayName(scheme)) scheme; this proxy accepts \(self.offeredNames)",
+                presentedScheme: scheme.count <= 32 ? scheme : nil
+            )
+        )
+    }
+
+    private var offeredNames: String {
+        self.schemes.map { Self.displayName($0.rawValue) }.joined(separator: " or ")
+    }
+
+    private static func displayName(_ lowercasedScheme: String) -> String {
+        switch lowercasedScheme {
+        case "basic": return "Basic"
+        case "digest": return "Digest"
+        case "negotiate": return "Negotiate"
+        case "ntlm": return "NTLM"
+        case "bearer": return "Bearer"
+        default:
+            // Only echo a short token; anything else could be a secret pasted in the wrong place.
+            return lowercasedScheme.count <= 32 ? lowercasedScheme : "an unknown"
+        }
+    }
+
+    /// quoted-string (RFC 9110 §5.6.4) with `"` and `\` escaped.
+    static func quoted(_ s: String) -> String {
+        var out = "\""
+        for c in s {
+            if c == "\"" || c == "\\" { out.append("\\") }
+            out.append(c)
+        }
+        out.append("\"")
+        return out
+    }
+}

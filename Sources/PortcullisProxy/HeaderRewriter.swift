@@ -1,0 +1,74 @@
+import NIOHTTP1
+
+/// Header rewriting a forward proxy owes each hop (RFC 9110 §7.6.1).
+enum HeaderRewriter {
+    /// The pseudonym this proxy uses in `Via`.
+    static let viaValue = "1.1 portcullis"
+
+    /// Hop-by-hop fields removed in both directions, plus the proxy-auth fields which belong
+    /// to this hop only: `Proxy-Authorization` must never reach an origin, and an origin's
+    /// `Proxy-Authenticate` must not make the client prompt for proxy credentials.
+    @inline(__always)
+    static func isAlwaysHopByHop(_ name: String) -> Bool {
+        switch name.utf8.count {
+        case 2: return name.caseInsensitiveEquals("te")
+        case 7: return name.caseInsensitiveEquals("trailer") || name.caseInsensitiveEquals("upgrade")
+        case 10: return name.caseInsensitiveEquals("connection") || name.caseInsensitiveEquals("keep-alive")
+        case 16: return name.caseInsensitiveEquals("proxy-connection")
+        case 18: return name.caseInsensitiveEquals("proxy-authenticate")
+        case 19: return name.caseInsensitiveEquals("proxy-authorization")
+        case 25: return name.caseInsensitiveEquals("proxy-authentication-info")
+        default: return false
+        }
+    }
+
+    /// Field names listed in `Connection` (they are hop-by-hop for this message), lower-cased.
+    static func connectionOptions(_ headers: HTTPHeaders) -> [String] {
+        var names: [String] = []
+        for (name, value) in headers where name.caseInsensitiveEquals("connection") {
+            for token in value.split(separator: ",") {
+                let trimmed = token.trimmingCharacters(in: " \t")
+                if !trimmed.isEmpty { names.append(trimmed.lowercased()) }
+            }
+        }
+        return names
+    }
+
+    /// The headers to send to the next hop: hop-by-hop fields removed, `Via` appended.
+    static func forwardable(_ headers: HTTPHeaders, extraCapacity: Int = 2) -> HTTPHeaders {
+        let options = connectionOptions(headers).filter { $0 != "close" && $0 != "keep-alive" }
+        var out = HTTPHeaders()
+        out.reserveCapacity(headers.count + extraCapacity)
+        for (name, value) in headers {
+            if isAlwaysHopByHop(name) { continue }
+            if !options.isEmpty, options.contains(where: { name.caseInsensitiveEquals($0) }) { continue }
+            out.add(name: name, value: value)
+        }
+        out.add(name: "Via", value: viaValue)
+        return out
+    }
+}
+
+extension String {
+    @inline(__always)
+    func caseInsensitiveEquals(_ other: String) -> Bool {
+        let a = self.utf8
+        let b = other.utf8
+        guard a.count == b.count else { return false }
+        for (x, y) in zip(a, b) {
+            let lx = (x >= 65 && x <= 90) ? x | 0x20 : x
+            let ly = (y >= 65 && y <= 90) ? y | 0x20 : y
+            if lx != ly { return false }
+        }
+        return true
+    }
+}
+
+extension Substring {
+    func trimmingCharacters(in set: String) -> Substring {
+        var s = self
+        while let f = s.first, set.contains(f) { s = s.dropFirst() }
+        while let l = s.last, set.contains(l) { s = s.dropLast() }
+        return s
+    }
+}

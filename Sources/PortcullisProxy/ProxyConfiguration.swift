@@ -1,0 +1,49 @@
+import Logging
+import NIOCore
+import NIOPosix
+import PortcullisAuth
+import PortcullisStores
+
+/// Everything that shapes how the proxy treats a connection.
+public struct ProxyConfiguration: Sendable {
+    public var realm: String = "Portcullis"
+    /// Schemes offered, in challenge order; empty means authentication is off.
+    public var authSchemes: [AuthScheme] = [.basic]
+    public var destinationPolicy = DestinationPolicy(allowPrivateDestinations: false)
+    public var connectPorts: Set<Int> = [443]
+    public var upstreamConnectTimeout: TimeAmount = .seconds(10)
+    public var upstreamResponseTimeout: TimeAmount = .seconds(60)
+    public var tunnelIdleTimeout: TimeAmount = .minutes(10)
+    public var clientIdleTimeout: TimeAmount = .seconds(60)
+    /// Idle upstream connections kept per origin and event loop.
+    public var maximumIdleUpstreamPerOrigin: Int = 32
+    public var upstreamIdleTimeout: TimeAmount = .seconds(30)
+    /// How much of a rejected request's body is read and discarded to keep the connection.
+    public var rejectedBodyDrainLimit: Int = 1 << 20
+
+    public init() {}
+}
+
+/// What every connection handler of one server shares.
+public final class ProxyContext: Sendable {
+    public let configuration: ProxyConfiguration
+    public let gate: ProxyAuthGate
+    public let verifier: CredentialVerifier?
+    public let threadPool: NIOThreadPool
+    public let logger: Logger
+
+    public init(
+        configuration: ProxyConfiguration,
+        verifier: CredentialVerifier?,
+        threadPool: NIOThreadPool,
+        logger: Logger
+    ) {
+        self.configuration = configuration
+        self.gate = ProxyAuthGate(realm: configuration.realm, schemes: configuration.authSchemes)
+        self.verifier = verifier
+        self.threadPool = threadPool
+        self.logger = logger
+    }
+
+    var authenticationEnabled: Bool { !self.configuration.authSchemes.isEmpty }
+}

@@ -1,0 +1,144 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import PortcullisAuth
+
+/// A response the proxy generates itself, with its RFC 9209 `Proxy-Status`.
+struct ProxyResponse {
+    var status: HTTPResponseStatus
+    /// RFC 9209 error type (`dns_error`, `connection_refused`, …), if any.
+    var proxyError: String?
+    /// A short machine-readable detail for `Proxy-Status` (`details=`).
+    var details: String?
+    /// One line for the client. Never a secret.
+    var message: String
+    var extraHeaders: [(String, String)] = []
+
+    static func badRequest(_ message: String) -> ProxyResponse {
+        ProxyResponse(status: .badRequest, proxyError: nil, details: "bad-request", message: message)
+    }
+
+    static func proxyAuthenticationRequired(_ failure: AuthFailure, challenges: [String]) -> ProxyResponse {
+        ProxyResponse(
+            status: .proxyAuthenticationRequired,
+            proxyError: nil,
+            details: failure.reason.token,
+            message: "Proxy authentication required: \(failure.explanation).",
+            extraHeaders: challenges.map { ("Proxy-Authenticate", $0) }
+        )
+    }
+
+    /// The `Proxy-Status` field value (an RFC 8941 list member: `portcullis; error=…; details="…"`).
+    var proxyStatus: String {
+        var value = "portcullis"
+        if let proxyError { value += "; error=\(proxyError)" }
+        if let details { value += "; details=\(Self.sfString(details))" }
+        return value
+    }
+
+    func head(version: HTTPVersion, close: Bool) -> HTTPResponseHead {
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(6 + self.extraHeaders.count)
+        for (name, value) in self.extraHeaders { headers.add(name: name, value: value) }
+        headers.add(name: "Proxy-Status", value: self.proxyStatus)
+        headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
+        headers.add(name: "Content-Length", value: String(self.body.utf8.count))
+        headers.add(name: "Cache-Control", value: "no-store")
+        if close { headers.add(name: "Connection", value: "close") }
+        return HTTPResponseHead(version: version, status: self.status, headers: headers)
+    }
+
+    var body: String { "\(self.status.code) \(self.status.reasonPhrase): \(self.message)\n" }
+
+    /// An RFC 8941 sf-string: printable ASCII with `"` and `\` escaped; anything else replaced.
+    static func sfString(_ s: String) -> String {
+        var out = "\""
+        for scalar in s.unicodeScalars.prefix(200) {
+            switch scalar.value {
+            case 0x22, 0x5C:
+                out.append("\\")
+                out.unicodeScalars.append(scalar)
+            case 0x20...0x7E:
+                out.unicodeScalars.append(scalar)
+            default:
+                out.append("?")
+            }
+        }
+        out.append("\"")
+        return out
+    }
+}
+
+extension ProxyResponse {
+    /// Maps a failure to reach an origin to the response the client gets.
+    static func upstreamConnectFailure(_ error: any Error, target: OriginAuthority) -> ProxyResponse {
+        let name = "\(target.host):\(target.port)"
+        if let resolution = Self.resolutionError(in: error) {
+            switch resolution {
+            case .destinationDenied:
+                return ProxyResponse(
+                    status: .forbidden,
+                    proxyError: "destination_ip_prohibited",
+                    details: "internal destinations are not allowed",
+                    message:
+                        "\(target.host) resolves only to loopback/private/link-local addresses, which this proxy does not reach (see --allow-private-destinations)."
+                )
+            case .nameNotResolved(let why):
+                return ProxyResponse(
+                    status: .badGateway,
+                    proxyError: "dns_error",
+                    details: why,
+                    message: "the name \(target.host) could not be resolved (\(why))."
+                )
+            }
+        }
+        if Self.isTimeout(error) {
+            return ProxyResponse(
+                status: .gatewayTimeout,
+                proxyError: "connection_timeout",
+                details: "connect timed out",
+                message: "connecting to \(name) timed out."
+            )
+        }
+        if Self.isRefused(error) {
+            return ProxyResponse(
+                status: .badGateway,
+                proxyError: "connection_refused",
+                details: "connection refused",
+                message: "\(name) refused the connection."
+            )
+        }
+        return ProxyResponse(
+            status: .badGateway,
+            proxyError: "destination_unavailable",
+            details: "connect failed",
+            message: "could not connect to \(name)."
+        )
+    }
+
+    private static func resolutionError(in error: any Error) -> ResolutionError? {
+        if let r = error as? ResolutionError { return r }
+        if let connection = error as? NIOConnectionError {
+            // Both queries share one lookup, so either error tells the story.
+            if let r = connection.dnsAError as? ResolutionError { return r }
+            if let r = connection.dnsAAAAError as? ResolutionError { return r }
+        }
+        return nil
+    }
+
+    private static func isTimeout(_ error: any Error) -> Bool {
+        if let channelError = error as? ChannelError, case .connectTimeout = channelError { return true }
+        if let connection = error as? NIOConnectionError {
+            return connection.connectionErrors.contains { isTimeout($0.error) }
+        }
+        return false
+    }
+
+    private static func isRefused(_ error: any Error) -> Bool {
+        if let io = error as? IOError, io.errnoCode == ECONNREFUSED { return true }
+        if let connection = error as? NIOConnectionError {
+            return !connection.connectionErrors.isEmpty && connection.connectionErrors.allSatisfy { isRefused($0.error) }
+        }
+        return false
+    }
+}

@@ -1,0 +1,214 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// Idle keep-alive connections to origins, for one event loop (no locks: only that loop uses it).
+final class UpstreamPool {
+    struct Key: Hashable {
+        var host: String
+        var port: Int
+    }
+
+    private var idle: [Key: [UpstreamHandler]] = [:]
+    private let maximumIdlePerOrigin: Int
+    private let idleTimeout: TimeAmount
+    private var sweeper: RepeatedTask?
+
+    init(eventLoop: any EventLoop, maximumIdlePerOrigin: Int, idleTimeout: TimeAmount) {
+        self.maximumIdlePerOrigin = maximumIdlePerOrigin
+        self.idleTimeout = idleTimeout
+        let interval = TimeAmount.nanoseconds(max(idleTimeout.nanoseconds / 2, TimeAmount.seconds(1).nanoseconds))
+        let weakSelf = NIOLoopBound(WeakBox(self), eventLoop: eventLoop)
+        self.sweeper = eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+            weakSelf.value.value?.closeExpired()
+        }
+    }
+
+    /// The most recently used idle connection to `key`, if any is still fresh.
+    func acquire(_ key: Key) -> UpstreamHandler? {
+        let deadline = NIODeadline.now() - self.idleTimeout
+        while var list = self.idle[key], let handler = list.popLast() {
+            self.idle[key] = list.isEmpty ? nil : list
+            if handler.isUsable, handler.idleSince > deadline {
+                return handler
+            }
+            handler.close()
+        }
+        return nil
+    }
+
+    /// Returns a connection whose exchange completed cleanly; closes it when the pool is full.
+    func release(_ handler: UpstreamHandler, key: Key) {
+        guard handler.isUsable else {
+            handler.close()
+            return
+        }
+        var list = self.idle[key] ?? []
+        guard list.count < self.maximumIdlePerOrigin else {
+            handler.close()
+            return
+        }
+        handler.idleSince = .now()
+        handler.pool = self
+        handler.poolKey = key
+        list.append(handler)
+        self.idle[key] = list
+    }
+
+    /// Forgets a connection that closed while idle.
+    func remove(_ handler: UpstreamHandler, key: Key) {
+        guard var list = self.idle[key], let index = list.firstIndex(where: { $0 === handler }) else { return }
+        list.remove(at: index)
+        self.idle[key] = list.isEmpty ? nil : list
+    }
+
+    var idleCount: Int { self.idle.values.reduce(0) { $0 + $1.count } }
+
+    private func closeExpired() {
+        let deadline = NIODeadline.now() - self.idleTimeout
+        for (key, list) in self.idle {
+            let (keep, expired) = (list.filter { $0.idleSince > deadline }, list.filter { $0.idleSince <= deadline })
+            self.idle[key] = keep.isEmpty ? nil : keep
+            for handler in expired { handler.close() }
+        }
+    }
+
+    func shutdown() {
+        self.sweeper?.cancel()
+        for list in self.idle.values { for handler in list { handler.close() } }
+        self.idle.removeAll()
+    }
+}
+
+/// What an ``UpstreamHandler`` reports to the client connection that currently owns it.
+protocol UpstreamOwner: AnyObject {
+    func upstreamResponsePart(_ part: HTTPClientResponsePart)
+    func upstreamReadComplete()
+    func upstreamWritabilityChanged(isWritable: Bool)
+    func upstreamClosed(error: (any Error)?)
+    var ownerIsWritable: Bool { get }
+}
+
+/// The last handler of an upstream HTTP/1.1 connection: relays response parts to its owner and
+/// reads only while the owner's client can take more (back-pressure).
+final class UpstreamHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundIn = HTTPClientRequestPart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    weak var owner: (any UpstreamOwner)?
+    weak var pool: UpstreamPool?
+    var poolKey: UpstreamPool.Key?
+    var idleSince = NIODeadline.now()
+    /// Set once the connection must not be reused (error, `Connection: close`, half-sent request).
+    var isReusable = true
+    private(set) var context: ChannelHandlerContext?
+    private var pendingRead = false
+    private var lastError: (any Error)?
+    private var isActive = true
+
+    var isUsable: Bool { self.isActive && self.isReusable && self.context?.channel.isActive == true }
+    var isWritable: Bool { self.context?.channel.isWritable ?? false }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    /// Takes the connection for one exchange.
+    func attach(to owner: any UpstreamOwner) {
+        self.owner = owner
+        self.pool = nil
+        self.poolKey = nil
+    }
+
+    func detach() {
+        self.owner = nil
+        if self.pendingRead, let context {
+            self.pendingRead = false
+            context.read()
+        }
+    }
+
+    func write(_ part: HTTPClientRequestPart, flush: Bool) {
+        guard let context else { return }
+        context.write(self.wrapOutboundOut(part), promise: nil)
+        if flush { context.flush() }
+    }
+
+    func flush() {
+        self.context?.flush()
+    }
+
+    func close() {
+        self.isReusable = false
+        self.context?.close(promise: nil)
+    }
+
+    /// Called by the owner when its client channel became writable again.
+    func resumeReading() {
+        if self.pendingRead, let context {
+            self.pendingRead = false
+            context.read()
+        }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if let owner, !owner.ownerIsWritable {
+            self.pendingRead = true
+        } else {
+            context.read()
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = self.unwrapInboundIn(data)
+        guard let owner else {
+            // An idle connection must stay silent; anything else means it is out of sync.
+            self.close()
+            return
+        }
+        owner.upstreamResponsePart(part)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        self.owner?.upstreamReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        self.owner?.upstreamWritabilityChanged(isWritable: context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.isActive = false
+        self.isReusable = false
+        if let pool, let poolKey { pool.remove(self, key: poolKey) }
+        let owner = self.owner
+        self.owner = nil
+        owner?.upstreamClosed(error: self.lastError)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .some(.inputClosed) = event as? ChannelEvent {
+            // The origin finished sending; HTTP/1.1 gives us nothing more to do with this connection.
+            self.isReusable = false
+            context.close(promise: nil)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.lastError = error
+        self.isReusable = false
+        context.close(promise: nil)
+    }
+}
+
+final class WeakBox<Value: AnyObject> {
+    weak var value: Value?
+    init(_ value: Value) { self.value = value }
+}

@@ -1,0 +1,169 @@
+import Dispatch
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import PortcullisProxy
+import PortcullisStores
+
+/// `portcullis serve`: loads users, binds the listeners, serves until SIGTERM/SIGINT, then drains.
+public enum PortcullisService {
+    public static func run(_ configuration: ServerConfiguration, logger: Logger) async throws {
+        // Password checks (bcrypt), file reads and DNS lookups run here, never on an event loop.
+        let threadPool = NIOThreadPool(numberOfThreads: max(2, System.coreCount))
+        threadPool.start()
+        do {
+            try await Self.serve(configuration, threadPool: threadPool, logger: logger)
+        } catch {
+            try? await threadPool.shutdownGracefully()
+            throw error
+        }
+        try? await threadPool.shutdownGracefully()
+    }
+
+    private static func serve(_ configuration: ServerConfiguration, threadPool: NIOThreadPool, logger: Logger) async throws {
+
+        var verifier: CredentialVerifier?
+        var store: HtpasswdStore?
+        if !configuration.proxy.authSchemes.isEmpty {
+            let path: String
+            if let htpasswd = configuration.htpasswd {
+                path = htpasswd
+            } else {
+                let dataDirectory = configuration.dataDirectory
+                let ensured = try await threadPool.runIfActive {
+                    try EmbeddedUsers.ensure(dataDirectory: dataDirectory)
+                }
+                path = ensured.path
+                if let created = ensured.created {
+                    Self.announce(created, listen: configuration.listenText[0])
+                }
+            }
+            let loaded = try await threadPool.runIfActive { try HtpasswdStore(path: path) }
+            for problem in loaded.problems {
+                logger.warning("htpasswd entry skipped", metadata: ["file": "\(path)", "problem": "\(problem)"])
+            }
+            if loaded.userCount == 0 {
+                logger.warning("the users file has no usable users: every request will get 407", metadata: ["file": "\(path)"])
+            }
+            store = loaded
+            verifier = CredentialVerifier(
+                store: loaded,
+                threadPool: threadPool,
+                configuration: .init(ttl: configuration.credentialCacheTTL)
+            )
+        }
+
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        let context = ProxyContext(
+            configuration: configuration.proxy,
+            verifier: verifier,
+            threadPool: threadPool,
+            logger: logger
+        )
+        let server = ProxyServer(context: context, group: group)
+        let bound: [SocketAddress]
+        do {
+            bound = try await server.start(listening: configuration.listen)
+        } catch {
+            try? await group.shutdownGracefully()
+            throw ServeError("cannot listen on \(configuration.listenText.joined(separator: ", ")): \(error)")
+        }
+        logger.info(
+            "listening",
+            metadata: [
+                "addresses": "\(bound.map(Self.describe).joined(separator: " "))",
+                "auth": "\(configuration.proxy.authSchemes.isEmpty ? "none" : configuration.proxy.authSchemes.map(\.rawValue).joined(separator: ","))",
+                "realm": "\(configuration.proxy.realm)",
+                "users": "\(store?.path ?? "-")",
+            ]
+        )
+
+        let reload = store.map { store in
+            Self.watch(store, every: .seconds(2), on: group.next(), threadPool: threadPool, logger: logger)
+        }
+        let signal = await Self.waitForTerminationSignal()
+        logger.info("shutting down", metadata: ["signal": "\(signal)", "grace": "\(configuration.shutdownGrace)"])
+        reload?.cancel()
+        await server.shutdown(grace: configuration.shutdownGrace)
+        try? await group.shutdownGracefully()
+    }
+
+    /// The one time the generated password is shown; flushed at once so that it reaches a pipe
+    /// or a log collector even if the process is killed soon after.
+    private static func announce(_ created: EmbeddedUsers.Created, listen: String) {
+        let proxyHost = listen.hasPrefix("0.0.0.0") || listen.hasPrefix("*") ? "127.0.0.1" + listen.drop(while: { $0 != ":" }) : listen
+        let text = """
+            Portcullis created its users file with one user.
+              user:     admin
+              password: \(created.password)
+              file:     \(created.path) (bcrypt; this password is not shown again)
+            Try it:
+            curl -x http://admin:\(created.password)@\(proxyHost) https://example.com
+
+            """
+        FileHandle.standardOutput.write(Data(text.utf8))
+    }
+
+    private static func describe(_ address: SocketAddress) -> String {
+        switch address {
+        case .v6: return "[\(address.ipAddress ?? "?")]:\(address.port ?? 0)"
+        default: return "\(address.ipAddress ?? "?"):\(address.port ?? 0)"
+        }
+    }
+
+    /// Re-reads the users file when it changes (checked off the event loop).
+    private static func watch(
+        _ store: HtpasswdStore,
+        every interval: TimeAmount,
+        on eventLoop: any EventLoop,
+        threadPool: NIOThreadPool,
+        logger: Logger
+    ) -> RepeatedTask {
+        eventLoop.scheduleRepeatedAsyncTask(initialDelay: interval, delay: interval) { _ in
+            threadPool.runIfActive(eventLoop: eventLoop) {
+                do {
+                    if let file = try store.reloadIfChanged() {
+                        logger.notice("users file reloaded", metadata: ["file": "\(store.path)", "users": "\(file.entries.count)"])
+                    }
+                } catch {
+                    logger.error("users file reload failed; keeping the previous users", metadata: ["error": "\(error)"])
+                }
+            }
+        }
+    }
+
+    private static func waitForTerminationSignal() async -> String {
+        await withCheckedContinuation { (continuation: CheckedContinuation<String, Never>) in
+            let queue = DispatchQueue(label: "portcullis.signals")
+            let once = SignalOnce(continuation)
+            for (number, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT")] {
+                signal(number, SIG_IGN)
+                let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
+                source.setEventHandler { once.fire(name) }
+                source.resume()
+                once.keep(source)
+            }
+        }
+    }
+}
+
+private final class SignalOnce: @unchecked Sendable {
+    private var continuation: CheckedContinuation<String, Never>?
+    private var sources: [any DispatchSourceSignal] = []
+    private let lock = NSLock()
+
+    init(_ continuation: CheckedContinuation<String, Never>) { self.continuation = continuation }
+
+    func keep(_ source: any DispatchSourceSignal) {
+        self.lock.withLock { self.sources.append(source) }
+    }
+
+    func fire(_ name: String) {
+        let continuation = self.lock.withLock { () -> CheckedContinuation<String, Never>? in
+            defer { self.continuation = nil }
+            return self.continuation
+        }
+        continuation?.resume(returning: name)
+    }
+}

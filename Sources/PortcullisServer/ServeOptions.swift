@@ -1,0 +1,135 @@
+import Foundation
+import Yams
+
+/// The settings of `portcullis serve`, each optional so that the command line, the YAML config
+/// file and the defaults can be layered: flags win over the file, the file over the defaults.
+/// YAML keys are the long flag names.
+public struct ServeOptions: Equatable, Sendable {
+    public var listen: [String]?
+    public var htpasswd: String?
+    public var realm: String?
+    public var auth: [String]?
+    public var allowPrivateDestinations: Bool?
+    public var connectPorts: [Int]?
+    public var allowOpenProxy: Bool?
+    public var logLevel: String?
+    public var dataDir: String?
+    public var upstreamConnectTimeout: Double?
+    public var upstreamResponseTimeout: Double?
+    public var tunnelIdleTimeout: Double?
+    public var clientIdleTimeout: Double?
+    public var credentialCacheTTL: Double?
+    public var shutdownGrace: Double?
+
+    public init() {}
+
+    /// `self` where set, else `other`.
+    public func layered(over other: ServeOptions) -> ServeOptions {
+        var out = ServeOptions()
+        out.listen = self.listen ?? other.listen
+        out.htpasswd = self.htpasswd ?? other.htpasswd
+        out.realm = self.realm ?? other.realm
+        out.auth = self.auth ?? other.auth
+        out.allowPrivateDestinations = self.allowPrivateDestinations ?? other.allowPrivateDestinations
+        out.connectPorts = self.connectPorts ?? other.connectPorts
+        out.allowOpenProxy = self.allowOpenProxy ?? other.allowOpenProxy
+        out.logLevel = self.logLevel ?? other.logLevel
+        out.dataDir = self.dataDir ?? other.dataDir
+        out.upstreamConnectTimeout = self.upstreamConnectTimeout ?? other.upstreamConnectTimeout
+        out.upstreamResponseTimeout = self.upstreamResponseTimeout ?? other.upstreamResponseTimeout
+        out.tunnelIdleTimeout = self.tunnelIdleTimeout ?? other.tunnelIdleTimeout
+        out.clientIdleTimeout = self.clientIdleTimeout ?? other.clientIdleTimeout
+        out.credentialCacheTTL = self.credentialCacheTTL ?? other.credentialCacheTTL
+        out.shutdownGrace = self.shutdownGrace ?? other.shutdownGrace
+        return out
+    }
+
+    static let knownKeys: Set<String> = [
+        "listen", "htpasswd", "realm", "auth", "allow-private-destinations", "connect-ports", "allow-open-proxy",
+        "log-level", "data-dir", "upstream-connect-timeout", "upstream-response-timeout", "tunnel-idle-timeout",
+        "client-idle-timeout", "credential-cache-ttl", "shutdown-grace",
+    ]
+
+    /// Reads a YAML config file. Unknown keys are an error: a typo must not silently fall back
+    /// to a default (for example an open proxy).
+    public static func load(yamlFile path: String) throws -> ServeOptions {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ServeError("cannot read config file \(path): \((error as NSError).localizedDescription)")
+        }
+        return try Self.parse(yaml: text, source: path)
+    }
+
+    public static func parse(yaml text: String, source: String = "config") throws -> ServeOptions {
+        let node: Node?
+        do {
+            node = try Yams.compose(yaml: text)
+        } catch {
+            throw ServeError("\(source) is not valid YAML: \(error)")
+        }
+        guard let node else { return ServeOptions() }
+        guard let mapping = node.mapping else { throw ServeError("\(source): expected a mapping of setting: value") }
+        var options = ServeOptions()
+        for (keyNode, value) in mapping {
+            guard let key = keyNode.string else { throw ServeError("\(source): keys must be strings") }
+            guard Self.knownKeys.contains(key) else {
+                throw ServeError(
+                    "\(source): unknown setting '\(key)' (known: \(Self.knownKeys.sorted().joined(separator: ", ")))"
+                )
+            }
+            func fail(_ expected: String) -> ServeError { ServeError("\(source): '\(key)' must be \(expected)") }
+            func string() throws -> String {
+                guard let s = value.string else { throw fail("a string") }
+                return s
+            }
+            func strings() throws -> [String] {
+                if let s = value.scalar?.string { return s.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+                guard let seq = value.sequence else { throw fail("a list") }
+                return try seq.map { item in
+                    guard let s = item.scalar?.string else { throw fail("a list of strings") }
+                    return s
+                }
+            }
+            func bool() throws -> Bool {
+                guard let b = value.bool else { throw fail("true or false") }
+                return b
+            }
+            func seconds() throws -> Double {
+                guard let d = value.float ?? value.int.map(Double.init), d > 0 else { throw fail("a number of seconds > 0") }
+                return d
+            }
+            switch key {
+            case "listen": options.listen = try strings()
+            case "htpasswd": options.htpasswd = try string()
+            case "realm": options.realm = try string()
+            case "auth": options.auth = try strings()
+            case "allow-private-destinations": options.allowPrivateDestinations = try bool()
+            case "connect-ports":
+                options.connectPorts = try strings().map { text in
+                    guard let port = Int(text), (1...65535).contains(port) else { throw fail("a list of ports 1-65535") }
+                    return port
+                }
+            case "allow-open-proxy": options.allowOpenProxy = try bool()
+            case "log-level": options.logLevel = try string()
+            case "data-dir": options.dataDir = try string()
+            case "upstream-connect-timeout": options.upstreamConnectTimeout = try seconds()
+            case "upstream-response-timeout": options.upstreamResponseTimeout = try seconds()
+            case "tunnel-idle-timeout": options.tunnelIdleTimeout = try seconds()
+            case "client-idle-timeout": options.clientIdleTimeout = try seconds()
+            case "credential-cache-ttl": options.credentialCacheTTL = try seconds()
+            case "shutdown-grace": options.shutdownGrace = try seconds()
+            default: break
+            }
+        }
+        return options
+    }
+}
+
+/// A configuration or start-up error, with a message a user can act on.
+public struct ServeError: Error, CustomStringConvertible, Sendable {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { self.message }
+}

@@ -1,0 +1,124 @@
+import Foundation
+import Logging
+import NIOCore
+import PortcullisAuth
+import PortcullisProxy
+
+/// Validated settings of a running server, with every default applied.
+public struct ServerConfiguration: Sendable {
+    public var listen: [SocketAddress]
+    public var listenText: [String]
+    public var htpasswd: String?
+    public var dataDirectory: String
+    public var proxy: ProxyConfiguration
+    public var logLevel: Logger.Level
+    public var credentialCacheTTL: TimeAmount
+    public var shutdownGrace: TimeAmount
+
+    public static let defaultListen = "127.0.0.1:3128"
+
+    /// Applies defaults and checks everything a user can get wrong, with a message for each.
+    public init(options: ServeOptions, environment: [String: String] = ProcessInfo.processInfo.environment) throws {
+        self.listenText = options.listen ?? [Self.defaultListen]
+        guard !self.listenText.isEmpty else { throw ServeError("--listen needs at least one HOST:PORT") }
+        self.listen = try self.listenText.map(Self.parseListen)
+
+        var proxy = ProxyConfiguration()
+        let realm = options.realm ?? "Portcullis"
+        guard !realm.isEmpty, realm.unicodeScalars.allSatisfy({ $0.value >= 0x20 && $0.value != 0x7F }) else {
+            throw ServeError("--realm must be non-empty printable text")
+        }
+        proxy.realm = realm
+
+        let authNames = (options.auth ?? ["basic"]).map { $0.lowercased() }.filter { !$0.isEmpty }
+        if authNames == ["none"] {
+            proxy.authSchemes = []
+        } else {
+            proxy.authSchemes = try authNames.map { name in
+                guard let scheme = AuthScheme(rawValue: name) else {
+                    throw ServeError("--auth: unknown scheme '\(name)' (available: basic, or none to turn authentication off)")
+                }
+                return scheme
+            }
+            guard !proxy.authSchemes.isEmpty else { throw ServeError("--auth needs at least one scheme, or none") }
+        }
+        if proxy.authSchemes.isEmpty, !(options.allowOpenProxy ?? false) {
+            if let open = zip(self.listenText, self.listen).first(where: { !Self.isLoopback($0.1) }) {
+                throw ServeError(
+                    "refusing to run without authentication on \(open.0), which is not a loopback address: anyone who can reach it could use this proxy. Use --auth basic, listen on 127.0.0.1/[::1], or pass --allow-open-proxy if that is really what you want."
+                )
+            }
+        }
+        proxy.destinationPolicy = DestinationPolicy(allowPrivateDestinations: options.allowPrivateDestinations ?? false)
+        proxy.connectPorts = Set(options.connectPorts ?? [443])
+
+        func amount(_ seconds: Double?, _ fallback: TimeAmount, _ flag: String) throws -> TimeAmount {
+            guard let seconds else { return fallback }
+            guard seconds > 0, seconds < 365 * 24 * 3600 else { throw ServeError("\(flag) must be a number of seconds > 0") }
+            return .nanoseconds(Int64(seconds * 1e9))
+        }
+        proxy.upstreamConnectTimeout = try amount(options.upstreamConnectTimeout, .seconds(10), "--upstream-connect-timeout")
+        proxy.upstreamResponseTimeout = try amount(options.upstreamResponseTimeout, .seconds(60), "--upstream-response-timeout")
+        proxy.tunnelIdleTimeout = try amount(options.tunnelIdleTimeout, .minutes(10), "--tunnel-idle-timeout")
+        proxy.clientIdleTimeout = try amount(options.clientIdleTimeout, .seconds(60), "--client-idle-timeout")
+        self.credentialCacheTTL = try amount(options.credentialCacheTTL, .minutes(5), "--credential-cache-ttl")
+        self.shutdownGrace = try amount(options.shutdownGrace, .seconds(10), "--shutdown-grace")
+        self.proxy = proxy
+
+        let levelName = (options.logLevel ?? "info").lowercased()
+        guard let level = Logger.Level(rawValue: levelName) else {
+            throw ServeError(
+                "--log-level: unknown level '\(levelName)' (trace, debug, info, notice, warning, error, critical)"
+            )
+        }
+        self.logLevel = level
+        self.htpasswd = options.htpasswd
+        self.dataDirectory = options.dataDir ?? Self.defaultDataDirectory(environment: environment)
+    }
+
+    /// `$XDG_DATA_HOME/portcullis`, else `~/.local/share/portcullis`.
+    public static func defaultDataDirectory(environment: [String: String]) -> String {
+        if let xdg = environment["XDG_DATA_HOME"], xdg.hasPrefix("/") {
+            return xdg + "/portcullis"
+        }
+        let home = environment["HOME"] ?? NSHomeDirectory()
+        return home + "/.local/share/portcullis"
+    }
+
+    static func parseListen(_ text: String) throws -> SocketAddress {
+        let problem = ServeError("--listen '\(text)' is not HOST:PORT (for example 127.0.0.1:3128 or [::1]:3128)")
+        let host: Substring
+        let portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
+                throw problem
+            }
+            host = text[text.index(after: text.startIndex)..<close]
+            portText = text[text.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { throw problem }
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+        }
+        guard let port = Int(portText), (0...65535).contains(port) else { throw problem }
+        let ip = host == "localhost" ? "127.0.0.1" : (host == "*" || host.isEmpty ? "0.0.0.0" : String(host))
+        do {
+            return try SocketAddress(ipAddress: ip, port: port)
+        } catch {
+            throw ServeError("--listen '\(text)': '\(host)' is not an IP address (use 127.0.0.1, [::1], 0.0.0.0 …)")
+        }
+    }
+
+    static func isLoopback(_ address: SocketAddress) -> Bool {
+        switch address {
+        case .v4(let v4):
+            return UInt32(bigEndian: v4.address.sin_addr.s_addr) >> 24 == 127
+        case .v6(let v6):
+            var addr = v6.address.sin6_addr
+            let bytes = withUnsafeBytes(of: &addr) { Array($0) }
+            return bytes[0..<15].allSatisfy { $0 == 0 } && bytes[15] == 1
+        default:
+            return false
+        }
+    }
+}

@@ -1,0 +1,96 @@
+import Foundation
+import NIOConcurrencyHelpers
+
+/// The outcome of checking one user name and password against a store.
+public enum VerificationOutcome: Sendable, Hashable {
+    case accepted(user: String)
+    /// Unknown user or wrong password: one case, so nothing downstream can tell them apart.
+    case rejected
+}
+
+/// A source of users and their secrets.
+///
+/// Implementations are blocking (file or database I/O, bcrypt) and are only ever called from a
+/// thread pool; ``generation`` changes whenever the users change, which invalidates cached
+/// verifications.
+public protocol CredentialStore: AnyObject, Sendable {
+    func verify(user: String, password: String) -> VerificationOutcome
+    var generation: UInt64 { get }
+}
+
+/// Users from an Apache htpasswd file, re-read when the file changes.
+public final class HtpasswdStore: CredentialStore {
+    private struct Snapshot {
+        var file: HtpasswdFile
+        var identity: FileIdentity?
+        var generation: UInt64
+        /// Verified against when the user is unknown, so an unknown user costs as much as a wrong password.
+        var decoy: PasswordHash?
+    }
+
+    public let path: String
+    private let state: NIOLockedValueBox<Snapshot>
+
+    /// Loads the file. Blocking.
+    public init(path: String) throws {
+        self.path = path
+        let file = try HtpasswdFile.load(path: path)
+        self.state = NIOLockedValueBox(
+            Snapshot(file: file, identity: FileIdentity(path: path), generation: 1, decoy: Self.decoy(for: file))
+        )
+    }
+
+    public var generation: UInt64 { self.state.withLockedValue { $0.generation } }
+    public var userCount: Int { self.state.withLockedValue { $0.file.entries.count } }
+    public var problems: [String] { self.state.withLockedValue { $0.file.problems } }
+
+    public func verify(user: String, password: String) -> VerificationOutcome {
+        let (hash, decoy) = self.state.withLockedValue { ($0.file.entries[user], $0.decoy) }
+        guard let hash else {
+            _ = decoy?.verify(password)
+            return .rejected
+        }
+        return hash.verify(password) ? .accepted(user: user) : .rejected
+    }
+
+    /// Re-reads the file when its size, modification time or inode changed. Blocking.
+    /// - Returns: the new file when it was reloaded, `nil` when unchanged.
+    @discardableResult
+    public func reloadIfChanged() throws -> HtpasswdFile? {
+        let identity = FileIdentity(path: self.path)
+        if identity == self.state.withLockedValue({ $0.identity }) { return nil }
+        let file = try HtpasswdFile.load(path: self.path)
+        self.state.withLockedValue {
+            $0 = Snapshot(file: file, identity: identity, generation: $0.generation + 1, decoy: Self.decoy(for: file))
+        }
+        return file
+    }
+
+    private static func decoy(for file: HtpasswdFile) -> PasswordHash? {
+        // The most expensive hash in the file: an unknown user must never be the cheap path.
+        let order: [PasswordHash.Format] = [.bcrypt, .sha512Crypt, .sha256Crypt, .apr1, .md5Crypt, .desCrypt, .sha1]
+        return order.lazy.compactMap { format in file.entries.values.first { $0.format == format } }.first
+    }
+}
+
+/// What identifies one version of a file on disk, for cheap change detection.
+struct FileIdentity: Equatable {
+    var device: UInt64
+    var inode: UInt64
+    var size: Int64
+    var modified: timespec
+
+    init?(path: String) {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        self.device = UInt64(st.st_dev)
+        self.inode = UInt64(st.st_ino)
+        self.size = Int64(st.st_size)
+        self.modified = st.st_mtim
+    }
+
+    static func == (a: FileIdentity, b: FileIdentity) -> Bool {
+        a.device == b.device && a.inode == b.inode && a.size == b.size
+            && a.modified.tv_sec == b.modified.tv_sec && a.modified.tv_nsec == b.modified.tv_nsec
+    }
+}

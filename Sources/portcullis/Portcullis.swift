@@ -1,0 +1,130 @@
+import ArgumentParser
+import Foundation
+import Logging
+import PortcullisServer
+
+@main
+struct Portcullis: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "portcullis",
+        abstract: "An authenticating HTTP/1.1 forward proxy that gets the 407 handshake right.",
+        version: PortcullisVersion.current,
+        subcommands: [Serve.self]
+    )
+}
+
+enum PortcullisVersion {
+    static let current = "0.1.0"
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the forward proxy.",
+        discussion: """
+            With no --htpasswd, Portcullis keeps its users in <data dir>/users.htpasswd; the first run creates it with the user 'admin' and a random password, shown once on stdout. The data dir is --data-dir, else $XDG_DATA_HOME/portcullis, else ~/.local/share/portcullis.
+
+            Settings can also come from a YAML file (--config) whose keys are the long option names (listen: ["127.0.0.1:3128"], allow-private-destinations: true, …); options on the command line win over the file.
+            """
+    )
+
+    @Option(name: .long, help: ArgumentHelp("Address to listen on; repeatable. IPv6 as [::1]:PORT. (default: 127.0.0.1:3128)", valueName: "host:port"))
+    var listen: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Apache htpasswd users file (bcrypt, apr1, SHA, SHA-crypt, DES).", valueName: "file"))
+    var htpasswd: String?
+
+    @Option(name: .long, help: ArgumentHelp("Realm named in the challenge. (default: Portcullis)", valueName: "text"))
+    var realm: String?
+
+    @Option(name: .long, help: ArgumentHelp("Schemes offered, in challenge order: basic; or none to turn authentication off (loopback listeners only, unless --allow-open-proxy). (default: basic)", valueName: "list"))
+    var auth: String?
+
+    @Option(name: .long, help: ArgumentHelp("YAML file with the same settings; its keys are the long option names.", valueName: "file"))
+    var config: String?
+
+    @Flag(name: .long, help: "Allow destinations in loopback, private and link-local ranges (checked on the resolved address).")
+    var allowPrivateDestinations = false
+
+    @Option(name: .long, help: ArgumentHelp("Ports CONNECT may reach, comma-separated. (default: 443)", valueName: "list"))
+    var connectPorts: String?
+
+    @Flag(name: .long, help: "Allow --auth none on a non-loopback listener.")
+    var allowOpenProxy = false
+
+    @Option(name: .long, help: ArgumentHelp("trace, debug, info, notice, warning, error or critical. (default: info)", valueName: "level"))
+    var logLevel: String?
+
+    @Option(name: .long, help: ArgumentHelp("Where the embedded users file lives.", valueName: "dir"))
+    var dataDir: String?
+
+    @Option(name: .long, help: ArgumentHelp("Seconds to connect to an origin before 504. (default: 10)", valueName: "seconds"))
+    var upstreamConnectTimeout: Double?
+
+    @Option(name: .long, help: ArgumentHelp("Seconds to wait for an origin's response head before 504. (default: 60)", valueName: "seconds"))
+    var upstreamResponseTimeout: Double?
+
+    @Option(name: .long, help: ArgumentHelp("Seconds a CONNECT tunnel may stay silent. (default: 600)", valueName: "seconds"))
+    var tunnelIdleTimeout: Double?
+
+    @Option(name: .long, help: ArgumentHelp("Seconds an idle keep-alive client connection is kept. (default: 60)", valueName: "seconds"))
+    var clientIdleTimeout: Double?
+
+    @Option(name: .long, help: ArgumentHelp("Seconds a successful password check is remembered. (default: 300)", valueName: "seconds"))
+    var credentialCacheTTL: Double?
+
+    @Option(name: .long, help: ArgumentHelp("Seconds in-flight requests get to finish on SIGTERM/SIGINT. (default: 10)", valueName: "seconds"))
+    var shutdownGrace: Double?
+
+    func commandLineOptions() throws -> ServeOptions {
+        var options = ServeOptions()
+        if !self.listen.isEmpty { options.listen = self.listen }
+        options.htpasswd = self.htpasswd
+        options.realm = self.realm
+        options.auth = self.auth.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+        if self.allowPrivateDestinations { options.allowPrivateDestinations = true }
+        if let ports = self.connectPorts {
+            options.connectPorts = try ports.split(separator: ",").map { text in
+                guard let port = Int(text.trimmingCharacters(in: .whitespaces)), (1...65535).contains(port) else {
+                    throw ValidationError("--connect-ports: '\(text)' is not a port number (1-65535)")
+                }
+                return port
+            }
+        }
+        if self.allowOpenProxy { options.allowOpenProxy = true }
+        options.logLevel = self.logLevel
+        options.dataDir = self.dataDir
+        options.upstreamConnectTimeout = self.upstreamConnectTimeout
+        options.upstreamResponseTimeout = self.upstreamResponseTimeout
+        options.tunnelIdleTimeout = self.tunnelIdleTimeout
+        options.clientIdleTimeout = self.clientIdleTimeout
+        options.credentialCacheTTL = self.credentialCacheTTL
+        options.shutdownGrace = self.shutdownGrace
+        return options
+    }
+
+    func run() async throws {
+        let configuration: ServerConfiguration
+        do {
+            var options = try self.commandLineOptions()
+            if let config = self.config {
+                options = options.layered(over: try ServeOptions.load(yamlFile: config))
+            }
+            configuration = try ServerConfiguration(options: options)
+        } catch let error as ServeError {
+            throw ValidationError(error.message)
+        }
+        let level = configuration.logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "portcullis")
+        do {
+            try await PortcullisService.run(configuration, logger: logger)
+        } catch let error as ServeError {
+            logger.critical("\(error.message)")
+            throw ExitCode(1)
+        }
+    }
+}
