@@ -56,8 +56,14 @@ extension ProxyConnectionHandler {
             sync.removeHandler(self.encoder, promise: nil)
             // The decoder hands any bytes it already holds (sent right after the CONNECT head)
             // down the pipeline as it leaves; channelRead passes them to the glue.
-            sync.removeHandler(self.decoder, promise: nil)
-            sync.removeHandler(context: context, promise: nil)
+            // The decoder leaves on a later tick, handing over the bytes it holds (sent right
+            // after the CONNECT head); channelRead passes them to the glue. Only then does this
+            // handler leave and reads resume, now gated by the glue.
+            sync.removeHandler(self.decoder).assumeIsolated().whenComplete { _ in
+                let channel = context.channel
+                context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+                channel.read()
+            }
         } catch {
             self.logger.debug("tunnel setup failed", metadata: ["error": "\(error)"])
             upstream.close(promise: nil)

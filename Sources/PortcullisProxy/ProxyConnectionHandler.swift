@@ -78,6 +78,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             // Bytes the client sent right after the CONNECT head, handed over by the decoder
             // as it leaves: pass them on to the tunnel.
             context.fireChannelRead(data)
+            context.fireChannelReadComplete()
             return
         }
         let part = self.unwrapInboundIn(data)

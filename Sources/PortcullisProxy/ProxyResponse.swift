@@ -23,7 +23,7 @@ struct ProxyResponse {
             status: .proxyAuthenticationRequired,
             proxyError: nil,
             details: failure.reason.token,
-            message: "Proxy authentication required: \(failure.explanation).",
+            message: failure.explanation.prefix(1).uppercased() + failure.explanation.dropFirst() + ".",
             extraHeaders: challenges.map { ("Proxy-Authenticate", $0) }
         )
     }
