@@ -67,11 +67,12 @@ let package = Package(
             ]
         ),
         .testTarget(name: "PortcullisAuthTests", dependencies: ["PortcullisAuth"]),
-        .testTarget(name: "PortcullisStoresTests", dependencies: ["PortcullisStores"]),
+        .testTarget(name: "PortcullisStoresTests", dependencies: ["PortcullisStores", "PortcullisAuth"] + nio),
         .testTarget(
             name: "PortcullisProxyTests",
             dependencies: ["PortcullisProxy", .product(name: "NIOEmbedded", package: "swift-nio")] + nio
         ),
+        .testTarget(name: "PortcullisServerTests", dependencies: ["PortcullisServer", "PortcullisProxy"] + nio),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -15,10 +15,10 @@ public struct HtpasswdFile: Sendable {
     /// with an unknown hash format is skipped and reported in ``problems``.
     public init(contents: String) {
         var lineNumber = 0
-        for rawLine in contents.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" }) {
+        // `isNewline`, because Swift reads "\r\n" as one Character: splitting on "\n" alone
+        // would leave files written on Windows as one long line.
+        for line in contents.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline) {
             lineNumber += 1
-            var line = rawLine
-            if line.last == "\r" { line = line.dropLast() }
             if line.isEmpty || line.first == "#" { continue }
             guard let colon = line.firstIndex(of: ":") else {
                 self.problems.append("line \(lineNumber): no ':' between user name and hash")

@@ -1,0 +1,62 @@
+import Testing
+
+@testable import PortcullisAuth
+
+@Suite struct ProxyAuthGateTests {
+    let gate = ProxyAuthGate(realm: "Portcullis")
+
+    private func reason(_ values: [String]) -> AuthFailureReason? {
+        if case .reject(let failure) = gate.evaluate(proxyAuthorization: values) { return failure.reason }
+        return nil
+    }
+
+    @Test func basicChallengeNamesRealmAndCharset() {
+        #expect(gate.challenges == [#"Basic realm="Portcullis", charset="UTF-8""#])
+    }
+
+    @Test func realmIsAQuotedStringWithEscapes() {
+        let gate = ProxyAuthGate(realm: #"Corp "HQ" \ proxy"#)
+        #expect(gate.challenges == [#"Basic realm="Corp \"HQ\" \\ proxy", charset="UTF-8""#])
+    }
+
+    @Test func noHeaderIsMissingCredentials() {
+        #expect(reason([]) == .missingCredentials)
+    }
+
+    @Test func wellFormedBasicGoesToVerification() {
+        #expect(
+            gate.evaluate(proxyAuthorization: ["basic   QWxhZGRpbjpvcGVuIHNlc2FtZQ=="])
+                == .verifyBasic(BasicCredentials(user: "Aladdin", password: "open sesame"))
+        )
+    }
+
+    @Test(arguments: ["Digest username=\"a\"", "Bearer abc", "NTLM TlRMTVNTUAABAAAA", "Negotiate YII="])
+    func otherSchemesAreUnsupported(value: String) {
+        guard case .reject(let failure) = gate.evaluate(proxyAuthorization: [value]) else {
+            Issue.record("accepted")
+            return
+        }
+        #expect(failure.reason == .unsupportedScheme)
+        #expect(failure.explanation.contains("accepts Basic"))
+    }
+
+    @Test func malformedBasicAndGarbage() {
+        #expect(reason(["Basic !!!"]) == .malformedCredentials)
+        #expect(reason(["Basic"]) == .malformedCredentials)
+        #expect(reason(["\"quoted\""]) == .malformedCredentials)
+    }
+
+    @Test func twoHeadersAreRefused() {
+        #expect(reason(["Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==", "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="]) == .malformedCredentials)
+    }
+
+    @Test func anUnknownLongSchemeIsNotEchoed() {
+        let secretLooking = String(repeating: "x", count: 40)
+        guard case .reject(let failure) = gate.evaluate(proxyAuthorization: [secretLooking]) else {
+            Issue.record("accepted")
+            return
+        }
+        #expect(!failure.explanation.contains(secretLooking))
+        #expect(failure.presentedScheme == nil)
+    }
+}
