@@ -269,17 +269,14 @@ extension ProxyConnectionHandler {
 
     private func writeEnd(_ trailers: HTTPHeaders?, for exchange: ProxyExchange) {
         exchange.responseEnded = true
-        if exchange.closeAfter && exchange.requestEnded {
+        if exchange.closeAfter {
+            // Closing must wait for the response to leave: close() drops unwritten data.
             let promise = self.context.eventLoop.makePromise(of: Void.self)
             self.context.writeAndFlush(self.wrapOutboundOut(.end(trailers)), promise: promise)
-            promise.futureResult.assumeIsolated().whenComplete { [weak self] _ in
-                self?.context?.close(promise: nil)
-            }
-            self.exchange = nil
-            self.phase = .idle
-            return
+            exchange.responseWritten = promise.futureResult
+        } else {
+            self.context.write(self.wrapOutboundOut(.end(trailers)), promise: nil)
         }
-        self.context.write(self.wrapOutboundOut(.end(trailers)), promise: nil)
         self.finishIfDone(exchange)
     }
 
@@ -287,25 +284,22 @@ extension ProxyConnectionHandler {
     /// next pipelined request, if any.
     func finishIfDone(_ exchange: ProxyExchange) {
         guard self.exchange === exchange, exchange.requestEnded, exchange.responseEnded else { return }
-        if exchange.closeAfter {
-            let promise = self.context.eventLoop.makePromise(of: Void.self)
-            self.context.writeAndFlush(self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer()))), promise: promise)
-            promise.futureResult.assumeIsolated().whenComplete { [weak self] _ in
-                self?.context?.close(promise: nil)
+        self.exchange = nil
+        self.phase = .idle
+        if exchange.closeAfter || self.clientInputClosed {
+            self.context.flush()
+            if let written = exchange.responseWritten {
+                written.assumeIsolated().whenComplete { [weak self] _ in
+                    self?.context?.close(promise: nil)
+                }
+            } else {
+                self.context.close(promise: nil)
             }
-            self.exchange = nil
-            self.phase = .idle
             return
         }
         self.context.flush()
-        self.exchange = nil
-        self.phase = .idle
         if exchange.isConnect {
             self.resetDecoder()
-        }
-        if self.clientInputClosed {
-            self.context.close(promise: nil)
-            return
         }
         self.armIdleTimer()
         self.servePipelined()

@@ -82,7 +82,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             return
         }
         let part = self.unwrapInboundIn(data)
-        if let exchange = self.exchange, exchange.requestEnded || !self.pipelined.isEmpty {
+        if !self.pipelined.isEmpty || (self.exchange?.requestEnded ?? false) {
             self.pipelined.append(part)
             return
         }

@@ -22,6 +22,8 @@ final class ProxyExchange {
     var upstreamKey: UpstreamPool.Key?
     var usedPooledConnection = false
     var responseTimeout: Scheduled<Void>?
+    /// Completes when the last response byte was handed to the socket (set when closing after).
+    var responseWritten: EventLoopFuture<Void>?
 
     init(head: HTTPRequestHead, quiescing: Bool) {
         self.head = head

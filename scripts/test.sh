@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests (swift test) and integration tests that drive the real
+# binary on 127.0.0.1 with curl, Python requests and local origins.
+# Installs the Debian packages the tests need when they are missing (needs root or sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v curl >/dev/null || need+=(curl)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
+command -v mkpasswd >/dev/null || need+=(whois)
+command -v openssl >/dev/null || need+=(openssl)
+command -v python3 >/dev/null || need+=(python3 python3-pip)
+[ -e /usr/include/crypt.h ] || need+=(libcrypt-dev)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing: ${need[*]}"
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+python3 - <<'PY' || python3 -m pip install --quiet pytest requests
+import pytest, requests
+PY
+
+swift build --build-tests
+swift test --skip-build
+PORTCULLIS_BIN="$(swift build --show-bin-path)/portcullis" python3 -m pytest -q Tests/integration "$@"
