@@ -87,16 +87,14 @@ extension ProxyConnectionHandler {
             }
         }
         exchange.buffered.removeAll()
-        upstream.flush()
-        exchange.responseTimeout = self.context.eventLoop.assumeIsolated().scheduleTask(
-            in: self.shared.configuration.upstreamResponseTimeout
-        ) { [weak self] in
-            self?.responseTimedOut(exchange)
-        }
+        if !self.readingClient { upstream.flush() }
+        let deadline = NIODeadline.now() + self.shared.configuration.upstreamResponseTimeout
+        exchange.responseDeadline = deadline
+        self.ensureTimer(firesBy: deadline)
         self.resumeReadsIfPossible()
     }
 
-    private func responseTimedOut(_ exchange: ProxyExchange) {
+    func responseTimedOut(_ exchange: ProxyExchange) {
         guard self.exchange === exchange, !exchange.responseStarted, case .forwarding(let upstream) = self.phase else {
             return
         }
@@ -124,6 +122,7 @@ extension ProxyConnectionHandler {
 
     func upstreamResponsePart(_ part: HTTPClientResponsePart) {
         guard let exchange = self.exchange, case .forwarding(let upstream) = self.phase else { return }
+        self.readingUpstream = true
         switch part {
         case .head(let head):
             let code = head.status.code
@@ -149,8 +148,7 @@ extension ProxyConnectionHandler {
                 }
                 return
             }
-            exchange.responseTimeout?.cancel()
-            exchange.responseTimeout = nil
+            exchange.responseDeadline = nil
             exchange.responseStarted = true
             if !head.isKeepAlive { upstream.isReusable = false }
             self.context.write(self.wrapOutboundOut(.head(self.clientResponseHead(head, for: exchange))), promise: nil)
@@ -198,6 +196,7 @@ extension ProxyConnectionHandler {
     }
 
     func upstreamReadComplete() {
+        self.readingUpstream = false
         self.context?.flush()
     }
 
@@ -207,7 +206,7 @@ extension ProxyConnectionHandler {
 
     func upstreamClosed(error: (any Error)?) {
         guard let exchange = self.exchange, case .forwarding = self.phase, !exchange.responseEnded else { return }
-        exchange.responseTimeout?.cancel()
+        exchange.responseDeadline = nil
         if exchange.responseStarted {
             // Part of the response is already with the client; the only honest signal left is to close.
             self.context.close(promise: nil)
@@ -246,7 +245,7 @@ extension ProxyConnectionHandler {
             upstream.detach()
             upstream.close()
         }
-        exchange.responseTimeout?.cancel()
+        exchange.responseDeadline = nil
         if !exchange.requestEnded && exchange.expectsContinue {
             // The client waits for 100 Continue before sending its body; it will not come, so
             // do not wait for it either (RFC 9110 §10.1.1).
@@ -297,7 +296,7 @@ extension ProxyConnectionHandler {
             }
             return
         }
-        self.context.flush()
+        if !self.readingUpstream { self.context.flush() }
         if exchange.isConnect {
             self.resetDecoder()
         }
@@ -314,16 +313,6 @@ extension ProxyConnectionHandler {
             if let exchange = self.exchange, exchange.requestEnded { return }
             self.pipelined.removeFirst()
             self.handle(part)
-        }
-    }
-
-    func armIdleTimer() {
-        self.idleTimer?.cancel()
-        self.idleTimer = self.context.eventLoop.assumeIsolated().scheduleTask(
-            in: self.shared.configuration.clientIdleTimeout
-        ) { [weak self] in
-            guard let self, self.exchange == nil else { return }
-            self.context?.close(promise: nil)
         }
     }
 }

@@ -40,7 +40,7 @@ extension ProxyConnectionHandler {
         let context = self.context!
         self.phase = .tunnel
         self.exchange = nil
-        self.idleTimer?.cancel()
+        self.cancelTimer()
         let head = HTTPResponseHead(
             version: exchange.head.version,
             status: .custom(code: 200, reasonPhrase: "Connection established")

@@ -39,8 +39,15 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var pipelined: CircularBuffer<HTTPServerRequestPart> = CircularBuffer(initialCapacity: 0)
     var processingPipelined = false
     private var pendingRead = false
-    var idleTimer: Scheduled<Void>?
+    /// One timer per connection serves every deadline; see ProxyConnectionHandler+Timers.
+    var timer: Scheduled<Void>?
+    var timerFiresAt: NIODeadline?
+    var idleDeadline: NIODeadline?
     var quiescing = false
+    /// Inside a burst of reads from the client / the upstream: writes caused there are flushed
+    /// once at the burst's readComplete instead of one syscall each.
+    var readingClient = false
+    var readingUpstream = false
     var clientInputClosed = false
 
     init(
@@ -82,6 +89,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             return
         }
         let part = self.unwrapInboundIn(data)
+        self.readingClient = true
         if !self.pipelined.isEmpty || (self.exchange?.requestEnded ?? false) {
             self.pipelined.append(part)
             return
@@ -90,6 +98,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        self.readingClient = false
         if case .forwarding(let upstream) = self.phase {
             upstream.flush()
         }
@@ -135,8 +144,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        self.idleTimer?.cancel()
-        self.exchange?.responseTimeout?.cancel()
+        self.cancelTimer()
         if case .forwarding(let upstream) = self.phase {
             upstream.detach()
             if !(self.exchange?.responseEnded ?? true) { upstream.close() }
@@ -185,19 +193,20 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     // MARK: - Read gating
 
+    /// Whether the client connection may be read now. Reads stay on while a response is
+    /// relayed (a keep-alive client sends nothing then, and turning read interest off and on
+    /// costs two epoll_ctl calls a request); a pipelined request that does arrive is queued
+    /// and stops further reads until it is served.
     var readAllowed: Bool {
         if !self.pipelined.isEmpty { return false }
         switch self.phase {
-        case .idle:
+        case .idle, .localResponse:
             return true
         case .authenticating, .connecting, .tunnelConnecting, .tunnel:
             return false
         case .forwarding(let upstream):
-            guard let exchange = self.exchange, !exchange.requestEnded else { return false }
+            guard let exchange = self.exchange, !exchange.requestEnded else { return true }
             return upstream.isWritable
-        case .localResponse:
-            guard let exchange = self.exchange else { return true }
-            return !exchange.requestEnded
         }
     }
 
@@ -213,8 +222,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     func handle(_ part: HTTPServerRequestPart) {
         switch part {
         case .head(let head):
-            self.idleTimer?.cancel()
-            self.idleTimer = nil
+            self.idleDeadline = nil
             let exchange = ProxyExchange(head: head, quiescing: self.quiescing)
             self.exchange = exchange
             self.start(exchange)

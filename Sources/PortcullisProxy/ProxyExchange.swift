@@ -21,7 +21,8 @@ final class ProxyExchange {
     var upstreamHead: HTTPRequestHead?
     var upstreamKey: UpstreamPool.Key?
     var usedPooledConnection = false
-    var responseTimeout: Scheduled<Void>?
+    /// When the origin's response head is due (a 504 after that).
+    var responseDeadline: NIODeadline?
     /// Completes when the last response byte was handed to the socket (set when closing after).
     var responseWritten: EventLoopFuture<Void>?
 

@@ -23,22 +23,24 @@ public enum RequestTarget: Equatable, Sendable {
         if isConnect {
             // CONNECT takes authority-form only (RFC 9110 §9.3.6), and the port is mandatory.
             guard let authority = OriginAuthority(parsing: target[...], defaultPort: nil) else {
-                return .failure(target.contains("/") ? .connectNeedsAuthority : .invalidHost)
+                return .failure(target.contains(where: { $0 == "/" }) ? .connectNeedsAuthority : .invalidHost)
             }
             return .success(.authority(authority))
         }
         if target == "*" { return .success(.asterisk) }
         if target.hasPrefix("/") { return .success(.origin(target)) }
 
-        guard let schemeEnd = target.range(of: "://") else { return .failure(.malformed) }
-        let scheme = target[..<schemeEnd.lowerBound].lowercased()
+        guard let colon = target.firstIndex(of: ":"), target[colon...].hasPrefix("://") else {
+            return .failure(.malformed)
+        }
+        let scheme = target[..<colon].lowercased()
         guard scheme == "http" else {
             return .failure(scheme.isEmpty ? .malformed : .unsupportedScheme(String(scheme.prefix(16))))
         }
-        let afterScheme = target[schemeEnd.upperBound...]
+        let afterScheme = target[target.index(colon, offsetBy: 3)...]
         let authorityEnd = afterScheme.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) ?? afterScheme.endIndex
         let authorityText = afterScheme[..<authorityEnd]
-        if authorityText.contains("@") { return .failure(.userinfoNotAllowed) }
+        if authorityText.contains(where: { $0 == "@" }) { return .failure(.userinfoNotAllowed) }
         guard let authority = OriginAuthority(parsing: authorityText, defaultPort: 80) else {
             return .failure(authorityText.isEmpty ? .invalidHost : .invalidPort)
         }

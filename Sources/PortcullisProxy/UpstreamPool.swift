@@ -97,6 +97,9 @@ final class UpstreamHandler: ChannelDuplexHandler {
     typealias OutboundOut = HTTPClientRequestPart
 
     weak var owner: (any UpstreamOwner)?
+    /// The owner that received parts in the current read burst: it still gets the
+    /// readComplete (its cue to flush) if the exchange ended and detached inside the burst.
+    private weak var burstOwner: (any UpstreamOwner)?
     weak var pool: UpstreamPool?
     var poolKey: UpstreamPool.Key?
     var idleSince = NIODeadline.now()
@@ -171,11 +174,14 @@ final class UpstreamHandler: ChannelDuplexHandler {
             self.close()
             return
         }
+        self.burstOwner = owner
         owner.upstreamResponsePart(part)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        self.owner?.upstreamReadComplete()
+        let owner = self.burstOwner ?? self.owner
+        self.burstOwner = nil
+        owner?.upstreamReadComplete()
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {

@@ -54,7 +54,7 @@ public enum PortcullisService {
             )
         }
 
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoops)
         let context = ProxyContext(
             configuration: configuration.proxy,
             verifier: verifier,

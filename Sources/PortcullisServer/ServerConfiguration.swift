@@ -14,6 +14,8 @@ public struct ServerConfiguration: Sendable {
     public var logLevel: Logger.Level
     public var credentialCacheTTL: TimeAmount
     public var shutdownGrace: TimeAmount
+    /// Event-loop threads serving connections.
+    public var eventLoops: Int
 
     public static let defaultListen = "127.0.0.1:3128"
 
@@ -73,6 +75,7 @@ public struct ServerConfiguration: Sendable {
         }
         self.logLevel = level
         self.htpasswd = options.htpasswd
+        self.eventLoops = Int(environment["PORTCULLIS_EVENT_LOOPS"] ?? "") ?? System.coreCount
         self.dataDirectory = options.dataDir ?? Self.defaultDataDirectory(environment: environment)
     }
 

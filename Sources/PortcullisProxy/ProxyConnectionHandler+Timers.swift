@@ -1,0 +1,50 @@
+import NIOCore
+
+// Deadlines of a client connection (idle keep-alive, origin response head) share one lazily
+// re-armed timer: a request only stores its deadline, and the timer re-checks when it fires.
+// Scheduling and cancelling a task for every request cost more than the rest of the gate.
+extension ProxyConnectionHandler {
+    func armIdleTimer() {
+        let deadline = NIODeadline.now() + self.shared.configuration.clientIdleTimeout
+        self.idleDeadline = deadline
+        self.ensureTimer(firesBy: deadline)
+    }
+
+    func ensureTimer(firesBy deadline: NIODeadline) {
+        if let firesAt = self.timerFiresAt, firesAt <= deadline, self.timer != nil { return }
+        self.timer?.cancel()
+        self.timerFiresAt = deadline
+        self.timer = self.context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [weak self] in
+            self?.timerFired()
+        }
+    }
+
+    func cancelTimer() {
+        self.timer?.cancel()
+        self.timer = nil
+        self.timerFiresAt = nil
+        self.idleDeadline = nil
+    }
+
+    private func timerFired() {
+        self.timer = nil
+        self.timerFiresAt = nil
+        guard let context = self.context, context.channel.isActive else { return }
+        let now = NIODeadline.now()
+        if self.exchange == nil, let idle = self.idleDeadline {
+            if idle <= now {
+                context.close(promise: nil)
+                return
+            }
+            self.ensureTimer(firesBy: idle)
+        }
+        if let exchange = self.exchange, let due = exchange.responseDeadline {
+            if due <= now {
+                exchange.responseDeadline = nil
+                self.responseTimedOut(exchange)
+            } else {
+                self.ensureTimer(firesBy: due)
+            }
+        }
+    }
+}

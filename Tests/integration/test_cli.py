@@ -1,0 +1,269 @@
+"""The command line: help/version, open-proxy refusal, the embedded users file, the YAML
+config file, IPv6 listeners and graceful shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from portcullis_helpers import (
+    PASSWORD, PORTCULLIS_BIN, USER, basic, clean_env, free_port, ipv6_loopback_available,
+    try_connect, wait_until,
+)
+
+AUTH = ("Proxy-Authorization", basic())
+
+
+def run_bin(args, tmp_path, timeout=20):
+    return subprocess.run([PORTCULLIS_BIN] + args, capture_output=True, timeout=timeout,
+                          env=clean_env(tmp_path), stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["serve", "--help"]])
+def test_help_and_version_exit_zero(tmp_path, args):
+    r = run_bin(args, tmp_path)
+    assert r.returncode == 0, r
+    assert r.stdout.strip(), f"{args} printed nothing on stdout"
+
+
+def test_serve_help_lists_the_options(tmp_path):
+    out = run_bin(["serve", "--help"], tmp_path).stdout.decode()
+    for opt in ("--listen", "--htpasswd", "--realm", "--auth", "--config", "--allow-private-destinations",
+                "--connect-ports", "--allow-open-proxy", "--log-level", "--data-dir",
+                "--upstream-connect-timeout", "--upstream-response-timeout", "--tunnel-idle-timeout",
+                "--client-idle-timeout", "--shutdown-grace"):
+        assert opt in out, f"{opt} missing from serve --help"
+
+
+def test_version_looks_like_a_version(tmp_path):
+    out = run_bin(["--version"], tmp_path).stdout.decode().strip()
+    assert re.search(r"\d+\.\d+", out), out
+
+
+# ----------------------------------------------------------------- open proxy
+
+def test_auth_none_on_non_loopback_listener_refuses_to_start(tmp_path, users_file):
+    port = free_port("0.0.0.0")
+    r = run_bin(["serve", "--auth", "none", "--listen", f"0.0.0.0:{port}"], tmp_path)
+    assert r.returncode != 0, f"started an open proxy: {r}"
+    assert "--allow-open-proxy" in r.stderr.decode(), r.stderr
+    assert try_connect("127.0.0.1", port) == "refused"
+
+
+def test_auth_none_with_allow_open_proxy_starts(launcher, origin):
+    p = launcher.start("--auth", "none", "--allow-open-proxy", listen=[f"0.0.0.0:{free_port('0.0.0.0')}"],
+                       htpasswd=None)
+    assert (p.host, p.running()) == ("127.0.0.1", True)
+    with p.conn() as c:
+        r = c.request("GET", f"{origin.base}/text")  # no credentials needed
+    assert r.status == 200, r.describe()
+    assert r.body == b"hello from origin\n"
+
+
+def test_auth_none_on_loopback_needs_no_flag(launcher, origin):
+    p = launcher.start("--auth", "none", htpasswd=None)
+    with p.conn() as c:
+        r = c.request("GET", f"{origin.base}/text")
+    assert r.status == 200, r.describe()
+
+
+# ----------------------------------------------------------------- embedded users file
+
+CURL_LINE = r"^curl -x http://admin:(?P<pw>.+)@127\.0\.0\.1:{port} https://example\.com"
+
+
+def _first_run_password(p, port) -> str:
+    m = p.stdout.wait_for(CURL_LINE.format(port=port), timeout=10)
+    pw_line = p.stdout.wait_for(r"password:\s*(?P<pw>\S+)", timeout=1)
+    assert pw_line.group("pw") == m.group("pw"), p.stdout.text()
+    return m.group("pw")
+
+
+def _get_with(p, origin, user, pw):
+    with p.conn() as c:
+        return c.request("GET", f"{origin.base}/text", [("Proxy-Authorization", basic(user, pw))])
+
+
+def test_embedded_users_file_first_and_second_run(launcher, origin, tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    p1, p2 = free_port(), free_port()
+    # two listeners: the printed curl line names the first
+    p = launcher.start(listen=[f"127.0.0.1:{p1}", f"127.0.0.1:{p2}"], htpasswd=None, home=home)
+    # stdout is a pipe: the lines must arrive while the process runs (flushed at once)
+    pw = _first_run_password(p, p1)
+    users = home / "xdg-data" / "portcullis" / "users.htpasswd"
+    assert users.is_file(), f"no users file at {users}"
+    content = users.read_bytes()
+    assert content.startswith(b"admin:"), content
+    assert pw.encode() not in content, "plain password stored in the users file"
+
+    r = _get_with(p, origin, "admin", pw)
+    assert r.status == 200, r.describe()
+    assert r.body == b"hello from origin\n"
+    assert _get_with(p, origin, "admin", pw + "x").status == 407
+    assert p.stop() == 0
+
+    # second run, same data dir: same file, no password printed, old password still works
+    again = launcher.start(listen=[f"127.0.0.1:{free_port()}"], htpasswd=None, home=home)
+    assert _get_with(again, origin, "admin", pw).status == 200
+    assert again.stop() == 0
+    out = again.stdout.text()
+    assert "password:" not in out and pw not in out, out
+    assert users.read_bytes() == content
+
+
+def test_embedded_users_file_in_data_dir(launcher, origin, tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    data_dir = tmp_path_factory.mktemp("datadir") / "nested" / "portcullis-data"
+    port = free_port()
+    p = launcher.start("--data-dir", data_dir, listen=[f"127.0.0.1:{port}"], htpasswd=None, home=home)
+    pw = _first_run_password(p, port)
+    assert (data_dir / "users.htpasswd").is_file()
+    assert not (home / "xdg-data" / "portcullis" / "users.htpasswd").exists(), "--data-dir ignored"
+    assert _get_with(p, origin, "admin", pw).status == 200
+
+
+def test_embedded_users_file_falls_back_to_home(launcher, origin, tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    port = free_port()
+    p = launcher.start(listen=[f"127.0.0.1:{port}"], htpasswd=None, home=home,
+                       env={"XDG_DATA_HOME": None})
+    pw = _first_run_password(p, port)
+    assert (home / ".local" / "share" / "portcullis" / "users.htpasswd").is_file()
+    assert _get_with(p, origin, "admin", pw).status == 200
+
+
+# ----------------------------------------------------------------- config file
+
+def _write_config(path, listen_port, users_file):
+    path.write_text(
+        "# portcullis test config\n"
+        f'listen: ["127.0.0.1:{listen_port}"]\n'
+        f"htpasswd: {users_file}\n"
+        "allow-private-destinations: true\n")
+    return path
+
+
+def test_config_file_supplies_listen_htpasswd_and_private(launcher, origin, tmp_path, users_file):
+    port = free_port()
+    cfg = _write_config(tmp_path / "portcullis.yaml", port, users_file)
+    p = launcher.start("--config", cfg, listen=[], htpasswd=None, private=False,
+                       connect=("127.0.0.1", port))
+    with p.conn() as c:
+        r = c.request("GET", f"{origin.base}/text", [AUTH])  # 403 if the file's flag were ignored
+    assert r.status == 200, r.describe()
+    with p.conn() as c:
+        assert c.request("GET", f"{origin.base}/text").status == 407
+
+
+def test_listen_flag_overrides_config_file(launcher, origin, tmp_path, users_file):
+    file_port, flag_port = free_port(), free_port()
+    cfg = _write_config(tmp_path / "portcullis.yaml", file_port, users_file)
+    p = launcher.start("--config", cfg, listen=[f"127.0.0.1:{flag_port}"], htpasswd=None, private=False)
+    with p.conn() as c:
+        r = c.request("GET", f"{origin.base}/text", [AUTH])
+    assert r.status == 200, r.describe()
+    assert try_connect("127.0.0.1", file_port) == "refused", "the file's listen was used too"
+
+
+def test_realm_flag_overrides_config_file(launcher, origin, tmp_path, users_file):
+    port = free_port()
+    cfg = _write_config(tmp_path / "portcullis.yaml", port, users_file)
+    with open(cfg, "a") as f:
+        f.write("realm: From the file\n")
+    p = launcher.start("--config", cfg, "--realm", "From the flag", listen=[], htpasswd=None,
+                       private=False, connect=("127.0.0.1", port))
+    with p.conn() as c:
+        r = c.request("GET", f"{origin.base}/text")
+    assert r.status == 407
+    assert r.header("Proxy-Authenticate") == 'Basic realm="From the flag", charset="UTF-8"', r.describe()
+
+
+# ----------------------------------------------------------------- IPv6
+
+needs_v6 = pytest.mark.skipif(not ipv6_loopback_available(), reason="::1 not available")
+
+
+@needs_v6
+def test_ipv6_listener(launcher, origin):
+    port = free_port("::1")
+    p = launcher.start(listen=[f"[::1]:{port}"])
+    assert p.host == "::1"
+    with p.conn() as c:
+        r = c.request("GET", f"{origin.base}/text", [AUTH])
+    assert r.status == 200, r.describe()
+
+
+@needs_v6
+def test_ipv4_and_ipv6_listeners_together(launcher, origin):
+    p4, p6 = free_port(), free_port("::1")
+    p = launcher.start(listen=[f"127.0.0.1:{p4}", f"[::1]:{p6}"])
+    from portcullis_helpers import RawConn
+    for host, port in (("127.0.0.1", p4), ("::1", p6)):
+        with RawConn(host, port) as c:
+            r = c.request("GET", f"{origin.base}/text", [AUTH])
+            assert r.status == 200, f"{host}: {r.describe()}"
+    assert p.running()
+
+
+# ----------------------------------------------------------------- SIGTERM
+
+def test_sigterm_drains_in_flight_request_and_exits_zero(launcher, origin):
+    p = launcher.start()
+    result = {}
+
+    def slow_request():
+        try:
+            with p.conn(timeout=15) as c:
+                result["resp"] = c.request("GET", f"{origin.base}/delay/2", [AUTH])
+        except Exception as e:  # noqa: BLE001 - reported below
+            result["error"] = e
+
+    t = threading.Thread(target=slow_request, daemon=True)
+    t.start()
+    assert origin.delay_started.wait(10), "the slow request never reached the origin"
+    p.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+
+    # new connections are refused once the listener is closed
+    wait_until(lambda: try_connect(p.host, p.port, 0.5) == "refused", timeout=3,
+               what="the listener to close after SIGTERM")
+    assert t.is_alive() or "resp" in result, result
+
+    t.join(10)
+    assert not t.is_alive(), "in-flight request did not finish"
+    assert "error" not in result, f"in-flight request failed: {result.get('error')!r}"
+    r = result["resp"]
+    assert r.status == 200 and r.body == b"slept\n", r.describe()
+
+    try:
+        code = p.proc.wait(timeout=max(0.1, sent + 6 - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pytest.fail("portcullis still running 6 s after SIGTERM with nothing in flight")
+    assert code == 0, f"exit code {code}"
+
+
+def test_sigterm_idle_exits_promptly(launcher):
+    p = launcher.start()
+    with p.conn() as idle:  # an idle keep-alive client must not hold the exit for the grace period
+        started = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        code = p.proc.wait(timeout=8)
+        assert code == 0
+        assert time.monotonic() - started < 5
+        assert idle.wait_eof(2) == b""
+
+
+def test_logs_go_to_stderr_not_stdout(launcher, origin):
+    p = launcher.start("--log-level", "debug")
+    with p.conn() as c:
+        assert c.request("GET", f"{origin.base}/text", [AUTH]).status == 200
+        assert c.request("GET", f"{origin.base}/text").status == 407
+    assert p.stop() == 0
+    assert p.stdout.text() == "", f"stdout: {p.stdout.text()!r}"
+    assert p.stderr.text().strip(), "nothing logged on stderr"
