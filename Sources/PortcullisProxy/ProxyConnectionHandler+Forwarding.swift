@@ -31,11 +31,15 @@ extension ProxyConnectionHandler {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
-                    try sync.addHTTPClientHandlers(
-                        leftOverBytesStrategy: .dropBytes,
-                        enableOutboundHeaderValidation: false
-                    )
-                    try sync.addHandler(upstream)
+                    // 1xx responses are forwarded so a client's Expect: 100-continue gets its answer
+                    // from the origin (RFC 9110 §10.1.1: a proxy forwards the expectation).
+                    try sync.addHandlers([
+                        HTTPRequestEncoder(),
+                        ByteToMessageHandler(
+                            HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .forward)
+                        ),
+                        upstream,
+                    ])
                 }
             }
             .connect(host: authority.host, port: authority.port)

@@ -97,5 +97,10 @@ public final class ProxyServer: Sendable {
         }
         try? await promise.futureResult.get()
         timeout.cancel()
+        // Stop the pools' sweepers and close idle upstream connections while the loops still run.
+        let pools = self.pools.withLockedValue { Array($0.values) }
+        for pool in pools {
+            try? await pool.eventLoop.submit { pool.value.shutdown() }.get()
+        }
     }
 }

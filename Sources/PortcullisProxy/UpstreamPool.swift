@@ -179,6 +179,12 @@ final class UpstreamHandler: ChannelDuplexHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        self.endBurst()
+    }
+
+    /// Parts can also arrive outside a read (the decoder's last message on EOF): whoever got
+    /// them must still be told to flush.
+    private func endBurst() {
         let owner = self.burstOwner ?? self.owner
         self.burstOwner = nil
         owner?.upstreamReadComplete()
@@ -190,6 +196,7 @@ final class UpstreamHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        self.endBurst()
         self.isActive = false
         self.isReusable = false
         if let pool, let poolKey { pool.remove(self, key: poolKey) }
@@ -201,6 +208,7 @@ final class UpstreamHandler: ChannelDuplexHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case .some(.inputClosed) = event as? ChannelEvent {
             // The origin finished sending; HTTP/1.1 gives us nothing more to do with this connection.
+            self.endBurst()
             self.isReusable = false
             context.close(promise: nil)
         }
