@@ -27,7 +27,8 @@ public struct BasicCredentials: Sendable, Hashable {
             return .failure(
                 AuthFailure(
                     reason: .malformedCredentials,
-                    explanation: "the Basic credentials are not valid base64 (RFC 7617 needs base64 of \"user:password\")",
+                    explanation:
+                        "the Basic credentials are not valid base64 (RFC 7617 needs base64 of \"user:password\")",
                     presentedScheme: "basic"
                 )
             )

@@ -40,7 +40,8 @@ public struct ProxyAuthGate: Sendable {
             return .reject(
                 AuthFailure(
                     reason: .missingCredentials,
-                    explanation: "no Proxy-Authorization header was sent; this proxy requires \(self.offeredNames) credentials"
+                    explanation:
+                        "no Proxy-Authorization header was sent; this proxy requires \(self.offeredNames) credentials"
                 )
             )
         }

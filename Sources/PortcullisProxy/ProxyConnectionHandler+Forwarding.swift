@@ -36,7 +36,10 @@ extension ProxyConnectionHandler {
                     try sync.addHandlers([
                         HTTPRequestEncoder(),
                         ByteToMessageHandler(
-                            HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .forward)
+                            HTTPResponseDecoder(
+                                leftOverBytesStrategy: .dropBytes,
+                                informationalResponseStrategy: .forward
+                            )
                         ),
                         upstream,
                     ])
@@ -109,7 +112,8 @@ extension ProxyConnectionHandler {
                 status: .gatewayTimeout,
                 proxyError: "http_response_timeout",
                 details: "no response head in time",
-                message: "the origin did not answer within \(Self.seconds(self.shared.configuration.upstreamResponseTimeout))."
+                message:
+                    "the origin did not answer within \(Self.seconds(self.shared.configuration.upstreamResponseTimeout))."
             ),
             for: exchange
         )

@@ -162,7 +162,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                 return
             }
             let exchange =
-                self.exchange ?? ProxyExchange(head: HTTPRequestHead(version: .http1_1, method: .GET, uri: "/"), quiescing: true)
+                self.exchange
+                ?? ProxyExchange(head: HTTPRequestHead(version: .http1_1, method: .GET, uri: "/"), quiescing: true)
             self.exchange = exchange
             exchange.closeAfter = true
             exchange.requestEnded = true
@@ -283,7 +284,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     private static func describe(targetError: RequestTarget.ParseError) -> String {
         switch targetError {
         case .unsupportedScheme(let scheme):
-            return "the \(scheme) scheme is not forwarded; use CONNECT for https (clients do this when given an http:// proxy URL)."
+            return
+                "the \(scheme) scheme is not forwarded; use CONNECT for https (clients do this when given an http:// proxy URL)."
         case .userinfoNotAllowed: return "the request target must not contain user information (user@host)."
         case .invalidHost: return "the request target has no valid host."
         case .invalidPort: return "the request target has an invalid host or port."
@@ -346,7 +348,10 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                 "scheme": "\(failure.presentedScheme ?? "-")",
             ]
         )
-        self.sendLocalResponse(.proxyAuthenticationRequired(failure, challenges: self.shared.gate.challenges), for: exchange)
+        self.sendLocalResponse(
+            .proxyAuthenticationRequired(failure, challenges: self.shared.gate.challenges),
+            for: exchange
+        )
     }
 
     private func authorized(_ exchange: ProxyExchange) {

@@ -137,7 +137,8 @@ extension ProxyResponse {
     private static func isRefused(_ error: any Error) -> Bool {
         if let io = error as? IOError, io.errnoCode == ECONNREFUSED { return true }
         if let connection = error as? NIOConnectionError {
-            return !connection.connectionErrors.isEmpty && connection.connectionErrors.allSatisfy { isRefused($0.error) }
+            return !connection.connectionErrors.isEmpty
+                && connection.connectionErrors.allSatisfy { isRefused($0.error) }
         }
         return false
     }

@@ -38,7 +38,8 @@ public enum RequestTarget: Equatable, Sendable {
             return .failure(scheme.isEmpty ? .malformed : .unsupportedScheme(String(scheme.prefix(16))))
         }
         let afterScheme = target[target.index(colon, offsetBy: 3)...]
-        let authorityEnd = afterScheme.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) ?? afterScheme.endIndex
+        let authorityEnd =
+            afterScheme.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) ?? afterScheme.endIndex
         let authorityText = afterScheme[..<authorityEnd]
         if authorityText.contains(where: { $0 == "@" }) { return .failure(.userinfoNotAllowed) }
         guard let authority = OriginAuthority(parsing: authorityText, defaultPort: 80) else {
@@ -85,7 +86,8 @@ public struct OriginAuthority: Hashable, Sendable {
                 guard after.first == ":" else { return nil }
                 portText = after.dropFirst()
             }
-            guard !host.isEmpty, host.utf8.allSatisfy({ Self.isHexDigit($0) || $0 == UInt8(ascii: ":") || $0 == UInt8(ascii: ".") })
+            guard !host.isEmpty,
+                host.utf8.allSatisfy({ Self.isHexDigit($0) || $0 == UInt8(ascii: ":") || $0 == UInt8(ascii: ".") })
             else { return nil }
         } else {
             if let colon = text.lastIndex(of: ":") {

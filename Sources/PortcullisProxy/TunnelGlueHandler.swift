@@ -131,4 +131,3 @@ final class TunnelGlueHandler: ChannelDuplexHandler {
         }
     }
 }
-

@@ -22,7 +22,9 @@ enum EmbeddedUsers {
                 attributes: [.posixPermissions: 0o700]
             )
         } catch {
-            throw ServeError("cannot create the data directory \(dataDirectory): \((error as NSError).localizedDescription)")
+            throw ServeError(
+                "cannot create the data directory \(dataDirectory): \((error as NSError).localizedDescription)"
+            )
         }
         let password = Self.randomPassword()
         let hash = try PasswordHash.bcrypt(password, cost: 10)

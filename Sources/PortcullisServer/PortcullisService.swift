@@ -21,7 +21,9 @@ public enum PortcullisService {
         try? await threadPool.shutdownGracefully()
     }
 
-    private static func serve(_ configuration: ServerConfiguration, threadPool: NIOThreadPool, logger: Logger) async throws {
+    private static func serve(_ configuration: ServerConfiguration, threadPool: NIOThreadPool, logger: Logger)
+        async throws
+    {
 
         var verifier: CredentialVerifier?
         var store: HtpasswdStore?
@@ -44,7 +46,10 @@ public enum PortcullisService {
                 logger.warning("htpasswd entry skipped", metadata: ["file": "\(path)", "problem": "\(problem)"])
             }
             if loaded.userCount == 0 {
-                logger.warning("the users file has no usable users: every request will get 407", metadata: ["file": "\(path)"])
+                logger.warning(
+                    "the users file has no usable users: every request will get 407",
+                    metadata: ["file": "\(path)"]
+                )
             }
             store = loaded
             verifier = CredentialVerifier(
@@ -73,7 +78,8 @@ public enum PortcullisService {
             "listening",
             metadata: [
                 "addresses": "\(bound.map(Self.describe).joined(separator: " "))",
-                "auth": "\(configuration.proxy.authSchemes.isEmpty ? "none" : configuration.proxy.authSchemes.map(\.rawValue).joined(separator: ","))",
+                "auth":
+                    "\(configuration.proxy.authSchemes.isEmpty ? "none" : configuration.proxy.authSchemes.map(\.rawValue).joined(separator: ","))",
                 "realm": "\(configuration.proxy.realm)",
                 "users": "\(store?.path ?? "-")",
             ]
@@ -92,7 +98,9 @@ public enum PortcullisService {
     /// The one time the generated password is shown; flushed at once so that it reaches a pipe
     /// or a log collector even if the process is killed soon after.
     private static func announce(_ created: EmbeddedUsers.Created, listen: String) {
-        let proxyHost = listen.hasPrefix("0.0.0.0") || listen.hasPrefix("*") ? "127.0.0.1" + listen.drop(while: { $0 != ":" }) : listen
+        let proxyHost =
+            listen.hasPrefix("0.0.0.0") || listen.hasPrefix("*")
+            ? "127.0.0.1" + listen.drop(while: { $0 != ":" }) : listen
         let text = """
             Portcullis created its users file with one user.
               user:     admin
@@ -124,10 +132,16 @@ public enum PortcullisService {
             threadPool.runIfActive(eventLoop: eventLoop) {
                 do {
                     if let file = try store.reloadIfChanged() {
-                        logger.notice("users file reloaded", metadata: ["file": "\(store.path)", "users": "\(file.entries.count)"])
+                        logger.notice(
+                            "users file reloaded",
+                            metadata: ["file": "\(store.path)", "users": "\(file.entries.count)"]
+                        )
                     }
                 } catch {
-                    logger.error("users file reload failed; keeping the previous users", metadata: ["error": "\(error)"])
+                    logger.error(
+                        "users file reload failed; keeping the previous users",
+                        metadata: ["error": "\(error)"]
+                    )
                 }
             }
         }

@@ -85,7 +85,9 @@ public struct ServeOptions: Equatable, Sendable {
                 return s
             }
             func strings() throws -> [String] {
-                if let s = value.scalar?.string { return s.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+                if let s = value.scalar?.string {
+                    return s.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+                }
                 guard let seq = value.sequence else { throw fail("a list") }
                 return try seq.map { item in
                     guard let s = item.scalar?.string else { throw fail("a list of strings") }
@@ -97,7 +99,9 @@ public struct ServeOptions: Equatable, Sendable {
                 return b
             }
             func seconds() throws -> Double {
-                guard let d = value.float ?? value.int.map(Double.init), d > 0 else { throw fail("a number of seconds > 0") }
+                guard let d = value.float ?? value.int.map(Double.init), d > 0 else {
+                    throw fail("a number of seconds > 0")
+                }
                 return d
             }
             switch key {
@@ -108,7 +112,9 @@ public struct ServeOptions: Equatable, Sendable {
             case "allow-private-destinations": options.allowPrivateDestinations = try bool()
             case "connect-ports":
                 options.connectPorts = try strings().map { text in
-                    guard let port = Int(text), (1...65535).contains(port) else { throw fail("a list of ports 1-65535") }
+                    guard let port = Int(text), (1...65535).contains(port) else {
+                        throw fail("a list of ports 1-65535")
+                    }
                     return port
                 }
             case "allow-open-proxy": options.allowOpenProxy = try bool()

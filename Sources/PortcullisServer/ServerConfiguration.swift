@@ -38,7 +38,9 @@ public struct ServerConfiguration: Sendable {
         } else {
             proxy.authSchemes = try authNames.map { name in
                 guard let scheme = AuthScheme(rawValue: name) else {
-                    throw ServeError("--auth: unknown scheme '\(name)' (available: basic, or none to turn authentication off)")
+                    throw ServeError(
+                        "--auth: unknown scheme '\(name)' (available: basic, or none to turn authentication off)"
+                    )
                 }
                 return scheme
             }
@@ -56,11 +58,21 @@ public struct ServerConfiguration: Sendable {
 
         func amount(_ seconds: Double?, _ fallback: TimeAmount, _ flag: String) throws -> TimeAmount {
             guard let seconds else { return fallback }
-            guard seconds > 0, seconds < 365 * 24 * 3600 else { throw ServeError("\(flag) must be a number of seconds > 0") }
+            guard seconds > 0, seconds < 365 * 24 * 3600 else {
+                throw ServeError("\(flag) must be a number of seconds > 0")
+            }
             return .nanoseconds(Int64(seconds * 1e9))
         }
-        proxy.upstreamConnectTimeout = try amount(options.upstreamConnectTimeout, .seconds(10), "--upstream-connect-timeout")
-        proxy.upstreamResponseTimeout = try amount(options.upstreamResponseTimeout, .seconds(60), "--upstream-response-timeout")
+        proxy.upstreamConnectTimeout = try amount(
+            options.upstreamConnectTimeout,
+            .seconds(10),
+            "--upstream-connect-timeout"
+        )
+        proxy.upstreamResponseTimeout = try amount(
+            options.upstreamResponseTimeout,
+            .seconds(60),
+            "--upstream-response-timeout"
+        )
         proxy.tunnelIdleTimeout = try amount(options.tunnelIdleTimeout, .minutes(10), "--tunnel-idle-timeout")
         proxy.clientIdleTimeout = try amount(options.clientIdleTimeout, .seconds(60), "--client-idle-timeout")
         self.credentialCacheTTL = try amount(options.credentialCacheTTL, .minutes(5), "--credential-cache-ttl")

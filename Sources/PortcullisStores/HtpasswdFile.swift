@@ -26,7 +26,8 @@ public struct HtpasswdFile: Sendable {
             }
             let user = String(line[..<colon])
             // htdigest-like or extended lines (user:hash:comment) keep only the hash field.
-            let hashField = line[line.index(after: colon)...].split(separator: ":", maxSplits: 1).first.map(String.init) ?? ""
+            let hashField =
+                line[line.index(after: colon)...].split(separator: ":", maxSplits: 1).first.map(String.init) ?? ""
             guard !user.isEmpty else {
                 self.problems.append("line \(lineNumber): empty user name")
                 continue

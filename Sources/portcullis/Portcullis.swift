@@ -27,52 +27,106 @@ struct Serve: AsyncParsableCommand {
             """
     )
 
-    @Option(name: .long, help: ArgumentHelp("Address to listen on; repeatable. IPv6 as [::1]:PORT. (default: 127.0.0.1:3128)", valueName: "host:port"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Address to listen on; repeatable. IPv6 as [::1]:PORT. (default: 127.0.0.1:3128)",
+            valueName: "host:port"
+        )
+    )
     var listen: [String] = []
 
-    @Option(name: .long, help: ArgumentHelp("Apache htpasswd users file (bcrypt, apr1, SHA, SHA-crypt, DES).", valueName: "file"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Apache htpasswd users file (bcrypt, apr1, SHA, SHA-crypt, DES).", valueName: "file")
+    )
     var htpasswd: String?
 
     @Option(name: .long, help: ArgumentHelp("Realm named in the challenge. (default: Portcullis)", valueName: "text"))
     var realm: String?
 
-    @Option(name: .long, help: ArgumentHelp("Schemes offered, in challenge order: basic; or none to turn authentication off (loopback listeners only, unless --allow-open-proxy). (default: basic)", valueName: "list"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Schemes offered, in challenge order: basic; or none to turn authentication off (loopback listeners only, unless --allow-open-proxy). (default: basic)",
+            valueName: "list"
+        )
+    )
     var auth: String?
 
-    @Option(name: .long, help: ArgumentHelp("YAML file with the same settings; its keys are the long option names.", valueName: "file"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp("YAML file with the same settings; its keys are the long option names.", valueName: "file")
+    )
     var config: String?
 
-    @Flag(name: .long, help: "Allow destinations in loopback, private and link-local ranges (checked on the resolved address).")
+    @Flag(
+        name: .long,
+        help: "Allow destinations in loopback, private and link-local ranges (checked on the resolved address)."
+    )
     var allowPrivateDestinations = false
 
-    @Option(name: .long, help: ArgumentHelp("Ports CONNECT may reach, comma-separated. (default: 443)", valueName: "list"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Ports CONNECT may reach, comma-separated. (default: 443)", valueName: "list")
+    )
     var connectPorts: String?
 
     @Flag(name: .long, help: "Allow --auth none on a non-loopback listener.")
     var allowOpenProxy = false
 
-    @Option(name: .long, help: ArgumentHelp("trace, debug, info, notice, warning, error or critical. (default: info)", valueName: "level"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "trace, debug, info, notice, warning, error or critical. (default: info)",
+            valueName: "level"
+        )
+    )
     var logLevel: String?
 
     @Option(name: .long, help: ArgumentHelp("Where the embedded users file lives.", valueName: "dir"))
     var dataDir: String?
 
-    @Option(name: .long, help: ArgumentHelp("Seconds to connect to an origin before 504. (default: 10)", valueName: "seconds"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Seconds to connect to an origin before 504. (default: 10)", valueName: "seconds")
+    )
     var upstreamConnectTimeout: Double?
 
-    @Option(name: .long, help: ArgumentHelp("Seconds to wait for an origin's response head before 504. (default: 60)", valueName: "seconds"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Seconds to wait for an origin's response head before 504. (default: 60)",
+            valueName: "seconds"
+        )
+    )
     var upstreamResponseTimeout: Double?
 
-    @Option(name: .long, help: ArgumentHelp("Seconds a CONNECT tunnel may stay silent. (default: 600)", valueName: "seconds"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Seconds a CONNECT tunnel may stay silent. (default: 600)", valueName: "seconds")
+    )
     var tunnelIdleTimeout: Double?
 
-    @Option(name: .long, help: ArgumentHelp("Seconds an idle keep-alive client connection is kept. (default: 60)", valueName: "seconds"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Seconds an idle keep-alive client connection is kept. (default: 60)", valueName: "seconds")
+    )
     var clientIdleTimeout: Double?
 
-    @Option(name: .long, help: ArgumentHelp("Seconds a successful password check is remembered. (default: 300)", valueName: "seconds"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Seconds a successful password check is remembered. (default: 300)", valueName: "seconds")
+    )
     var credentialCacheTTL: Double?
 
-    @Option(name: .long, help: ArgumentHelp("Seconds in-flight requests get to finish on SIGTERM/SIGINT. (default: 10)", valueName: "seconds"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Seconds in-flight requests get to finish on SIGTERM/SIGINT. (default: 10)",
+            valueName: "seconds"
+        )
+    )
     var shutdownGrace: Double?
 
     func commandLineOptions() throws -> ServeOptions {

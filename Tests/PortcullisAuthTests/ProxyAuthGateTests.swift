@@ -47,7 +47,10 @@ import Testing
     }
 
     @Test func twoHeadersAreRefused() {
-        #expect(reason(["Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==", "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="]) == .malformedCredentials)
+        #expect(
+            reason(["Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==", "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="])
+                == .malformedCredentials
+        )
     }
 
     @Test func anUnknownLongSchemeIsNotEchoed() {

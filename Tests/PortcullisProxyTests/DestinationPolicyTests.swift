@@ -26,6 +26,8 @@ import Testing
     @Test func getaddrinfoResolvesLiteralsAndFailsForInvalidNames() throws {
         let addresses = try PolicyResolver.getaddrinfo(host: "127.0.0.1", port: 8080)
         #expect(addresses.contains { $0.ipAddress == "127.0.0.1" && $0.port == 8080 })
-        #expect(throws: ResolutionError.self) { try PolicyResolver.getaddrinfo(host: "does-not-exist.invalid", port: 80) }
+        #expect(throws: ResolutionError.self) {
+            try PolicyResolver.getaddrinfo(host: "does-not-exist.invalid", port: 80)
+        }
     }
 }
