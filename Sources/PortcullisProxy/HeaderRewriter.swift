@@ -1,3 +1,4 @@
+import NIOCore
 import NIOHTTP1
 
 /// Header rewriting a forward proxy owes each hop (RFC 9110 §7.6.1).
@@ -18,6 +19,21 @@ enum HeaderRewriter {
         case 18: return name.caseInsensitiveEquals("proxy-authenticate")
         case 19: return name.caseInsensitiveEquals("proxy-authorization")
         case 25: return name.caseInsensitiveEquals("proxy-authentication-info")
+        default: return false
+        }
+    }
+
+    /// The same test on the raw bytes of a field name.
+    @inline(__always)
+    static func isAlwaysHopByHop(_ name: ByteBufferView) -> Bool {
+        switch name.count {
+        case 2: return ByteFieldName.equals(name, "te")
+        case 7: return ByteFieldName.equals(name, "trailer") || ByteFieldName.equals(name, "upgrade")
+        case 10: return ByteFieldName.equals(name, "connection") || ByteFieldName.equals(name, "keep-alive")
+        case 16: return ByteFieldName.equals(name, "proxy-connection")
+        case 18: return ByteFieldName.equals(name, "proxy-authenticate")
+        case 19: return ByteFieldName.equals(name, "proxy-authorization")
+        case 25: return ByteFieldName.equals(name, "proxy-authentication-info")
         default: return false
         }
     }

@@ -31,18 +31,9 @@ extension ProxyConnectionHandler {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
-                    // 1xx responses are forwarded so a client's Expect: 100-continue gets its answer
-                    // from the origin (RFC 9110 §10.1.1: a proxy forwards the expectation).
-                    try sync.addHandlers([
-                        HTTPRequestEncoder(),
-                        ByteToMessageHandler(
-                            HTTPResponseDecoder(
-                                leftOverBytesStrategy: .dropBytes,
-                                informationalResponseStrategy: .forward
-                            )
-                        ),
-                        upstream,
-                    ])
+                    // Requests are encoded by NIO; responses are framed by our own ResponseFramer
+                    // inside UpstreamHandler and relayed without re-encoding.
+                    try sync.addHandlers([HTTPRequestEncoder(), upstream])
                 }
             }
             .connect(host: authority.host, port: authority.port)
@@ -84,6 +75,7 @@ extension ProxyConnectionHandler {
     private func send(_ exchange: ProxyExchange, over upstream: UpstreamHandler) {
         guard let head = exchange.upstreamHead else { return }
         upstream.attach(to: self)
+        upstream.clientIsHTTP10 = exchange.head.version.minor == 0
         self.phase = .forwarding(upstream)
         upstream.write(.head(head), flush: false)
         for part in exchange.buffered {
@@ -128,41 +120,37 @@ extension ProxyConnectionHandler {
 
     var ownerIsWritable: Bool { self.context?.channel.isWritable ?? false }
 
-    func upstreamResponsePart(_ part: HTTPClientResponsePart) {
+    func upstreamEvent(_ event: ResponseFramer.Event) {
         guard let exchange = self.exchange, case .forwarding(let upstream) = self.phase else { return }
         self.readingUpstream = true
-        switch part {
-        case .head(let head):
-            let code = head.status.code
-            if code >= 100 && code < 200 {
-                if code == 101 {
-                    // We removed Upgrade; an origin switching protocols anyway is out of sync.
-                    upstream.detach()
-                    upstream.close()
-                    self.sendLocalResponse(
-                        ProxyResponse(
-                            status: .badGateway,
-                            proxyError: "http_protocol_error",
-                            details: "unexpected 101",
-                            message: "the origin switched protocols without being asked to."
-                        ),
-                        for: exchange
-                    )
-                } else if code == 100, exchange.expectsContinue, exchange.head.version.minor >= 1 {
-                    self.context.write(
-                        self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .continue))),
-                        promise: nil
-                    )
-                }
-                return
+        switch event {
+        case .informational(let head):
+            if head.status == 100, exchange.expectsContinue, exchange.head.version.minor >= 1 {
+                var line = self.context.channel.allocator.buffer(capacity: 25)
+                line.writeStaticString("HTTP/1.1 100 Continue\r\n\r\n")
+                self.context.write(self.wrapOutboundOut(line), promise: nil)
             }
+        case .head(let head, let framing):
             exchange.responseDeadline = nil
             exchange.responseStarted = true
-            if !head.isKeepAlive { upstream.isReusable = false }
-            self.context.write(self.wrapOutboundOut(.head(self.clientResponseHead(head, for: exchange))), promise: nil)
+            self.context.write(
+                self.wrapOutboundOut(self.clientResponseHead(head, framing: framing, for: exchange, upstream: upstream)),
+                promise: nil
+            )
         case .body(let buffer):
-            self.context.write(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
-        case .end(let trailers):
+            if exchange.rechunkBody {
+                var framed = self.context.channel.allocator.buffer(capacity: 12)
+                framed.writeString(String(buffer.readableBytes, radix: 16))
+                framed.writeStaticString("\r\n")
+                self.context.write(self.wrapOutboundOut(framed), promise: nil)
+                self.context.write(self.wrapOutboundOut(buffer), promise: nil)
+                var crlf = self.context.channel.allocator.buffer(capacity: 2)
+                crlf.writeStaticString("\r\n")
+                self.context.write(self.wrapOutboundOut(crlf), promise: nil)
+            } else {
+                self.context.write(self.wrapOutboundOut(buffer), promise: nil)
+            }
+        case .end:
             exchange.responseEnded = true
             if exchange.requestEnded, let key = exchange.upstreamKey {
                 upstream.detach()
@@ -176,31 +164,83 @@ extension ProxyConnectionHandler {
                 exchange.requestEnded = true
             }
             self.phase = .localResponse
-            self.writeEnd(trailers, for: exchange)
+            var last: ByteBuffer?
+            if exchange.rechunkBody {
+                var terminator = self.context.channel.allocator.buffer(capacity: 5)
+                terminator.writeStaticString("0\r\n\r\n")
+                last = terminator
+            }
+            self.writeEnd(last, for: exchange)
         }
     }
 
-    /// The response head for the client: hop-by-hop fields removed, `Via` added, framing fixed.
-    private func clientResponseHead(_ head: HTTPResponseHead, for exchange: ProxyExchange) -> HTTPResponseHead {
-        var headers = HeaderRewriter.forwardable(head.headers)
-        let code = head.status.code
-        let bodiless = exchange.isHead || code == 204 || code == 304
-        if bodiless {
-            // Our encoder frames by these headers; a bodiless response must not announce chunks.
-            headers.remove(name: "transfer-encoding")
-        } else if headers.contains(name: "content-length") {
-            headers.remove(name: "transfer-encoding")
-        } else if headers.contains(name: "transfer-encoding") {
-            headers.replaceOrAdd(name: "transfer-encoding", value: "chunked")
-        } else if exchange.head.version.minor >= 1 {
-            // Close-delimited body from the origin: re-frame it so the client connection survives.
-            headers.add(name: "transfer-encoding", value: "chunked")
-        } else {
-            exchange.closeAfter = true
+    /// The response head for the client: the origin's header lines copied as they are, less the
+    /// hop-by-hop ones, plus `Via`, with framing fixed for this client.
+    private func clientResponseHead(
+        _ head: ResponseHead,
+        framing: ResponseFramer.Framing,
+        for exchange: ProxyExchange,
+        upstream: UpstreamHandler
+    ) -> ByteBuffer {
+        let clientMinor = exchange.head.version.minor == 0 ? 0 : 1
+        var connectionOptions: [String] = []
+        var originKeepsAlive = head.minorVersion >= 1
+        for line in head.lines where ByteFieldName.equals(head.name(line), "connection") {
+            for token in ByteFieldName.tokens(head.value(line)) {
+                if token == "close" {
+                    originKeepsAlive = false
+                } else if token != "keep-alive" {
+                    connectionOptions.append(token)
+                }
+            }
         }
-        if exchange.closeAfter { headers.add(name: "Connection", value: "close") }
-        let version: HTTPVersion = exchange.head.version.minor == 0 ? .http1_0 : .http1_1
-        return HTTPResponseHead(version: version, status: head.status, headers: headers)
+        if !originKeepsAlive { upstream.isReusable = false }
+
+        var dropLength = false
+        var dropTransferEncoding = false
+        switch framing {
+        case .chunked:
+            dropLength = true
+            // An HTTP/1.0 client gets the decoded body, delimited by the close.
+            if clientMinor == 0 {
+                dropTransferEncoding = true
+                exchange.closeAfter = true
+            }
+        case .untilClose:
+            dropLength = true
+            dropTransferEncoding = true
+            if clientMinor == 1 {
+                exchange.rechunkBody = true
+            } else {
+                exchange.closeAfter = true
+            }
+        case .length, .none:
+            break
+        }
+
+        var out = self.context.channel.allocator.buffer(capacity: head.bytes.readableBytes + 64)
+        out.writeStaticString("HTTP/1.")
+        out.writeString(clientMinor == 0 ? "0" : "1")
+        // " 200 OK" — status code and reason phrase as the origin sent them.
+        out.writeBytes(head.bytes.readableBytesView[(head.bytes.readableBytesView.startIndex + 8)..<(head.bytes.readableBytesView.startIndex + head.statusLineEnd)])
+        out.writeStaticString("\r\n")
+        let view = head.bytes.readableBytesView
+        for line in head.lines {
+            let name = head.name(line)
+            if HeaderRewriter.isAlwaysHopByHop(name) { continue }
+            if dropLength, ByteFieldName.equals(name, "content-length") { continue }
+            if dropTransferEncoding, ByteFieldName.equals(name, "transfer-encoding") { continue }
+            if !connectionOptions.isEmpty, connectionOptions.contains(where: { ByteFieldName.equals(name, $0) }) {
+                continue
+            }
+            out.writeBytes(view[(view.startIndex + line.start)..<(view.startIndex + line.end)])
+            out.writeStaticString("\r\n")
+        }
+        if exchange.rechunkBody { out.writeStaticString("Transfer-Encoding: chunked\r\n") }
+        out.writeStaticString("Via: 1.1 portcullis\r\n")
+        if exchange.closeAfter { out.writeStaticString("Connection: close\r\n") }
+        out.writeStaticString("\r\n")
+        return out
     }
 
     func upstreamReadComplete() {
@@ -218,6 +258,18 @@ extension ProxyConnectionHandler {
         if exchange.responseStarted {
             // Part of the response is already with the client; the only honest signal left is to close.
             self.context.close(promise: nil)
+            return
+        }
+        if let protocolError = error as? ResponseFramer.ProtocolError {
+            self.sendLocalResponse(
+                ProxyResponse(
+                    status: .badGateway,
+                    proxyError: "http_protocol_error",
+                    details: protocolError.reason,
+                    message: "the origin's response was not valid HTTP/1.1 (\(protocolError.reason))."
+                ),
+                for: exchange
+            )
             return
         }
         if exchange.usedPooledConnection, exchange.isRetriable, let target = exchange.target,
@@ -263,26 +315,28 @@ extension ProxyConnectionHandler {
         exchange.buffered.removeAll()
         exchange.responseStarted = true
         self.phase = .localResponse
-        let version: HTTPVersion = exchange.head.version.minor == 0 ? .http1_0 : .http1_1
         let close = exchange.closeAfter || self.quiescing
-        self.context.write(self.wrapOutboundOut(.head(response.head(version: version, close: close))), promise: nil)
-        var body = self.context.channel.allocator.buffer(capacity: response.body.utf8.count)
-        body.writeString(response.body)
-        self.context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        exchange.closeAfter = close
+        let bytes = response.serialized(
+            httpMinorVersion: exchange.head.version.minor == 0 ? 0 : 1,
+            close: close,
+            allocator: self.context.channel.allocator
+        )
         exchange.responseEnded = true
-        self.writeEnd(nil, for: exchange)
+        self.writeEnd(bytes, for: exchange)
         self.resumeReadsIfPossible()
     }
 
-    private func writeEnd(_ trailers: HTTPHeaders?, for exchange: ProxyExchange) {
+    /// Writes the last bytes of a response (if any) and ends the exchange's response side.
+    private func writeEnd(_ last: ByteBuffer?, for exchange: ProxyExchange) {
         exchange.responseEnded = true
         if exchange.closeAfter {
             // Closing must wait for the response to leave: close() drops unwritten data.
             let promise = self.context.eventLoop.makePromise(of: Void.self)
-            self.context.writeAndFlush(self.wrapOutboundOut(.end(trailers)), promise: promise)
+            self.context.writeAndFlush(self.wrapOutboundOut(last ?? ByteBuffer()), promise: promise)
             exchange.responseWritten = promise.futureResult
-        } else {
-            self.context.write(self.wrapOutboundOut(.end(trailers)), promise: nil)
+        } else if let last {
+            self.context.write(self.wrapOutboundOut(last), promise: nil)
         }
         self.finishIfDone(exchange)
     }

@@ -41,19 +41,15 @@ extension ProxyConnectionHandler {
         self.phase = .tunnel
         self.exchange = nil
         self.cancelTimer()
-        let head = HTTPResponseHead(
-            version: exchange.head.version,
-            status: .custom(code: 200, reasonPhrase: "Connection established")
-        )
-        context.write(self.wrapOutboundOut(.head(head)), promise: nil)
-        context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+        var established = context.channel.allocator.buffer(capacity: 40)
+        established.writeString("HTTP/1.\(exchange.head.version.minor == 0 ? 0 : 1) 200 Connection established\r\n\r\n")
+        context.writeAndFlush(self.wrapOutboundOut(established), promise: nil)
         do {
             let sync = context.pipeline.syncOperations
             try sync.addHandlers(
                 [IdleStateHandler(allTimeout: self.shared.configuration.tunnelIdleTimeout), clientGlue],
                 position: .after(self)
             )
-            sync.removeHandler(self.encoder, promise: nil)
             // The decoder hands any bytes it already holds (sent right after the CONNECT head)
             // down the pipeline as it leaves; channelRead passes them to the glue.
             // The decoder leaves on a later tick, handing over the bytes it holds (sent right

@@ -14,8 +14,8 @@ import PortcullisStores
 /// ``UpstreamHandler`` likewise reads only while this client is writable.
 final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler, UpstreamOwner {
     typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundIn = HTTPServerResponsePart
-    typealias OutboundOut = HTTPServerResponsePart
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     enum Phase {
         case idle
@@ -30,7 +30,6 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     let shared: ProxyContext
     let pool: UpstreamPool
     var decoder: ByteToMessageHandler<HTTPRequestDecoder>
-    let encoder: HTTPResponseEncoder
     var context: ChannelHandlerContext!
     var logger: Logger
 
@@ -54,13 +53,11 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         shared: ProxyContext,
         pool: UpstreamPool,
         decoder: ByteToMessageHandler<HTTPRequestDecoder>,
-        encoder: HTTPResponseEncoder,
         logger: Logger
     ) {
         self.shared = shared
         self.pool = pool
         self.decoder = decoder
-        self.encoder = encoder
         self.logger = logger
     }
 

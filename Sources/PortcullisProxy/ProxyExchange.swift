@@ -25,6 +25,8 @@ final class ProxyExchange {
     var responseDeadline: NIODeadline?
     /// Completes when the last response byte was handed to the socket (set when closing after).
     var responseWritten: EventLoopFuture<Void>?
+    /// The origin's body is close-delimited and this HTTP/1.1 client gets it chunked.
+    var rechunkBody = false
 
     init(head: HTTPRequestHead, quiescing: Bool) {
         self.head = head

@@ -36,16 +36,20 @@ struct ProxyResponse {
         return value
     }
 
-    func head(version: HTTPVersion, close: Bool) -> HTTPResponseHead {
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(6 + self.extraHeaders.count)
-        for (name, value) in self.extraHeaders { headers.add(name: name, value: value) }
-        headers.add(name: "Proxy-Status", value: self.proxyStatus)
-        headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
-        headers.add(name: "Content-Length", value: String(self.body.utf8.count))
-        headers.add(name: "Cache-Control", value: "no-store")
-        if close { headers.add(name: "Connection", value: "close") }
-        return HTTPResponseHead(version: version, status: self.status, headers: headers)
+    /// The whole response, head and body, as it goes on the wire.
+    func serialized(httpMinorVersion: Int, close: Bool, allocator: ByteBufferAllocator) -> ByteBuffer {
+        let body = self.body
+        var out = allocator.buffer(capacity: 256 + body.utf8.count)
+        out.writeString("HTTP/1.\(httpMinorVersion) \(self.status.code) \(self.status.reasonPhrase)\r\n")
+        for (name, value) in self.extraHeaders { out.writeString("\(name): \(value)\r\n") }
+        out.writeString("Proxy-Status: \(self.proxyStatus)\r\n")
+        out.writeString("Content-Type: text/plain; charset=utf-8\r\n")
+        out.writeString("Content-Length: \(body.utf8.count)\r\n")
+        out.writeString("Cache-Control: no-store\r\n")
+        if close { out.writeString("Connection: close\r\n") }
+        out.writeString("\r\n")
+        out.writeString(body)
+        return out
     }
 
     var body: String { "\(self.status.code) \(self.status.reasonPhrase): \(self.message)\n" }

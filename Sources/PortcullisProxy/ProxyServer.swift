@@ -54,19 +54,15 @@ public final class ProxyServer: Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     let pool = self.pool(for: channel.eventLoop)
                     let decoder = ProxyConnectionHandler.makeDecoder()
-                    var encoderConfiguration = HTTPResponseEncoder.Configuration()
-                    encoderConfiguration.automaticallySetFramingHeaders = false
-                    let encoder = HTTPResponseEncoder(configuration: encoderConfiguration)
                     var logger = shared.logger
                     if let remote = channel.remoteAddress { logger[metadataKey: "client"] = "\(remote)" }
                     let handler = ProxyConnectionHandler(
                         shared: shared,
                         pool: pool,
                         decoder: decoder,
-                        encoder: encoder,
                         logger: logger
                     )
-                    try channel.pipeline.syncOperations.addHandlers([decoder, encoder, handler])
+                    try channel.pipeline.syncOperations.addHandlers([decoder, handler])
                 }
             }
     }

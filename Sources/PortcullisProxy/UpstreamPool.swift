@@ -82,33 +82,39 @@ final class UpstreamPool {
 
 /// What an ``UpstreamHandler`` reports to the client connection that currently owns it.
 protocol UpstreamOwner: AnyObject {
-    func upstreamResponsePart(_ part: HTTPClientResponsePart)
+    func upstreamEvent(_ event: ResponseFramer.Event)
     func upstreamReadComplete()
     func upstreamWritabilityChanged(isWritable: Bool)
+    /// The connection closed, or broke the protocol (`error` says why).
     func upstreamClosed(error: (any Error)?)
     var ownerIsWritable: Bool { get }
 }
 
-/// The last handler of an upstream HTTP/1.1 connection: relays response parts to its owner and
-/// reads only while the owner's client can take more (back-pressure).
+/// The last handler of an upstream HTTP/1.1 connection: frames the origin's responses with a
+/// ``ResponseFramer``, relays them to its owner and reads only while the owner's client can
+/// take more (back-pressure). Requests go out through NIO's `HTTPRequestEncoder`.
 final class UpstreamHandler: ChannelDuplexHandler {
-    typealias InboundIn = HTTPClientResponsePart
+    typealias InboundIn = ByteBuffer
     typealias OutboundIn = HTTPClientRequestPart
     typealias OutboundOut = HTTPClientRequestPart
 
     weak var owner: (any UpstreamOwner)?
-    /// The owner that received parts in the current read burst: it still gets the
-    /// readComplete (its cue to flush) if the exchange ended and detached inside the burst.
-    private weak var burstOwner: (any UpstreamOwner)?
     weak var pool: UpstreamPool?
     var poolKey: UpstreamPool.Key?
     var idleSince = NIODeadline.now()
     /// Set once the connection must not be reused (error, `Connection: close`, half-sent request).
     var isReusable = true
+    /// Parts for the client when it is HTTP/1.0 (chunked bodies are then decoded).
+    var clientIsHTTP10 = false
     private(set) var context: ChannelHandlerContext?
+    private var framer = ResponseFramer()
+    private var events: [ResponseFramer.Event] = []
     private var pendingRead = false
     private var lastError: (any Error)?
     private var isActive = true
+    /// The owner that received events in the current read burst: it still gets the
+    /// readComplete (its cue to flush) if the exchange ended and detached inside the burst.
+    private weak var burstOwner: (any UpstreamOwner)?
 
     var isUsable: Bool { self.isActive && self.isReusable && self.context?.channel.isActive == true }
     var isWritable: Bool { self.context?.channel.isWritable ?? false }
@@ -138,6 +144,9 @@ final class UpstreamHandler: ChannelDuplexHandler {
 
     func write(_ part: HTTPClientRequestPart, flush: Bool) {
         guard let context else { return }
+        if case .head(let head) = part {
+            self.framer.expectResponse(toHead: head.method == .HEAD, dechunk: self.clientIsHTTP10)
+        }
         context.write(self.wrapOutboundOut(part), promise: nil)
         if flush { context.flush() }
     }
@@ -168,22 +177,42 @@ final class UpstreamHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let part = self.unwrapInboundIn(data)
+        let buffer = self.unwrapInboundIn(data)
         guard let owner else {
             // An idle connection must stay silent; anything else means it is out of sync.
             self.close()
             return
         }
         self.burstOwner = owner
-        owner.upstreamResponsePart(part)
+        // Events are collected first and delivered after the framer is done with the bytes:
+        // delivering one can start the next exchange on this very connection.
+        var failure: (any Error)?
+        do {
+            try self.framer.feed(buffer) { self.events.append($0) }
+        } catch {
+            failure = error
+        }
+        if !self.framer.reusable { self.isReusable = false }
+        self.deliverEvents(to: owner)
+        if let failure {
+            self.lastError = failure
+            self.close()
+        }
+    }
+
+    private func deliverEvents(to owner: any UpstreamOwner) {
+        guard !self.events.isEmpty else { return }
+        let events = self.events
+        self.events.removeAll(keepingCapacity: true)
+        for event in events { owner.upstreamEvent(event) }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
         self.endBurst()
     }
 
-    /// Parts can also arrive outside a read (the decoder's last message on EOF): whoever got
-    /// them must still be told to flush.
+    /// Parts can also arrive outside a read (the last one of a close-delimited body on EOF):
+    /// whoever got them must still be told to flush.
     private func endBurst() {
         let owner = self.burstOwner ?? self.owner
         self.burstOwner = nil
@@ -195,8 +224,24 @@ final class UpstreamHandler: ChannelDuplexHandler {
         context.fireChannelWritabilityChanged()
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
+    private func originFinishedSending() {
+        self.isReusable = false
+        guard self.framer.isAwaitingResponse else { return }
+        do {
+            try self.framer.feedEOF { self.events.append($0) }
+        } catch {
+            self.lastError = error
+        }
+        if let owner = self.owner {
+            self.burstOwner = owner
+            self.deliverEvents(to: owner)
+        }
+        self.events.removeAll()
         self.endBurst()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.originFinishedSending()
         self.isActive = false
         self.isReusable = false
         if let pool, let poolKey { pool.remove(self, key: poolKey) }
@@ -208,8 +253,7 @@ final class UpstreamHandler: ChannelDuplexHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case .some(.inputClosed) = event as? ChannelEvent {
             // The origin finished sending; HTTP/1.1 gives us nothing more to do with this connection.
-            self.endBurst()
-            self.isReusable = false
+            self.originFinishedSending()
             context.close(promise: nil)
         }
         context.fireUserInboundEventTriggered(event)

@@ -133,7 +133,7 @@ class ProxyLauncher:
             err = p.stderr.text()
             if err:
                 print(f"--- portcullis stderr (pid {p.pid}, exit {p.proc.returncode}) ---")
-                print(err[-6000:])
+                print(err[:3000] + ("\n…\n" + err[-3000:] if len(err) > 6000 else err[3000:]))
 
 
 @pytest.fixture
