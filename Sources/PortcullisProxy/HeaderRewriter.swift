@@ -50,18 +50,47 @@ enum HeaderRewriter {
         return names
     }
 
-    /// The headers to send to the next hop: hop-by-hop fields removed, `Via` appended.
-    static func forwardable(_ headers: HTTPHeaders, extraCapacity: Int = 2) -> HTTPHeaders {
-        let options = connectionOptions(headers).filter { $0 != "close" && $0 != "keep-alive" }
-        var out = HTTPHeaders()
-        out.reserveCapacity(headers.count + extraCapacity)
-        for (name, value) in headers {
-            if isAlwaysHopByHop(name) { continue }
-            if !options.isEmpty, options.contains(where: { name.caseInsensitiveEquals($0) }) { continue }
-            out.add(name: name, value: value)
+    /// The request head for the origin, serialized: origin-form target, hop-by-hop fields
+    /// removed, `Host` set to the target's authority (RFC 9112 §3.2.2), `Via` appended.
+    /// - Returns: the bytes and whether the body must be sent chunked.
+    static func upstreamRequestHead(
+        _ head: HTTPRequestHead,
+        pathAndQuery: String,
+        hostHeader: String,
+        allocator: ByteBufferAllocator
+    ) -> (bytes: ByteBuffer, chunked: Bool) {
+        var options: [String] = []
+        var chunked = false
+        for (name, value) in head.headers {
+            if name.caseInsensitiveEquals("connection") {
+                options.append(
+                    contentsOf: connectionOptions(HTTPHeaders([(name, value)])).filter {
+                        $0 != "close" && $0 != "keep-alive"
+                    }
+                )
+            } else if name.caseInsensitiveEquals("transfer-encoding") {
+                chunked = true
+            }
         }
-        out.add(name: "Via", value: viaValue)
-        return out
+        var out = allocator.buffer(capacity: 256 + pathAndQuery.utf8.count)
+        out.writeString(head.method.rawValue)
+        out.writeStaticString(" ")
+        out.writeString(pathAndQuery)
+        out.writeStaticString(" HTTP/1.1\r\nHost: ")
+        out.writeString(hostHeader)
+        out.writeStaticString("\r\n")
+        for (name, value) in head.headers {
+            if isAlwaysHopByHop(name) || name.caseInsensitiveEquals("host") { continue }
+            // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3); never send both.
+            if chunked, name.caseInsensitiveEquals("content-length") { continue }
+            if !options.isEmpty, options.contains(where: { name.caseInsensitiveEquals($0) }) { continue }
+            out.writeString(name)
+            out.writeStaticString(": ")
+            out.writeString(value)
+            out.writeStaticString("\r\n")
+        }
+        out.writeStaticString("Via: 1.1 portcullis\r\n\r\n")
+        return (out, chunked)
     }
 }
 

@@ -6,14 +6,14 @@ import NIOPosix
 // Forwarding of absolute-form requests over pooled upstream connections.
 extension ProxyConnectionHandler {
     func forward(_ exchange: ProxyExchange, to authority: OriginAuthority, pathAndQuery: String) {
-        var headers = HeaderRewriter.forwardable(exchange.head.headers)
-        headers.replaceOrAdd(name: "Host", value: authority.hostHeader)
-        exchange.upstreamHead = HTTPRequestHead(
-            version: .http1_1,
-            method: exchange.head.method,
-            uri: pathAndQuery,
-            headers: headers
+        let (head, chunked) = HeaderRewriter.upstreamRequestHead(
+            exchange.head,
+            pathAndQuery: pathAndQuery,
+            hostHeader: authority.hostHeader,
+            allocator: self.context.channel.allocator
         )
+        exchange.upstreamHead = head
+        exchange.upstreamChunked = chunked
         let key = UpstreamPool.Key(host: authority.host, port: authority.port)
         exchange.upstreamKey = key
         if let upstream = self.pool.acquire(key) {
@@ -31,9 +31,9 @@ extension ProxyConnectionHandler {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
-                    // Requests are encoded by NIO; responses are framed by our own ResponseFramer
-                    // inside UpstreamHandler and relayed without re-encoding.
-                    try sync.addHandlers([HTTPRequestEncoder(), upstream])
+                    // Requests are serialized by HeaderRewriter, responses framed by our own
+                    // ResponseFramer inside UpstreamHandler; nothing is re-encoded.
+                    try sync.addHandler(upstream)
                 }
             }
             .connect(host: authority.host, port: authority.port)
@@ -77,11 +77,11 @@ extension ProxyConnectionHandler {
         upstream.attach(to: self)
         upstream.clientIsHTTP10 = exchange.head.version.minor == 0
         self.phase = .forwarding(upstream)
-        upstream.write(.head(head), flush: false)
+        upstream.sendHead(head, isHEAD: exchange.isHead)
         for part in exchange.buffered {
             switch part {
-            case .body(let buffer): upstream.write(.body(.byteBuffer(buffer)), flush: false)
-            case .end(let trailers): upstream.write(.end(trailers), flush: false)
+            case .body(let buffer): upstream.sendBody(buffer, chunked: exchange.upstreamChunked)
+            case .end(let trailers): upstream.sendEnd(chunked: exchange.upstreamChunked, trailers: trailers)
             case .head: break
             }
         }
@@ -134,7 +134,9 @@ extension ProxyConnectionHandler {
             exchange.responseDeadline = nil
             exchange.responseStarted = true
             self.context.write(
-                self.wrapOutboundOut(self.clientResponseHead(head, framing: framing, for: exchange, upstream: upstream)),
+                self.wrapOutboundOut(
+                    self.clientResponseHead(head, framing: framing, for: exchange, upstream: upstream)
+                ),
                 promise: nil
             )
         case .body(let buffer):
@@ -222,7 +224,12 @@ extension ProxyConnectionHandler {
         out.writeStaticString("HTTP/1.")
         out.writeString(clientMinor == 0 ? "0" : "1")
         // " 200 OK" — status code and reason phrase as the origin sent them.
-        out.writeBytes(head.bytes.readableBytesView[(head.bytes.readableBytesView.startIndex + 8)..<(head.bytes.readableBytesView.startIndex + head.statusLineEnd)])
+        out.writeBytes(
+            head.bytes.readableBytesView[
+                (head.bytes.readableBytesView.startIndex + 8)..<(head.bytes.readableBytesView.startIndex
+                    + head.statusLineEnd)
+            ]
+        )
         out.writeStaticString("\r\n")
         let view = head.bytes.readableBytesView
         for line in head.lines {

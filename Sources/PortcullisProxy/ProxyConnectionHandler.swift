@@ -229,7 +229,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             exchange.requestBodyBytes += buffer.readableBytes
             switch self.phase {
             case .forwarding(let upstream):
-                upstream.write(.body(.byteBuffer(buffer)), flush: false)
+                upstream.sendBody(buffer, chunked: exchange.upstreamChunked)
             case .authenticating, .connecting, .tunnelConnecting:
                 exchange.buffered.append(part)
             case .localResponse:
@@ -248,7 +248,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             exchange.requestEnded = true
             switch self.phase {
             case .forwarding(let upstream):
-                upstream.write(.end(trailers), flush: false)
+                upstream.sendEnd(chunked: exchange.upstreamChunked, trailers: trailers)
             case .authenticating, .connecting, .tunnelConnecting:
                 exchange.buffered.append(part)
             case .localResponse:

@@ -18,7 +18,9 @@ final class ProxyExchange {
     var discardedBodyBytes = 0
     var requestBodyBytes = 0
     /// The head sent upstream, kept to retry once on a fresh connection.
-    var upstreamHead: HTTPRequestHead?
+    var upstreamHead: ByteBuffer?
+    /// The request body goes to the origin chunk-framed.
+    var upstreamChunked = false
     var upstreamKey: UpstreamPool.Key?
     var usedPooledConnection = false
     /// When the origin's response head is due (a 504 after that).

@@ -48,7 +48,8 @@ enum ByteFieldName {
             var token = part[...]
             while let f = token.first, f == 0x20 || f == 0x09 { token = token.dropFirst() }
             while let l = token.last, l == 0x20 || l == 0x09 { token = token.dropLast() }
-            return token.isEmpty ? nil : String(decoding: token.map { ($0 >= 65 && $0 <= 90) ? $0 | 0x20 : $0 }, as: UTF8.self)
+            return token.isEmpty
+                ? nil : String(decoding: token.map { ($0 >= 65 && $0 <= 90) ? $0 | 0x20 : $0 }, as: UTF8.self)
         }
     }
 }

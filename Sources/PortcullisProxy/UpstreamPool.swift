@@ -95,8 +95,8 @@ protocol UpstreamOwner: AnyObject {
 /// take more (back-pressure). Requests go out through NIO's `HTTPRequestEncoder`.
 final class UpstreamHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
-    typealias OutboundIn = HTTPClientRequestPart
-    typealias OutboundOut = HTTPClientRequestPart
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     weak var owner: (any UpstreamOwner)?
     weak var pool: UpstreamPool?
@@ -142,13 +142,40 @@ final class UpstreamHandler: ChannelDuplexHandler {
         }
     }
 
-    func write(_ part: HTTPClientRequestPart, flush: Bool) {
+    /// Sends a serialized request head; the response to it is framed accordingly.
+    func sendHead(_ bytes: ByteBuffer, isHEAD: Bool) {
         guard let context else { return }
-        if case .head(let head) = part {
-            self.framer.expectResponse(toHead: head.method == .HEAD, dechunk: self.clientIsHTTP10)
+        self.framer.expectResponse(toHead: isHEAD, dechunk: self.clientIsHTTP10)
+        context.write(self.wrapOutboundOut(bytes), promise: nil)
+    }
+
+    /// Sends request body bytes (decoded by the client-side parser), chunk-framed if asked.
+    func sendBody(_ buffer: ByteBuffer, chunked: Bool) {
+        guard let context, buffer.readableBytes > 0 else { return }
+        if chunked {
+            var size = context.channel.allocator.buffer(capacity: 12)
+            size.writeString(String(buffer.readableBytes, radix: 16))
+            size.writeStaticString("\r\n")
+            context.write(self.wrapOutboundOut(size), promise: nil)
+            context.write(self.wrapOutboundOut(buffer), promise: nil)
+            var crlf = context.channel.allocator.buffer(capacity: 2)
+            crlf.writeStaticString("\r\n")
+            context.write(self.wrapOutboundOut(crlf), promise: nil)
+        } else {
+            context.write(self.wrapOutboundOut(buffer), promise: nil)
         }
-        context.write(self.wrapOutboundOut(part), promise: nil)
-        if flush { context.flush() }
+    }
+
+    /// Ends the request body: the last chunk and trailers when chunked, nothing otherwise.
+    func sendEnd(chunked: Bool, trailers: HTTPHeaders?) {
+        guard let context, chunked else { return }
+        var last = context.channel.allocator.buffer(capacity: 64)
+        last.writeStaticString("0\r\n")
+        for (name, value) in trailers ?? [:] where !HeaderRewriter.isAlwaysHopByHop(name) {
+            last.writeString("\(name): \(value)\r\n")
+        }
+        last.writeStaticString("\r\n")
+        context.write(self.wrapOutboundOut(last), promise: nil)
     }
 
     func flush() {

@@ -79,7 +79,9 @@ import Testing
     }
 
     @Test func headAnd204And304HaveNoBody() throws {
-        #expect(try run("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", toHead: true).seen == [.head(200, .none), .end])
+        #expect(
+            try run("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", toHead: true).seen == [.head(200, .none), .end]
+        )
         #expect(try run("HTTP/1.1 204 No Content\r\n\r\n").seen == [.head(204, .none), .end])
         #expect(try run("HTTP/1.1 304 Not Modified\r\nContent-Length: 12\r\n\r\n").seen == [.head(304, .none), .end])
     }
@@ -140,7 +142,9 @@ import Testing
         var framer = ResponseFramer()
         framer.expectResponse(toHead: false, dechunk: false)
         var head: ResponseHead?
-        try framer.feed(ByteBuffer(string: "HTTP/1.1 404 Not Found\r\nX-A:  spaced value \r\nContent-Length: 0\r\n\r\n")) {
+        try framer.feed(
+            ByteBuffer(string: "HTTP/1.1 404 Not Found\r\nX-A:  spaced value \r\nContent-Length: 0\r\n\r\n")
+        ) {
             if case .head(let h, _) = $0 { head = h }
         }
         let h = try #require(head)
