@@ -141,14 +141,7 @@ extension ProxyConnectionHandler {
             )
         case .body(let buffer):
             if exchange.rechunkBody {
-                var framed = self.context.channel.allocator.buffer(capacity: 12)
-                framed.writeString(String(buffer.readableBytes, radix: 16))
-                framed.writeStaticString("\r\n")
-                self.context.write(self.wrapOutboundOut(framed), promise: nil)
-                self.context.write(self.wrapOutboundOut(buffer), promise: nil)
-                var crlf = self.context.channel.allocator.buffer(capacity: 2)
-                crlf.writeStaticString("\r\n")
-                self.context.write(self.wrapOutboundOut(crlf), promise: nil)
+                ChunkedFraming.writeChunk(buffer, on: self.context)
             } else {
                 self.context.write(self.wrapOutboundOut(buffer), promise: nil)
             }

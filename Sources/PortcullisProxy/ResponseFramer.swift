@@ -376,3 +376,20 @@ enum HTTPTokenByte {
         }
     }
 }
+
+/// Writing a body as HTTP/1.1 chunks (RFC 9112 §7.1), for handlers whose outbound type is bytes.
+enum ChunkedFraming {
+    /// Writes `buffer` as one chunk; nothing for an empty buffer, whose zero-size chunk would
+    /// end the body.
+    static func writeChunk(_ buffer: ByteBuffer, on context: ChannelHandlerContext) {
+        guard buffer.readableBytes > 0 else { return }
+        var size = context.channel.allocator.buffer(capacity: 12)
+        size.writeString(String(buffer.readableBytes, radix: 16))
+        size.writeStaticString("\r\n")
+        context.write(NIOAny(size), promise: nil)
+        context.write(NIOAny(buffer), promise: nil)
+        var crlf = context.channel.allocator.buffer(capacity: 2)
+        crlf.writeStaticString("\r\n")
+        context.write(NIOAny(crlf), promise: nil)
+    }
+}

@@ -153,14 +153,7 @@ final class UpstreamHandler: ChannelDuplexHandler {
     func sendBody(_ buffer: ByteBuffer, chunked: Bool) {
         guard let context, buffer.readableBytes > 0 else { return }
         if chunked {
-            var size = context.channel.allocator.buffer(capacity: 12)
-            size.writeString(String(buffer.readableBytes, radix: 16))
-            size.writeStaticString("\r\n")
-            context.write(self.wrapOutboundOut(size), promise: nil)
-            context.write(self.wrapOutboundOut(buffer), promise: nil)
-            var crlf = context.channel.allocator.buffer(capacity: 2)
-            crlf.writeStaticString("\r\n")
-            context.write(self.wrapOutboundOut(crlf), promise: nil)
+            ChunkedFraming.writeChunk(buffer, on: context)
         } else {
             context.write(self.wrapOutboundOut(buffer), promise: nil)
         }
