@@ -182,12 +182,30 @@ ensure_portcullis() {
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Any socket (listening, connected, TIME_WAIT, ...) with this local port?
+port_taken() {
+  port_in_use "$1" && return 0
+  command -v ss >/dev/null || return 1
+  [[ -n $(ss -Htan "( sport = :$1 )" 2>/dev/null) ]]
+}
+
+# Prints a free port, chosen below (or above) the kernel's ephemeral range:
+# a port in that range can be the local end of some client connection (wrk's,
+# or anyone's) at the moment a server tries to bind it.
 pick_port() {
-  local port i
+  local port i lo=32768 hi=60999 base=20000 span=10000
+  read -r lo hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+  if ((lo - 1 >= 11000)); then
+    span=$((lo - 1 - 10000 < 20000 ? lo - 1 - 10000 : 20000))
+    base=$((lo - span))
+  elif ((hi + 1 + 2000 <= 65535)); then
+    base=$((hi + 1))
+    span=$((65535 - hi))
+  fi
   for ((i = 0; i < 100; i++)); do
-    port=$((20000 + RANDOM % 30000))
+    port=$((base + RANDOM % span))
     [[ " ${USED_PORTS[*]-} " == *" $port "* ]] && continue
-    port_in_use "$port" || { echo "$port"; return 0; }
+    port_taken "$port" || { echo "$port"; return 0; }
   done
   die "could not find a free port on 127.0.0.1"
 }
@@ -554,7 +572,7 @@ first_line() { "$@" 2>&1 | head -n 1 || true; }
 
 write_json() {
   local results=$1 json=$2 commit dirty=false swift_version target pid rss
-  local peak_rss='{}' versions='{}'
+  local peak_rss='{}' versions='{}' bin_built=""
   commit=$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo "none")
   [[ -n $(git -C "$REPO_ROOT" status --porcelain 2>/dev/null) ]] && dirty=true
   if command -v swift >/dev/null; then
@@ -569,6 +587,10 @@ write_json() {
     rss=$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status")
     [[ $rss =~ ^[0-9]+$ ]] && peak_rss=$(jq -c --arg t "$target" --argjson v "$rss" '.[$t] = $v' <<<"$peak_rss")
   done
+  # The binary may be older than HEAD (built before the last commits).
+  if wants proxy && [[ -n $PORTCULLIS ]]; then
+    bin_built=$(date -u -r "$PORTCULLIS" +%Y-%m-%dT%H:%M:%SZ 2>/dev/null || true)
+  fi
   [[ -n $SQUID ]] && versions=$(jq -c --arg v "$(first_line "$SQUID" -v | sed 's/^Squid Cache: Version /Squid /')" '.squid = $v' <<<"$versions")
   [[ -n $TINYPROXY ]] && versions=$(jq -c --arg v "$(first_line "$TINYPROXY" -v)" '.tinyproxy = $v' <<<"$versions")
   [[ -n $HAPROXY ]] && versions=$(jq -c --arg v "$(first_line "$HAPROXY" -v | awk '{ print "HAProxy " $3 }')" '.haproxy = $v' <<<"$versions")
@@ -588,6 +610,7 @@ write_json() {
     --argjson connections "$CONNECTIONS" --argjson threads "$THREADS" \
     --argjson warmup "$WARMUP" \
     --arg portcullis "${PORTCULLIS:-}" \
+    --arg bin_built "$bin_built" \
     --argjson peak_rss "$peak_rss" \
     --argjson versions "$versions" \
     --argjson targets "$(printf '%s\n' "${SELECTED[@]}" | jq -R . | jq -s .)" '
@@ -661,7 +684,8 @@ write_json() {
                   wrk_version: $wrk, nginx_version: $nginx, peer_versions: $versions},
         settings: {duration_s: $duration, rounds: $rounds, connections: $connections,
                    threads: $threads, warmup_s: $warmup, targets: $targets,
-                   portcullis_bin: (if $targets | index("proxy") then $portcullis else null end)},
+                   portcullis_bin: (if $targets | index("proxy") then $portcullis else null end),
+                   portcullis_bin_modified: (if $bin_built == "" then null else $bin_built end)},
         targets: $by_target,
         comparison: (if $by_target.direct and $by_target.proxy then {
             throughput_ratio_proxy_over_direct: $vs_direct.proxy.throughput_ratio,
@@ -690,7 +714,8 @@ render_markdown() {
     .settings as $s | .machine as $m |
     "## Portcullis bench — \(.benchmark)",
     "",
-    "- \($m.date) · commit `\($m.git_commit)`\(if $m.git_dirty then " (dirty)" else "" end) · \($m.swift_version)",
+    "- \($m.date) · commit `\($m.git_commit)`\(if $m.git_dirty then " (dirty)" else "" end) · \($m.swift_version)\(
+      if $s.portcullis_bin_modified then " · Portcullis binary modified \($s.portcullis_bin_modified)" else "" end)",
     "- \($m.nproc) CPUs (\($m.cpu)), kernel \($m.kernel), wrk \($m.wrk_version), \($m.nginx_version)\(
       ($m.peer_versions // {}) | to_entries | map(", " + .value) | join(""))",
     "- `wrk -t\($s.threads) -c\($s.connections) -d\($s.duration_s)s --latency`, \($s.rounds) round(s) per target, alternating, \($s.warmup_s) s warm-up; medians over rounds, errors summed over rounds",

@@ -9,14 +9,14 @@ import NIOPosix
 public final class ProxyServer: Sendable {
     private let shared: ProxyContext
     private let group: MultiThreadedEventLoopGroup
-    private let quiesce: ServerQuiescingHelper
+    /// One per listener: a helper collects the children of exactly one server channel.
+    private let quiescers = NIOLockedValueBox<[ServerQuiescingHelper]>([])
     private let channels = NIOLockedValueBox<[any Channel]>([])
     private let pools = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<UpstreamPool>]>([:])
 
     public init(context: ProxyContext, group: MultiThreadedEventLoopGroup) {
         self.shared = context
         self.group = group
-        self.quiesce = ServerQuiescingHelper(group: group)
     }
 
     /// Binds every address; fails (and binds nothing that stays open) if any bind fails.
@@ -24,7 +24,9 @@ public final class ProxyServer: Sendable {
         var bound: [SocketAddress] = []
         do {
             for address in addresses {
-                let channel = try await self.makeBootstrap().bind(to: address).get()
+                let quiesce = ServerQuiescingHelper(group: self.group)
+                self.quiescers.withLockedValue { $0.append(quiesce) }
+                let channel = try await self.makeBootstrap(quiesce: quiesce).bind(to: address).get()
                 self.channels.withLockedValue { $0.append(channel) }
                 if let local = channel.localAddress { bound.append(local) }
             }
@@ -35,7 +37,7 @@ public final class ProxyServer: Sendable {
         return bound
     }
 
-    private func makeBootstrap() -> ServerBootstrap {
+    private func makeBootstrap(quiesce: ServerQuiescingHelper) -> ServerBootstrap {
         let shared = self.shared
         return ServerBootstrap(group: self.group)
             .serverChannelOption(.backlog, value: 1024)
@@ -43,7 +45,7 @@ public final class ProxyServer: Sendable {
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
-                        self.quiesce.makeServerChannelHandler(channel: channel)
+                        quiesce.makeServerChannelHandler(channel: channel)
                     )
                 }
             }
@@ -86,13 +88,22 @@ public final class ProxyServer: Sendable {
     /// Stops accepting, lets connections finish their current exchange, and after `grace`
     /// closes whatever is still open (tunnels included).
     public func shutdown(grace: TimeAmount) async {
-        let promise = self.group.next().makePromise(of: Void.self)
-        self.quiesce.initiateShutdown(promise: promise)
-        let timeout = self.group.next().scheduleTask(in: grace) {
-            promise.succeed(())
+        let loop = self.group.next()
+        let quiescers = self.quiescers.withLockedValue { $0 }
+        let drained = quiescers.map { quiesce in
+            let promise = loop.makePromise(of: Void.self)
+            quiesce.initiateShutdown(promise: promise)
+            return promise.futureResult
         }
-        try? await promise.futureResult.get()
+        let done = loop.makePromise(of: Void.self)
+        EventLoopFuture.andAllComplete(drained, on: loop).cascade(to: done)
+        let timeout = loop.scheduleTask(in: grace) {
+            done.succeed(())
+        }
+        try? await done.futureResult.get()
         timeout.cancel()
+        // A helper fails its promise when it goes away; let that happen while the loops run.
+        self.quiescers.withLockedValue { $0.removeAll() }
         // Stop the pools' sweepers and close idle upstream connections while the loops still run.
         let pools = self.pools.withLockedValue { Array($0.values) }
         for pool in pools {

@@ -211,6 +211,23 @@ def test_ipv4_and_ipv6_listeners_together(launcher, origin):
     assert p.running()
 
 
+@needs_v6
+def test_sigterm_closes_every_listener_and_exits_cleanly(launcher, origin):
+    p4, p6 = free_port(), free_port("::1")
+    p = launcher.start(listen=[f"127.0.0.1:{p4}", f"[::1]:{p6}"])
+    from portcullis_helpers import RawConn
+    with RawConn("::1", p6) as idle6:  # a keep-alive client on the second listener
+        assert idle6.request("GET", f"{origin.base}/text", [AUTH]).status == 200
+        p.send_signal(signal.SIGTERM)
+        for host, port in (("127.0.0.1", p4), ("::1", p6)):
+            wait_until(lambda: try_connect(host, port, 0.5) == "refused", timeout=3,
+                       what=f"listener {host}:{port} to close after SIGTERM")
+        assert idle6.wait_eof(5) == b"", "idle client on the second listener was not closed"
+    assert p.proc.wait(timeout=8) == 0
+    p.stderr.wait_closed(2)
+    assert "ERROR" not in p.stderr.text() and "Fatal" not in p.stderr.text(), p.stderr.text()
+
+
 # ----------------------------------------------------------------- SIGTERM
 
 def test_sigterm_drains_in_flight_request_and_exits_zero(launcher, origin):
