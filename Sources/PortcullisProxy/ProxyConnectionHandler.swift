@@ -337,7 +337,9 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     private func reject(_ exchange: ProxyExchange, _ failure: AuthFailure) {
-        self.logger.info(
+        // The first 407 of a normal handshake (no credentials yet) is not worth an info line.
+        self.logger.log(
+            level: failure.reason == .missingCredentials ? .debug : .info,
             "authentication failed",
             metadata: [
                 "client": "\(self.context.channel.remoteAddress?.description ?? "-")",
