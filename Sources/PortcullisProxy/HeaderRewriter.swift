@@ -3,8 +3,8 @@ import NIOHTTP1
 
 /// Header rewriting a forward proxy owes each hop (RFC 9110 §7.6.1).
 enum HeaderRewriter {
-    /// The pseudonym this proxy uses in `Via`.
-    static let viaValue = "1.1 portcullis"
+    /// The `Via` line this proxy adds in both directions (its pseudonym, RFC 9110 §7.6.3).
+    static let viaLine: StaticString = "Via: 1.1 portcullis\r\n"
 
     /// Hop-by-hop fields removed in both directions, plus the proxy-auth fields which belong
     /// to this hop only: `Proxy-Authorization` must never reach an origin, and an origin's
@@ -38,16 +38,13 @@ enum HeaderRewriter {
         }
     }
 
-    /// Field names listed in `Connection` (they are hop-by-hop for this message), lower-cased.
-    static func connectionOptions(_ headers: HTTPHeaders) -> [String] {
-        var names: [String] = []
-        for (name, value) in headers where name.caseInsensitiveEquals("connection") {
-            for token in value.split(separator: ",") {
-                let trimmed = token.trimmingCharacters(in: " \t")
-                if !trimmed.isEmpty { names.append(trimmed.lowercased()) }
-            }
+    /// Field names a `Connection` value lists (hop-by-hop for this message), lower-cased;
+    /// `close` and `keep-alive` are connection options, not field names.
+    static func connectionOptions(_ value: String) -> [String] {
+        value.split(separator: ",").compactMap { token in
+            let name = token.trimmingCharacters(in: " \t").lowercased()
+            return name.isEmpty || name == "close" || name == "keep-alive" ? nil : name
         }
-        return names
     }
 
     /// The request head for the origin, serialized: origin-form target, hop-by-hop fields
@@ -63,11 +60,7 @@ enum HeaderRewriter {
         var chunked = false
         for (name, value) in head.headers {
             if name.caseInsensitiveEquals("connection") {
-                options.append(
-                    contentsOf: connectionOptions(HTTPHeaders([(name, value)])).filter {
-                        $0 != "close" && $0 != "keep-alive"
-                    }
-                )
+                options.append(contentsOf: connectionOptions(value))
             } else if name.caseInsensitiveEquals("transfer-encoding") {
                 chunked = true
             }
@@ -89,7 +82,8 @@ enum HeaderRewriter {
             out.writeString(value)
             out.writeStaticString("\r\n")
         }
-        out.writeStaticString("Via: 1.1 portcullis\r\n\r\n")
+        out.writeStaticString(viaLine)
+        out.writeStaticString("\r\n")
         return (out, chunked)
     }
 }

@@ -237,7 +237,7 @@ extension ProxyConnectionHandler {
             out.writeStaticString("\r\n")
         }
         if exchange.rechunkBody { out.writeStaticString("Transfer-Encoding: chunked\r\n") }
-        out.writeStaticString("Via: 1.1 portcullis\r\n")
+        out.writeStaticString(HeaderRewriter.viaLine)
         if exchange.closeAfter { out.writeStaticString("Connection: close\r\n") }
         out.writeStaticString("\r\n")
         return out
