@@ -246,17 +246,20 @@ final class UpstreamHandler: ChannelDuplexHandler {
 
     private func originFinishedSending() {
         self.isReusable = false
-        guard self.framer.isAwaitingResponse else { return }
-        do {
-            try self.framer.feedEOF { self.events.append($0) }
-        } catch {
-            self.lastError = error
+        if self.framer.isAwaitingResponse {
+            do {
+                try self.framer.feedEOF { self.events.append($0) }
+            } catch {
+                self.lastError = error
+            }
+            if let owner = self.owner {
+                self.burstOwner = owner
+                self.deliverEvents(to: owner)
+            }
+            self.events.removeAll()
         }
-        if let owner = self.owner {
-            self.burstOwner = owner
-            self.deliverEvents(to: owner)
-        }
-        self.events.removeAll()
+        // Also when the connection was closed from inside a read (a response followed by bytes
+        // nobody asked for): no readComplete follows, and the owner still has to flush.
         self.endBurst()
     }
 
