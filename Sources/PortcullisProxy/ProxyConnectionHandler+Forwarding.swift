@@ -214,17 +214,12 @@ extension ProxyConnectionHandler {
         }
 
         var out = self.context.channel.allocator.buffer(capacity: head.bytes.readableBytes + 64)
+        let view = head.bytes.readableBytesView
         out.writeStaticString("HTTP/1.")
         out.writeString(clientMinor == 0 ? "0" : "1")
-        // " 200 OK" — status code and reason phrase as the origin sent them.
-        out.writeBytes(
-            head.bytes.readableBytesView[
-                (head.bytes.readableBytesView.startIndex + 8)..<(head.bytes.readableBytesView.startIndex
-                    + head.statusLineEnd)
-            ]
-        )
+        // " 200 OK": status code and reason phrase as the origin sent them.
+        out.writeBytes(view[(view.startIndex + 8)..<(view.startIndex + head.statusLineEnd)])
         out.writeStaticString("\r\n")
-        let view = head.bytes.readableBytesView
         for line in head.lines {
             let name = head.name(line)
             if HeaderRewriter.isAlwaysHopByHop(name) { continue }
@@ -278,7 +273,7 @@ extension ProxyConnectionHandler {
             // A reused keep-alive connection that the origin had already closed: send once more
             // on a fresh connection (RFC 9112 §9.3.1 allows this for idempotent requests).
             exchange.usedPooledConnection = false
-            for part in [HTTPServerRequestPart.end(nil)] { exchange.buffered.append(part) }
+            exchange.buffered.append(.end(nil))
             self.connectUpstream(exchange, to: authority)
             return
         }
