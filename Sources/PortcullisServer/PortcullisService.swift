@@ -43,7 +43,7 @@ public enum PortcullisService {
             }
             let loaded = try await threadPool.runIfActive { try HtpasswdStore(path: path) }
             for problem in loaded.problems {
-                logger.warning("htpasswd entry skipped", metadata: ["file": "\(path)", "problem": "\(problem)"])
+                logger.warning("users file entry skipped", metadata: ["file": "\(path)", "problem": "\(problem)"])
             }
             if loaded.userCount == 0 {
                 logger.warning(
