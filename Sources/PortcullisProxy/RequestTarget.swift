@@ -30,24 +30,32 @@ public enum RequestTarget: Equatable, Sendable {
         if target == "*" { return .success(.asterisk) }
         if target.hasPrefix("/") { return .success(.origin(target)) }
 
-        guard let colon = target.firstIndex(of: ":"), target[colon...].hasPrefix("://") else {
+        // Scanned as UTF-8 bytes: Character-wise scanning (grapheme breaking) cost ~6 % of a request.
+        let utf8 = target.utf8
+        guard let colon = utf8.firstIndex(of: UInt8(ascii: ":")),
+            utf8[colon...].starts(with: "://".utf8)
+        else {
             return .failure(.malformed)
         }
-        let scheme = target[..<colon].lowercased()
-        guard scheme == "http" else {
+        let schemeBytes = utf8[..<colon]
+        guard schemeBytes.count == 4, zip(schemeBytes, "http".utf8).allSatisfy({ ($0 | 0x20) == $1 }) else {
+            let scheme = target[..<colon].lowercased()
             return .failure(scheme.isEmpty ? .malformed : .unsupportedScheme(String(scheme.prefix(16))))
         }
-        let afterScheme = target[target.index(colon, offsetBy: 3)...]
+        let authorityStart = utf8.index(colon, offsetBy: 3)
         let authorityEnd =
-            afterScheme.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) ?? afterScheme.endIndex
-        let authorityText = afterScheme[..<authorityEnd]
-        if authorityText.contains(where: { $0 == "@" }) { return .failure(.userinfoNotAllowed) }
+            utf8[authorityStart...].firstIndex(where: {
+                $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "#")
+            }) ?? utf8.endIndex
+        let authorityText = target[authorityStart..<authorityEnd]
+        if authorityText.utf8.contains(UInt8(ascii: "@")) { return .failure(.userinfoNotAllowed) }
         guard let authority = OriginAuthority(parsing: authorityText, defaultPort: 80) else {
             return .failure(authorityText.isEmpty ? .invalidHost : .invalidPort)
         }
+        let afterScheme = target[authorityStart...]
         var rest = afterScheme[authorityEnd...]
         // A fragment is never part of a request-target; drop it rather than forward it.
-        if let hash = rest.firstIndex(of: "#") { rest = rest[..<hash] }
+        if let hash = rest.utf8.firstIndex(of: UInt8(ascii: "#")) { rest = rest[..<hash] }
         let pathAndQuery: String
         if rest.isEmpty {
             pathAndQuery = "/"
@@ -76,23 +84,24 @@ public struct OriginAuthority: Hashable, Sendable {
 
     /// Parses `host[:port]` / `[v6]:port`. With `defaultPort` `nil` a port is required.
     public init?(parsing text: Substring, defaultPort: Int?) {
+        let utf8 = text.utf8
         var host: Substring
         var portText: Substring?
-        if text.first == "[" {
-            guard let close = text.firstIndex(of: "]") else { return nil }
-            host = text[text.index(after: text.startIndex)..<close]
-            let after = text[text.index(after: close)...]
+        if utf8.first == UInt8(ascii: "[") {
+            guard let close = utf8.firstIndex(of: UInt8(ascii: "]")) else { return nil }
+            host = text[utf8.index(after: utf8.startIndex)..<close]
+            let after = text[utf8.index(after: close)...]
             if !after.isEmpty {
-                guard after.first == ":" else { return nil }
+                guard after.utf8.first == UInt8(ascii: ":") else { return nil }
                 portText = after.dropFirst()
             }
             guard !host.isEmpty,
                 host.utf8.allSatisfy({ Self.isHexDigit($0) || $0 == UInt8(ascii: ":") || $0 == UInt8(ascii: ".") })
             else { return nil }
         } else {
-            if let colon = text.lastIndex(of: ":") {
+            if let colon = utf8.lastIndex(of: UInt8(ascii: ":")) {
                 host = text[..<colon]
-                portText = text[text.index(after: colon)...]
+                portText = text[utf8.index(after: colon)...]
             } else {
                 host = text
             }
@@ -108,7 +117,7 @@ public struct OriginAuthority: Hashable, Sendable {
             guard let defaultPort else { return nil }
             port = defaultPort
         }
-        self.host = host.lowercased()
+        self.host = host.utf8.contains(where: { $0 >= 65 && $0 <= 90 }) ? host.lowercased() : String(host)
         self.port = port
         self.hostHeader = String(text)
     }
