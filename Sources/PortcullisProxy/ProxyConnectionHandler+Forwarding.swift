@@ -181,7 +181,14 @@ extension ProxyConnectionHandler {
         var connectionOptions: [String] = []
         var originKeepsAlive = head.minorVersion >= 1
         for line in head.lines where ByteFieldName.equals(head.name(line), "connection") {
-            for token in ByteFieldName.tokens(head.value(line)) {
+            let value = head.value(line)
+            // The common values need no token list (and no String per token).
+            if ByteFieldName.equals(value, "keep-alive") { continue }
+            if ByteFieldName.equals(value, "close") {
+                originKeepsAlive = false
+                continue
+            }
+            for token in ByteFieldName.tokens(value) {
                 if token == "close" {
                     originKeepsAlive = false
                 } else if token != "keep-alive" {

@@ -26,9 +26,6 @@ struct ResponseHead {
         return view
     }
 
-    func lines(named name: String) -> [ByteBufferView] {
-        self.lines.filter { ByteFieldName.equals(self.name($0), name) }.map { self.value($0) }
-    }
 }
 
 enum ByteFieldName {
@@ -219,31 +216,46 @@ struct ResponseFramer {
 
     private func framing(of head: ResponseHead) throws -> Framing {
         if self.requestWasHead || head.status == 204 || head.status == 304 { return .none }
-        let transferEncodings = head.lines(named: "transfer-encoding").flatMap(ByteFieldName.tokens)
-        let lengths = head.lines(named: "content-length")
-        if !transferEncodings.isEmpty {
-            // RFC 9112 §6.1: with Transfer-Encoding, Content-Length is ignored; chunked must be final,
-            // otherwise the body runs until close.
-            return transferEncodings.last == "chunked" ? .chunked : .untilClose
-        }
-        if !lengths.isEmpty {
-            var value: Int?
-            for field in lengths {
-                for part in field.split(separator: UInt8(ascii: ",")) {
+        // One pass, no allocation: this runs for every response.
+        var sawTransferEncoding = false
+        var lastCodingIsChunked = false
+        var length: Int?
+        for line in head.lines {
+            let name = head.name(line)
+            if ByteFieldName.equals(name, "transfer-encoding") {
+                sawTransferEncoding = true
+                lastCodingIsChunked = Self.lastTokenIsChunked(head.value(line))
+            } else if ByteFieldName.equals(name, "content-length") {
+                for part in head.value(line).split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false) {
                     var digits = part[...]
-                    while let f = digits.first, f == 0x20 { digits = digits.dropFirst() }
-                    while let l = digits.last, l == 0x20 { digits = digits.dropLast() }
+                    while let f = digits.first, f == 0x20 || f == 0x09 { digits = digits.dropFirst() }
+                    while let l = digits.last, l == 0x20 || l == 0x09 { digits = digits.dropLast() }
                     guard !digits.isEmpty, digits.count <= 18, digits.allSatisfy({ $0 >= 48 && $0 <= 57 }) else {
                         throw ProtocolError(reason: "invalid Content-Length")
                     }
                     let n = digits.reduce(0) { $0 * 10 + Int($1 - 48) }
-                    if let value, value != n { throw ProtocolError(reason: "conflicting Content-Length values") }
-                    value = n
+                    if let length, length != n { throw ProtocolError(reason: "conflicting Content-Length values") }
+                    length = n
                 }
             }
-            return .length(value ?? 0)
         }
+        if sawTransferEncoding {
+            // RFC 9112 §6.1: with Transfer-Encoding, Content-Length is ignored; chunked must be
+            // the final coding, otherwise the body runs until close.
+            return lastCodingIsChunked ? .chunked : .untilClose
+        }
+        if let length { return .length(length) }
         return .untilClose
+    }
+
+    /// Whether the last comma-separated coding of a Transfer-Encoding value is `chunked`.
+    private static func lastTokenIsChunked(_ value: ByteBufferView) -> Bool {
+        var end = value.endIndex
+        while end > value.startIndex, value[end - 1] == 0x20 || value[end - 1] == 0x09 { end -= 1 }
+        var start = end
+        while start > value.startIndex, value[start - 1] != UInt8(ascii: ",") { start -= 1 }
+        while start < end, value[start] == 0x20 || value[start] == 0x09 { start += 1 }
+        return ByteFieldName.equals(value[start..<end], "chunked")
     }
 
     /// Offset just past the CRLFCRLF that ends the head, if it has arrived.
