@@ -51,6 +51,11 @@ public enum HTTPGrammar {
         }
     }
 
+    /// HEXDIG (RFC 5234), as in chunk sizes and IPv6 literals.
+    public static func isHexDigit(_ c: UInt8) -> Bool {
+        (c >= 48 && c <= 57) || (c >= 97 && c <= 102) || (c >= 65 && c <= 70)
+    }
+
     /// token68 = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
     public static func isToken68(_ s: Substring) -> Bool {
         var sawPadding = false

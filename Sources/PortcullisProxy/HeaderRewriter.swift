@@ -10,32 +10,21 @@ enum HeaderRewriter {
     /// to this hop only: `Proxy-Authorization` must never reach an origin, and an origin's
     /// `Proxy-Authenticate` must not make the client prompt for proxy credentials.
     @inline(__always)
-    static func isAlwaysHopByHop(_ name: String) -> Bool {
-        switch name.utf8.count {
-        case 2: return name.caseInsensitiveEquals("te")
-        case 7: return name.caseInsensitiveEquals("trailer") || name.caseInsensitiveEquals("upgrade")
-        case 10: return name.caseInsensitiveEquals("connection") || name.caseInsensitiveEquals("keep-alive")
-        case 16: return name.caseInsensitiveEquals("proxy-connection")
-        case 18: return name.caseInsensitiveEquals("proxy-authenticate")
-        case 19: return name.caseInsensitiveEquals("proxy-authorization")
-        case 25: return name.caseInsensitiveEquals("proxy-authentication-info")
+    static func isAlwaysHopByHop<Name: Collection<UInt8>>(_ name: Name) -> Bool {
+        switch name.count {
+        case 2: return FieldName.equals(name, "te")
+        case 7: return FieldName.equals(name, "trailer") || FieldName.equals(name, "upgrade")
+        case 10: return FieldName.equals(name, "connection") || FieldName.equals(name, "keep-alive")
+        case 16: return FieldName.equals(name, "proxy-connection")
+        case 18: return FieldName.equals(name, "proxy-authenticate")
+        case 19: return FieldName.equals(name, "proxy-authorization")
+        case 25: return FieldName.equals(name, "proxy-authentication-info")
         default: return false
         }
     }
 
-    /// The same test on the raw bytes of a field name.
-    @inline(__always)
-    static func isAlwaysHopByHop(_ name: ByteBufferView) -> Bool {
-        switch name.count {
-        case 2: return ByteFieldName.equals(name, "te")
-        case 7: return ByteFieldName.equals(name, "trailer") || ByteFieldName.equals(name, "upgrade")
-        case 10: return ByteFieldName.equals(name, "connection") || ByteFieldName.equals(name, "keep-alive")
-        case 16: return ByteFieldName.equals(name, "proxy-connection")
-        case 18: return ByteFieldName.equals(name, "proxy-authenticate")
-        case 19: return ByteFieldName.equals(name, "proxy-authorization")
-        case 25: return ByteFieldName.equals(name, "proxy-authentication-info")
-        default: return false
-        }
+    static func isAlwaysHopByHop(_ name: String) -> Bool {
+        self.isAlwaysHopByHop(name.utf8)
     }
 
     /// Field names a `Connection` value lists (hop-by-hop for this message), lower-cased;
@@ -59,9 +48,9 @@ enum HeaderRewriter {
         var options: [String] = []
         var chunked = false
         for (name, value) in head.headers {
-            if name.caseInsensitiveEquals("connection") {
+            if FieldName.equals(name.utf8, "connection") {
                 options.append(contentsOf: connectionOptions(value))
-            } else if name.caseInsensitiveEquals("transfer-encoding") {
+            } else if FieldName.equals(name.utf8, "transfer-encoding") {
                 chunked = true
             }
         }
@@ -73,10 +62,10 @@ enum HeaderRewriter {
         out.writeString(hostHeader)
         out.writeStaticString("\r\n")
         for (name, value) in head.headers {
-            if isAlwaysHopByHop(name) || name.caseInsensitiveEquals("host") { continue }
+            if isAlwaysHopByHop(name.utf8) || FieldName.equals(name.utf8, "host") { continue }
             // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3); never send both.
-            if chunked, name.caseInsensitiveEquals("content-length") { continue }
-            if !options.isEmpty, options.contains(where: { name.caseInsensitiveEquals($0) }) { continue }
+            if chunked, FieldName.equals(name.utf8, "content-length") { continue }
+            if !options.isEmpty, options.contains(where: { FieldName.equals(name.utf8, $0) }) { continue }
             out.writeString(name)
             out.writeStaticString(": ")
             out.writeString(value)
@@ -88,18 +77,28 @@ enum HeaderRewriter {
     }
 }
 
-extension String {
+/// Field-name comparisons on bytes (RFC 9110 §5.1: names are case-insensitive).
+enum FieldName {
+    /// Whether `bytes` spell `lowercaseName` in any letter case.
     @inline(__always)
-    func caseInsensitiveEquals(_ other: String) -> Bool {
-        let a = self.utf8
-        let b = other.utf8
-        guard a.count == b.count else { return false }
-        for (x, y) in zip(a, b) {
+    static func equals<Bytes: Collection<UInt8>>(_ bytes: Bytes, _ lowercaseName: String) -> Bool {
+        guard bytes.count == lowercaseName.utf8.count else { return false }
+        for (x, y) in zip(bytes, lowercaseName.utf8) {
             let lx = (x >= 65 && x <= 90) ? x | 0x20 : x
-            let ly = (y >= 65 && y <= 90) ? y | 0x20 : y
-            if lx != ly { return false }
+            if lx != y { return false }
         }
         return true
+    }
+
+    /// Comma-separated tokens of a field value, lower-cased.
+    static func tokens<Bytes: Collection<UInt8>>(_ value: Bytes) -> [String] {
+        value.split(separator: UInt8(ascii: ",")).compactMap { part in
+            var token = part[...]
+            while let f = token.first, f == 0x20 || f == 0x09 { token = token.dropFirst() }
+            while let l = token.last, l == 0x20 || l == 0x09 { token = token.dropLast() }
+            return token.isEmpty
+                ? nil : String(decoding: token.map { ($0 >= 65 && $0 <= 90) ? $0 | 0x20 : $0 }, as: UTF8.self)
+        }
     }
 }
 

@@ -180,15 +180,15 @@ extension ProxyConnectionHandler {
         let clientMinor = exchange.head.version.minor == 0 ? 0 : 1
         var connectionOptions: [String] = []
         var originKeepsAlive = head.minorVersion >= 1
-        for line in head.lines where ByteFieldName.equals(head.name(line), "connection") {
+        for line in head.lines where FieldName.equals(head.name(line), "connection") {
             let value = head.value(line)
             // The common values need no token list (and no String per token).
-            if ByteFieldName.equals(value, "keep-alive") { continue }
-            if ByteFieldName.equals(value, "close") {
+            if FieldName.equals(value, "keep-alive") { continue }
+            if FieldName.equals(value, "close") {
                 originKeepsAlive = false
                 continue
             }
-            for token in ByteFieldName.tokens(value) {
+            for token in FieldName.tokens(value) {
                 if token == "close" {
                     originKeepsAlive = false
                 } else if token != "keep-alive" {
@@ -230,9 +230,9 @@ extension ProxyConnectionHandler {
         for line in head.lines {
             let name = head.name(line)
             if HeaderRewriter.isAlwaysHopByHop(name) { continue }
-            if dropLength, ByteFieldName.equals(name, "content-length") { continue }
-            if dropTransferEncoding, ByteFieldName.equals(name, "transfer-encoding") { continue }
-            if !connectionOptions.isEmpty, connectionOptions.contains(where: { ByteFieldName.equals(name, $0) }) {
+            if dropLength, FieldName.equals(name, "content-length") { continue }
+            if dropTransferEncoding, FieldName.equals(name, "transfer-encoding") { continue }
+            if !connectionOptions.isEmpty, connectionOptions.contains(where: { FieldName.equals(name, $0) }) {
                 continue
             }
             out.writeBytes(view[(view.startIndex + line.start)..<(view.startIndex + line.end)])

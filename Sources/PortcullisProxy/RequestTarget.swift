@@ -1,3 +1,5 @@
+import PortcullisAuth
+
 /// The request-target of a request line (RFC 9112 §3.2), as far as a forward proxy cares.
 public enum RequestTarget: Equatable, Sendable {
     /// `http://host[:port]/path?query` — forwarded.
@@ -96,7 +98,9 @@ public struct OriginAuthority: Hashable, Sendable {
                 portText = after.dropFirst()
             }
             guard !host.isEmpty,
-                host.utf8.allSatisfy({ Self.isHexDigit($0) || $0 == UInt8(ascii: ":") || $0 == UInt8(ascii: ".") })
+                host.utf8.allSatisfy({
+                    HTTPGrammar.isHexDigit($0) || $0 == UInt8(ascii: ":") || $0 == UInt8(ascii: ".")
+                })
             else { return nil }
         } else {
             if let colon = utf8.lastIndex(of: UInt8(ascii: ":")) {
@@ -120,10 +124,6 @@ public struct OriginAuthority: Hashable, Sendable {
         self.host = host.utf8.contains(where: { $0 >= 65 && $0 <= 90 }) ? host.lowercased() : String(host)
         self.port = port
         self.hostHeader = String(text)
-    }
-
-    private static func isHexDigit(_ c: UInt8) -> Bool {
-        (c >= 48 && c <= 57) || (c >= 97 && c <= 102) || (c >= 65 && c <= 70)
     }
 
     /// Host names: letters, digits, `-`, `.`, `_` (seen in real DNS names), nothing that could

@@ -1,4 +1,5 @@
 import NIOCore
+import PortcullisAuth
 
 /// The head of an origin's response, kept as the bytes that arrived: header lines are copied
 /// to the client as they are, without turning every name and value into a String.
@@ -26,29 +27,6 @@ struct ResponseHead {
         return view
     }
 
-}
-
-enum ByteFieldName {
-    @inline(__always)
-    static func equals(_ bytes: ByteBufferView, _ name: String) -> Bool {
-        guard bytes.count == name.utf8.count else { return false }
-        for (x, y) in zip(bytes, name.utf8) {
-            let lx = (x >= 65 && x <= 90) ? x | 0x20 : x
-            if lx != y { return false }
-        }
-        return true
-    }
-
-    /// Comma-separated tokens of a field value, lower-cased.
-    static func tokens(_ value: ByteBufferView) -> [String] {
-        value.split(separator: UInt8(ascii: ",")).compactMap { part in
-            var token = part[...]
-            while let f = token.first, f == 0x20 || f == 0x09 { token = token.dropFirst() }
-            while let l = token.last, l == 0x20 || l == 0x09 { token = token.dropLast() }
-            return token.isEmpty
-                ? nil : String(decoding: token.map { ($0 >= 65 && $0 <= 90) ? $0 | 0x20 : $0 }, as: UTF8.self)
-        }
-    }
 }
 
 /// Reads an origin's HTTP/1.1 response stream: parses the head, works out how the body is
@@ -222,10 +200,10 @@ struct ResponseFramer {
         var length: Int?
         for line in head.lines {
             let name = head.name(line)
-            if ByteFieldName.equals(name, "transfer-encoding") {
+            if FieldName.equals(name, "transfer-encoding") {
                 sawTransferEncoding = true
                 lastCodingIsChunked = Self.lastTokenIsChunked(head.value(line))
-            } else if ByteFieldName.equals(name, "content-length") {
+            } else if FieldName.equals(name, "content-length") {
                 for part in head.value(line).split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false) {
                     var digits = part[...]
                     while let f = digits.first, f == 0x20 || f == 0x09 { digits = digits.dropFirst() }
@@ -255,7 +233,7 @@ struct ResponseFramer {
         var start = end
         while start > value.startIndex, value[start - 1] != UInt8(ascii: ",") { start -= 1 }
         while start < end, value[start] == 0x20 || value[start] == 0x09 { start += 1 }
-        return ByteFieldName.equals(value[start..<end], "chunked")
+        return FieldName.equals(value[start..<end], "chunked")
     }
 
     /// Offset just past the CRLFCRLF that ends the head, if it has arrived.
@@ -299,7 +277,7 @@ struct ResponseFramer {
             let first = view[lineStart]
             if first == 0x20 || first == 0x09 { throw ProtocolError(reason: "obsolete line folding in a response") }
             guard let colon = view[lineStart..<cr].firstIndex(of: UInt8(ascii: ":")), colon > lineStart,
-                view[lineStart..<colon].allSatisfy(HTTPTokenByte.isToken)
+                view[lineStart..<colon].allSatisfy(HTTPGrammar.isTokenByte)
             else { throw ProtocolError(reason: "malformed header line") }
             if view[lineStart..<cr].contains(where: { ($0 < 0x20 && $0 != 0x09) || $0 == 0x7F }) {
                 throw ProtocolError(reason: "control character in a response header")
@@ -324,7 +302,7 @@ struct ResponseFramer {
             case .chunkSize:
                 guard let line = Self.readLine(&buffer) else { return false }
                 let sizeText = line.prefix { $0 != UInt8(ascii: ";") && $0 != 0x20 && $0 != 0x09 }
-                guard !sizeText.isEmpty, sizeText.count <= 15, sizeText.allSatisfy(Self.isHexDigit) else {
+                guard !sizeText.isEmpty, sizeText.count <= 15, sizeText.allSatisfy(HTTPGrammar.isHexDigit) else {
                     throw ProtocolError(reason: "invalid chunk size")
                 }
                 let size = sizeText.reduce(0) { $0 * 16 + Self.hexValue($1) }
@@ -361,30 +339,11 @@ struct ResponseFramer {
         return Array(line.dropLast(2))
     }
 
-    private static func isHexDigit(_ c: UInt8) -> Bool {
-        (c >= 48 && c <= 57) || (c >= 97 && c <= 102) || (c >= 65 && c <= 70)
-    }
-
     private static func hexValue(_ c: UInt8) -> Int {
         switch c {
         case 48...57: return Int(c - 48)
         case 97...102: return Int(c - 87)
         default: return Int(c - 55)
-        }
-    }
-}
-
-enum HTTPTokenByte {
-    static func isToken(_ a: UInt8) -> Bool {
-        switch a {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
-            UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"),
-            UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"), UInt8(ascii: "*"), UInt8(ascii: "+"),
-            UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"), UInt8(ascii: "`"),
-            UInt8(ascii: "|"), UInt8(ascii: "~"):
-            return true
-        default:
-            return false
         }
     }
 }

@@ -92,7 +92,7 @@ protocol UpstreamOwner: AnyObject {
 
 /// The last handler of an upstream HTTP/1.1 connection: frames the origin's responses with a
 /// ``ResponseFramer``, relays them to its owner and reads only while the owner's client can
-/// take more (back-pressure). Requests go out through NIO's `HTTPRequestEncoder`.
+/// take more (back-pressure). Requests arrive serialized (``HeaderRewriter``) and go out as bytes.
 final class UpstreamHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
@@ -104,7 +104,7 @@ final class UpstreamHandler: ChannelDuplexHandler {
     var idleSince = NIODeadline.now()
     /// Set once the connection must not be reused (error, `Connection: close`, half-sent request).
     var isReusable = true
-    /// Parts for the client when it is HTTP/1.0 (chunked bodies are then decoded).
+    /// The owner's client speaks HTTP/1.0: chunked response bodies are decoded for it.
     var clientIsHTTP10 = false
     private(set) var context: ChannelHandlerContext?
     private var framer = ResponseFramer()
