@@ -129,33 +129,21 @@ def test_http10_request_gets_response_then_close(proxy, origin):
         assert rest == b"", f"bytes after the response: {rest!r}"
 
 
-def test_head_response_framing(proxy, origin):
-    with proxy.conn() as c:
-        r = c.request("HEAD", f"{origin.base}/bytes/5000", [AUTH])
-        assert r.status == 200, r.describe()
-        assert r.header("Content-Length") in (None, "5000"), r.describe()
-        r2 = c.request("GET", f"{origin.base}/headers?after=head", [AUTH])
-    assert r2.status == 200, r2.describe()
-    assert headers_seen(r2)["target"] == "/headers?after=head"
-
-
-def test_204_response_framing(proxy, origin):
-    with proxy.conn() as c:
-        r = c.request("GET", f"{origin.base}/status/204", [AUTH])
-        assert r.status == 204, r.describe()
-        r2 = c.request("GET", f"{origin.base}/headers?after=204", [AUTH])
-    assert r2.status == 200, r2.describe()
-    assert headers_seen(r2)["target"] == "/headers?after=204"
-
-
-def test_304_response_framing(proxy, origin):
+@pytest.mark.parametrize("method, path, extra, status, tag", [
+    ("HEAD", "/bytes/5000", [], 200, "head"),
+    ("GET", "/status/204", [], 204, "204"),
     # the origin's 304 carries Content-Length: 1234 (the representation's length): no body follows
+    ("GET", "/status/304", [("If-None-Match", '"v1"')], 304, "304"),
+])
+def test_bodiless_response_framing_keeps_the_connection_in_step(proxy, origin, method, path, extra, status, tag):
     with proxy.conn() as c:
-        r = c.request("GET", f"{origin.base}/status/304", [AUTH, ("If-None-Match", '"v1"')])
-        assert r.status == 304, r.describe()
-        r2 = c.request("GET", f"{origin.base}/headers?after=304", [AUTH])
+        r = c.request(method, f"{origin.base}{path}", [AUTH, *extra])
+        assert r.status == status, r.describe()
+        if method == "HEAD":
+            assert r.header("Content-Length") in (None, "5000"), r.describe()
+        r2 = c.request("GET", f"{origin.base}/headers?after={tag}", [AUTH])
     assert r2.status == 200, r2.describe()
-    assert headers_seen(r2)["target"] == "/headers?after=304"
+    assert headers_seen(r2)["target"] == f"/headers?after={tag}"
 
 
 def test_close_delimited_origin_body_is_delivered_whole(proxy, origin):
