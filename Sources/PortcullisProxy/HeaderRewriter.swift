@@ -1,5 +1,4 @@
 import NIOCore
-import NIOHTTP1
 
 /// Header rewriting a forward proxy owes each hop (RFC 9110 §7.6.1).
 enum HeaderRewriter {
@@ -27,53 +26,33 @@ enum HeaderRewriter {
         self.isAlwaysHopByHop(name.utf8)
     }
 
-    /// Field names a `Connection` value lists (hop-by-hop for this message), lower-cased;
-    /// `close` and `keep-alive` are connection options, not field names.
-    static func connectionOptions(_ value: String) -> [String] {
-        value.split(separator: ",").compactMap { token in
-            let name = token.trimmingCharacters(in: " \t").lowercased()
-            return name.isEmpty || name == "close" || name == "keep-alive" ? nil : name
-        }
-    }
-
     /// The request head for the origin, serialized: origin-form target, hop-by-hop fields
-    /// removed, `Host` set to the target's authority (RFC 9112 §3.2.2), `Via` appended.
-    /// - Returns: the bytes and whether the body must be sent chunked.
+    /// removed, `Host` set to the target's authority (RFC 9112 §3.2.2), `Via` appended. The
+    /// other header lines are copied as the client sent them.
     static func upstreamRequestHead(
-        _ head: HTTPRequestHead,
+        _ head: RequestHead,
         pathAndQuery: String,
         hostHeader: String,
         allocator: ByteBufferAllocator
-    ) -> (bytes: ByteBuffer, chunked: Bool) {
-        var options: [String] = []
-        var chunked = false
-        for (name, value) in head.headers {
-            if FieldName.equals(name.utf8, "connection") {
-                options.append(contentsOf: connectionOptions(value))
-            } else if FieldName.equals(name.utf8, "transfer-encoding") {
-                chunked = true
-            }
-        }
-        var out = allocator.buffer(capacity: 256 + pathAndQuery.utf8.count)
-        out.writeString(head.method.rawValue)
+    ) -> ByteBuffer {
+        let options = head.connectionOptions
+        var out = allocator.buffer(capacity: head.bytes.readableBytes + 64 + pathAndQuery.utf8.count)
+        out.writeBytes(head.methodBytes)
         out.writeStaticString(" ")
         out.writeString(pathAndQuery)
         out.writeStaticString(" HTTP/1.1\r\nHost: ")
         out.writeString(hostHeader)
         out.writeStaticString("\r\n")
-        for (name, value) in head.headers {
-            if isAlwaysHopByHop(name.utf8) || FieldName.equals(name.utf8, "host") { continue }
-            // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3); never send both.
-            if chunked, FieldName.equals(name.utf8, "content-length") { continue }
-            if !options.isEmpty, options.contains(where: { FieldName.equals(name.utf8, $0) }) { continue }
-            out.writeString(name)
-            out.writeStaticString(": ")
-            out.writeString(value)
+        for line in head.lines {
+            let name = head.name(line)
+            if isAlwaysHopByHop(name) || FieldName.equals(name, "host") { continue }
+            if !options.isEmpty, options.contains(where: { FieldName.equals(name, $0) }) { continue }
+            out.writeBytes(head.rawLine(line))
             out.writeStaticString("\r\n")
         }
         out.writeStaticString(viaLine)
         out.writeStaticString("\r\n")
-        return (out, chunked)
+        return out
     }
 }
 
@@ -99,14 +78,5 @@ enum FieldName {
             return token.isEmpty
                 ? nil : String(decoding: token.map { ($0 >= 65 && $0 <= 90) ? $0 | 0x20 : $0 }, as: UTF8.self)
         }
-    }
-}
-
-extension Substring {
-    func trimmingCharacters(in set: String) -> Substring {
-        var s = self
-        while let f = s.first, set.contains(f) { s = s.dropFirst() }
-        while let l = s.last, set.contains(l) { s = s.dropLast() }
-        return s
     }
 }

@@ -1,19 +1,16 @@
 import Logging
 import NIOCore
-import NIOHTTP1
 import NIOPosix
 
 // Forwarding of absolute-form requests over pooled upstream connections.
 extension ProxyConnectionHandler {
     func forward(_ exchange: ProxyExchange, to authority: OriginAuthority, pathAndQuery: String) {
-        let (head, chunked) = HeaderRewriter.upstreamRequestHead(
+        exchange.upstreamHead = HeaderRewriter.upstreamRequestHead(
             exchange.head,
             pathAndQuery: pathAndQuery,
             hostHeader: authority.hostHeader,
             allocator: self.context.channel.allocator
         )
-        exchange.upstreamHead = head
-        exchange.upstreamChunked = chunked
         let key = UpstreamPool.Key(host: authority.host, port: authority.port)
         exchange.upstreamKey = key
         if let upstream = self.pool.acquire(key) {
@@ -75,17 +72,11 @@ extension ProxyConnectionHandler {
     private func send(_ exchange: ProxyExchange, over upstream: UpstreamHandler) {
         guard let head = exchange.upstreamHead else { return }
         upstream.attach(to: self)
-        upstream.clientIsHTTP10 = exchange.head.version.minor == 0
+        upstream.clientIsHTTP10 = exchange.isHTTP10
         self.phase = .forwarding(upstream)
         upstream.sendHead(head, isHEAD: exchange.isHead)
-        for part in exchange.buffered {
-            switch part {
-            case .body(let buffer): upstream.sendBody(buffer, chunked: exchange.upstreamChunked)
-            case .end(let trailers): upstream.sendEnd(chunked: exchange.upstreamChunked, trailers: trailers)
-            case .head: break
-            }
-        }
-        exchange.buffered.removeAll()
+        // Body bytes already read follow the head at once.
+        self.parseAvailable()
         if !self.readingClient { upstream.flush() }
         let deadline = NIODeadline.now() + self.shared.configuration.upstreamResponseTimeout
         exchange.responseDeadline = deadline
@@ -125,7 +116,7 @@ extension ProxyConnectionHandler {
         self.readingUpstream = true
         switch event {
         case .informational(let head):
-            if head.status == 100, exchange.expectsContinue, exchange.head.version.minor >= 1 {
+            if head.status == 100, exchange.expectsContinue, !exchange.isHTTP10 {
                 var line = self.context.channel.allocator.buffer(capacity: 25)
                 line.writeStaticString("HTTP/1.1 100 Continue\r\n\r\n")
                 self.context.write(self.wrapOutboundOut(line), promise: nil)
@@ -177,7 +168,7 @@ extension ProxyConnectionHandler {
         for exchange: ProxyExchange,
         upstream: UpstreamHandler
     ) -> ByteBuffer {
-        let clientMinor = exchange.head.version.minor == 0 ? 0 : 1
+        let clientMinor = exchange.isHTTP10 ? 0 : 1
         var connectionOptions: [String] = []
         var originKeepsAlive = head.minorVersion >= 1
         for line in head.lines where FieldName.equals(head.name(line), "connection") {
@@ -235,7 +226,7 @@ extension ProxyConnectionHandler {
             if !connectionOptions.isEmpty, connectionOptions.contains(where: { FieldName.equals(name, $0) }) {
                 continue
             }
-            out.writeBytes(view[(view.startIndex + line.start)..<(view.startIndex + line.end)])
+            out.writeBytes(head.rawLine(line))
             out.writeStaticString("\r\n")
         }
         if exchange.rechunkBody { out.writeStaticString("Transfer-Encoding: chunked\r\n") }
@@ -280,7 +271,6 @@ extension ProxyConnectionHandler {
             // A reused keep-alive connection that the origin had already closed: send once more
             // on a fresh connection (RFC 9112 §9.3.1 allows this for idempotent requests).
             exchange.usedPooledConnection = false
-            exchange.buffered.append(.end(nil))
             self.connectUpstream(exchange, to: authority)
             return
         }
@@ -314,13 +304,12 @@ extension ProxyConnectionHandler {
             exchange.closeAfter = true
             exchange.requestEnded = true
         }
-        exchange.buffered.removeAll()
         exchange.responseStarted = true
         self.phase = .localResponse
         let close = exchange.closeAfter || self.quiescing
         exchange.closeAfter = close
         let bytes = response.serialized(
-            httpMinorVersion: exchange.head.version.minor == 0 ? 0 : 1,
+            httpMinorVersion: exchange.isHTTP10 ? 0 : 1,
             close: close,
             allocator: self.context.channel.allocator
         )
@@ -362,21 +351,10 @@ extension ProxyConnectionHandler {
         }
         if !self.readingUpstream { self.context.flush() }
         if exchange.isConnect {
-            self.resetDecoder()
+            // No tunnel: what the client sends next is a request again (a retry after a 407).
+            self.framer.resumeAfterConnect()
         }
         self.armIdleTimer()
-        self.servePipelined()
         self.resumeReadsIfPossible()
-    }
-
-    private func servePipelined() {
-        guard !self.processingPipelined else { return }
-        self.processingPipelined = true
-        defer { self.processingPipelined = false }
-        while let part = self.pipelined.first {
-            if let exchange = self.exchange, exchange.requestEnded { return }
-            self.pipelined.removeFirst()
-            self.handle(part)
-        }
     }
 }

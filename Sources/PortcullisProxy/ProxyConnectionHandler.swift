@@ -1,7 +1,6 @@
 import Logging
 import NIOCore
 import NIOExtras
-import NIOHTTP1
 import NIOPosix
 import PortcullisAuth
 import PortcullisStores
@@ -9,11 +8,13 @@ import PortcullisStores
 /// Serves one client connection: gates each request, forwards it over a pooled upstream
 /// connection or turns the connection into a CONNECT tunnel.
 ///
-/// Requests are handled one at a time; pipelined requests wait in ``pipelined`` while reads stop.
+/// Requests are read by our own ``RequestFramer`` and handled one at a time; a pipelined
+/// request waits there as bytes, and reads stop, until the one before it is answered.
 /// Reads from the client stop whenever the upstream cannot take more (back-pressure); the
 /// ``UpstreamHandler`` likewise reads only while this client is writable.
 final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler, UpstreamOwner {
-    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
@@ -29,14 +30,14 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     let shared: ProxyContext
     let pool: UpstreamPool
-    var decoder: ByteToMessageHandler<HTTPRequestDecoder>
+    var framer = RequestFramer()
     var context: ChannelHandlerContext!
     var logger: Logger
 
     var phase: Phase = .idle
     var exchange: ProxyExchange?
-    var pipelined: CircularBuffer<HTTPServerRequestPart> = CircularBuffer(initialCapacity: 0)
-    var processingPipelined = false
+    /// Inside ``parseAvailable()``: a nested call (from a handler it runs) leaves the work to it.
+    private var parsing = false
     private var pendingRead = false
     /// One timer per connection serves every deadline; see ProxyConnectionHandler+Timers.
     var timer: Scheduled<Void>?
@@ -49,23 +50,17 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var readingUpstream = false
     /// The last `Proxy-Authorization` value on this connection and its cache key: keep-alive
     /// clients repeat the same value, and the HMAC behind the key cost ~7 % of a request.
-    private var lastAuthorization: (value: String, key: CredentialVerifier.CacheKey)?
+    private var lastAuthorization: (value: [UInt8], key: CredentialVerifier.CacheKey)?
     var clientInputClosed = false
 
     init(
         shared: ProxyContext,
         pool: UpstreamPool,
-        decoder: ByteToMessageHandler<HTTPRequestDecoder>,
         logger: Logger
     ) {
         self.shared = shared
         self.pool = pool
-        self.decoder = decoder
         self.logger = logger
-    }
-
-    static func makeDecoder() -> ByteToMessageHandler<HTTPRequestDecoder> {
-        ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes))
     }
 
     // MARK: - Channel events
@@ -82,19 +77,13 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if case .tunnel = self.phase {
-            // Bytes the client sent right after the CONNECT head, handed over by the decoder
-            // as it leaves: pass them on to the tunnel.
+            // Read before this handler left the pipeline: the tunnel's bytes.
             context.fireChannelRead(data)
-            context.fireChannelReadComplete()
             return
         }
-        let part = self.unwrapInboundIn(data)
+        self.framer.append(self.unwrapInboundIn(data))
         self.readingClient = true
-        if !self.pipelined.isEmpty || (self.exchange?.requestEnded ?? false) {
-            self.pipelined.append(part)
-            return
-        }
-        self.handle(part)
+        self.parseAvailable()
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -155,41 +144,31 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if error is HTTPParserError || error is ByteToMessageDecoderError {
-            // The decoder cannot continue after a parse error: answer if we still can, then close.
-            if let exchange = self.exchange, exchange.responseStarted {
-                context.close(promise: nil)
-                return
-            }
-            let exchange =
-                self.exchange
-                ?? ProxyExchange(head: HTTPRequestHead(version: .http1_1, method: .GET, uri: "/"), quiescing: true)
-            self.exchange = exchange
-            exchange.closeAfter = true
-            exchange.requestEnded = true
-            self.logger.debug("malformed request", metadata: ["error": "\(error)"])
-            self.sendLocalResponse(
-                .badRequest("the request is not valid HTTP/1.1 (\(Self.describe(parserError: error)))."),
-                for: exchange
-            )
-            return
-        }
         self.logger.debug("client connection error", metadata: ["error": "\(error)"])
         context.close(promise: nil)
     }
 
-    private static func describe(parserError error: any Error) -> String {
-        guard let parserError = error as? HTTPParserError else { return "malformed" }
-        switch parserError {
-        case .headerOverflow: return "header section too large"
-        case .invalidVersion: return "unsupported HTTP version"
-        case .invalidMethod: return "invalid method"
-        case .invalidURL: return "invalid request target"
-        case .invalidHeaderToken: return "invalid header field"
-        case .invalidContentLength, .unexpectedContentLength: return "invalid Content-Length"
-        case .invalidChunkSize: return "invalid chunked encoding"
-        default: return "malformed"
+    /// A request that cannot be parsed: answer if we still can, then close (the framer cannot
+    /// know where the next request would begin).
+    private func refuse(_ error: RequestFramer.RequestError) {
+        if let exchange = self.exchange, exchange.responseStarted {
+            self.context.close(promise: nil)
+            return
         }
+        self.logger.debug("malformed request", metadata: ["reason": "\(error.reason)"])
+        let exchange = self.exchange ?? ProxyExchange(head: .unparsable, quiescing: true)
+        self.exchange = exchange
+        exchange.closeAfter = true
+        exchange.requestEnded = true
+        self.sendLocalResponse(
+            ProxyResponse(
+                status: error.status,
+                proxyError: "http_request_error",
+                details: error.reason,
+                message: "the request is not valid HTTP/1.1 (\(error.reason))."
+            ),
+            for: exchange
+        )
     }
 
     // MARK: - Read gating
@@ -199,29 +178,69 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// costs two epoll_ctl calls a request); a pipelined request that does arrive is queued
     /// and stops further reads until it is served.
     var readAllowed: Bool {
-        if !self.pipelined.isEmpty { return false }
         switch self.phase {
         case .idle, .localResponse:
+            // A pipelined request already read waits until this one is answered.
+            if let exchange = self.exchange, exchange.requestEnded { return self.framer.bufferedBytes == 0 }
             return true
         case .authenticating, .connecting, .tunnelConnecting, .tunnel:
             return false
         case .forwarding(let upstream):
-            guard let exchange = self.exchange, !exchange.requestEnded else { return true }
+            guard let exchange = self.exchange, !exchange.requestEnded else { return self.framer.bufferedBytes == 0 }
+            return upstream.isWritable
+        }
+    }
+
+    /// Whether the framer's next event can be handled now: body bytes only once they can go
+    /// somewhere, the next request's head only once the current one is answered.
+    private var readyForNextEvent: Bool {
+        switch self.phase {
+        case .idle, .localResponse:
+            return !(self.exchange?.requestEnded ?? false)
+        case .authenticating, .connecting, .tunnelConnecting, .tunnel:
+            return false
+        case .forwarding(let upstream):
+            guard let exchange = self.exchange, !exchange.requestEnded else { return false }
             return upstream.isWritable
         }
     }
 
     func resumeReadsIfPossible() {
+        self.parseAvailable()
         if self.pendingRead, self.readAllowed {
             self.pendingRead = false
             self.context.read()
         }
     }
 
-    // MARK: - Inbound parts
+    // MARK: - Inbound events
 
-    func handle(_ part: HTTPServerRequestPart) {
-        switch part {
+    /// Hands the framer's events to ``handle(_:)`` for as long as they can be acted on.
+    func parseAvailable() {
+        guard !self.parsing, self.context != nil else { return }
+        self.parsing = true
+        var handled = false
+        defer {
+            self.parsing = false
+            // Outside a read burst nothing else will flush what the events wrote upstream.
+            if handled, !self.readingClient, case .forwarding(let upstream) = self.phase { upstream.flush() }
+        }
+        while self.readyForNextEvent {
+            let event: RequestFramer.Event?
+            do {
+                event = try self.framer.next()
+            } catch {
+                self.refuse(error)
+                return
+            }
+            guard let event else { return }
+            handled = true
+            self.handle(event)
+        }
+    }
+
+    private func handle(_ event: RequestFramer.Event) {
+        switch event {
         case .head(let head):
             self.idleDeadline = nil
             let exchange = ProxyExchange(head: head, quiescing: self.quiescing)
@@ -232,9 +251,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             exchange.requestBodyBytes += buffer.readableBytes
             switch self.phase {
             case .forwarding(let upstream):
-                upstream.sendBody(buffer, chunked: exchange.upstreamChunked)
-            case .authenticating, .connecting, .tunnelConnecting:
-                exchange.buffered.append(part)
+                upstream.sendBody(buffer)
             case .localResponse:
                 exchange.discardedBodyBytes += buffer.readableBytes
                 if exchange.discardedBodyBytes > self.shared.configuration.rejectedBodyDrainLimit {
@@ -243,27 +260,18 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                     exchange.requestEnded = true
                     self.finishIfDone(exchange)
                 }
-            case .idle, .tunnel:
+            case .idle, .authenticating, .connecting, .tunnelConnecting, .tunnel:
                 break
             }
-        case .end(let trailers):
+        case .end:
             guard let exchange = self.exchange else { return }
             exchange.requestEnded = true
-            switch self.phase {
-            case .forwarding(let upstream):
-                upstream.sendEnd(chunked: exchange.upstreamChunked, trailers: trailers)
-            case .authenticating, .connecting, .tunnelConnecting:
-                exchange.buffered.append(part)
-            case .localResponse:
-                self.finishIfDone(exchange)
-            case .idle, .tunnel:
-                break
-            }
+            if case .localResponse = self.phase { self.finishIfDone(exchange) }
         }
     }
 
     private func start(_ exchange: ProxyExchange) {
-        switch RequestTarget.parse(exchange.head.uri, isConnect: exchange.isConnect) {
+        switch RequestTarget.parse(exchange.head.target, isConnect: exchange.isConnect) {
         case .success(.origin), .success(.asterisk):
             self.sendLocalResponse(
                 .badRequest(
@@ -301,15 +309,16 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             self.authorized(exchange)
             return
         }
-        let values = exchange.head.headers["Proxy-Authorization"]
+        let head = exchange.head
         var cacheKey: CredentialVerifier.CacheKey?
-        if values.count == 1 {
+        if head.proxyAuthorization.count == 1 {
+            let value = head.value(head.proxyAuthorization[0])
             let key: CredentialVerifier.CacheKey
-            if let last = self.lastAuthorization, last.value == values[0] {
+            if let last = self.lastAuthorization, last.value.elementsEqual(value) {
                 key = last.key
             } else {
-                key = verifier.cacheKey(forFieldValue: values[0])
-                self.lastAuthorization = (values[0], key)
+                key = verifier.cacheKey(forFieldValue: String(decoding: value, as: UTF8.self))
+                self.lastAuthorization = (Array(value), key)
             }
             // Still asked every time: the entry may have expired or the users file changed.
             if let user = verifier.cachedUser(for: key) {
@@ -319,7 +328,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             }
             cacheKey = key
         }
-        switch self.shared.gate.evaluate(proxyAuthorization: values) {
+        switch self.shared.gate.evaluate(proxyAuthorization: head.values(named: "proxy-authorization")) {
         case .reject(let failure):
             self.reject(exchange, failure)
         case .verifyBasic(let credentials):

@@ -1,9 +1,8 @@
 import NIOCore
-import NIOHTTP1
 
 /// One request and its response on a client connection.
 final class ProxyExchange {
-    let head: HTTPRequestHead
+    let head: RequestHead
     var target: RequestTarget?
     var user: String?
     /// The request's `.end` was read.
@@ -11,16 +10,12 @@ final class ProxyExchange {
     /// A response head was written to the client (proxy-generated or relayed).
     var responseStarted = false
     var responseEnded = false
-    /// Inbound parts read while the gate or the upstream connect was pending.
-    var buffered: [HTTPServerRequestPart] = []
     /// The client connection closes after this exchange.
     var closeAfter: Bool
     var discardedBodyBytes = 0
     var requestBodyBytes = 0
     /// The head sent upstream, kept to retry once on a fresh connection.
     var upstreamHead: ByteBuffer?
-    /// The request body goes to the origin chunk-framed.
-    var upstreamChunked = false
     var upstreamKey: UpstreamPool.Key?
     var usedPooledConnection = false
     /// When the origin's response head is due (a 504 after that).
@@ -30,27 +25,26 @@ final class ProxyExchange {
     /// The origin's body is close-delimited and this HTTP/1.1 client gets it chunked.
     var rechunkBody = false
 
-    init(head: HTTPRequestHead, quiescing: Bool) {
+    init(head: RequestHead, quiescing: Bool) {
         self.head = head
         // HTTP/1.0 clients get one response per connection: framing by close is the only
         // framing every 1.0 client understands.
-        self.closeAfter = quiescing || !head.isKeepAlive || head.version.minor == 0
+        self.closeAfter = quiescing || !head.keepAlive
     }
 
-    var isConnect: Bool { self.head.method == .CONNECT }
-    var isHead: Bool { self.head.method == .HEAD }
+    var isConnect: Bool { self.head.method == .connect }
+    var isHead: Bool { self.head.method == .head }
+    var isHTTP10: Bool { self.head.minorVersion == 0 }
 
-    /// Whether the request announced a body that may still be on its way.
-    var expectsContinue: Bool {
-        self.head.headers.first(name: "expect")?.lowercased() == "100-continue"
-    }
+    /// Whether the client waits for `100 Continue` before sending its body.
+    var expectsContinue: Bool { self.head.expectsContinue }
 
     /// A request that is safe to send again on a new connection if a reused one died before
     /// answering: idempotent and without a body (RFC 9110 §9.2.2).
     var isRetriable: Bool {
         guard self.requestEnded, self.requestBodyBytes == 0 else { return false }
         switch self.head.method {
-        case .GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE: return true
+        case .get, .head, .options, .trace, .put, .delete: return true
         default: return false
         }
     }

@@ -55,16 +55,14 @@ public final class ProxyServer: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let pool = self.pool(for: channel.eventLoop)
-                    let decoder = ProxyConnectionHandler.makeDecoder()
                     var logger = shared.logger
                     if let remote = channel.remoteAddress { logger[metadataKey: "client"] = "\(remote)" }
                     let handler = ProxyConnectionHandler(
                         shared: shared,
                         pool: pool,
-                        decoder: decoder,
                         logger: logger
                     )
-                    try channel.pipeline.syncOperations.addHandlers([decoder, handler])
+                    try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
     }

@@ -3,30 +3,14 @@ import PortcullisAuth
 
 /// The head of an origin's response, kept as the bytes that arrived: header lines are copied
 /// to the client as they are, without turning every name and value into a String.
-struct ResponseHead {
+struct ResponseHead: RawMessageHead {
     var minorVersion: Int
     var status: Int
     /// The whole head, from the status line to the empty line.
     var bytes: ByteBuffer
-    /// Offsets (into ``bytes``) of each header line without its CRLF, and of the name's end.
-    var lines: [(start: Int, end: Int, nameEnd: Int)]
+    var lines: [HeaderLine]
     /// End of the status line (without CRLF): the reason phrase ends here.
     var statusLineEnd: Int
-
-    func name(_ line: (start: Int, end: Int, nameEnd: Int)) -> ByteBufferView {
-        let view = self.bytes.readableBytesView
-        return view[(view.startIndex + line.start)..<(view.startIndex + line.nameEnd)]
-    }
-
-    /// The value of a header line with optional whitespace trimmed.
-    func value(_ line: (start: Int, end: Int, nameEnd: Int)) -> ByteBufferView {
-        let all = self.bytes.readableBytesView
-        var view = all[(all.startIndex + line.nameEnd + 1)..<(all.startIndex + line.end)]
-        while let f = view.first, f == 0x20 || f == 0x09 { view = view.dropFirst() }
-        while let l = view.last, l == 0x20 || l == 0x09 { view = view.dropLast() }
-        return view
-    }
-
 }
 
 /// Reads an origin's HTTP/1.1 response stream: parses the head, works out how the body is
@@ -59,15 +43,11 @@ struct ResponseFramer {
         case idle
         case head
         case body(Framing, remaining: Int)
-        case chunkSize
-        case chunkData(remaining: Int)
-        case chunkDataEnd
-        case trailers
+        case chunked(ChunkWalker)
         case done
     }
 
     static let maximumHeadSize = 64 * 1024
-    private static let maximumChunkLine = 4096
 
     private var state: State = .idle
     private var pending = ByteBuffer()
@@ -107,7 +87,7 @@ struct ResponseFramer {
                 self.reusable = false
                 return
             case .head:
-                guard let headEnd = Self.findHeadEnd(buffer) else {
+                guard let headEnd = MessageSyntax.findHeadEnd(buffer) else {
                     guard buffer.readableBytes <= Self.maximumHeadSize else {
                         throw ProtocolError(reason: "response head larger than 64 KiB")
                     }
@@ -135,7 +115,7 @@ struct ResponseFramer {
                     self.reusable = false
                     self.state = .body(framing, remaining: 0)
                 case .chunked:
-                    self.state = .chunkSize
+                    self.state = .chunked(ChunkWalker())
                 }
             case .body(.untilClose, _):
                 emit(.body(buffer))
@@ -149,11 +129,18 @@ struct ResponseFramer {
                 } else {
                     self.state = .body(framing, remaining: remaining - take)
                 }
-            case .chunkSize, .chunkDataEnd, .trailers, .chunkData:
+            case .chunked(var walker):
                 // Chunked bodies go to the client as they are; we only follow the framing to
-                // know where the response ends.
+                // know where the response ends (and take the payload out for HTTP/1.0 clients).
                 let before = buffer
-                let finished = try self.walkChunks(&buffer, emit)
+                let finished: Bool
+                do {
+                    let dechunk = self.dechunk
+                    finished = try walker.walk(&buffer) { if dechunk { emit(.body($0)) } }
+                } catch {
+                    throw ProtocolError(reason: error.reason)
+                }
+                self.state = .chunked(walker)
                 let consumed = buffer.readerIndex - before.readerIndex
                 if consumed > 0, !self.dechunk {
                     var raw = before
@@ -165,9 +152,6 @@ struct ResponseFramer {
                 } else if buffer.readableBytes > 0 {
                     // An incomplete chunk-size or trailer line: wait for the rest.
                     self.pending = buffer.readSlice(length: buffer.readableBytes)!
-                    guard self.pending.readableBytes <= Self.maximumChunkLine else {
-                        throw ProtocolError(reason: "chunk line too long")
-                    }
                     return
                 }
             }
@@ -202,19 +186,12 @@ struct ResponseFramer {
             let name = head.name(line)
             if FieldName.equals(name, "transfer-encoding") {
                 sawTransferEncoding = true
-                lastCodingIsChunked = Self.lastTokenIsChunked(head.value(line))
+                lastCodingIsChunked = MessageSyntax.lastCodingIsChunked(head.value(line))
             } else if FieldName.equals(name, "content-length") {
-                for part in head.value(line).split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false) {
-                    var digits = part[...]
-                    while let f = digits.first, f == 0x20 || f == 0x09 { digits = digits.dropFirst() }
-                    while let l = digits.last, l == 0x20 || l == 0x09 { digits = digits.dropLast() }
-                    guard !digits.isEmpty, digits.count <= 18, digits.allSatisfy({ $0 >= 48 && $0 <= 57 }) else {
-                        throw ProtocolError(reason: "invalid Content-Length")
-                    }
-                    let n = digits.reduce(0) { $0 * 10 + Int($1 - 48) }
-                    if let length, length != n { throw ProtocolError(reason: "conflicting Content-Length values") }
-                    length = n
+                guard let n = MessageSyntax.contentLength(head.value(line), previous: length) else {
+                    throw ProtocolError(reason: "invalid or conflicting Content-Length")
                 }
+                length = n
             }
         }
         if sawTransferEncoding {
@@ -224,31 +201,6 @@ struct ResponseFramer {
         }
         if let length { return .length(length) }
         return .untilClose
-    }
-
-    /// Whether the last comma-separated coding of a Transfer-Encoding value is `chunked`.
-    private static func lastTokenIsChunked(_ value: ByteBufferView) -> Bool {
-        var end = value.endIndex
-        while end > value.startIndex, value[end - 1] == 0x20 || value[end - 1] == 0x09 { end -= 1 }
-        var start = end
-        while start > value.startIndex, value[start - 1] != UInt8(ascii: ",") { start -= 1 }
-        while start < end, value[start] == 0x20 || value[start] == 0x09 { start += 1 }
-        return FieldName.equals(value[start..<end], "chunked")
-    }
-
-    /// Offset just past the CRLFCRLF that ends the head, if it has arrived.
-    private static func findHeadEnd(_ buffer: ByteBuffer) -> Int? {
-        buffer.withUnsafeReadableBytes { bytes -> Int? in
-            guard bytes.count >= 4 else { return nil }
-            var i = 0
-            while i + 3 < bytes.count {
-                if bytes[i + 3] == 0x0A && bytes[i + 2] == 0x0D && bytes[i + 1] == 0x0A && bytes[i] == 0x0D {
-                    return i + 4
-                }
-                i += 1
-            }
-            return nil
-        }
     }
 
     static func parseHead(_ head: ByteBuffer) throws -> ResponseHead {
@@ -266,24 +218,11 @@ struct ResponseFramer {
             throw ProtocolError(reason: "malformed status line")
         }
         if statusEnd > base + 12 && view[base + 12] != 0x20 { throw ProtocolError(reason: "malformed status line") }
-        var lines: [(start: Int, end: Int, nameEnd: Int)] = []
+        var lines: [HeaderLine] = []
         lines.reserveCapacity(12)
-        var lineStart = statusEnd + 2
-        let headEnd = view.endIndex - 2  // the final CRLF of the empty line
-        while lineStart < headEnd {
-            guard let cr = view[lineStart..<headEnd].firstIndex(of: 0x0D), view[cr + 1] == 0x0A else {
-                throw ProtocolError(reason: "malformed header line")
-            }
-            let first = view[lineStart]
-            if first == 0x20 || first == 0x09 { throw ProtocolError(reason: "obsolete line folding in a response") }
-            guard let colon = view[lineStart..<cr].firstIndex(of: UInt8(ascii: ":")), colon > lineStart,
-                view[lineStart..<colon].allSatisfy(HTTPGrammar.isTokenByte)
-            else { throw ProtocolError(reason: "malformed header line") }
-            if view[lineStart..<cr].contains(where: { ($0 < 0x20 && $0 != 0x09) || $0 == 0x7F }) {
-                throw ProtocolError(reason: "control character in a response header")
-            }
-            lines.append((lineStart - base, cr - base, colon - base))
-            lineStart = cr + 2
+        // headEnd: the final CRLF of the empty line
+        if let reason = MessageSyntax.headerLines(view, from: statusEnd + 2, to: view.endIndex - 2, into: &lines) {
+            throw ProtocolError(reason: reason + " in the response")
         }
         return ResponseHead(
             minorVersion: Int(view[base + 7] - 48),
@@ -292,59 +231,6 @@ struct ResponseFramer {
             lines: lines,
             statusLineEnd: statusEnd - base
         )
-    }
-
-    /// Follows chunk framing through `buffer`, consuming complete pieces.
-    /// - Returns: `true` when the last chunk and the trailers have been read.
-    private mutating func walkChunks(_ buffer: inout ByteBuffer, _ emit: (Event) -> Void) throws -> Bool {
-        while buffer.readableBytes > 0 {
-            switch self.state {
-            case .chunkSize:
-                guard let line = Self.readLine(&buffer) else { return false }
-                let sizeText = line.prefix { $0 != UInt8(ascii: ";") && $0 != 0x20 && $0 != 0x09 }
-                guard !sizeText.isEmpty, sizeText.count <= 15, sizeText.allSatisfy(HTTPGrammar.isHexDigit) else {
-                    throw ProtocolError(reason: "invalid chunk size")
-                }
-                let size = sizeText.reduce(0) { $0 * 16 + Self.hexValue($1) }
-                self.state = size == 0 ? .trailers : .chunkData(remaining: size)
-            case .chunkData(let remaining):
-                let take = min(remaining, buffer.readableBytes)
-                if self.dechunk {
-                    emit(.body(buffer.getSlice(at: buffer.readerIndex, length: take)!))
-                }
-                buffer.moveReaderIndex(forwardBy: take)
-                self.state = take == remaining ? .chunkDataEnd : .chunkData(remaining: remaining - take)
-            case .chunkDataEnd:
-                guard buffer.readableBytes >= 2 else { return false }
-                guard buffer.readInteger(as: UInt16.self) == 0x0D0A else {
-                    throw ProtocolError(reason: "chunk data not followed by CRLF")
-                }
-                self.state = .chunkSize
-            case .trailers:
-                guard let line = Self.readLine(&buffer) else { return false }
-                if line.isEmpty { return true }
-            default:
-                return false
-            }
-        }
-        return false
-    }
-
-    /// Reads one CRLF-terminated line (without the CRLF), or nothing if it is not all here.
-    private static func readLine(_ buffer: inout ByteBuffer) -> [UInt8]? {
-        let view = buffer.readableBytesView
-        guard let lf = view.firstIndex(of: 0x0A), lf > view.startIndex, view[lf - 1] == 0x0D else { return nil }
-        let length = lf - view.startIndex + 1
-        let line = buffer.readBytes(length: length)!
-        return Array(line.dropLast(2))
-    }
-
-    private static func hexValue(_ c: UInt8) -> Int {
-        switch c {
-        case 48...57: return Int(c - 48)
-        case 97...102: return Int(c - 87)
-        default: return Int(c - 55)
-        }
     }
 }
 

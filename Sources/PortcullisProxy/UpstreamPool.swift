@@ -149,26 +149,10 @@ final class UpstreamHandler: ChannelDuplexHandler {
         context.write(self.wrapOutboundOut(bytes), promise: nil)
     }
 
-    /// Sends request body bytes (decoded by the client-side parser), chunk-framed if asked.
-    func sendBody(_ buffer: ByteBuffer, chunked: Bool) {
+    /// Sends request body bytes as the client framed them (a chunked body stays chunked).
+    func sendBody(_ buffer: ByteBuffer) {
         guard let context, buffer.readableBytes > 0 else { return }
-        if chunked {
-            ChunkedFraming.writeChunk(buffer, on: context)
-        } else {
-            context.write(self.wrapOutboundOut(buffer), promise: nil)
-        }
-    }
-
-    /// Ends the request body: the last chunk and trailers when chunked, nothing otherwise.
-    func sendEnd(chunked: Bool, trailers: HTTPHeaders?) {
-        guard let context, chunked else { return }
-        var last = context.channel.allocator.buffer(capacity: 64)
-        last.writeStaticString("0\r\n")
-        for (name, value) in trailers ?? [:] where !HeaderRewriter.isAlwaysHopByHop(name) {
-            last.writeString("\(name): \(value)\r\n")
-        }
-        last.writeStaticString("\r\n")
-        context.write(self.wrapOutboundOut(last), promise: nil)
+        context.write(self.wrapOutboundOut(buffer), promise: nil)
     }
 
     func flush() {

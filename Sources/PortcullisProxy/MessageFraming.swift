@@ -1,0 +1,212 @@
+import NIOCore
+import PortcullisAuth
+
+/// Offsets into a message head's bytes of one header line (without its CRLF) and of the end of
+/// its field name (the colon).
+struct HeaderLine {
+    var start: Int
+    var end: Int
+    var nameEnd: Int
+}
+
+/// A message head kept as the bytes that arrived, with the offsets of its header lines: lines
+/// are copied from one hop to the next as they are, without a String per name and value.
+protocol RawMessageHead {
+    var bytes: ByteBuffer { get }
+    var lines: [HeaderLine] { get }
+}
+
+extension RawMessageHead {
+    func name(_ line: HeaderLine) -> ByteBufferView {
+        let view = self.bytes.readableBytesView
+        return view[(view.startIndex + line.start)..<(view.startIndex + line.nameEnd)]
+    }
+
+    /// The value of a header line with optional whitespace trimmed.
+    func value(_ line: HeaderLine) -> ByteBufferView {
+        let all = self.bytes.readableBytesView
+        var view = all[(all.startIndex + line.nameEnd + 1)..<(all.startIndex + line.end)]
+        while let f = view.first, f == 0x20 || f == 0x09 { view = view.dropFirst() }
+        while let l = view.last, l == 0x20 || l == 0x09 { view = view.dropLast() }
+        return view
+    }
+
+    /// The whole line, name to end of value, as it arrived.
+    func rawLine(_ line: HeaderLine) -> ByteBufferView {
+        let view = self.bytes.readableBytesView
+        return view[(view.startIndex + line.start)..<(view.startIndex + line.end)]
+    }
+
+    /// Values of every line named `lowercaseName`, as Strings (for the rare paths that need them).
+    func values(named lowercaseName: String) -> [String] {
+        self.lines.lazy.filter { FieldName.equals(self.name($0), lowercaseName) }
+            .map { String(decoding: self.value($0), as: UTF8.self) }
+    }
+}
+
+/// Parsing shared by the request and the response framers (RFC 9112 §2, §5).
+enum MessageSyntax {
+    /// Offset just past the CRLFCRLF that ends a head, if it has arrived.
+    static func findHeadEnd(_ buffer: ByteBuffer) -> Int? {
+        buffer.withUnsafeReadableBytes { bytes -> Int? in
+            guard bytes.count >= 4 else { return nil }
+            var i = 0
+            while i + 3 < bytes.count {
+                if bytes[i + 3] == 0x0A && bytes[i + 2] == 0x0D && bytes[i + 1] == 0x0A && bytes[i] == 0x0D {
+                    return i + 4
+                }
+                i += 1
+            }
+            return nil
+        }
+    }
+
+    /// Splits the header section `view[from..<headEnd]` (`headEnd` at the CRLF of the empty
+    /// line) into lines. Strict on purpose: obsolete line folding, bare CR or LF, control
+    /// characters and whitespace before the colon are where two parsers disagree on where a
+    /// field — or a message — ends.
+    /// - Returns: the lines, or the reason they are not valid.
+    static func headerLines(
+        _ view: ByteBufferView,
+        from start: Int,
+        to headEnd: Int,
+        into lines: inout [HeaderLine]
+    ) -> String? {
+        let base = view.startIndex
+        var lineStart = start
+        while lineStart < headEnd {
+            guard let cr = view[lineStart..<headEnd].firstIndex(of: 0x0D), view[cr + 1] == 0x0A else {
+                return "malformed header line"
+            }
+            let first = view[lineStart]
+            if first == 0x20 || first == 0x09 { return "obsolete line folding" }
+            guard let colon = view[lineStart..<cr].firstIndex(of: UInt8(ascii: ":")), colon > lineStart,
+                view[lineStart..<colon].allSatisfy(HTTPGrammar.isTokenByte)
+            else { return "malformed header line" }
+            if view[colon..<cr].contains(where: { ($0 < 0x20 && $0 != 0x09) || $0 == 0x7F }) {
+                return "control character in a header field"
+            }
+            lines.append(HeaderLine(start: lineStart - base, end: cr - base, nameEnd: colon - base))
+            lineStart = cr + 2
+        }
+        return nil
+    }
+
+    /// The value of a `Content-Length` field: one number, or a list of identical numbers
+    /// (RFC 9112 §6.3 allows a recipient to accept those).
+    static func contentLength(_ value: ByteBufferView, previous: Int?) -> Int? {
+        var length = previous
+        for part in value.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false) {
+            var digits = part[...]
+            while let f = digits.first, f == 0x20 || f == 0x09 { digits = digits.dropFirst() }
+            while let l = digits.last, l == 0x20 || l == 0x09 { digits = digits.dropLast() }
+            guard !digits.isEmpty, digits.count <= 18, digits.allSatisfy({ $0 >= 48 && $0 <= 57 }) else {
+                return nil
+            }
+            let n = digits.reduce(0) { $0 * 10 + Int($1 - 48) }
+            if let length, length != n { return nil }
+            length = n
+        }
+        return length
+    }
+
+    /// Whether the last comma-separated coding of a Transfer-Encoding value is `chunked`.
+    static func lastCodingIsChunked(_ value: ByteBufferView) -> Bool {
+        var end = value.endIndex
+        while end > value.startIndex, value[end - 1] == 0x20 || value[end - 1] == 0x09 { end -= 1 }
+        var start = end
+        while start > value.startIndex, value[start - 1] != UInt8(ascii: ",") { start -= 1 }
+        while start < end, value[start] == 0x20 || value[start] == 0x09 { start += 1 }
+        return FieldName.equals(value[start..<end], "chunked")
+    }
+}
+
+/// Follows chunked framing (RFC 9112 §7.1) through a byte stream without changing it: the
+/// framers use it to know where a chunked body ends, and to take out the payload when a peer
+/// needs the body decoded.
+struct ChunkWalker {
+    struct FramingError: Error {
+        var reason: String
+    }
+
+    private enum State {
+        case size
+        case data(remaining: Int)
+        case dataEnd
+        case trailers
+    }
+
+    /// Longest chunk-size or trailer line kept while waiting for its end.
+    static let maximumLine = 4096
+    /// Largest trailer section accepted.
+    static let maximumTrailers = 64 * 1024
+
+    private var state: State = .size
+    private var trailerBytes = 0
+
+    /// Consumes every complete piece of framing in `buffer`; an incomplete line stays unread.
+    /// - Parameter payload: called with chunk data, for callers that want the body decoded.
+    /// - Returns: `true` once the last chunk and the trailer section have been read.
+    mutating func walk(
+        _ buffer: inout ByteBuffer,
+        payload: (ByteBuffer) -> Void = { _ in }
+    ) throws(FramingError) -> Bool {
+        while buffer.readableBytes > 0 {
+            switch self.state {
+            case .size:
+                guard let line = try Self.readLine(&buffer) else { return false }
+                let sizeText = line.prefix { $0 != UInt8(ascii: ";") && $0 != 0x20 && $0 != 0x09 }
+                guard !sizeText.isEmpty, sizeText.count <= 15, sizeText.allSatisfy(HTTPGrammar.isHexDigit) else {
+                    throw FramingError(reason: "invalid chunk size")
+                }
+                let size = sizeText.reduce(0) { $0 * 16 + Self.hexValue($1) }
+                self.state = size == 0 ? .trailers : .data(remaining: size)
+            case .data(let remaining):
+                let take = min(remaining, buffer.readableBytes)
+                payload(buffer.getSlice(at: buffer.readerIndex, length: take)!)
+                buffer.moveReaderIndex(forwardBy: take)
+                self.state = take == remaining ? .dataEnd : .data(remaining: remaining - take)
+            case .dataEnd:
+                guard buffer.readableBytes >= 2 else { return false }
+                guard buffer.readInteger(as: UInt16.self) == 0x0D0A else {
+                    throw FramingError(reason: "chunk data not followed by CRLF")
+                }
+                self.state = .size
+            case .trailers:
+                guard let line = try Self.readLine(&buffer) else { return false }
+                if line.isEmpty {
+                    self.state = .size
+                    self.trailerBytes = 0
+                    return true
+                }
+                self.trailerBytes += line.count + 2
+                if self.trailerBytes > Self.maximumTrailers { throw FramingError(reason: "trailer section too large") }
+            }
+        }
+        return false
+    }
+
+    /// Reads one CRLF-terminated line (without the CRLF), or nothing if it is not all here.
+    private static func readLine(_ buffer: inout ByteBuffer) throws(FramingError) -> [UInt8]? {
+        let view = buffer.readableBytesView
+        guard let lf = view.firstIndex(of: 0x0A) else {
+            if view.count > Self.maximumLine { throw FramingError(reason: "chunk line too long") }
+            return nil
+        }
+        guard lf > view.startIndex, view[lf - 1] == 0x0D else {
+            throw FramingError(reason: "bare LF in chunked framing")
+        }
+        let length = lf - view.startIndex + 1
+        if length > Self.maximumLine + 2 { throw FramingError(reason: "chunk line too long") }
+        let line = buffer.readBytes(length: length)!
+        return Array(line.dropLast(2))
+    }
+
+    private static func hexValue(_ c: UInt8) -> Int {
+        switch c {
+        case 48...57: return Int(c - 48)
+        case 97...102: return Int(c - 87)
+        default: return Int(c - 55)
+        }
+    }
+}
