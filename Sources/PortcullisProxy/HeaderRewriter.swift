@@ -62,9 +62,29 @@ enum FieldName {
     @inline(__always)
     static func equals<Bytes: Collection<UInt8>>(_ bytes: Bytes, _ lowercaseName: String) -> Bool {
         guard bytes.count == lowercaseName.utf8.count else { return false }
+        // Header bytes and literal names are both contiguous: compare through pointers (the
+        // generic zip over ByteBufferView showed up at 2 % of a request in perf).
+        if let result = bytes.withContiguousStorageIfAvailable({ raw in
+            lowercaseName.utf8.withContiguousStorageIfAvailable { name in
+                Self.equals(raw, name)
+            }
+        }), let result {
+            return result
+        }
         for (x, y) in zip(bytes, lowercaseName.utf8) {
             let lx = (x >= 65 && x <= 90) ? x | 0x20 : x
             if lx != y { return false }
+        }
+        return true
+    }
+
+    @inline(__always)
+    private static func equals(_ raw: UnsafeBufferPointer<UInt8>, _ name: UnsafeBufferPointer<UInt8>) -> Bool {
+        var i = 0
+        while i < raw.count {
+            let x = raw[i]
+            if ((x >= 65 && x <= 90) ? x | 0x20 : x) != name[i] { return false }
+            i += 1
         }
         return true
     }

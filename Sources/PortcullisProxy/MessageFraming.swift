@@ -73,23 +73,38 @@ enum MessageSyntax {
         into lines: inout [HeaderLine]
     ) -> String? {
         let base = view.startIndex
-        var lineStart = start
-        while lineStart < headEnd {
-            guard let cr = view[lineStart..<headEnd].firstIndex(of: 0x0D), view[cr + 1] == 0x0A else {
-                return "malformed header line"
+        // One pass over raw bytes: this runs for every message in both directions.
+        let result: String?? = view.withContiguousStorageIfAvailable { bytes -> String? in
+            var lineStart = start - base
+            let end = headEnd - base
+            while lineStart < end {
+                let first = bytes[lineStart]
+                if first == 0x20 || first == 0x09 { return "obsolete line folding" }
+                var colon = -1
+                var i = lineStart
+                while i < end {
+                    let c = bytes[i]
+                    if c == 0x0D { break }
+                    if colon < 0 {
+                        if c == UInt8(ascii: ":") {
+                            colon = i
+                        } else if !HTTPGrammar.isTokenByte(c) {
+                            return "malformed header line"
+                        }
+                    } else if (c < 0x20 && c != 0x09) || c == 0x7F {
+                        return "control character in a header field"
+                    }
+                    i += 1
+                }
+                guard i < end, bytes[i + 1] == 0x0A else { return "malformed header line" }
+                guard colon > lineStart else { return "malformed header line" }
+                lines.append(HeaderLine(start: lineStart, end: i, nameEnd: colon))
+                lineStart = i + 2
             }
-            let first = view[lineStart]
-            if first == 0x20 || first == 0x09 { return "obsolete line folding" }
-            guard let colon = view[lineStart..<cr].firstIndex(of: UInt8(ascii: ":")), colon > lineStart,
-                view[lineStart..<colon].allSatisfy(HTTPGrammar.isTokenByte)
-            else { return "malformed header line" }
-            if view[colon..<cr].contains(where: { ($0 < 0x20 && $0 != 0x09) || $0 == 0x7F }) {
-                return "control character in a header field"
-            }
-            lines.append(HeaderLine(start: lineStart - base, end: cr - base, nameEnd: colon - base))
-            lineStart = cr + 2
+            return nil
         }
-        return nil
+        guard let result else { return "malformed header line" }
+        return result
     }
 
     /// The value of a `Content-Length` field: one number, or a list of identical numbers
