@@ -5,6 +5,7 @@ import PackageDescription
 let dependencies: [Package.Dependency] = [
     .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
     .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
+    .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
     .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
     .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
     .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
@@ -28,7 +29,10 @@ let package = Package(
         .systemLibrary(name: "CCrypt", path: "Sources/CCrypt", providers: [.apt(["libcrypt-dev"])]),
         .target(
             name: "PortcullisAuth",
-            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
         ),
         .target(
             name: "PortcullisStores",
@@ -58,10 +62,19 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ] + nio
         ),
+        .target(
+            name: "PortcullisDoctor",
+            dependencies: [
+                "PortcullisAuth",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+            ] + nio
+        ),
         .executableTarget(
             name: "portcullis",
             dependencies: [
                 "PortcullisServer",
+                "PortcullisDoctor",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -73,6 +86,7 @@ let package = Package(
             dependencies: ["PortcullisProxy", .product(name: "NIOEmbedded", package: "swift-nio")] + nio
         ),
         .testTarget(name: "PortcullisServerTests", dependencies: ["PortcullisServer", "PortcullisProxy"] + nio),
+        .testTarget(name: "PortcullisDoctorTests", dependencies: ["PortcullisDoctor", "PortcullisAuth"] + nio),
     ],
     swiftLanguageModes: [.v5]
 )

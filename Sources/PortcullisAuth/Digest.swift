@@ -1,0 +1,185 @@
+import Crypto
+import Foundation
+
+/// The hash algorithms of HTTP Digest (RFC 7616 §3.2 and the IANA registry), each with its
+/// `-sess` variant.
+public struct DigestAlgorithm: Sendable, Hashable, CustomStringConvertible {
+    public enum Hash: String, Sendable, Hashable, CaseIterable {
+        case md5 = "MD5"
+        case sha256 = "SHA-256"
+        case sha512_256 = "SHA-512-256"
+    }
+
+    public var hash: Hash
+    public var session: Bool
+
+    public init(hash: Hash, session: Bool = false) {
+        self.hash = hash
+        self.session = session
+    }
+
+    /// The token as it appears in `algorithm=` (case-insensitive on input). An absent parameter
+    /// means MD5 (RFC 7616 §3.3).
+    public init?(token: String?) {
+        guard let token else {
+            self.init(hash: .md5)
+            return
+        }
+        var name = token.uppercased()
+        var session = false
+        if name.hasSuffix("-SESS") {
+            session = true
+            name.removeLast(5)
+        }
+        guard let hash = Hash(rawValue: name) else { return nil }
+        self.init(hash: hash, session: session)
+    }
+
+    public var description: String { self.hash.rawValue + (self.session ? "-sess" : "") }
+
+    /// Whether this build can compute the algorithm. SHA-512/256 (FIPS 180-4: its own initial
+    /// values, not a truncated SHA-512) is not offered by swift-crypto; it comes with the
+    /// server-side Digest work.
+    public var isSupported: Bool { self.hash != .sha512_256 }
+
+    /// Lower-case hex of the hash of `text` (UTF-8).
+    public func hex(_ text: String) -> String {
+        let data = Data(text.utf8)
+        switch self.hash {
+        case .md5: return Self.hex(Insecure.MD5.hash(data: data))
+        case .sha256: return Self.hex(SHA256.hash(data: data))
+        case .sha512_256: preconditionFailure("SHA-512-256 is not supported by this build; check isSupported")
+        }
+    }
+
+    private static func hex<D: Sequence>(_ digest: D) -> String where D.Element == UInt8 {
+        var out = ""
+        out.reserveCapacity(64)
+        for byte in digest {
+            out.append(Self.hexDigits[Int(byte >> 4)])
+            out.append(Self.hexDigits[Int(byte & 0x0F)])
+        }
+        return out
+    }
+
+    private static let hexDigits = Array("0123456789abcdef")
+}
+
+/// A Digest challenge (RFC 7616 §3.3) read from a parsed ``Challenge``.
+public struct DigestChallenge: Sendable, Hashable {
+    public var realm: String
+    public var nonce: String
+    public var opaque: String?
+    /// `nil` when the token is not a known algorithm.
+    public var algorithm: DigestAlgorithm?
+    public var algorithmToken: String?
+    /// qop options offered (`auth`, `auth-int`), lower-cased; empty for an RFC 2069 challenge.
+    public var qop: [String]
+    public var stale: Bool
+    public var userhash: Bool
+    public var charsetUTF8: Bool
+
+    /// Reads a Digest challenge; `nil` when it is not one or lacks realm or nonce.
+    public init?(_ challenge: Challenge) {
+        guard challenge.schemeIs("Digest"), let realm = challenge.parameter("realm"),
+            let nonce = challenge.parameter("nonce")
+        else { return nil }
+        self.realm = realm
+        self.nonce = nonce
+        self.opaque = challenge.parameter("opaque")
+        self.algorithmToken = challenge.parameter("algorithm")
+        self.algorithm = DigestAlgorithm(token: self.algorithmToken)
+        self.qop =
+            challenge.parameter("qop")?.split(separator: ",")
+            .map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+            .filter { !$0.isEmpty } ?? []
+        self.stale = challenge.parameter("stale")?.lowercased() == "true"
+        self.userhash = challenge.parameter("userhash")?.lowercased() == "true"
+        self.charsetUTF8 = challenge.parameter("charset")?.uppercased() == "UTF-8"
+    }
+}
+
+/// Computes the answer to a Digest challenge (RFC 7616 §3.4), the client's side.
+public struct DigestResponder: Sendable {
+    public var challenge: DigestChallenge
+    public var algorithm: DigestAlgorithm
+    public var user: String
+    public var password: String
+
+    public init?(challenge: DigestChallenge, user: String, password: String) {
+        guard let algorithm = challenge.algorithm, algorithm.isSupported else { return nil }
+        // Only qop=auth is answered; auth-int needs the body, and a proxy challenge for a
+        // CONNECT or GET has none worth hashing.
+        guard challenge.qop.isEmpty || challenge.qop.contains("auth") else { return nil }
+        self.challenge = challenge
+        self.algorithm = algorithm
+        self.user = user
+        self.password = password
+    }
+
+    /// The `response=` value for one request.
+    public func response(method: String, uri: String, nonceCount: Int, cnonce: String) -> String {
+        let c = self.challenge
+        var ha1 = self.algorithm.hex("\(self.user):\(c.realm):\(self.password)")
+        if self.algorithm.session {
+            ha1 = self.algorithm.hex("\(ha1):\(c.nonce):\(cnonce)")
+        }
+        let ha2 = self.algorithm.hex("\(method):\(uri)")
+        if c.qop.isEmpty {
+            // RFC 2069 compatibility: no qop, no nc, no cnonce.
+            return self.algorithm.hex("\(ha1):\(c.nonce):\(ha2)")
+        }
+        return self.algorithm.hex("\(ha1):\(c.nonce):\(Self.nc(nonceCount)):\(cnonce):auth:\(ha2)")
+    }
+
+    /// The whole `Proxy-Authorization` value for one request.
+    public func authorization(method: String, uri: String, nonceCount: Int, cnonce: String) -> String {
+        let c = self.challenge
+        var parts: [String] = []
+        if c.userhash {
+            parts.append("username=\(Self.quoted(self.algorithm.hex("\(self.user):\(c.realm)")))")
+        } else if self.user.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7F }) {
+            parts.append("username=\(Self.quoted(self.user))")
+        } else {
+            // RFC 7616 §3.4.4: a name that is not ASCII goes in username* (RFC 8187 encoding).
+            parts.append("username*=UTF-8''\(Self.rfc8187(self.user))")
+        }
+        parts.append("realm=\(Self.quoted(c.realm))")
+        parts.append("uri=\(Self.quoted(uri))")
+        parts.append("algorithm=\(c.algorithmToken ?? self.algorithm.description)")
+        parts.append("nonce=\(Self.quoted(c.nonce))")
+        if !c.qop.isEmpty {
+            parts.append("nc=\(Self.nc(nonceCount))")
+            parts.append("cnonce=\(Self.quoted(cnonce))")
+            parts.append("qop=auth")
+        }
+        parts.append(
+            "response=\(Self.quoted(self.response(method: method, uri: uri, nonceCount: nonceCount, cnonce: cnonce)))"
+        )
+        if let opaque = c.opaque { parts.append("opaque=\(Self.quoted(opaque))") }
+        if c.userhash { parts.append("userhash=true") }
+        return "Digest " + parts.joined(separator: ", ")
+    }
+
+    static func nc(_ count: Int) -> String {
+        let hex = String(count, radix: 16)
+        return String(repeating: "0", count: max(0, 8 - hex.count)) + hex
+    }
+
+    static func quoted(_ s: String) -> String {
+        "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+    }
+
+    static func rfc8187(_ s: String) -> String {
+        var out = ""
+        for byte in s.utf8 {
+            let c = Character(Unicode.Scalar(byte))
+            if byte < 0x80, c.isLetter || c.isNumber || "!#$&+-.^_`|~".contains(c) {
+                out.append(c)
+            } else {
+                out += String(format: "%%%02X", byte)
+            }
+        }
+        return out
+    }
+}

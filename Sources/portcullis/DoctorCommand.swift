@@ -1,0 +1,106 @@
+import ArgumentParser
+import Foundation
+import PortcullisDoctor
+
+struct DoctorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "doctor",
+        abstract: "Check, step by step, why a proxy answers 407 and what to change (works with any HTTP proxy).",
+        discussion: """
+            Without --proxy, doctor uses what a client on this machine would: HTTPS_PROXY / HTTP_PROXY / ALL_PROXY (lower-case names first) and NO_PROXY. Credentials come from --user with --password-stdin or --password-env, else from the proxy URL. Passwords are never printed.
+
+            Exit codes: 0 ok, 1 proxy unreachable or configuration error, 2 authentication problem, 3 denied by policy, 4 target or tunnel failure. --json prints the report in the schema of docs/DOCTOR.md.
+            """
+    )
+
+    @Option(name: .long, help: ArgumentHelp("Proxy URL (default: from the environment).", valueName: "url"))
+    var proxy: String?
+
+    @Option(name: .long, help: ArgumentHelp("User name (overrides the proxy URL's).", valueName: "name"))
+    var user: String?
+
+    @Flag(name: .long, help: "Read the password from the first line of standard input.")
+    var passwordStdin = false
+
+    @Option(name: .long, help: ArgumentHelp("Read the password from this environment variable.", valueName: "var"))
+    var passwordEnv: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "URL to reach through the proxy; repeatable (default: http://example.com/ and https://example.com/).",
+            valueName: "url"
+        )
+    )
+    var target: [String] = []
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Schemes this client may answer with: auto, basic or digest.", valueName: "scheme")
+    )
+    var scheme: String = "auto"
+
+    @Flag(name: .long, help: "Print the report as JSON.")
+    var json = false
+
+    @Option(name: .long, help: ArgumentHelp("Seconds allowed for each network step.", valueName: "seconds"))
+    var timeout: Double = 5
+
+    @Flag(name: .long, help: "Print nothing on success and only the verdict line on failure.")
+    var startupCheck = false
+
+    @Option(name: .long, help: ArgumentHelp("CA certificates (PEM) to trust for TLS.", valueName: "file"))
+    var cacert: String?
+
+    @Flag(name: .long, help: "Do not verify TLS certificates (reported as a warning).")
+    var insecure = false
+
+    func validate() throws {
+        if self.passwordStdin && self.passwordEnv != nil {
+            throw ValidationError("use either --password-stdin or --password-env, not both")
+        }
+        if (self.passwordStdin || self.passwordEnv != nil) && self.user == nil {
+            throw ValidationError("--password-stdin and --password-env need --user")
+        }
+        guard DoctorOptions.SchemeChoice(rawValue: self.scheme.lowercased()) != nil else {
+            throw ValidationError("--scheme must be auto, basic or digest")
+        }
+        guard self.timeout > 0, self.timeout <= 300 else {
+            throw ValidationError("--timeout must be between 0 and 300 seconds")
+        }
+    }
+
+    func run() throws {
+        var options = DoctorOptions()
+        options.proxy = self.proxy
+        options.user = self.user
+        if self.user != nil {
+            if self.passwordStdin {
+                options.password = readLine(strippingNewline: true) ?? ""
+            } else if let name = self.passwordEnv {
+                guard let value = ProcessInfo.processInfo.environment[name] else {
+                    throw ValidationError("the variable \(name) named by --password-env is not set")
+                }
+                options.password = value
+            } else {
+                throw ValidationError("--user needs --password-stdin or --password-env")
+            }
+        }
+        if !self.target.isEmpty { options.targets = self.target }
+        options.scheme = DoctorOptions.SchemeChoice(rawValue: self.scheme.lowercased()) ?? .auto
+        options.timeout = self.timeout
+        options.caCertificateFile = self.cacert
+        options.insecure = self.insecure
+        options.environment = ProcessInfo.processInfo.environment
+
+        let report = Doctor(options: options).run()
+        if self.json {
+            print(report.json())
+        } else if self.startupCheck {
+            if report.verdict != .ok { print(report.verdictLine) }
+        } else {
+            print(report.text())
+        }
+        if report.exitCode != 0 { throw ExitCode(report.exitCode) }
+    }
+}
