@@ -95,7 +95,12 @@ public final class Doctor {
                 self.skip(name, reason)
                 continue
             }
-            if !step() { stopped = "not tried after the \(self.report.steps.last?.name ?? name) step failed" }
+            if !step() {
+                stopped =
+                    self.report.verdict == .ok
+                    ? "not needed: no target goes through the proxy"
+                    : "not tried after the \(self.report.steps.last?.name ?? name) step failed"
+            }
         }
         if self.report.summary.isEmpty {
             let who = self.user.map { "user \"\($0)\"" } ?? "this client"
@@ -227,7 +232,7 @@ public final class Doctor {
                 }
                 if proxyText == nil {
                     proxyText = variable.value
-                    source = variable.name.uppercased() == variable.name ? variable.name : variable.name
+                    source = variable.name
                 } else if variable.value != proxyText {
                     warnings.append(
                         "\(variable.name) names a different proxy than \(source ?? "the first"); doctor tests \(target.url) through \(source ?? "that one") — run it again with --proxy to test the other"
@@ -238,11 +243,11 @@ public final class Doctor {
         }
 
         guard let proxyText else {
-            if targets.allSatisfy({ t in self.report.targets.contains { $0.url == t.0.url && !$0.viaProxy } }),
-                !self.report.targets.isEmpty, noProxy != nil,
+            if noProxy != nil, !self.report.targets.isEmpty,
                 self.report.targets.allSatisfy({ $0.message.hasPrefix("bypasses") })
             {
-                self.add("configuration", .warn, "every target bypasses the proxy (NO_PROXY)", fix: "check NO_PROXY")
+                self.report.summary = "every target bypasses the proxy (\(noProxy!.name))"
+                self.add("configuration", .warn, self.report.summary, fix: "check \(noProxy!.name) if these targets should go through the proxy")
                 return false
             }
             return self.fail(
@@ -286,6 +291,7 @@ public final class Doctor {
         var message =
             "proxy \(url.redacted) from \(source ?? "?"), \(who), \(viaProxy.count) of \(targets.count) targets through it"
         if viaProxy.isEmpty {
+            self.report.summary = "every target bypasses the proxy"
             self.add("configuration", .warn, message + "; every target bypasses the proxy", fix: "check NO_PROXY")
             return false
         }
@@ -316,8 +322,14 @@ public final class Doctor {
         if path.isEmpty { path = "/" }
         if let query = components.percentEncodedQuery { path += "?" + query }
         let requestTarget = isTLS ? "\(bracketed):\(port)" : "http://\(hostHeader)\(path)"
+        // Shown in messages: never with the user info a target URL may carry.
+        var shown = components
+        if shown.user != nil || shown.password != nil {
+            shown.user = nil
+            shown.password = nil
+        }
         return URLTarget(
-            url: text,
+            url: shown.string ?? "\(scheme)://\(hostHeader)\(path)",
             host: host,
             port: port,
             isTLS: isTLS,

@@ -90,6 +90,7 @@ import Testing
         let tls = try #require(Doctor.parseTarget("https://example.com/"))
         #expect(tls.requestTarget == "example.com:443" && tls.isTLS)
         #expect(Doctor.parseTarget("ftp://x/") == nil)
+        #expect(Doctor.parseTarget("http://u:secret@example.com/x")?.url == "http://example.com/x")
     }
 
     @Test func schemeAdviceNamesTheClientSettings() {
