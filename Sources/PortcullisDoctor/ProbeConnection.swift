@@ -172,8 +172,13 @@ final class ProbeConnection {
         return Self.ms(since: start)
     }
 
-    private static func shortTLS(_ text: String) -> String {
-        String(text.prefix(200))
+    /// BoringSSL's reason (`CERTIFICATE_VERIFY_FAILED`) without the error stack around it.
+    static func shortTLS(_ text: String) -> String {
+        if let range = text.range(of: "OPENSSL_internal:") {
+            let reason = text[range.upperBound...].prefix { $0 != " " && $0 != "," && $0 != ")" && $0 != "]" }
+            if !reason.isEmpty { return reason.lowercased().replacingOccurrences(of: "_", with: " ") }
+        }
+        return String(text.prefix(120))
     }
 
     /// Sends a request and waits for its whole response (body up to the kept maximum).

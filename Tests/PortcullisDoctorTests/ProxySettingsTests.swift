@@ -138,3 +138,11 @@ import Testing
         #expect(ProbeHandler.parseHead("SSH-2.0-OpenSSH") == nil)
     }
 }
+
+@Suite struct TLSErrorTextTests {
+    @Test func boringSSLReasonsAreShortened() {
+        let raw =
+            "handshakeFailed(NIOSSL.BoringSSLError.sslError([Error: 268435581 error:1000007d:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED at /x/y.c:123]))"
+        #expect(ProbeConnection.shortTLS(raw) == "certificate verify failed")
+    }
+}
