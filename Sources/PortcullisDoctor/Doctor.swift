@@ -247,7 +247,12 @@ public final class Doctor {
                 self.report.targets.allSatisfy({ $0.message.hasPrefix("bypasses") })
             {
                 self.report.summary = "every target bypasses the proxy (\(noProxy!.name))"
-                self.add("configuration", .warn, self.report.summary, fix: "check \(noProxy!.name) if these targets should go through the proxy")
+                self.add(
+                    "configuration",
+                    .warn,
+                    self.report.summary,
+                    fix: "check \(noProxy!.name) if these targets should go through the proxy"
+                )
                 return false
             }
             return self.fail(
