@@ -717,11 +717,9 @@ public final class Doctor {
             let reason = Self.proxyReason(response)
             var details: [String: JSONValue] = ["status": .int(response.status)]
             if let reason { details["proxy_reason"] = .string(reason) }
-            let isChallenge =
-                response.status == 407 || (response.status == 401 && self.offeredField == "WWW-Authenticate")
-            if response.status == 401 && self.offeredField == "WWW-Authenticate" {
-                details["nonconformant_401"] = .bool(true)
-            }
+            let proxys401 = response.status == 401 && self.isProxysOwn401(response)
+            let isChallenge = response.status == 407 || proxys401
+            if proxys401 { details["nonconformant_401"] = .bool(true) }
             if isChallenge {
                 let field = response.status == 407 ? "Proxy-Authenticate" : "WWW-Authenticate"
                 let again = (try? ChallengeParser.parse(fieldValues: response.values(field))) ?? []
@@ -842,6 +840,18 @@ public final class Doctor {
             )
             return true
         }
+    }
+
+    /// Whether a 401 after credentials is the proxy refusing them in the wrong words (tinyproxy
+    /// 1.11 answers 407 without credentials but 401 + WWW-Authenticate to wrong ones) rather
+    /// than the origin's own 401: the proxy used 401 from the start, or the 401 repeats the
+    /// proxy's realm, or nothing relayed it (no `Via`).
+    private func isProxysOwn401(_ response: ProbeResponse) -> Bool {
+        if self.offeredField == "WWW-Authenticate" { return true }
+        let proxyRealms = Set(self.offered.compactMap { $0.parameter("realm") })
+        let challenges = (try? ChallengeParser.parse(fieldValues: response.values("WWW-Authenticate"))) ?? []
+        if challenges.contains(where: { $0.parameter("realm").map(proxyRealms.contains) ?? false }) { return true }
+        return response.values("Via").isEmpty
     }
 
     private var chosenDescription: String {
