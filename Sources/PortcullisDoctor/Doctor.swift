@@ -569,9 +569,16 @@ public final class Doctor {
         let wantsDigest = self.options.scheme != .basic
         let wantsBasic = self.options.scheme != .digest
         let digests = self.offered.compactMap(DigestChallenge.init)
-        // Strongest first: SHA-256 over MD5.
+        // Strongest first: SHA-512-256, SHA-256, then MD5.
+        func rank(_ c: DigestChallenge) -> Int {
+            switch c.algorithm?.hash {
+            case .sha512_256: return 0
+            case .sha256: return 1
+            default: return 2
+            }
+        }
         let usableDigest = digests.filter { $0.algorithm?.isSupported ?? false }
-            .sorted { ($0.algorithm?.hash == .sha256 ? 0 : 1) < ($1.algorithm?.hash == .sha256 ? 0 : 1) }
+            .sorted { rank($0) < rank($1) }
             .first { DigestResponder(challenge: $0, user: "u", password: "p") != nil }
         let basicOffered = self.offered.contains { $0.schemeIs("Basic") }
         let offeredNames = Self.uniqueSchemes(self.offered)
@@ -609,7 +616,7 @@ public final class Doctor {
         var message = "the proxy offers only \(offeredText); \(clientSchemes) credentials will never work here"
         if !digests.isEmpty, usableDigest == nil, wantsDigest {
             message +=
-                " (Digest with \(digests.map { $0.algorithmToken ?? "MD5" }.joined(separator: ", ")), which doctor cannot compute yet)"
+                " (Digest with \(digests.map { $0.algorithmToken ?? "MD5" }.joined(separator: ", ")), which doctor cannot compute here)"
         }
         self.report.authentication = DoctorReport.Authentication(
             outcome: "scheme-mismatch",

@@ -65,7 +65,7 @@ import Testing
     @Test func algorithmTokensAndDefaults() {
         #expect(DigestAlgorithm(token: nil) == DigestAlgorithm(hash: .md5))
         #expect(DigestAlgorithm(token: "md5-sess") == DigestAlgorithm(hash: .md5, session: true))
-        #expect(DigestAlgorithm(token: "SHA-512-256")?.isSupported == false)
+        #expect(DigestAlgorithm(token: "SHA-512-256-sess") == DigestAlgorithm(hash: .sha512_256, session: true))
         #expect(DigestAlgorithm(token: "SHA-1") == nil)
     }
 
@@ -79,6 +79,16 @@ import Testing
         #expect(
             plain.response(method: "GET", uri: "/", nonceCount: 1, cnonce: "c")
                 != sess.response(method: "GET", uri: "/", nonceCount: 1, cnonce: "c")
+        )
+    }
+
+    /// FIPS 180-4 example "abc" for SHA-512/256 — the system libcrypto is on every machine that
+    /// runs Swift on Debian, so this must not be skipped.
+    @Test func sha512_256FromTheSystemLibcrypto() {
+        #expect(SystemSHA512_256.isAvailable)
+        #expect(
+            DigestAlgorithm(hash: .sha512_256).hex("abc")
+                == "53048e2681941ef99b2e29b76b4c7dabe4c2d0c634fc6d46e0e2f13107e7af23"
         )
     }
 }

@@ -23,7 +23,7 @@ ORIGIN_BODY = b"scripted origin says hello\n"
 
 
 def _h(algorithm: str, text: str) -> str:
-    name = {"MD5": "md5", "SHA-256": "sha256"}[algorithm.upper().removesuffix("-SESS")]
+    name = {"MD5": "md5", "SHA-256": "sha256", "SHA-512-256": "sha512_256"}[algorithm.upper().removesuffix("-SESS")]
     return hashlib.new(name, text.encode()).hexdigest()
 
 
@@ -171,7 +171,7 @@ def test_a_407_without_a_challenge_is_named(scripted, home):
     assert_in("without a usable Proxy-Authenticate", run.step("challenge")["message"], run, "challenge message")
 
 
-@pytest.mark.parametrize("algorithm", ["MD5", "SHA-256", "MD5-sess", "SHA-256-sess"])
+@pytest.mark.parametrize("algorithm", ["MD5", "SHA-256", "SHA-512-256", "MD5-sess", "SHA-256-sess", "SHA-512-256-sess"])
 def test_digest_answers_verify_independently(scripted, home, algorithm):
     realm, nonce = "scripted realm", "n0nce/abc+def=="
 
