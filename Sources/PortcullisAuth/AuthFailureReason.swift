@@ -11,6 +11,8 @@ public enum AuthFailureReason: String, Sendable, Hashable, CaseIterable {
     case malformedCredentials = "malformed-credentials"
     /// Unknown user or wrong password: deliberately one reason so the client cannot tell them apart.
     case invalidCredentials = "invalid-credentials"
+    /// Too many failed logins from this client address: it is locked out for a while.
+    case lockedOut = "locked-out"
 
     /// A stable identifier for headers, logs and metrics labels.
     public var token: String { self.rawValue }

@@ -15,6 +15,10 @@ public struct ProxyConfiguration: Sendable {
     public var upstreamResponseTimeout: TimeAmount = .seconds(60)
     public var tunnelIdleTimeout: TimeAmount = .minutes(10)
     public var clientIdleTimeout: TimeAmount = .seconds(60)
+    /// From the first byte of a request head to its end (slowloris); then 408 and close.
+    public var requestHeadTimeout: TimeAmount = .seconds(30)
+    /// Backoff and lockout of failed logins.
+    public var authThrottle = AuthThrottle.Settings()
     /// Idle upstream connections kept per origin and event loop.
     public var maximumIdleUpstreamPerOrigin: Int = 32
     public var upstreamIdleTimeout: TimeAmount = .seconds(30)
@@ -29,6 +33,7 @@ public final class ProxyContext: Sendable {
     public let configuration: ProxyConfiguration
     public let gate: ProxyAuthGate
     public let verifier: CredentialVerifier?
+    public let throttle: AuthThrottle
     public let threadPool: NIOThreadPool
     public let logger: Logger
 
@@ -41,6 +46,7 @@ public final class ProxyContext: Sendable {
         self.configuration = configuration
         self.gate = ProxyAuthGate(realm: configuration.realm, schemes: configuration.authSchemes)
         self.verifier = verifier
+        self.throttle = AuthThrottle(settings: configuration.authThrottle)
         self.threadPool = threadPool
         self.logger = logger
     }

@@ -24,6 +24,7 @@ extension ProxyConnectionHandler {
         self.timer = nil
         self.timerFiresAt = nil
         self.idleDeadline = nil
+        self.headDeadline = nil
     }
 
     private func timerFired() {
@@ -37,6 +38,23 @@ extension ProxyConnectionHandler {
                 return
             }
             self.ensureTimer(firesBy: idle)
+        }
+        if self.exchange == nil, let due = self.headDeadline {
+            if due <= now {
+                self.headDeadline = nil
+                self.logger.debug("request head not complete in time", metadata: ["client": "\(self.clientAddress)"])
+                self.refuse(
+                    with: ProxyResponse(
+                        status: .requestTimeout,
+                        proxyError: "http_request_error",
+                        details: "request head not complete in time",
+                        message:
+                            "the request head did not arrive within \(Self.seconds(self.shared.configuration.requestHeadTimeout))."
+                    )
+                )
+                return
+            }
+            self.ensureTimer(firesBy: due)
         }
         if let exchange = self.exchange, let due = exchange.responseDeadline {
             if due <= now {

@@ -52,6 +52,10 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// clients repeat the same value, and the HMAC behind the key cost ~7 % of a request.
     private var lastAuthorization: (value: [UInt8], key: CredentialVerifier.CacheKey)?
     var clientInputClosed = false
+    /// The client's IP address, for the login throttle.
+    var clientAddress = "-"
+    /// When the request head that started arriving must be complete (slowloris guard).
+    var headDeadline: NIODeadline?
 
     init(
         shared: ProxyContext,
@@ -67,6 +71,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.clientAddress = context.channel.remoteAddress?.ipAddress ?? "-"
         if context.channel.isActive { self.armIdleTimer() }
     }
 
@@ -84,6 +89,13 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         self.framer.append(self.unwrapInboundIn(data))
         self.readingClient = true
         self.parseAvailable()
+        if self.exchange == nil, self.headDeadline == nil, self.framer.bufferedBytes > 0 {
+            // A head has started to arrive: it gets its own deadline instead of the idle one.
+            let deadline = NIODeadline.now() + self.shared.configuration.requestHeadTimeout
+            self.headDeadline = deadline
+            self.idleDeadline = nil
+            self.ensureTimer(firesBy: deadline)
+        }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -151,24 +163,28 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// A request that cannot be parsed: answer if we still can, then close (the framer cannot
     /// know where the next request would begin).
     private func refuse(_ error: RequestFramer.RequestError) {
-        if let exchange = self.exchange, exchange.responseStarted {
-            self.context.close(promise: nil)
-            return
-        }
         self.logger.debug("malformed request", metadata: ["reason": "\(error.reason)"])
-        let exchange = self.exchange ?? ProxyExchange(head: .unparsable, quiescing: true)
-        self.exchange = exchange
-        exchange.closeAfter = true
-        exchange.requestEnded = true
-        self.sendLocalResponse(
-            ProxyResponse(
+        self.refuse(
+            with: ProxyResponse(
                 status: error.status,
                 proxyError: "http_request_error",
                 details: error.reason,
                 message: "the request is not valid HTTP/1.1 (\(error.reason))."
-            ),
-            for: exchange
+            )
         )
+    }
+
+    /// Answers without a usable request (or in the middle of one) and closes.
+    func refuse(with response: ProxyResponse) {
+        if let exchange = self.exchange, exchange.responseStarted {
+            self.context.close(promise: nil)
+            return
+        }
+        let exchange = self.exchange ?? ProxyExchange(head: .unparsable, quiescing: true)
+        self.exchange = exchange
+        exchange.closeAfter = true
+        exchange.requestEnded = true
+        self.sendLocalResponse(response, for: exchange)
     }
 
     // MARK: - Read gating
@@ -243,6 +259,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         switch event {
         case .head(let head):
             self.idleDeadline = nil
+            self.headDeadline = nil
             let exchange = ProxyExchange(head: head, quiescing: self.quiescing)
             self.exchange = exchange
             self.start(exchange)
@@ -321,12 +338,23 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                 self.lastAuthorization = (Array(value), key)
             }
             // Still asked every time: the entry may have expired or the users file changed.
+            // A known-good credential passes even from a locked-out address (a real user
+            // behind the same NAT as a guesser); guessing cannot produce one.
             if let user = verifier.cachedUser(for: key) {
                 exchange.user = user
                 self.authorized(exchange)
                 return
             }
             cacheKey = key
+        }
+        if case .lockedOut(let remaining) = self.shared.throttle.check(address: self.clientAddress) {
+            self.logger.info(
+                "login refused: address locked out",
+                metadata: ["client": "\(self.clientAddress)", "reason": "\(AuthFailureReason.lockedOut.token)"]
+            )
+            exchange.closeAfter = true
+            self.sendLocalResponse(.lockedOut(retryAfter: remaining), for: exchange)
+            return
         }
         switch self.shared.gate.evaluate(proxyAuthorization: head.values(named: "proxy-authorization")) {
         case .reject(let failure):
@@ -339,6 +367,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                     guard self.exchange === exchange, case .authenticating = self.phase else { return }
                     switch outcome {
                     case .accepted(let user):
+                        self.shared.throttle.recordSuccess(address: self.clientAddress)
                         exchange.user = user
                         self.authorized(exchange)
                     case .rejected:
@@ -348,14 +377,44 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                                 reason: .invalidCredentials,
                                 explanation: "unknown user or wrong password",
                                 presentedScheme: "basic"
-                            )
+                            ),
+                            user: credentials.user
                         )
                     }
                 }
         }
     }
 
-    private func reject(_ exchange: ProxyExchange, _ failure: AuthFailure) {
+    /// A 407; failed logins (not the first leg of a handshake) count towards backoff and lockout,
+    /// and from the third on the answer is held back exponentially.
+    private func reject(_ exchange: ProxyExchange, _ failure: AuthFailure, user: String? = nil) {
+        guard failure.reason == .invalidCredentials || failure.reason == .malformedCredentials else {
+            self.sendReject(exchange, failure)
+            return
+        }
+        let (delay, lockedOut) = self.shared.throttle.recordFailure(address: self.clientAddress, user: user)
+        if lockedOut {
+            self.logger.warning(
+                "client address locked out after repeated failed logins",
+                metadata: [
+                    "client": "\(self.clientAddress)",
+                    "failures": "\(self.shared.throttle.settings.threshold)",
+                    "lockout": "\(Self.seconds(self.shared.throttle.settings.lockout))",
+                ]
+            )
+        }
+        guard delay > .zero else {
+            self.sendReject(exchange, failure)
+            return
+        }
+        self.phase = .authenticating
+        self.context.eventLoop.assumeIsolated().scheduleTask(in: delay) {
+            guard self.exchange === exchange, case .authenticating = self.phase else { return }
+            self.sendReject(exchange, failure)
+        }
+    }
+
+    private func sendReject(_ exchange: ProxyExchange, _ failure: AuthFailure) {
         // The first 407 of a normal handshake (no credentials yet) is not worth an info line.
         self.logger.log(
             level: failure.reason == .missingCredentials ? .debug : .info,

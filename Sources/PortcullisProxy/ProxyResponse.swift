@@ -18,6 +18,18 @@ struct ProxyResponse {
         ProxyResponse(status: .badRequest, proxyError: nil, details: "bad-request", message: message)
     }
 
+    /// Too many failed logins from this address (issue 6): 429 with `Retry-After`.
+    static func lockedOut(retryAfter: TimeAmount) -> ProxyResponse {
+        let seconds = max(1, Int((retryAfter.nanoseconds + 999_999_999) / 1_000_000_000))
+        return ProxyResponse(
+            status: .tooManyRequests,
+            proxyError: nil,
+            details: AuthFailureReason.lockedOut.token,
+            message: "too many failed logins from this address; try again in \(seconds) s.",
+            extraHeaders: [("Retry-After", "\(seconds)")]
+        )
+    }
+
     static func proxyAuthenticationRequired(_ failure: AuthFailure, challenges: [String]) -> ProxyResponse {
         ProxyResponse(
             status: .proxyAuthenticationRequired,

@@ -99,6 +99,8 @@ struct RequestFramer {
 
     static let maximumHeadSize = 64 * 1024
     static let maximumRequestLine = 16 * 1024
+    /// Apache's LimitRequestFields default; real clients send 5 to 30.
+    static let maximumHeaderFields = 100
 
     private var state: State = .head
     private var buffer = ByteBuffer()
@@ -252,6 +254,12 @@ struct RequestFramer {
         lines.reserveCapacity(12)
         if let reason = MessageSyntax.headerLines(view, from: lineEnd + 2, to: view.endIndex - 2, into: &lines) {
             throw .bad(reason)
+        }
+        if lines.count > Self.maximumHeaderFields {
+            throw RequestError(
+                status: .requestHeaderFieldsTooLarge,
+                reason: "more than \(Self.maximumHeaderFields) header fields"
+            )
         }
 
         var hostCount = 0

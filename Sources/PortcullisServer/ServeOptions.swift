@@ -18,6 +18,10 @@ public struct ServeOptions: Equatable, Sendable {
     public var upstreamResponseTimeout: Double?
     public var tunnelIdleTimeout: Double?
     public var clientIdleTimeout: Double?
+    public var requestHeadTimeout: Double?
+    public var lockoutThreshold: Int?
+    public var lockoutWindow: Double?
+    public var lockoutDuration: Double?
     public var credentialCacheTTL: Double?
     public var shutdownGrace: Double?
 
@@ -39,6 +43,10 @@ public struct ServeOptions: Equatable, Sendable {
         out.upstreamResponseTimeout = self.upstreamResponseTimeout ?? other.upstreamResponseTimeout
         out.tunnelIdleTimeout = self.tunnelIdleTimeout ?? other.tunnelIdleTimeout
         out.clientIdleTimeout = self.clientIdleTimeout ?? other.clientIdleTimeout
+        out.requestHeadTimeout = self.requestHeadTimeout ?? other.requestHeadTimeout
+        out.lockoutThreshold = self.lockoutThreshold ?? other.lockoutThreshold
+        out.lockoutWindow = self.lockoutWindow ?? other.lockoutWindow
+        out.lockoutDuration = self.lockoutDuration ?? other.lockoutDuration
         out.credentialCacheTTL = self.credentialCacheTTL ?? other.credentialCacheTTL
         out.shutdownGrace = self.shutdownGrace ?? other.shutdownGrace
         return out
@@ -47,7 +55,8 @@ public struct ServeOptions: Equatable, Sendable {
     static let knownKeys: Set<String> = [
         "listen", "htpasswd", "realm", "auth", "allow-private-destinations", "connect-ports", "allow-open-proxy",
         "log-level", "data-dir", "upstream-connect-timeout", "upstream-response-timeout", "tunnel-idle-timeout",
-        "client-idle-timeout", "credential-cache-ttl", "shutdown-grace",
+        "client-idle-timeout", "credential-cache-ttl", "shutdown-grace", "request-head-timeout",
+        "lockout-threshold", "lockout-window", "lockout-duration",
     ]
 
     /// Reads a YAML config file. Unknown keys are an error: a typo must not silently fall back
@@ -124,6 +133,12 @@ public struct ServeOptions: Equatable, Sendable {
             case "upstream-response-timeout": options.upstreamResponseTimeout = try seconds()
             case "tunnel-idle-timeout": options.tunnelIdleTimeout = try seconds()
             case "client-idle-timeout": options.clientIdleTimeout = try seconds()
+            case "request-head-timeout": options.requestHeadTimeout = try seconds()
+            case "lockout-window": options.lockoutWindow = try seconds()
+            case "lockout-duration": options.lockoutDuration = try seconds()
+            case "lockout-threshold":
+                guard let n = value.int, n >= 1 else { throw fail("a whole number >= 1") }
+                options.lockoutThreshold = n
             case "credential-cache-ttl": options.credentialCacheTTL = try seconds()
             case "shutdown-grace": options.shutdownGrace = try seconds()
             default: break

@@ -75,6 +75,13 @@ public struct ServerConfiguration: Sendable {
         )
         proxy.tunnelIdleTimeout = try amount(options.tunnelIdleTimeout, .minutes(10), "--tunnel-idle-timeout")
         proxy.clientIdleTimeout = try amount(options.clientIdleTimeout, .seconds(60), "--client-idle-timeout")
+        proxy.requestHeadTimeout = try amount(options.requestHeadTimeout, .seconds(30), "--request-head-timeout")
+        if let threshold = options.lockoutThreshold {
+            guard threshold >= 1 else { throw ServeError("--lockout-threshold must be a whole number >= 1") }
+            proxy.authThrottle.threshold = threshold
+        }
+        proxy.authThrottle.window = try amount(options.lockoutWindow, .minutes(5), "--lockout-window")
+        proxy.authThrottle.lockout = try amount(options.lockoutDuration, .minutes(5), "--lockout-duration")
         self.credentialCacheTTL = try amount(options.credentialCacheTTL, .minutes(5), "--credential-cache-ttl")
         self.shutdownGrace = try amount(options.shutdownGrace, .seconds(10), "--shutdown-grace")
         self.proxy = proxy

@@ -116,6 +116,36 @@ struct Serve: AsyncParsableCommand {
 
     @Option(
         name: .long,
+        help: ArgumentHelp(
+            "Seconds from the first byte of a request head to its end; then 408 and close. (default: 30)",
+            valueName: "seconds"
+        )
+    )
+    var requestHeadTimeout: Double?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Failed logins from one address within --lockout-window that lock it out. (default: 10)",
+            valueName: "count"
+        )
+    )
+    var lockoutThreshold: Int?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Seconds in which failed logins are counted. (default: 300)", valueName: "seconds")
+    )
+    var lockoutWindow: Double?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Seconds a locked-out address is refused (429). (default: 300)", valueName: "seconds")
+    )
+    var lockoutDuration: Double?
+
+    @Option(
+        name: .long,
         help: ArgumentHelp("Seconds a successful password check is remembered. (default: 300)", valueName: "seconds")
     )
     var credentialCacheTTL: Double?
@@ -151,6 +181,10 @@ struct Serve: AsyncParsableCommand {
         options.upstreamResponseTimeout = self.upstreamResponseTimeout
         options.tunnelIdleTimeout = self.tunnelIdleTimeout
         options.clientIdleTimeout = self.clientIdleTimeout
+        options.requestHeadTimeout = self.requestHeadTimeout
+        options.lockoutThreshold = self.lockoutThreshold
+        options.lockoutWindow = self.lockoutWindow
+        options.lockoutDuration = self.lockoutDuration
         options.credentialCacheTTL = self.credentialCacheTTL
         options.shutdownGrace = self.shutdownGrace
         return options

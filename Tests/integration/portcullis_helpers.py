@@ -158,10 +158,12 @@ class RawConn:
     """A client socket with its own buffer, so we can read an HTTP head and then keep reading
     tunnel bytes without a buffered file object eating them."""
 
-    def __init__(self, host: str, port: int, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, host: str, port: int, timeout: float = DEFAULT_TIMEOUT, source: str | None = None):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
+        if source is not None:
+            self.sock.bind((source, 0))  # e.g. 127.0.0.2: another client address on loopback
         self.sock.connect((host, port))
         self.buf = bytearray()
         self.host, self.port = host, port
@@ -477,8 +479,8 @@ class ProxyProcess:
                     f"cmd: {self.cmd}\nstderr:\n{self.stderr.text()[-4000:]}")
             time.sleep(0.02)
 
-    def conn(self, timeout: float = DEFAULT_TIMEOUT) -> RawConn:
-        return RawConn(self.host, self.port, timeout)
+    def conn(self, timeout: float = DEFAULT_TIMEOUT, source: str | None = None) -> RawConn:
+        return RawConn(self.host, self.port, timeout, source)
 
     def vm_hwm_kib(self) -> int:
         with open(f"/proc/{self.pid}/status") as f:

@@ -1,0 +1,78 @@
+"""Abuse protection through the real binary: failed-login backoff and lockout per client
+address (and never per user name), the request-head deadline against slowloris, and the
+header-count limit. Other client addresses come from 127.0.0.0/8 (127.0.0.2, 127.0.0.3)."""
+
+from __future__ import annotations
+
+import time
+
+from portcullis_helpers import PASSWORD, USER, assert_proxy_status, basic
+
+GOOD = ("Proxy-Authorization", basic())
+BAD = ("Proxy-Authorization", basic(USER, "not-the-password"))
+
+
+def _get(proxy, origin, auth, source="127.0.0.1"):
+    with proxy.conn(source=source, timeout=15) as c:
+        return c.request("GET", f"{origin.base}/text", [auth] if auth else [])
+
+
+def test_repeated_failures_lock_the_address_out_but_not_the_user(launcher, origin):
+    proxy = launcher.start("--lockout-threshold", "4", "--lockout-duration", "60")
+    for i in range(3):
+        r = _get(proxy, origin, BAD, "127.0.0.2")
+        assert r.status == 407, r.describe()
+        assert_proxy_status(r, details="invalid-credentials")
+    # The fourth failure locks 127.0.0.2 out …
+    assert _get(proxy, origin, BAD, "127.0.0.2").status == 407
+    locked = _get(proxy, origin, GOOD, "127.0.0.2")
+    assert locked.status == 429, locked.describe()
+    assert_proxy_status(locked, details="locked-out")
+    assert 1 <= int(locked.header("Retry-After")) <= 60
+    assert (locked.header("Connection") or "").lower() == "close"
+    # … even with no credentials at all (the first leg of a handshake) …
+    assert _get(proxy, origin, None, "127.0.0.2").status == 429
+    # … while the same user from a well-behaved address is not affected: user names are never locked.
+    ok = _get(proxy, origin, GOOD, "127.0.0.3")
+    assert ok.status == 200, ok.describe()
+
+
+def test_a_known_good_credential_passes_a_locked_address(launcher, origin):
+    # A real user behind the same NAT as a guesser: once their credential is verified (and
+    # cached), the lockout of the shared address does not stop them.
+    proxy = launcher.start("--lockout-threshold", "2", "--lockout-duration", "60")
+    assert _get(proxy, origin, GOOD, "127.0.0.4").status == 200
+    for _ in range(2):
+        assert _get(proxy, origin, BAD, "127.0.0.4").status == 407
+    assert _get(proxy, origin, None, "127.0.0.4").status == 429
+    assert _get(proxy, origin, GOOD, "127.0.0.4").status == 200
+
+
+def test_failed_logins_are_slowed_down(launcher, origin):
+    # Backoff starts at the third failure (100 ms, then 200 ms, 400 ms …): four failures in a
+    # row cannot all come back at once. Counted as a lower bound, so a slow machine cannot fail it.
+    proxy = launcher.start("--lockout-threshold", "50")
+    start = time.monotonic()
+    for _ in range(5):
+        assert _get(proxy, origin, BAD, "127.0.0.5").status == 407
+    assert time.monotonic() - start >= 0.1 + 0.2 + 0.4
+
+
+def test_a_slow_request_head_gets_408_and_the_connection_closes(launcher, origin):
+    proxy = launcher.start("--request-head-timeout", "1")
+    with proxy.conn(timeout=10) as c:
+        c.send(f"GET {origin.base}/text HTTP/1.1\r\nHost: {origin.authority}\r\nX-Slow: ".encode())
+        r = c.read_response()
+        assert r.status == 408, r.describe()
+        assert_proxy_status(r, details="request head not complete in time")
+        c.wait_eof()
+    # A normal client on the same proxy is unaffected.
+    assert _get(proxy, origin, GOOD).status == 200
+
+
+def test_too_many_header_fields_get_431(proxy, origin):
+    fields = [(f"X-F{i}", "v") for i in range(101)]
+    with proxy.conn() as c:
+        r = c.request("GET", f"{origin.base}/text", [GOOD] + fields)
+        assert r.status == 431, r.describe()
+        assert_proxy_status(r, details="more than 100 header fields")
