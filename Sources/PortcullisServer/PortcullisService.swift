@@ -24,7 +24,7 @@ public enum PortcullisService {
     private static func serve(_ configuration: ServerConfiguration, threadPool: NIOThreadPool, logger: Logger)
         async throws
     {
-
+        let termination = TerminationSignal()
         var verifier: CredentialVerifier?
         var store: HtpasswdStore?
         if !configuration.proxy.authSchemes.isEmpty {
@@ -88,7 +88,7 @@ public enum PortcullisService {
         let reload = store.map { store in
             Self.watch(store, every: .seconds(2), on: group.next(), threadPool: threadPool, logger: logger)
         }
-        let signal = await Self.waitForTerminationSignal()
+        let signal = await termination.wait()
         logger.info("shutting down", metadata: ["signal": "\(signal)", "grace": "\(configuration.shutdownGrace)"])
         reload?.cancel()
         await server.shutdown(grace: configuration.shutdownGrace)
@@ -146,35 +146,42 @@ public enum PortcullisService {
             }
         }
     }
-
-    private static func waitForTerminationSignal() async -> String {
-        await withCheckedContinuation { (continuation: CheckedContinuation<String, Never>) in
-            let queue = DispatchQueue(label: "portcullis.signals")
-            let once = SignalOnce(continuation)
-            for (number, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT")] {
-                signal(number, SIG_IGN)
-                let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
-                source.setEventHandler { once.fire(name) }
-                source.resume()
-                once.keep(source)
-            }
-        }
-    }
 }
 
-private final class SignalOnce: @unchecked Sendable {
+/// SIGTERM/SIGINT, caught from the start of `serve`: installed before the listeners bind, so a
+/// signal sent as soon as the port accepts connections drains instead of killing the process.
+final class TerminationSignal: @unchecked Sendable {
     private var continuation: CheckedContinuation<String, Never>?
+    private var fired: String?
     private var sources: [any DispatchSourceSignal] = []
     private let lock = NSLock()
+    private let queue = DispatchQueue(label: "portcullis.signals")
 
-    init(_ continuation: CheckedContinuation<String, Never>) { self.continuation = continuation }
-
-    func keep(_ source: any DispatchSourceSignal) {
-        self.lock.withLock { self.sources.append(source) }
+    init() {
+        for (number, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT")] {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: self.queue)
+            source.setEventHandler { [weak self] in self?.fire(name) }
+            source.resume()
+            self.sources.append(source)
+        }
     }
 
-    func fire(_ name: String) {
+    /// The first signal's name, as soon as one has arrived.
+    func wait() async -> String {
+        await withCheckedContinuation { (continuation: CheckedContinuation<String, Never>) in
+            let already = self.lock.withLock { () -> String? in
+                if let fired = self.fired { return fired }
+                self.continuation = continuation
+                return nil
+            }
+            if let already { continuation.resume(returning: already) }
+        }
+    }
+
+    private func fire(_ name: String) {
         let continuation = self.lock.withLock { () -> CheckedContinuation<String, Never>? in
+            if self.fired == nil { self.fired = name }
             defer { self.continuation = nil }
             return self.continuation
         }
