@@ -230,6 +230,9 @@ struct RequestFramer {
             throw .bad("malformed request line")
         }
         if view[base..<lineEnd].contains(0x0A) { throw .bad("bare LF in the request line") }
+        if lineEnd - base > Self.maximumRequestLine {
+            throw RequestError(status: .uriTooLong, reason: "request line longer than 16 KiB")
+        }
         // request-line = method SP request-target SP HTTP-version (RFC 9112 §3), single spaces.
         guard let methodEnd = view[base..<lineEnd].firstIndex(of: 0x20), methodEnd > base,
             view[base..<methodEnd].allSatisfy(HTTPGrammar.isTokenByte)

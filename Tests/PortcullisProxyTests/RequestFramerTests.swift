@@ -147,6 +147,7 @@ import Testing
         #expect(refusal(unfinished)?.status == .requestHeaderFieldsTooLarge)
         let longLine = "GET http://a/" + String(repeating: "a", count: 20_000)
         #expect(refusal(longLine)?.status == .uriTooLong)
+        #expect(refusal(longLine + " HTTP/1.1\r\nHost: a\r\n\r\n")?.status == .uriTooLong)
     }
 
     @Test(arguments: [
