@@ -19,6 +19,8 @@ public struct ProxyConfiguration: Sendable {
     public var requestHeadTimeout: TimeAmount = .seconds(30)
     /// Backoff and lockout of failed logins.
     public var authThrottle = AuthThrottle.Settings()
+    /// Client allow-list and connection limits.
+    public var admission = ClientAdmission.Settings()
     /// Idle upstream connections kept per origin and event loop.
     public var maximumIdleUpstreamPerOrigin: Int = 32
     public var upstreamIdleTimeout: TimeAmount = .seconds(30)
@@ -34,6 +36,7 @@ public final class ProxyContext: Sendable {
     public let gate: ProxyAuthGate
     public let verifier: CredentialVerifier?
     public let throttle: AuthThrottle
+    public let admission: ClientAdmission
     public let threadPool: NIOThreadPool
     public let logger: Logger
 
@@ -47,6 +50,7 @@ public final class ProxyContext: Sendable {
         self.gate = ProxyAuthGate(realm: configuration.realm, schemes: configuration.authSchemes)
         self.verifier = verifier
         self.throttle = AuthThrottle(settings: configuration.authThrottle)
+        self.admission = ClientAdmission(settings: configuration.admission)
         self.threadPool = threadPool
         self.logger = logger
     }

@@ -54,6 +54,17 @@ public final class ProxyServer: Sendable {
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    let address = channel.remoteAddress?.ipAddress ?? "-"
+                    let decision = shared.admission.admit(address)
+                    guard decision == .admitted else {
+                        shared.logger.info(
+                            "connection refused",
+                            metadata: ["client": "\(address)", "reason": "\(decision)"]
+                        )
+                        try channel.pipeline.syncOperations.addHandler(RefusalHandler(decision))
+                        return
+                    }
+                    channel.closeFuture.whenComplete { _ in shared.admission.release(address) }
                     let pool = self.pool(for: channel.eventLoop)
                     var logger = shared.logger
                     if let remote = channel.remoteAddress { logger[metadataKey: "client"] = "\(remote)" }

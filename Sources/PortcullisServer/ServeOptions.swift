@@ -22,6 +22,9 @@ public struct ServeOptions: Equatable, Sendable {
     public var lockoutThreshold: Int?
     public var lockoutWindow: Double?
     public var lockoutDuration: Double?
+    public var allowClients: [String]?
+    public var maxConnections: Int?
+    public var maxClientConnections: Int?
     public var credentialCacheTTL: Double?
     public var shutdownGrace: Double?
 
@@ -47,6 +50,9 @@ public struct ServeOptions: Equatable, Sendable {
         out.lockoutThreshold = self.lockoutThreshold ?? other.lockoutThreshold
         out.lockoutWindow = self.lockoutWindow ?? other.lockoutWindow
         out.lockoutDuration = self.lockoutDuration ?? other.lockoutDuration
+        out.allowClients = self.allowClients ?? other.allowClients
+        out.maxConnections = self.maxConnections ?? other.maxConnections
+        out.maxClientConnections = self.maxClientConnections ?? other.maxClientConnections
         out.credentialCacheTTL = self.credentialCacheTTL ?? other.credentialCacheTTL
         out.shutdownGrace = self.shutdownGrace ?? other.shutdownGrace
         return out
@@ -56,7 +62,8 @@ public struct ServeOptions: Equatable, Sendable {
         "listen", "htpasswd", "realm", "auth", "allow-private-destinations", "connect-ports", "allow-open-proxy",
         "log-level", "data-dir", "upstream-connect-timeout", "upstream-response-timeout", "tunnel-idle-timeout",
         "client-idle-timeout", "credential-cache-ttl", "shutdown-grace", "request-head-timeout",
-        "lockout-threshold", "lockout-window", "lockout-duration",
+        "lockout-threshold", "lockout-window", "lockout-duration", "allow-clients", "max-connections",
+        "max-client-connections",
     ]
 
     /// Reads a YAML config file. Unknown keys are an error: a typo must not silently fall back
@@ -136,6 +143,13 @@ public struct ServeOptions: Equatable, Sendable {
             case "request-head-timeout": options.requestHeadTimeout = try seconds()
             case "lockout-window": options.lockoutWindow = try seconds()
             case "lockout-duration": options.lockoutDuration = try seconds()
+            case "allow-clients": options.allowClients = try strings()
+            case "max-connections":
+                guard let n = value.int, n >= 1 else { throw fail("a whole number >= 1") }
+                options.maxConnections = n
+            case "max-client-connections":
+                guard let n = value.int, n >= 1 else { throw fail("a whole number >= 1") }
+                options.maxClientConnections = n
             case "lockout-threshold":
                 guard let n = value.int, n >= 1 else { throw fail("a whole number >= 1") }
                 options.lockoutThreshold = n

@@ -80,6 +80,24 @@ public struct ServerConfiguration: Sendable {
             guard threshold >= 1 else { throw ServeError("--lockout-threshold must be a whole number >= 1") }
             proxy.authThrottle.threshold = threshold
         }
+        if let clients = options.allowClients {
+            proxy.admission.allowedClients = try clients.map { text in
+                guard let network = IPNetwork(text) else {
+                    throw ServeError(
+                        "--allow-clients: '\(text)' is not an IP address or CIDR block (10.0.0.0/8, fd00::/8)"
+                    )
+                }
+                return network
+            }
+        }
+        if let n = options.maxConnections {
+            guard n >= 1 else { throw ServeError("--max-connections must be >= 1") }
+            proxy.admission.maximumConnections = n
+        }
+        if let n = options.maxClientConnections {
+            guard n >= 1 else { throw ServeError("--max-client-connections must be >= 1") }
+            proxy.admission.maximumConnectionsPerClient = n
+        }
         proxy.authThrottle.window = try amount(options.lockoutWindow, .minutes(5), "--lockout-window")
         proxy.authThrottle.lockout = try amount(options.lockoutDuration, .minutes(5), "--lockout-duration")
         self.credentialCacheTTL = try amount(options.credentialCacheTTL, .minutes(5), "--credential-cache-ttl")

@@ -140,6 +140,24 @@ struct Serve: AsyncParsableCommand {
 
     @Option(
         name: .long,
+        help: ArgumentHelp(
+            "Client addresses allowed to connect: comma-separated IPs or CIDR blocks. (default: any)",
+            valueName: "list"
+        )
+    )
+    var allowClients: String?
+
+    @Option(name: .long, help: ArgumentHelp("Most client connections at once. (default: 10000)", valueName: "n"))
+    var maxConnections: Int?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Most connections at once from one client address. (default: 512)", valueName: "n")
+    )
+    var maxClientConnections: Int?
+
+    @Option(
+        name: .long,
         help: ArgumentHelp("Seconds a locked-out address is refused (429). (default: 300)", valueName: "seconds")
     )
     var lockoutDuration: Double?
@@ -184,6 +202,11 @@ struct Serve: AsyncParsableCommand {
         options.requestHeadTimeout = self.requestHeadTimeout
         options.lockoutThreshold = self.lockoutThreshold
         options.lockoutWindow = self.lockoutWindow
+        options.allowClients = self.allowClients.map {
+            $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        }
+        options.maxConnections = self.maxConnections
+        options.maxClientConnections = self.maxClientConnections
         options.lockoutDuration = self.lockoutDuration
         options.credentialCacheTTL = self.credentialCacheTTL
         options.shutdownGrace = self.shutdownGrace

@@ -76,3 +76,40 @@ def test_too_many_header_fields_get_431(proxy, origin):
         r = c.request("GET", f"{origin.base}/text", [GOOD] + fields)
         assert r.status == 431, r.describe()
         assert_proxy_status(r, details="more than 100 header fields")
+
+
+def test_clients_outside_the_allow_list_get_403_and_a_close(launcher, origin):
+    proxy = launcher.start("--allow-clients", "127.0.0.1/32, ::1")
+    with proxy.conn(source="127.0.0.2") as c:
+        r = c.read_response()  # answered at accept time, before any request
+        assert r.status == 403, r.describe()
+        assert_proxy_status(r, details="client address not allowed")
+        c.wait_eof()
+    assert _get(proxy, origin, GOOD, "127.0.0.1").status == 200
+
+
+def test_connections_per_client_address_are_limited(launcher, origin):
+    proxy = launcher.start("--max-client-connections", "2")
+    first, second = proxy.conn(source="127.0.0.6"), proxy.conn(source="127.0.0.6")
+    try:
+        # Both admitted: they work.
+        for c in (first, second):
+            assert c.request("GET", f"{origin.base}/text", [GOOD]).status == 200
+        with proxy.conn(source="127.0.0.6") as third:
+            r = third.read_response()
+            assert r.status == 429, r.describe()
+            assert_proxy_status(r, details="too many connections from this address")
+            third.wait_eof()
+        # Another address is not affected.
+        assert _get(proxy, origin, GOOD, "127.0.0.7").status == 200
+    finally:
+        first.close()
+        second.close()
+    # Closed connections are released.
+    def admitted():
+        try:
+            return _get(proxy, origin, GOOD, "127.0.0.6").status == 200
+        except OSError:
+            return False
+    from portcullis_helpers import wait_until
+    wait_until(admitted, 5, what="a new connection from 127.0.0.6 admitted after two closed")
