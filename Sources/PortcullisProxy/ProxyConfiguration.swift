@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import PortcullisAuth
@@ -21,6 +22,8 @@ public struct ProxyConfiguration: Sendable {
     public var authThrottle = AuthThrottle.Settings()
     /// Client allow-list and connection limits.
     public var admission = ClientAdmission.Settings()
+    /// Access rules at start-up (replaced on reload through ``ProxyContext/updatePolicy(_:)``).
+    public var policy = AccessPolicy.allowAll
     /// Idle upstream connections kept per origin and event loop.
     public var maximumIdleUpstreamPerOrigin: Int = 32
     public var upstreamIdleTimeout: TimeAmount = .seconds(30)
@@ -37,6 +40,7 @@ public final class ProxyContext: Sendable {
     public let verifier: CredentialVerifier?
     public let throttle: AuthThrottle
     public let admission: ClientAdmission
+    private let policyBox: NIOLockedValueBox<AccessPolicy>
     public let threadPool: NIOThreadPool
     public let logger: Logger
 
@@ -51,9 +55,18 @@ public final class ProxyContext: Sendable {
         self.verifier = verifier
         self.throttle = AuthThrottle(settings: configuration.authThrottle)
         self.admission = ClientAdmission(settings: configuration.admission)
+        self.policyBox = NIOLockedValueBox(configuration.policy)
         self.threadPool = threadPool
         self.logger = logger
     }
 
     var authenticationEnabled: Bool { !self.configuration.authSchemes.isEmpty }
+
+    /// The access rules in force.
+    public var policy: AccessPolicy { self.policyBox.withLockedValue { $0 } }
+
+    /// Puts new access rules in force for every request decided from now on.
+    public func updatePolicy(_ policy: AccessPolicy) {
+        self.policyBox.withLockedValue { $0 = policy }
+    }
 }

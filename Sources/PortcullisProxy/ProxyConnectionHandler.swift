@@ -432,6 +432,10 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     private func authorized(_ exchange: ProxyExchange) {
+        if let denial = self.policyDenial(exchange) {
+            self.sendLocalResponse(denial, for: exchange)
+            return
+        }
         switch exchange.target {
         case .authority(let authority):
             guard self.shared.configuration.connectPorts.contains(authority.port) else {
@@ -453,5 +457,35 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         default:
             break
         }
+    }
+
+    /// The 403 for a request the access rules do not allow, if they do not.
+    private func policyDenial(_ exchange: ProxyExchange) -> ProxyResponse? {
+        let policy = self.shared.policy
+        guard !policy.rules.isEmpty else { return nil }
+        let host: String
+        let port: Int
+        switch exchange.target {
+        case .authority(let authority), .absolute(let authority, _):
+            host = authority.host
+            port = authority.port
+        default:
+            return nil
+        }
+        let method = String(decoding: exchange.head.methodBytes, as: UTF8.self)
+        guard case .denied(let rule) = policy.decide(user: exchange.user, host: host, port: port, method: method)
+        else { return nil }
+        let why = rule.map { "rule \($0)" } ?? "no rule allows this request"
+        self.logger.info(
+            "request denied by policy",
+            metadata: ["client": "\(self.clientAddress)", "user": "\(exchange.user ?? "-")", "rule": "\(rule ?? "-")"]
+        )
+        return ProxyResponse(
+            status: .forbidden,
+            proxyError: "http_request_denied",
+            details: "policy: \(why)",
+            message:
+                "\(method) to \(host):\(port) is not allowed for \(exchange.user.map { "user \"\($0)\"" } ?? "this client") (\(why))."
+        )
     }
 }

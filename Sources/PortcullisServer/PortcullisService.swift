@@ -88,7 +88,50 @@ public enum PortcullisService {
         let reload = store.map { store in
             Self.watch(store, every: .seconds(2), on: group.next(), threadPool: threadPool, logger: logger)
         }
+        let policyReloader = configuration.policyPath.map(PolicyReloader.init(path:))
+        let reloadPolicy: @Sendable (Bool) -> Void = { force in
+            guard let policyReloader else { return }
+            do {
+                if let policy = try policyReloader.reload(force: force) {
+                    context.updatePolicy(policy)
+                    logger.notice(
+                        "policy reloaded",
+                        metadata: ["file": "\(policyReloader.path)", "rules": "\(policy.rules.count)"]
+                    )
+                }
+            } catch {
+                logger.error("policy reload failed; keeping the previous rules", metadata: ["error": "\(error)"])
+            }
+        }
+        let policyWatch = policyReloader.map { _ in
+            group.next().scheduleRepeatedAsyncTask(initialDelay: .seconds(2), delay: .seconds(2)) { _ in
+                threadPool.runIfActive(eventLoop: group.next()) { reloadPolicy(false) }
+            }
+        }
+        termination.onHangup {
+            // SIGHUP: re-read the users file and the policy now (a bad file keeps the old state).
+            logger.notice("SIGHUP: reloading")
+            threadPool.submit { _ in
+                reloadPolicy(true)
+                if let store {
+                    do {
+                        if let file = try store.reloadIfChanged() {
+                            logger.notice(
+                                "users file reloaded",
+                                metadata: ["file": "\(store.path)", "users": "\(file.entries.count)"]
+                            )
+                        }
+                    } catch {
+                        logger.error(
+                            "users file reload failed; keeping the previous users",
+                            metadata: ["error": "\(error)"]
+                        )
+                    }
+                }
+            }
+        }
         let signal = await termination.wait()
+        policyWatch?.cancel()
         logger.info("shutting down", metadata: ["signal": "\(signal)", "grace": "\(configuration.shutdownGrace)"])
         reload?.cancel()
         await server.shutdown(grace: configuration.shutdownGrace)
@@ -154,6 +197,7 @@ final class TerminationSignal: @unchecked Sendable {
     private var continuation: CheckedContinuation<String, Never>?
     private var fired: String?
     private var sources: [any DispatchSourceSignal] = []
+    private var hangup: (@Sendable () -> Void)?
     private let lock = NSLock()
     private let queue = DispatchQueue(label: "portcullis.signals")
 
@@ -165,6 +209,20 @@ final class TerminationSignal: @unchecked Sendable {
             source.resume()
             self.sources.append(source)
         }
+        // SIGHUP means "reload", never "exit" (its default action).
+        signal(SIGHUP, SIG_IGN)
+        let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: self.queue)
+        hup.setEventHandler { [weak self] in
+            let action = self?.lock.withLock { self?.hangup }
+            action?()
+        }
+        hup.resume()
+        self.sources.append(hup)
+    }
+
+    /// What SIGHUP does from now on (before this, it is ignored).
+    func onHangup(_ action: @escaping @Sendable () -> Void) {
+        self.lock.withLock { self.hangup = action }
     }
 
     /// The first signal's name, as soon as one has arrived.

@@ -23,6 +23,7 @@ public struct ServeOptions: Equatable, Sendable {
     public var lockoutWindow: Double?
     public var lockoutDuration: Double?
     public var allowClients: [String]?
+    public var policy: String?
     public var maxConnections: Int?
     public var maxClientConnections: Int?
     public var credentialCacheTTL: Double?
@@ -51,6 +52,7 @@ public struct ServeOptions: Equatable, Sendable {
         out.lockoutWindow = self.lockoutWindow ?? other.lockoutWindow
         out.lockoutDuration = self.lockoutDuration ?? other.lockoutDuration
         out.allowClients = self.allowClients ?? other.allowClients
+        out.policy = self.policy ?? other.policy
         out.maxConnections = self.maxConnections ?? other.maxConnections
         out.maxClientConnections = self.maxClientConnections ?? other.maxClientConnections
         out.credentialCacheTTL = self.credentialCacheTTL ?? other.credentialCacheTTL
@@ -63,7 +65,7 @@ public struct ServeOptions: Equatable, Sendable {
         "log-level", "data-dir", "upstream-connect-timeout", "upstream-response-timeout", "tunnel-idle-timeout",
         "client-idle-timeout", "credential-cache-ttl", "shutdown-grace", "request-head-timeout",
         "lockout-threshold", "lockout-window", "lockout-duration", "allow-clients", "max-connections",
-        "max-client-connections",
+        "max-client-connections", "policy",
     ]
 
     /// Reads a YAML config file. Unknown keys are an error: a typo must not silently fall back
@@ -144,6 +146,7 @@ public struct ServeOptions: Equatable, Sendable {
             case "lockout-window": options.lockoutWindow = try seconds()
             case "lockout-duration": options.lockoutDuration = try seconds()
             case "allow-clients": options.allowClients = try strings()
+            case "policy": options.policy = try string()
             case "max-connections":
                 guard let n = value.int, n >= 1 else { throw fail("a whole number >= 1") }
                 options.maxConnections = n

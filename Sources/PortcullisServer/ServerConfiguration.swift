@@ -9,6 +9,8 @@ public struct ServerConfiguration: Sendable {
     public var listen: [SocketAddress]
     public var listenText: [String]
     public var htpasswd: String?
+    /// `--policy`: re-read on change and SIGHUP.
+    public var policyPath: String?
     public var dataDirectory: String
     public var proxy: ProxyConfiguration
     public var logLevel: Logger.Level
@@ -79,6 +81,10 @@ public struct ServerConfiguration: Sendable {
         if let threshold = options.lockoutThreshold {
             guard threshold >= 1 else { throw ServeError("--lockout-threshold must be a whole number >= 1") }
             proxy.authThrottle.threshold = threshold
+        }
+        if let path = options.policy {
+            proxy.policy = try PolicyFile.load(path: path)
+            self.policyPath = path
         }
         if let clients = options.allowClients {
             proxy.admission.allowedClients = try clients.map { text in

@@ -74,13 +74,13 @@ public final class HtpasswdStore: CredentialStore {
 }
 
 /// What identifies one version of a file on disk, for cheap change detection.
-struct FileIdentity: Equatable {
+public struct FileIdentity: Equatable, Sendable {
     var device: UInt64
     var inode: UInt64
     var size: Int64
     var modified: timespec
 
-    init?(path: String) {
+    public init?(path: String) {
         var st = stat()
         guard stat(path, &st) == 0 else { return nil }
         self.device = UInt64(st.st_dev)
@@ -89,7 +89,7 @@ struct FileIdentity: Equatable {
         self.modified = st.st_mtim
     }
 
-    static func == (a: FileIdentity, b: FileIdentity) -> Bool {
+    public static func == (a: FileIdentity, b: FileIdentity) -> Bool {
         a.device == b.device && a.inode == b.inode && a.size == b.size
             && a.modified.tv_sec == b.modified.tv_sec && a.modified.tv_nsec == b.modified.tv_nsec
     }

@@ -147,6 +147,15 @@ struct Serve: AsyncParsableCommand {
     )
     var allowClients: String?
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "YAML file of access rules by user/group over hosts, ports and methods; re-read on change and SIGHUP.",
+            valueName: "file"
+        )
+    )
+    var policy: String?
+
     @Option(name: .long, help: ArgumentHelp("Most client connections at once. (default: 10000)", valueName: "n"))
     var maxConnections: Int?
 
@@ -206,6 +215,7 @@ struct Serve: AsyncParsableCommand {
             $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         }
         options.maxConnections = self.maxConnections
+        options.policy = self.policy
         options.maxClientConnections = self.maxClientConnections
         options.lockoutDuration = self.lockoutDuration
         options.credentialCacheTTL = self.credentialCacheTTL
