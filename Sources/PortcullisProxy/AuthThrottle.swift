@@ -3,9 +3,9 @@ import NIOCore
 
 /// Slows down and then stops password guessing (issue 6).
 ///
-/// - Per client address: each failed login inside ``Settings/window`` counts; from the
-///   ``Settings/backoffAfter``-th failure on, the 407 is delayed exponentially; at
-///   ``Settings/threshold`` failures the address is locked out for ``Settings/lockout``.
+/// - Per client address: each failed login inside ``Settings/window`` counts; from half of
+///   ``Settings/threshold`` on, the 407 is delayed exponentially; at ``Settings/threshold``
+///   failures the address is locked out for ``Settings/lockout``.
 /// - Per user name: failures are counted the same way but only ever *delay failed attempts*
 ///   for that name. A user name is never locked: an attacker guessing a real user's password
 ///   from elsewhere must not be able to lock that user out (the classic complaint about NTLM
@@ -18,8 +18,6 @@ public final class AuthThrottle: Sendable {
         public var threshold: Int = 10
         public var window: TimeAmount = .minutes(5)
         public var lockout: TimeAmount = .minutes(5)
-        /// Failures before answers start being delayed.
-        public var backoffAfter: Int = 3
         public var maximumDelay: TimeAmount = .seconds(5)
         public var maximumEntries: Int = 100_000
 
@@ -94,8 +92,11 @@ public final class AuthThrottle: Sendable {
         }
     }
 
+    /// Failures after which answers are delayed: halfway to the lockout.
+    var backoffAfter: Int { max(1, self.settings.threshold / 2) }
+
     func delay(forFailures failures: Int) -> TimeAmount {
-        let over = failures - self.settings.backoffAfter
+        let over = failures - self.backoffAfter
         guard over >= 0 else { return .zero }
         // 100 ms, 200 ms, 400 ms … capped.
         let nanoseconds = Int64(100_000_000) << Int64(min(over, 20))

@@ -11,7 +11,6 @@ import Testing
         settings.threshold = threshold
         settings.window = .seconds(60)
         settings.lockout = .seconds(120)
-        settings.backoffAfter = 2
         return AuthThrottle(settings: settings)
     }
 

@@ -109,6 +109,11 @@ class ProxyLauncher:
             args += ["--htpasswd", str(htpasswd)]
         if private:
             args.append("--allow-private-destinations")
+        if "--lockout-threshold" not in [str(a) for a in extra]:
+            # Most tests fail logins on purpose, many times, from 127.0.0.1: keep the lockout
+            # (and its backoff, which starts halfway to it) out of their way. test_abuse.py
+            # sets its own thresholds.
+            args += ["--lockout-threshold", "1000000"]
         args += [str(a) for a in extra]
         if connect is None:
             assert listen, "give connect=(host, port) when no --listen is passed"

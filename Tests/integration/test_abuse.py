@@ -49,13 +49,14 @@ def test_a_known_good_credential_passes_a_locked_address(launcher, origin):
 
 
 def test_failed_logins_are_slowed_down(launcher, origin):
-    # Backoff starts at the third failure (100 ms, then 200 ms, 400 ms …): four failures in a
-    # row cannot all come back at once. Counted as a lower bound, so a slow machine cannot fail it.
-    proxy = launcher.start("--lockout-threshold", "50")
+    # Backoff starts halfway to the lockout (threshold 8: from the 4th failure, 100 ms, then
+    # 200 ms, 400 ms, 800 ms): seven failures in a row cannot all come back at once. Counted as
+    # a lower bound, so a slow machine cannot fail it.
+    proxy = launcher.start("--lockout-threshold", "8")
     start = time.monotonic()
-    for _ in range(5):
+    for _ in range(7):
         assert _get(proxy, origin, BAD, "127.0.0.5").status == 407
-    assert time.monotonic() - start >= 0.1 + 0.2 + 0.4
+    assert time.monotonic() - start >= 0.1 + 0.2 + 0.4 + 0.8
 
 
 def test_a_slow_request_head_gets_408_and_the_connection_closes(launcher, origin):
