@@ -79,6 +79,13 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Built for fuzzing by scripts/fuzz.sh (-sanitize=fuzzer -DFUZZING); in a normal build
+        // it replays the committed corpus, so every seed also runs as a regression test.
+        .executableTarget(
+            name: "portcullis-fuzz",
+            dependencies: ["PortcullisProxy", "PortcullisAuth"],
+            path: "Fuzz/Sources"
+        ),
         .testTarget(name: "PortcullisAuthTests", dependencies: ["PortcullisAuth"]),
         .testTarget(name: "PortcullisStoresTests", dependencies: ["PortcullisStores", "PortcullisAuth"] + nio),
         .testTarget(

@@ -28,3 +28,7 @@ PY
 swift build --build-tests
 swift test --skip-build
 PORTCULLIS_BIN="$(swift build --show-bin-path)/portcullis" python3 -m pytest -q Tests/integration "$@"
+# The request/response/auth parsers under libFuzzer + ASan for a bounded time (FUZZ_SECONDS=0 skips).
+if [ "${FUZZ_SECONDS:-60}" != 0 ]; then
+    FUZZ_SECONDS=${FUZZ_SECONDS:-60} bash scripts/fuzz.sh
+fi

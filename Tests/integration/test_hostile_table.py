@@ -186,3 +186,18 @@ def test_hostile_request(table_proxy, module_origin, name, raw, status, close):
     with table_proxy.conn() as c:
         ok = c.request("GET", f"{module_origin.base}/text", [("Proxy-Authorization", basic())])
         assert ok.status == 200, f"after {name}: {ok.describe()}"
+
+
+def test_the_fuzz_corpus_replays_cleanly():
+    """Every committed fuzz seed (and every crash once fixed) goes through the parsers in the
+    ordinary suite too, via the replay mode of the portcullis-fuzz binary."""
+    import os
+    import subprocess
+    from pathlib import Path
+    from portcullis_helpers import PORTCULLIS_BIN
+    replay = Path(PORTCULLIS_BIN).with_name("portcullis-fuzz")
+    corpus = Path(__file__).resolve().parents[2] / "Fuzz" / "corpus"
+    assert replay.exists(), f"{replay} missing: `swift build` builds it"
+    out = subprocess.run([str(replay), str(corpus)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"replayed {len(os.listdir(corpus))} inputs" in out.stdout
