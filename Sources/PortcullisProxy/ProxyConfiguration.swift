@@ -22,6 +22,10 @@ public struct ProxyConfiguration: Sendable {
     public var authThrottle = AuthThrottle.Settings()
     /// Client allow-list and connection limits.
     public var admission = ClientAdmission.Settings()
+    /// Per-user connection, address and rate limits.
+    public var userLimits = UserLimits.Settings()
+    /// Largest request body accepted (413 beyond); `nil`: no limit.
+    public var maximumRequestBody: Int?
     /// Access rules at start-up (replaced on reload through ``ProxyContext/updatePolicy(_:)``).
     public var policy = AccessPolicy.allowAll
     /// Idle upstream connections kept per origin and event loop.
@@ -40,6 +44,7 @@ public final class ProxyContext: Sendable {
     public let verifier: CredentialVerifier?
     public let throttle: AuthThrottle
     public let admission: ClientAdmission
+    public let userLimits: UserLimits?
     private let policyBox: NIOLockedValueBox<AccessPolicy>
     public let threadPool: NIOThreadPool
     public let logger: Logger
@@ -55,6 +60,7 @@ public final class ProxyContext: Sendable {
         self.verifier = verifier
         self.throttle = AuthThrottle(settings: configuration.authThrottle)
         self.admission = ClientAdmission(settings: configuration.admission)
+        self.userLimits = configuration.userLimits.isEmpty ? nil : UserLimits(settings: configuration.userLimits)
         self.policyBox = NIOLockedValueBox(configuration.policy)
         self.threadPool = threadPool
         self.logger = logger

@@ -54,6 +54,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var clientInputClosed = false
     /// The client's IP address, for the login throttle.
     var clientAddress = "-"
+    /// Users whose per-user limits count this connection (released when it closes).
+    var limitedUsers: Set<String> = []
     /// When the request head that started arriving must be complete (slowloris guard).
     var headDeadline: NIODeadline?
 
@@ -146,6 +148,10 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     func channelInactive(context: ChannelHandlerContext) {
         self.cancelTimer()
+        if let limits = self.shared.userLimits {
+            for user in self.limitedUsers { limits.release(user: user, connection: ObjectIdentifier(self)) }
+            self.limitedUsers.removeAll()
+        }
         if case .forwarding(let upstream) = self.phase {
             upstream.detach()
             if !(self.exchange?.responseEnded ?? true) { upstream.close() }
@@ -266,6 +272,15 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         case .body(let buffer):
             guard let exchange = self.exchange else { return }
             exchange.requestBodyBytes += buffer.readableBytes
+            if let limit = self.shared.configuration.maximumRequestBody, exchange.requestBodyBytes > limit,
+                case .forwarding = self.phase
+            {
+                // A chunked body that grew past the limit: stop it before it all reaches the origin.
+                exchange.closeAfter = true
+                exchange.requestEnded = true
+                self.sendLocalResponse(.bodyTooLarge(limit: limit), for: exchange)
+                return
+            }
             switch self.phase {
             case .forwarding(let upstream):
                 upstream.sendBody(buffer)
@@ -432,7 +447,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     private func authorized(_ exchange: ProxyExchange) {
-        if let denial = self.policyDenial(exchange) {
+        if let denial = self.policyDenial(exchange) ?? self.limitDenial(exchange) {
             self.sendLocalResponse(denial, for: exchange)
             return
         }
@@ -457,6 +472,32 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         default:
             break
         }
+    }
+
+    /// The 429 or 413 for a request over a per-user limit or the body limit, if it is.
+    private func limitDenial(_ exchange: ProxyExchange) -> ProxyResponse? {
+        if let limit = self.shared.configuration.maximumRequestBody, case .length(let n) = exchange.head.framing,
+            n > limit
+        {
+            exchange.closeAfter = true
+            return .bodyTooLarge(limit: limit)
+        }
+        guard let limits = self.shared.userLimits, let user = exchange.user else { return nil }
+        let verdict = limits.admit(user: user, connection: ObjectIdentifier(self), address: self.clientAddress)
+        guard verdict != .allowed else {
+            self.limitedUsers.insert(user)
+            return nil
+        }
+        self.logger.info(
+            "request over a user limit",
+            metadata: ["client": "\(self.clientAddress)", "user": "\(user)", "limit": "\(verdict.details)"]
+        )
+        return ProxyResponse(
+            status: .tooManyRequests,
+            proxyError: nil,
+            details: verdict.details,
+            message: verdict.message
+        )
     }
 
     /// The 403 for a request the access rules do not allow, if they do not.

@@ -18,6 +18,15 @@ struct ProxyResponse {
         ProxyResponse(status: .badRequest, proxyError: nil, details: "bad-request", message: message)
     }
 
+    static func bodyTooLarge(limit: Int) -> ProxyResponse {
+        ProxyResponse(
+            status: .payloadTooLarge,
+            proxyError: nil,
+            details: "request body too large",
+            message: "request bodies larger than \(limit) bytes are not accepted here (see --max-request-body)."
+        )
+    }
+
     /// Too many failed logins from this address (issue 6): 429 with `Retry-After`.
     static func lockedOut(retryAfter: TimeAmount) -> ProxyResponse {
         let seconds = max(1, Int((retryAfter.nanoseconds + 999_999_999) / 1_000_000_000))

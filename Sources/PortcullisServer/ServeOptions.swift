@@ -24,6 +24,11 @@ public struct ServeOptions: Equatable, Sendable {
     public var lockoutDuration: Double?
     public var allowClients: [String]?
     public var policy: String?
+    public var maxRequestBody: Int?
+    public var userMaxConnections: Int?
+    public var userMaxAddresses: Int?
+    public var userAddressWindow: Double?
+    public var userMaxRate: Double?
     public var maxConnections: Int?
     public var maxClientConnections: Int?
     public var credentialCacheTTL: Double?
@@ -53,6 +58,11 @@ public struct ServeOptions: Equatable, Sendable {
         out.lockoutDuration = self.lockoutDuration ?? other.lockoutDuration
         out.allowClients = self.allowClients ?? other.allowClients
         out.policy = self.policy ?? other.policy
+        out.maxRequestBody = self.maxRequestBody ?? other.maxRequestBody
+        out.userMaxConnections = self.userMaxConnections ?? other.userMaxConnections
+        out.userMaxAddresses = self.userMaxAddresses ?? other.userMaxAddresses
+        out.userAddressWindow = self.userAddressWindow ?? other.userAddressWindow
+        out.userMaxRate = self.userMaxRate ?? other.userMaxRate
         out.maxConnections = self.maxConnections ?? other.maxConnections
         out.maxClientConnections = self.maxClientConnections ?? other.maxClientConnections
         out.credentialCacheTTL = self.credentialCacheTTL ?? other.credentialCacheTTL
@@ -65,7 +75,8 @@ public struct ServeOptions: Equatable, Sendable {
         "log-level", "data-dir", "upstream-connect-timeout", "upstream-response-timeout", "tunnel-idle-timeout",
         "client-idle-timeout", "credential-cache-ttl", "shutdown-grace", "request-head-timeout",
         "lockout-threshold", "lockout-window", "lockout-duration", "allow-clients", "max-connections",
-        "max-client-connections", "policy",
+        "max-client-connections", "policy", "max-request-body", "user-max-connections", "user-max-addresses",
+        "user-address-window", "user-max-rate",
     ]
 
     /// Reads a YAML config file. Unknown keys are an error: a typo must not silently fall back
@@ -147,6 +158,17 @@ public struct ServeOptions: Equatable, Sendable {
             case "lockout-duration": options.lockoutDuration = try seconds()
             case "allow-clients": options.allowClients = try strings()
             case "policy": options.policy = try string()
+            case "max-request-body":
+                guard let n = value.int, n >= 0 else { throw fail("a number of bytes >= 0") }
+                options.maxRequestBody = n
+            case "user-max-connections":
+                guard let n = value.int, n >= 1 else { throw fail("a whole number >= 1") }
+                options.userMaxConnections = n
+            case "user-max-addresses":
+                guard let n = value.int, n >= 1 else { throw fail("a whole number >= 1") }
+                options.userMaxAddresses = n
+            case "user-address-window": options.userAddressWindow = try seconds()
+            case "user-max-rate": options.userMaxRate = try seconds()
             case "max-connections":
                 guard let n = value.int, n >= 1 else { throw fail("a whole number >= 1") }
                 options.maxConnections = n

@@ -96,6 +96,23 @@ public struct ServerConfiguration: Sendable {
                 return network
             }
         }
+        if let n = options.maxRequestBody {
+            guard n >= 0 else { throw ServeError("--max-request-body must be a number of bytes >= 0") }
+            proxy.maximumRequestBody = n
+        }
+        if let n = options.userMaxConnections {
+            guard n >= 1 else { throw ServeError("--user-max-connections must be >= 1") }
+            proxy.userLimits.maximumConnections = n
+        }
+        if let n = options.userMaxAddresses {
+            guard n >= 1 else { throw ServeError("--user-max-addresses must be >= 1") }
+            proxy.userLimits.maximumAddresses = n
+        }
+        proxy.userLimits.addressWindow = try amount(options.userAddressWindow, .minutes(1), "--user-address-window")
+        if let rate = options.userMaxRate {
+            guard rate > 0 else { throw ServeError("--user-max-rate must be > 0 requests per second") }
+            proxy.userLimits.requestsPerSecond = rate
+        }
         if let n = options.maxConnections {
             guard n >= 1 else { throw ServeError("--max-connections must be >= 1") }
             proxy.admission.maximumConnections = n

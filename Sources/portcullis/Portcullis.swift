@@ -156,6 +156,48 @@ struct Serve: AsyncParsableCommand {
     )
     var policy: String?
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Largest request body accepted, in bytes; larger gets 413. (default: no limit)",
+            valueName: "bytes"
+        )
+    )
+    var maxRequestBody: Int?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Connections one user may have open at once; more get 429.", valueName: "n")
+    )
+    var userMaxConnections: Int?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Distinct client addresses one user may come from within --user-address-window.",
+            valueName: "n"
+        )
+    )
+    var userMaxAddresses: Int?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Seconds an address counts towards --user-max-addresses. (default: 60)",
+            valueName: "seconds"
+        )
+    )
+    var userAddressWindow: Double?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Requests per second one user may send (bursts of twice that); more get 429.",
+            valueName: "rate"
+        )
+    )
+    var userMaxRate: Double?
+
     @Option(name: .long, help: ArgumentHelp("Most client connections at once. (default: 10000)", valueName: "n"))
     var maxConnections: Int?
 
@@ -216,6 +258,11 @@ struct Serve: AsyncParsableCommand {
         }
         options.maxConnections = self.maxConnections
         options.policy = self.policy
+        options.maxRequestBody = self.maxRequestBody
+        options.userMaxConnections = self.userMaxConnections
+        options.userMaxAddresses = self.userMaxAddresses
+        options.userAddressWindow = self.userAddressWindow
+        options.userMaxRate = self.userMaxRate
         options.maxClientConnections = self.maxClientConnections
         options.lockoutDuration = self.lockoutDuration
         options.credentialCacheTTL = self.credentialCacheTTL

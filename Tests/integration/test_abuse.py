@@ -114,3 +114,54 @@ def test_connections_per_client_address_are_limited(launcher, origin):
             return False
     from portcullis_helpers import wait_until
     wait_until(admitted, 5, what="a new connection from 127.0.0.6 admitted after two closed")
+
+
+def test_per_user_connection_limit(launcher, origin):
+    proxy = launcher.start("--user-max-connections", "1")
+    with proxy.conn() as first:
+        assert first.request("GET", f"{origin.base}/text", [GOOD]).status == 200
+        with proxy.conn() as second:
+            r = second.request("GET", f"{origin.base}/text", [GOOD])
+            assert r.status == 429, r.describe()
+            assert_proxy_status(r, details="user connection limit")
+        # The first connection keeps working.
+        assert first.request("GET", f"{origin.base}/text", [GOOD]).status == 200
+    from portcullis_helpers import wait_until
+    wait_until(lambda: _get(proxy, origin, GOOD).status == 200, 5, what="the user's slot released on close")
+
+
+def test_per_user_address_limit_names_a_shared_credential(launcher, origin):
+    proxy = launcher.start("--user-max-addresses", "2")
+    assert _get(proxy, origin, GOOD, "127.0.0.11").status == 200
+    assert _get(proxy, origin, GOOD, "127.0.0.12").status == 200
+    r = _get(proxy, origin, GOOD, "127.0.0.13")
+    assert r.status == 429, r.describe()
+    assert_proxy_status(r, details="user address limit")
+    assert "shared" in r.body.decode()
+
+
+def test_per_user_rate_limit(launcher, origin):
+    proxy = launcher.start("--user-max-rate", "2")
+    statuses = []
+    with proxy.conn() as c:
+        for _ in range(12):
+            statuses.append(c.request("GET", f"{origin.base}/text", [GOOD]).status)
+    assert statuses.count(429) >= 1, statuses
+    assert statuses[0] == 200
+
+
+def test_request_body_limit(launcher, origin):
+    proxy = launcher.start("--max-request-body", "1000")
+    with proxy.conn() as c:
+        r = c.request("POST", f"{origin.base}/upload", [GOOD], b"x" * 1001)
+        assert r.status == 413, r.describe()
+        assert_proxy_status(r, details="request body too large")
+    with proxy.conn() as c:
+        assert c.request("POST", f"{origin.base}/upload", [GOOD], b"x" * 1000).status == 200
+    # A chunked body that grows past the limit is stopped too.
+    with proxy.conn() as c:
+        c.send((f"POST {origin.base}/upload HTTP/1.1\r\nHost: {origin.authority}\r\nProxy-Authorization: {GOOD[1]}\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n").encode() + b"400\r\n" + b"y" * 1024 + b"\r\n")
+        r = c.read_response()
+        assert r.status == 413, r.describe()
+        c.wait_eof()
