@@ -1,3 +1,4 @@
+import CoreMetrics
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -48,13 +49,21 @@ public final class ProxyContext: Sendable {
     private let policyBox: NIOLockedValueBox<AccessPolicy>
     public let threadPool: NIOThreadPool
     public let logger: Logger
+    public let metrics: ProxyMetrics
+    public let accessLog: AccessLog?
+    public let loopDetector: ChallengeLoopDetector
 
     public init(
         configuration: ProxyConfiguration,
         verifier: CredentialVerifier?,
         threadPool: NIOThreadPool,
-        logger: Logger
+        logger: Logger,
+        metrics: ProxyMetrics = ProxyMetrics(factory: NOOPMetricsHandler.instance),
+        accessLog: AccessLog? = nil
     ) {
+        self.metrics = metrics
+        self.accessLog = accessLog
+        self.loopDetector = ChallengeLoopDetector()
         self.configuration = configuration
         self.gate = ProxyAuthGate(realm: configuration.realm, schemes: configuration.authSchemes)
         self.verifier = verifier

@@ -49,9 +49,23 @@ extension ProxyConnectionHandler {
                         "upstream connect failed",
                         metadata: ["origin": "\(authority.host):\(authority.port)", "error": "\(error)"]
                     )
-                    self.sendLocalResponse(.upstreamConnectFailure(error, target: authority), for: exchange)
+                    self.sendConnectFailure(.upstreamConnectFailure(error, target: authority), for: exchange)
                 }
             }
+    }
+
+    /// A 502/504/403 for an origin that could not be reached, counted by kind.
+    func sendConnectFailure(_ response: ProxyResponse, for exchange: ProxyExchange) {
+        let kind: ProxyMetrics.UpstreamErrorKind
+        switch response.proxyError {
+        case "dns_error": kind = .dns
+        case "connection_refused": kind = .refused
+        case "connection_timeout": kind = .timeout
+        case "destination_ip_prohibited": kind = .denied
+        default: kind = .other
+        }
+        self.shared.metrics.connectError(kind)
+        self.sendLocalResponse(response, for: exchange)
     }
 
     func makeBootstrap() -> ClientBootstrap {
@@ -73,6 +87,8 @@ extension ProxyConnectionHandler {
         guard let head = exchange.upstreamHead else { return }
         upstream.attach(to: self)
         upstream.clientIsHTTP10 = exchange.isHTTP10
+        exchange.upstreamAddress = upstream.context?.channel.remoteAddress?.ipAddress
+        self.shared.metrics.addedLatency.recordNanoseconds((NIODeadline.now() - exchange.started).nanoseconds)
         self.phase = .forwarding(upstream)
         upstream.sendHead(head, isHEAD: exchange.isHead)
         // Body bytes already read follow the head at once.
@@ -124,13 +140,15 @@ extension ProxyConnectionHandler {
         case .head(let head, let framing):
             exchange.responseDeadline = nil
             exchange.responseStarted = true
-            self.context.write(
-                self.wrapOutboundOut(
-                    self.clientResponseHead(head, framing: framing, for: exchange, upstream: upstream)
-                ),
-                promise: nil
-            )
+            exchange.status = head.status
+            for line in head.lines where FieldName.equals(head.name(line), "content-type") {
+                exchange.contentType = String(decoding: head.value(line), as: UTF8.self)
+            }
+            let bytes = self.clientResponseHead(head, framing: framing, for: exchange, upstream: upstream)
+            exchange.bytesToClient += bytes.readableBytes
+            self.context.write(self.wrapOutboundOut(bytes), promise: nil)
         case .body(let buffer):
+            exchange.bytesToClient += buffer.readableBytes
             if exchange.rechunkBody {
                 ChunkedFraming.writeChunk(buffer, on: self.context)
             } else {
@@ -314,6 +332,9 @@ extension ProxyConnectionHandler {
             allocator: self.context.channel.allocator
         )
         exchange.responseEnded = true
+        exchange.status = Int(response.status.code)
+        exchange.proxyStatus = response.proxyStatus
+        exchange.bytesToClient += bytes.readableBytes
         self.writeEnd(bytes, for: exchange)
         self.resumeReadsIfPossible()
     }
@@ -336,6 +357,7 @@ extension ProxyConnectionHandler {
     /// next pipelined request, if any.
     func finishIfDone(_ exchange: ProxyExchange) {
         guard self.exchange === exchange, exchange.requestEnded, exchange.responseEnded else { return }
+        self.logExchange(exchange)
         self.exchange = nil
         self.phase = .idle
         if exchange.closeAfter || self.clientInputClosed {

@@ -23,23 +23,29 @@ extension ProxyConnectionHandler {
                         channel.close(promise: nil)
                         return
                     }
-                    self.becomeTunnel(exchange, clientGlue: clientGlue, upstream: channel)
+                    self.becomeTunnel(exchange, clientGlue: clientGlue, upstreamGlue: upstreamGlue, upstream: channel)
                 case .failure(let error):
                     guard self.exchange === exchange, case .tunnelConnecting = self.phase else { return }
                     self.logger.debug(
                         "tunnel connect failed",
                         metadata: ["origin": "\(authority.host):\(authority.port)", "error": "\(error)"]
                     )
-                    self.sendLocalResponse(.upstreamConnectFailure(error, target: authority), for: exchange)
+                    self.sendConnectFailure(.upstreamConnectFailure(error, target: authority), for: exchange)
                 }
             }
     }
 
-    private func becomeTunnel(_ exchange: ProxyExchange, clientGlue: TunnelGlueHandler, upstream: any Channel) {
+    private func becomeTunnel(
+        _ exchange: ProxyExchange,
+        clientGlue: TunnelGlueHandler,
+        upstreamGlue: TunnelGlueHandler,
+        upstream: any Channel
+    ) {
         let context = self.context!
         self.phase = .tunnel
         self.exchange = nil
         self.cancelTimer()
+        self.recordTunnel(exchange, clientGlue: clientGlue, upstreamGlue: upstreamGlue, upstream: upstream)
         var established = context.channel.allocator.buffer(capacity: 40)
         established.writeString("HTTP/1.\(exchange.isHTTP10 ? 0 : 1) 200 Connection established\r\n\r\n")
         context.writeAndFlush(self.wrapOutboundOut(established), promise: nil)
@@ -63,6 +69,56 @@ extension ProxyConnectionHandler {
             self.logger.debug("tunnel setup failed", metadata: ["error": "\(error)"])
             upstream.close(promise: nil)
             context.close(promise: nil)
+        }
+    }
+
+    /// Counts the tunnel and writes its access-log line once both sides have closed, with the
+    /// bytes that went each way.
+    private func recordTunnel(
+        _ exchange: ProxyExchange,
+        clientGlue: TunnelGlueHandler,
+        upstreamGlue: TunnelGlueHandler,
+        upstream: any Channel
+    ) {
+        let metrics = self.shared.metrics
+        let log = self.shared.accessLog
+        let client = self.clientAddress
+        let upstreamAddress = upstream.remoteAddress?.ipAddress
+        exchange.status = 200
+        exchange.logged = true
+        metrics.request(connect: true, status: 200)
+        metrics.activeTunnels.increment()
+        let headBytes = exchange.head.bytes.readableBytes
+        let established = "HTTP/1.1 200 Connection established\r\n\r\n".utf8.count
+        let target = exchange.head.target
+        let closed = [self.context.channel.closeFuture, upstream.closeFuture]
+        EventLoopFuture.andAllComplete(closed, on: self.context.eventLoop).assumeIsolated().whenComplete { _ in
+            metrics.activeTunnels.decrement()
+            let elapsed = NIODeadline.now() - exchange.started
+            let fromClient = headBytes + clientGlue.bytesRead
+            let toClient = established + upstreamGlue.bytesRead
+            metrics.requestDuration.recordNanoseconds(elapsed.nanoseconds)
+            metrics.bytesFromClients.increment(by: Int64(fromClient))
+            metrics.bytesToClients.increment(by: Int64(toClient))
+            log?.write(
+                AccessRecord(
+                    start: exchange.startDate,
+                    durationMs: Int(elapsed.nanoseconds / 1_000_000),
+                    client: client,
+                    user: exchange.user,
+                    authScheme: exchange.authScheme,
+                    authResult: exchange.authResult,
+                    method: "CONNECT",
+                    target: target,
+                    status: 200,
+                    bytesFromClient: fromClient,
+                    bytesToClient: toClient,
+                    upstream: upstreamAddress,
+                    contentType: nil,
+                    proxyStatus: nil,
+                    isTunnel: true
+                )
+            )
         }
     }
 }

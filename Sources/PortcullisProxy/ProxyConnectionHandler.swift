@@ -74,6 +74,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         self.clientAddress = context.channel.remoteAddress?.ipAddress ?? "-"
+        self.shared.metrics.activeConnections.increment()
         if context.channel.isActive { self.armIdleTimer() }
     }
 
@@ -146,8 +147,16 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         context.fireUserInboundEventTriggered(event)
     }
 
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.shared.metrics.activeConnections.decrement()
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
         self.cancelTimer()
+        if let exchange = self.exchange, !exchange.logged {
+            // The client went away mid-exchange: still one line in the log.
+            self.logExchange(exchange)
+        }
         if let limits = self.shared.userLimits {
             for user in self.limitedUsers { limits.release(user: user, connection: ObjectIdentifier(self)) }
             self.limitedUsers.removeAll()
@@ -338,6 +347,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     private func authenticate(_ exchange: ProxyExchange) {
         guard self.shared.authenticationEnabled, let verifier = self.shared.verifier else {
+            exchange.authResult = "none"
             self.authorized(exchange)
             return
         }
@@ -356,10 +366,11 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             // A known-good credential passes even from a locked-out address (a real user
             // behind the same NAT as a guesser); guessing cannot produce one.
             if let user = verifier.cachedUser(for: key) {
-                exchange.user = user
-                self.authorized(exchange)
+                self.shared.metrics.cacheHits.increment()
+                self.accepted(exchange, user: user)
                 return
             }
+            self.shared.metrics.cacheMisses.increment()
             cacheKey = key
         }
         if case .lockedOut(let remaining) = self.shared.throttle.check(address: self.clientAddress) {
@@ -368,6 +379,9 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                 metadata: ["client": "\(self.clientAddress)", "reason": "\(AuthFailureReason.lockedOut.token)"]
             )
             exchange.closeAfter = true
+            exchange.authResult = AuthFailureReason.lockedOut.token
+            self.shared.metrics.authOutcome(scheme: exchange.authScheme ?? "none", reason: exchange.authResult)
+            self.noteChallengeLoop(exchange, reason: .lockedOut)
             self.sendLocalResponse(.lockedOut(retryAfter: remaining), for: exchange)
             return
         }
@@ -376,15 +390,18 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             self.reject(exchange, failure)
         case .verifyBasic(let credentials):
             self.phase = .authenticating
+            let verifyStarted = NIODeadline.now()
             verifier.verify(credentials, key: cacheKey!, on: self.context.eventLoop)
                 .assumeIsolated()
                 .whenSuccess { outcome in
                     guard self.exchange === exchange, case .authenticating = self.phase else { return }
                     switch outcome {
                     case .accepted(let user):
+                        self.shared.metrics.verifyDuration.recordNanoseconds(
+                            (NIODeadline.now() - verifyStarted).nanoseconds
+                        )
                         self.shared.throttle.recordSuccess(address: self.clientAddress)
-                        exchange.user = user
-                        self.authorized(exchange)
+                        self.accepted(exchange, user: user)
                     case .rejected:
                         self.reject(
                             exchange,
@@ -402,13 +419,57 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     /// A 407; failed logins (not the first leg of a handshake) count towards backoff and lockout,
     /// and from the third on the answer is held back exponentially.
+    private func accepted(_ exchange: ProxyExchange, user: String) {
+        exchange.user = user
+        exchange.authScheme = "basic"
+        exchange.authResult = "ok"
+        self.shared.metrics.authOutcome(scheme: "basic", reason: "ok")
+        self.shared.loopDetector.succeeded(client: self.loopKey(exchange))
+        self.authorized(exchange)
+    }
+
+    /// A client for loop detection: its address and user agent (a browser and a script on one
+    /// machine are different clients).
+    private func loopKey(_ exchange: ProxyExchange) -> String {
+        "\(self.clientAddress) \(exchange.head.values(named: "user-agent").first ?? "-")"
+    }
+
+    private func noteChallengeLoop(_ exchange: ProxyExchange, reason: AuthFailureReason) {
+        let offered = self.shared.configuration.authSchemes.map { $0.rawValue.capitalized }
+        guard
+            let loop = self.shared.loopDetector.challenged(
+                client: self.loopKey(exchange),
+                reason: reason,
+                schemeSent: exchange.authScheme,
+                offered: offered
+            )
+        else { return }
+        self.shared.metrics.challengeLoops.increment()
+        self.logger.warning(
+            "challenge loop",
+            metadata: [
+                "client": "\(self.clientAddress)",
+                "user_agent": "\(AccessRecord.safe(exchange.head.values(named: "user-agent").first ?? "-"))",
+                "challenges_in_a_row": "\(loop.count)",
+                "offered": "\(offered.joined(separator: ","))",
+                "client_sent": "\(loop.schemesSent.joined(separator: ","))",
+                "cause": "\(loop.cause)",
+            ]
+        )
+    }
+
     private func reject(_ exchange: ProxyExchange, _ failure: AuthFailure, user: String? = nil) {
+        exchange.authScheme = failure.presentedScheme
+        exchange.authResult = failure.reason.token
+        self.shared.metrics.authOutcome(scheme: failure.presentedScheme ?? "none", reason: failure.reason.token)
+        self.noteChallengeLoop(exchange, reason: failure.reason)
         guard failure.reason == .invalidCredentials || failure.reason == .malformedCredentials else {
             self.sendReject(exchange, failure)
             return
         }
         let (delay, lockedOut) = self.shared.throttle.recordFailure(address: self.clientAddress, user: user)
         if lockedOut {
+            self.shared.metrics.lockouts.increment()
             self.logger.warning(
                 "client address locked out after repeated failed logins",
                 metadata: [
@@ -430,6 +491,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     private func sendReject(_ exchange: ProxyExchange, _ failure: AuthFailure) {
+        self.shared.metrics.challenges.increment()
         // The first 407 of a normal handshake (no credentials yet) is not worth an info line.
         self.logger.log(
             level: failure.reason == .missingCredentials ? .debug : .info,
@@ -480,6 +542,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             n > limit
         {
             exchange.closeAfter = true
+            self.shared.metrics.refused("request body too large")
             return .bodyTooLarge(limit: limit)
         }
         guard let limits = self.shared.userLimits, let user = exchange.user else { return nil }
@@ -488,6 +551,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             self.limitedUsers.insert(user)
             return nil
         }
+        self.shared.metrics.refused(verdict.details)
         self.logger.info(
             "request over a user limit",
             metadata: ["client": "\(self.clientAddress)", "user": "\(user)", "limit": "\(verdict.details)"]
@@ -517,6 +581,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         guard case .denied(let rule) = policy.decide(user: exchange.user, host: host, port: port, method: method)
         else { return nil }
         let why = rule.map { "rule \($0)" } ?? "no rule allows this request"
+        self.shared.metrics.refused("policy")
         self.logger.info(
             "request denied by policy",
             metadata: ["client": "\(self.clientAddress)", "user": "\(exchange.user ?? "-")", "rule": "\(rule ?? "-")"]
@@ -528,5 +593,51 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             message:
                 "\(method) to \(host):\(port) is not allowed for \(exchange.user.map { "user \"\($0)\"" } ?? "this client") (\(why))."
         )
+    }
+
+    // MARK: - Access log and request metrics
+
+    /// One access-log line and the request metrics for an exchange that ended (or was cut off).
+    func logExchange(_ exchange: ProxyExchange) {
+        guard !exchange.logged else { return }
+        exchange.logged = true
+        let metrics = self.shared.metrics
+        let elapsed = NIODeadline.now() - exchange.started
+        metrics.request(connect: exchange.isConnect, status: exchange.status)
+        metrics.requestDuration.recordNanoseconds(elapsed.nanoseconds)
+        metrics.bytesFromClients.increment(by: Int64(exchange.head.bytes.readableBytes + exchange.requestBodyBytes))
+        metrics.bytesToClients.increment(by: Int64(exchange.bytesToClient))
+        guard let log = self.shared.accessLog else { return }
+        let method = String(decoding: exchange.head.methodBytes, as: UTF8.self)
+        log.write(
+            AccessRecord(
+                start: exchange.startDate,
+                durationMs: Int(elapsed.nanoseconds / 1_000_000),
+                client: self.clientAddress,
+                user: exchange.user,
+                authScheme: exchange.authScheme,
+                authResult: exchange.authResult,
+                method: method.isEmpty ? "-" : method,
+                target: Self.redactedTarget(exchange.head.target),
+                status: exchange.status,
+                bytesFromClient: exchange.head.bytes.readableBytes + exchange.requestBodyBytes,
+                bytesToClient: exchange.bytesToClient,
+                upstream: exchange.upstreamAddress,
+                contentType: exchange.contentType,
+                proxyStatus: exchange.proxyStatus,
+                isTunnel: false
+            )
+        )
+    }
+
+    /// A target with any user info (`http://user:pw@host/`, refused with 400 but still logged)
+    /// replaced, so no password reaches the log.
+    static func redactedTarget(_ target: String) -> String {
+        guard let at = target.firstIndex(of: "@") else { return target }
+        let schemeEnd = target.range(of: "://")?.upperBound ?? target.startIndex
+        let authorityEnd =
+            target[schemeEnd...].firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) ?? target.endIndex
+        guard at > schemeEnd, at < authorityEnd else { return target }
+        return String(target[..<schemeEnd]) + "***" + String(target[at...])
     }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 
 /// One request and its response on a client connection.
@@ -24,6 +25,19 @@ final class ProxyExchange {
     var responseWritten: EventLoopFuture<Void>?
     /// The origin's body is close-delimited and this HTTP/1.1 client gets it chunked.
     var rechunkBody = false
+
+    // For the access log and metrics.
+    let started = NIODeadline.now()
+    let startDate = Date()
+    var authScheme: String?
+    /// `ok`, `none` or a reason token.
+    var authResult = "none"
+    var status = 0
+    var bytesToClient = 0
+    var contentType: String?
+    var proxyStatus: String?
+    var upstreamAddress: String?
+    var logged = false
 
     init(head: RequestHead, quiescing: Bool) {
         self.head = head

@@ -5,6 +5,7 @@ import NIOCore
 import NIOPosix
 import PortcullisProxy
 import PortcullisStores
+import Prometheus
 
 /// `portcullis serve`: loads users, binds the listeners, serves until SIGTERM/SIGINT, then drains.
 public enum PortcullisService {
@@ -60,11 +61,30 @@ public enum PortcullisService {
         }
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoops)
+        let registry = PrometheusCollectorRegistry()
+        var factory = PrometheusMetricsFactory(registry: registry)
+        let bucketsMicroseconds: [Int64] = [
+            100, 250, 500, 1000, 2000, 5000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 5_000_000,
+            30_000_000,
+        ]
+        factory.defaultDurationHistogramBuckets = bucketsMicroseconds.map { Duration.microseconds($0) }
+        let metrics = ProxyMetrics(factory: factory)
+        var accessLog: AccessLog?
+        if let path = configuration.accessLogPath {
+            do {
+                accessLog = try AccessLog(path: path, format: configuration.accessLogFormat)
+            } catch {
+                try? await group.shutdownGracefully()
+                throw ServeError("\(error)")
+            }
+        }
         let context = ProxyContext(
             configuration: configuration.proxy,
             verifier: verifier,
             threadPool: threadPool,
-            logger: logger
+            logger: logger,
+            metrics: metrics,
+            accessLog: accessLog
         )
         let server = ProxyServer(context: context, group: group)
         let bound: [SocketAddress]
@@ -85,8 +105,41 @@ public enum PortcullisService {
             ]
         )
 
-        let reload = store.map { store in
-            Self.watch(store, every: .seconds(2), on: group.next(), threadPool: threadPool, logger: logger)
+        var admin: AdminServer?
+        if let address = configuration.admin {
+            let storePath = store?.path
+            do {
+                let (server, local) = try await AdminServer.start(at: address, group: group, registry: registry) {
+                    // Ready: the listeners are bound (we are past that) and the users file can be read.
+                    if let storePath, !FileManager.default.isReadableFile(atPath: storePath) {
+                        return (false, "users file \(storePath) is not readable")
+                    }
+                    return (true, "")
+                }
+                admin = server
+                logger.info("admin listening", metadata: ["address": "\(local.map(Self.describe) ?? "?")"])
+            } catch {
+                await server.shutdown(grace: .zero)
+                try? await group.shutdownGracefully()
+                throw ServeError("cannot listen on --admin \(address): \(error)")
+            }
+        }
+
+        let usersStore = store
+        let reloadUsers: @Sendable () -> Void = {
+            guard let store = usersStore else { return }
+            do {
+                if let file = try store.reloadIfChanged() {
+                    metrics.reload("users", ok: true)
+                    logger.notice(
+                        "users file reloaded",
+                        metadata: ["file": "\(store.path)", "users": "\(file.entries.count)"]
+                    )
+                }
+            } catch {
+                metrics.reload("users", ok: false)
+                logger.error("users file reload failed; keeping the previous users", metadata: ["error": "\(error)"])
+            }
         }
         let policyReloader = configuration.policyPath.map(PolicyReloader.init(path:))
         let reloadPolicy: @Sendable (Bool) -> Void = { force in
@@ -94,47 +147,54 @@ public enum PortcullisService {
             do {
                 if let policy = try policyReloader.reload(force: force) {
                     context.updatePolicy(policy)
+                    metrics.reload("policy", ok: true)
                     logger.notice(
                         "policy reloaded",
                         metadata: ["file": "\(policyReloader.path)", "rules": "\(policy.rules.count)"]
                     )
                 }
             } catch {
+                metrics.reload("policy", ok: false)
                 logger.error("policy reload failed; keeping the previous rules", metadata: ["error": "\(error)"])
             }
         }
-        let policyWatch = policyReloader.map { _ in
-            group.next().scheduleRepeatedAsyncTask(initialDelay: .seconds(2), delay: .seconds(2)) { _ in
-                threadPool.runIfActive(eventLoop: group.next()) { reloadPolicy(false) }
+        let openedLog = accessLog
+        let reopenAccessLog: @Sendable () -> Void = {
+            guard let accessLog = openedLog else { return }
+            do {
+                try accessLog.reopen()
+                metrics.reload("access_log", ok: true)
+            } catch {
+                metrics.reload("access_log", ok: false)
+                logger.error("access log reopen failed; still writing to the old file", metadata: ["error": "\(error)"])
+            }
+        }
+        // Files are checked every 2 s, off the event loops.
+        let watch = group.next().scheduleRepeatedAsyncTask(initialDelay: .seconds(2), delay: .seconds(2)) { _ in
+            threadPool.runIfActive(eventLoop: group.next()) {
+                reloadUsers()
+                reloadPolicy(false)
             }
         }
         termination.onHangup {
-            // SIGHUP: re-read the users file and the policy now (a bad file keeps the old state).
+            // SIGHUP: re-read the users file and the policy now (a bad file keeps the old state)
+            // and reopen the access log (logrotate).
             logger.notice("SIGHUP: reloading")
             threadPool.submit { _ in
                 reloadPolicy(true)
-                if let store {
-                    do {
-                        if let file = try store.reloadIfChanged() {
-                            logger.notice(
-                                "users file reloaded",
-                                metadata: ["file": "\(store.path)", "users": "\(file.entries.count)"]
-                            )
-                        }
-                    } catch {
-                        logger.error(
-                            "users file reload failed; keeping the previous users",
-                            metadata: ["error": "\(error)"]
-                        )
-                    }
-                }
+                reloadUsers()
+                reopenAccessLog()
             }
         }
+        termination.onUser1 {
+            threadPool.submit { _ in reopenAccessLog() }
+        }
         let signal = await termination.wait()
-        policyWatch?.cancel()
+        watch.cancel()
         logger.info("shutting down", metadata: ["signal": "\(signal)", "grace": "\(configuration.shutdownGrace)"])
-        reload?.cancel()
+        await admin?.close()
         await server.shutdown(grace: configuration.shutdownGrace)
+        accessLog?.flush()
         try? await group.shutdownGracefully()
     }
 
@@ -162,33 +222,6 @@ public enum PortcullisService {
         default: return "\(address.ipAddress ?? "?"):\(address.port ?? 0)"
         }
     }
-
-    /// Re-reads the users file when it changes (checked off the event loop).
-    private static func watch(
-        _ store: HtpasswdStore,
-        every interval: TimeAmount,
-        on eventLoop: any EventLoop,
-        threadPool: NIOThreadPool,
-        logger: Logger
-    ) -> RepeatedTask {
-        eventLoop.scheduleRepeatedAsyncTask(initialDelay: interval, delay: interval) { _ in
-            threadPool.runIfActive(eventLoop: eventLoop) {
-                do {
-                    if let file = try store.reloadIfChanged() {
-                        logger.notice(
-                            "users file reloaded",
-                            metadata: ["file": "\(store.path)", "users": "\(file.entries.count)"]
-                        )
-                    }
-                } catch {
-                    logger.error(
-                        "users file reload failed; keeping the previous users",
-                        metadata: ["error": "\(error)"]
-                    )
-                }
-            }
-        }
-    }
 }
 
 /// SIGTERM/SIGINT, caught from the start of `serve`: installed before the listeners bind, so a
@@ -198,6 +231,7 @@ final class TerminationSignal: @unchecked Sendable {
     private var fired: String?
     private var sources: [any DispatchSourceSignal] = []
     private var hangup: (@Sendable () -> Void)?
+    private var user1: (@Sendable () -> Void)?
     private let lock = NSLock()
     private let queue = DispatchQueue(label: "portcullis.signals")
 
@@ -209,7 +243,7 @@ final class TerminationSignal: @unchecked Sendable {
             source.resume()
             self.sources.append(source)
         }
-        // SIGHUP means "reload", never "exit" (its default action).
+        // SIGHUP means "reload" and SIGUSR1 "reopen the logs", never "exit" (their default action).
         signal(SIGHUP, SIG_IGN)
         let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: self.queue)
         hup.setEventHandler { [weak self] in
@@ -218,6 +252,19 @@ final class TerminationSignal: @unchecked Sendable {
         }
         hup.resume()
         self.sources.append(hup)
+        signal(SIGUSR1, SIG_IGN)
+        let usr1 = DispatchSource.makeSignalSource(signal: SIGUSR1, queue: self.queue)
+        usr1.setEventHandler { [weak self] in
+            let action = self?.lock.withLock { self?.user1 }
+            action?()
+        }
+        usr1.resume()
+        self.sources.append(usr1)
+    }
+
+    /// What SIGUSR1 does from now on (before this, it is ignored).
+    func onUser1(_ action: @escaping @Sendable () -> Void) {
+        self.lock.withLock { self.user1 = action }
     }
 
     /// What SIGHUP does from now on (before this, it is ignored).

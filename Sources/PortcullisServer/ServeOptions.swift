@@ -25,6 +25,10 @@ public struct ServeOptions: Equatable, Sendable {
     public var allowClients: [String]?
     public var policy: String?
     public var maxRequestBody: Int?
+    public var admin: String?
+    public var allowRemoteAdmin: Bool?
+    public var accessLog: String?
+    public var accessLogFormat: String?
     public var userMaxConnections: Int?
     public var userMaxAddresses: Int?
     public var userAddressWindow: Double?
@@ -59,6 +63,10 @@ public struct ServeOptions: Equatable, Sendable {
         out.allowClients = self.allowClients ?? other.allowClients
         out.policy = self.policy ?? other.policy
         out.maxRequestBody = self.maxRequestBody ?? other.maxRequestBody
+        out.admin = self.admin ?? other.admin
+        out.allowRemoteAdmin = self.allowRemoteAdmin ?? other.allowRemoteAdmin
+        out.accessLog = self.accessLog ?? other.accessLog
+        out.accessLogFormat = self.accessLogFormat ?? other.accessLogFormat
         out.userMaxConnections = self.userMaxConnections ?? other.userMaxConnections
         out.userMaxAddresses = self.userMaxAddresses ?? other.userMaxAddresses
         out.userAddressWindow = self.userAddressWindow ?? other.userAddressWindow
@@ -76,7 +84,7 @@ public struct ServeOptions: Equatable, Sendable {
         "client-idle-timeout", "credential-cache-ttl", "shutdown-grace", "request-head-timeout",
         "lockout-threshold", "lockout-window", "lockout-duration", "allow-clients", "max-connections",
         "max-client-connections", "policy", "max-request-body", "user-max-connections", "user-max-addresses",
-        "user-address-window", "user-max-rate",
+        "user-address-window", "user-max-rate", "admin", "allow-remote-admin", "access-log", "access-log-format",
     ]
 
     /// Reads a YAML config file. Unknown keys are an error: a typo must not silently fall back
@@ -158,6 +166,10 @@ public struct ServeOptions: Equatable, Sendable {
             case "lockout-duration": options.lockoutDuration = try seconds()
             case "allow-clients": options.allowClients = try strings()
             case "policy": options.policy = try string()
+            case "admin": options.admin = try string()
+            case "allow-remote-admin": options.allowRemoteAdmin = try bool()
+            case "access-log": options.accessLog = try string()
+            case "access-log-format": options.accessLogFormat = try string()
             case "max-request-body":
                 guard let n = value.int, n >= 0 else { throw fail("a number of bytes >= 0") }
                 options.maxRequestBody = n

@@ -11,6 +11,10 @@ public struct ServerConfiguration: Sendable {
     public var htpasswd: String?
     /// `--policy`: re-read on change and SIGHUP.
     public var policyPath: String?
+    /// `--admin`: where /metrics, /healthz and /readyz are served.
+    public var admin: SocketAddress?
+    public var accessLogPath: String?
+    public var accessLogFormat: AccessLog.Format = .squid
     public var dataDirectory: String
     public var proxy: ProxyConfiguration
     public var logLevel: Logger.Level
@@ -81,6 +85,22 @@ public struct ServerConfiguration: Sendable {
         if let threshold = options.lockoutThreshold {
             guard threshold >= 1 else { throw ServeError("--lockout-threshold must be a whole number >= 1") }
             proxy.authThrottle.threshold = threshold
+        }
+        if let text = options.admin {
+            let address = try Self.parseListen(text)
+            if !Self.isLoopback(address), !(options.allowRemoteAdmin ?? false) {
+                throw ServeError(
+                    "--admin \(text) is not a loopback address; metrics tell a lot about who uses this proxy. Listen on 127.0.0.1/[::1], or pass --allow-remote-admin."
+                )
+            }
+            self.admin = address
+        }
+        self.accessLogPath = options.accessLog
+        if let name = options.accessLogFormat {
+            guard let format = AccessLog.Format(rawValue: name.lowercased()) else {
+                throw ServeError("--access-log-format: '\(name)' is not squid or json")
+            }
+            self.accessLogFormat = format
         }
         if let path = options.policy {
             proxy.policy = try PolicyFile.load(path: path)

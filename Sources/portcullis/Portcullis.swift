@@ -159,6 +159,33 @@ struct Serve: AsyncParsableCommand {
     @Option(
         name: .long,
         help: ArgumentHelp(
+            "Serve /metrics, /healthz and /readyz here (loopback unless --allow-remote-admin). (default: off)",
+            valueName: "host:port"
+        )
+    )
+    var admin: String?
+
+    @Flag(name: .long, help: "Allow --admin on a non-loopback address.")
+    var allowRemoteAdmin = false
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Write one line per request or tunnel here ('-' for stdout); reopened on SIGHUP/SIGUSR1.",
+            valueName: "path"
+        )
+    )
+    var accessLog: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("squid (Squid's native format) or json. (default: squid)", valueName: "format")
+    )
+    var accessLogFormat: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
             "Largest request body accepted, in bytes; larger gets 413. (default: no limit)",
             valueName: "bytes"
         )
@@ -258,6 +285,10 @@ struct Serve: AsyncParsableCommand {
         }
         options.maxConnections = self.maxConnections
         options.policy = self.policy
+        options.admin = self.admin
+        if self.allowRemoteAdmin { options.allowRemoteAdmin = true }
+        options.accessLog = self.accessLog
+        options.accessLogFormat = self.accessLogFormat
         options.maxRequestBody = self.maxRequestBody
         options.userMaxConnections = self.userMaxConnections
         options.userMaxAddresses = self.userMaxAddresses

@@ -1,0 +1,145 @@
+import CoreMetrics
+import NIOConcurrencyHelpers
+import NIOCore
+import PortcullisAuth
+
+/// The proxy's metrics (issue 7), made through swift-metrics with an explicit factory (the
+/// server passes swift-prometheus'; tests their own). Every label value comes from a closed
+/// set — status classes, reason tokens, scheme names — never from a user name, a host or a
+/// header, so the series count is bounded and no secret can become a label.
+///
+/// Counters for each label combination are made once and kept, so the request path only
+/// increments.
+public final class ProxyMetrics: Sendable {
+    public static let statusClasses = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+
+    private let factory: any MetricsFactory
+    private let requests: [String: Counter]  // "http 2xx"
+    private let authOutcomes: NIOLockedValueBox<[String: Counter]>
+    let challenges: Counter
+    let challengeLoops: Counter
+    let lockouts: Counter
+    let activeConnections: Meter
+    let activeTunnels: Meter
+    let bytesFromClients: Counter
+    let bytesToClients: Counter
+    private let connectErrors: [String: Counter]
+    let requestDuration: Timer
+    let addedLatency: Timer
+    let cacheHits: Counter
+    let cacheMisses: Counter
+    let verifyDuration: Timer
+    private let refusals: NIOLockedValueBox<[String: Counter]>
+    private let reloads: NIOLockedValueBox<[String: Counter]>
+
+    public init(factory: any MetricsFactory) {
+        self.factory = factory
+        var requests: [String: Counter] = [:]
+        for kind in ["http", "connect"] {
+            for status in Self.statusClasses {
+                requests["\(kind) \(status)"] = Counter(
+                    label: "portcullis_requests_total",
+                    dimensions: [("kind", kind), ("status_class", status)],
+                    factory: factory
+                )
+            }
+        }
+        self.requests = requests
+        self.authOutcomes = NIOLockedValueBox([:])
+        self.challenges = Counter(label: "portcullis_proxy_auth_challenges_total", factory: factory)
+        self.challengeLoops = Counter(label: "portcullis_challenge_loops_total", factory: factory)
+        self.lockouts = Counter(label: "portcullis_lockouts_total", factory: factory)
+        self.activeConnections = Meter(label: "portcullis_client_connections_active", factory: factory)
+        self.activeTunnels = Meter(label: "portcullis_tunnels_active", factory: factory)
+        self.bytesFromClients = Counter(
+            label: "portcullis_bytes_total",
+            dimensions: [("direction", "from_clients")],
+            factory: factory
+        )
+        self.bytesToClients = Counter(
+            label: "portcullis_bytes_total",
+            dimensions: [("direction", "to_clients")],
+            factory: factory
+        )
+        var errors: [String: Counter] = [:]
+        for kind in UpstreamErrorKind.allCases {
+            errors[kind.rawValue] = Counter(
+                label: "portcullis_upstream_connect_errors_total",
+                dimensions: [("kind", kind.rawValue)],
+                factory: factory
+            )
+        }
+        self.connectErrors = errors
+        self.requestDuration = Timer(label: "portcullis_request_duration_seconds", factory: factory)
+        self.addedLatency = Timer(label: "portcullis_added_latency_seconds", factory: factory)
+        self.cacheHits = Counter(
+            label: "portcullis_credential_cache_total",
+            dimensions: [("result", "hit")],
+            factory: factory
+        )
+        self.cacheMisses = Counter(
+            label: "portcullis_credential_cache_total",
+            dimensions: [("result", "miss")],
+            factory: factory
+        )
+        self.verifyDuration = Timer(label: "portcullis_password_verify_seconds", factory: factory)
+        self.refusals = NIOLockedValueBox([:])
+        self.reloads = NIOLockedValueBox([:])
+    }
+
+    public enum UpstreamErrorKind: String, CaseIterable, Sendable {
+        case dns, refused, timeout, denied, other
+    }
+
+    func request(connect: Bool, status: Int) {
+        let index = max(1, min(5, status / 100)) - 1
+        self.requests["\(connect ? "connect" : "http") \(Self.statusClasses[index])"]?.increment()
+    }
+
+    /// One decision of the gate: `reason` is a ``AuthFailureReason`` token or `ok`.
+    func authOutcome(scheme: String, reason: String) {
+        let scheme = ["basic", "digest", "none"].contains(scheme) ? scheme : "other"
+        let key = "\(scheme) \(reason)"
+        self.counter(in: self.authOutcomes, key: key) {
+            Counter(
+                label: "portcullis_auth_outcomes_total",
+                dimensions: [
+                    ("scheme", scheme), ("outcome", reason == "ok" ? "accepted" : "rejected"), ("reason", reason),
+                ],
+                factory: self.factory
+            )
+        }.increment()
+    }
+
+    func connectError(_ kind: UpstreamErrorKind) {
+        self.connectErrors[kind.rawValue]?.increment()
+    }
+
+    /// A connection or request refused by an admission rule or a limit (`reason` from a closed set).
+    func refused(_ reason: String) {
+        self.counter(in: self.refusals, key: reason) {
+            Counter(label: "portcullis_refusals_total", dimensions: [("reason", reason)], factory: self.factory)
+        }.increment()
+    }
+
+    /// A reload of `what` (`users`, `policy`, `access_log`) that worked or not.
+    public func reload(_ what: String, ok: Bool) {
+        let key = "\(what) \(ok)"
+        self.counter(in: self.reloads, key: key) {
+            Counter(
+                label: "portcullis_reloads_total",
+                dimensions: [("what", what), ("result", ok ? "ok" : "failed")],
+                factory: self.factory
+            )
+        }.increment()
+    }
+
+    private func counter(in box: NIOLockedValueBox<[String: Counter]>, key: String, make: () -> Counter) -> Counter {
+        box.withLockedValue { counters in
+            if let existing = counters[key] { return existing }
+            let made = make()
+            counters[key] = made
+            return made
+        }
+    }
+}
