@@ -9,7 +9,7 @@ struct Portcullis: AsyncParsableCommand {
         commandName: "portcullis",
         abstract: "An authenticating HTTP/1.1 forward proxy that gets the 407 handshake right.",
         version: PortcullisVersion.current,
-        subcommands: [Serve.self, DoctorCommand.self]
+        subcommands: [Serve.self, DoctorCommand.self, StatusCommand.self]
     )
 }
 
