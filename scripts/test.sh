@@ -21,8 +21,8 @@ if [ ${#need[@]} -gt 0 ]; then
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-python3 - <<'PY' || python3 -m pip install --quiet pytest requests
-import pytest, requests
+python3 - <<'PY' || python3 -m pip install --quiet pytest requests prometheus-client
+import pytest, requests, prometheus_client
 PY
 
 swift build --build-tests

@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import PortcullisProxy
@@ -86,14 +87,39 @@ public enum PortcullisService {
             metrics: metrics,
             accessLog: accessLog
         )
+        // The admin listener comes up first, so health checks can poll from the start; /readyz
+        // says ready once the proxy's listeners are bound.
+        let listening = NIOLockedValueBox(false)
+        var admin: AdminServer?
+        if let address = configuration.admin {
+            let storePath = store?.path
+            do {
+                let (server, local) = try await AdminServer.start(at: address, group: group, registry: registry) {
+                    // Ready: the listeners are bound and the users file can be read.
+                    guard listening.withLockedValue({ $0 }) else { return (false, "listeners not bound yet") }
+                    if let storePath, !FileManager.default.isReadableFile(atPath: storePath) {
+                        return (false, "users file \(storePath) is not readable")
+                    }
+                    return (true, "")
+                }
+                admin = server
+                logger.info("admin listening", metadata: ["address": "\(local.map(Self.describe) ?? "?")"])
+            } catch {
+                try? await group.shutdownGracefully()
+                throw ServeError("cannot listen on --admin \(address): \(error)")
+            }
+        }
+
         let server = ProxyServer(context: context, group: group)
         let bound: [SocketAddress]
         do {
             bound = try await server.start(listening: configuration.listen)
         } catch {
+            await admin?.close()
             try? await group.shutdownGracefully()
             throw ServeError("cannot listen on \(configuration.listenText.joined(separator: ", ")): \(error)")
         }
+        listening.withLockedValue { $0 = true }
         logger.info(
             "listening",
             metadata: [
@@ -104,26 +130,6 @@ public enum PortcullisService {
                 "users": "\(store?.path ?? "-")",
             ]
         )
-
-        var admin: AdminServer?
-        if let address = configuration.admin {
-            let storePath = store?.path
-            do {
-                let (server, local) = try await AdminServer.start(at: address, group: group, registry: registry) {
-                    // Ready: the listeners are bound (we are past that) and the users file can be read.
-                    if let storePath, !FileManager.default.isReadableFile(atPath: storePath) {
-                        return (false, "users file \(storePath) is not readable")
-                    }
-                    return (true, "")
-                }
-                admin = server
-                logger.info("admin listening", metadata: ["address": "\(local.map(Self.describe) ?? "?")"])
-            } catch {
-                await server.shutdown(grace: .zero)
-                try? await group.shutdownGracefully()
-                throw ServeError("cannot listen on --admin \(address): \(error)")
-            }
-        }
 
         let usersStore = store
         let reloadUsers: @Sendable () -> Void = {

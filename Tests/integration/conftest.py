@@ -35,6 +35,34 @@ SPECIAL_USERS = {
 
 _DEFAULT = object()
 
+# The stderr (logs) of every proxy the suite started, checked for secrets when the run ends.
+_ALL_PROXY_LOGS: list[tuple[str, str]] = []
+
+
+def _known_secrets() -> list[str]:
+    import base64
+    passwords = [PASSWORD, "wrong-password", "not-the-password", *SPECIAL_USERS.values()]
+    users = [USER, *SPECIAL_USERS]
+    secrets = set(passwords)
+    for user in users:
+        for pw in passwords:
+            token = base64.b64encode(f"{user}:{pw}".encode()).decode()
+            secrets.update({token, token.rstrip("=")})
+    return sorted(s for s in secrets if len(s) >= 6)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No password and no Proxy-Authorization token may appear in any log of the whole run
+    (issue 7): every proxy's stderr, at every log level the tests used, is searched."""
+    leaks = []
+    for name, text in _ALL_PROXY_LOGS:
+        for secret in _known_secrets():
+            if secret in text:
+                leaks.append(f"{secret!r} in the log of {name}")
+    if leaks:
+        print("\nSECRETS IN LOGS:\n" + "\n".join(sorted(set(leaks))[:50]))
+        session.exitstatus = 1
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: 1 GiB streaming tests")
@@ -136,6 +164,7 @@ class ProxyLauncher:
         for p in self.procs:
             p.kill()
             err = p.stderr.text()
+            _ALL_PROXY_LOGS.append((" ".join(map(str, p.cmd[:3])), err))
             if err:
                 print(f"--- portcullis stderr (pid {p.pid}, exit {p.proc.returncode}) ---")
                 print(err[:3000] + ("\n…\n" + err[-3000:] if len(err) > 6000 else err[3000:]))
