@@ -12,6 +12,7 @@ let dependencies: [Package.Dependency] = [
     .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
     .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+    .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
 ]
 
 let nio: [Target.Dependency] = [
@@ -43,6 +44,7 @@ let package = Package(
                 "CCrypt",
                 "PortcullisAuth",
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
             ] + nio
         ),
@@ -80,6 +82,7 @@ let package = Package(
             name: "portcullis",
             dependencies: [
                 "PortcullisServer",
+                "PortcullisStores",
                 "PortcullisDoctor",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

@@ -12,6 +12,7 @@ command -v mkpasswd >/dev/null || need+=(whois)
 command -v openssl >/dev/null || need+=(openssl)
 command -v python3 >/dev/null || need+=(python3 python3-pip)
 [ -e /usr/include/crypt.h ] || need+=(libcrypt-dev)
+[ -e /usr/include/sqlite3.h ] || need+=(libsqlite3-dev)
 command -v squid >/dev/null || [ -x /usr/sbin/squid ] || need+=(squid)
 command -v tinyproxy >/dev/null || [ -x /usr/bin/tinyproxy ] || need+=(tinyproxy)
 if [ ${#need[@]} -gt 0 ]; then

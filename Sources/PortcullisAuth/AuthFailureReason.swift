@@ -11,6 +11,10 @@ public enum AuthFailureReason: String, Sendable, Hashable, CaseIterable {
     case malformedCredentials = "malformed-credentials"
     /// Unknown user or wrong password: deliberately one reason so the client cannot tell them apart.
     case invalidCredentials = "invalid-credentials"
+    /// The right password of a credential that has expired, was disabled, or was rotated and its
+    /// grace has passed. One reason towards the client on purpose: it is only ever given to
+    /// someone who knew the password, and the operator's log names which one it was.
+    case credentialsNoLongerValid = "credentials-no-longer-valid"
     /// Too many failed logins from this client address: it is locked out for a while.
     case lockedOut = "locked-out"
 

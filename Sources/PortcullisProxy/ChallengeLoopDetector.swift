@@ -94,6 +94,10 @@ public final class ChallengeLoopDetector: Sendable {
         if reasons.allSatisfy({ $0 == .malformedCredentials }) {
             return "client sends malformed credentials every time (bad base64 or no ':' between user and password)"
         }
+        if reasons.allSatisfy({ $0 == .credentialsNoLongerValid }) {
+            return
+                "client keeps sending a credential that is no longer valid (expired, disabled or rotated): it needs a new one"
+        }
         if reasons.contains(.lockedOut) {
             return "client keeps trying while its address is locked out after failed logins"
         }

@@ -396,12 +396,30 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                 .whenSuccess { outcome in
                     guard self.exchange === exchange, case .authenticating = self.phase else { return }
                     switch outcome {
-                    case .accepted(let user):
+                    case .accepted(let user, _):
                         self.shared.metrics.verifyDuration.recordNanoseconds(
                             (NIODeadline.now() - verifyStarted).nanoseconds
                         )
                         self.shared.throttle.recordSuccess(address: self.clientAddress)
                         self.accepted(exchange, user: user)
+                    case .rejected(.unavailable):
+                        // Not the client's fault: no 407 (it would ask for a password again).
+                        exchange.authScheme = "basic"
+                        exchange.authResult = RejectionReason.unavailable.rawValue
+                        self.shared.metrics.authOutcome(scheme: "basic", reason: exchange.authResult)
+                        self.logger.error("user store unavailable", metadata: ["client": "\(self.clientAddress)"])
+                        self.sendLocalResponse(
+                            ProxyResponse(
+                                status: .serviceUnavailable,
+                                proxyError: nil,
+                                details: RejectionReason.unavailable.rawValue,
+                                message: "the proxy cannot read its user store right now; try again shortly.",
+                                extraHeaders: [("Retry-After", "5")]
+                            ),
+                            for: exchange
+                        )
+                    case .rejected(let reason) where reason != .invalid:
+                        self.noLongerValid(exchange, reason: reason, user: credentials.user)
                     case .rejected:
                         self.reject(
                             exchange,
@@ -426,6 +444,26 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         self.shared.metrics.authOutcome(scheme: "basic", reason: "ok")
         self.shared.loopDetector.succeeded(client: self.loopKey(exchange))
         self.authorized(exchange)
+    }
+
+    /// The right password of an expired, disabled or rotated-out credential: a 407 that says the
+    /// credential is no longer valid (without saying which), the exact reason in the log and the
+    /// metrics, and no count towards the login lockout — the client knew the password.
+    private func noLongerValid(_ exchange: ProxyExchange, reason: RejectionReason, user: String) {
+        exchange.authScheme = "basic"
+        exchange.authResult = reason.rawValue
+        self.shared.metrics.authOutcome(scheme: "basic", reason: reason.rawValue)
+        self.noteChallengeLoop(exchange, reason: .credentialsNoLongerValid)
+        self.sendReject(
+            logDetail: ["user": "\(user)", "detail": "\(reason.rawValue)"],
+            exchange,
+            AuthFailure(
+                reason: .credentialsNoLongerValid,
+                explanation:
+                    "this credential is no longer valid (it has expired, was disabled or was replaced); ask for a new one",
+                presentedScheme: "basic"
+            )
+        )
     }
 
     /// A client for loop detection: its address and user agent (a browser and a script on one
@@ -490,17 +528,20 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
     }
 
-    private func sendReject(_ exchange: ProxyExchange, _ failure: AuthFailure) {
+    /// - Parameter logDetail: extra log metadata (the exact reason behind a generic one).
+    private func sendReject(logDetail: Logger.Metadata = [:], _ exchange: ProxyExchange, _ failure: AuthFailure) {
         self.shared.metrics.challenges.increment()
+        var metadata: Logger.Metadata = [
+            "client": "\(self.context.channel.remoteAddress?.description ?? "-")",
+            "reason": "\(failure.reason.token)",
+            "scheme": "\(failure.presentedScheme ?? "-")",
+        ]
+        metadata.merge(logDetail) { $1 }
         // The first 407 of a normal handshake (no credentials yet) is not worth an info line.
         self.logger.log(
             level: failure.reason == .missingCredentials ? .debug : .info,
             "authentication failed",
-            metadata: [
-                "client": "\(self.context.channel.remoteAddress?.description ?? "-")",
-                "reason": "\(failure.reason.token)",
-                "scheme": "\(failure.presentedScheme ?? "-")",
-            ]
+            metadata: metadata
         )
         self.sendLocalResponse(
             .proxyAuthenticationRequired(failure, challenges: self.shared.gate.challenges),

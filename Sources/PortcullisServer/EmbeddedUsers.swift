@@ -1,19 +1,23 @@
 import Foundation
 import PortcullisStores
 
-/// The users file of the embedded default: created once with an `admin` user and a random
-/// password, which is shown once and never again.
+/// The embedded default store: `<data dir>/portcullis.db` (SQLite), created once with an `admin`
+/// user and a random password that is shown once and never again. A `users.htpasswd` left in
+/// the data directory by an earlier version is imported instead, so its users keep working.
 enum EmbeddedUsers {
     struct Created {
         var path: String
-        var password: String
+        /// The generated admin password, or `nil` when users were imported.
+        var password: String?
+        var imported: Int = 0
     }
 
-    static let fileName = "users.htpasswd"
+    static let databaseName = "portcullis.db"
+    static let legacyFileName = "users.htpasswd"
 
-    /// Returns the file's path; `created` is set only when this call made the file. Blocking.
-    static func ensure(dataDirectory: String) throws -> (path: String, created: Created?) {
-        let path = dataDirectory + "/" + fileName
+    /// Returns the database's path; `created` is set only when this call made it. Blocking.
+    static func ensure(dataDirectory: String, realm: String) throws -> (path: String, created: Created?) {
+        let path = dataDirectory + "/" + databaseName
         if FileManager.default.fileExists(atPath: path) { return (path, nil) }
         do {
             try FileManager.default.createDirectory(
@@ -26,24 +30,35 @@ enum EmbeddedUsers {
                 "cannot create the data directory \(dataDirectory): \((error as NSError).localizedDescription)"
             )
         }
-        let password = Self.randomPassword()
-        let hash = try PasswordHash.bcrypt(password, cost: 10)
-        let line = "admin:\(hash.encoded)\n"
-        // O_EXCL: if another process created the file meanwhile, keep theirs and show nothing.
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
-        if fd < 0 {
+        // Built under a private name, then linked into place: another process starting at the
+        // same moment either wins (we keep theirs and show nothing) or loses.
+        let staging = "\(path).new-\(getpid())"
+        unlink(staging)
+        defer { unlink(staging) }
+        var created = Created(path: path)
+        do {
+            let fd = open(staging, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+            guard fd >= 0 else { throw StoreError("cannot create \(staging): \(String(cString: strerror(errno)))") }
+            close(fd)
+            let store = try SQLiteStore(path: staging, realm: realm)
+            let actor = SQLiteStore.Actor(name: "portcullis serve (first run)", host: ProcessInfo.processInfo.hostName)
+            let legacy = dataDirectory + "/" + legacyFileName
+            if FileManager.default.fileExists(atPath: legacy) {
+                let file = try HtpasswdFile.load(path: legacy)
+                created.imported = try store.importHtpasswd(file, by: actor).imported
+            } else {
+                let password = Self.randomPassword()
+                try store.add("admin", password: password, cost: 10, by: actor)
+                created.password = password
+            }
+        } catch let error as StoreError {
+            throw ServeError(error.message)
+        }
+        if link(staging, path) != 0 {
             if errno == EEXIST { return (path, nil) }
             throw ServeError("cannot create \(path): \(String(cString: strerror(errno)))")
         }
-        defer { close(fd) }
-        let written = line.utf8CString.withUnsafeBufferPointer { buffer in
-            write(fd, buffer.baseAddress, buffer.count - 1)
-        }
-        guard written == line.utf8.count, fsync(fd) == 0 else {
-            unlink(path)
-            throw ServeError("cannot write \(path): \(String(cString: strerror(errno)))")
-        }
-        return (path, Created(path: path, password: password))
+        return (path, created)
     }
 
     /// 24 characters from an alphabet that needs no percent-encoding in a proxy URL (about 140 bits).

@@ -28,34 +28,12 @@ public enum PortcullisService {
     {
         let termination = TerminationSignal()
         var verifier: CredentialVerifier?
-        var store: HtpasswdStore?
+        var store: UsersSource?
         if !configuration.proxy.authSchemes.isEmpty {
-            let path: String
-            if let htpasswd = configuration.htpasswd {
-                path = htpasswd
-            } else {
-                let dataDirectory = configuration.dataDirectory
-                let ensured = try await threadPool.runIfActive {
-                    try EmbeddedUsers.ensure(dataDirectory: dataDirectory)
-                }
-                path = ensured.path
-                if let created = ensured.created {
-                    Self.announce(created, listen: configuration.listenText[0])
-                }
-            }
-            let loaded = try await threadPool.runIfActive { try HtpasswdStore(path: path) }
-            for problem in loaded.problems {
-                logger.warning("users file entry skipped", metadata: ["file": "\(path)", "problem": "\(problem)"])
-            }
-            if loaded.userCount == 0 {
-                logger.warning(
-                    "the users file has no usable users: every request will get 407",
-                    metadata: ["file": "\(path)"]
-                )
-            }
-            store = loaded
+            let source = try await Self.openStore(configuration, threadPool: threadPool, logger: logger)
+            store = source
             verifier = CredentialVerifier(
-                store: loaded,
+                store: source.store,
                 threadPool: threadPool,
                 configuration: .init(ttl: configuration.credentialCacheTTL)
             )
@@ -92,13 +70,13 @@ public enum PortcullisService {
         let listening = NIOLockedValueBox(false)
         var admin: AdminServer?
         if let address = configuration.admin {
-            let storePath = store?.path
+            let usersSource = store
             do {
                 let (server, local) = try await AdminServer.start(at: address, group: group, registry: registry) {
                     // Ready: the listeners are bound and the users file can be read.
                     guard listening.withLockedValue({ $0 }) else { return (false, "listeners not bound yet") }
-                    if let storePath, !FileManager.default.isReadableFile(atPath: storePath) {
-                        return (false, "users file \(storePath) is not readable")
+                    if let usersSource, !usersSource.readable() {
+                        return (false, "the users store \(usersSource.description) cannot be read")
                     }
                     return (true, "")
                 }
@@ -127,7 +105,7 @@ public enum PortcullisService {
                 "auth":
                     "\(configuration.proxy.authSchemes.isEmpty ? "none" : configuration.proxy.authSchemes.map(\.rawValue).joined(separator: ","))",
                 "realm": "\(configuration.proxy.realm)",
-                "users": "\(store?.path ?? "-")",
+                "users": "\(store?.description ?? "-")",
             ]
         )
 
@@ -135,16 +113,13 @@ public enum PortcullisService {
         let reloadUsers: @Sendable () -> Void = {
             guard let store = usersStore else { return }
             do {
-                if let file = try store.reloadIfChanged() {
+                if let what = try store.reload() {
                     metrics.reload("users", ok: true)
-                    logger.notice(
-                        "users file reloaded",
-                        metadata: ["file": "\(store.path)", "users": "\(file.entries.count)"]
-                    )
+                    logger.notice("\(what)", metadata: ["store": "\(store.description)"])
                 }
             } catch {
                 metrics.reload("users", ok: false)
-                logger.error("users file reload failed; keeping the previous users", metadata: ["error": "\(error)"])
+                logger.error("users reload failed; keeping the previous users", metadata: ["error": "\(error)"])
             }
         }
         let policyReloader = configuration.policyPath.map(PolicyReloader.init(path:))
@@ -210,16 +185,78 @@ public enum PortcullisService {
         let proxyHost =
             listen.hasPrefix("0.0.0.0") || listen.hasPrefix("*")
             ? "127.0.0.1" + listen.drop(while: { $0 != ":" }) : listen
-        let text = """
-            Portcullis created its users file with one user.
-              user:     admin
-              password: \(created.password)
-              file:     \(created.path) (bcrypt; this password is not shown again)
-            Try it:
-            curl -x http://admin:\(created.password)@\(proxyHost) https://example.com
+        let text: String
+        if let password = created.password {
+            text = """
+                Portcullis created its user database with one user.
+                  user:     admin
+                  password: \(password)
+                  database: \(created.path) (bcrypt; this password is not shown again)
+                Try it:
+                curl -x http://admin:\(password)@\(proxyHost) https://example.com
+                Manage users with: portcullis users --help
 
-            """
+                """
+        } else {
+            text = """
+                Portcullis created its user database \(created.path)
+                with the \(created.imported) users of the users.htpasswd found next to it.
+
+                """
+        }
         FileHandle.standardOutput.write(Data(text.utf8))
+    }
+
+    /// The users store of this run: `--htpasswd`, `--store sqlite:PATH`, or the embedded database.
+    private static func openStore(
+        _ configuration: ServerConfiguration,
+        threadPool: NIOThreadPool,
+        logger: Logger
+    ) async throws -> UsersSource {
+        let realm = configuration.proxy.realm
+        switch configuration.store {
+        case .htpasswd(let path):
+            let loaded = try await threadPool.runIfActive { try HtpasswdStore(path: path) }
+            for problem in loaded.problems {
+                logger.warning("users file entry skipped", metadata: ["file": "\(path)", "problem": "\(problem)"])
+            }
+            if loaded.userCount == 0 {
+                logger.warning(
+                    "the users file has no usable users: every request will get 407",
+                    metadata: ["file": "\(path)"]
+                )
+            }
+            return UsersSource(store: loaded, description: path) {
+                try loaded.reloadIfChanged().map { "users file reloaded (\($0.entries.count) users)" }
+            } readable: {
+                FileManager.default.isReadableFile(atPath: path)
+            }
+        case .sqlite(let path), .embedded(let path):
+            if case .embedded = configuration.store {
+                let dataDirectory = configuration.dataDirectory
+                let ensured = try await threadPool.runIfActive {
+                    try EmbeddedUsers.ensure(dataDirectory: dataDirectory, realm: realm)
+                }
+                if let created = ensured.created { Self.announce(created, listen: configuration.listenText[0]) }
+            }
+            let opened: SQLiteStore
+            do {
+                opened = try await threadPool.runIfActive { try SQLiteStore(path: path, realm: realm) }
+            } catch let error as StoreError {
+                throw ServeError(error.message)
+            }
+            if opened.userCount == 0 {
+                logger.warning(
+                    "the user database has no users in realm \(realm): every request will get 407 (add one with portcullis users add)",
+                    metadata: ["database": "\(path)"]
+                )
+            }
+            return UsersSource(store: opened, description: path) {
+                try opened.refresh() ? "user database changed" : nil
+            } readable: {
+                (try? opened.refresh()) != nil
+            }
+        }
     }
 
     private static func describe(_ address: SocketAddress) -> String {
@@ -298,4 +335,14 @@ final class TerminationSignal: @unchecked Sendable {
         }
         continuation?.resume(returning: name)
     }
+}
+
+/// The users store of a run and how to notice changes to it.
+struct UsersSource: Sendable {
+    var store: any CredentialStore
+    var description: String
+    /// Picks up changes; says what changed, or `nil`. Blocking.
+    var reload: @Sendable () throws -> String?
+    /// Whether the store can be read now (for /readyz). Blocking.
+    var readable: @Sendable () -> Bool
 }

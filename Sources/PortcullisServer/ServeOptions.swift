@@ -7,6 +7,7 @@ import Yams
 public struct ServeOptions: Equatable, Sendable {
     public var listen: [String]?
     public var htpasswd: String?
+    public var store: String?
     public var realm: String?
     public var auth: [String]?
     public var allowPrivateDestinations: Bool?
@@ -45,6 +46,7 @@ public struct ServeOptions: Equatable, Sendable {
         var out = ServeOptions()
         out.listen = self.listen ?? other.listen
         out.htpasswd = self.htpasswd ?? other.htpasswd
+        out.store = self.store ?? other.store
         out.realm = self.realm ?? other.realm
         out.auth = self.auth ?? other.auth
         out.allowPrivateDestinations = self.allowPrivateDestinations ?? other.allowPrivateDestinations
@@ -79,7 +81,8 @@ public struct ServeOptions: Equatable, Sendable {
     }
 
     static let knownKeys: Set<String> = [
-        "listen", "htpasswd", "realm", "auth", "allow-private-destinations", "connect-ports", "allow-open-proxy",
+        "listen", "htpasswd", "store", "realm", "auth", "allow-private-destinations", "connect-ports",
+        "allow-open-proxy",
         "log-level", "data-dir", "upstream-connect-timeout", "upstream-response-timeout", "tunnel-idle-timeout",
         "client-idle-timeout", "credential-cache-ttl", "shutdown-grace", "request-head-timeout",
         "lockout-threshold", "lockout-window", "lockout-duration", "allow-clients", "max-connections",
@@ -144,6 +147,7 @@ public struct ServeOptions: Equatable, Sendable {
             switch key {
             case "listen": options.listen = try strings()
             case "htpasswd": options.htpasswd = try string()
+            case "store": options.store = try string()
             case "realm": options.realm = try string()
             case "auth": options.auth = try strings()
             case "allow-private-destinations": options.allowPrivateDestinations = try bool()

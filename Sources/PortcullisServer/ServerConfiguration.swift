@@ -9,6 +9,8 @@ public struct ServerConfiguration: Sendable {
     public var listen: [SocketAddress]
     public var listenText: [String]
     public var htpasswd: String?
+    /// Where users come from.
+    public var store: StoreLocation = .embedded("")
     /// `--policy`: re-read on change and SIGHUP.
     public var policyPath: String?
     /// `--admin`: where /metrics, /healthz and /readyz are served.
@@ -157,6 +159,7 @@ public struct ServerConfiguration: Sendable {
         self.htpasswd = options.htpasswd
         self.eventLoops = Int(environment["PORTCULLIS_EVENT_LOOPS"] ?? "") ?? System.coreCount
         self.dataDirectory = options.dataDir ?? Self.defaultDataDirectory(environment: environment)
+        self.store = try Self.storeLocation(options, dataDirectory: self.dataDirectory)
     }
 
     /// `$XDG_DATA_HOME/portcullis`, else `~/.local/share/portcullis`.
@@ -203,5 +206,40 @@ public struct ServerConfiguration: Sendable {
         default:
             return false
         }
+    }
+}
+
+/// Where `serve` and `users` find users.
+public enum StoreLocation: Sendable, Equatable {
+    case htpasswd(String)
+    case sqlite(String)
+    /// `<data dir>/portcullis.db`, created on first use.
+    case embedded(String)
+
+    /// `sqlite:PATH` (also `sqlite://PATH`); `postgres://…` is named as not available yet.
+    public static func parse(_ text: String) throws -> StoreLocation {
+        if text.hasPrefix("sqlite:") {
+            var path = String(text.dropFirst("sqlite:".count))
+            if path.hasPrefix("//") { path.removeFirst(2) }
+            guard !path.isEmpty else {
+                throw ServeError("--store sqlite: needs a path (sqlite:/var/lib/portcullis/users.db)")
+            }
+            return .sqlite(path)
+        }
+        if text.hasPrefix("postgres://") || text.hasPrefix("postgresql://") {
+            throw ServeError("--store: the PostgreSQL store is not available in this version; use sqlite:PATH")
+        }
+        throw ServeError("--store: '\(text.prefix(40))' is not sqlite:PATH")
+    }
+}
+
+extension ServerConfiguration {
+    static func storeLocation(_ options: ServeOptions, dataDirectory: String) throws -> StoreLocation {
+        if let text = options.store {
+            guard options.htpasswd == nil else { throw ServeError("use either --store or --htpasswd, not both") }
+            return try StoreLocation.parse(text)
+        }
+        if let htpasswd = options.htpasswd { return .htpasswd(htpasswd) }
+        return .embedded(dataDirectory + "/" + EmbeddedUsers.databaseName)
     }
 }

@@ -3,9 +3,24 @@ import NIOConcurrencyHelpers
 
 /// The outcome of checking one user name and password against a store.
 public enum VerificationOutcome: Sendable, Hashable {
-    case accepted(user: String)
-    /// Unknown user or wrong password: one case, so nothing downstream can tell them apart.
-    case rejected
+    /// `validFor`: seconds until the credential stops working (expiry, end of a rotation's
+    /// grace), so a cached success never outlives it.
+    case accepted(user: String, validFor: TimeInterval? = nil)
+    case rejected(RejectionReason)
+}
+
+/// Why a store refused a credential.
+public enum RejectionReason: String, Sendable, Hashable {
+    /// Unknown user or wrong password: one reason, so nothing downstream can tell them apart.
+    case invalid = "invalid-credentials"
+    /// The right password of an account past its `expires_at`.
+    case expired
+    /// The right password of a disabled account.
+    case disabled
+    /// The previous secret of a rotated account, after its grace window.
+    case rotatedOut = "rotated-out"
+    /// The store could not be read (database down): never a reason to let anyone in.
+    case unavailable = "store-unavailable"
 }
 
 /// A source of users and their secrets.
@@ -48,9 +63,9 @@ public final class HtpasswdStore: CredentialStore {
         let (hash, decoy) = self.state.withLockedValue { ($0.file.entries[user], $0.decoy) }
         guard let hash else {
             _ = decoy?.verify(password)
-            return .rejected
+            return .rejected(.invalid)
         }
-        return hash.verify(password) ? .accepted(user: user) : .rejected
+        return hash.verify(password) ? .accepted(user: user) : .rejected(.invalid)
     }
 
     /// Re-reads the file when its size, modification time or inode changed. Blocking.

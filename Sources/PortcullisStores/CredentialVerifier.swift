@@ -94,12 +94,15 @@ public final class CredentialVerifier: Sendable {
             let outcome: VerificationOutcome
             switch result {
             case .success(let value): outcome = value
-            case .failure: outcome = .rejected
+            case .failure: outcome = .rejected(.unavailable)
             }
             let waiters = self.state.withLockedValue { state -> [EventLoopPromise<VerificationOutcome>] in
-                if case .accepted(let user) = outcome {
+                if case .accepted(let user, let validFor) = outcome {
+                    // Never cache past the credential's own end (expiry, end of a rotation grace).
+                    var ttl = self.configuration.ttl
+                    if let validFor { ttl = min(ttl, .nanoseconds(Int64(validFor * 1e9))) }
                     self.insert(
-                        Entry(user: user, expires: .now() + self.configuration.ttl, generation: generation),
+                        Entry(user: user, expires: .now() + ttl, generation: generation),
                         key: key,
                         into: &state
                     )

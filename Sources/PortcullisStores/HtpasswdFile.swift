@@ -77,5 +77,6 @@ public struct HtpasswdFile: Sendable {
 public struct StoreError: Error, CustomStringConvertible, Sendable {
     public var message: String
     public init(message: String) { self.message = message }
+    public init(_ message: String) { self.message = message }
     public var description: String { self.message }
 }

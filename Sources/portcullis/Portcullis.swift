@@ -9,7 +9,7 @@ struct Portcullis: AsyncParsableCommand {
         commandName: "portcullis",
         abstract: "An authenticating HTTP/1.1 forward proxy that gets the 407 handshake right.",
         version: PortcullisVersion.current,
-        subcommands: [Serve.self, DoctorCommand.self, StatusCommand.self]
+        subcommands: [Serve.self, UsersCommand.self, DoctorCommand.self, StatusCommand.self]
     )
 }
 
@@ -41,6 +41,15 @@ struct Serve: AsyncParsableCommand {
         help: ArgumentHelp("Apache htpasswd users file (bcrypt, apr1, SHA, SHA-crypt, DES).", valueName: "file")
     )
     var htpasswd: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "User database: sqlite:PATH. (default: <data dir>/portcullis.db, created on first run)",
+            valueName: "url"
+        )
+    )
+    var store: String?
 
     @Option(name: .long, help: ArgumentHelp("Realm named in the challenge. (default: Portcullis)", valueName: "text"))
     var realm: String?
@@ -259,6 +268,7 @@ struct Serve: AsyncParsableCommand {
         var options = ServeOptions()
         if !self.listen.isEmpty { options.listen = self.listen }
         options.htpasswd = self.htpasswd
+        options.store = self.store
         options.realm = self.realm
         options.auth = self.auth.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
         if self.allowPrivateDestinations { options.allowPrivateDestinations = true }

@@ -16,7 +16,7 @@ final class CountingStore: CredentialStore, @unchecked Sendable {
         self.calls.withLockedValue { $0 += 1 }
         self.gateOpen.lock(whenValue: 1)
         self.gateOpen.unlock()
-        return password == "right" ? .accepted(user: user) : .rejected
+        return password == "right" ? .accepted(user: user) : .rejected(.invalid)
     }
 
     var generation: UInt64 { self.gen.withLockedValue { $0 } }
@@ -54,7 +54,7 @@ final class CountingStore: CredentialStore, @unchecked Sendable {
             #expect(accepted == .accepted(user: "u"))
             #expect(verifier.cachedUser(for: good) == "u")
             let rejected = try await verifier.verify(.init(user: "u", password: "wrong"), key: bad, on: loop).get()
-            #expect(rejected == .rejected)
+            #expect(rejected == .rejected(.invalid))
             #expect(verifier.cachedUser(for: bad) == nil)
         }
     }

@@ -36,15 +36,15 @@ import Testing
 
         let store = try HtpasswdStore(path: path)
         #expect(store.verify(user: "alice", password: "secret") == .accepted(user: "alice"))
-        #expect(store.verify(user: "alice", password: "wrong") == .rejected)
-        #expect(store.verify(user: "mallory", password: "secret") == .rejected)
+        #expect(store.verify(user: "alice", password: "wrong") == .rejected(.invalid))
+        #expect(store.verify(user: "mallory", password: "secret") == .rejected(.invalid))
         #expect(try store.reloadIfChanged() == nil)
 
         let before = store.generation
         try "bob:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n".write(toFile: path, atomically: true, encoding: .utf8)
         #expect(try store.reloadIfChanged() != nil)
         #expect(store.generation == before + 1)
-        #expect(store.verify(user: "alice", password: "secret") == .rejected)
+        #expect(store.verify(user: "alice", password: "secret") == .rejected(.invalid))
         #expect(store.verify(user: "bob", password: "secret") == .accepted(user: "bob"))
     }
 

@@ -96,11 +96,12 @@ def test_embedded_users_file_first_and_second_run(launcher, origin, tmp_path_fac
     p = launcher.start(listen=[f"127.0.0.1:{p1}", f"127.0.0.1:{p2}"], htpasswd=None, home=home)
     # stdout is a pipe: the lines must arrive while the process runs (flushed at once)
     pw = _first_run_password(p, p1)
-    users = home / "xdg-data" / "portcullis" / "users.htpasswd"
-    assert users.is_file(), f"no users file at {users}"
-    content = users.read_bytes()
-    assert content.startswith(b"admin:"), content
-    assert pw.encode() not in content, "plain password stored in the users file"
+    db = home / "xdg-data" / "portcullis" / "portcullis.db"
+    assert db.is_file(), f"no user database at {db}"
+    assert oct(db.stat().st_mode & 0o777) == "0o600"
+    content = db.read_bytes()
+    assert content.startswith(b"SQLite format 3"), content[:16]
+    assert pw.encode() not in content, "plain password stored in the database"
 
     r = _get_with(p, origin, "admin", pw)
     assert r.status == 200, r.describe()
@@ -108,13 +109,24 @@ def test_embedded_users_file_first_and_second_run(launcher, origin, tmp_path_fac
     assert _get_with(p, origin, "admin", pw + "x").status == 407
     assert p.stop() == 0
 
-    # second run, same data dir: same file, no password printed, old password still works
+    # second run, same data dir: same database, no password printed, old password still works
     again = launcher.start(listen=[f"127.0.0.1:{free_port()}"], htpasswd=None, home=home)
     assert _get_with(again, origin, "admin", pw).status == 200
     assert again.stop() == 0
     out = again.stdout.text()
     assert "password:" not in out and pw not in out, out
-    assert users.read_bytes() == content
+
+
+def test_a_users_file_of_an_earlier_version_is_imported(launcher, origin, tmp_path_factory, users_file):
+    home = tmp_path_factory.mktemp("home")
+    data_dir = home / "xdg-data" / "portcullis"
+    data_dir.mkdir(parents=True)
+    (data_dir / "users.htpasswd").write_bytes(users_file.read_bytes())
+    p = launcher.start(listen=[f"127.0.0.1:{free_port()}"], htpasswd=None, home=home)
+    assert (data_dir / "portcullis.db").is_file()
+    assert _get_with(p, origin, USER, PASSWORD).status == 200
+    out = p.stdout.text()
+    assert "users.htpasswd" in out and "password:" not in out, out
 
 
 def test_embedded_users_file_in_data_dir(launcher, origin, tmp_path_factory):
@@ -123,8 +135,8 @@ def test_embedded_users_file_in_data_dir(launcher, origin, tmp_path_factory):
     port = free_port()
     p = launcher.start("--data-dir", data_dir, listen=[f"127.0.0.1:{port}"], htpasswd=None, home=home)
     pw = _first_run_password(p, port)
-    assert (data_dir / "users.htpasswd").is_file()
-    assert not (home / "xdg-data" / "portcullis" / "users.htpasswd").exists(), "--data-dir ignored"
+    assert (data_dir / "portcullis.db").is_file()
+    assert not (home / "xdg-data" / "portcullis" / "portcullis.db").exists(), "--data-dir ignored"
     assert _get_with(p, origin, "admin", pw).status == 200
 
 
@@ -134,7 +146,7 @@ def test_embedded_users_file_falls_back_to_home(launcher, origin, tmp_path_facto
     p = launcher.start(listen=[f"127.0.0.1:{port}"], htpasswd=None, home=home,
                        env={"XDG_DATA_HOME": None})
     pw = _first_run_password(p, port)
-    assert (home / ".local" / "share" / "portcullis" / "users.htpasswd").is_file()
+    assert (home / ".local" / "share" / "portcullis" / "portcullis.db").is_file()
     assert _get_with(p, origin, "admin", pw).status == 200
 
 
@@ -216,6 +228,8 @@ def test_sigterm_closes_every_listener_and_exits_cleanly(launcher, origin):
     p4, p6 = free_port(), free_port("::1")
     p = launcher.start(listen=[f"127.0.0.1:{p4}", f"[::1]:{p6}"])
     from portcullis_helpers import RawConn
+    # The launcher waits for the first listener only; the second binds just after it.
+    wait_until(lambda: try_connect("::1", p6, 0.5) == "ok", timeout=10, what="the [::1] listener")
     with RawConn("::1", p6) as idle6:  # a keep-alive client on the second listener
         assert idle6.request("GET", f"{origin.base}/text", [AUTH]).status == 200
         p.send_signal(signal.SIGTERM)
