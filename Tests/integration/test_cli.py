@@ -216,6 +216,8 @@ def test_ipv4_and_ipv6_listeners_together(launcher, origin):
     p4, p6 = free_port(), free_port("::1")
     p = launcher.start(listen=[f"127.0.0.1:{p4}", f"[::1]:{p6}"])
     from portcullis_helpers import RawConn
+    # The launcher waits for the first listener only; the second binds just after it.
+    wait_until(lambda: try_connect("::1", p6, 0.5) == "ok", timeout=10, what="the [::1] listener")
     for host, port in (("127.0.0.1", p4), ("::1", p6)):
         with RawConn(host, port) as c:
             r = c.request("GET", f"{origin.base}/text", [AUTH])
