@@ -298,7 +298,7 @@ http_access deny all
         latencies(2 if args.quick else 5, quiet)  # baseline (first request verifies, then cached)
 
         def login(user):
-            with socket.create_connection(("127.0.0.1", storm_port), timeout=60) as s:
+            with socket.create_connection(("127.0.0.1", storm_port), timeout=120) as s:
                 s.sendall((f"GET http://127.0.0.1:{nginx_port}/1k HTTP/1.1\r\nHost: x\r\n"
                            f"Proxy-Authorization: {basic(user, passwords[user])}\r\nConnection: close\r\n\r\n").encode())
                 data = b""
@@ -326,6 +326,7 @@ http_access deny all
             "bcrypt_cost": 10,
             "storm_seconds": round(storm_seconds, 2),
             "logins_ok": sum(1 for s in storm_status if s == b"200"),
+            "login_statuses": {k.decode() or "none": storm_status.count(k) for k in set(storm_status)},
             "cached_traffic_p99_ms_quiet": p99(quiet),
             "cached_traffic_p99_ms_during_storm": p99(during),
             "cached_requests_during_storm": len(during),

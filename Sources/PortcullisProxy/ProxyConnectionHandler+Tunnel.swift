@@ -7,6 +7,7 @@ extension ProxyConnectionHandler {
         self.phase = .tunnelConnecting
         let (clientGlue, upstreamGlue) = TunnelGlueHandler.matchedPair()
         self.makeBootstrap()
+            .channelOption(.recvAllocator, value: Self.tunnelReceiveAllocator)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(upstreamGlue)
@@ -61,6 +62,9 @@ extension ProxyConnectionHandler {
                 context.fireChannelRead(self.wrapInboundOut(early))
                 context.fireChannelReadComplete()
             }
+            // Bulk tunnels move more per read with larger buffers (fewer syscalls); the
+            // adaptive allocator still shrinks them for an idle or chatty tunnel.
+            context.channel.setOption(.recvAllocator, value: Self.tunnelReceiveAllocator).whenFailure { _ in }
             // From here reads are gated by the glue.
             let channel = context.channel
             sync.removeHandler(context: context, promise: nil)
@@ -71,6 +75,12 @@ extension ProxyConnectionHandler {
             context.close(promise: nil)
         }
     }
+
+    static let tunnelReceiveAllocator = AdaptiveRecvByteBufferAllocator(
+        minimum: 64,
+        initial: 16 * 1024,
+        maximum: 256 * 1024
+    )
 
     /// Counts the tunnel and writes its access-log line once both sides have closed, with the
     /// bytes that went each way.
