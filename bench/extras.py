@@ -215,6 +215,31 @@ http_access deny all
         }
         log(f"CONNECT bulk: {results['connect_bulk']['mb_per_s']}")
 
+        # ---------------------------------------------------------------- Connection: close
+        def wrk_rps(url: str, proxy_auth: str | None) -> float:
+            env = dict(os.environ)
+            cmd = ["wrk", "-t1", "-c50", f"-d{2 if args.quick else 5}s", "-H", "Connection: close"]
+            if proxy_auth is not None:
+                env.update(BENCH_ORIGIN_URL=f"http://127.0.0.1:{nginx_port}/1k",
+                           BENCH_ORIGIN_HOST=f"127.0.0.1:{nginx_port}", BENCH_PROXY_AUTH=proxy_auth)
+                cmd += ["-s", str(ROOT / "bench" / "proxy.lua")]
+            out = subprocess.run(cmd + [url], capture_output=True, text=True, env=env, timeout=120).stdout
+            return float(next(l.split()[1] for l in out.splitlines() if l.startswith("Requests/sec")))
+
+        if shutil.which("wrk"):
+            handshakes = {"direct": [], "Portcullis": [], "Squid": []}
+            for _ in range(rounds):
+                handshakes["direct"].append(wrk_rps(f"http://127.0.0.1:{nginx_port}/1k", None))
+                handshakes["Portcullis"].append(wrk_rps(f"http://127.0.0.1:{proxy_port}/", auth))
+                handshakes["Squid"].append(wrk_rps(f"http://127.0.0.1:{squid_port}/", auth))
+            hs = {k: statistics.median(v) for k, v in handshakes.items()}
+            results["connection_close"] = {
+                "requests_per_s": {k: round(v) for k, v in hs.items()},
+                "portcullis_vs_direct": round(hs["Portcullis"] / hs["direct"], 3),
+                "portcullis_vs_squid": round(hs["Portcullis"] / hs["Squid"], 2),
+            }
+            log(f"Connection: close: {results['connection_close']}")
+
         # ---------------------------------------------------------------- idle tunnels
         tunnels = {}
         held: list[socket.socket] = []
@@ -352,6 +377,11 @@ http_access deny all
     for k, v in results["idle_tunnels"].items():
         if k != "baseline_rss_mib":
             md.append(f"| {k} | {v['rss_mib']} |")
+    if "connection_close" in results:
+        c = results["connection_close"]
+        md += ["", "New connection per request (`Connection: close`, wrk -c50), median req/s: "
+               + ", ".join(f"{k} {v}" for k, v in c["requests_per_s"].items())
+               + f" — Portcullis / direct {c['portcullis_vs_direct']}, / Squid {c['portcullis_vs_squid']}"]
     s = results["login_storm"]
     md += ["", f"Login storm: {s['logins']} uncached bcrypt-{s['bcrypt_cost']} logins in {s['storm_seconds']} s "
            f"({s['logins_ok']} ok); cached keep-alive traffic p99 {s['cached_traffic_p99_ms_quiet']} ms quiet, "

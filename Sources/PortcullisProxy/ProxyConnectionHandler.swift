@@ -149,6 +149,9 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.shared.metrics.activeConnections.decrement()
+        // The context holds this handler: keeping it here too would be a cycle that outlives the
+        // connection (it did: ~3.4 KiB per connection, found by bench/extras.py's RSS figures).
+        self.context = nil
     }
 
     func channelInactive(context: ChannelHandlerContext) {

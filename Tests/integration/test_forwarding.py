@@ -306,3 +306,34 @@ def test_origin_connection_close_response(proxy, origin):
         r = c.request("GET", f"{origin.base}/headers?after=close", [AUTH])
         assert r.status == 200, r.describe()
         assert headers_seen(r)["target"] == "/headers?after=close"
+
+
+def test_connections_do_not_leak_memory(proxy, origin):
+    """Each closed client connection must free what it held. A handler that kept its context
+    leaked ~3.4 KiB per connection (found by bench/extras.py): 4 000 connections would add
+    ~13 MiB. Measured as VmRSS growth after a warm-up, with a bound far above malloc noise."""
+    import threading
+
+    def rss_kib() -> int:
+        for line in open(f"/proc/{proxy.pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def burst(n: int):
+        for _ in range(n):
+            with proxy.conn() as c:
+                assert c.request("GET", f"{origin.base}/text", [AUTH, ("Connection", "close")]).status == 200
+
+    def parallel(total: int):
+        threads = [threading.Thread(target=burst, args=(total // 8,)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+
+    parallel(800)  # warm-up: pools, caches, allocator arenas
+    before = rss_kib()
+    parallel(4000)
+    grown = rss_kib() - before
+    assert grown < 6 * 1024, f"VmRSS grew by {grown} KiB over 4 000 connections"
