@@ -125,6 +125,24 @@ enum MessageSyntax {
         return length
     }
 
+    /// Reads one `Connection` field value (RFC 9110 §7.6.1): sets `close` for the `close` option
+    /// and appends the field names it lists, lower-cased. The common single values need no token
+    /// list (and no String per token).
+    static func connectionOptions(_ value: ByteBufferView, close: inout Bool, options: inout [String]) {
+        if FieldName.equals(value, "keep-alive") { return }
+        if FieldName.equals(value, "close") {
+            close = true
+            return
+        }
+        for token in FieldName.tokens(value) {
+            if token == "close" {
+                close = true
+            } else if token != "keep-alive" {
+                options.append(token)
+            }
+        }
+    }
+
     /// Whether the last comma-separated coding of a Transfer-Encoding value is `chunked`.
     static func lastCodingIsChunked(_ value: ByteBufferView) -> Bool {
         var end = value.endIndex

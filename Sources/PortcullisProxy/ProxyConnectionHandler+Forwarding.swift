@@ -188,24 +188,11 @@ extension ProxyConnectionHandler {
     ) -> ByteBuffer {
         let clientMinor = exchange.isHTTP10 ? 0 : 1
         var connectionOptions: [String] = []
-        var originKeepsAlive = head.minorVersion >= 1
+        var originCloses = false
         for line in head.lines where FieldName.equals(head.name(line), "connection") {
-            let value = head.value(line)
-            // The common values need no token list (and no String per token).
-            if FieldName.equals(value, "keep-alive") { continue }
-            if FieldName.equals(value, "close") {
-                originKeepsAlive = false
-                continue
-            }
-            for token in FieldName.tokens(value) {
-                if token == "close" {
-                    originKeepsAlive = false
-                } else if token != "keep-alive" {
-                    connectionOptions.append(token)
-                }
-            }
+            MessageSyntax.connectionOptions(head.value(line), close: &originCloses, options: &connectionOptions)
         }
-        if !originKeepsAlive { upstream.isReusable = false }
+        if originCloses || head.minorVersion < 1 { upstream.isReusable = false }
 
         var dropLength = false
         var dropTransferEncoding = false

@@ -283,19 +283,7 @@ struct RequestFramer {
             case 6 where FieldName.equals(name, "expect"):
                 expectsContinue = FieldName.equals(head.value(line), "100-continue")
             case 10 where FieldName.equals(name, "connection"):
-                let value = head.value(line)
-                if FieldName.equals(value, "keep-alive") { continue }
-                if FieldName.equals(value, "close") {
-                    close = true
-                    continue
-                }
-                for token in FieldName.tokens(value) {
-                    if token == "close" {
-                        close = true
-                    } else if token != "keep-alive" {
-                        options.append(token)
-                    }
-                }
+                MessageSyntax.connectionOptions(head.value(line), close: &close, options: &options)
             case 14 where FieldName.equals(name, "content-length"):
                 sawLength = true
                 guard let n = MessageSyntax.contentLength(head.value(line), previous: length) else {
