@@ -72,9 +72,13 @@ public final class ChallengeLoopDetector: Sendable {
         }
     }
 
-    /// The client got through: its streak ends.
-    public func succeeded(client: String) {
-        self.streaks.withLockedValue { _ = $0.removeValue(forKey: client) }
+    /// The client got through: its streak ends. `client` is only computed when some streak is
+    /// open, so a success costs no key (and no String) in the common case.
+    public func succeeded(client: @autoclosure () -> String) {
+        self.streaks.withLockedValue { streaks in
+            guard !streaks.isEmpty else { return }
+            _ = streaks.removeValue(forKey: client())
+        }
     }
 
     static func cause(_ reasons: [AuthFailureReason], schemes: [String], offered: [String]) -> String {

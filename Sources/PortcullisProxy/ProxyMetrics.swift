@@ -14,7 +14,10 @@ public final class ProxyMetrics: Sendable {
     public static let statusClasses = ["1xx", "2xx", "3xx", "4xx", "5xx"]
 
     private let factory: any MetricsFactory
-    private let requests: [String: Counter]  // "http 2xx"
+    /// Indexed by `connect ? 5 : 0` + status class (1xx…5xx): no key built per request.
+    private let requests: [Counter]
+    /// `basic`/`ok`, the outcome of nearly every request, kept out of the locked table.
+    private let acceptedBasic: Counter
     private let authOutcomes: NIOLockedValueBox<[String: Counter]>
     let challenges: Counter
     let challengeLoops: Counter
@@ -34,18 +37,22 @@ public final class ProxyMetrics: Sendable {
 
     public init(factory: any MetricsFactory) {
         self.factory = factory
-        var requests: [String: Counter] = [:]
-        for kind in ["http", "connect"] {
-            for status in Self.statusClasses {
-                requests["\(kind) \(status)"] = Counter(
+        self.requests = ["http", "connect"].flatMap { kind in
+            Self.statusClasses.map { status in
+                Counter(
                     label: "portcullis_requests_total",
                     dimensions: [("kind", kind), ("status_class", status)],
                     factory: factory
                 )
             }
         }
-        self.requests = requests
-        self.authOutcomes = NIOLockedValueBox([:])
+        let acceptedBasic = Counter(
+            label: "portcullis_auth_outcomes_total",
+            dimensions: [("scheme", "basic"), ("outcome", "accepted"), ("reason", "ok")],
+            factory: factory
+        )
+        self.acceptedBasic = acceptedBasic
+        self.authOutcomes = NIOLockedValueBox(["basic ok": acceptedBasic])
         self.challenges = Counter(label: "portcullis_proxy_auth_challenges_total", factory: factory)
         self.challengeLoops = Counter(label: "portcullis_challenge_loops_total", factory: factory)
         self.lockouts = Counter(label: "portcullis_lockouts_total", factory: factory)
@@ -93,11 +100,15 @@ public final class ProxyMetrics: Sendable {
 
     func request(connect: Bool, status: Int) {
         let index = max(1, min(5, status / 100)) - 1
-        self.requests["\(connect ? "connect" : "http") \(Self.statusClasses[index])"]?.increment()
+        self.requests[(connect ? 5 : 0) + index].increment()
     }
 
     /// One decision of the gate: `reason` is a ``AuthFailureReason`` token or `ok`.
     func authOutcome(scheme: String, reason: String) {
+        if scheme == "basic", reason == "ok" {
+            self.acceptedBasic.increment()
+            return
+        }
         let scheme = ["basic", "digest", "none"].contains(scheme) ? scheme : "other"
         let key = "\(scheme) \(reason)"
         self.counter(in: self.authOutcomes, key: key) {
