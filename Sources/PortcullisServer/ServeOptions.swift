@@ -138,6 +138,10 @@ public struct ServeOptions: Equatable, Sendable {
                 guard let b = value.bool else { throw fail("true or false") }
                 return b
             }
+            func count() throws -> Int {
+                guard let n = value.int, n >= 1 else { throw fail("a whole number >= 1") }
+                return n
+            }
             func seconds() throws -> Double {
                 guard let d = value.float ?? value.int.map(Double.init), d > 0 else {
                     throw fail("a number of seconds > 0")
@@ -177,23 +181,13 @@ public struct ServeOptions: Equatable, Sendable {
             case "max-request-body":
                 guard let n = value.int, n >= 0 else { throw fail("a number of bytes >= 0") }
                 options.maxRequestBody = n
-            case "user-max-connections":
-                guard let n = value.int, n >= 1 else { throw fail("a whole number >= 1") }
-                options.userMaxConnections = n
-            case "user-max-addresses":
-                guard let n = value.int, n >= 1 else { throw fail("a whole number >= 1") }
-                options.userMaxAddresses = n
+            case "user-max-connections": options.userMaxConnections = try count()
+            case "user-max-addresses": options.userMaxAddresses = try count()
             case "user-address-window": options.userAddressWindow = try seconds()
             case "user-max-rate": options.userMaxRate = try seconds()
-            case "max-connections":
-                guard let n = value.int, n >= 1 else { throw fail("a whole number >= 1") }
-                options.maxConnections = n
-            case "max-client-connections":
-                guard let n = value.int, n >= 1 else { throw fail("a whole number >= 1") }
-                options.maxClientConnections = n
-            case "lockout-threshold":
-                guard let n = value.int, n >= 1 else { throw fail("a whole number >= 1") }
-                options.lockoutThreshold = n
+            case "max-connections": options.maxConnections = try count()
+            case "max-client-connections": options.maxClientConnections = try count()
+            case "lockout-threshold": options.lockoutThreshold = try count()
             case "credential-cache-ttl": options.credentialCacheTTL = try seconds()
             case "shutdown-grace": options.shutdownGrace = try seconds()
             default: break

@@ -84,8 +84,13 @@ public struct ServerConfiguration: Sendable {
         proxy.tunnelIdleTimeout = try amount(options.tunnelIdleTimeout, .minutes(10), "--tunnel-idle-timeout")
         proxy.clientIdleTimeout = try amount(options.clientIdleTimeout, .seconds(60), "--client-idle-timeout")
         proxy.requestHeadTimeout = try amount(options.requestHeadTimeout, .seconds(30), "--request-head-timeout")
-        if let threshold = options.lockoutThreshold {
-            guard threshold >= 1 else { throw ServeError("--lockout-threshold must be a whole number >= 1") }
+        /// A whole-number option: `nil` when not given, an error below `minimum`.
+        func number(_ value: Int?, atLeast minimum: Int, _ flag: String) throws -> Int? {
+            guard let value else { return nil }
+            guard value >= minimum else { throw ServeError("\(flag) must be a whole number >= \(minimum)") }
+            return value
+        }
+        if let threshold = try number(options.lockoutThreshold, atLeast: 1, "--lockout-threshold") {
             proxy.authThrottle.threshold = threshold
         }
         if let text = options.admin {
@@ -118,29 +123,22 @@ public struct ServerConfiguration: Sendable {
                 return network
             }
         }
-        if let n = options.maxRequestBody {
-            guard n >= 0 else { throw ServeError("--max-request-body must be a number of bytes >= 0") }
-            proxy.maximumRequestBody = n
-        }
-        if let n = options.userMaxConnections {
-            guard n >= 1 else { throw ServeError("--user-max-connections must be >= 1") }
-            proxy.userLimits.maximumConnections = n
-        }
-        if let n = options.userMaxAddresses {
-            guard n >= 1 else { throw ServeError("--user-max-addresses must be >= 1") }
-            proxy.userLimits.maximumAddresses = n
-        }
+        proxy.maximumRequestBody = try number(options.maxRequestBody, atLeast: 0, "--max-request-body")
+        proxy.userLimits.maximumConnections = try number(
+            options.userMaxConnections,
+            atLeast: 1,
+            "--user-max-connections"
+        )
+        proxy.userLimits.maximumAddresses = try number(options.userMaxAddresses, atLeast: 1, "--user-max-addresses")
         proxy.userLimits.addressWindow = try amount(options.userAddressWindow, .minutes(1), "--user-address-window")
         if let rate = options.userMaxRate {
             guard rate > 0 else { throw ServeError("--user-max-rate must be > 0 requests per second") }
             proxy.userLimits.requestsPerSecond = rate
         }
-        if let n = options.maxConnections {
-            guard n >= 1 else { throw ServeError("--max-connections must be >= 1") }
+        if let n = try number(options.maxConnections, atLeast: 1, "--max-connections") {
             proxy.admission.maximumConnections = n
         }
-        if let n = options.maxClientConnections {
-            guard n >= 1 else { throw ServeError("--max-client-connections must be >= 1") }
+        if let n = try number(options.maxClientConnections, atLeast: 1, "--max-client-connections") {
             proxy.admission.maximumConnectionsPerClient = n
         }
         proxy.authThrottle.window = try amount(options.lockoutWindow, .minutes(5), "--lockout-window")
