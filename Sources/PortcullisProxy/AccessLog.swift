@@ -45,12 +45,14 @@ public struct AccessRecord: Sendable {
     }
 
     /// One JSON object per line.
-    public var jsonLine: String {
+    public var jsonLine: String { self.jsonLine(dates: Self.makeISO8601Formatter()) }
+
+    func jsonLine(dates: ISO8601DateFormatter) -> String {
         var fields: [(String, String)] = []
         func string(_ key: String, _ value: String?) {
             fields.append((key, value.map(Self.jsonString) ?? "null"))
         }
-        string("time", Self.iso8601(self.start))
+        string("time", dates.string(from: self.start))
         fields.append(("duration_ms", "\(self.durationMs)"))
         string("client", self.client)
         string("user", self.user)
@@ -100,10 +102,10 @@ public struct AccessRecord: Sendable {
         return out + "\""
     }
 
-    static func iso8601(_ date: Date) -> String {
+    static func makeISO8601Formatter() -> ISO8601DateFormatter {
         let formatter = ISO8601DateFormatter()
         formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return formatter.string(from: date)
+        return formatter
     }
 }
 
@@ -118,6 +120,8 @@ public final class AccessLog: Sendable {
     public let format: Format
     private let queue = DispatchQueue(label: "portcullis.access-log")
     private let handle: NIOLockedValueBox<FileHandle?>
+    /// Used on ``queue`` only (formatters are not safe to share across threads).
+    private nonisolated(unsafe) let dates = AccessRecord.makeISO8601Formatter()
 
     /// `path` `-` is standard output.
     public init(path: String, format: Format) throws {
@@ -141,9 +145,10 @@ public final class AccessLog: Sendable {
         return handle
     }
 
+    /// Formats and writes on the log's own queue: the event loop only hands the record over.
     public func write(_ record: AccessRecord) {
-        let line = (self.format == .squid ? record.squidLine : record.jsonLine) + "\n"
         self.queue.async {
+            let line = (self.format == .squid ? record.squidLine : record.jsonLine(dates: self.dates)) + "\n"
             self.handle.withLockedValue { $0?.write(Data(line.utf8)) }
         }
     }

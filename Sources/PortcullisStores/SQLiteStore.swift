@@ -17,8 +17,9 @@ public final class SQLiteStore: CredentialStore {
     private let db: DatabaseQueue
     private let now: @Sendable () -> Date
     private let version = NIOLockedValueBox<(seen: Int64, generation: UInt64)>((0, 1))
-    /// Verified against when the user is unknown: an unknown user costs what a wrong password costs.
-    private let decoy: PasswordHash
+    /// Verified against when the user is unknown: an unknown user costs what a wrong password
+    /// costs. Made on first need, so `users` commands and start-up do not pay a bcrypt for it.
+    private let decoyBox = NIOLockedValueBox<PasswordHash?>(nil)
 
     public init(path: String, realm: String = "Portcullis", now: @escaping @Sendable () -> Date = Date.init) throws {
         self.path = path
@@ -32,7 +33,6 @@ public final class SQLiteStore: CredentialStore {
         } catch {
             throw StoreError("cannot open the user database \(path): \(Self.describe(error))")
         }
-        self.decoy = try PasswordHash.bcrypt("decoy-\(UUID().uuidString)", cost: 10)
         _ = try? self.refresh()
     }
 
@@ -106,7 +106,7 @@ public final class SQLiteStore: CredentialStore {
             return .rejected(.unavailable)
         }
         guard let row, let hash = PasswordHash(row["hash"] as String) else {
-            _ = self.decoy.verify(password)
+            _ = self.decoy?.verify(password)
             return .rejected(.invalid)
         }
         let now = self.now()
@@ -137,6 +137,13 @@ public final class SQLiteStore: CredentialStore {
         let limits = [matched.validUntil, expires].compactMap { $0 }
         let validFor = limits.min().map { max(0, $0.timeIntervalSince(now)) }
         return .accepted(user: user, validFor: validFor)
+    }
+
+    private var decoy: PasswordHash? {
+        self.decoyBox.withLockedValue { decoy in
+            if decoy == nil { decoy = try? PasswordHash.bcrypt("decoy-\(UUID().uuidString)", cost: 10) }
+            return decoy
+        }
     }
 
     static func describe(_ error: any Error) -> String {
