@@ -1,5 +1,6 @@
 import Foundation
 import NIOConcurrencyHelpers
+import PortcullisAuth
 
 /// The outcome of checking one user name and password against a store.
 public enum VerificationOutcome: Sendable, Hashable {
@@ -31,6 +32,11 @@ public enum RejectionReason: String, Sendable, Hashable {
 public protocol CredentialStore: AnyObject, Sendable {
     func verify(user: String, password: String) -> VerificationOutcome
     var generation: UInt64 { get }
+    /// The Digest secrets of a user (by name, or by RFC 7616 user hash when `isUserhash`).
+    func digestSecrets(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) -> DigestLookup
+    /// A key for signing Digest nonces that every proxy sharing this store uses, so a nonce one
+    /// instance minted is good on another; `nil` when the store cannot keep one.
+    func nonceKey() -> [UInt8]?
 }
 
 /// Users from an Apache htpasswd file, re-read when the file changes.
@@ -66,6 +72,13 @@ public final class HtpasswdStore: CredentialStore {
             return .rejected(.invalid)
         }
         return hash.verify(password) ? .accepted(user: user) : .rejected(.invalid)
+    }
+
+    /// An htpasswd file holds password hashes only: its users cannot use Digest.
+    public func digestSecrets(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) -> DigestLookup {
+        guard !isUserhash else { return .unknownUser }
+        let known = self.state.withLockedValue { $0.file.entries[name] != nil }
+        return known ? .notEnrolled(user: name) : .unknownUser
     }
 
     /// Re-reads the file when its size, modification time or inode changed. Blocking.

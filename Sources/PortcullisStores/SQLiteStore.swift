@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import NIOConcurrencyHelpers
+import PortcullisAuth
 
 /// Users in an embedded SQLite database (issue 4): the default store. Everything here blocks
 /// (SQLite I/O, bcrypt) and runs on the thread pool or in the `users` command, never on an
@@ -9,9 +10,11 @@ import NIOConcurrencyHelpers
 /// Schema (one database per realm set): `users` (name unique per realm, bcrypt hash, groups,
 /// created/updated, `expires_at`, `disabled`, the previous hash with its own `previous_valid_until`
 /// for rotation grace, `last_login_at`), `audit` (who changed what, when, from where — never a
-/// secret), and `meta.version`, bumped by every change so that running proxies notice changes
-/// made by another process (the `users` command) and drop cached verifications.
-public final class SQLiteStore: CredentialStore {
+/// secret), `digest` (per algorithm: the user hash and HA1 of users enrolled for Digest, and the
+/// previous HA1 during a rotation's grace), `secrets` (the Digest nonce key), and `meta.version`,
+/// bumped by every change so that running proxies notice changes made by another process (the
+/// `users` command) and drop cached verifications.
+public final class SQLiteStore: UserAdministration {
     public let path: String
     public let realm: String
     private let db: DatabaseQueue
@@ -70,8 +73,28 @@ public final class SQLiteStore: CredentialStore {
                     """
             )
         }
+        migrator.registerMigration("v2-digest") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE digest (
+                        realm TEXT NOT NULL,
+                        name TEXT NOT NULL,
+                        algorithm TEXT NOT NULL,
+                        userhash TEXT NOT NULL,
+                        ha1 TEXT NOT NULL,
+                        previous_ha1 TEXT,
+                        PRIMARY KEY (realm, name, algorithm),
+                        FOREIGN KEY (realm, name) REFERENCES users (realm, name) ON DELETE CASCADE
+                    );
+                    CREATE INDEX digest_by_userhash ON digest (realm, algorithm, userhash);
+                    CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+                    """
+            )
+        }
         return migrator
     }
+
+    public var location: String { self.path }
 
     // MARK: - CredentialStore
 
@@ -109,34 +132,79 @@ public final class SQLiteStore: CredentialStore {
             _ = self.decoy?.verify(password)
             return .rejected(.invalid)
         }
-        let now = self.now()
-        var matched: (current: Bool, validUntil: Date?)?
+        let matchedCurrent: Bool
         if hash.verify(password) {
-            matched = (true, (row["expires_at"] as Double?).map(Date.init(timeIntervalSince1970:)))
+            matchedCurrent = true
         } else if let previous = (row["previous_hash"] as String?).flatMap(PasswordHash.init),
             previous.verify(password)
         {
-            let graceEnd = (row["previous_valid_until"] as Double?).map(Date.init(timeIntervalSince1970:))
-            matched = (false, graceEnd)
+            matchedCurrent = false
+        } else {
+            return .rejected(.invalid)
         }
-        // From here the password was right: saying why it no longer works tells an attacker
-        // nothing they could not already do.
-        guard let matched else { return .rejected(.invalid) }
-        if (row["disabled"] as Int64? ?? 0) != 0 { return .rejected(.disabled) }
-        if !matched.current {
-            guard let end = matched.validUntil, end > now else { return .rejected(.rotatedOut) }
+        let now = self.now()
+        let outcome = Self.standing(row).outcome(user: user, matchedCurrent: matchedCurrent, now: now)
+        if case .accepted = outcome { self.noteLogin(user, at: now) }
+        return outcome
+    }
+
+    public func digestSecrets(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) -> DigestLookup {
+        do {
+            return try self.db.read { db in
+                let row = try Row.fetchOne(
+                    db,
+                    sql: """
+                        SELECT u.name, u.expires_at, u.disabled, u.previous_valid_until, d.ha1, d.previous_ha1
+                        FROM users u LEFT JOIN digest d
+                          ON d.realm = u.realm AND d.name = u.name AND d.algorithm = ?
+                        WHERE u.realm = ? AND \(isUserhash ? "d.userhash = ?" : "u.name = ?")
+                        """,
+                    arguments: [hash.rawValue, self.realm, isUserhash ? name.lowercased() : name]
+                )
+                guard let row else { return .unknownUser }
+                let user: String = row["name"]
+                guard let ha1 = row["ha1"] as String? else { return .notEnrolled(user: user) }
+                return .found(
+                    DigestSecrets(user: user, ha1: ha1, previousHA1: row["previous_ha1"], standing: Self.standing(row))
+                )
+            }
+        } catch {
+            return .unavailable
         }
-        let expires = (row["expires_at"] as Double?).map(Date.init(timeIntervalSince1970:))
-        if let expires, expires <= now { return .rejected(.expired) }
+    }
+
+    /// The Digest nonce key, made on first need and kept in the database, so every proxy that
+    /// opens this file accepts the others' nonces (and a restart does not make every client
+    /// log in again).
+    public func nonceKey() -> [UInt8]? {
+        try? self.db.write { db in
+            if let existing = try Data.fetchOne(db, sql: "SELECT value FROM secrets WHERE name = 'digest-nonce'") {
+                return Array(existing)
+            }
+            var generator = SystemRandomNumberGenerator()
+            let key = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            try db.execute(sql: "INSERT INTO secrets (name, value) VALUES ('digest-nonce', ?)", arguments: [Data(key)])
+            return key
+        }
+    }
+
+    /// Records a successful login for `users list`. Best effort: a busy database never fails
+    /// a login.
+    public func noteLogin(_ user: String, at now: Date) {
         try? self.db.write { db in
             try db.execute(
                 sql: "UPDATE users SET last_login_at = ? WHERE realm = ? AND name = ?",
                 arguments: [now.timeIntervalSince1970, self.realm, user]
             )
         }
-        let limits = [matched.validUntil, expires].compactMap { $0 }
-        let validFor = limits.min().map { max(0, $0.timeIntervalSince(now)) }
-        return .accepted(user: user, validFor: validFor)
+    }
+
+    private static func standing(_ row: Row) -> AccountStanding {
+        AccountStanding(
+            disabled: (row["disabled"] as Int64? ?? 0) != 0,
+            expiresAt: (row["expires_at"] as Double?).map(Date.init(timeIntervalSince1970:)),
+            previousValidUntil: (row["previous_valid_until"] as Double?).map(Date.init(timeIntervalSince1970:))
+        )
     }
 
     private var decoy: PasswordHash? {
@@ -153,80 +221,57 @@ public final class SQLiteStore: CredentialStore {
 
     // MARK: - Administration (the `users` command, the embedded default)
 
-    /// A user as `users list` shows it: never a hash.
-    public struct UserInfo: Sendable, Equatable, Codable {
-        public var name: String
-        public var realm: String
-        public var groups: [String]
-        public var state: String
-        public var createdAt: Date
-        public var updatedAt: Date
-        public var expiresAt: Date?
-        public var previousValidUntil: Date?
-        public var lastLoginAt: Date?
+    public typealias Actor = ChangeActor
 
-        enum CodingKeys: String, CodingKey {
-            case name, realm, groups, state
-            case createdAt = "created_at"
-            case updatedAt = "updated_at"
-            case expiresAt = "expires_at"
-            case previousValidUntil = "previous_valid_until"
-            case lastLoginAt = "last_login_at"
-        }
-    }
-
-    /// Who made a change, for the audit trail.
-    public struct Actor: Sendable {
-        public var name: String
-        public var host: String
-
-        public init(name: String, host: String) {
-            self.name = name
-            self.host = host
-        }
-
-        public static var current: Actor {
-            let env = ProcessInfo.processInfo.environment
-            return Actor(
-                name: env["SUDO_USER"] ?? env["USER"] ?? env["LOGNAME"] ?? "uid \(getuid())",
-                host: ProcessInfo.processInfo.hostName
-            )
-        }
-    }
-
-    public func add(_ name: String, password: String, groups: [String] = [], cost: Int = 10, by actor: Actor) throws {
+    public func add(
+        _ name: String,
+        password: String,
+        groups: [String],
+        cost: Int,
+        digest: Bool,
+        by actor: ChangeActor
+    ) throws {
         try Self.checkName(name)
         let hash = try PasswordHash.bcrypt(password, cost: cost)
-        try self.change(
-            actor,
-            action: "add",
-            name: name,
-            detail: groups.isEmpty ? "" : "groups=\(groups.joined(separator: ","))"
-        ) { db, now in
+        var detail = groups.isEmpty ? [] : ["groups=\(groups.joined(separator: ","))"]
+        if digest { detail.append("digest") }
+        try self.change(actor, action: "add", name: name, detail: detail.joined(separator: " ")) { db, now in
             if try Self.exists(db, self.realm, name) { throw StoreError("user \(name) already exists") }
             try db.execute(
                 sql: "INSERT INTO users (realm, name, hash, groups, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
                 arguments: [self.realm, name, hash.encoded, groups.joined(separator: ","), now, now]
             )
+            if digest { try self.storeDigest(db, name, password: password, keepPrevious: false) }
         }
     }
 
-    public func setPassword(_ name: String, password: String, cost: Int = 10, by actor: Actor) throws {
+    public func setPassword(_ name: String, password: String, cost: Int, digest: Bool, by actor: ChangeActor) throws {
         let hash = try PasswordHash.bcrypt(password, cost: cost)
-        try self.change(actor, action: "passwd", name: name) { db, now in
+        try self.change(actor, action: "passwd", name: name, detail: digest ? "digest" : "") { db, now in
             try Self.requireUser(db, self.realm, name)
             try db.execute(
                 sql:
                     "UPDATE users SET hash = ?, previous_hash = NULL, previous_valid_until = NULL, updated_at = ? WHERE realm = ? AND name = ?",
                 arguments: [hash.encoded, now, self.realm, name]
             )
+            if try digest || Self.isDigestEnrolled(db, self.realm, name) {
+                try self.storeDigest(db, name, password: password, keepPrevious: false)
+            }
         }
     }
 
-    /// A new secret; the old one keeps working until `grace` has passed.
-    public func rotate(_ name: String, password: String, grace: TimeInterval, cost: Int = 10, by actor: Actor) throws {
+    /// A new secret; the old one keeps working until `grace` has passed (through Digest too).
+    public func rotate(
+        _ name: String,
+        password: String,
+        grace: TimeInterval,
+        cost: Int,
+        digest: Bool,
+        by actor: ChangeActor
+    ) throws {
         let hash = try PasswordHash.bcrypt(password, cost: cost)
-        try self.change(actor, action: "rotate", name: name, detail: "grace=\(Int(grace))s") { db, now in
+        let detail = "grace=\(Int(grace))s" + (digest ? " digest" : "")
+        try self.change(actor, action: "rotate", name: name, detail: detail) { db, now in
             try Self.requireUser(db, self.realm, name)
             try db.execute(
                 sql: """
@@ -235,10 +280,39 @@ public final class SQLiteStore: CredentialStore {
                     """,
                 arguments: [now + grace, hash.encoded, now, self.realm, name]
             )
+            if try digest || Self.isDigestEnrolled(db, self.realm, name) {
+                try self.storeDigest(db, name, password: password, keepPrevious: true)
+            }
         }
     }
 
-    public func setDisabled(_ name: String, _ disabled: Bool, by actor: Actor) throws {
+    /// Writes the HA1 of every supported algorithm; `keepPrevious` moves the current ones to
+    /// `previous_ha1` (rotation), else the previous ones are cleared (a password change ends any
+    /// grace at once, through Digest as through Basic).
+    private func storeDigest(_ db: Database, _ name: String, password: String, keepPrevious: Bool) throws {
+        for entry in DigestEnrollment.make(name: name, realm: self.realm, password: password) {
+            try db.execute(
+                sql: """
+                    INSERT INTO digest (realm, name, algorithm, userhash, ha1, previous_ha1) VALUES (?, ?, ?, ?, ?, NULL)
+                    ON CONFLICT (realm, name, algorithm) DO UPDATE SET
+                        previous_ha1 = CASE WHEN ? THEN digest.ha1 ELSE NULL END,
+                        ha1 = excluded.ha1, userhash = excluded.userhash
+                    """,
+                arguments: [self.realm, name, entry.hash.rawValue, entry.userhash, entry.ha1, keepPrevious]
+            )
+        }
+    }
+
+    private static func isDigestEnrolled(_ db: Database, _ realm: String, _ name: String) throws -> Bool {
+        try Bool.fetchOne(
+            db,
+            sql: "SELECT 1 FROM digest WHERE realm = ? AND name = ? LIMIT 1",
+            arguments: [realm, name]
+        )
+            ?? false
+    }
+
+    public func setDisabled(_ name: String, _ disabled: Bool, by actor: ChangeActor) throws {
         try self.change(actor, action: disabled ? "disable" : "enable", name: name) { db, now in
             try Self.requireUser(db, self.realm, name)
             try db.execute(
@@ -248,7 +322,7 @@ public final class SQLiteStore: CredentialStore {
         }
     }
 
-    public func setExpiry(_ name: String, at date: Date?, by actor: Actor) throws {
+    public func setExpiry(_ name: String, at date: Date?, by actor: ChangeActor) throws {
         let detail = date.map { "at=\(ISO8601DateFormatter().string(from: $0))" } ?? "never"
         try self.change(actor, action: "expire", name: name, detail: detail) { db, now in
             try Self.requireUser(db, self.realm, name)
@@ -259,7 +333,7 @@ public final class SQLiteStore: CredentialStore {
         }
     }
 
-    public func remove(_ name: String, by actor: Actor) throws {
+    public func remove(_ name: String, by actor: ChangeActor) throws {
         try self.change(actor, action: "remove", name: name) { db, _ in
             try Self.requireUser(db, self.realm, name)
             try db.execute(sql: "DELETE FROM users WHERE realm = ? AND name = ?", arguments: [self.realm, name])
@@ -268,7 +342,8 @@ public final class SQLiteStore: CredentialStore {
 
     /// Copies every user of an htpasswd file with a hash this store can verify; existing users
     /// are left alone. Returns (imported, skipped names).
-    public func importHtpasswd(_ file: HtpasswdFile, by actor: Actor) throws -> (imported: Int, skipped: [String]) {
+    public func importHtpasswd(_ file: HtpasswdFile, by actor: ChangeActor) throws -> (imported: Int, skipped: [String])
+    {
         var imported = 0
         var skipped: [String] = []
         try self.change(actor, action: "import", name: "*", detail: "htpasswd") { db, now in
@@ -309,42 +384,30 @@ public final class SQLiteStore: CredentialStore {
     public func list() throws -> [UserInfo] {
         let now = self.now()
         return try self.db.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM users WHERE realm = ? ORDER BY name", arguments: [self.realm]).map
-            { row in
-                let expires = (row["expires_at"] as Double?).map(Date.init(timeIntervalSince1970:))
-                let graceEnd = (row["previous_valid_until"] as Double?).map(Date.init(timeIntervalSince1970:))
-                var state = "active"
-                if (row["disabled"] as Int64? ?? 0) != 0 {
-                    state = "disabled"
-                } else if let expires, expires <= now {
-                    state = "expired"
-                } else if let graceEnd, graceEnd > now {
-                    state = "rotating"
-                }
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT u.*, EXISTS (SELECT 1 FROM digest d WHERE d.realm = u.realm AND d.name = u.name) AS enrolled
+                    FROM users u WHERE u.realm = ? ORDER BY u.name
+                    """,
+                arguments: [self.realm]
+            ).map { row in
+                let standing = Self.standing(row)
                 let groups: String = row["groups"]
                 return UserInfo(
                     name: row["name"],
                     realm: row["realm"],
                     groups: groups.split(separator: ",").map(String.init),
-                    state: state,
+                    state: UserInfo.state(standing: standing, now: now),
+                    digest: row["enrolled"] as Bool? ?? false,
                     createdAt: Date(timeIntervalSince1970: row["created_at"]),
                     updatedAt: Date(timeIntervalSince1970: row["updated_at"]),
-                    expiresAt: expires,
-                    previousValidUntil: graceEnd.flatMap { $0 > now ? $0 : nil },
+                    expiresAt: standing.expiresAt,
+                    previousValidUntil: standing.previousValidUntil.flatMap { $0 > now ? $0 : nil },
                     lastLoginAt: (row["last_login_at"] as Double?).map(Date.init(timeIntervalSince1970:))
                 )
             }
         }
-    }
-
-    public struct AuditEntry: Sendable, Codable, Equatable {
-        public var at: Date
-        public var actor: String
-        public var host: String
-        public var action: String
-        public var realm: String
-        public var name: String
-        public var detail: String
     }
 
     public func audit() throws -> [AuditEntry] {
@@ -371,7 +434,7 @@ public final class SQLiteStore: CredentialStore {
 
     /// One change, its audit line and the version bump, in one transaction: all or nothing.
     private func change(
-        _ actor: Actor,
+        _ actor: ChangeActor,
         action: String,
         name: String,
         detail: String = "",

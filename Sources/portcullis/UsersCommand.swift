@@ -36,7 +36,7 @@ struct UsersCommand: ParsableCommand {
         @Flag(name: .long, help: "Print results as JSON.")
         var json = false
 
-        func open(creating: Bool = false) throws -> SQLiteStore {
+        func open(creating: Bool = false) throws -> any UserAdministration {
             let path: String
             if let store {
                 switch try StoreLocation.parse(store) {
@@ -76,7 +76,7 @@ struct UsersCommand: ParsableCommand {
         }
 
         /// Runs one change, then appends its audit entry to --audit-log.
-        func change(_ store: SQLiteStore, _ body: () throws -> Void) throws {
+        func change(_ store: any UserAdministration, _ body: () throws -> Void) throws {
             do {
                 try body()
             } catch let error as StoreError {
@@ -115,6 +115,16 @@ struct UsersCommand: ParsableCommand {
 
         @Option(name: .long, help: ArgumentHelp("bcrypt cost, 4-31. (default: 10)", valueName: "n"))
         var cost: Int = 10
+
+        @Flag(
+            name: .long,
+            help: ArgumentHelp(
+                "Also store Digest secrets (HA1 per algorithm) for the realm, needed to log in with Digest.",
+                discussion:
+                    "An HA1 value is password-equivalent for its realm; store it only where Digest is offered. A user already enrolled stays enrolled on every password change."
+            )
+        )
+        var digest = false
 
         /// The password to set and whether it was generated (then it is printed once).
         func password() throws -> (String, generated: Bool) {
@@ -168,6 +178,7 @@ struct UsersCommand: ParsableCommand {
                         password: password,
                         groups: groups,
                         cost: self.passwordOptions.cost,
+                        digest: self.passwordOptions.digest,
                         by: .current
                     )
                 }
@@ -195,7 +206,13 @@ struct UsersCommand: ParsableCommand {
                 let store = try self.storeOptions.open()
                 let (password, generated) = try self.passwordOptions.password()
                 try self.storeOptions.change(store) {
-                    try store.setPassword(self.name, password: password, cost: self.passwordOptions.cost, by: .current)
+                    try store.setPassword(
+                        self.name,
+                        password: password,
+                        cost: self.passwordOptions.cost,
+                        digest: self.passwordOptions.digest,
+                        by: .current
+                    )
                 }
                 var fields = ["action": "passwd", "user": self.name]
                 if generated { fields["password"] = password }
@@ -236,6 +253,7 @@ struct UsersCommand: ParsableCommand {
                         password: password,
                         grace: seconds,
                         cost: self.passwordOptions.cost,
+                        digest: self.passwordOptions.digest,
                         by: .current
                     )
                 }
@@ -333,7 +351,7 @@ struct UsersCommand: ParsableCommand {
         func run() throws {
             try UsersCommand.run {
                 let store = try self.storeOptions.open()
-                let users: [SQLiteStore.UserInfo]
+                let users: [UserInfo]
                 do { users = try store.list() } catch let error as StoreError { throw Failure(error.message) }
                 if self.storeOptions.json {
                     let encoder = JSONEncoder()
@@ -346,7 +364,7 @@ struct UsersCommand: ParsableCommand {
                 func date(_ d: Date?) -> String { d.map { iso.string(from: $0) } ?? "-" }
                 print(
                     "USER".padding(toLength: 20, withPad: " ", startingAt: 0)
-                        + " STATE     EXPIRES               LAST LOGIN            GROUPS"
+                        + " STATE     EXPIRES               LAST LOGIN            DIGEST GROUPS"
                 )
                 func column(_ text: String, _ width: Int) -> String {
                     text.padding(toLength: max(width, text.count), withPad: " ", startingAt: 0)
@@ -355,7 +373,7 @@ struct UsersCommand: ParsableCommand {
                     let groups = u.groups.isEmpty ? "-" : u.groups.joined(separator: ",")
                     let parts: [String] = [
                         column(u.name, 20), column(u.state, 9), column(date(u.expiresAt), 21),
-                        column(date(u.lastLoginAt), 21), groups,
+                        column(date(u.lastLoginAt), 21), column(u.digest ? "yes" : "no", 6), groups,
                     ]
                     print(parts.joined(separator: " "))
                 }

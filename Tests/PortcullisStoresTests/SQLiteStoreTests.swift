@@ -1,5 +1,6 @@
 import Foundation
 import NIOConcurrencyHelpers
+import PortcullisAuth
 import Testing
 
 @testable import PortcullisStores
@@ -29,6 +30,63 @@ import Testing
         #expect(store.verify(user: "mallory", password: "right") == .rejected(.invalid))
         #expect(throws: StoreError.self) { try store.add("alice", password: "x", cost: 4, by: actor) }
         #expect(throws: StoreError.self) { try store.add("bad:name", password: "x", cost: 4, by: actor) }
+    }
+
+    @Test func digestSecretsOnlyForEnrolledUsersAndFollowEveryPasswordChange() throws {
+        let clock = Clock()
+        let (store, path) = try makeStore(clock: clock)
+        defer { unlink(path) }
+        let md5 = DigestAlgorithm(hash: .md5)
+        let sha256 = DigestAlgorithm(hash: .sha256)
+        try store.add("plain", password: "pw", cost: 4, by: actor)
+        try store.add("dig", password: "one", groups: [], cost: 4, digest: true, by: actor)
+        #expect(store.digestSecrets(name: "plain", isUserhash: false, hash: .md5) == .notEnrolled(user: "plain"))
+        #expect(store.digestSecrets(name: "nobody", isUserhash: false, hash: .md5) == .unknownUser)
+        guard case .found(let secrets) = store.digestSecrets(name: "dig", isUserhash: false, hash: .sha256) else {
+            Issue.record("no secrets for an enrolled user")
+            return
+        }
+        #expect(secrets.ha1 == sha256.hex("dig:R:one"))
+        #expect(secrets.previousHA1 == nil)
+        // RFC 7616 §3.4.4: looked up by H(user:realm), in either case of hex.
+        let userhash = md5.hex("dig:R").uppercased()
+        guard case .found(let byHash) = store.digestSecrets(name: userhash, isUserhash: true, hash: .md5) else {
+            Issue.record("userhash lookup failed")
+            return
+        }
+        #expect(byHash.user == "dig" && byHash.ha1 == md5.hex("dig:R:one"))
+        // An enrolled user stays enrolled: the old password must not live on through Digest.
+        try store.setPassword("dig", password: "two", cost: 4, by: actor)
+        guard case .found(let changed) = store.digestSecrets(name: "dig", isUserhash: false, hash: .md5) else {
+            Issue.record("enrollment lost on passwd")
+            return
+        }
+        #expect(changed.ha1 == md5.hex("dig:R:two") && changed.previousHA1 == nil)
+        try store.rotate("dig", password: "three", grace: 60, cost: 4, by: actor)
+        guard case .found(let rotated) = store.digestSecrets(name: "dig", isUserhash: false, hash: .md5) else {
+            Issue.record("enrollment lost on rotate")
+            return
+        }
+        #expect(rotated.ha1 == md5.hex("dig:R:three") && rotated.previousHA1 == md5.hex("dig:R:two"))
+        #expect(
+            rotated.standing.outcome(user: "dig", matchedCurrent: false, now: clock.now)
+                == .accepted(user: "dig", validFor: 60)
+        )
+        clock.advance(61)
+        #expect(rotated.standing.outcome(user: "dig", matchedCurrent: false, now: clock.now) == .rejected(.rotatedOut))
+        try store.setDisabled("dig", true, by: actor)
+        guard case .found(let disabled) = store.digestSecrets(name: "dig", isUserhash: false, hash: .md5) else {
+            Issue.record("disabled user not found")
+            return
+        }
+        #expect(disabled.standing.outcome(user: "dig", matchedCurrent: true, now: clock.now) == .rejected(.disabled))
+        #expect(try store.list().map(\.digest) == [true, false])
+        try store.remove("dig", by: actor)
+        #expect(store.digestSecrets(name: userhash, isUserhash: true, hash: .md5) == .unknownUser)
+        // One nonce key per database, the same for every instance that opens it.
+        let key = store.nonceKey()
+        #expect(key?.count == 32)
+        #expect(try SQLiteStore(path: path, realm: "R").nonceKey() == key)
     }
 
     @Test func rotationKeepsTheOldSecretForTheGraceOnly() throws {

@@ -1,0 +1,239 @@
+import Foundation
+import PortcullisAuth
+
+/// What decides whether a right secret still opens an account: the same rules for every store
+/// and every scheme.
+public struct AccountStanding: Sendable, Hashable {
+    public var disabled: Bool
+    public var expiresAt: Date?
+    /// End of a rotation's grace: until then the previous secret still works.
+    public var previousValidUntil: Date?
+
+    public init(disabled: Bool = false, expiresAt: Date? = nil, previousValidUntil: Date? = nil) {
+        self.disabled = disabled
+        self.expiresAt = expiresAt
+        self.previousValidUntil = previousValidUntil
+    }
+
+    /// The outcome once the secret matched: the current one (`matchedCurrent`) or the previous.
+    /// From here the secret was right, so saying why it no longer works tells an attacker
+    /// nothing they could not already do (the client still only sees one reason).
+    public func outcome(user: String, matchedCurrent: Bool, now: Date) -> VerificationOutcome {
+        if self.disabled { return .rejected(.disabled) }
+        if !matchedCurrent {
+            guard let end = self.previousValidUntil, end > now else { return .rejected(.rotatedOut) }
+        }
+        if let expires = self.expiresAt, expires <= now { return .rejected(.expired) }
+        let limits = [matchedCurrent ? nil : self.previousValidUntil, self.expiresAt].compactMap { $0 }
+        let validFor = limits.min().map { max(0, $0.timeIntervalSince(now)) }
+        return .accepted(user: user, validFor: validFor)
+    }
+}
+
+/// The Digest secrets of one account for one hash algorithm (RFC 7616 §3.4.2): `HA1 =
+/// H(user:realm:password)`, lower-case hex. Password-equivalent for the realm, which is why a
+/// store keeps them only for users enrolled with `--digest`.
+public struct DigestSecrets: Sendable, Hashable {
+    public var user: String
+    public var ha1: String
+    /// The HA1 of the secret before the last rotation, valid until `standing.previousValidUntil`.
+    public var previousHA1: String?
+    public var standing: AccountStanding
+
+    public init(user: String, ha1: String, previousHA1: String? = nil, standing: AccountStanding = .init()) {
+        self.user = user
+        self.ha1 = ha1
+        self.previousHA1 = previousHA1
+        self.standing = standing
+    }
+}
+
+/// What a store answers when asked for a user's Digest secrets.
+public enum DigestLookup: Sendable, Hashable {
+    case found(DigestSecrets)
+    /// The user exists but has no HA1 for this algorithm (not enrolled with `--digest`, or an
+    /// htpasswd file, which holds password hashes only).
+    case notEnrolled(user: String)
+    case unknownUser
+    case unavailable
+}
+
+extension CredentialStore {
+    /// Default for stores that hold no Digest secrets.
+    public func digestSecrets(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) -> DigestLookup {
+        .unknownUser
+    }
+
+    /// Default: no shared nonce key; the proxy makes a random one per process.
+    public func nonceKey() -> [UInt8]? { nil }
+}
+
+/// A user as `users list` shows it: never a hash.
+public struct UserInfo: Sendable, Equatable, Codable {
+    public var name: String
+    public var realm: String
+    public var groups: [String]
+    public var state: String
+    /// Whether Digest secrets are stored for the user.
+    public var digest: Bool
+    public var createdAt: Date
+    public var updatedAt: Date
+    public var expiresAt: Date?
+    public var previousValidUntil: Date?
+    public var lastLoginAt: Date?
+
+    public init(
+        name: String,
+        realm: String,
+        groups: [String],
+        state: String,
+        digest: Bool,
+        createdAt: Date,
+        updatedAt: Date,
+        expiresAt: Date?,
+        previousValidUntil: Date?,
+        lastLoginAt: Date?
+    ) {
+        self.name = name
+        self.realm = realm
+        self.groups = groups
+        self.state = state
+        self.digest = digest
+        self.createdAt = createdAt
+        self.updatedAt = updatedAt
+        self.expiresAt = expiresAt
+        self.previousValidUntil = previousValidUntil
+        self.lastLoginAt = lastLoginAt
+    }
+
+    /// The state word of `users list`.
+    public static func state(standing: AccountStanding, now: Date) -> String {
+        if standing.disabled { return "disabled" }
+        if let expires = standing.expiresAt, expires <= now { return "expired" }
+        if let end = standing.previousValidUntil, end > now { return "rotating" }
+        return "active"
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case name, realm, groups, state, digest
+        case createdAt = "created_at"
+        case updatedAt = "updated_at"
+        case expiresAt = "expires_at"
+        case previousValidUntil = "previous_valid_until"
+        case lastLoginAt = "last_login_at"
+    }
+}
+
+/// Who made a change, for the audit trail.
+public struct ChangeActor: Sendable {
+    public var name: String
+    public var host: String
+
+    public init(name: String, host: String) {
+        self.name = name
+        self.host = host
+    }
+
+    public static var current: ChangeActor {
+        let env = ProcessInfo.processInfo.environment
+        return ChangeActor(
+            name: env["SUDO_USER"] ?? env["USER"] ?? env["LOGNAME"] ?? "uid \(getuid())",
+            host: ProcessInfo.processInfo.hostName
+        )
+    }
+}
+
+/// One credential change: who, when, what, from where. Never a secret or a hash.
+public struct AuditEntry: Sendable, Codable, Equatable {
+    public var at: Date
+    public var actor: String
+    public var host: String
+    public var action: String
+    public var realm: String
+    public var name: String
+    public var detail: String
+
+    public init(at: Date, actor: String, host: String, action: String, realm: String, name: String, detail: String) {
+        self.at = at
+        self.actor = actor
+        self.host = host
+        self.action = action
+        self.realm = realm
+        self.name = name
+        self.detail = detail
+    }
+}
+
+/// A store whose users can be changed (`portcullis users …`): SQLite and PostgreSQL.
+///
+/// Every change is one transaction with its audit row and a bump of the store's change counter,
+/// so a running proxy notices it (``refresh()``) and drops cached verifications. With
+/// `digest: true`, the HA1 values of every supported algorithm are stored for the realm; a
+/// user already enrolled keeps up-to-date HA1 values on every password change, so an old
+/// password can never keep working through Digest.
+public protocol UserAdministration: CredentialStore {
+    var realm: String { get }
+    /// Where the store is, for messages (a path, or a URL without its password).
+    var location: String { get }
+    func add(_ name: String, password: String, groups: [String], cost: Int, digest: Bool, by actor: ChangeActor) throws
+    func setPassword(_ name: String, password: String, cost: Int, digest: Bool, by actor: ChangeActor) throws
+    func rotate(
+        _ name: String,
+        password: String,
+        grace: TimeInterval,
+        cost: Int,
+        digest: Bool,
+        by actor: ChangeActor
+    ) throws
+    func setDisabled(_ name: String, _ disabled: Bool, by actor: ChangeActor) throws
+    func setExpiry(_ name: String, at date: Date?, by actor: ChangeActor) throws
+    func remove(_ name: String, by actor: ChangeActor) throws
+    func importHtpasswd(_ file: HtpasswdFile, by actor: ChangeActor) throws -> (imported: Int, skipped: [String])
+    func exportHtpasswd() throws -> (lines: [String], skipped: [String])
+    func list() throws -> [UserInfo]
+    func audit() throws -> [AuditEntry]
+    /// The audit entry of the last change this instance made (for the JSON-lines audit file).
+    var lastAudit: AuditEntry? { get }
+    /// Reads the change counter; `true` when the users changed since the last call. Throws
+    /// when the store cannot be reached.
+    @discardableResult func refresh() throws -> Bool
+    var userCount: Int { get }
+}
+
+extension UserAdministration {
+    public func add(_ name: String, password: String, groups: [String] = [], cost: Int = 10, by actor: ChangeActor)
+        throws
+    {
+        try self.add(name, password: password, groups: groups, cost: cost, digest: false, by: actor)
+    }
+
+    public func setPassword(_ name: String, password: String, cost: Int = 10, by actor: ChangeActor) throws {
+        try self.setPassword(name, password: password, cost: cost, digest: false, by: actor)
+    }
+
+    public func rotate(_ name: String, password: String, grace: TimeInterval, cost: Int = 10, by actor: ChangeActor)
+        throws
+    {
+        try self.rotate(name, password: password, grace: grace, cost: cost, digest: false, by: actor)
+    }
+}
+
+/// The HA1 values and user hashes to store for one password (RFC 7616 §3.4.2, §3.4.4).
+public struct DigestEnrollment: Sendable, Hashable {
+    public var hash: DigestAlgorithm.Hash
+    public var userhash: String
+    public var ha1: String
+
+    /// One per algorithm this machine can compute.
+    public static func make(name: String, realm: String, password: String) -> [DigestEnrollment] {
+        DigestAlgorithm.Hash.allCases.compactMap { hash in
+            let algorithm = DigestAlgorithm(hash: hash)
+            guard algorithm.isSupported else { return nil }
+            return DigestEnrollment(
+                hash: hash,
+                userhash: algorithm.hex("\(name):\(realm)"),
+                ha1: algorithm.hex("\(name):\(realm):\(password)")
+            )
+        }
+    }
+}
