@@ -15,6 +15,10 @@ public enum AuthFailureReason: String, Sendable, Hashable, CaseIterable {
     /// grace has passed. One reason towards the client on purpose: it is only ever given to
     /// someone who knew the password, and the operator's log names which one it was.
     case credentialsNoLongerValid = "credentials-no-longer-valid"
+    /// A right Digest answer to a nonce that has expired, was not issued here, or whose count
+    /// was already used: the 407 carries a new nonce with `stale=true`, and clients retry with
+    /// it without asking the user (RFC 7616 §3.3).
+    case staleNonce = "stale-nonce"
     /// Too many failed logins from this client address: it is locked out for a while.
     case lockedOut = "locked-out"
 

@@ -1,12 +1,15 @@
 /// Authentication schemes the gate can offer, in challenge order.
 public enum AuthScheme: String, Sendable, Hashable, CaseIterable {
     case basic
+    case digest
 }
 
 /// The gate's verdict on a request's `Proxy-Authorization` fields, before any store is asked.
 public enum GateDecision: Sendable, Hashable {
     /// Well-formed Basic credentials that a credential store must now verify.
     case verifyBasic(BasicCredentials)
+    /// Well-formed Digest credentials: the proxy must now check them against the user's secrets.
+    case verifyDigest(DigestAuthorization)
     /// Unusable credentials: answer 407 with this failure.
     case reject(AuthFailure)
 }
@@ -24,12 +27,16 @@ public struct ProxyAuthGate: Sendable {
         self.schemes = schemes
     }
 
-    /// The `Proxy-Authenticate` field values of a 407, one per offered scheme, in order.
-    public var challenges: [String] {
-        self.schemes.map { scheme in
+    /// The `Proxy-Authenticate` field values of a 407, in the order of ``schemes``: Basic as one
+    /// field, and `digest`, the Digest field values of this 407 made by a ``DigestAuthority``
+    /// (see ``DigestAuthority/Settings/oneField`` for their layout).
+    public func challenges(digest: [String] = []) -> [String] {
+        self.schemes.flatMap { scheme -> [String] in
             switch scheme {
             case .basic:
-                return "Basic realm=\(Self.quoted(self.realm)), charset=\"UTF-8\""
+                return ["Basic realm=\(Self.quoted(self.realm)), charset=\"UTF-8\""]
+            case .digest:
+                return digest
             }
         }
     }
@@ -65,6 +72,14 @@ public struct ProxyAuthGate: Sendable {
             switch BasicCredentials.decode(token68: credentials.parameters) {
             case .success(let basic):
                 return .verifyBasic(basic)
+            case .failure(let failure):
+                return .reject(failure)
+            }
+        }
+        if credentials.schemeIs("digest"), self.schemes.contains(.digest) {
+            switch DigestAuthorization.parse(first) {
+            case .success(let digest):
+                return .verifyDigest(digest)
             case .failure(let failure):
                 return .reject(failure)
             }

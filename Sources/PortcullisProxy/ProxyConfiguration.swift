@@ -43,6 +43,8 @@ public final class ProxyContext: Sendable {
     public let configuration: ProxyConfiguration
     public let gate: ProxyAuthGate
     public let verifier: CredentialVerifier?
+    /// Digest challenges, nonces and replay record, when Digest is offered.
+    public let digest: DigestAuthority?
     public let throttle: AuthThrottle
     public let admission: ClientAdmission
     public let userLimits: UserLimits?
@@ -56,6 +58,7 @@ public final class ProxyContext: Sendable {
     public init(
         configuration: ProxyConfiguration,
         verifier: CredentialVerifier?,
+        digest: DigestAuthority? = nil,
         threadPool: NIOThreadPool,
         logger: Logger,
         metrics: ProxyMetrics = ProxyMetrics(factory: NOOPMetricsHandler.instance),
@@ -67,6 +70,7 @@ public final class ProxyContext: Sendable {
         self.configuration = configuration
         self.gate = ProxyAuthGate(realm: configuration.realm, schemes: configuration.authSchemes)
         self.verifier = verifier
+        self.digest = digest
         self.throttle = AuthThrottle(settings: configuration.authThrottle)
         self.admission = ClientAdmission(settings: configuration.admission)
         self.userLimits = configuration.userLimits.isEmpty ? nil : UserLimits(settings: configuration.userLimits)

@@ -236,6 +236,7 @@ extension ProxyConnectionHandler {
         }
         if exchange.rechunkBody { out.writeStaticString("Transfer-Encoding: chunked\r\n") }
         out.writeStaticString(HeaderRewriter.viaLine)
+        if let info = exchange.authenticationInfo { out.writeString("Proxy-Authentication-Info: \(info)\r\n") }
         if exchange.closeAfter { out.writeStaticString("Connection: close\r\n") }
         out.writeStaticString("\r\n")
         return out

@@ -48,7 +48,9 @@ extension ProxyConnectionHandler {
         self.cancelTimer()
         self.recordTunnel(exchange, clientGlue: clientGlue, upstreamGlue: upstreamGlue, upstream: upstream)
         var established = context.channel.allocator.buffer(capacity: 40)
-        established.writeString("HTTP/1.\(exchange.isHTTP10 ? 0 : 1) 200 Connection established\r\n\r\n")
+        established.writeString("HTTP/1.\(exchange.isHTTP10 ? 0 : 1) 200 Connection established\r\n")
+        if let info = exchange.authenticationInfo { established.writeString("Proxy-Authentication-Info: \(info)\r\n") }
+        established.writeStaticString("\r\n")
         context.writeAndFlush(self.wrapOutboundOut(established), promise: nil)
         do {
             let sync = context.pipeline.syncOperations
@@ -99,7 +101,9 @@ extension ProxyConnectionHandler {
         metrics.request(connect: true, status: 200)
         metrics.activeTunnels.increment()
         let headBytes = exchange.head.bytes.readableBytes
-        let established = "HTTP/1.1 200 Connection established\r\n\r\n".utf8.count
+        let established =
+            "HTTP/1.1 200 Connection established\r\n\r\n".utf8.count
+            + (exchange.authenticationInfo.map { "Proxy-Authentication-Info: \($0)\r\n".utf8.count } ?? 0)
         let target = exchange.head.target
         let closed = [self.context.channel.closeFuture, upstream.closeFuture]
         EventLoopFuture.andAllComplete(closed, on: self.context.eventLoop).assumeIsolated().whenComplete { _ in

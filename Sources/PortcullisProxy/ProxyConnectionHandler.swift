@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 import NIOExtras
@@ -51,6 +52,10 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// The last `Proxy-Authorization` value on this connection and its cache key: keep-alive
     /// clients repeat the same value, and the HMAC behind the key cost ~7 % of a request.
     private var lastAuthorization: (value: [UInt8], key: CredentialVerifier.CacheKey)?
+    /// 407s answered to Digest credentials on this connection since its last success.
+    var digestFailuresInARow = 0
+    /// More 407s than this to Digest answers in a row and the connection is closed.
+    static let digestFailuresBeforeClose = 5
     var clientInputClosed = false
     /// The client's IP address, for the login throttle.
     var clientAddress = "-"
@@ -356,7 +361,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
         let head = exchange.head
         var cacheKey: CredentialVerifier.CacheKey?
-        if head.proxyAuthorization.count == 1 {
+        // Digest answers differ on every request (nc, cnonce): they have their own path.
+        if head.proxyAuthorization.count == 1, !Self.isDigest(head.value(head.proxyAuthorization[0])) {
             let value = head.value(head.proxyAuthorization[0])
             let key: CredentialVerifier.CacheKey
             if let last = self.lastAuthorization, last.value.elementsEqual(value) {
@@ -391,6 +397,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         switch self.shared.gate.evaluate(proxyAuthorization: head.values(named: "proxy-authorization")) {
         case .reject(let failure):
             self.reject(exchange, failure)
+        case .verifyDigest(let authorization):
+            self.verifyDigest(exchange, authorization, verifier: verifier)
         case .verifyBasic(let credentials):
             self.phase = .authenticating
             let verifyStarted = NIODeadline.now()
@@ -406,23 +414,9 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                         self.shared.throttle.recordSuccess(address: self.clientAddress)
                         self.accepted(exchange, user: user)
                     case .rejected(.unavailable):
-                        // Not the client's fault: no 407 (it would ask for a password again).
-                        exchange.authScheme = "basic"
-                        exchange.authResult = RejectionReason.unavailable.rawValue
-                        self.shared.metrics.authOutcome(scheme: "basic", reason: exchange.authResult)
-                        self.logger.error("user store unavailable", metadata: ["client": "\(self.clientAddress)"])
-                        self.sendLocalResponse(
-                            ProxyResponse(
-                                status: .serviceUnavailable,
-                                proxyError: nil,
-                                details: RejectionReason.unavailable.rawValue,
-                                message: "the proxy cannot read its user store right now; try again shortly.",
-                                extraHeaders: [("Retry-After", "5")]
-                            ),
-                            for: exchange
-                        )
+                        self.storeUnavailable(exchange, scheme: "basic")
                     case .rejected(let reason) where reason != .invalid:
-                        self.noLongerValid(exchange, reason: reason, user: credentials.user)
+                        self.noLongerValid(exchange, reason: reason, user: credentials.user, scheme: "basic")
                     case .rejected:
                         self.reject(
                             exchange,
@@ -438,13 +432,35 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
     }
 
-    /// A 407; failed logins (not the first leg of a handshake) count towards backoff and lockout,
-    /// and from the third on the answer is held back exponentially.
-    private func accepted(_ exchange: ProxyExchange, user: String) {
+    /// Not the client's fault: no 407 (it would ask for a password again) but a 503.
+    private func storeUnavailable(_ exchange: ProxyExchange, scheme: String) {
+        exchange.authScheme = scheme
+        exchange.authResult = RejectionReason.unavailable.rawValue
+        self.shared.metrics.authOutcome(scheme: scheme, reason: exchange.authResult)
+        self.logger.error("user store unavailable", metadata: ["client": "\(self.clientAddress)"])
+        self.sendLocalResponse(
+            ProxyResponse(
+                status: .serviceUnavailable,
+                proxyError: nil,
+                details: RejectionReason.unavailable.rawValue,
+                message: "the proxy cannot read its user store right now; try again shortly.",
+                extraHeaders: [("Retry-After", "5")]
+            ),
+            for: exchange
+        )
+    }
+
+    private static func isDigest(_ value: ByteBufferView) -> Bool {
+        guard value.count > 7 else { return false }
+        return FieldName.equals(value.prefix(7), "digest ")
+    }
+
+    private func accepted(_ exchange: ProxyExchange, user: String, scheme: String = "basic") {
         exchange.user = user
-        exchange.authScheme = "basic"
+        exchange.authScheme = scheme
         exchange.authResult = "ok"
-        self.shared.metrics.authOutcome(scheme: "basic", reason: "ok")
+        self.digestFailuresInARow = 0
+        self.shared.metrics.authOutcome(scheme: scheme, reason: "ok")
         self.shared.loopDetector.succeeded(client: self.loopKey(exchange))
         self.authorized(exchange)
     }
@@ -452,10 +468,10 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// The right password of an expired, disabled or rotated-out credential: a 407 that says the
     /// credential is no longer valid (without saying which), the exact reason in the log and the
     /// metrics, and no count towards the login lockout — the client knew the password.
-    private func noLongerValid(_ exchange: ProxyExchange, reason: RejectionReason, user: String) {
-        exchange.authScheme = "basic"
+    private func noLongerValid(_ exchange: ProxyExchange, reason: RejectionReason, user: String, scheme: String) {
+        exchange.authScheme = scheme
         exchange.authResult = reason.rawValue
-        self.shared.metrics.authOutcome(scheme: "basic", reason: reason.rawValue)
+        self.shared.metrics.authOutcome(scheme: scheme, reason: reason.rawValue)
         self.noteChallengeLoop(exchange, reason: .credentialsNoLongerValid)
         self.sendReject(
             logDetail: ["user": "\(user)", "detail": "\(reason.rawValue)"],
@@ -464,7 +480,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                 reason: .credentialsNoLongerValid,
                 explanation:
                     "this credential is no longer valid (it has expired, was disabled or was replaced); ask for a new one",
-                presentedScheme: "basic"
+                presentedScheme: scheme
             )
         )
     }
@@ -499,13 +515,18 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         )
     }
 
-    private func reject(_ exchange: ProxyExchange, _ failure: AuthFailure, user: String? = nil) {
+    private func reject(
+        _ exchange: ProxyExchange,
+        _ failure: AuthFailure,
+        user: String? = nil,
+        logDetail: Logger.Metadata = [:]
+    ) {
         exchange.authScheme = failure.presentedScheme
         exchange.authResult = failure.reason.token
         self.shared.metrics.authOutcome(scheme: failure.presentedScheme ?? "none", reason: failure.reason.token)
         self.noteChallengeLoop(exchange, reason: failure.reason)
         guard failure.reason == .invalidCredentials || failure.reason == .malformedCredentials else {
-            self.sendReject(exchange, failure)
+            self.sendReject(logDetail: logDetail, exchange, failure)
             return
         }
         let (delay, lockedOut) = self.shared.throttle.recordFailure(address: self.clientAddress, user: user)
@@ -521,19 +542,35 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             )
         }
         guard delay > .zero else {
-            self.sendReject(exchange, failure)
+            self.sendReject(logDetail: logDetail, exchange, failure)
             return
         }
         self.phase = .authenticating
         self.context.eventLoop.assumeIsolated().scheduleTask(in: delay) {
             guard self.exchange === exchange, case .authenticating = self.phase else { return }
-            self.sendReject(exchange, failure)
+            self.sendReject(logDetail: logDetail, exchange, failure)
         }
     }
 
     /// - Parameter logDetail: extra log metadata (the exact reason behind a generic one).
     private func sendReject(logDetail: Logger.Metadata = [:], _ exchange: ProxyExchange, _ failure: AuthFailure) {
         self.shared.metrics.challenges.increment()
+        if failure.presentedScheme == "digest" {
+            // A client that cannot get Digest right (a bug, a stale nonce it never renews) must
+            // not spin on one connection forever.
+            self.digestFailuresInARow += 1
+            if self.digestFailuresInARow > ProxyConnectionHandler.digestFailuresBeforeClose {
+                exchange.closeAfter = true
+                self.logger.warning(
+                    "closing a connection after repeated failed Digest answers",
+                    metadata: [
+                        "client": "\(self.clientAddress)",
+                        "failures_in_a_row": "\(self.digestFailuresInARow)",
+                        "reason": "\(failure.reason.token)",
+                    ]
+                )
+            }
+        }
         var metadata: Logger.Metadata = [
             "client": "\(self.context.channel.remoteAddress?.description ?? "-")",
             "reason": "\(failure.reason.token)",
@@ -547,7 +584,12 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             metadata: metadata
         )
         self.sendLocalResponse(
-            .proxyAuthenticationRequired(failure, challenges: self.shared.gate.challenges),
+            .proxyAuthenticationRequired(
+                failure,
+                challenges: self.shared.gate.challenges(
+                    digest: self.shared.digest?.challenges(stale: failure.reason == .staleNonce) ?? []
+                )
+            ),
             for: exchange
         )
     }
@@ -683,5 +725,174 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             target[schemeEnd...].firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) ?? target.endIndex
         guard at > schemeEnd, at < authorityEnd else { return target }
         return String(target[..<schemeEnd]) + "***" + String(target[at...])
+    }
+}
+
+// MARK: - Digest (RFC 7616)
+
+extension ProxyConnectionHandler {
+    /// Checks what needs no secret (realm, algorithm, uri), then the user's secrets, cached or
+    /// read on the thread pool.
+    fileprivate func verifyDigest(
+        _ exchange: ProxyExchange,
+        _ authorization: DigestAuthorization,
+        verifier: CredentialVerifier
+    ) {
+        guard let authority = self.shared.digest else { return }
+        let settings = authority.settings
+        guard authorization.realm == settings.realm else {
+            self.reject(
+                exchange,
+                AuthFailure(
+                    reason: .invalidCredentials,
+                    explanation:
+                        "the Digest answer is for another realm; answer the challenge for realm \"\(settings.realm)\"",
+                    presentedScheme: "digest"
+                )
+            )
+            return
+        }
+        guard settings.algorithms.contains(authorization.algorithm) else {
+            self.reject(
+                exchange,
+                AuthFailure(
+                    reason: .malformedCredentials,
+                    explanation:
+                        "the Digest algorithm \(authorization.algorithm) is not offered here (offered: \(settings.algorithms.map(\.description).joined(separator: ", ")))",
+                    presentedScheme: "digest"
+                )
+            )
+            return
+        }
+        guard
+            DigestAuthority.uriMatches(
+                authorization.uri,
+                requestTarget: exchange.head.target,
+                isConnect: exchange.isConnect
+            )
+        else {
+            // RFC 7616 §3.4.6: an answer computed for another request is a bad request.
+            exchange.authScheme = "digest"
+            exchange.authResult = "digest-uri-mismatch"
+            self.shared.metrics.authOutcome(scheme: "digest", reason: exchange.authResult)
+            self.sendLocalResponse(
+                ProxyResponse(
+                    status: .badRequest,
+                    proxyError: "http_request_error",
+                    details: "digest-uri-mismatch",
+                    message:
+                        "the uri parameter of the Digest answer does not name this request's target (use the request target, or its path for absolute-form requests)."
+                ),
+                for: exchange
+            )
+            return
+        }
+        let key = CredentialVerifier.DigestKey(
+            name: authorization.username,
+            isUserhash: authorization.userhash,
+            hash: authorization.algorithm.hash
+        )
+        if let cached = verifier.cachedDigestSecrets(key) {
+            self.shared.metrics.cacheHits.increment()
+            self.finishDigest(exchange, authorization, key: key, lookup: cached, authority: authority)
+            return
+        }
+        self.shared.metrics.cacheMisses.increment()
+        self.phase = .authenticating
+        verifier.digestSecrets(key, on: self.context.eventLoop).assumeIsolated().whenSuccess { lookup in
+            guard self.exchange === exchange, case .authenticating = self.phase else { return }
+            self.finishDigest(exchange, authorization, key: key, lookup: lookup, authority: authority)
+        }
+    }
+
+    /// The answer against the secrets, then the nonce, then the account rules.
+    private func finishDigest(
+        _ exchange: ProxyExchange,
+        _ authorization: DigestAuthorization,
+        key: CredentialVerifier.DigestKey,
+        lookup: DigestLookup,
+        authority: DigestAuthority
+    ) {
+        let wrong = AuthFailure(
+            reason: .invalidCredentials,
+            explanation: "unknown user or wrong password",
+            presentedScheme: "digest"
+        )
+        // A hashed name is not a name: it is never logged nor used to slow down a user.
+        let claimed = authorization.userhash ? nil : authorization.username
+        let secrets: DigestSecrets
+        switch lookup {
+        case .unavailable:
+            self.storeUnavailable(exchange, scheme: "digest")
+            return
+        case .unknownUser:
+            self.reject(exchange, wrong, user: claimed)
+            return
+        case .notEnrolled(let user):
+            // Worded to the client like a wrong password (it must not learn the name exists);
+            // the operator's log says what to do.
+            self.reject(
+                exchange,
+                wrong,
+                user: user,
+                logDetail: ["user": "\(user)", "detail": "no-digest-secret (add one with users passwd --digest)"]
+            )
+            return
+        case .found(let found):
+            secrets = found
+        }
+        let method = String(decoding: exchange.head.methodBytes, as: UTF8.self)
+        let answer = Array(authorization.response.utf8)
+        var ha1 = secrets.ha1
+        var matchedCurrent = true
+        if !DigestAuthority.constantTimeEqual(
+            Array(authority.expectedResponse(authorization, ha1: ha1, method: method).utf8),
+            answer
+        ) {
+            guard let previous = secrets.previousHA1,
+                DigestAuthority.constantTimeEqual(
+                    Array(authority.expectedResponse(authorization, ha1: previous, method: method).utf8),
+                    answer
+                )
+            else {
+                self.reject(exchange, wrong, user: secrets.user)
+                return
+            }
+            ha1 = previous
+            matchedCurrent = false
+        }
+        // The client knows the secret. A nonce that is not good any more (or an opaque that is
+        // not ours) only needs a new nonce: stale=true, and clients retry on their own.
+        let verdict: DigestAuthority.NonceVerdict =
+            authorization.opaque.map { $0 == authority.opaque } == false
+            ? .stale("opaque not issued by this proxy")
+            : authority.checkNonce(authorization.nonce, nonceCount: authorization.nonceCount)
+        guard case .valid(let age) = verdict else {
+            if case .stale(let why) = verdict {
+                exchange.authScheme = "digest"
+                exchange.authResult = AuthFailureReason.staleNonce.token
+                self.shared.metrics.authOutcome(scheme: "digest", reason: exchange.authResult)
+                self.noteChallengeLoop(exchange, reason: .staleNonce)
+                self.sendReject(
+                    logDetail: ["user": "\(secrets.user)", "detail": "\(why)"],
+                    exchange,
+                    AuthFailure(
+                        reason: .staleNonce,
+                        explanation: "the Digest nonce is no longer valid; answer the new challenge (stale=true)",
+                        presentedScheme: "digest"
+                    )
+                )
+            }
+            return
+        }
+        switch secrets.standing.outcome(user: secrets.user, matchedCurrent: matchedCurrent, now: Date()) {
+        case .accepted(let user, _):
+            exchange.authenticationInfo = authority.authenticationInfo(authorization, ha1: ha1, nonceAge: age)
+            self.shared.throttle.recordSuccess(address: self.clientAddress)
+            self.shared.verifier?.noteDigestLogin(key, user: user)
+            self.accepted(exchange, user: user, scheme: "digest")
+        case .rejected(let reason):
+            self.noLongerValid(exchange, reason: reason, user: secrets.user, scheme: "digest")
+        }
     }
 }

@@ -30,6 +30,8 @@ final class ProxyExchange {
     let started = NIODeadline.now()
     let startDate = Date()
     var authScheme: String?
+    /// `Proxy-Authentication-Info` for the response (Digest: rspauth, nextnonce).
+    var authenticationInfo: String?
     /// `ok`, `none` or a reason token.
     var authResult = "none"
     var status = 0

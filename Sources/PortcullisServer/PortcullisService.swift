@@ -4,6 +4,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import PortcullisAuth
 import PortcullisProxy
 import PortcullisStores
 import Prometheus
@@ -29,9 +30,14 @@ public enum PortcullisService {
         let termination = TerminationSignal()
         var verifier: CredentialVerifier?
         var store: UsersSource?
+        var digest: DigestAuthority?
         if !configuration.proxy.authSchemes.isEmpty {
             let source = try await Self.openStore(configuration, threadPool: threadPool, logger: logger)
             store = source
+            if let settings = configuration.digest {
+                let key = try await Self.nonceKey(configuration, store: source.store, threadPool: threadPool)
+                digest = DigestAuthority(settings: settings, key: key)
+            }
             verifier = CredentialVerifier(
                 store: source.store,
                 threadPool: threadPool,
@@ -60,6 +66,7 @@ public enum PortcullisService {
         let context = ProxyContext(
             configuration: configuration.proxy,
             verifier: verifier,
+            digest: digest,
             threadPool: threadPool,
             logger: logger,
             metrics: metrics,
@@ -207,6 +214,33 @@ public enum PortcullisService {
         FileHandle.standardOutput.write(Data(text.utf8))
     }
 
+    /// The Digest nonce key: `--digest-secret-file`, else the store's shared key (SQLite and
+    /// PostgreSQL keep one, so instances sharing a store accept each other's nonces), else a
+    /// random key for this process.
+    private static func nonceKey(
+        _ configuration: ServerConfiguration,
+        store: any CredentialStore,
+        threadPool: NIOThreadPool
+    ) async throws -> [UInt8] {
+        if let path = configuration.digestSecretFile {
+            let data: Data
+            do {
+                data = try await threadPool.runIfActive { try Data(contentsOf: URL(fileURLWithPath: path)) }
+            } catch {
+                throw ServeError("cannot read --digest-secret-file \(path): \((error as NSError).localizedDescription)")
+            }
+            guard data.count >= 16 else {
+                throw ServeError(
+                    "--digest-secret-file \(path) must hold at least 16 bytes (for example: head -c 32 /dev/urandom > FILE)"
+                )
+            }
+            return Array(data)
+        }
+        if let shared = try await threadPool.runIfActive({ store.nonceKey() }) { return shared }
+        var generator = SystemRandomNumberGenerator()
+        return (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
+    }
+
     /// The users store of this run: `--htpasswd`, `--store sqlite:PATH`, or the embedded database.
     private static func openStore(
         _ configuration: ServerConfiguration,
@@ -224,6 +258,23 @@ public enum PortcullisService {
                 logger.warning(
                     "the users file has no usable users: every request will get 407",
                     metadata: ["file": "\(path)"]
+                )
+            }
+            return UsersSource(store: loaded, description: path) {
+                try loaded.reloadIfChanged().map { "users file reloaded (\($0.entries.count) users)" }
+            } readable: {
+                FileManager.default.isReadableFile(atPath: path)
+            }
+        case .htdigest(let path):
+            let loaded = try await threadPool.runIfActive { try HtdigestStore(path: path, realm: realm) }
+            let file = loaded.file
+            for problem in file.problems {
+                logger.warning("users file entry skipped", metadata: ["file": "\(path)", "problem": "\(problem)"])
+            }
+            if file.entries.isEmpty {
+                logger.warning(
+                    "the htdigest file has no users in realm \(realm): every request will get 407",
+                    metadata: ["file": "\(path)", "users_of_other_realms": "\(file.otherRealms)"]
                 )
             }
             return UsersSource(store: loaded, description: path) {

@@ -7,6 +7,7 @@ import Yams
 public struct ServeOptions: Equatable, Sendable {
     public var listen: [String]?
     public var htpasswd: String?
+    public var htdigest: String?
     public var store: String?
     public var realm: String?
     public var auth: [String]?
@@ -38,6 +39,10 @@ public struct ServeOptions: Equatable, Sendable {
     public var maxClientConnections: Int?
     public var credentialCacheTTL: Double?
     public var shutdownGrace: Double?
+    public var digestAlgorithms: [String]?
+    public var digestNonceLifetime: Double?
+    public var digestSecretFile: String?
+    public var digestChallenges: String?
 
     public init() {}
 
@@ -46,6 +51,7 @@ public struct ServeOptions: Equatable, Sendable {
         var out = ServeOptions()
         out.listen = self.listen ?? other.listen
         out.htpasswd = self.htpasswd ?? other.htpasswd
+        out.htdigest = self.htdigest ?? other.htdigest
         out.store = self.store ?? other.store
         out.realm = self.realm ?? other.realm
         out.auth = self.auth ?? other.auth
@@ -77,6 +83,10 @@ public struct ServeOptions: Equatable, Sendable {
         out.maxClientConnections = self.maxClientConnections ?? other.maxClientConnections
         out.credentialCacheTTL = self.credentialCacheTTL ?? other.credentialCacheTTL
         out.shutdownGrace = self.shutdownGrace ?? other.shutdownGrace
+        out.digestAlgorithms = self.digestAlgorithms ?? other.digestAlgorithms
+        out.digestNonceLifetime = self.digestNonceLifetime ?? other.digestNonceLifetime
+        out.digestSecretFile = self.digestSecretFile ?? other.digestSecretFile
+        out.digestChallenges = self.digestChallenges ?? other.digestChallenges
         return out
     }
 
@@ -88,6 +98,8 @@ public struct ServeOptions: Equatable, Sendable {
         "lockout-threshold", "lockout-window", "lockout-duration", "allow-clients", "max-connections",
         "max-client-connections", "policy", "max-request-body", "user-max-connections", "user-max-addresses",
         "user-address-window", "user-max-rate", "admin", "allow-remote-admin", "access-log", "access-log-format",
+        "htdigest", "digest-algorithms", "digest-nonce-lifetime", "digest-secret-file",
+        "digest-challenges",
     ]
 
     /// Reads a YAML config file. Unknown keys are an error: a typo must not silently fall back
@@ -151,6 +163,11 @@ public struct ServeOptions: Equatable, Sendable {
             switch key {
             case "listen": options.listen = try strings()
             case "htpasswd": options.htpasswd = try string()
+            case "htdigest": options.htdigest = try string()
+            case "digest-algorithms": options.digestAlgorithms = try strings()
+            case "digest-nonce-lifetime": options.digestNonceLifetime = try seconds()
+            case "digest-secret-file": options.digestSecretFile = try string()
+            case "digest-challenges": options.digestChallenges = try string()
             case "store": options.store = try string()
             case "realm": options.realm = try string()
             case "auth": options.auth = try strings()

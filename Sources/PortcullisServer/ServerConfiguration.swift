@@ -19,6 +19,10 @@ public struct ServerConfiguration: Sendable {
     public var accessLogFormat: AccessLog.Format = .squid
     public var dataDirectory: String
     public var proxy: ProxyConfiguration
+    /// Digest settings when Digest is offered.
+    public var digest: DigestAuthority.Settings?
+    /// `--digest-secret-file`: the nonce key shared by instances that do not share a database.
+    public var digestSecretFile: String?
     public var logLevel: Logger.Level
     public var credentialCacheTTL: TimeAmount
     public var shutdownGrace: TimeAmount
@@ -47,7 +51,7 @@ public struct ServerConfiguration: Sendable {
             proxy.authSchemes = try authNames.map { name in
                 guard let scheme = AuthScheme(rawValue: name) else {
                     throw ServeError(
-                        "--auth: unknown scheme '\(name)' (available: basic, or none to turn authentication off)"
+                        "--auth: unknown scheme '\(name)' (available: basic, digest, or none to turn authentication off)"
                     )
                 }
                 return scheme
@@ -60,6 +64,49 @@ public struct ServerConfiguration: Sendable {
                     "refusing to run without authentication on \(open.0), which is not a loopback address: anyone who can reach it could use this proxy. Use --auth basic, listen on 127.0.0.1/[::1], or pass --allow-open-proxy if that is really what you want."
                 )
             }
+        }
+        guard Set(proxy.authSchemes).count == proxy.authSchemes.count else {
+            throw ServeError("--auth: a scheme is listed twice")
+        }
+        if proxy.authSchemes.contains(.digest) {
+            var settings = DigestAuthority.Settings(realm: realm)
+            if let names = options.digestAlgorithms {
+                settings.algorithms = try names.map { name in
+                    guard let algorithm = DigestAlgorithm(token: name) else {
+                        throw ServeError(
+                            "--digest-algorithms: unknown algorithm '\(name)' (available: SHA-256, SHA-512-256, MD5 and their -sess variants)"
+                        )
+                    }
+                    guard algorithm.isSupported else {
+                        throw ServeError(
+                            "--digest-algorithms: \(algorithm) needs the system's libcrypto.so.3 (Debian package libssl3), which is missing"
+                        )
+                    }
+                    return algorithm
+                }
+                guard !settings.algorithms.isEmpty else { throw ServeError("--digest-algorithms needs at least one") }
+                guard Set(settings.algorithms).count == settings.algorithms.count else {
+                    throw ServeError("--digest-algorithms: an algorithm is listed twice")
+                }
+            }
+            if let lifetime = options.digestNonceLifetime {
+                guard lifetime >= 1, lifetime <= 7 * 24 * 3600 else {
+                    throw ServeError("--digest-nonce-lifetime must be 1 second to 7 days")
+                }
+                settings.nonceLifetime = Int(lifetime)
+            }
+            switch options.digestChallenges ?? "one-field" {
+            case "one-field": settings.oneField = true
+            case "per-algorithm": settings.oneField = false
+            case let other:
+                throw ServeError("--digest-challenges: '\(other.prefix(40))' is not one-field or per-algorithm")
+            }
+            self.digest = settings
+            self.digestSecretFile = options.digestSecretFile
+        } else if options.digestAlgorithms != nil || options.digestNonceLifetime != nil
+            || options.digestChallenges != nil
+        {
+            throw ServeError("the --digest-… settings need --auth digest (or basic,digest)")
         }
         proxy.destinationPolicy = DestinationPolicy(allowPrivateDestinations: options.allowPrivateDestinations ?? false)
         proxy.connectPorts = Set(options.connectPorts ?? [443])
@@ -210,6 +257,8 @@ public struct ServerConfiguration: Sendable {
 /// Where `serve` and `users` find users.
 public enum StoreLocation: Sendable, Equatable {
     case htpasswd(String)
+    /// An Apache htdigest file (MD5 HA1 per user and realm): read-only, reloaded on change.
+    case htdigest(String)
     case sqlite(String)
     /// `<data dir>/portcullis.db`, created on first use.
     case embedded(String)
@@ -234,10 +283,16 @@ public enum StoreLocation: Sendable, Equatable {
 extension ServerConfiguration {
     static func storeLocation(_ options: ServeOptions, dataDirectory: String) throws -> StoreLocation {
         if let text = options.store {
-            guard options.htpasswd == nil else { throw ServeError("use either --store or --htpasswd, not both") }
+            guard options.htpasswd == nil, options.htdigest == nil else {
+                throw ServeError("use one of --store, --htpasswd or --htdigest")
+            }
             return try StoreLocation.parse(text)
         }
-        if let htpasswd = options.htpasswd { return .htpasswd(htpasswd) }
+        if let htpasswd = options.htpasswd {
+            guard options.htdigest == nil else { throw ServeError("use either --htpasswd or --htdigest, not both") }
+            return .htpasswd(htpasswd)
+        }
+        if let htdigest = options.htdigest { return .htdigest(htdigest) }
         return .embedded(dataDirectory + "/" + EmbeddedUsers.databaseName)
     }
 }

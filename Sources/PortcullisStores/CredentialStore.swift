@@ -37,6 +37,8 @@ public protocol CredentialStore: AnyObject, Sendable {
     /// A key for signing Digest nonces that every proxy sharing this store uses, so a nonce one
     /// instance minted is good on another; `nil` when the store cannot keep one.
     func nonceKey() -> [UInt8]?
+    /// Records a successful login (for `users list`); best effort. Blocking.
+    func noteLogin(_ user: String, at date: Date)
 }
 
 /// Users from an Apache htpasswd file, re-read when the file changes.

@@ -1,4 +1,5 @@
 import Crypto
+import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -33,11 +34,32 @@ public final class CredentialVerifier: Sendable {
         var inFlight: [CacheKey: [EventLoopPromise<VerificationOutcome>]] = [:]
     }
 
+    /// Which Digest secrets: a user (by name or user hash) and an algorithm.
+    public struct DigestKey: Hashable, Sendable {
+        public var name: String
+        public var isUserhash: Bool
+        public var hash: DigestAlgorithm.Hash
+
+        public init(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) {
+            self.name = name
+            self.isUserhash = isUserhash
+            self.hash = hash
+        }
+    }
+
+    private struct DigestEntry {
+        var lookup: DigestLookup
+        var expires: NIODeadline
+        var generation: UInt64
+        var loginNoted = false
+    }
+
     public let store: any CredentialStore
     private let threadPool: NIOThreadPool
     private let configuration: Configuration
     private let hmacKey = SymmetricKey(size: .bits256)
     private let state = NIOLockedValueBox(State())
+    private let digestEntries = NIOLockedValueBox([DigestKey: DigestEntry]())
 
     public init(store: any CredentialStore, threadPool: NIOThreadPool, configuration: Configuration = .init()) {
         self.store = store
@@ -117,6 +139,63 @@ public final class CredentialVerifier: Sendable {
     /// Drops every cached verification (for example after the users changed).
     public func invalidateAll() {
         self.state.withLockedValue { $0.entries.removeAll() }
+        self.digestEntries.withLockedValue { $0.removeAll() }
+    }
+
+    // MARK: - Digest secrets
+
+    /// Digest answers differ on every request, so what is cached is the user's secrets (for
+    /// ``Configuration/ttl``, dropped when the store changes); the answer itself is checked
+    /// against them on the event loop — a few hashes, no I/O. The account rules (expiry,
+    /// grace) are applied at each request with the time of that request.
+    public func cachedDigestSecrets(_ key: DigestKey, now: NIODeadline = .now()) -> DigestLookup? {
+        let generation = self.store.generation
+        return self.digestEntries.withLockedValue { entries in
+            guard let entry = entries[key] else { return nil }
+            guard entry.expires > now, entry.generation == generation else {
+                entries[key] = nil
+                return nil
+            }
+            return entry.lookup
+        }
+    }
+
+    /// Reads the secrets on the thread pool; the future completes on `eventLoop`.
+    public func digestSecrets(_ key: DigestKey, on eventLoop: any EventLoop) -> EventLoopFuture<DigestLookup> {
+        let store = self.store
+        let generation = store.generation
+        return self.threadPool.runIfActive(eventLoop: eventLoop) {
+            store.digestSecrets(name: key.name, isUserhash: key.isUserhash, hash: key.hash)
+        }
+        .recover { _ in .unavailable }
+        .map { lookup in
+            if lookup != .unavailable {
+                self.digestEntries.withLockedValue { entries in
+                    if entries.count >= self.configuration.maximumEntries { entries.removeAll(keepingCapacity: true) }
+                    entries[key] = DigestEntry(
+                        lookup: lookup,
+                        expires: .now() + self.configuration.ttl,
+                        generation: generation
+                    )
+                }
+            }
+            return lookup
+        }
+    }
+
+    /// A Digest login succeeded: the store records it (for `users list`) once per cached entry,
+    /// on the thread pool, as a Basic login is recorded once per verification.
+    public func noteDigestLogin(_ key: DigestKey, user: String) {
+        let first = self.digestEntries.withLockedValue { entries -> Bool in
+            guard entries[key]?.loginNoted == false else { return false }
+            entries[key]?.loginNoted = true
+            return true
+        }
+        guard first else { return }
+        let store = self.store
+        self.threadPool.submit { state in
+            if case .active = state { store.noteLogin(user, at: Date()) }
+        }
     }
 
     public var cachedCount: Int { self.state.withLockedValue { $0.entries.count } }

@@ -66,6 +66,9 @@ extension CredentialStore {
 
     /// Default: no shared nonce key; the proxy makes a random one per process.
     public func nonceKey() -> [UInt8]? { nil }
+
+    /// Default: logins are not recorded (files).
+    public func noteLogin(_ user: String, at date: Date) {}
 }
 
 /// A user as `users list` shows it: never a hash.

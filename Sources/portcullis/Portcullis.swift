@@ -21,7 +21,7 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the forward proxy.",
         discussion: """
-            With no --htpasswd, Portcullis keeps its users in <data dir>/users.htpasswd; the first run creates it with the user 'admin' and a random password, shown once on stdout. The data dir is --data-dir, else $XDG_DATA_HOME/portcullis, else ~/.local/share/portcullis.
+            With no --store, --htpasswd or --htdigest, Portcullis keeps its users in <data dir>/portcullis.db (SQLite); the first run creates it with the user 'admin' and a random password, shown once on stdout. The data dir is --data-dir, else $XDG_DATA_HOME/portcullis, else ~/.local/share/portcullis. Manage users with portcullis users.
 
             Settings can also come from a YAML file (--config) whose keys are the long option names (listen: ["127.0.0.1:3128"], allow-private-destinations: true, …); options on the command line win over the file.
             """
@@ -44,6 +44,12 @@ struct Serve: AsyncParsableCommand {
 
     @Option(
         name: .long,
+        help: ArgumentHelp("Apache htdigest users file (MD5 Digest, and Basic), for --realm.", valueName: "file")
+    )
+    var htdigest: String?
+
+    @Option(
+        name: .long,
         help: ArgumentHelp(
             "User database: sqlite:PATH. (default: <data dir>/portcullis.db, created on first run)",
             valueName: "url"
@@ -57,11 +63,47 @@ struct Serve: AsyncParsableCommand {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "Schemes offered, in challenge order: basic; or none to turn authentication off (loopback listeners only, unless --allow-open-proxy). (default: basic)",
+            "Schemes offered, in challenge order: basic, digest; or none to turn authentication off (loopback listeners only, unless --allow-open-proxy). (default: basic)",
             valueName: "list"
         )
     )
     var auth: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Digest algorithms offered, in order: SHA-256, SHA-512-256, MD5 and their -sess variants. (default: SHA-256,MD5)",
+            valueName: "list"
+        )
+    )
+    var digestAlgorithms: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Seconds a Digest nonce stays valid; then clients get stale=true and renew it silently. (default: 600)",
+            valueName: "seconds"
+        )
+    )
+    var digestNonceLifetime: Double?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "File with the key that signs Digest nonces (>= 16 bytes), for instances that share no database. (default: kept in the user database, else random per process)",
+            valueName: "file"
+        )
+    )
+    var digestSecretFile: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "one-field: every Digest challenge in one Proxy-Authenticate field, which curl and Python's urllib answer with MD5 and RFC clients with the first (SHA-256); per-algorithm: one field each, which curl answers with the first algorithm and urllib only when it is MD5. (default: one-field)",
+            valueName: "layout"
+        )
+    )
+    var digestChallenges: String?
 
     @Option(
         name: .long,
@@ -268,6 +310,13 @@ struct Serve: AsyncParsableCommand {
         var options = ServeOptions()
         if !self.listen.isEmpty { options.listen = self.listen }
         options.htpasswd = self.htpasswd
+        options.htdigest = self.htdigest
+        options.digestAlgorithms = self.digestAlgorithms.map {
+            $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        }
+        options.digestNonceLifetime = self.digestNonceLifetime
+        options.digestSecretFile = self.digestSecretFile
+        options.digestChallenges = self.digestChallenges
         options.store = self.store
         options.realm = self.realm
         options.auth = self.auth.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }

@@ -41,7 +41,7 @@ struct UsersCommand: ParsableCommand {
             if let store {
                 switch try StoreLocation.parse(store) {
                 case .sqlite(let p), .embedded(let p): path = p
-                case .htpasswd: throw Failure("--store: htpasswd files are read-only here; use sqlite:PATH")
+                case .htpasswd, .htdigest: throw Failure("--store: user files are read-only here; use sqlite:PATH")
                 }
             } else {
                 let dir =

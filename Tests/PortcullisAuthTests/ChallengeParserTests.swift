@@ -55,7 +55,7 @@ import Testing
 
     @Test func ourOwnChallengesRoundTrip() throws {
         let gate = ProxyAuthGate(realm: #"Corp "HQ", \ proxy"#)
-        let c = try ChallengeParser.parse(fieldValues: gate.challenges)
+        let c = try ChallengeParser.parse(fieldValues: gate.challenges())
         #expect(c.count == 1)
         #expect(c[0].parameter("realm") == #"Corp "HQ", \ proxy"#)
         #expect(c[0].parameter("charset") == "UTF-8")

@@ -11,12 +11,12 @@ import Testing
     }
 
     @Test func basicChallengeNamesRealmAndCharset() {
-        #expect(gate.challenges == [#"Basic realm="Portcullis", charset="UTF-8""#])
+        #expect(gate.challenges() == [#"Basic realm="Portcullis", charset="UTF-8""#])
     }
 
     @Test func realmIsAQuotedStringWithEscapes() {
         let gate = ProxyAuthGate(realm: #"Corp "HQ" \ proxy"#)
-        #expect(gate.challenges == [#"Basic realm="Corp \"HQ\" \\ proxy", charset="UTF-8""#])
+        #expect(gate.challenges() == [#"Basic realm="Corp \"HQ\" \\ proxy", charset="UTF-8""#])
     }
 
     @Test func noHeaderIsMissingCredentials() {
