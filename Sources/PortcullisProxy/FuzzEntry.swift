@@ -53,10 +53,21 @@ package enum FuzzEntry {
 
     static func proxyAuthorization(_ bytes: UnsafeRawBufferPointer) {
         let text = String(decoding: bytes, as: UTF8.self)
-        let gate = ProxyAuthGate(realm: "fuzz", schemes: [.basic])
-        _ = gate.evaluate(proxyAuthorization: text.split(separator: "\n").map(String.init))
+        let gate = ProxyAuthGate(realm: "fuzz", schemes: [.basic, .digest])
+        let decision = gate.evaluate(proxyAuthorization: text.split(separator: "\n").map(String.init))
         _ = Credentials(fieldValue: text)
+        // A parsed Digest answer goes through the server's arithmetic and checks too.
+        if case .verifyDigest(let answer) = decision {
+            _ = Self.digestAuthority.expectedResponse(answer, ha1: "0123456789abcdef0123456789abcdef", method: "GET")
+            _ = Self.digestAuthority.checkNonce(answer.nonce, nonceCount: answer.nonceCount)
+            _ = DigestAuthority.uriMatches(answer.uri, requestTarget: "http://h/p?q", isConnect: false)
+        }
     }
+
+    private static let digestAuthority = DigestAuthority(
+        settings: .init(realm: "fuzz", maximumTrackedNonces: 64),
+        key: Array(repeating: 1, count: 32)
+    )
 
     static func challenges(_ bytes: UnsafeRawBufferPointer) {
         let text = String(decoding: bytes, as: UTF8.self)

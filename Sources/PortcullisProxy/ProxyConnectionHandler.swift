@@ -826,7 +826,17 @@ extension ProxyConnectionHandler {
             self.storeUnavailable(exchange, scheme: "digest")
             return
         case .unknownUser:
-            self.reject(exchange, wrong, user: claimed)
+            self.reject(
+                exchange,
+                wrong,
+                user: claimed,
+                logDetail: authorization.userhash
+                    ? [
+                        "detail":
+                            "the user hash matches no user with Digest secrets for \(authorization.algorithm.hash.rawValue)"
+                    ]
+                    : [:]
+            )
             return
         case .notEnrolled(let user):
             // Worded to the client like a wrong password (it must not learn the name exists);

@@ -7,19 +7,19 @@ import PortcullisAuth
 public struct HtdigestFile: Sendable {
     public struct Entry: Sendable, Hashable {
         public var ha1: String
-        /// MD5(user:realm), for RFC 7616 `userhash`.
-        public var userhash: String
     }
 
     public private(set) var entries: [String: Entry] = [:]
-    public private(set) var byUserhash: [String: String] = [:]
+    /// H(user:realm) of every algorithm this machine computes (RFC 7616 `userhash`), so a client
+    /// hashing the name is recognised even for an algorithm the file has no HA1 for.
+    public private(set) var byUserhash: [DigestAlgorithm.Hash: [String: String]] = [:]
     /// Users of other realms in the file (ignored: a realm's HA1 is useless in another).
     public private(set) var otherRealms = 0
     /// Skipped lines: their number and why, never their content.
     public private(set) var problems: [String] = []
 
     public init(contents: String, realm: String) {
-        let md5 = DigestAlgorithm(hash: .md5)
+        let algorithms = DigestAlgorithm.Hash.allCases.map { DigestAlgorithm(hash: $0) }.filter(\.isSupported)
         var lineNumber = 0
         for line in contents.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline) {
             lineNumber += 1
@@ -50,9 +50,10 @@ public struct HtdigestFile: Sendable {
                 self.problems.append("line \(lineNumber): user '\(user)' appears again; the first entry wins")
                 continue
             }
-            let userhash = md5.hex("\(user):\(realm)")
-            self.entries[user] = Entry(ha1: ha1, userhash: userhash)
-            self.byUserhash[userhash] = user
+            self.entries[user] = Entry(ha1: ha1)
+            for algorithm in algorithms {
+                self.byUserhash[algorithm.hash, default: [:]][algorithm.hex("\(user):\(realm)")] = user
+            }
         }
     }
 
@@ -106,7 +107,7 @@ public final class HtdigestStore: CredentialStore {
 
     public func digestSecrets(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) -> DigestLookup {
         let (user, entry) = self.state.withLockedValue { state -> (String?, HtdigestFile.Entry?) in
-            let user = isUserhash ? state.file.byUserhash[name.lowercased()] : name
+            let user = isUserhash ? state.file.byUserhash[hash]?[name.lowercased()] : name
             return (user, user.flatMap { state.file.entries[$0] })
         }
         guard let user, let entry else { return .unknownUser }

@@ -44,7 +44,10 @@ import Testing
         let ha1 = a.hex("Mufasa:http-auth@example.org:Circle of Life")
         let server = self.authority(Clock(), realm: "http-auth@example.org")
         #expect(server.expectedResponse(parsed, ha1: ha1, method: "GET") == expected)
-        #expect(server.expectedResponse(parsed, ha1: a.hex("Mufasa:http-auth@example.org:circle of life"), method: "GET") != expected)
+        #expect(
+            server.expectedResponse(parsed, ha1: a.hex("Mufasa:http-auth@example.org:circle of life"), method: "GET")
+                != expected
+        )
     }
 
     /// RFC 2617 §3.5 (MD5, qop=auth).
@@ -146,7 +149,11 @@ import Testing
         clock.advance(seconds: 31)
         #expect(server.checkNonce(nonce, nonceCount: 202) == .stale("nonce expired"))
         // Another key, another realm, or a tampered nonce: not ours.
-        let other = DigestAuthority(settings: .init(realm: "R"), key: Array(repeating: 7, count: 32), clock: { clock.now })
+        let other = DigestAuthority(
+            settings: .init(realm: "R"),
+            key: Array(repeating: 7, count: 32),
+            clock: { clock.now }
+        )
         #expect(other.checkNonce(server.mintNonce(), nonceCount: 1) == .stale("nonce not issued by this proxy"))
         var tampered = Array(server.mintNonce())
         tampered[3] = tampered[3] == "A" ? "B" : "A"
@@ -218,7 +225,9 @@ import Testing
         // And it is what the client side computes.
         let challenge = try #require(
             DigestChallenge(
-                try ChallengeParser.parse(fieldValue: #"Digest realm="R", nonce="n", qop="auth", algorithm=SHA-256-sess"#)[0]
+                try ChallengeParser.parse(
+                    fieldValue: #"Digest realm="R", nonce="n", qop="auth", algorithm=SHA-256-sess"#
+                )[0]
             )
         )
         let client = try #require(DigestResponder(challenge: challenge, user: "u", password: "pw"))

@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""Digest vs Basic on the keep-alive benchmark (issues 5 and 9), side by side in one run:
+`wrk -t1 -c50`, keep-alive GET of a 1 KiB file from a local nginx, through
+
+- Portcullis with Basic, with Digest MD5 and with Digest SHA-256 (one process, `--auth
+  basic,digest`, SQLite store with the user enrolled for Digest);
+- Squid 5 with Basic (`basic_ncsa_auth`, bcrypt) and with Digest (`digest_file_auth`, MD5 —
+  the only algorithm Squid has), one process offering both.
+
+wrk cannot hash, so every Digest answer is computed here beforehand (Python hashlib) for
+nonces fetched from the proxy under test: 50 nonces per round, each answered with counts
+1, 2, 3 … so that no answer is ever sent twice (both proxies refuse replays). Each Digest
+request is a real Digest check: the proxies cannot cache an answer, only the user's secret.
+Rounds alternate the targets. Writes bench/out/digest.{md,json}. Loopback only, bounded
+(about 2 minutes with the defaults), every process it starts is stopped on exit.
+
+Usage: python3 bench/digest.py [--duration S] [--rounds N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+CHILDREN: list[subprocess.Popen] = []
+USER, PASSWORD = "bench", "benchpass"
+NONCES = 50
+
+LUA = r"""
+local answers = {}
+local n = 0
+local target = os.getenv("BENCH_TARGET")
+local host = os.getenv("BENCH_HOST")
+init = function(args)
+  local basic = os.getenv("BENCH_BASIC")
+  if basic ~= nil and basic ~= "" then
+    answers[1] = basic
+  else
+    for line in io.lines(os.getenv("BENCH_ANSWERS")) do answers[#answers + 1] = line end
+  end
+end
+request = function()
+  n = n + 1
+  local value = answers[#answers == 1 and 1 or n]
+  if value == nil then value = answers[#answers] end  -- ran out: a replay, counted as non-2xx
+  return wrk.format("GET", target, { ["Host"] = host, ["Proxy-Authorization"] = value })
+end
+"""
+
+
+def log(msg: str):
+    print(f"[digest] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def spawn(cmd, **kw) -> subprocess.Popen:
+    p = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+    CHILDREN.append(p)
+    return p
+
+
+def stop_all():
+    for p in CHILDREN:
+        if p.poll() is None:
+            p.terminate()
+    for p in CHILDREN:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def find(program: str) -> str:
+    path = shutil.which(program) or (f"/usr/sbin/{program}" if Path(f"/usr/sbin/{program}").exists() else None)
+    if not path:
+        sys.exit(f"{program} missing (apt-get install -y nginx-light squid wrk)")
+    return path
+
+
+def H(algorithm: str, text: str) -> str:
+    return hashlib.new({"MD5": "md5", "SHA-256": "sha256"}[algorithm], text.encode()).hexdigest()
+
+
+def challenges(port: int, target: str, host: str) -> list[dict]:
+    """One 407's Digest challenges, as dicts."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head = data.split(b"\r\n\r\n")[0].decode("latin-1")
+    assert head.split()[1] == "407", head
+    found = []
+    for line in head.split("\r\n"):
+        if not line.lower().startswith("proxy-authenticate:"):
+            continue
+        for part in re.split(r",\s*(?=Digest\s)|^\s*(?=Digest\s)", line.split(":", 1)[1].strip()):
+            if not part.startswith("Digest"):
+                continue
+            found.append({k.lower(): v.strip('"') for k, v in re.findall(r'(\w+)=("[^"]*"|[^\s,]+)', part)})
+    return found
+
+
+def answers(port: int, target: str, host: str, realm: str, algorithm: str, count: int, path: Path):
+    """`count` Digest answers to fresh nonces, never one twice."""
+    nonces = []
+    for _ in range(NONCES):
+        ch = [c for c in challenges(port, target, host) if c.get("algorithm", "MD5") == algorithm][0]
+        nonces.append((ch["nonce"], ch.get("opaque")))
+    ha1 = H(algorithm, f"{USER}:{realm}:{PASSWORD}")
+    ha2 = H(algorithm, f"GET:{target}")
+    with path.open("w") as f:
+        for i in range(count):
+            nonce, opaque = nonces[i % NONCES]
+            nc = f"{i // NONCES + 1:08x}"
+            cnonce = f"c{i % NONCES}"
+            response = H(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")
+            value = (f'Digest username="{USER}", realm="{realm}", nonce="{nonce}", uri="{target}", '
+                     f'algorithm={algorithm}, qop=auth, nc={nc}, cnonce="{cnonce}", response="{response}"')
+            if opaque:
+                value += f', opaque="{opaque}"'
+            f.write(value + "\n")
+
+
+def wrk(port: int, env: dict, duration: int, connections: int, script: Path) -> dict:
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script),
+                          f"http://127.0.0.1:{port}"], capture_output=True, text=True,
+                         env={**os.environ, **env}, timeout=duration + 60)
+    text = out.stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)) else 0
+    total = int(re.search(r"(\d+) requests in", text).group(1))
+
+    def ms(label):
+        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    return {"rps": rps, "p50_ms": ms("50"), "p99_ms": ms("99"), "requests": total, "non2xx": non2xx}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=str(ROOT / ".build/release/portcullis"))
+    ap.add_argument("--duration", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--quick", action="store_true", help="2 s, 1 round (a smoke run)")
+    args = ap.parse_args()
+    if args.quick:
+        args.duration, args.rounds = 2, 1
+    if not Path(args.bin).exists():
+        sys.exit(f"{args.bin} missing: swift build -c release")
+    nginx, squid, _ = find("nginx"), find("squid"), find("wrk")
+    helpers = Path("/usr/lib/squid")
+    work = Path(tempfile.mkdtemp(prefix="portcullis-digest-"))
+    os.chmod(work, 0o755)
+    try:
+        # -- origin
+        origin_port = free_port()
+        (work / "www").mkdir()
+        (work / "www" / "1k").write_bytes(b"x" * 1024)
+        (work / "nginx.conf").write_text(f"""daemon off; worker_processes 1; pid {work}/nginx.pid;
+error_log {work}/nginx.err warn;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 65;
+  client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp;
+  server {{ listen 127.0.0.1:{origin_port}; root {work}/www; location = /1k {{ }} }} }}
+""")
+        for p in (work / "www", work / "www" / "1k"):
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        spawn([nginx, "-p", work, "-c", work / "nginx.conf", "-e", work / "nginx.err"])
+        wait_port(origin_port)
+        target = f"http://127.0.0.1:{origin_port}/1k"
+        host = f"127.0.0.1:{origin_port}"
+
+        # -- Portcullis: one process, Basic and Digest, the user enrolled for Digest
+        db = work / "users.db"
+        subprocess.run([args.bin, "users", "add", USER, "--store", f"sqlite:{db}", "--password-stdin", "--digest"],
+                       input=PASSWORD + "\n", text=True, check=True, capture_output=True)
+        pc_port = free_port()
+        spawn([args.bin, "serve", "--store", f"sqlite:{db}", "--auth", "basic,digest", "--listen",
+               f"127.0.0.1:{pc_port}", "--allow-private-destinations", "--digest-nonce-lifetime", "3600",
+               "--log-level", "warning"])
+        wait_port(pc_port)
+
+        # -- Squid: Basic and Digest in one process
+        sq_port = free_port()
+        sq = work / "squid"
+        sq.mkdir()
+        squid_realm = "portcullis-bench"
+        htpasswd = sq / "users.htpasswd"
+        subprocess.run(["htpasswd", "-cbB", htpasswd, USER, PASSWORD], check=True, capture_output=True)
+        digest_file = sq / "users.digest"
+        digest_file.write_text(f"{USER}:{squid_realm}:{H('MD5', f'{USER}:{squid_realm}:{PASSWORD}')}\n")
+        root = os.getuid() == 0
+        (sq / "squid.conf").write_text("\n".join([
+            f"http_port 127.0.0.1:{sq_port}", f"pid_filename {sq}/squid.pid", f"cache_log {sq}/cache.log",
+            f"coredump_dir {sq}", "access_log none", "cache_store_log none", "netdb_filename none",
+            "cache deny all", "shutdown_lifetime 0 seconds", "pinger_enable off",
+            *(["cache_effective_user proxy"] if root else []),
+            f"auth_param digest program {helpers}/digest_file_auth -c {digest_file}",
+            "auth_param digest children 5", f"auth_param digest realm {squid_realm}",
+            "auth_param digest nonce_max_count 100000000", "auth_param digest nonce_max_duration 60 minutes",
+            "auth_param digest nonce_strictness off",
+            f"auth_param basic program {helpers}/basic_ncsa_auth {htpasswd}",
+            "auth_param basic children 5", f"auth_param basic realm {squid_realm}",
+            "auth_param basic credentialsttl 2 hours",
+            "acl auth proxy_auth REQUIRED", "http_access allow auth", "http_access deny all", "",
+        ]))
+        for p in sq.iterdir():
+            os.chmod(p, 0o644)
+        os.chmod(sq, 0o755)
+        if root:
+            shutil.chown(sq, "proxy")
+        spawn([squid, "-N", "-f", sq / "squid.conf"])
+        wait_port(sq_port)
+
+        basic = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        script = work / "bench.lua"
+        script.write_text(LUA)
+        targets = [
+            ("portcullis-basic", pc_port, None, None),
+            ("portcullis-digest-md5", pc_port, "MD5", "Portcullis"),
+            ("portcullis-digest-sha256", pc_port, "SHA-256", "Portcullis"),
+            ("squid-basic", sq_port, None, None),
+            ("squid-digest-md5", sq_port, "MD5", squid_realm),
+        ]
+        # Enough answers for the fastest case with room to spare; checked by non2xx afterwards.
+        count = max(50_000, 60_000 * args.duration)
+        results: dict[str, list] = {name: [] for name, *_ in targets}
+        # Warm-up (helpers started, pools filled), not recorded.
+        for name, port, algorithm, realm in targets:
+            if algorithm is None:
+                wrk(port, {"BENCH_BASIC": basic, "BENCH_TARGET": target, "BENCH_HOST": host}, 1,
+                    args.connections, script)
+        for r in range(args.rounds):
+            for name, port, algorithm, realm in targets:
+                env = {"BENCH_TARGET": target, "BENCH_HOST": host}
+                if algorithm is None:
+                    env["BENCH_BASIC"] = basic
+                else:
+                    path = work / f"{name}.answers"
+                    answers(port, target, host, realm, algorithm, count, path)
+                    env["BENCH_ANSWERS"] = str(path)
+                res = wrk(port, env, args.duration, args.connections, script)
+                log(f"round {r + 1} {name}: {res['rps']:.0f} req/s, p99 {res['p99_ms']:.2f} ms, non-2xx {res['non2xx']}")
+                results[name].append(res)
+
+        def median(name, key):
+            return statistics.median(x[key] for x in results[name])
+
+        summary = {name: {k: median(name, k) for k in ("rps", "p50_ms", "p99_ms")} |
+                   {"non2xx": sum(x["non2xx"] for x in results[name]), "rounds": results[name]}
+                   for name in results}
+        ratios = {
+            "portcullis digest MD5 / basic": summary["portcullis-digest-md5"]["rps"] / summary["portcullis-basic"]["rps"],
+            "portcullis digest SHA-256 / basic": summary["portcullis-digest-sha256"]["rps"] / summary["portcullis-basic"]["rps"],
+            "squid digest / basic": summary["squid-digest-md5"]["rps"] / summary["squid-basic"]["rps"],
+            "portcullis digest MD5 / squid digest": summary["portcullis-digest-md5"]["rps"] / summary["squid-digest-md5"]["rps"],
+            "portcullis basic / squid basic": summary["portcullis-basic"]["rps"] / summary["squid-basic"]["rps"],
+        }
+        OUT.mkdir(parents=True, exist_ok=True)
+        meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "duration_s": args.duration,
+                "rounds": args.rounds, "connections": args.connections, "cores": os.cpu_count()}
+        (OUT / "digest.json").write_text(json.dumps({"meta": meta, "targets": summary, "ratios": ratios}, indent=2))
+        lines = [f"# Digest vs Basic, keep-alive GET 1 KiB, wrk -t1 -c{args.connections}, "
+                 f"{args.rounds}×{args.duration}s medians ({meta['date']})", "",
+                 "| target | req/s | p50 ms | p99 ms | non-2xx |", "| --- | ---: | ---: | ---: | ---: |"]
+        for name, s in summary.items():
+            lines.append(f"| {name} | {s['rps']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['non2xx']} |")
+        lines += ["", "| ratio | value |", "| --- | ---: |"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in ratios.items()]
+        (OUT / "digest.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+    finally:
+        stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
