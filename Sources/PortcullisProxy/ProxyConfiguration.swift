@@ -40,7 +40,9 @@ public struct ProxyConfiguration: Sendable {
 
 /// What every connection handler of one server shares.
 public final class ProxyContext: Sendable {
-    public let configuration: ProxyConfiguration
+    /// The settings new connections take (each connection keeps the ones it started with).
+    public var configuration: ProxyConfiguration { self.configurationBox.withLockedValue { $0 } }
+    private let configurationBox: NIOLockedValueBox<ProxyConfiguration>
     public let gate: ProxyAuthGate
     public let verifier: CredentialVerifier?
     /// Digest challenges, nonces and replay record, when Digest is offered.
@@ -67,7 +69,7 @@ public final class ProxyContext: Sendable {
         self.metrics = metrics
         self.accessLog = accessLog
         self.loopDetector = ChallengeLoopDetector()
-        self.configuration = configuration
+        self.configurationBox = NIOLockedValueBox(configuration)
         self.gate = ProxyAuthGate(realm: configuration.realm, schemes: configuration.authSchemes)
         self.verifier = verifier
         self.digest = digest
@@ -79,10 +81,17 @@ public final class ProxyContext: Sendable {
         self.logger = logger
     }
 
-    var authenticationEnabled: Bool { !self.configuration.authSchemes.isEmpty }
+    var authenticationEnabled: Bool { !self.gate.schemes.isEmpty }
 
     /// The access rules in force.
     public var policy: AccessPolicy { self.policyBox.withLockedValue { $0 } }
+
+    /// New settings for connections accepted from now on (a reloaded config file). Only what a
+    /// connection reads for itself changes: the realm, the schemes and the throttle, admission
+    /// and limit settings are kept by ``ProxyContext``'s own objects and need a restart.
+    public func updateConfiguration(_ update: (inout ProxyConfiguration) -> Void) {
+        self.configurationBox.withLockedValue { update(&$0) }
+    }
 
     /// Puts new access rules in force for every request decided from now on.
     public func updatePolicy(_ policy: AccessPolicy) {

@@ -69,7 +69,7 @@ extension ProxyConnectionHandler {
     }
 
     func makeBootstrap() -> ClientBootstrap {
-        let configuration = self.shared.configuration
+        let configuration = self.configuration
         return ClientBootstrap(group: self.context.eventLoop)
             .connectTimeout(configuration.upstreamConnectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -94,7 +94,7 @@ extension ProxyConnectionHandler {
         // Body bytes already read follow the head at once.
         self.parseAvailable()
         if !self.readingClient { upstream.flush() }
-        let deadline = NIODeadline.now() + self.shared.configuration.upstreamResponseTimeout
+        let deadline = NIODeadline.now() + self.configuration.upstreamResponseTimeout
         exchange.responseDeadline = deadline
         self.ensureTimer(firesBy: deadline)
         self.resumeReadsIfPossible()
@@ -112,7 +112,7 @@ extension ProxyConnectionHandler {
                 proxyError: "http_response_timeout",
                 details: "no response head in time",
                 message:
-                    "the origin did not answer within \(Self.seconds(self.shared.configuration.upstreamResponseTimeout))."
+                    "the origin did not answer within \(Self.seconds(self.configuration.upstreamResponseTimeout))."
             ),
             for: exchange
         )

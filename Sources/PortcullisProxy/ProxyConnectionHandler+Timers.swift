@@ -5,7 +5,7 @@ import NIOCore
 // Scheduling and cancelling a task for every request cost more than the rest of the gate.
 extension ProxyConnectionHandler {
     func armIdleTimer() {
-        let deadline = NIODeadline.now() + self.shared.configuration.clientIdleTimeout
+        let deadline = NIODeadline.now() + self.configuration.clientIdleTimeout
         self.idleDeadline = deadline
         self.ensureTimer(firesBy: deadline)
     }
@@ -49,7 +49,7 @@ extension ProxyConnectionHandler {
                         proxyError: "http_request_error",
                         details: "request head not complete in time",
                         message:
-                            "the request head did not arrive within \(Self.seconds(self.shared.configuration.requestHeadTimeout))."
+                            "the request head did not arrive within \(Self.seconds(self.configuration.requestHeadTimeout))."
                     )
                 )
                 return

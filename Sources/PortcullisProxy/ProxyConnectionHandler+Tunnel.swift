@@ -55,7 +55,7 @@ extension ProxyConnectionHandler {
         do {
             let sync = context.pipeline.syncOperations
             try sync.addHandlers(
-                [IdleStateHandler(allTimeout: self.shared.configuration.tunnelIdleTimeout), clientGlue],
+                [IdleStateHandler(allTimeout: self.configuration.tunnelIdleTimeout), clientGlue],
                 position: .after(self)
             )
             // Bytes the client sent right after the CONNECT head belong to the tunnel.

@@ -64,12 +64,17 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// When the request head that started arriving must be complete (slowloris guard).
     var headDeadline: NIODeadline?
 
+    /// The settings in force when this connection was accepted (a config reload applies to new
+    /// connections; this one keeps its own).
+    let configuration: ProxyConfiguration
+
     init(
         shared: ProxyContext,
         pool: UpstreamPool,
         logger: Logger
     ) {
         self.shared = shared
+        self.configuration = shared.configuration
         self.pool = pool
         self.logger = logger
     }
@@ -99,7 +104,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         self.parseAvailable()
         if self.exchange == nil, self.headDeadline == nil, self.framer.bufferedBytes > 0 {
             // A head has started to arrive: it gets its own deadline instead of the idle one.
-            let deadline = NIODeadline.now() + self.shared.configuration.requestHeadTimeout
+            let deadline = NIODeadline.now() + self.configuration.requestHeadTimeout
             self.headDeadline = deadline
             self.idleDeadline = nil
             self.ensureTimer(firesBy: deadline)
@@ -289,7 +294,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         case .body(let buffer):
             guard let exchange = self.exchange else { return }
             exchange.requestBodyBytes += buffer.readableBytes
-            if let limit = self.shared.configuration.maximumRequestBody, exchange.requestBodyBytes > limit,
+            if let limit = self.configuration.maximumRequestBody, exchange.requestBodyBytes > limit,
                 case .forwarding = self.phase
             {
                 // A chunked body that grew past the limit: stop it before it all reaches the origin.
@@ -303,7 +308,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                 upstream.sendBody(buffer)
             case .localResponse:
                 exchange.discardedBodyBytes += buffer.readableBytes
-                if exchange.discardedBodyBytes > self.shared.configuration.rejectedBodyDrainLimit {
+                if exchange.discardedBodyBytes > self.configuration.rejectedBodyDrainLimit {
                     // Not worth reading more of a body nobody will see: give up the connection.
                     exchange.closeAfter = true
                     exchange.requestEnded = true
@@ -492,7 +497,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     private func noteChallengeLoop(_ exchange: ProxyExchange, reason: AuthFailureReason) {
-        let offered = self.shared.configuration.authSchemes.map { $0.rawValue.capitalized }
+        let offered = self.configuration.authSchemes.map { $0.rawValue.capitalized }
         guard
             let loop = self.shared.loopDetector.challenged(
                 client: self.loopKey(exchange),
@@ -601,14 +606,14 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
         switch exchange.target {
         case .authority(let authority):
-            guard self.shared.configuration.connectPorts.contains(authority.port) else {
+            guard self.configuration.connectPorts.contains(authority.port) else {
                 self.sendLocalResponse(
                     ProxyResponse(
                         status: .forbidden,
                         proxyError: "http_request_denied",
                         details: "CONNECT port not allowed",
                         message:
-                            "CONNECT to port \(authority.port) is not allowed here (allowed: \(self.shared.configuration.connectPorts.sorted().map(String.init).joined(separator: ", ")); see --connect-ports)."
+                            "CONNECT to port \(authority.port) is not allowed here (allowed: \(self.configuration.connectPorts.sorted().map(String.init).joined(separator: ", ")); see --connect-ports)."
                     ),
                     for: exchange
                 )
@@ -624,7 +629,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     /// The 429 or 413 for a request over a per-user limit or the body limit, if it is.
     private func limitDenial(_ exchange: ProxyExchange) -> ProxyResponse? {
-        if let limit = self.shared.configuration.maximumRequestBody, case .length(let n) = exchange.head.framing,
+        if let limit = self.configuration.maximumRequestBody, case .length(let n) = exchange.head.framing,
             n > limit
         {
             exchange.closeAfter = true

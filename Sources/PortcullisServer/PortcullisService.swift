@@ -11,12 +11,15 @@ import Prometheus
 
 /// `portcullis serve`: loads users, binds the listeners, serves until SIGTERM/SIGINT, then drains.
 public enum PortcullisService {
-    public static func run(_ configuration: ServerConfiguration, logger: Logger) async throws {
+    /// Reads the configuration again (the config file layered under the command line).
+    public typealias Reloader = @Sendable () throws -> ServerConfiguration
+
+    public static func run(_ configuration: ServerConfiguration, logger: Logger, reload: Reloader? = nil) async throws {
         // Password checks (bcrypt), file reads and DNS lookups run here, never on an event loop.
         let threadPool = NIOThreadPool(numberOfThreads: max(2, System.coreCount))
         threadPool.start()
         do {
-            try await Self.serve(configuration, threadPool: threadPool, logger: logger)
+            try await Self.serve(configuration, threadPool: threadPool, logger: logger, reload: reload)
         } catch {
             try? await threadPool.shutdownGracefully()
             throw error
@@ -24,9 +27,12 @@ public enum PortcullisService {
         try? await threadPool.shutdownGracefully()
     }
 
-    private static func serve(_ configuration: ServerConfiguration, threadPool: NIOThreadPool, logger: Logger)
-        async throws
-    {
+    private static func serve(
+        _ configuration: ServerConfiguration,
+        threadPool: NIOThreadPool,
+        logger: Logger,
+        reload: Reloader?
+    ) async throws {
         let termination = TerminationSignal()
         var verifier: CredentialVerifier?
         var store: UsersSource?
@@ -157,9 +163,17 @@ public enum PortcullisService {
                 logger.error("access log reopen failed; still writing to the old file", metadata: ["error": "\(error)"])
             }
         }
+        let reloadConfig = Self.configReloader(
+            configuration,
+            context: context,
+            metrics: metrics,
+            logger: logger,
+            reload
+        )
         // Files are checked every 2 s, off the event loops.
         let watch = group.next().scheduleRepeatedAsyncTask(initialDelay: .seconds(2), delay: .seconds(2)) { _ in
             threadPool.runIfActive(eventLoop: group.next()) {
+                reloadConfig(false)
                 reloadUsers()
                 reloadPolicy(false)
             }
@@ -169,6 +183,7 @@ public enum PortcullisService {
             // and reopen the access log (logrotate).
             logger.notice("SIGHUP: reloading")
             threadPool.submit { _ in
+                reloadConfig(true)
                 reloadPolicy(true)
                 reloadUsers()
                 reopenAccessLog()
@@ -184,6 +199,65 @@ public enum PortcullisService {
         await server.shutdown(grace: configuration.shutdownGrace)
         accessLog?.flush()
         try? await group.shutdownGracefully()
+    }
+
+    /// Re-reads the config file (when `forced`, or when the file changed). A file that does not
+    /// parse or validate is reported and the settings in force stay; a good one puts the live
+    /// settings (``ServeOptions/liveKeys``) in force for new connections and names the changed
+    /// settings that need a restart. Blocking: runs on the thread pool.
+    private static func configReloader(
+        _ startup: ServerConfiguration,
+        context: ProxyContext,
+        metrics: ProxyMetrics,
+        logger: Logger,
+        _ reload: Reloader?
+    ) -> @Sendable (Bool) -> Void {
+        guard let reload, let path = startup.configPath else { return { _ in } }
+        let state = NIOLockedValueBox((identity: FileIdentity(path: path), applied: startup.options))
+        return { forced in
+            let identity = FileIdentity(path: path)
+            let changed = state.withLockedValue { s -> Bool in
+                guard forced || s.identity != identity else { return false }
+                s.identity = identity
+                return true
+            }
+            guard changed else { return }
+            let fresh: ServerConfiguration
+            do {
+                fresh = try reload()
+            } catch {
+                metrics.reload("config", ok: false)
+                let message = (error as? ServeError)?.message ?? "\(error)"
+                logger.error(
+                    "config file not reloaded; the settings in force stay",
+                    metadata: ["file": "\(path)", "error": "\(message)"]
+                )
+                return
+            }
+            metrics.reload("config", ok: true)
+            let previous = state.withLockedValue { s in
+                defer { s.applied = fresh.options }
+                return s.applied
+            }
+            let live = ServeOptions.changedKeys(previous, fresh.options).filter(ServeOptions.liveKeys.contains)
+            let restart = ServeOptions.changedKeys(startup.options, fresh.options).filter {
+                !ServeOptions.liveKeys.contains($0)
+            }
+            context.updateConfiguration { c in
+                c.destinationPolicy = fresh.proxy.destinationPolicy
+                c.connectPorts = fresh.proxy.connectPorts
+                c.upstreamConnectTimeout = fresh.proxy.upstreamConnectTimeout
+                c.upstreamResponseTimeout = fresh.proxy.upstreamResponseTimeout
+                c.tunnelIdleTimeout = fresh.proxy.tunnelIdleTimeout
+                c.clientIdleTimeout = fresh.proxy.clientIdleTimeout
+                c.requestHeadTimeout = fresh.proxy.requestHeadTimeout
+                c.maximumRequestBody = fresh.proxy.maximumRequestBody
+            }
+            var metadata: Logger.Metadata = ["file": "\(path)"]
+            metadata["applied"] = "\(live.isEmpty ? "-" : live.joined(separator: ","))"
+            if !restart.isEmpty { metadata["needs_restart"] = "\(restart.joined(separator: ","))" }
+            logger.log(level: restart.isEmpty ? .notice : .warning, "config file reloaded", metadata: metadata)
+        }
     }
 
     /// The one time the generated password is shown; flushed at once so that it reaches a pipe

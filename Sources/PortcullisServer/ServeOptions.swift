@@ -90,6 +90,36 @@ public struct ServeOptions: Equatable, Sendable {
         return out
     }
 
+    /// Settings a reloaded config file puts in force for new connections; the others need a
+    /// restart (listeners, stores, schemes, and the state-keeping throttle and limits).
+    public static let liveKeys: Set<String> = [
+        "allow-private-destinations", "connect-ports", "upstream-connect-timeout", "upstream-response-timeout",
+        "tunnel-idle-timeout", "client-idle-timeout", "request-head-timeout", "max-request-body",
+    ]
+
+    /// The settings (as config keys) whose values differ between `a` and `b`.
+    public static func changedKeys(_ a: ServeOptions, _ b: ServeOptions) -> [String] {
+        zip(Mirror(reflecting: a).children, Mirror(reflecting: b).children).compactMap { x, y in
+            guard let label = x.label, String(describing: x.value) != String(describing: y.value) else { return nil }
+            return Self.key(label)
+        }
+    }
+
+    /// `allowPrivateDestinations` → `allow-private-destinations`.
+    static func key(_ property: String) -> String {
+        switch property {
+        case "credentialCacheTTL": return "credential-cache-ttl"
+        default:
+            return property.reduce(into: "") { out, c in
+                if c.isUppercase {
+                    out += "-" + c.lowercased()
+                } else {
+                    out.append(c)
+                }
+            }
+        }
+    }
+
     static let knownKeys: Set<String> = [
         "listen", "htpasswd", "store", "realm", "auth", "allow-private-destinations", "connect-ports",
         "allow-open-proxy",

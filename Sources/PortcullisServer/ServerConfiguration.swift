@@ -19,6 +19,10 @@ public struct ServerConfiguration: Sendable {
     public var accessLogFormat: AccessLog.Format = .squid
     public var dataDirectory: String
     public var proxy: ProxyConfiguration
+    /// The settings this configuration was made from (to tell what a reload changed).
+    public var options: ServeOptions
+    /// `--config`: re-read on SIGHUP and when it changes.
+    public var configPath: String?
     /// Digest settings when Digest is offered.
     public var digest: DigestAuthority.Settings?
     /// `--digest-secret-file`: the nonce key shared by instances that do not share a database.
@@ -33,6 +37,7 @@ public struct ServerConfiguration: Sendable {
 
     /// Applies defaults and checks everything a user can get wrong, with a message for each.
     public init(options: ServeOptions, environment: [String: String] = ProcessInfo.processInfo.environment) throws {
+        self.options = options
         self.listenText = options.listen ?? [Self.defaultListen]
         guard !self.listenText.isEmpty else { throw ServeError("--listen needs at least one HOST:PORT") }
         self.listen = try self.listenText.map(Self.parseListen)

@@ -361,9 +361,11 @@ struct Serve: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let configuration: ServerConfiguration
+        var configuration: ServerConfiguration
+        let commandLine: ServeOptions
         do {
-            var options = try self.commandLineOptions()
+            commandLine = try self.commandLineOptions()
+            var options = commandLine
             if let config = self.config {
                 options = options.layered(over: try ServeOptions.load(yamlFile: config))
             }
@@ -378,8 +380,16 @@ struct Serve: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "portcullis")
+        // The config file is read again on SIGHUP and when it changes; flags still win over it.
+        var reload: PortcullisService.Reloader?
+        if let config = self.config {
+            configuration.configPath = config
+            reload = {
+                try ServerConfiguration(options: commandLine.layered(over: try ServeOptions.load(yamlFile: config)))
+            }
+        }
         do {
-            try await PortcullisService.run(configuration, logger: logger)
+            try await PortcullisService.run(configuration, logger: logger, reload: reload)
         } catch let error as ServeError {
             logger.critical("\(error.message)")
             throw ExitCode(1)

@@ -300,3 +300,34 @@ def test_logs_go_to_stderr_not_stdout(launcher, origin):
     assert p.stop() == 0
     assert p.stdout.text() == "", f"stdout: {p.stdout.text()!r}"
     assert p.stderr.text().strip(), "nothing logged on stderr"
+
+
+def test_config_file_is_reloaded_on_change_and_sighup_and_a_bad_one_changes_nothing(
+        launcher, origin, echo_origin, tmp_path, users_file):
+    cfg = tmp_path / "portcullis.yaml"
+    cfg.write_text(f"htpasswd: {users_file}\nallow-private-destinations: true\nconnect-ports: [443]\n")
+    p = launcher.start("--config", cfg, htpasswd=None, private=False)
+    connect = (f"CONNECT 127.0.0.1:{echo_origin.port} HTTP/1.1\r\nHost: 127.0.0.1:{echo_origin.port}\r\n"
+               f"Proxy-Authorization: {basic()}\r\n\r\n").encode()
+
+    def connect_status():
+        with p.conn() as c:
+            c.send(connect)
+            return c.read_response_head("CONNECT").status
+
+    assert connect_status() == 403
+    # A file that does not parse: reported, and the settings in force stay.
+    cfg.write_text("connect-ports: [443\n")
+    p.stderr.wait_for("config file not reloaded", 10)
+    assert connect_status() == 403
+    # A good file: new connections get the new CONNECT ports; a realm change needs a restart.
+    cfg.write_text(f"htpasswd: {users_file}\nallow-private-destinations: true\n"
+                   f"connect-ports: [443, {echo_origin.port}]\nrealm: Elsewhere\n")
+    p.stderr.wait_for(r"applied=connect-ports .*needs_restart=realm.* config file reloaded", 10)
+    assert connect_status() == 200
+    # SIGHUP re-reads it even when unchanged; taking the private destinations away works live.
+    cfg.write_text(f"htpasswd: {users_file}\nallow-private-destinations: false\nconnect-ports: [443]\n")
+    p.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: connect_status() == 403, 10, what="the reloaded settings")
+    with p.conn() as c:
+        assert c.request("GET", f"{origin.base}/text", [AUTH]).status == 403  # a private destination now

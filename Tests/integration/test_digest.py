@@ -358,3 +358,13 @@ def test_htdigest_file_for_md5_digest_and_basic(launcher, tmp_path, origin):
     users_file.write_text(f"hugo:{REALM}:{H('MD5', f'hugo:{REALM}:changed')}\n")
     wait_until(lambda: curl_digest(p, f"{origin.base}/text", user="hugo", password="changed")[0].stdout.endswith(b"\n200"),
                10, what="the htdigest file to be reloaded")
+
+
+def test_doctor_answers_our_default_challenges_with_the_strongest_algorithm(launcher, db, origin):
+    """`portcullis doctor` parses the one-field layout as RFC 9110 says: it takes SHA-256, the first."""
+    p = launcher.start("--store", f"sqlite:{db}", "--auth", "basic,digest", htpasswd=None)
+    out = subprocess.run([PORTCULLIS_BIN, "doctor", "--proxy", p.url, "--user", "dora", "--password-stdin",
+                          "--target", f"{origin.base}/text"], input="d0ra pass:word\n",
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert 'accepted: user "dora" with Digest SHA-256' in out.stdout, out.stdout
