@@ -4,6 +4,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import PortcullisPostgres
 import PortcullisProxy
 import PortcullisStores
 import Prometheus
@@ -207,7 +208,8 @@ public enum PortcullisService {
         FileHandle.standardOutput.write(Data(text.utf8))
     }
 
-    /// The users store of this run: `--htpasswd`, `--store sqlite:PATH`, or the embedded database.
+    /// The users store of this run: `--htpasswd`, `--store sqlite:PATH`, `--store postgres://…`, or the
+    /// embedded database.
     private static func openStore(
         _ configuration: ServerConfiguration,
         threadPool: NIOThreadPool,
@@ -255,6 +257,30 @@ public enum PortcullisService {
                 try opened.refresh() ? "user database changed" : nil
             } readable: {
                 (try? opened.refresh()) != nil
+            }
+        case .postgres(let url):
+            let opened: PostgresStore
+            do {
+                opened = try await threadPool.runIfActive {
+                    try PostgresStore(url: url, realm: realm, logger: logger)
+                }
+            } catch let error as StoreError {
+                throw ServeError(error.message)
+            }
+            if opened.userCount == 0 {
+                logger.warning(
+                    "the user database has no users in realm \(realm): every request will get 407 (add one with portcullis users add --store …)",
+                    metadata: ["database": "\(opened.location)"]
+                )
+            }
+            return UsersSource(store: opened, description: opened.location) {
+                // The store itself logs losing and regaining the database, once each: a poll
+                // that fails while it is down is not news worth a line every 2 seconds.
+                guard let changed = try? opened.refresh() else { return nil }
+                return changed ? "user database changed" : nil
+            } readable: {
+                // Answered on an event loop: the outcome of the last 2-second poll, never a query.
+                opened.isReachable
             }
         }
     }
