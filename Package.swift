@@ -13,6 +13,7 @@ let dependencies: [Package.Dependency] = [
     .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+    .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
 ]
 
 let nio: [Target.Dependency] = [
@@ -49,6 +50,16 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ] + nio
         ),
+        // The PostgreSQL store in its own target, so postgres-nio stays out of everything else.
+        .target(
+            name: "PortcullisPostgres",
+            dependencies: [
+                "PortcullisStores",
+                "PortcullisAuth",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ] + nio
+        ),
         .target(
             name: "PortcullisProxy",
             dependencies: [
@@ -64,6 +75,7 @@ let package = Package(
             dependencies: [
                 "PortcullisProxy",
                 "PortcullisStores",
+                "PortcullisPostgres",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -84,6 +96,7 @@ let package = Package(
             dependencies: [
                 "PortcullisServer",
                 "PortcullisStores",
+                "PortcullisPostgres",
                 "PortcullisDoctor",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -98,6 +111,13 @@ let package = Package(
         ),
         .testTarget(name: "PortcullisAuthTests", dependencies: ["PortcullisAuth"]),
         .testTarget(name: "PortcullisStoresTests", dependencies: ["PortcullisStores", "PortcullisAuth"] + nio),
+        .testTarget(
+            name: "PortcullisPostgresTests",
+            dependencies: [
+                "PortcullisPostgres", "PortcullisStores", "PortcullisAuth",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+            ] + nio
+        ),
         .testTarget(
             name: "PortcullisProxyTests",
             dependencies: ["PortcullisProxy", .product(name: "NIOEmbedded", package: "swift-nio")] + nio

@@ -15,6 +15,7 @@ command -v python3 >/dev/null || need+=(python3 python3-pip)
 [ -e /usr/include/sqlite3.h ] || need+=(libsqlite3-dev)
 command -v squid >/dev/null || [ -x /usr/sbin/squid ] || need+=(squid)
 command -v tinyproxy >/dev/null || [ -x /usr/bin/tinyproxy ] || need+=(tinyproxy)
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     sudo_cmd=""
@@ -27,8 +28,16 @@ import pytest, requests, prometheus_client
 PY
 
 swift build --build-tests
-swift test --skip-build
-PORTCULLIS_BIN="$(swift build --show-bin-path)/portcullis" python3 -m pytest -q Tests/integration "$@"
+# Unit and integration tests run with a throwaway PostgreSQL 15 up (PORTCULLIS_TEST_POSTGRES_URL);
+# here its tests must run, never skip: a server that cannot start fails the run.
+export PORTCULLIS_REQUIRE_POSTGRES=1
+PORTCULLIS_BIN="$(swift build --show-bin-path)/portcullis"
+export PORTCULLIS_BIN
+bash scripts/postgres-test-server.sh run bash -c '
+    set -euo pipefail
+    swift test --skip-build
+    python3 -m pytest -q Tests/integration "$@"
+' test-suite "$@"
 # The request/response/auth parsers under libFuzzer + ASan for a bounded time (FUZZ_SECONDS=0 skips).
 if [ "${FUZZ_SECONDS:-60}" != 0 ]; then
     FUZZ_SECONDS=${FUZZ_SECONDS:-60} bash scripts/fuzz.sh

@@ -5,6 +5,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import PortcullisAuth
+import PortcullisPostgres
 import PortcullisProxy
 import PortcullisStores
 import Prometheus
@@ -315,7 +316,8 @@ public enum PortcullisService {
         return (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
     }
 
-    /// The users store of this run: `--htpasswd`, `--store sqlite:PATH`, or the embedded database.
+    /// The users store of this run: `--htpasswd`, `--store sqlite:PATH`, `--store postgres://…`, or the
+    /// embedded database.
     private static func openStore(
         _ configuration: ServerConfiguration,
         threadPool: NIOThreadPool,
@@ -380,6 +382,30 @@ public enum PortcullisService {
                 try opened.refresh() ? "user database changed" : nil
             } readable: {
                 (try? opened.refresh()) != nil
+            }
+        case .postgres(let url):
+            let opened: PostgresStore
+            do {
+                opened = try await threadPool.runIfActive {
+                    try PostgresStore(url: url, realm: realm, logger: logger)
+                }
+            } catch let error as StoreError {
+                throw ServeError(error.message)
+            }
+            if opened.userCount == 0 {
+                logger.warning(
+                    "the user database has no users in realm \(realm): every request will get 407 (add one with portcullis users add --store …)",
+                    metadata: ["database": "\(opened.location)"]
+                )
+            }
+            return UsersSource(store: opened, description: opened.location) {
+                // The store itself logs losing and regaining the database, once each: a poll
+                // that fails while it is down is not news worth a line every 2 seconds.
+                guard let changed = try? opened.refresh() else { return nil }
+                return changed ? "user database changed" : nil
+            } readable: {
+                // Answered on an event loop: the outcome of the last 2-second poll, never a query.
+                opened.isReachable
             }
         }
     }

@@ -2,7 +2,9 @@ import Foundation
 import Logging
 import NIOCore
 import PortcullisAuth
+import PortcullisPostgres
 import PortcullisProxy
+import PortcullisStores
 
 /// Validated settings of a running server, with every default applied.
 public struct ServerConfiguration: Sendable {
@@ -265,10 +267,13 @@ public enum StoreLocation: Sendable, Equatable {
     /// An Apache htdigest file (MD5 HA1 per user and realm): read-only, reloaded on change.
     case htdigest(String)
     case sqlite(String)
+    /// A PostgreSQL database shared by several proxies.
+    case postgres(PostgresURL)
     /// `<data dir>/portcullis.db`, created on first use.
     case embedded(String)
 
-    /// `sqlite:PATH` (also `sqlite://PATH`); `postgres://…` is named as not available yet.
+    /// `sqlite:PATH` (also `sqlite://PATH`) or `postgres://user:password@host:port/database`
+    /// (also `postgresql://`). No message ever quotes a postgres URL's password.
     public static func parse(_ text: String) throws -> StoreLocation {
         if text.hasPrefix("sqlite:") {
             var path = String(text.dropFirst("sqlite:".count))
@@ -278,10 +283,15 @@ public enum StoreLocation: Sendable, Equatable {
             }
             return .sqlite(path)
         }
-        if text.hasPrefix("postgres://") || text.hasPrefix("postgresql://") {
-            throw ServeError("--store: the PostgreSQL store is not available in this version; use sqlite:PATH")
+        if PostgresURL.isPostgres(text) {
+            do {
+                return .postgres(try PostgresURL(parsing: text))
+            } catch let error as StoreError {
+                throw ServeError(error.message)
+            }
         }
-        throw ServeError("--store: '\(text.prefix(40))' is not sqlite:PATH")
+        // Not echoed in full: a mistyped URL may hold a password.
+        throw ServeError("--store: '\(text.prefix(8))…' is neither sqlite:PATH nor postgres://user:password@host/db")
     }
 }
 

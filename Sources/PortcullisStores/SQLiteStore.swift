@@ -484,7 +484,8 @@ public final class SQLiteStore: UserAdministration {
         guard try self.exists(db, realm, name) else { throw StoreError("no user \(name)") }
     }
 
-    static func checkName(_ name: String) throws {
+    /// The rule for user names, the same in every writable store.
+    public static func checkName(_ name: String) throws {
         guard !name.isEmpty, name.utf8.count <= 256, !name.contains(":"),
             name.unicodeScalars.allSatisfy({ $0.value >= 0x20 && $0.value != 0x7F })
         else {

@@ -51,7 +51,7 @@ struct Serve: AsyncParsableCommand {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "User database: sqlite:PATH. (default: <data dir>/portcullis.db, created on first run)",
+            "User database: sqlite:PATH or postgres://user:password@host:port/db (password also from PGPASSWORD). (default: <data dir>/portcullis.db, created on first run)",
             valueName: "url"
         )
     )

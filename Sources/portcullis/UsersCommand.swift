@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import PortcullisPostgres
 import PortcullisServer
 import PortcullisStores
 
@@ -20,7 +21,10 @@ struct UsersCommand: ParsableCommand {
     struct StoreOptions: ParsableArguments {
         @Option(
             name: .long,
-            help: ArgumentHelp("sqlite:PATH. (default: <data dir>/portcullis.db)", valueName: "url")
+            help: ArgumentHelp(
+                "sqlite:PATH or postgres://user:password@host:port/db (password also from PGPASSWORD). (default: <data dir>/portcullis.db)",
+                valueName: "url"
+            )
         )
         var store: String?
 
@@ -39,9 +43,22 @@ struct UsersCommand: ParsableCommand {
         func open(creating: Bool = false) throws -> any UserAdministration {
             let path: String
             if let store {
-                switch try StoreLocation.parse(store) {
+                let location: StoreLocation
+                do {
+                    location = try StoreLocation.parse(store)
+                } catch let error as ServeError {
+                    throw Failure(error.description)
+                }
+                switch location {
                 case .sqlite(let p), .embedded(let p): path = p
-                case .htpasswd, .htdigest: throw Failure("--store: user files are read-only here; use sqlite:PATH")
+                case .postgres(let url):
+                    do {
+                        return try PostgresStore(url: url, realm: self.realm)
+                    } catch let error as StoreError {
+                        throw Failure(error.message)
+                    }
+                case .htpasswd, .htdigest:
+                    throw Failure("--store: user files are read-only here; use sqlite:PATH or postgres://…")
                 }
             } else {
                 let dir =

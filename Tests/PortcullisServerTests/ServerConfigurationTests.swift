@@ -75,4 +75,20 @@ import Testing
         options.logLevel = "loud"
         #expect(throws: ServeError.self) { try ServerConfiguration(options: options, environment: [:]) }
     }
+
+    @Test func postgresStoreLocationsAreParsedAndNeverEchoTheirPassword() throws {
+        guard case .postgres(let url) = try StoreLocation.parse("postgres://px:p%40ss@db:5433/users") else {
+            Issue.record("not a postgres location")
+            return
+        }
+        #expect(url.password == "p@ss" && url.redacted == "postgres://px:***@db:5433/users")
+        for bad in ["postgres://px:topsecret@db/users?sslmode=require", "postgress://px:topsecret@db/users"] {
+            do {
+                _ = try StoreLocation.parse(bad)
+                Issue.record("accepted \(bad)")
+            } catch let error as ServeError {
+                #expect(!error.description.contains("topsecret"), "\(error)")
+            }
+        }
+    }
 }
