@@ -857,16 +857,16 @@ extension ProxyConnectionHandler {
             secrets = found
         }
         let method = String(decoding: exchange.head.methodBytes, as: UTF8.self)
-        let answer = Array(authorization.response.utf8)
+        let answer = authorization.response
         var ha1 = secrets.ha1
         var matchedCurrent = true
         if !DigestAuthority.constantTimeEqual(
-            Array(authority.expectedResponse(authorization, ha1: ha1, method: method).utf8),
+            authority.expectedResponse(authorization, ha1: ha1, method: method),
             answer
         ) {
             guard let previous = secrets.previousHA1,
                 DigestAuthority.constantTimeEqual(
-                    Array(authority.expectedResponse(authorization, ha1: previous, method: method).utf8),
+                    authority.expectedResponse(authorization, ha1: previous, method: method),
                     answer
                 )
             else {

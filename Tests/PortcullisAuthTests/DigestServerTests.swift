@@ -248,4 +248,18 @@ import Testing
     func uriMustNameTheRequest(uri: String, target: String, isConnect: Bool, matches: Bool) {
         #expect(DigestAuthority.uriMatches(uri, requestTarget: target, isConnect: isConnect) == matches)
     }
+
+    @Test func base64urlRoundTripsAndRefusesWhatFoundationWouldNotProduce() {
+        for length in 0..<40 {
+            let bytes = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }
+            let text = Base64URL.encode(bytes)
+            let foundation = Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-")
+                .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+            #expect(text == foundation)
+            #expect(Base64URL.decode(text) == bytes)
+        }
+        #expect(Base64URL.decode("ab+c") == nil)  // not the URL alphabet
+        #expect(Base64URL.decode("AB") == nil)  // non-zero leftover bits: not canonical
+        #expect(Base64URL.decode("A") == nil)
+    }
 }
