@@ -45,14 +45,23 @@ public struct DigestAuthorization: Sendable, Hashable {
         guard parsed.count == 1, let credentials = parsed.first, credentials.schemeIs("Digest"),
             credentials.token68 == nil
         else { return malformed("expected one Digest credential made of name=value parameters") }
-        var values: [String: String] = [:]
+        var values = Fields()
+        var unknown: Set<String> = []
         for parameter in credentials.parameters {
-            let name = parameter.name.lowercased()
-            guard values[name] == nil else { return malformed("the parameter \(Self.safeName(name)) appears twice") }
             guard parameter.value.utf8.count <= Self.maximumValueLength else {
-                return malformed("the parameter \(Self.safeName(name)) is too long")
+                return malformed("the parameter \(Self.safeName(parameter.name)) is too long")
             }
-            values[name] = parameter.value
+            guard let index = Fields.index(of: parameter.name) else {
+                // Unknown parameters are ignored (RFC 7616 §3.4), but not twice.
+                guard unknown.insert(parameter.name.lowercased()).inserted else {
+                    return malformed("the parameter \(Self.safeName(parameter.name)) appears twice")
+                }
+                continue
+            }
+            guard values.values[index] == nil else {
+                return malformed("the parameter \(Fields.names[index]) appears twice")
+            }
+            values.values[index] = parameter.value
         }
         let userhash: Bool
         switch values["userhash"]?.lowercased() {
@@ -101,7 +110,10 @@ public struct DigestAuthorization: Sendable, Hashable {
         guard ncText.utf8.count == 8, ncText.utf8.allSatisfy(HTTPGrammar.isHexDigit),
             let nc = UInt32(ncText, radix: 16), nc > 0
         else { return malformed("nc must be 8 hex digits, from 00000001") }
-        let response = values["response"]!.lowercased()
+        var response = values["response"]!
+        if response.utf8.contains(where: { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "F") }) {
+            response = response.lowercased()
+        }
         guard response.utf8.count == algorithm.hexLength, response.utf8.allSatisfy(HTTPGrammar.isHexDigit) else {
             return malformed("response is not a \(algorithm) hash in hex")
         }
@@ -120,6 +132,28 @@ public struct DigestAuthorization: Sendable, Hashable {
                 opaque: values["opaque"]
             )
         )
+    }
+
+    /// The parameters of a Digest answer, by position: a dictionary cost more than the hashing.
+    private struct Fields {
+        static let names = [
+            "username", "username*", "realm", "nonce", "uri", "response", "algorithm", "cnonce", "nc", "qop",
+            "opaque", "userhash",
+        ]
+        var values = [String?](repeating: nil, count: Self.names.count)
+
+        /// Case-insensitive (RFC 9110 §11.2: parameter names are).
+        static func index(of name: String) -> Int? {
+            Self.names.firstIndex { known in
+                known.utf8.count == name.utf8.count
+                    && zip(known.utf8, name.utf8).allSatisfy { $0 == HTTPGrammar.asciiLower($1) }
+            }
+        }
+
+        subscript(_ name: String) -> String? {
+            guard let index = Self.names.firstIndex(of: name) else { preconditionFailure("unknown field \(name)") }
+            return self.values[index]
+        }
     }
 
     /// A parameter name or token short and plain enough to repeat in a message.
