@@ -310,7 +310,7 @@ public final class DigestAuthority: Sendable {
     }
 
     /// The mint time of a nonce this authority (or one sharing its key) made, else `nil`.
-    func mintTime(of nonce: String) -> UInt64? {
+    public func mintTime(of nonce: String) -> UInt64? {
         guard nonce.utf8.count == 43, let bytes = Base64URL.decode(nonce), bytes.count == 32 else { return nil }
         guard Self.constantTimeEqual(self.tag(Array(bytes[0..<16])), Array(bytes[16..<32])) else { return nil }
         return bytes[0..<8].reduce(0) { $0 << 8 | UInt64($1) }
@@ -318,8 +318,13 @@ public final class DigestAuthority: Sendable {
 
     /// Checks a nonce and records its `nc`. Call only once the response proved right: a wrong
     /// answer must not use up a count.
-    public func checkNonce(_ nonce: String, nonceCount: UInt32) -> NonceVerdict {
-        guard let minted = self.mintTime(of: nonce) else { return .stale("nonce not issued by this proxy") }
+    ///
+    /// - Parameter knownMintTime: the mint time of this very nonce, already verified (a
+    ///   connection remembers the last nonce it checked: its signature cannot change).
+    public func checkNonce(_ nonce: String, nonceCount: UInt32, knownMintTime: UInt64? = nil) -> NonceVerdict {
+        guard let minted = knownMintTime ?? self.mintTime(of: nonce) else {
+            return .stale("nonce not issued by this proxy")
+        }
         let now = self.clock()
         let lifetime = UInt64(self.settings.nonceLifetime) * 1000
         guard minted <= now + 5_000 else { return .stale("nonce from the future") }
@@ -335,8 +340,32 @@ public final class DigestAuthority: Sendable {
 
     /// The `response` a client that knows `ha1` must send (RFC 7616 §3.4.1, qop=auth).
     public func expectedResponse(_ authorization: DigestAuthorization, ha1: String, method: String) -> String {
+        self.expectedResponse(authorization, ha1: ha1, ha2: self.requestHashes(authorization, method: method).ha2)
+    }
+
+    /// H(A2) of the request and of `rspauth` (RFC 7616 §3.4.3, §3.5): they depend only on the
+    /// method, the uri and the algorithm, so a connection repeating a request reuses them.
+    public struct RequestHashes: Sendable, Hashable {
+        public var algorithm: DigestAlgorithm
+        public var method: String
+        public var uri: String
+        public var ha2: String
+        public var rspauthHA2: String
+    }
+
+    public func requestHashes(_ authorization: DigestAuthorization, method: String) -> RequestHashes {
         let a = authorization.algorithm
-        let ha2 = a.hex("\(method):\(authorization.uri)")
+        return RequestHashes(
+            algorithm: a,
+            method: method,
+            uri: authorization.uri,
+            ha2: a.hex("\(method):\(authorization.uri)"),
+            rspauthHA2: a.hex(":\(authorization.uri)")
+        )
+    }
+
+    public func expectedResponse(_ authorization: DigestAuthorization, ha1: String, ha2: String) -> String {
+        let a = authorization.algorithm
         return a.hex(
             "\(self.sessionKey(authorization, ha1: ha1)):\(authorization.nonce):\(authorization.nonceCountText):\(authorization.cnonce):auth:\(ha2)"
         )
@@ -345,8 +374,21 @@ public final class DigestAuthority: Sendable {
     /// `Proxy-Authentication-Info` for an accepted request (RFC 7616 §3.5): `rspauth` proves the
     /// proxy knows the secret too; `nextnonce` once the nonce is past half its lifetime.
     public func authenticationInfo(_ authorization: DigestAuthorization, ha1: String, nonceAge: Int) -> String {
+        self.authenticationInfo(
+            authorization,
+            ha1: ha1,
+            nonceAge: nonceAge,
+            rspauthHA2: authorization.algorithm.hex(":\(authorization.uri)")
+        )
+    }
+
+    public func authenticationInfo(
+        _ authorization: DigestAuthorization,
+        ha1: String,
+        nonceAge: Int,
+        rspauthHA2 ha2: String
+    ) -> String {
         let a = authorization.algorithm
-        let ha2 = a.hex(":\(authorization.uri)")
         let rspauth = a.hex(
             "\(self.sessionKey(authorization, ha1: ha1)):\(authorization.nonce):\(authorization.nonceCountText):\(authorization.cnonce):auth:\(ha2)"
         )

@@ -114,6 +114,9 @@ public struct ProxyAuthGate: Sendable {
 
     /// quoted-string (RFC 9110 §5.6.4) with `"` and `\` escaped.
     static func quoted(_ s: String) -> String {
+        if !s.utf8.contains(where: { $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+            return "\"" + s + "\""
+        }
         var out = "\""
         for c in s {
             if c == "\"" || c == "\\" { out.append("\\") }

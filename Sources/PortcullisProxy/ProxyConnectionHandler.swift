@@ -54,6 +54,10 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     private var lastAuthorization: (value: [UInt8], key: CredentialVerifier.CacheKey)?
     /// 407s answered to Digest credentials on this connection since its last success.
     var digestFailuresInARow = 0
+    /// The last nonce whose signature this connection verified, and its mint time.
+    var verifiedNonce: (nonce: String, minted: UInt64)?
+    /// H(A2) of this connection's last Digest request (clients repeat requests).
+    var lastRequestHashes: DigestAuthority.RequestHashes?
     /// More 407s than this to Digest answers in a row and the connection is closed.
     static let digestFailuresBeforeClose = 5
     var clientInputClosed = false
@@ -857,16 +861,25 @@ extension ProxyConnectionHandler {
             secrets = found
         }
         let method = String(decoding: exchange.head.methodBytes, as: UTF8.self)
+        let hashes: DigestAuthority.RequestHashes
+        if let last = self.lastRequestHashes, last.algorithm == authorization.algorithm, last.method == method,
+            last.uri == authorization.uri
+        {
+            hashes = last
+        } else {
+            hashes = authority.requestHashes(authorization, method: method)
+            self.lastRequestHashes = hashes
+        }
         let answer = authorization.response
         var ha1 = secrets.ha1
         var matchedCurrent = true
         if !DigestAuthority.constantTimeEqual(
-            authority.expectedResponse(authorization, ha1: ha1, method: method),
+            authority.expectedResponse(authorization, ha1: ha1, ha2: hashes.ha2),
             answer
         ) {
             guard let previous = secrets.previousHA1,
                 DigestAuthority.constantTimeEqual(
-                    authority.expectedResponse(authorization, ha1: previous, method: method),
+                    authority.expectedResponse(authorization, ha1: previous, ha2: hashes.ha2),
                     answer
                 )
             else {
@@ -878,10 +891,20 @@ extension ProxyConnectionHandler {
         }
         // The client knows the secret. A nonce that is not good any more (or an opaque that is
         // not ours) only needs a new nonce: stale=true, and clients retry on their own.
-        let verdict: DigestAuthority.NonceVerdict =
-            authorization.opaque.map { $0 == authority.opaque } == false
-            ? .stale("opaque not issued by this proxy")
-            : authority.checkNonce(authorization.nonce, nonceCount: authorization.nonceCount)
+        var verdict = DigestAuthority.NonceVerdict.stale("opaque not issued by this proxy")
+        if authorization.opaque.map({ $0 == authority.opaque }) != false {
+            var known: UInt64?
+            if let verified = self.verifiedNonce, verified.nonce == authorization.nonce {
+                known = verified.minted
+            } else if let minted = authority.mintTime(of: authorization.nonce) {
+                self.verifiedNonce = (authorization.nonce, minted)
+                known = minted
+            }
+            verdict =
+                known == nil
+                ? .stale("nonce not issued by this proxy")
+                : authority.checkNonce(authorization.nonce, nonceCount: authorization.nonceCount, knownMintTime: known)
+        }
         guard case .valid(let age) = verdict else {
             if case .stale(let why) = verdict {
                 exchange.authScheme = "digest"
@@ -902,7 +925,12 @@ extension ProxyConnectionHandler {
         }
         switch secrets.standing.outcome(user: secrets.user, matchedCurrent: matchedCurrent, now: Date()) {
         case .accepted(let user, _):
-            exchange.authenticationInfo = authority.authenticationInfo(authorization, ha1: ha1, nonceAge: age)
+            exchange.authenticationInfo = authority.authenticationInfo(
+                authorization,
+                ha1: ha1,
+                nonceAge: age,
+                rspauthHA2: hashes.rspauthHA2
+            )
             self.shared.throttle.recordSuccess(address: self.clientAddress)
             self.shared.verifier?.noteDigestLogin(key, user: user)
             self.accepted(exchange, user: user, scheme: "digest")
