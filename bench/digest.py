@@ -8,8 +8,9 @@
   the only algorithm Squid has), one process offering both.
 
 wrk cannot hash, so every Digest answer is computed here beforehand (Python hashlib) for
-nonces fetched from the proxy under test: 50 nonces per round, each answered with counts
-1, 2, 3 … so that no answer is ever sent twice (both proxies refuse replays). Each Digest
+nonces fetched from the proxy under test: 50 nonces per round, each used for runs of 2 000
+consecutive requests with counts 1, 2, 3 …, so that no answer is ever sent twice (both proxies
+refuse replays). Each Digest
 request is a real Digest check: the proxies cannot cache an answer, only the user's secret.
 Rounds alternate the targets. Writes bench/out/digest.{md,json}. Loopback only, bounded
 (about 2 minutes with the defaults), every process it starts is stopped on exit.
@@ -39,6 +40,7 @@ OUT = ROOT / "bench" / "out"
 CHILDREN: list[subprocess.Popen] = []
 USER, PASSWORD = "bench", "benchpass"
 NONCES = 50
+BLOCK = 2000
 
 LUA = r"""
 -- The answers are one string of equal-length lines, not a table of strings: a table of
@@ -151,10 +153,16 @@ def answers(port: int, target: str, host: str, realm: str, algorithm: str, count
     ha1 = H(algorithm, f"{USER}:{realm}:{PASSWORD}")
     ha2 = H(algorithm, f"GET:{target}")
     lines = []
+    counts = [0] * NONCES
     for i in range(count):
-        nonce, opaque = nonces[i % NONCES]
-        nc = f"{i // NONCES + 1:08x}"
-        cnonce = f"c{i % NONCES:02d}"
+        # A nonce serves a run of consecutive requests, as a client keeps using the nonce it
+        # was given; its counts go up by one, so answers arrive at most ~50 out of order (the
+        # connections), inside Portcullis's 64-wide replay window.
+        k = (i // BLOCK) % NONCES
+        nonce, opaque = nonces[k]
+        counts[k] += 1
+        nc = f"{counts[k]:08x}"
+        cnonce = f"c{k:02d}"
         response = H(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")
         value = (f'Digest username="{USER}", realm="{realm}", nonce="{nonce}", uri="{target}", '
                  f'algorithm={algorithm}, qop=auth, nc={nc}, cnonce="{cnonce}", response="{response}"')
