@@ -16,7 +16,12 @@ enum EmbeddedUsers {
     static let legacyFileName = "users.htpasswd"
 
     /// Returns the database's path; `created` is set only when this call made it. Blocking.
-    static func ensure(dataDirectory: String, realm: String) throws -> (path: String, created: Created?) {
+    /// - Parameter digest: also store the admin's Digest secrets (Digest is offered).
+    static func ensure(
+        dataDirectory: String,
+        realm: String,
+        digest: Bool = false
+    ) throws -> (path: String, created: Created?) {
         let path = dataDirectory + "/" + databaseName
         if FileManager.default.fileExists(atPath: path) { return (path, nil) }
         do {
@@ -48,7 +53,7 @@ enum EmbeddedUsers {
                 created.imported = try store.importHtpasswd(file, by: actor).imported
             } else {
                 let password = Self.randomPassword()
-                try store.add("admin", password: password, cost: 10, by: actor)
+                try store.add("admin", password: password, groups: [], cost: 10, digest: digest, by: actor)
                 created.password = password
             }
         } catch let error as StoreError {

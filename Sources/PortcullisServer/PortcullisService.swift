@@ -44,6 +44,7 @@ public enum PortcullisService {
             if let settings = configuration.digest {
                 let key = try await Self.nonceKey(configuration, store: source.store, threadPool: threadPool)
                 digest = DigestAuthority(settings: settings, key: key)
+                try await Self.warnIfNobodyCanUseDigest(source.store, threadPool: threadPool, logger: logger)
             }
             verifier = CredentialVerifier(
                 store: source.store,
@@ -263,7 +264,7 @@ public enum PortcullisService {
 
     /// The one time the generated password is shown; flushed at once so that it reaches a pipe
     /// or a log collector even if the process is killed soon after.
-    private static func announce(_ created: EmbeddedUsers.Created, listen: String) {
+    private static func announce(_ created: EmbeddedUsers.Created, listen: String, digestOnly: Bool) {
         let proxyHost =
             listen.hasPrefix("0.0.0.0") || listen.hasPrefix("*")
             ? "127.0.0.1" + listen.drop(while: { $0 != ":" }) : listen
@@ -275,7 +276,7 @@ public enum PortcullisService {
                   password: \(password)
                   database: \(created.path) (bcrypt; this password is not shown again)
                 Try it:
-                curl -x http://admin:\(password)@\(proxyHost) https://example.com
+                \(digestOnly ? "curl --proxy-digest -x http://admin:\(password)@\(proxyHost) https://example.com" : "curl -x http://admin:\(password)@\(proxyHost) https://example.com")
                 Manage users with: portcullis users --help
 
                 """
@@ -287,6 +288,28 @@ public enum PortcullisService {
                 """
         }
         FileHandle.standardOutput.write(Data(text.utf8))
+    }
+
+    /// Digest offered but no user holds Digest secrets: every Digest login would fail, and the
+    /// operator should hear it at start, not from users.
+    private static func warnIfNobodyCanUseDigest(
+        _ store: any CredentialStore,
+        threadPool: NIOThreadPool,
+        logger: Logger
+    ) async throws {
+        if store is HtpasswdStore {
+            logger.warning(
+                "Digest is offered but an htpasswd file holds no Digest secrets: Digest logins will fail (use --htdigest, or the user database with users passwd NAME --digest)"
+            )
+            return
+        }
+        guard let administered = store as? any UserAdministration else { return }
+        let enrolled = try await threadPool.runIfActive { (try? administered.list())?.filter(\.digest).count }
+        if enrolled == 0 {
+            logger.warning(
+                "Digest is offered but no user has Digest secrets yet: add them with portcullis users passwd NAME --digest"
+            )
+        }
     }
 
     /// The Digest nonce key: `--digest-secret-file`, else the store's shared key (SQLite and
@@ -361,10 +384,17 @@ public enum PortcullisService {
         case .sqlite(let path), .embedded(let path):
             if case .embedded = configuration.store {
                 let dataDirectory = configuration.dataDirectory
+                let digest = configuration.digest != nil
                 let ensured = try await threadPool.runIfActive {
-                    try EmbeddedUsers.ensure(dataDirectory: dataDirectory, realm: realm)
+                    try EmbeddedUsers.ensure(dataDirectory: dataDirectory, realm: realm, digest: digest)
                 }
-                if let created = ensured.created { Self.announce(created, listen: configuration.listenText[0]) }
+                if let created = ensured.created {
+                    Self.announce(
+                        created,
+                        listen: configuration.listenText[0],
+                        digestOnly: !configuration.proxy.authSchemes.contains(.basic)
+                    )
+                }
             }
             let opened: SQLiteStore
             do {

@@ -368,3 +368,20 @@ def test_doctor_answers_our_default_challenges_with_the_strongest_algorithm(laun
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert 'accepted: user "dora" with Digest SHA-256' in out.stdout, out.stdout
+
+
+def test_first_run_with_digest_only_enrolls_admin_and_prints_a_digest_curl_line(launcher, origin, tmp_path_factory):
+    """`serve --auth digest` on a fresh machine: the generated admin can log in with Digest."""
+    home = tmp_path_factory.mktemp("home")
+    p = launcher.start("--auth", "digest", htpasswd=None, home=home)
+    m = p.stdout.wait_for(r"curl --proxy-digest -x http://admin:(?P<pw>\S+)@127\.0\.0\.1:\d+ https://example\.com", 10)
+    res, sent = curl_digest(p, f"{origin.base}/text", user="admin", password=m.group("pw"))
+    assert res.stdout.endswith(b"\n200"), res.stderr[-1500:]
+    assert "no user has Digest secrets" not in p.stderr.text()
+
+
+def test_digest_offered_with_nobody_enrolled_is_said_at_start(launcher, tmp_path):
+    db = tmp_path / "u.db"
+    users(db, "add", "plain", "--password-stdin", "--cost", "4", stdin="pw\n")
+    p = launcher.start("--store", f"sqlite:{db}", "--auth", "basic,digest", htpasswd=None)
+    p.stderr.wait_for("no user has Digest secrets yet", 10)
