@@ -150,26 +150,26 @@ public struct DigestResponder: Sendable {
         let c = self.challenge
         var parts: [String] = []
         if c.userhash {
-            parts.append("username=\(Self.quoted(self.algorithm.hex("\(self.user):\(c.realm)")))")
+            parts.append("username=\(ProxyAuthGate.quoted(self.algorithm.hex("\(self.user):\(c.realm)")))")
         } else if self.user.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7F }) {
-            parts.append("username=\(Self.quoted(self.user))")
+            parts.append("username=\(ProxyAuthGate.quoted(self.user))")
         } else {
             // RFC 7616 §3.4.4: a name that is not ASCII goes in username* (RFC 8187 encoding).
             parts.append("username*=UTF-8''\(Self.rfc8187(self.user))")
         }
-        parts.append("realm=\(Self.quoted(c.realm))")
-        parts.append("uri=\(Self.quoted(uri))")
+        parts.append("realm=\(ProxyAuthGate.quoted(c.realm))")
+        parts.append("uri=\(ProxyAuthGate.quoted(uri))")
         parts.append("algorithm=\(c.algorithmToken ?? self.algorithm.description)")
-        parts.append("nonce=\(Self.quoted(c.nonce))")
+        parts.append("nonce=\(ProxyAuthGate.quoted(c.nonce))")
         if !c.qop.isEmpty {
             parts.append("nc=\(Self.nc(nonceCount))")
-            parts.append("cnonce=\(Self.quoted(cnonce))")
+            parts.append("cnonce=\(ProxyAuthGate.quoted(cnonce))")
             parts.append("qop=auth")
         }
         parts.append(
-            "response=\(Self.quoted(self.response(method: method, uri: uri, nonceCount: nonceCount, cnonce: cnonce)))"
+            "response=\(ProxyAuthGate.quoted(self.response(method: method, uri: uri, nonceCount: nonceCount, cnonce: cnonce)))"
         )
-        if let opaque = c.opaque { parts.append("opaque=\(Self.quoted(opaque))") }
+        if let opaque = c.opaque { parts.append("opaque=\(ProxyAuthGate.quoted(opaque))") }
         if c.userhash { parts.append("userhash=true") }
         return "Digest " + parts.joined(separator: ", ")
     }
@@ -177,10 +177,6 @@ public struct DigestResponder: Sendable {
     static func nc(_ count: Int) -> String {
         let hex = String(count, radix: 16)
         return String(repeating: "0", count: max(0, 8 - hex.count)) + hex
-    }
-
-    static func quoted(_ s: String) -> String {
-        "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
     }
 
     static func rfc8187(_ s: String) -> String {

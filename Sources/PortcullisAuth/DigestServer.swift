@@ -264,7 +264,7 @@ public final class DigestAuthority: Sendable {
         self.clock = clock
         self.realmBytes = Array(settings.realm.utf8)
         let opaqueMAC = HMAC<SHA256>.authenticationCode(for: Array("opaque:\(settings.realm)".utf8), using: self.key)
-        self.opaque = Self.hex(Array(opaqueMAC).prefix(12))
+        self.opaque = DigestAlgorithm.hex(Array(opaqueMAC).prefix(12))
         self.counts = NonceCounts(maximum: settings.maximumTrackedNonces, floor: clock())
     }
 
@@ -312,7 +312,7 @@ public final class DigestAuthority: Sendable {
     /// The mint time of a nonce this authority (or one sharing its key) made, else `nil`.
     public func mintTime(of nonce: String) -> UInt64? {
         guard nonce.utf8.count == 43, let bytes = Base64URL.decode(nonce), bytes.count == 32 else { return nil }
-        guard Self.constantTimeEqual(self.tag(Array(bytes[0..<16])), Array(bytes[16..<32])) else { return nil }
+        guard ConstantTime.equal(self.tag(Array(bytes[0..<16])), Array(bytes[16..<32])) else { return nil }
         return bytes[0..<8].reduce(0) { $0 << 8 | UInt64($1) }
     }
 
@@ -425,34 +425,6 @@ public final class DigestAuthority: Sendable {
             return uri.utf8.first == UInt8(ascii: "/") && uri.utf8.dropFirst().elementsEqual(path)
         }
         return uri.utf8.elementsEqual(path)
-    }
-
-    /// Compares without stopping at the first difference. Concrete types on purpose: a generic
-    /// version over `Collection` was a fifth of a Digest request's CPU time (unspecialised
-    /// `zip` iteration across modules).
-    public static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-        guard a.count == b.count else { return false }
-        return a.withUnsafeBufferPointer { x in
-            b.withUnsafeBufferPointer { y in Self.constantTimeEqual(x, y) }
-        }
-    }
-
-    /// The UTF-8 bytes of two strings (hex digests), compared in constant time.
-    public static func constantTimeEqual(_ a: String, _ b: String) -> Bool {
-        var a = a
-        var b = b
-        return a.withUTF8 { x in b.withUTF8 { y in Self.constantTimeEqual(x, y) } }
-    }
-
-    private static func constantTimeEqual(_ x: UnsafeBufferPointer<UInt8>, _ y: UnsafeBufferPointer<UInt8>) -> Bool {
-        guard x.count == y.count else { return false }
-        var difference: UInt8 = 0
-        for i in 0..<x.count { difference |= x[i] ^ y[i] }
-        return difference == 0
-    }
-
-    static func hex(_ bytes: some Sequence<UInt8>) -> String {
-        bytes.map { String(format: "%02x", $0) }.joined()
     }
 }
 

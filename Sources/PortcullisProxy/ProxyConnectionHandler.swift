@@ -873,12 +873,12 @@ extension ProxyConnectionHandler {
         let answer = authorization.response
         var ha1 = secrets.ha1
         var matchedCurrent = true
-        if !DigestAuthority.constantTimeEqual(
+        if !ConstantTime.equal(
             authority.expectedResponse(authorization, ha1: ha1, ha2: hashes.ha2),
             answer
         ) {
             guard let previous = secrets.previousHA1,
-                DigestAuthority.constantTimeEqual(
+                ConstantTime.equal(
                     authority.expectedResponse(authorization, ha1: previous, ha2: hashes.ha2),
                     answer
                 )

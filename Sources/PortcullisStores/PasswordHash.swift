@@ -1,6 +1,7 @@
 import CCrypt
 import Crypto
 import Foundation
+import PortcullisAuth
 
 /// A password hash as stored in an Apache htpasswd file, and its verification.
 ///
@@ -84,18 +85,6 @@ public struct PasswordHash: Sendable, Hashable {
 public struct PasswordHashError: Error, CustomStringConvertible {
     public var message: String
     public var description: String { self.message }
-}
-
-/// Comparison whose time depends only on the lengths, not on where the inputs differ.
-public enum ConstantTime {
-    public static func equal(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-        guard a.count == b.count else { return false }
-        var difference: UInt8 = 0
-        for i in 0..<a.count {
-            difference |= a[i] ^ b[i]
-        }
-        return difference == 0
-    }
 }
 
 /// Thread-safe calls into libxcrypt: `crypt_rn` with a per-call `crypt_data`.

@@ -1,3 +1,4 @@
+import PortcullisAuth
 import Testing
 
 @testable import PortcullisStores
