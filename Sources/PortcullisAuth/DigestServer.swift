@@ -310,7 +310,7 @@ public final class DigestAuthority: Sendable {
     }
 
     /// The mint time of a nonce this authority (or one sharing its key) made, else `nil`.
-    public func mintTime(of nonce: String) -> UInt64? {
+    func mintTime(of nonce: String) -> UInt64? {
         guard nonce.utf8.count == 43, let bytes = Base64URL.decode(nonce), bytes.count == 32 else { return nil }
         guard ConstantTime.equal(self.tag(Array(bytes[0..<16])), Array(bytes[16..<32])) else { return nil }
         return bytes[0..<8].reduce(0) { $0 << 8 | UInt64($1) }
@@ -318,11 +318,10 @@ public final class DigestAuthority: Sendable {
 
     /// Checks a nonce and records its `nc`. Call only once the response proved right: a wrong
     /// answer must not use up a count.
-    ///
-    /// - Parameter knownMintTime: the mint time of this very nonce, already verified (a
-    ///   connection remembers the last nonce it checked: its signature cannot change).
-    public func checkNonce(_ nonce: String, nonceCount: UInt32, knownMintTime: UInt64? = nil) -> NonceVerdict {
-        guard let minted = knownMintTime ?? self.mintTime(of: nonce) else {
+    /// A nonce already in the replay record was verified when it entered it (its signature
+    /// cannot change), so only a nonce seen for the first time pays the MAC.
+    public func checkNonce(_ nonce: String, nonceCount: UInt32) -> NonceVerdict {
+        guard let minted = self.counts.mintTime(of: nonce) ?? self.mintTime(of: nonce) else {
             return .stale("nonce not issued by this proxy")
         }
         let now = self.clock()
@@ -504,6 +503,11 @@ final class NonceCounts: Sendable {
     init(maximum: Int, floor: UInt64) {
         self.maximum = max(1, maximum)
         self.state = NIOLockedValueBox(State(floor: floor))
+    }
+
+    /// The mint time of a nonce in the record (verified when it entered), else `nil`.
+    func mintTime(of nonce: String) -> UInt64? {
+        self.state.withLockedValue { $0.windows[nonce]?.minted }
     }
 
     func record(nonce: String, count: UInt32, minted: UInt64, now: UInt64, lifetime: UInt64) -> Outcome {

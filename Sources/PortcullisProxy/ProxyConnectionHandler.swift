@@ -54,8 +54,6 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     private var lastAuthorization: (value: [UInt8], key: CredentialVerifier.CacheKey)?
     /// 407s answered to Digest credentials on this connection since its last success.
     var digestFailuresInARow = 0
-    /// The last nonce whose signature this connection verified, and its mint time.
-    var verifiedNonce: (nonce: String, minted: UInt64)?
     /// H(A2) of this connection's last Digest request (clients repeat requests).
     var lastRequestHashes: DigestAuthority.RequestHashes?
     /// More 407s than this to Digest answers in a row and the connection is closed.
@@ -891,20 +889,10 @@ extension ProxyConnectionHandler {
         }
         // The client knows the secret. A nonce that is not good any more (or an opaque that is
         // not ours) only needs a new nonce: stale=true, and clients retry on their own.
-        var verdict = DigestAuthority.NonceVerdict.stale("opaque not issued by this proxy")
-        if authorization.opaque.map({ $0 == authority.opaque }) != false {
-            var known: UInt64?
-            if let verified = self.verifiedNonce, verified.nonce == authorization.nonce {
-                known = verified.minted
-            } else if let minted = authority.mintTime(of: authorization.nonce) {
-                self.verifiedNonce = (authorization.nonce, minted)
-                known = minted
-            }
-            verdict =
-                known == nil
-                ? .stale("nonce not issued by this proxy")
-                : authority.checkNonce(authorization.nonce, nonceCount: authorization.nonceCount, knownMintTime: known)
-        }
+        let verdict: DigestAuthority.NonceVerdict =
+            authorization.opaque.map { $0 == authority.opaque } == false
+            ? .stale("opaque not issued by this proxy")
+            : authority.checkNonce(authorization.nonce, nonceCount: authorization.nonceCount)
         guard case .valid(let age) = verdict else {
             if case .stale(let why) = verdict {
                 exchange.authScheme = "digest"
