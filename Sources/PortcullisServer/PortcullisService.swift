@@ -83,14 +83,17 @@ public enum PortcullisService {
         // The admin listener comes up first, so health checks can poll from the start; /readyz
         // says ready once the proxy's listeners are bound.
         let listening = NIOLockedValueBox(false)
+        // Whether the users store could be read at the last 2-second check: /readyz is answered
+        // on an event loop, which must not touch a file or a database itself.
+        let usersReadable = NIOLockedValueBox(true)
         var admin: AdminServer?
         if let address = configuration.admin {
             let usersSource = store
             do {
                 let (server, local) = try await AdminServer.start(at: address, group: group, registry: registry) {
-                    // Ready: the listeners are bound and the users file can be read.
+                    // Ready: the listeners are bound and the users store could be read.
                     guard listening.withLockedValue({ $0 }) else { return (false, "listeners not bound yet") }
-                    if let usersSource, !usersSource.readable() {
+                    if let usersSource, !usersReadable.withLockedValue({ $0 }) {
                         return (false, "the users store \(usersSource.description) cannot be read")
                     }
                     return (true, "")
@@ -127,6 +130,10 @@ public enum PortcullisService {
         let usersStore = store
         let reloadUsers: @Sendable () -> Void = {
             guard let store = usersStore else { return }
+            defer {
+                let readable = store.readable()
+                usersReadable.withLockedValue { $0 = readable }
+            }
             do {
                 if let what = try store.reload() {
                     metrics.reload("users", ok: true)
@@ -434,7 +441,7 @@ public enum PortcullisService {
                 guard let changed = try? opened.refresh() else { return nil }
                 return changed ? "user database changed" : nil
             } readable: {
-                // Answered on an event loop: the outcome of the last 2-second poll, never a query.
+                // The outcome of the poll the reload just made: no second query.
                 opened.isReachable
             }
         }
@@ -524,6 +531,7 @@ struct UsersSource: Sendable {
     var description: String
     /// Picks up changes; says what changed, or `nil`. Blocking.
     var reload: @Sendable () throws -> String?
-    /// Whether the store can be read now (for /readyz). Blocking.
+    /// Whether the store can be read now. Blocking: asked by the 2-second watch on the thread
+    /// pool, whose answer /readyz reports.
     var readable: @Sendable () -> Bool
 }

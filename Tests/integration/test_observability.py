@@ -8,6 +8,7 @@ import json
 import re
 import signal
 import subprocess
+import urllib.error
 import urllib.request
 
 import pytest
@@ -103,6 +104,27 @@ def test_health_and_readiness(observed):
     for path, body in (("/healthz", b"ok\n"), ("/readyz", b"ready\n")):
         with urllib.request.urlopen(f"http://127.0.0.1:{admin}{path}", timeout=5) as r:
             assert (r.status, r.read()) == (200, body)
+
+
+def test_readiness_follows_the_users_store(launcher, users_file, tmp_path):
+    """/readyz reports the 2-second check of the users store (made off the event loops)."""
+    users = tmp_path / "users.htpasswd"
+    users.write_bytes(users_file.read_bytes())
+    admin = free_port()
+    launcher.start("--admin", f"127.0.0.1:{admin}", htpasswd=users)
+
+    def readyz() -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert readyz() == 200
+    users.rename(tmp_path / "moved-away")
+    wait_until(lambda: readyz() == 503, 10, interval=0.2, what="/readyz to say not ready")
+    (tmp_path / "moved-away").rename(users)
+    wait_until(lambda: readyz() == 200, 10, interval=0.2, what="/readyz ready again")
 
 
 def test_a_non_loopback_admin_listener_needs_consent(launcher):
