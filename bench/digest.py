@@ -35,9 +35,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import CHILDREN, free_port, spawn, stop_all, wait_port
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
-CHILDREN: list[subprocess.Popen] = []
 USER, PASSWORD = "bench", "benchpass"
 NONCES = 50
 BLOCK = 2000
@@ -74,40 +75,6 @@ end
 
 def log(msg: str):
     print(f"[digest] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-def spawn(cmd, **kw) -> subprocess.Popen:
-    p = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
-    CHILDREN.append(p)
-    return p
-
-
-def stop_all():
-    for p in CHILDREN:
-        if p.poll() is None:
-            p.terminate()
-    for p in CHILDREN:
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 def find(program: str) -> str:
@@ -223,7 +190,7 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 65;
         for p in (work / "www", work / "www" / "1k"):
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
         spawn([nginx, "-p", work, "-c", work / "nginx.conf", "-e", work / "nginx.err"])
-        wait_port(origin_port)
+        wait_port(origin_port, 30)
         target = f"http://127.0.0.1:{origin_port}/1k"
         host = f"127.0.0.1:{origin_port}"
 
@@ -235,7 +202,7 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 65;
         spawn([args.bin, "serve", "--store", f"sqlite:{db}", "--auth", "basic,digest", "--listen",
                f"127.0.0.1:{pc_port}", "--allow-private-destinations", "--digest-nonce-lifetime", "3600",
                "--log-level", "warning"])
-        wait_port(pc_port)
+        wait_port(pc_port, 30)
 
         # -- Squid: Basic and Digest in one process
         sq_port = free_port()
@@ -271,7 +238,7 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 65;
         if root:
             shutil.chown(sq, "proxy")
         spawn([squid, "-N", "-f", sq / "squid.conf"])
-        wait_port(sq_port)
+        wait_port(sq_port, 30)
 
         basic = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
         script = work / "bench.lua"
@@ -337,7 +304,7 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 65;
         (OUT / "digest.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
     finally:
-        stop_all()
+        stop_all(10)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -31,48 +31,14 @@ import threading
 import time
 from pathlib import Path
 
+from benchlib import free_port, spawn, stop_all, wait_port
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
-CHILDREN: list[subprocess.Popen] = []
 
 
 def log(msg: str):
     print(f"[extras] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 20) -> float:
-    """Seconds until 127.0.0.1:port accepts a connection."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return time.monotonic() - start
-        except OSError:
-            time.sleep(0.0005)
-    raise RuntimeError(f"nothing listens on {port} after {timeout}s")
-
-
-def spawn(cmd, **kw) -> subprocess.Popen:
-    p = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
-    CHILDREN.append(p)
-    return p
-
-
-def stop_all():
-    for p in CHILDREN:
-        if p.poll() is None:
-            p.terminate()
-    for p in CHILDREN:
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 def rss_kib(pid: int) -> int:
