@@ -2,190 +2,6 @@ import Crypto
 import Foundation
 import NIOConcurrencyHelpers
 
-/// A Digest `Proxy-Authorization` (RFC 7616 §3.4), parsed and checked for shape only: no
-/// secret is involved yet.
-public struct DigestAuthorization: Sendable, Hashable {
-    /// The user name as sent: the name itself, or its hex hash when ``userhash`` is set.
-    public var username: String
-    public var userhash: Bool
-    public var realm: String
-    public var nonce: String
-    public var uri: String
-    /// Lower-case hex.
-    public var response: String
-    public var algorithm: DigestAlgorithm
-    public var cnonce: String
-    /// `nc` as sent (8 hex digits) and its value.
-    public var nonceCountText: String
-    public var nonceCount: UInt32
-    public var opaque: String?
-
-    /// Longest parameter value accepted: a nonce, a URI or a name longer than this is not from
-    /// a real client, and hashing it would only cost time.
-    public static let maximumValueLength = 4096
-
-    /// Parses one field value whose scheme is Digest.
-    public static func parse(_ fieldValue: String) -> Result<DigestAuthorization, AuthFailure> {
-        func malformed(_ why: String) -> Result<DigestAuthorization, AuthFailure> {
-            .failure(
-                AuthFailure(
-                    reason: .malformedCredentials,
-                    explanation: "the Digest credentials are malformed: \(why)",
-                    presentedScheme: "digest"
-                )
-            )
-        }
-        let parsed: [Challenge]
-        do {
-            parsed = try ChallengeParser.parse(fieldValue: fieldValue)
-        } catch {
-            // The parser's message names offsets and grammar, never the text itself.
-            return malformed("\(error)")
-        }
-        guard parsed.count == 1, let credentials = parsed.first, credentials.schemeIs("Digest"),
-            credentials.token68 == nil
-        else { return malformed("expected one Digest credential made of name=value parameters") }
-        var values = Fields()
-        var unknown: Set<String> = []
-        for parameter in credentials.parameters {
-            guard parameter.value.utf8.count <= Self.maximumValueLength else {
-                return malformed("the parameter \(Self.safeName(parameter.name)) is too long")
-            }
-            guard let index = Fields.index(of: parameter.name) else {
-                // Unknown parameters are ignored (RFC 7616 §3.4), but not twice.
-                guard unknown.insert(parameter.name.lowercased()).inserted else {
-                    return malformed("the parameter \(Self.safeName(parameter.name)) appears twice")
-                }
-                continue
-            }
-            guard values.values[index] == nil else {
-                return malformed("the parameter \(Fields.names[index]) appears twice")
-            }
-            values.values[index] = parameter.value
-        }
-        let userhash: Bool
-        switch values["userhash"]?.lowercased() {
-        case nil, "false": userhash = false
-        case "true": userhash = true
-        default: return malformed("userhash must be true or false")
-        }
-        let username: String
-        switch (values["username"], values["username*"]) {
-        case (let plain?, nil):
-            username = plain
-        case (nil, let extended?):
-            guard !userhash else { return malformed("username* cannot be used with userhash=true") }
-            guard let decoded = Self.decodeExtValue(extended) else {
-                return malformed("username* is not a UTF-8 extended value (UTF-8''name)")
-            }
-            username = decoded
-        case (.some, .some):
-            return malformed("both username and username* were sent")
-        case (nil, nil):
-            return malformed("the username parameter is missing")
-        }
-        for required in ["realm", "nonce", "uri", "response"] where values[required] == nil {
-            return malformed("the \(required) parameter is missing")
-        }
-        guard let algorithm = DigestAlgorithm(token: values["algorithm"]) else {
-            return malformed("the algorithm \(Self.safeName(values["algorithm"] ?? "")) is unknown")
-        }
-        guard let qop = values["qop"] else {
-            // RFC 2069 answers (no qop, nc, cnonce) have no replay protection: never offered here.
-            return malformed("qop=auth is required (this proxy offers qop=\"auth\")")
-        }
-        guard qop.lowercased() == "auth" else {
-            return .failure(
-                AuthFailure(
-                    reason: .malformedCredentials,
-                    explanation: "qop=\(Self.safeName(qop)) is not offered here; answer with qop=auth",
-                    presentedScheme: "digest"
-                )
-            )
-        }
-        guard let cnonce = values["cnonce"], !cnonce.isEmpty else {
-            return malformed("the cnonce parameter is missing")
-        }
-        guard let ncText = values["nc"] else { return malformed("the nc parameter is missing") }
-        guard ncText.utf8.count == 8, ncText.utf8.allSatisfy(HTTPGrammar.isHexDigit),
-            let nc = UInt32(ncText, radix: 16), nc > 0
-        else { return malformed("nc must be 8 hex digits, from 00000001") }
-        var response = values["response"]!
-        if response.utf8.contains(where: { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "F") }) {
-            response = response.lowercased()
-        }
-        guard response.utf8.count == algorithm.hexLength, response.utf8.allSatisfy(HTTPGrammar.isHexDigit) else {
-            return malformed("response is not a \(algorithm) hash in hex")
-        }
-        return .success(
-            DigestAuthorization(
-                username: username,
-                userhash: userhash,
-                realm: values["realm"]!,
-                nonce: values["nonce"]!,
-                uri: values["uri"]!,
-                response: response,
-                algorithm: algorithm,
-                cnonce: cnonce,
-                nonceCountText: ncText.lowercased(),
-                nonceCount: nc,
-                opaque: values["opaque"]
-            )
-        )
-    }
-
-    /// The parameters of a Digest answer, by position: a dictionary cost more than the hashing.
-    private struct Fields {
-        static let names = [
-            "username", "username*", "realm", "nonce", "uri", "response", "algorithm", "cnonce", "nc", "qop",
-            "opaque", "userhash",
-        ]
-        var values = [String?](repeating: nil, count: Self.names.count)
-
-        /// Case-insensitive (RFC 9110 §11.2: parameter names are).
-        static func index(of name: String) -> Int? {
-            Self.names.firstIndex { known in
-                known.utf8.count == name.utf8.count
-                    && zip(known.utf8, name.utf8).allSatisfy { $0 == HTTPGrammar.asciiLower($1) }
-            }
-        }
-
-        subscript(_ name: String) -> String? {
-            guard let index = Self.names.firstIndex(of: name) else { preconditionFailure("unknown field \(name)") }
-            return self.values[index]
-        }
-    }
-
-    /// A parameter name or token short and plain enough to repeat in a message.
-    private static func safeName(_ s: String) -> String {
-        s.utf8.count <= 32 && s.allSatisfy(HTTPGrammar.isTokenCharacter) ? s : "(unprintable)"
-    }
-
-    /// RFC 8187 `ext-value` with the UTF-8 charset: `UTF-8'[language]'percent-encoded`.
-    static func decodeExtValue(_ value: String) -> String? {
-        let parts = value.split(separator: "'", maxSplits: 2, omittingEmptySubsequences: false)
-        guard parts.count == 3, parts[0].uppercased() == "UTF-8" else { return nil }
-        var bytes: [UInt8] = []
-        var iterator = parts[2].utf8.makeIterator()
-        while let c = iterator.next() {
-            if c == UInt8(ascii: "%") {
-                guard let h = iterator.next(), let l = iterator.next(), HTTPGrammar.isHexDigit(h),
-                    HTTPGrammar.isHexDigit(l), let byte = UInt8(String(decoding: [h, l], as: UTF8.self), radix: 16)
-                else { return nil }
-                bytes.append(byte)
-            } else {
-                bytes.append(c)
-            }
-        }
-        return String(validating: bytes, as: UTF8.self)
-    }
-}
-
-extension DigestAlgorithm {
-    /// Length of the algorithm's hashes in hex.
-    public var hexLength: Int { self.hash == .md5 ? 32 : 64 }
-}
-
 /// The proxy's side of Digest (RFC 7616): challenges, stateless nonces, the expected response,
 /// replay protection and `Proxy-Authentication-Info`.
 ///
@@ -247,7 +63,9 @@ public final class DigestAuthority: Sendable {
     /// same on every instance.
     public let opaque: String
     private let counts: NonceCounts
-    private let realmBytes: [UInt8]
+    /// The realm's and the opaque's bytes, to compare answers with.
+    public let realmBytes: [UInt8]
+    public let opaqueBytes: [UInt8]
     private let clock: @Sendable () -> UInt64
 
     /// - Parameters:
@@ -265,6 +83,7 @@ public final class DigestAuthority: Sendable {
         self.realmBytes = Array(settings.realm.utf8)
         let opaqueMAC = HMAC<SHA256>.authenticationCode(for: Array("opaque:\(settings.realm)".utf8), using: self.key)
         self.opaque = DigestAlgorithm.hex(Array(opaqueMAC).prefix(12))
+        self.opaqueBytes = Array(self.opaque.utf8)
         self.counts = NonceCounts(maximum: settings.maximumTrackedNonces, floor: clock())
     }
 
@@ -298,37 +117,64 @@ public final class DigestAuthority: Sendable {
         var generator = SystemRandomNumberGenerator()
         var random = generator.next() as UInt64
         withUnsafeBytes(of: &random) { bytes.replaceSubrange(8..<16, with: $0) }
-        bytes += self.tag(bytes)
+        bytes.withUnsafeBytes { body in
+            self.withTag(body) { bytes += $0 }
+        }
         return Base64URL.encode(bytes)
     }
 
-    private func tag(_ body: [UInt8]) -> [UInt8] {
+    private func withTag<R>(_ body: UnsafeRawBufferPointer, _ use: (UnsafeRawBufferPointer) -> R) -> R {
         var hmac = self.keyedHMAC
         hmac.update(data: body)
         hmac.update(data: self.realmBytes)
-        return hmac.finalize().withUnsafeBytes { Array($0.prefix(16)) }
+        return hmac.finalize().withUnsafeBytes { use(UnsafeRawBufferPointer(rebasing: $0.prefix(16))) }
     }
 
-    /// The mint time of a nonce this authority (or one sharing its key) made, else `nil`.
-    func mintTime(of nonce: String) -> UInt64? {
-        guard nonce.utf8.count == 43, let bytes = Base64URL.decode(nonce), bytes.count == 32 else { return nil }
-        guard ConstantTime.equal(self.tag(Array(bytes[0..<16])), Array(bytes[16..<32])) else { return nil }
-        return bytes[0..<8].reduce(0) { $0 << 8 | UInt64($1) }
+    /// Whether a decoded nonce carries this authority's signature.
+    private func isSigned(_ nonce: NonceKey) -> Bool {
+        nonce.withBytes { bytes in
+            self.withTag(UnsafeRawBufferPointer(rebasing: bytes[0..<16])) { tag in
+                ConstantTime.equal(
+                    tag.assumingMemoryBound(to: UInt8.self),
+                    UnsafeRawBufferPointer(rebasing: bytes[16..<32]).assumingMemoryBound(to: UInt8.self)
+                )
+            }
+        }
     }
 
     /// Checks a nonce and records its `nc`. Call only once the response proved right: a wrong
     /// answer must not use up a count.
-    /// A nonce already in the replay record was verified when it entered it (its signature
-    /// cannot change), so only a nonce seen for the first time pays the MAC.
     public func checkNonce(_ nonce: String, nonceCount: UInt32) -> NonceVerdict {
-        guard let minted = self.counts.mintTime(of: nonce) ?? self.mintTime(of: nonce) else {
-            return .stale("nonce not issued by this proxy")
+        var nonce = nonce
+        return nonce.withUTF8 { self.checkNonce(text: $0, nonceCount: nonceCount) }
+    }
+
+    /// ``checkNonce(_:nonceCount:)`` for the nonce of an answer.
+    public func checkNonce(of authorization: DigestAuthorization) -> NonceVerdict {
+        authorization.withBytes(authorization.nonceSpan) {
+            self.checkNonce(text: $0, nonceCount: authorization.nonceCount)
         }
+    }
+
+    /// A nonce already in the replay record was verified when it entered it (its signature
+    /// cannot change), so only a nonce seen for the first time pays the MAC, and a known one
+    /// costs one lock.
+    func checkNonce(text: UnsafeBufferPointer<UInt8>, nonceCount: UInt32) -> NonceVerdict {
+        guard let key = NonceKey(base64URL: text) else { return .stale("nonce not issued by this proxy") }
         let now = self.clock()
         let lifetime = UInt64(self.settings.nonceLifetime) * 1000
-        guard minted <= now + 5_000 else { return .stale("nonce from the future") }
-        guard now <= minted + lifetime else { return .stale("nonce expired") }
-        switch self.counts.record(nonce: nonce, count: nonceCount, minted: minted, now: now, lifetime: lifetime) {
+        let minted = key.mintTime
+        let untimely: String? =
+            minted > now + 5_000 ? "nonce from the future" : now > minted + lifetime ? "nonce expired" : nil
+        var outcome = self.counts.recordIfKnown(key, count: nonceCount, record: untimely == nil)
+        if outcome == nil {
+            guard self.isSigned(key) else { return .stale("nonce not issued by this proxy") }
+            if untimely == nil {
+                outcome = self.counts.record(key, count: nonceCount, now: now, lifetime: lifetime)
+            }
+        }
+        if let untimely { return .stale(untimely) }
+        switch outcome! {
         case .fresh: return .valid(age: Int((now - min(now, minted)) / 1000))
         case .replayed: return .stale("nonce count replayed")
         case .forgotten: return .stale("nonce older than this proxy's replay record")
@@ -339,36 +185,98 @@ public final class DigestAuthority: Sendable {
 
     /// The `response` a client that knows `ha1` must send (RFC 7616 §3.4.1, qop=auth).
     public func expectedResponse(_ authorization: DigestAuthorization, ha1: String, method: String) -> String {
-        self.expectedResponse(authorization, ha1: ha1, ha2: self.requestHashes(authorization, method: method).ha2)
+        self.expectedResponse(
+            authorization,
+            ha1: ha1,
+            hashes: self.requestHashes(authorization, method: Array(method.utf8))
+        )
     }
 
-    /// H(A2) of the request and of `rspauth` (RFC 7616 §3.4.3, §3.5): they depend only on the
-    /// method, the uri and the algorithm, so a connection repeating a request reuses them.
+    /// H(A2) of the request and of `rspauth` (RFC 7616 §3.4.3, §3.5), in hex: they depend only
+    /// on the method, the uri and the algorithm, so a connection repeating a request reuses them.
     public struct RequestHashes: Sendable, Hashable {
-        public var algorithm: DigestAlgorithm
-        public var method: String
-        public var uri: String
-        public var ha2: String
-        public var rspauthHA2: String
+        public let algorithm: DigestAlgorithm
+        let method: [UInt8]
+        let uri: [UInt8]
+        let ha2: [UInt8]
+        let rspauthHA2: [UInt8]
+
+        /// Whether these are the hashes of `authorization` on a request with this method.
+        public func matches(_ authorization: DigestAuthorization, method: UnsafeBufferPointer<UInt8>) -> Bool {
+            self.algorithm == authorization.algorithm && authorization.equals(authorization.uriSpan, self.uri)
+                && self.method.withUnsafeBufferPointer { $0.elementsEqual(method) }
+        }
     }
 
-    public func requestHashes(_ authorization: DigestAuthorization, method: String) -> RequestHashes {
+    public func requestHashes(_ authorization: DigestAuthorization, method: [UInt8]) -> RequestHashes {
         let a = authorization.algorithm
+        let uri = Array(authorization.bytes[authorization.uriSpan.start..<authorization.uriSpan.end])
         return RequestHashes(
             algorithm: a,
             method: method,
-            uri: authorization.uri,
-            ha2: a.hex("\(method):\(authorization.uri)"),
-            rspauthHA2: a.hex(":\(authorization.uri)")
+            uri: uri,
+            ha2: a.hexBytes(method + [UInt8(ascii: ":")] + uri),
+            rspauthHA2: a.hexBytes([UInt8(ascii: ":")] + uri)
         )
     }
 
-    public func expectedResponse(_ authorization: DigestAuthorization, ha1: String, ha2: String) -> String {
-        let a = authorization.algorithm
-        return a.hex(
-            "\(self.sessionKey(authorization, ha1: ha1)):\(authorization.nonce):\(authorization.nonceCountText):\(authorization.cnonce):auth:\(ha2)"
-        )
+    /// Whether the answer is the one a client knowing `ha1` computes, in constant time.
+    public func responseMatches(_ authorization: DigestAuthorization, ha1: String, hashes: RequestHashes) -> Bool {
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 64) { out in
+            let count = self.answer(authorization, ha1: ha1, ha2: hashes.ha2, into: out)
+            return authorization.withBytes(authorization.responseSpan) { sent in
+                ConstantTime.equal(UnsafeBufferPointer(rebasing: out[0..<count]), sent)
+            }
+        }
     }
+
+    func expectedResponse(_ authorization: DigestAuthorization, ha1: String, hashes: RequestHashes) -> String {
+        self.answerString(authorization, ha1: ha1, ha2: hashes.ha2)
+    }
+
+    private func answerString(_ authorization: DigestAuthorization, ha1: String, ha2: [UInt8]) -> String {
+        String(unsafeUninitializedCapacity: 64) { out in self.answer(authorization, ha1: ha1, ha2: ha2, into: out) }
+    }
+
+    /// H(key:nonce:nc:cnonce:auth:ha2) in hex into `out` (64 bytes); returns its length. The key
+    /// is HA1, or for `-sess` H(HA1:nonce:cnonce) (RFC 7616 §3.4.2).
+    private func answer(
+        _ authorization: DigestAuthorization,
+        ha1: String,
+        ha2: [UInt8],
+        into out: UnsafeMutableBufferPointer<UInt8>
+    ) -> Int {
+        let a = authorization.algorithm
+        var ha1 = ha1
+        return ha1.withUTF8 { ha1 in
+            authorization.bytes.withUnsafeBufferPointer { field in
+                let nonce = UnsafeBufferPointer(
+                    rebasing: field[authorization.nonceSpan.start..<authorization.nonceSpan.end]
+                )
+                let cnonce = UnsafeBufferPointer(
+                    rebasing: field[authorization.cnonceSpan.start..<authorization.cnonceSpan.end]
+                )
+                let nc = UnsafeBufferPointer(
+                    rebasing: field[authorization.nonceCountSpan.start..<authorization.nonceCountSpan.end]
+                )
+                return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 64) { sessionKey in
+                    var key = ha1
+                    if a.session {
+                        let count = a.hex(colonJoining: ha1, nonce, cnonce, into: sessionKey)
+                        key = UnsafeBufferPointer(rebasing: sessionKey[0..<count])
+                    }
+                    return ha2.withUnsafeBufferPointer { ha2 in
+                        Self.qopAuth.withUnsafeBufferPointer { auth in
+                            a.hex(colonJoining: key, nonce, nc, cnonce, auth, ha2, into: out)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// "auth", between the colons that surround it in the answer's hash input.
+    private static let qopAuth: [UInt8] = Array("auth".utf8)
 
     /// `Proxy-Authentication-Info` for an accepted request (RFC 7616 §3.5): `rspauth` proves the
     /// proxy knows the secret too; `nextnonce` once the nonce is past half its lifetime.
@@ -377,7 +285,7 @@ public final class DigestAuthority: Sendable {
             authorization,
             ha1: ha1,
             nonceAge: nonceAge,
-            rspauthHA2: authorization.algorithm.hex(":\(authorization.uri)")
+            hashes: self.requestHashes(authorization, method: [])
         )
     }
 
@@ -385,45 +293,60 @@ public final class DigestAuthority: Sendable {
         _ authorization: DigestAuthorization,
         ha1: String,
         nonceAge: Int,
-        rspauthHA2 ha2: String
+        hashes: RequestHashes
     ) -> String {
-        let a = authorization.algorithm
-        let rspauth = a.hex(
-            "\(self.sessionKey(authorization, ha1: ha1)):\(authorization.nonce):\(authorization.nonceCountText):\(authorization.cnonce):auth:\(ha2)"
-        )
-        var text = "qop=auth, rspauth=\"\(rspauth)\", cnonce=\(ProxyAuthGate.quoted(authorization.cnonce))"
-        text += ", nc=\(authorization.nonceCountText)"
-        if nonceAge * 2 >= self.settings.nonceLifetime { text = "nextnonce=\"\(self.mintNonce())\", " + text }
+        var text = ""
+        text.reserveCapacity(160)
+        if nonceAge * 2 >= self.settings.nonceLifetime { text += "nextnonce=\"\(self.mintNonce())\", " }
+        text += "qop=auth, rspauth=\""
+        text += self.answerString(authorization, ha1: ha1, ha2: hashes.rspauthHA2)
+        text += "\", cnonce="
+        text += ProxyAuthGate.quoted(authorization.cnonce)
+        text += ", nc="
+        text += authorization.nonceCountText
         return text
-    }
-
-    private func sessionKey(_ authorization: DigestAuthorization, ha1: String) -> String {
-        guard authorization.algorithm.session else { return ha1 }
-        return authorization.algorithm.hex("\(ha1):\(authorization.nonce):\(authorization.cnonce)")
     }
 
     /// Whether the `uri` parameter names this request (RFC 7616 §3.4.6): the authority for
     /// CONNECT; for an absolute-form request the absolute URI or its path and query (what curl
     /// sends).
     public static func uriMatches(_ uri: String, requestTarget: String, isConnect: Bool) -> Bool {
-        if uri == requestTarget { return true }
-        if isConnect { return uri.lowercased() == requestTarget.lowercased() }
-        // The path and query of `scheme://authority[/path][?query]`.
-        let target = requestTarget.utf8
-        guard let colon = target.firstIndex(of: UInt8(ascii: ":")),
-            target[colon...].starts(with: "://".utf8)
-        else { return false }
-        let authorityStart = target.index(colon, offsetBy: 3)
-        guard
-            let pathStart = target[authorityStart...].firstIndex(where: {
-                $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?")
-            })
-        else { return uri == "/" }
-        let path = target[pathStart...]
-        if path.first == UInt8(ascii: "?") {
-            return uri.utf8.first == UInt8(ascii: "/") && uri.utf8.dropFirst().elementsEqual(path)
+        var uri = uri
+        return uri.withUTF8 { Self.uriMatches($0, requestTarget: requestTarget, isConnect: isConnect) }
+    }
+
+    /// ``uriMatches(_:requestTarget:isConnect:)`` for the `uri` of an answer.
+    public static func uriMatches(_ authorization: DigestAuthorization, requestTarget: String, isConnect: Bool) -> Bool
+    {
+        authorization.withBytes(authorization.uriSpan) {
+            Self.uriMatches($0, requestTarget: requestTarget, isConnect: isConnect)
         }
-        return uri.utf8.elementsEqual(path)
+    }
+
+    static func uriMatches(_ uri: UnsafeBufferPointer<UInt8>, requestTarget: String, isConnect: Bool) -> Bool {
+        var requestTarget = requestTarget
+        return requestTarget.withUTF8 { target in
+            if uri.elementsEqual(target) { return true }
+            if isConnect {
+                return uri.count == target.count
+                    && zip(uri, target).allSatisfy { HTTPGrammar.asciiLower($0) == HTTPGrammar.asciiLower($1) }
+            }
+            // The path and query of `scheme://authority[/path][?query]`.
+            guard let colon = target.firstIndex(of: UInt8(ascii: ":")),
+                target[colon...].starts(with: "://".utf8)
+            else { return false }
+            let authorityStart = colon + 3
+            guard
+                let pathStart = target[authorityStart...].firstIndex(where: {
+                    $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?")
+                })
+            else { return uri.count == 1 && uri[0] == UInt8(ascii: "/") }
+            let path = target[pathStart...]
+            if path.first == UInt8(ascii: "?") {
+                return uri.first == UInt8(ascii: "/") && uri.dropFirst().elementsEqual(path)
+            }
+            return uri.elementsEqual(path)
+        }
     }
 }
 
@@ -454,6 +377,9 @@ enum Base64URL {
         return String(decoding: out, as: UTF8.self)
     }
 
+    @inline(__always)
+    static func value(of c: UInt8) -> UInt8 { Self.values[Int(c)] }
+
     static func decode(_ text: String) -> [UInt8]? {
         var out: [UInt8] = []
         out.reserveCapacity(text.utf8.count * 3 / 4)
@@ -475,6 +401,55 @@ enum Base64URL {
     }
 }
 
+/// The 32 bytes a nonce of ours decodes to (mint time · random · tag), as a dictionary key:
+/// cheaper to hash and compare than the nonce's text.
+struct NonceKey: Hashable, Sendable {
+    private var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+
+    static func == (a: NonceKey, b: NonceKey) -> Bool {
+        a.words.0 == b.words.0 && a.words.1 == b.words.1 && a.words.2 == b.words.2 && a.words.3 == b.words.3
+    }
+
+    func hash(into hasher: inout Hasher) {
+        // The random half and the tag are unpredictable to anyone without the key.
+        hasher.combine(self.words.1)
+        hasher.combine(self.words.2)
+    }
+
+    /// The 43 characters of base64url (no padding) that encode 32 bytes, else `nil`.
+    init?(base64URL text: UnsafeBufferPointer<UInt8>) {
+        guard text.count == 43 else { return nil }
+        let ok = withUnsafeMutableBytes(of: &self.words) { out -> Bool in
+            var buffer: UInt32 = 0
+            var bits = 0
+            var w = 0
+            for c in text {
+                let v = Base64URL.value(of: c)
+                guard v != 0xFF else { return false }
+                buffer = buffer << 6 | UInt32(v)
+                bits += 6
+                if bits >= 8 {
+                    bits -= 8
+                    out[w] = UInt8(truncatingIfNeeded: buffer >> UInt32(bits))
+                    w += 1
+                }
+            }
+            // 43 × 6 = 258 bits: 32 bytes and 2 bits that must be zero (a canonical encoding).
+            return w == 32 && buffer & 0b11 == 0
+        }
+        guard ok else { return nil }
+    }
+
+    func withBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
+        withUnsafeBytes(of: self.words) { body($0) }
+    }
+
+    /// Milliseconds since 1970, as minted (only meaningful once the tag is checked).
+    var mintTime: UInt64 {
+        self.withBytes { bytes in bytes[0..<8].reduce(0) { $0 << 8 | UInt64($1) } }
+    }
+}
+
 /// Which `nc` values each live nonce has used, so a captured request cannot be replayed.
 ///
 /// Per nonce: the highest count and a 64-bit window below it (counts may arrive out of order
@@ -489,11 +464,10 @@ final class NonceCounts: Sendable {
     private struct Window {
         var highest: UInt32
         var seen: UInt64
-        var minted: UInt64
     }
 
     private struct State {
-        var windows: [String: Window] = [:]
+        var windows: [NonceKey: Window] = [:]
         var floor: UInt64
     }
 
@@ -505,40 +479,53 @@ final class NonceCounts: Sendable {
         self.state = NIOLockedValueBox(State(floor: floor))
     }
 
-    /// The mint time of a nonce in the record (verified when it entered), else `nil`.
-    func mintTime(of nonce: String) -> UInt64? {
-        self.state.withLockedValue { $0.windows[nonce]?.minted }
+    /// For a nonce in the record (its signature was checked when it entered): its count's
+    /// outcome, recorded when `record` is set. `nil` for a nonce not in the record.
+    func recordIfKnown(_ nonce: NonceKey, count: UInt32, record: Bool) -> Outcome? {
+        self.state.withLockedValue { state in
+            guard var window = state.windows[nonce] else { return nil }
+            let outcome = Self.note(count, in: &window)
+            if record, outcome == .fresh { state.windows[nonce] = window }
+            return outcome
+        }
     }
 
-    func record(nonce: String, count: UInt32, minted: UInt64, now: UInt64, lifetime: UInt64) -> Outcome {
+    /// Records a count of a nonce whose signature was checked.
+    func record(_ nonce: NonceKey, count: UInt32, now: UInt64, lifetime: UInt64) -> Outcome {
         self.state.withLockedValue { state in
-            guard var window = state.windows[nonce] else {
-                guard minted >= state.floor else { return .forgotten }
+            if var window = state.windows[nonce] {
+                // Another connection entered it meanwhile.
+                let outcome = Self.note(count, in: &window)
+                state.windows[nonce] = window
+                return outcome
+            }
+            guard nonce.mintTime >= state.floor else { return .forgotten }
+            if state.windows.count >= self.maximum {
+                state.windows = state.windows.filter { $0.key.mintTime + lifetime >= now }
                 if state.windows.count >= self.maximum {
-                    state.windows = state.windows.filter { $0.value.minted + lifetime >= now }
-                    if state.windows.count >= self.maximum {
-                        state.windows.removeAll(keepingCapacity: true)
-                        state.floor = now
-                        return .forgotten
-                    }
+                    state.windows.removeAll(keepingCapacity: true)
+                    state.floor = now
+                    return .forgotten
                 }
-                state.windows[nonce] = Window(highest: count, seen: 1, minted: minted)
-                return .fresh
             }
-            if count > window.highest {
-                let shift = count - window.highest
-                window.seen = shift >= 64 ? 1 : (window.seen << UInt64(shift)) | 1
-                window.highest = count
-            } else {
-                let offset = window.highest - count
-                guard offset < 64 else { return .replayed }
-                let bit: UInt64 = 1 << UInt64(offset)
-                guard window.seen & bit == 0 else { return .replayed }
-                window.seen |= bit
-            }
-            state.windows[nonce] = window
+            state.windows[nonce] = Window(highest: count, seen: 1)
             return .fresh
         }
+    }
+
+    private static func note(_ count: UInt32, in window: inout Window) -> Outcome {
+        if count > window.highest {
+            let shift = count - window.highest
+            window.seen = shift >= 64 ? 1 : (window.seen << UInt64(shift)) | 1
+            window.highest = count
+            return .fresh
+        }
+        let offset = window.highest - count
+        guard offset < 64 else { return .replayed }
+        let bit: UInt64 = 1 << UInt64(offset)
+        guard window.seen & bit == 0 else { return .replayed }
+        window.seen |= bit
+        return .fresh
     }
 
     var count: Int { self.state.withLockedValue { $0.windows.count } }

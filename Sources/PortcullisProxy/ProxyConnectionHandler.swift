@@ -56,6 +56,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var digestFailuresInARow = 0
     /// H(A2) of this connection's last Digest request (clients repeat requests).
     var lastRequestHashes: DigestAuthority.RequestHashes?
+    /// The user name of this connection's last Digest answer and its cache key.
+    var lastDigestKey: (name: [UInt8], key: CredentialVerifier.DigestKey)?
     /// More 407s than this to Digest answers in a row and the connection is closed.
     static let digestFailuresBeforeClose = 5
     var clientInputClosed = false
@@ -401,11 +403,24 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             self.sendLocalResponse(.lockedOut(retryAfter: remaining), for: exchange)
             return
         }
+        if head.proxyAuthorization.count == 1, let authority = self.shared.digest,
+            self.shared.gate.schemes.contains(.digest), Self.isDigest(head.value(head.proxyAuthorization[0]))
+        {
+            // Over the field's bytes: no String is made of the answer.
+            switch DigestAuthorization.parse(bytes: Array(head.value(head.proxyAuthorization[0]))) {
+            case .success(let authorization):
+                self.verifyDigest(exchange, authorization, verifier: verifier, authority: authority)
+            case .failure(let failure):
+                self.reject(exchange, failure)
+            }
+            return
+        }
         switch self.shared.gate.evaluate(proxyAuthorization: head.values(named: "proxy-authorization")) {
         case .reject(let failure):
             self.reject(exchange, failure)
         case .verifyDigest(let authorization):
-            self.verifyDigest(exchange, authorization, verifier: verifier)
+            guard let authority = self.shared.digest else { return }
+            self.verifyDigest(exchange, authorization, verifier: verifier, authority: authority)
         case .verifyBasic(let credentials):
             self.phase = .authenticating
             let verifyStarted = NIODeadline.now()
@@ -743,11 +758,11 @@ extension ProxyConnectionHandler {
     fileprivate func verifyDigest(
         _ exchange: ProxyExchange,
         _ authorization: DigestAuthorization,
-        verifier: CredentialVerifier
+        verifier: CredentialVerifier,
+        authority: DigestAuthority
     ) {
-        guard let authority = self.shared.digest else { return }
         let settings = authority.settings
-        guard authorization.realm == settings.realm else {
+        guard authorization.isFor(realm: authority.realmBytes, opaque: authority.opaqueBytes).realm else {
             self.reject(
                 exchange,
                 AuthFailure(
@@ -773,7 +788,7 @@ extension ProxyConnectionHandler {
         }
         guard
             DigestAuthority.uriMatches(
-                authorization.uri,
+                authorization,
                 requestTarget: exchange.head.target,
                 isConnect: exchange.isConnect
             )
@@ -794,11 +809,19 @@ extension ProxyConnectionHandler {
             )
             return
         }
-        let key = CredentialVerifier.DigestKey(
-            name: authorization.username,
-            isUserhash: authorization.userhash,
-            hash: authorization.algorithm.hash
-        )
+        let key: CredentialVerifier.DigestKey
+        if let last = self.lastDigestKey, last.key.isUserhash == authorization.userhash,
+            last.key.hash == authorization.algorithm.hash, authorization.usernameIs(last.name)
+        {
+            key = last.key
+        } else {
+            key = CredentialVerifier.DigestKey(
+                name: authorization.username,
+                isUserhash: authorization.userhash,
+                hash: authorization.algorithm.hash
+            )
+            self.lastDigestKey = (authorization.usernameBytes, key)
+        }
         if let cached = verifier.cachedDigestSecrets(key) {
             self.shared.metrics.cacheHits.increment()
             self.finishDigest(exchange, authorization, key: key, lookup: cached, authority: authority)
@@ -858,28 +881,21 @@ extension ProxyConnectionHandler {
         case .found(let found):
             secrets = found
         }
-        let method = String(decoding: exchange.head.methodBytes, as: UTF8.self)
+        let method = exchange.head.methodBytes
         let hashes: DigestAuthority.RequestHashes
-        if let last = self.lastRequestHashes, last.algorithm == authorization.algorithm, last.method == method,
-            last.uri == authorization.uri
+        if let last = self.lastRequestHashes,
+            method.withContiguousStorageIfAvailable({ last.matches(authorization, method: $0) }) == true
         {
             hashes = last
         } else {
-            hashes = authority.requestHashes(authorization, method: method)
+            hashes = authority.requestHashes(authorization, method: Array(method))
             self.lastRequestHashes = hashes
         }
-        let answer = authorization.response
         var ha1 = secrets.ha1
         var matchedCurrent = true
-        if !ConstantTime.equal(
-            authority.expectedResponse(authorization, ha1: ha1, ha2: hashes.ha2),
-            answer
-        ) {
+        if !authority.responseMatches(authorization, ha1: ha1, hashes: hashes) {
             guard let previous = secrets.previousHA1,
-                ConstantTime.equal(
-                    authority.expectedResponse(authorization, ha1: previous, ha2: hashes.ha2),
-                    answer
-                )
+                authority.responseMatches(authorization, ha1: previous, hashes: hashes)
             else {
                 self.reject(exchange, wrong, user: secrets.user)
                 return
@@ -890,9 +906,9 @@ extension ProxyConnectionHandler {
         // The client knows the secret. A nonce that is not good any more (or an opaque that is
         // not ours) only needs a new nonce: stale=true, and clients retry on their own.
         let verdict: DigestAuthority.NonceVerdict =
-            authorization.opaque.map { $0 == authority.opaque } == false
+            !authorization.isFor(realm: authority.realmBytes, opaque: authority.opaqueBytes).opaque
             ? .stale("opaque not issued by this proxy")
-            : authority.checkNonce(authorization.nonce, nonceCount: authorization.nonceCount)
+            : authority.checkNonce(of: authorization)
         guard case .valid(let age) = verdict else {
             if case .stale(let why) = verdict {
                 exchange.authScheme = "digest"
@@ -917,7 +933,7 @@ extension ProxyConnectionHandler {
                 authorization,
                 ha1: ha1,
                 nonceAge: age,
-                rspauthHA2: hashes.rspauthHA2
+                hashes: hashes
             )
             self.shared.throttle.recordSuccess(address: self.clientAddress)
             self.shared.verifier?.noteDigestLogin(key, user: user)

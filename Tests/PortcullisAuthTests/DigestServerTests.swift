@@ -262,4 +262,99 @@ import Testing
         #expect(Base64URL.decode("AB") == nil)  // non-zero leftover bits: not canonical
         #expect(Base64URL.decode("A") == nil)
     }
+
+    /// The byte-level parser reads every spelling the RFC 9110 grammar allows exactly as the
+    /// general challenge grammar (``ChallengeParser``) does: parameter order, name case, tokens
+    /// or quoted-strings with escapes, whitespace around `=` and `,`, empty list elements.
+    @Test func byteParserAgreesWithTheGeneralGrammar() throws {
+        var rng = SplitMix(seed: 7)
+        let hex = Array("0123456789abcdef")
+        for round in 0..<3000 {
+            func pick<T>(_ options: [T]) -> T { options[Int(rng.next() % UInt64(options.count))] }
+            func ows() -> String { pick(["", "", " ", "\t", "  "]) }
+            func text(_ alphabet: String, _ range: ClosedRange<Int>) -> String {
+                let chars = Array(alphabet)
+                return String((0..<Int(rng.next() % UInt64(range.count)) + range.lowerBound).map { _ in pick(chars) })
+            }
+            let tokenish = "abcXYZ019-._~!#$%&'*+^`|"
+            let quotedOnly = tokenish + " ,;:/?=()[]{}@\"\\\u{E9}"
+            let algorithm = pick(["MD5", "md5", "SHA-256", "sha-256-SESS", "MD5-sess"])
+            let hexLength = algorithm.lowercased().hasPrefix("md5") ? 32 : 64
+            let values: [(String, String, Bool)] = [
+                ("username", text(quotedOnly, 1...12), true),
+                ("realm", text(quotedOnly, 0...12), true),
+                ("nonce", text(tokenish, 1...50), pick([true, false])),
+                ("uri", "/" + text(tokenish + "/?=", 0...30), true),
+                ("response", String((0..<hexLength).map { _ in pick(hex) }), pick([true, false])),
+                ("algorithm", algorithm, pick([true, false])),
+                ("cnonce", text(tokenish, 1...20), pick([true, false])),
+                ("nc", String(format: "%08x", Int(rng.next() % 100_000) + 1), false),
+                ("qop", pick(["auth", "AUTH", "Auth"]), pick([true, false])),
+                ("opaque", text(quotedOnly, 0...20), true),
+                ("userhash", pick(["false", "FALSE"]), pick([true, false])),
+                ("foo\(round)", text(quotedOnly, 0...8), true),
+            ].shuffled(using: &rng)
+            var field =
+                ows() + pick(["Digest", "digest", "DIGEST"]) + pick([" ", "  ", "\t"]) + pick(["", ", ", ",, "])
+            for (i, (name, value, quoted)) in values.enumerated() {
+                let spelled = pick([name, name.uppercased(), name.capitalized])
+                let rendered =
+                    quoted || value.isEmpty || !value.allSatisfy(HTTPGrammar.isTokenCharacter)
+                    ? "\""
+                        + value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(
+                            of: "\"",
+                            with: "\\\""
+                        )
+                        + "\"" : value
+                field += spelled + ows() + "=" + ows() + rendered
+                if i < values.count - 1 { field += ows() + pick([",", ",", ", ,"]) + ows() }
+            }
+            field += ows()
+            let general = try ChallengeParser.parse(fieldValue: field)
+            try #require(general.count == 1, "\(field)")
+            let parsed: DigestAuthorization
+            switch DigestAuthorization.parse(field) {
+            case .success(let p): parsed = p
+            case .failure(let failure):
+                Issue.record("refused \(field): \(failure.explanation)")
+                return
+            }
+            let expected = general[0]
+            #expect(parsed.username == expected.parameter("username"), "\(field)")
+            #expect(parsed.realm == expected.parameter("realm"), "\(field)")
+            #expect(parsed.nonce == expected.parameter("nonce"), "\(field)")
+            #expect(parsed.uri == expected.parameter("uri"), "\(field)")
+            #expect(parsed.response == expected.parameter("response"), "\(field)")
+            #expect(parsed.cnonce == expected.parameter("cnonce"), "\(field)")
+            #expect(parsed.nonceCountText == expected.parameter("nc"), "\(field)")
+            #expect(parsed.opaque == expected.parameter("opaque"), "\(field)")
+            #expect(parsed.algorithm == DigestAlgorithm(token: expected.parameter("algorithm")), "\(field)")
+            #expect(parsed.nonceCount == UInt32(expected.parameter("nc")!, radix: 16), "\(field)")
+            #expect(!parsed.userhash)
+        }
+    }
+
+    @Test func aNonceWithNonCanonicalTrailingBitsIsNotOurs() {
+        let server = self.authority(Clock())
+        var nonce = Array(server.mintNonce())
+        #expect(nonce.count == 43)
+        // The last character carries 4 bits of the tag and 2 zero bits; set one of those.
+        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+        let value = alphabet.firstIndex(of: nonce[42])!
+        nonce[42] = alphabet[value | 1]
+        #expect(server.checkNonce(String(nonce), nonceCount: 1) == .stale("nonce not issued by this proxy"))
+    }
+}
+
+/// A small seeded generator (SplitMix64), so a failing case can be run again.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { self.state = seed }
+    mutating func next() -> UInt64 {
+        self.state &+= 0x9E37_79B9_7F4A_7C15
+        var z = self.state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
 }
