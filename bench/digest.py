@@ -8,10 +8,11 @@
   the only algorithm Squid has), one process offering both.
 
 wrk cannot hash, so every Digest answer is computed here beforehand (Python hashlib) for
-nonces fetched from the proxy under test: 50 nonces per round, each used for runs of 2 000
-consecutive requests with counts 1, 2, 3 …, so that no answer is ever sent twice (both proxies
-refuse replays). Each Digest
-request is a real Digest check: the proxies cannot cache an answer, only the user's secret.
+nonces fetched from the proxy under test: 50 nonces per round, used in turn (request i takes
+nonce i mod 50) with counts 1, 2, 3 … per nonce, as 50 clients with a nonce each would, so
+that no answer is ever sent twice (both proxies refuse replays). wrk is handed whole prebuilt
+requests, for Basic too. Each Digest request is a real Digest check: the proxies cannot cache
+an answer, only the user's secret.
 Rounds alternate the targets. Writes bench/out/digest.{md,json}. Loopback only, bounded
 (about 2 minutes with the defaults), every process it starts is stopped on exit.
 
@@ -41,7 +42,6 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 USER, PASSWORD = "bench", "benchpass"
 NONCES = 50
-BLOCK = 2000
 
 LUA = r"""
 -- Every request is built beforehand: wrk's Lua then only slices one string per request, the
@@ -124,10 +124,11 @@ def answers(port: int, target: str, host: str, realm: str, algorithm: str, count
     lines = []
     counts = [0] * NONCES
     for i in range(count):
-        # A nonce serves a run of consecutive requests, as a client keeps using the nonce it
-        # was given; its counts go up by one, so answers arrive at most ~50 out of order (the
-        # connections), inside Portcullis's 64-wide replay window.
-        k = (i // BLOCK) % NONCES
+        # Request i uses nonce i mod 50 with the next count of that nonce, as 50 clients each
+        # with its own nonce would: a connection that stalls for a few hundred requests is
+        # then only a few counts behind on its nonce, well inside the 64-wide replay window
+        # (with one nonce shared by all 50 connections such a stall fell out of it).
+        k = i % NONCES
         nonce, opaque = nonces[k]
         counts[k] += 1
         nc = f"{counts[k]:08x}"

@@ -295,16 +295,41 @@ public final class DigestAuthority: Sendable {
         nonceAge: Int,
         hashes: RequestHashes
     ) -> String {
-        var text = ""
-        text.reserveCapacity(160)
-        if nonceAge * 2 >= self.settings.nonceLifetime { text += "nextnonce=\"\(self.mintNonce())\", " }
-        text += "qop=auth, rspauth=\""
-        text += self.answerString(authorization, ha1: ha1, ha2: hashes.rspauthHA2)
-        text += "\", cnonce="
-        text += ProxyAuthGate.quoted(authorization.cnonce)
-        text += ", nc="
-        text += authorization.nonceCountText
-        return text
+        String(
+            decoding: self.authenticationInfoBytes(authorization, ha1: ha1, nonceAge: nonceAge, hashes: hashes),
+            as: UTF8.self
+        )
+    }
+
+    /// ``authenticationInfo(_:ha1:nonceAge:hashes:)`` as the bytes of the field value.
+    public func authenticationInfoBytes(
+        _ authorization: DigestAuthorization,
+        ha1: String,
+        nonceAge: Int,
+        hashes: RequestHashes
+    ) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(120 + authorization.cnonceSpan.count)
+        if nonceAge * 2 >= self.settings.nonceLifetime {
+            out += "nextnonce=\"".utf8
+            out += self.mintNonce().utf8
+            out += "\", ".utf8
+        }
+        out += "qop=auth, rspauth=\"".utf8
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 64) { hex in
+            let count = self.answer(authorization, ha1: ha1, ha2: hashes.rspauthHA2, into: hex)
+            out += UnsafeBufferPointer(rebasing: hex[0..<count])
+        }
+        out += "\", cnonce=\"".utf8
+        authorization.withBytes(authorization.cnonceSpan) { cnonce in
+            for c in cnonce {
+                if c == UInt8(ascii: "\"") || c == UInt8(ascii: "\\") { out.append(UInt8(ascii: "\\")) }
+                out.append(c)
+            }
+        }
+        out += "\", nc=".utf8
+        authorization.withBytes(authorization.nonceCountSpan) { out += $0 }
+        return out
     }
 
     /// Whether the `uri` parameter names this request (RFC 7616 §3.4.6): the authority for

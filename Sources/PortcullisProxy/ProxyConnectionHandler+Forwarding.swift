@@ -236,7 +236,11 @@ extension ProxyConnectionHandler {
         }
         if exchange.rechunkBody { out.writeStaticString("Transfer-Encoding: chunked\r\n") }
         out.writeStaticString(HeaderRewriter.viaLine)
-        if let info = exchange.authenticationInfo { out.writeString("Proxy-Authentication-Info: \(info)\r\n") }
+        if let info = exchange.authenticationInfo {
+            out.writeStaticString("Proxy-Authentication-Info: ")
+            out.writeBytes(info)
+            out.writeStaticString("\r\n")
+        }
         if exchange.closeAfter { out.writeStaticString("Connection: close\r\n") }
         out.writeStaticString("\r\n")
         return out

@@ -49,7 +49,11 @@ extension ProxyConnectionHandler {
         self.recordTunnel(exchange, clientGlue: clientGlue, upstreamGlue: upstreamGlue, upstream: upstream)
         var established = context.channel.allocator.buffer(capacity: 40)
         established.writeString("HTTP/1.\(exchange.isHTTP10 ? 0 : 1) 200 Connection established\r\n")
-        if let info = exchange.authenticationInfo { established.writeString("Proxy-Authentication-Info: \(info)\r\n") }
+        if let info = exchange.authenticationInfo {
+            established.writeStaticString("Proxy-Authentication-Info: ")
+            established.writeBytes(info)
+            established.writeStaticString("\r\n")
+        }
         established.writeStaticString("\r\n")
         context.writeAndFlush(self.wrapOutboundOut(established), promise: nil)
         do {
@@ -103,7 +107,7 @@ extension ProxyConnectionHandler {
         let headBytes = exchange.head.bytes.readableBytes
         let established =
             "HTTP/1.1 200 Connection established\r\n\r\n".utf8.count
-            + (exchange.authenticationInfo.map { "Proxy-Authentication-Info: \($0)\r\n".utf8.count } ?? 0)
+            + (exchange.authenticationInfo.map { "Proxy-Authentication-Info: \r\n".utf8.count + $0.count } ?? 0)
         let target = exchange.head.target
         let closed = [self.context.channel.closeFuture, upstream.closeFuture]
         EventLoopFuture.andAllComplete(closed, on: self.context.eventLoop).assumeIsolated().whenComplete { _ in

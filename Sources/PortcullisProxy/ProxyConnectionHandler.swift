@@ -58,6 +58,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var lastRequestHashes: DigestAuthority.RequestHashes?
     /// The user name of this connection's last Digest answer and its cache key.
     var lastDigestKey: (name: [UInt8], key: CredentialVerifier.DigestKey)?
+    /// The key whose Digest success this connection last reported to the throttle and store.
+    var digestSuccessNoted: CredentialVerifier.DigestKey?
     /// More 407s than this to Digest answers in a row and the connection is closed.
     static let digestFailuresBeforeClose = 5
     var clientInputClosed = false
@@ -407,7 +409,10 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             self.shared.gate.schemes.contains(.digest), Self.isDigest(head.value(head.proxyAuthorization[0]))
         {
             // Over the field's bytes: no String is made of the answer.
-            switch DigestAuthorization.parse(bytes: Array(head.value(head.proxyAuthorization[0]))) {
+            let value = head.value(head.proxyAuthorization[0])
+            switch DigestAuthorization.parse(
+                bytes: value.withContiguousStorageIfAvailable { Array($0) } ?? Array(value)
+            ) {
             case .success(let authorization):
                 self.verifyDigest(exchange, authorization, verifier: verifier, authority: authority)
             case .failure(let failure):
@@ -551,6 +556,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             self.sendReject(logDetail: logDetail, exchange, failure)
             return
         }
+        // The next success on this connection clears the address's failures again.
+        self.digestSuccessNoted = nil
         let (delay, lockedOut) = self.shared.throttle.recordFailure(address: self.clientAddress, user: user)
         if lockedOut {
             self.shared.metrics.lockouts.increment()
@@ -929,14 +936,19 @@ extension ProxyConnectionHandler {
         }
         switch secrets.standing.outcome(user: secrets.user, matchedCurrent: matchedCurrent, now: Date()) {
         case .accepted(let user, _):
-            exchange.authenticationInfo = authority.authenticationInfo(
+            exchange.authenticationInfo = authority.authenticationInfoBytes(
                 authorization,
                 ha1: ha1,
                 nonceAge: age,
                 hashes: hashes
             )
-            self.shared.throttle.recordSuccess(address: self.clientAddress)
-            self.shared.verifier?.noteDigestLogin(key, user: user)
+            // Once per connection and user, as Basic's cached path does: not a lock each
+            // on every request.
+            if self.digestSuccessNoted != key {
+                self.digestSuccessNoted = key
+                self.shared.throttle.recordSuccess(address: self.clientAddress)
+                self.shared.verifier?.noteDigestLogin(key, user: user)
+            }
             self.accepted(exchange, user: user, scheme: "digest")
         case .rejected(let reason):
             self.noLongerValid(exchange, reason: reason, user: secrets.user, scheme: "digest")

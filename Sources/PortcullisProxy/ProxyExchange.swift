@@ -31,7 +31,7 @@ final class ProxyExchange {
     let startDate = Date()
     var authScheme: String?
     /// `Proxy-Authentication-Info` for the response (Digest: rspauth, nextnonce).
-    var authenticationInfo: String?
+    var authenticationInfo: [UInt8]?
     /// `ok`, `none` or a reason token.
     var authResult = "none"
     var status = 0
