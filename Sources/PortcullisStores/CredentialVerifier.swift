@@ -21,7 +21,23 @@ public final class CredentialVerifier: Sendable {
         }
     }
 
-    public typealias CacheKey = SIMD32<UInt8>
+    /// HMAC-SHA256 of a credential under a per-process random key.
+    ///
+    /// Its own type rather than `SIMD32<UInt8>`, whose `Hashable` feeds the hasher one byte at
+    /// a time (32 calls on every cached request); the MAC is uniformly random to anyone without
+    /// the key, so hashing two of its words is enough for the table.
+    public struct CacheKey: Hashable, Sendable {
+        var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+
+        public static func == (a: CacheKey, b: CacheKey) -> Bool {
+            a.words.0 == b.words.0 && a.words.1 == b.words.1 && a.words.2 == b.words.2 && a.words.3 == b.words.3
+        }
+
+        public func hash(into hasher: inout Hasher) {
+            hasher.combine(self.words.0)
+            hasher.combine(self.words.1)
+        }
+    }
 
     private struct Entry {
         var user: String
@@ -72,7 +88,9 @@ public final class CredentialVerifier: Sendable {
         let mac = HMAC<SHA256>.authenticationCode(for: Array(value.utf8), using: self.hmacKey)
         var key = CacheKey()
         mac.withUnsafeBytes { bytes in
-            for i in 0..<32 { key[i] = bytes[i] }
+            withUnsafeMutableBytes(of: &key.words) {
+                $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes.prefix(32)))
+            }
         }
         return key
     }
