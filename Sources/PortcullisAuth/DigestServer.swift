@@ -379,11 +379,6 @@ public final class DigestAuthority: Sendable {
 /// three `replacingOccurrences` cost more than the rest of a Digest check.
 enum Base64URL {
     private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
-    private static let values: [UInt8] = {
-        var table = [UInt8](repeating: 0xFF, count: 256)
-        for (i, c) in alphabet.enumerated() { table[Int(c)] = UInt8(i) }
-        return table
-    }()
 
     static func encode(_ bytes: [UInt8]) -> String {
         var out: [UInt8] = []
@@ -403,7 +398,18 @@ enum Base64URL {
     }
 
     @inline(__always)
-    static func value(of c: UInt8) -> UInt8 { Self.values[Int(c)] }
+    /// The 6-bit value of a base64url character, else 0xFF (by ranges: no table to load per
+    /// character of every nonce checked).
+    static func value(of c: UInt8) -> UInt8 {
+        switch c {
+        case UInt8(ascii: "A")...UInt8(ascii: "Z"): return c - UInt8(ascii: "A")
+        case UInt8(ascii: "a")...UInt8(ascii: "z"): return c - UInt8(ascii: "a") + 26
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0") + 52
+        case UInt8(ascii: "-"): return 62
+        case UInt8(ascii: "_"): return 63
+        default: return 0xFF
+        }
+    }
 
     static func decode(_ text: String) -> [UInt8]? {
         var out: [UInt8] = []
@@ -411,7 +417,7 @@ enum Base64URL {
         var buffer: UInt32 = 0
         var bits = 0
         for c in text.utf8 {
-            let v = values[Int(c)]
+            let v = Self.value(of: c)
             guard v != 0xFF else { return nil }
             buffer = buffer << 6 | UInt32(v)
             bits += 6

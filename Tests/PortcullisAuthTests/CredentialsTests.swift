@@ -39,4 +39,12 @@ import Testing
     func token68Grammar(value: String, valid: Bool) {
         #expect(HTTPGrammar.isToken68(value[...]) == valid)
     }
+
+    /// The bit masks behind `isTokenByte` say exactly RFC 9110 §5.6.2's tchar, for all 256 bytes.
+    @Test func tokenBytesAreTheRFCsTchar() {
+        let tchar = Set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8)
+        for byte in UInt8.min...UInt8.max {
+            #expect(HTTPGrammar.isTokenByte(byte) == tchar.contains(byte), "byte \(byte)")
+        }
+    }
 }
