@@ -87,8 +87,9 @@ public struct DigestAuthorization: Sendable, Hashable {
     }
 
     /// Parses one field value whose scheme is Digest, given as its bytes.
-    public static func parse(bytes: [UInt8]) -> Result<DigestAuthorization, AuthFailure> {
-        var storage = bytes
+    /// The array becomes the answer's storage (consumed: not copied again).
+    public static func parse(bytes: consuming [UInt8]) -> Result<DigestAuthorization, AuthFailure> {
+        var storage = consume bytes
         let outcome = storage.withUnsafeMutableBufferPointer { buffer -> Result<Parsed, AuthFailure> in
             withUnsafeTemporaryAllocation(of: Span?.self, capacity: Field.count) { spans in
                 spans.initialize(repeating: nil)
