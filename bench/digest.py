@@ -147,6 +147,12 @@ def answers(port: int, target: str, host: str, realm: str, algorithm: str, count
     return width + 4
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(port: int, env: dict, duration: int, connections: int, script: Path) -> dict:
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script),
                           f"http://127.0.0.1:{port}"], capture_output=True, text=True,
@@ -205,7 +211,7 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 65;
         subprocess.run([args.bin, "users", "add", USER, "--store", f"sqlite:{db}", "--password-stdin", "--digest"],
                        input=PASSWORD + "\n", text=True, check=True, capture_output=True)
         pc_port = free_port()
-        spawn([args.bin, "serve", "--store", f"sqlite:{db}", "--auth", "basic,digest", "--listen",
+        portcullis = spawn([args.bin, "serve", "--store", f"sqlite:{db}", "--auth", "basic,digest", "--listen",
                f"127.0.0.1:{pc_port}", "--allow-private-destinations", "--digest-nonce-lifetime", "3600",
                "--log-level", "warning"])
         wait_port(pc_port, 30)
@@ -276,8 +282,14 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 65;
                     path = work / f"{name}.answers"
                     env["BENCH_WIDTH"] = str(answers(port, target, host, realm, algorithm, count, path))
                     env["BENCH_ANSWERS"] = str(path)
+                before = cpu_seconds(portcullis.pid)
                 res = wrk(port, env, args.duration, args.connections, script)
-                log(f"round {r + 1} {name}: {res['rps']:.0f} req/s, p99 {res['p99_ms']:.2f} ms, non-2xx {res['non2xx']}")
+                if name.startswith("portcullis"):
+                    # CPU the proxy spent per request: steadier on a shared VM than req/s, whose
+                    # level moves with whatever else the host runs.
+                    res["cpu_us"] = (cpu_seconds(portcullis.pid) - before) * 1e6 / max(1, res["requests"])
+                log(f"round {r + 1} {name}: {res['rps']:.0f} req/s, p99 {res['p99_ms']:.2f} ms, non-2xx {res['non2xx']}"
+                    + (f", proxy CPU {res['cpu_us']:.1f} µs/request" if "cpu_us" in res else ""))
                 results[name].append(res)
 
         if args.only:
@@ -287,6 +299,7 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 65;
             return statistics.median(x[key] for x in results[name])
 
         summary = {name: {k: median(name, k) for k in ("rps", "p50_ms", "p99_ms")} |
+                   ({"cpu_us": median(name, "cpu_us")} if name.startswith("portcullis") else {}) |
                    {"non2xx": sum(x["non2xx"] for x in results[name]), "rounds": results[name]}
                    for name in results}
         ratios = {
@@ -295,6 +308,10 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 65;
             "squid digest / basic": summary["squid-digest-md5"]["rps"] / summary["squid-basic"]["rps"],
             "portcullis digest MD5 / squid digest": summary["portcullis-digest-md5"]["rps"] / summary["squid-digest-md5"]["rps"],
             "portcullis basic / squid basic": summary["portcullis-basic"]["rps"] / summary["squid-basic"]["rps"],
+            "portcullis CPU per request, basic / digest MD5": summary["portcullis-basic"]["cpu_us"]
+            / summary["portcullis-digest-md5"]["cpu_us"],
+            "portcullis CPU per request, basic / digest SHA-256": summary["portcullis-basic"]["cpu_us"]
+            / summary["portcullis-digest-sha256"]["cpu_us"],
         }
         OUT.mkdir(parents=True, exist_ok=True)
         meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "duration_s": args.duration,
@@ -302,9 +319,11 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 65;
         (OUT / "digest.json").write_text(json.dumps({"meta": meta, "targets": summary, "ratios": ratios}, indent=2))
         lines = [f"# Digest vs Basic, keep-alive GET 1 KiB, wrk -t1 -c{args.connections}, "
                  f"{args.rounds}×{args.duration}s medians ({meta['date']})", "",
-                 "| target | req/s | p50 ms | p99 ms | non-2xx |", "| --- | ---: | ---: | ---: | ---: |"]
+                 "| target | req/s | p50 ms | p99 ms | non-2xx | proxy CPU µs/request |",
+                 "| --- | ---: | ---: | ---: | ---: | ---: |"]
         for name, s in summary.items():
-            lines.append(f"| {name} | {s['rps']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['non2xx']} |")
+            cpu = f"{s['cpu_us']:.1f}" if "cpu_us" in s else "—"
+            lines.append(f"| {name} | {s['rps']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['non2xx']} | {cpu} |")
         lines += ["", "| ratio | value |", "| --- | ---: |"]
         lines += [f"| {k} | {v:.2f} |" for k, v in ratios.items()]
         (OUT / "digest.md").write_text("\n".join(lines) + "\n")

@@ -334,9 +334,11 @@ public struct DigestAuthorization: Sendable, Hashable {
             case (nil, nil):
                 return malformed("the username parameter is missing")
             }
-            for required in [Field.realm, .nonce, .uri, .response] where field(required) == nil {
-                return malformed("the \(required.name) parameter is missing")
-            }
+            // One by one: an array literal here was an allocation on every request.
+            guard field(.realm) != nil else { return malformed("the realm parameter is missing") }
+            guard field(.nonce) != nil else { return malformed("the nonce parameter is missing") }
+            guard field(.uri) != nil else { return malformed("the uri parameter is missing") }
+            guard field(.response) != nil else { return malformed("the response parameter is missing") }
             let algorithm: DigestAlgorithm
             if let token = field(.algorithm) {
                 guard let known = DigestAlgorithm(tokenBytes: UnsafeBufferPointer(rebasing: self.bytes(token))) else {
