@@ -16,43 +16,35 @@ public struct DigestAuthorization: Sendable, Hashable {
     }
 
     let bytes: [UInt8]
-    let usernameSpan: Span
-    let realmSpan: Span
-    let nonceSpan: Span
-    let uriSpan: Span
-    /// Lower-case hex.
-    let responseSpan: Span
-    let cnonceSpan: Span
-    /// 8 lower-case hex digits.
-    let nonceCountSpan: Span
-    let opaqueSpan: Span?
+    /// Where each value is in ``bytes``, and the values already decoded.
+    let spans: Spans
 
     /// Whether ``username`` is the client's hash of the name and realm (RFC 7616 §3.4.4).
-    public let userhash: Bool
-    public let algorithm: DigestAlgorithm
-    public let nonceCount: UInt32
+    public var userhash: Bool { self.spans.userhash }
+    public var algorithm: DigestAlgorithm { self.spans.algorithm }
+    public var nonceCount: UInt32 { self.spans.nonceCount }
 
     /// The user name as sent: the name itself, or its hex hash when ``userhash`` is set.
-    public var username: String { self.string(self.usernameSpan) }
-    public var realm: String { self.string(self.realmSpan) }
-    public var nonce: String { self.string(self.nonceSpan) }
-    public var uri: String { self.string(self.uriSpan) }
+    public var username: String { self.string(self.spans.username) }
+    public var realm: String { self.string(self.spans.realm) }
+    public var nonce: String { self.string(self.spans.nonce) }
+    public var uri: String { self.string(self.spans.uri) }
     /// Lower-case hex.
-    public var response: String { self.string(self.responseSpan) }
-    public var cnonce: String { self.string(self.cnonceSpan) }
+    public var response: String { self.string(self.spans.response) }
+    public var cnonce: String { self.string(self.spans.cnonce) }
     /// `nc` as sent (8 hex digits, lower-cased).
-    public var nonceCountText: String { self.string(self.nonceCountSpan) }
-    public var opaque: String? { self.opaqueSpan.map { self.string($0) } }
+    public var nonceCountText: String { self.string(self.spans.nc) }
+    public var opaque: String? { self.spans.opaque.map { self.string($0) } }
 
     /// The user name's bytes as sent (see ``username``).
-    public var usernameBytes: [UInt8] { Array(self.bytes[self.usernameSpan.start..<self.usernameSpan.end]) }
+    public var usernameBytes: [UInt8] { Array(self.bytes[self.spans.username.start..<self.spans.username.end]) }
 
     /// Whether the user name as sent is `name` (not constant-time: for a per-connection memo).
-    public func usernameIs(_ name: [UInt8]) -> Bool { self.equals(self.usernameSpan, name) }
+    public func usernameIs(_ name: [UInt8]) -> Bool { self.equals(self.spans.username, name) }
 
     /// Whether the answer is for `realm` and, when it carries an opaque, for `opaque`.
     public func isFor(realm: [UInt8], opaque: [UInt8]) -> (realm: Bool, opaque: Bool) {
-        (self.equals(self.realmSpan, realm), self.opaqueSpan.map { self.equals($0, opaque) } ?? true)
+        (self.equals(self.spans.realm, realm), self.spans.opaque.map { self.equals($0, opaque) } ?? true)
     }
 
     /// Longest parameter value accepted: a nonce, a URI or a name longer than this is not from
@@ -90,7 +82,7 @@ public struct DigestAuthorization: Sendable, Hashable {
     /// The array becomes the answer's storage (consumed: not copied again).
     public static func parse(bytes: consuming [UInt8]) -> Result<DigestAuthorization, AuthFailure> {
         var storage = consume bytes
-        let outcome = storage.withUnsafeMutableBufferPointer { buffer -> Result<Parsed, AuthFailure> in
+        let outcome = storage.withUnsafeMutableBufferPointer { buffer -> Result<Spans, AuthFailure> in
             withUnsafeTemporaryAllocation(of: Span?.self, capacity: Field.count) { spans in
                 spans.initialize(repeating: nil)
                 var cursor = Cursor(buffer: buffer, spans: spans)
@@ -100,27 +92,12 @@ public struct DigestAuthorization: Sendable, Hashable {
         switch outcome {
         case .failure(let failure):
             return .failure(failure)
-        case .success(let parsed):
-            return .success(
-                DigestAuthorization(
-                    bytes: storage,
-                    usernameSpan: parsed.username,
-                    realmSpan: parsed.realm,
-                    nonceSpan: parsed.nonce,
-                    uriSpan: parsed.uri,
-                    responseSpan: parsed.response,
-                    cnonceSpan: parsed.cnonce,
-                    nonceCountSpan: parsed.nc,
-                    opaqueSpan: parsed.opaque,
-                    userhash: parsed.userhash,
-                    algorithm: parsed.algorithm,
-                    nonceCount: parsed.nonceCount
-                )
-            )
+        case .success(let spans):
+            return .success(DigestAuthorization(bytes: storage, spans: spans))
         }
     }
 
-    private struct Parsed {
+    struct Spans: Sendable, Hashable {
         var username: Span
         var realm: Span
         var nonce: Span
@@ -234,8 +211,8 @@ public struct DigestAuthorization: Sendable, Hashable {
                 ? String(decoding: bytes, as: UTF8.self) : "(unprintable)"
         }
 
-        mutating func parse() -> Result<Parsed, AuthFailure> {
-            func malformed(_ why: String) -> Result<Parsed, AuthFailure> {
+        mutating func parse() -> Result<Spans, AuthFailure> {
+            func malformed(_ why: String) -> Result<Spans, AuthFailure> {
                 .failure(
                     AuthFailure(
                         reason: .malformedCredentials,
@@ -310,7 +287,7 @@ public struct DigestAuthorization: Sendable, Hashable {
         }
 
         /// What RFC 7616 requires of the parameters, with qop=auth the only one offered.
-        mutating func check(_ malformed: (String) -> Result<Parsed, AuthFailure>) -> Result<Parsed, AuthFailure> {
+        mutating func check(_ malformed: (String) -> Result<Spans, AuthFailure>) -> Result<Spans, AuthFailure> {
             func field(_ f: Field) -> Span? { self.spans[f.rawValue] }
             let userhash: Bool
             switch field(.userhash) {
@@ -384,7 +361,7 @@ public struct DigestAuthorization: Sendable, Hashable {
                 return malformed("response is not a \(algorithm) hash in hex")
             }
             return .success(
-                Parsed(
+                Spans(
                     username: username,
                     realm: field(.realm)!,
                     nonce: field(.nonce)!,

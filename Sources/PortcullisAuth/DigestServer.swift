@@ -151,7 +151,7 @@ public final class DigestAuthority: Sendable {
 
     /// ``checkNonce(_:nonceCount:)`` for the nonce of an answer.
     public func checkNonce(of authorization: DigestAuthorization) -> NonceVerdict {
-        authorization.withBytes(authorization.nonceSpan) {
+        authorization.withBytes(authorization.spans.nonce) {
             self.checkNonce(text: $0, nonceCount: authorization.nonceCount)
         }
     }
@@ -203,14 +203,14 @@ public final class DigestAuthority: Sendable {
 
         /// Whether these are the hashes of `authorization` on a request with this method.
         public func matches(_ authorization: DigestAuthorization, method: UnsafeBufferPointer<UInt8>) -> Bool {
-            self.algorithm == authorization.algorithm && authorization.equals(authorization.uriSpan, self.uri)
+            self.algorithm == authorization.algorithm && authorization.equals(authorization.spans.uri, self.uri)
                 && self.method.withUnsafeBufferPointer { $0.elementsEqual(method) }
         }
     }
 
     public func requestHashes(_ authorization: DigestAuthorization, method: [UInt8]) -> RequestHashes {
         let a = authorization.algorithm
-        let uri = Array(authorization.bytes[authorization.uriSpan.start..<authorization.uriSpan.end])
+        let uri = Array(authorization.bytes[authorization.spans.uri.start..<authorization.spans.uri.end])
         return RequestHashes(
             algorithm: a,
             method: method,
@@ -224,7 +224,7 @@ public final class DigestAuthority: Sendable {
     public func responseMatches(_ authorization: DigestAuthorization, ha1: String, hashes: RequestHashes) -> Bool {
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 64) { out in
             let count = self.answer(authorization, ha1: ha1, ha2: hashes.ha2, into: out)
-            return authorization.withBytes(authorization.responseSpan) { sent in
+            return authorization.withBytes(authorization.spans.response) { sent in
                 ConstantTime.equal(UnsafeBufferPointer(rebasing: out[0..<count]), sent)
             }
         }
@@ -251,13 +251,13 @@ public final class DigestAuthority: Sendable {
         return ha1.withUTF8 { ha1 in
             authorization.bytes.withUnsafeBufferPointer { field in
                 let nonce = UnsafeBufferPointer(
-                    rebasing: field[authorization.nonceSpan.start..<authorization.nonceSpan.end]
+                    rebasing: field[authorization.spans.nonce.start..<authorization.spans.nonce.end]
                 )
                 let cnonce = UnsafeBufferPointer(
-                    rebasing: field[authorization.cnonceSpan.start..<authorization.cnonceSpan.end]
+                    rebasing: field[authorization.spans.cnonce.start..<authorization.spans.cnonce.end]
                 )
                 let nc = UnsafeBufferPointer(
-                    rebasing: field[authorization.nonceCountSpan.start..<authorization.nonceCountSpan.end]
+                    rebasing: field[authorization.spans.nc.start..<authorization.spans.nc.end]
                 )
                 return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 64) { sessionKey in
                     var key = ha1
@@ -309,7 +309,7 @@ public final class DigestAuthority: Sendable {
         hashes: RequestHashes
     ) -> [UInt8] {
         var out: [UInt8] = []
-        out.reserveCapacity(120 + authorization.cnonceSpan.count)
+        out.reserveCapacity(120 + authorization.spans.cnonce.count)
         if nonceAge * 2 >= self.settings.nonceLifetime {
             out += "nextnonce=\"".utf8
             out += self.mintNonce().utf8
@@ -321,14 +321,14 @@ public final class DigestAuthority: Sendable {
             out += UnsafeBufferPointer(rebasing: hex[0..<count])
         }
         out += "\", cnonce=\"".utf8
-        authorization.withBytes(authorization.cnonceSpan) { cnonce in
+        authorization.withBytes(authorization.spans.cnonce) { cnonce in
             for c in cnonce {
                 if c == UInt8(ascii: "\"") || c == UInt8(ascii: "\\") { out.append(UInt8(ascii: "\\")) }
                 out.append(c)
             }
         }
         out += "\", nc=".utf8
-        authorization.withBytes(authorization.nonceCountSpan) { out += $0 }
+        authorization.withBytes(authorization.spans.nc) { out += $0 }
         return out
     }
 
@@ -343,7 +343,7 @@ public final class DigestAuthority: Sendable {
     /// ``uriMatches(_:requestTarget:isConnect:)`` for the `uri` of an answer.
     public static func uriMatches(_ authorization: DigestAuthorization, requestTarget: String, isConnect: Bool) -> Bool
     {
-        authorization.withBytes(authorization.uriSpan) {
+        authorization.withBytes(authorization.spans.uri) {
             Self.uriMatches($0, requestTarget: requestTarget, isConnect: isConnect)
         }
     }
@@ -412,69 +412,43 @@ enum Base64URL {
     }
 
     static func decode(_ text: String) -> [UInt8]? {
-        var out: [UInt8] = []
-        out.reserveCapacity(text.utf8.count * 3 / 4)
+        var text = text
+        return text.withUTF8 { text in
+            var out = [UInt8](repeating: 0, count: text.count * 3 / 4)
+            guard let count = out.withUnsafeMutableBytes({ Self.decode(text, into: $0) }) else { return nil }
+            out.removeLast(out.count - count)
+            return out
+        }
+    }
+
+    /// Decodes into `out` (room for `text.count * 3 / 4` bytes); returns the byte count, or
+    /// `nil` for a character outside the alphabet or non-zero leftover bits (not a canonical
+    /// encoding, so not one of ours).
+    static func decode(_ text: UnsafeBufferPointer<UInt8>, into out: UnsafeMutableRawBufferPointer) -> Int? {
+        precondition(out.count >= text.count * 3 / 4)
         var buffer: UInt32 = 0
         var bits = 0
-        for c in text.utf8 {
+        var count = 0
+        for c in text {
             let v = Self.value(of: c)
             guard v != 0xFF else { return nil }
             buffer = buffer << 6 | UInt32(v)
             bits += 6
             if bits >= 8 {
                 bits -= 8
-                out.append(UInt8(truncatingIfNeeded: buffer >> UInt32(bits)))
+                out[count] = UInt8(truncatingIfNeeded: buffer >> UInt32(bits))
+                count += 1
             }
         }
-        // Leftover bits must be zero padding (a canonical encoding), else it is not one of ours.
         guard bits < 6, buffer & ((1 << UInt32(bits)) - 1) == 0 else { return nil }
-        return out
+        return count
     }
 }
 
-/// The 32 bytes a nonce of ours decodes to (mint time · random · tag), as a dictionary key:
-/// cheaper to hash and compare than the nonce's text.
-struct NonceKey: Hashable, Sendable {
-    private var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+/// A nonce of ours, decoded: mint time · random · tag (see ``DigestAuthority/mintNonce()``).
+typealias NonceKey = Key256
 
-    static func == (a: NonceKey, b: NonceKey) -> Bool {
-        a.words.0 == b.words.0 && a.words.1 == b.words.1 && a.words.2 == b.words.2 && a.words.3 == b.words.3
-    }
-
-    func hash(into hasher: inout Hasher) {
-        // The random half and the tag are unpredictable to anyone without the key.
-        hasher.combine(self.words.1)
-        hasher.combine(self.words.2)
-    }
-
-    /// The 43 characters of base64url (no padding) that encode 32 bytes, else `nil`.
-    init?(base64URL text: UnsafeBufferPointer<UInt8>) {
-        guard text.count == 43 else { return nil }
-        let ok = withUnsafeMutableBytes(of: &self.words) { out -> Bool in
-            var buffer: UInt32 = 0
-            var bits = 0
-            var w = 0
-            for c in text {
-                let v = Base64URL.value(of: c)
-                guard v != 0xFF else { return false }
-                buffer = buffer << 6 | UInt32(v)
-                bits += 6
-                if bits >= 8 {
-                    bits -= 8
-                    out[w] = UInt8(truncatingIfNeeded: buffer >> UInt32(bits))
-                    w += 1
-                }
-            }
-            // 43 × 6 = 258 bits: 32 bytes and 2 bits that must be zero (a canonical encoding).
-            return w == 32 && buffer & 0b11 == 0
-        }
-        guard ok else { return nil }
-    }
-
-    func withBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
-        withUnsafeBytes(of: self.words) { body($0) }
-    }
-
+extension Key256 {
     /// Milliseconds since 1970, as minted (only meaningful once the tag is checked).
     var mintTime: UInt64 {
         self.withBytes { bytes in bytes[0..<8].reduce(0) { $0 << 8 | UInt64($1) } }

@@ -22,22 +22,7 @@ public final class CredentialVerifier: Sendable {
     }
 
     /// HMAC-SHA256 of a credential under a per-process random key.
-    ///
-    /// Its own type rather than `SIMD32<UInt8>`, whose `Hashable` feeds the hasher one byte at
-    /// a time (32 calls on every cached request); the MAC is uniformly random to anyone without
-    /// the key, so hashing two of its words is enough for the table.
-    public struct CacheKey: Hashable, Sendable {
-        var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
-
-        public static func == (a: CacheKey, b: CacheKey) -> Bool {
-            a.words.0 == b.words.0 && a.words.1 == b.words.1 && a.words.2 == b.words.2 && a.words.3 == b.words.3
-        }
-
-        public func hash(into hasher: inout Hasher) {
-            hasher.combine(self.words.0)
-            hasher.combine(self.words.1)
-        }
-    }
+    public typealias CacheKey = Key256
 
     private struct Entry {
         var user: String
@@ -86,13 +71,7 @@ public final class CredentialVerifier: Sendable {
     /// The cache key of one `Proxy-Authorization` field value.
     public func cacheKey(forFieldValue value: String) -> CacheKey {
         let mac = HMAC<SHA256>.authenticationCode(for: Array(value.utf8), using: self.hmacKey)
-        var key = CacheKey()
-        mac.withUnsafeBytes { bytes in
-            withUnsafeMutableBytes(of: &key.words) {
-                $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes.prefix(32)))
-            }
-        }
-        return key
+        return mac.withUnsafeBytes { CacheKey($0) }
     }
 
     /// The user of a still-valid cached verification, without touching the thread pool.
