@@ -7,11 +7,18 @@
 # run.sh installs what is missing (wrk, nginx-light, squid, tinyproxy, haproxy, …) and builds the
 # release binary; socat is installed here for the extras. Loopback only; every script stops what
 # it started. Writes bench/out/all.md (the three reports, in that order) next to each script's own
-# Markdown and JSON. The knobs of each script still apply (e.g. DURATION/ROUNDS for run.sh).
+# Markdown and JSON. The knobs of each script still apply (e.g. DURATION/ROUNDS for run.sh);
+# QUICK=1 makes all three short (a smoke run of about 3 minutes, not figures to keep).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { printf '[all] %s\n' "$*" >&2; }
+
+quick=()
+if [[ ${QUICK:-0} == 1 ]]; then
+  export DURATION=${DURATION:-3} ROUNDS=${ROUNDS:-1} WARMUP=${WARMUP:-1}
+  quick=(--quick)
+fi
 
 bash bench/run.sh
 if ! command -v socat >/dev/null; then
@@ -19,8 +26,8 @@ if ! command -v socat >/dev/null; then
   log "installing socat"
   DEBIAN_FRONTEND=noninteractive timeout 900 apt-get -o DPkg::Lock::Timeout=600 install -y -qq socat >&2
 fi
-python3 bench/digest.py
-python3 bench/extras.py
+python3 bench/digest.py "${quick[@]}"
+python3 bench/extras.py "${quick[@]}"
 {
   cat bench/out/latest.md
   echo
