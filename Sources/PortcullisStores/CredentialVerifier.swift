@@ -107,7 +107,8 @@ public final class CredentialVerifier: Sendable {
         let store = self.store
         let generation = store.generation
         let job = self.threadPool.runIfActive(eventLoop: eventLoop) {
-            store.verify(user: credentials.user, password: credentials.password)
+            ThreadPriority.enterBackground()
+            return store.verify(user: credentials.user, password: credentials.password)
         }
         job.whenComplete { result in
             let outcome: VerificationOutcome

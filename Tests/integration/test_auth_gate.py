@@ -4,6 +4,7 @@ credentials with awkward characters from curl and Python requests."""
 from __future__ import annotations
 
 import base64
+import os
 from urllib.parse import quote
 
 import pytest
@@ -255,3 +256,28 @@ def test_users_file_is_reloaded_when_it_changes(launcher, origin, tmp_path):
     wait_until(lambda: status("carol", "n3w-user") == 200, timeout=10, interval=0.25,
                what="the new user to be accepted after the file changed")
     assert status(USER, PASSWORD) == 407, "a removed user still gets in (stale cache)"
+
+
+def test_password_checks_run_below_the_event_loops_priority(proxy, origin):
+    """bcrypt runs on the blocking pool, and a pool thread about to hash lowers its own priority
+    (nice +10) so a login storm cannot delay authenticated traffic on the event loops (which
+    stay as started)."""
+    r = get(proxy, origin, {"Proxy-Authorization": basic(USER, PASSWORD)})
+    assert r.status == 200, r.describe()
+
+    def nice(task: str) -> int:
+        with open(f"/proc/{proxy.pid}/task/{task}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[16])
+
+    threads = {}
+    for task in os.listdir(f"/proc/{proxy.pid}/task"):
+        with open(f"/proc/{proxy.pid}/task/{task}/comm") as f:
+            threads.setdefault(f.read().strip(), []).append(nice(task))
+    base = nice(str(proxy.pid))
+    pool = [n for name, ns in threads.items() if name.startswith("TP-#") for n in ns]
+    loops = [n for name, ns in threads.items() if name.startswith("NIO-ELT-") for n in ns]
+    assert pool and loops, threads
+    # The thread that checked the password is lowered; others may not have hashed yet.
+    assert min(base + 10, 19) in pool, threads
+    assert all(n in (base, min(base + 10, 19)) for n in pool), threads
+    assert all(n == base for n in loops), threads
