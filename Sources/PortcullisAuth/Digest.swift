@@ -47,35 +47,103 @@ public struct DigestAlgorithm: Sendable, Hashable, CustomStringConvertible {
     /// libcrypto (see ``SystemSHA512_256``).
     public var isSupported: Bool { self.hash != .sha512_256 || SystemSHA512_256.isAvailable }
 
-    /// Lower-case hex of the hash of `text` (UTF-8). On the proxy's hot path (a Digest answer
-    /// costs four of these), so no `Data` and no per-character appends.
+    /// Length of the algorithm's hashes in hex.
+    public var hexLength: Int { self.hash == .md5 ? 32 : 64 }
+
+    /// Lower-case hex of the hash of `text` (UTF-8).
     public func hex(_ text: String) -> String {
         var text = text
         return text.withUTF8 { bytes in
-            switch self.hash {
-            case .md5: return Self.hex(Insecure.MD5.hash(data: UnsafeRawBufferPointer(bytes)))
-            case .sha256: return Self.hex(SHA256.hash(data: UnsafeRawBufferPointer(bytes)))
-            case .sha512_256:
-                guard let digest = SystemSHA512_256.hash(Array(bytes)) else {
-                    preconditionFailure("SHA-512-256 is not available on this machine; check isSupported")
-                }
-                return Self.hex(digest)
-            }
+            String(unsafeUninitializedCapacity: self.hexLength) { self.hex(of: bytes, into: $0) }
         }
     }
 
     static func hex<D: Sequence>(_ digest: D) -> String where D.Element == UInt8 {
         let bytes = Array(digest)
         return String(unsafeUninitializedCapacity: bytes.count * 2) { out in
-            for (i, byte) in bytes.enumerated() {
-                out[2 * i] = Self.hexDigits[Int(byte >> 4)]
-                out[2 * i + 1] = Self.hexDigits[Int(byte & 0x0F)]
+            bytes.withUnsafeBytes { Self.writeHex($0, into: out) }
+        }
+    }
+}
+
+/// The hashing itself, over bytes: the proxy's hot path (a Digest answer costs two of these)
+/// builds no String and no `Data`.
+extension DigestAlgorithm {
+    /// Lower-case hex of the hash of `input` into `out` (at least ``hexLength`` bytes); returns
+    /// ``hexLength``.
+    func hex(of input: UnsafeBufferPointer<UInt8>, into out: UnsafeMutableBufferPointer<UInt8>) -> Int {
+        let raw = UnsafeRawBufferPointer(input)
+        switch self.hash {
+        case .md5:
+            var hasher = Insecure.MD5()
+            hasher.update(bufferPointer: raw)
+            return hasher.finalize().withUnsafeBytes { Self.writeHex($0, into: out) }
+        case .sha256:
+            var hasher = SHA256()
+            hasher.update(bufferPointer: raw)
+            return hasher.finalize().withUnsafeBytes { Self.writeHex($0, into: out) }
+        case .sha512_256:
+            guard let digest = SystemSHA512_256.hash(Array(input)) else {
+                preconditionFailure("SHA-512-256 is not available on this machine; check isSupported")
             }
-            return bytes.count * 2
+            return digest.withUnsafeBytes { Self.writeHex($0, into: out) }
         }
     }
 
-    private static let hexDigits = Array("0123456789abcdef".utf8)
+    /// ``hex(of:into:)`` of the parts joined by ":".
+    func hex(
+        colonJoining p0: UnsafeBufferPointer<UInt8>,
+        _ p1: UnsafeBufferPointer<UInt8>,
+        _ p2: UnsafeBufferPointer<UInt8>,
+        _ p3: UnsafeBufferPointer<UInt8> = .init(start: nil, count: 0),
+        _ p4: UnsafeBufferPointer<UInt8> = .init(start: nil, count: 0),
+        _ p5: UnsafeBufferPointer<UInt8> = .init(start: nil, count: 0),
+        into out: UnsafeMutableBufferPointer<UInt8>
+    ) -> Int {
+        let parts = p3.baseAddress == nil ? 3 : 6
+        let total = p0.count + p1.count + p2.count + p3.count + p4.count + p5.count + parts - 1
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: total) { joined in
+            var w = 0
+            func put(_ part: UnsafeBufferPointer<UInt8>, colon: Bool) {
+                if colon {
+                    joined[w] = UInt8(ascii: ":")
+                    w += 1
+                }
+                if let source = part.baseAddress, part.count > 0 {
+                    (joined.baseAddress! + w).update(from: source, count: part.count)
+                    w += part.count
+                }
+            }
+            put(p0, colon: false)
+            put(p1, colon: true)
+            put(p2, colon: true)
+            if parts == 6 {
+                put(p3, colon: true)
+                put(p4, colon: true)
+                put(p5, colon: true)
+            }
+            return self.hex(of: UnsafeBufferPointer(rebasing: joined[0..<w]), into: out)
+        }
+    }
+
+    /// Lower-case hex of `bytes`, as bytes.
+    func hexBytes(_ bytes: [UInt8]) -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: self.hexLength) { out, count in
+            count = bytes.withUnsafeBufferPointer { self.hex(of: $0, into: out) }
+        }
+    }
+
+    private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+
+    static func writeHex(_ digest: UnsafeRawBufferPointer, into out: UnsafeMutableBufferPointer<UInt8>) -> Int {
+        Self.hexDigits.withUnsafeBufferPointer { digits in
+            for (i, byte) in digest.enumerated() {
+                out[2 * i] = digits[Int(byte >> 4)]
+                out[2 * i + 1] = digits[Int(byte & 0x0F)]
+            }
+        }
+        return digest.count * 2
+    }
 }
 
 /// A Digest challenge (RFC 7616 §3.3) read from a parsed ``Challenge``.

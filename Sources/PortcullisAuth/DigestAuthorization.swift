@@ -1,5 +1,3 @@
-import Crypto
-
 /// A Digest `Proxy-Authorization` (RFC 7616 §3.4), parsed and checked for shape only: no
 /// secret is involved yet.
 ///
@@ -37,14 +35,17 @@ public struct DigestAuthorization: Sendable, Hashable {
     public var opaque: String? { self.spans.opaque.map { self.string($0) } }
 
     /// The user name's bytes as sent (see ``username``).
-    public var usernameBytes: [UInt8] { Array(self.bytes[self.spans.username.start..<self.spans.username.end]) }
+    public var usernameBytes: [UInt8] { self.array(self.spans.username) }
 
     /// Whether the user name as sent is `name` (not constant-time: for a per-connection memo).
     public func usernameIs(_ name: [UInt8]) -> Bool { self.equals(self.spans.username, name) }
 
-    /// Whether the answer is for `realm` and, when it carries an opaque, for `opaque`.
-    public func isFor(realm: [UInt8], opaque: [UInt8]) -> (realm: Bool, opaque: Bool) {
-        (self.equals(self.spans.realm, realm), self.spans.opaque.map { self.equals($0, opaque) } ?? true)
+    /// Whether the answer is for `realm`.
+    public func realmIs(_ realm: [UInt8]) -> Bool { self.equals(self.spans.realm, realm) }
+
+    /// Whether the answer carries no opaque, or `opaque`.
+    public func opaqueIsAbsentOr(_ opaque: [UInt8]) -> Bool {
+        self.spans.opaque.map { self.equals($0, opaque) } ?? true
     }
 
     /// Longest parameter value accepted: a nonce, a URI or a name longer than this is not from
@@ -53,6 +54,10 @@ public struct DigestAuthorization: Sendable, Hashable {
 
     func string(_ span: Span) -> String {
         String(decoding: self.bytes[span.start..<span.end], as: UTF8.self)
+    }
+
+    func array(_ span: Span) -> [UInt8] {
+        Array(self.bytes[span.start..<span.end])
     }
 
     func withBytes<R>(_ span: Span, _ body: (UnsafeBufferPointer<UInt8>) throws -> R) rethrows -> R {
@@ -122,7 +127,7 @@ public struct DigestAuthorization: Sendable, Hashable {
             }
         }
 
-        static let count = 12
+        static let count = Self.allCases.count
 
         /// Case-insensitive (RFC 9110 §11.2: parameter names are). By length and first letter,
         /// then one comparison: this runs a dozen times per request.
@@ -343,16 +348,16 @@ public struct DigestAuthorization: Sendable, Hashable {
             }
             guard let nc = field(.nc) else { return malformed("the nc parameter is missing") }
             var count: UInt32 = 0
-            if nc.count == 8 {
-                for index in nc.start..<nc.end {
-                    guard let digit = HTTPGrammar.hexValue(self.buffer[index]) else { break }
-                    self.buffer[index] = HTTPGrammar.asciiLower(self.buffer[index])
-                    count = count << 4 | UInt32(digit)
+            var isHex = nc.count == 8
+            for index in nc.start..<nc.end where isHex {
+                guard let digit = HTTPGrammar.hexValue(self.buffer[index]) else {
+                    isHex = false
+                    break
                 }
+                self.buffer[index] = HTTPGrammar.asciiLower(self.buffer[index])
+                count = count << 4 | UInt32(digit)
             }
-            guard nc.count == 8, self.bytes(nc).allSatisfy(HTTPGrammar.isHexDigit), count > 0 else {
-                return malformed("nc must be 8 hex digits, from 00000001")
-            }
+            guard isHex, count > 0 else { return malformed("nc must be 8 hex digits, from 00000001") }
             let response = field(.response)!
             for index in response.start..<response.end {
                 self.buffer[index] = HTTPGrammar.asciiLower(self.buffer[index])
@@ -408,9 +413,6 @@ public struct DigestAuthorization: Sendable, Hashable {
 }
 
 extension DigestAlgorithm {
-    /// Length of the algorithm's hashes in hex.
-    public var hexLength: Int { self.hash == .md5 ? 32 : 64 }
-
     private static let tokens: [([UInt8], DigestAlgorithm)] = Hash.allCases.flatMap { hash in
         [false, true].map { session in
             let algorithm = DigestAlgorithm(hash: hash, session: session)
@@ -427,83 +429,5 @@ extension DigestAlgorithm {
             }
         }
         return nil
-    }
-}
-
-extension DigestAlgorithm {
-    /// Lower-case hex of the hash of `input` into `out` (at least ``hexLength`` bytes); returns
-    /// ``hexLength``.
-    func hex(of input: UnsafeBufferPointer<UInt8>, into out: UnsafeMutableBufferPointer<UInt8>) -> Int {
-        let raw = UnsafeRawBufferPointer(input)
-        switch self.hash {
-        case .md5:
-            var hasher = Insecure.MD5()
-            hasher.update(bufferPointer: raw)
-            return hasher.finalize().withUnsafeBytes { Self.writeHex($0, into: out) }
-        case .sha256:
-            var hasher = SHA256()
-            hasher.update(bufferPointer: raw)
-            return hasher.finalize().withUnsafeBytes { Self.writeHex($0, into: out) }
-        case .sha512_256:
-            guard let digest = SystemSHA512_256.hash(Array(input)) else {
-                preconditionFailure("SHA-512-256 is not available on this machine; check isSupported")
-            }
-            return digest.withUnsafeBytes { Self.writeHex($0, into: out) }
-        }
-    }
-
-    /// ``hex(of:into:)`` of the parts joined by ":".
-    func hex(
-        colonJoining p0: UnsafeBufferPointer<UInt8>,
-        _ p1: UnsafeBufferPointer<UInt8>,
-        _ p2: UnsafeBufferPointer<UInt8>,
-        _ p3: UnsafeBufferPointer<UInt8> = .init(start: nil, count: 0),
-        _ p4: UnsafeBufferPointer<UInt8> = .init(start: nil, count: 0),
-        _ p5: UnsafeBufferPointer<UInt8> = .init(start: nil, count: 0),
-        into out: UnsafeMutableBufferPointer<UInt8>
-    ) -> Int {
-        let parts = p3.baseAddress == nil ? 3 : 6
-        let total = p0.count + p1.count + p2.count + p3.count + p4.count + p5.count + parts - 1
-        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: total) { joined in
-            var w = 0
-            func put(_ part: UnsafeBufferPointer<UInt8>, colon: Bool) {
-                if colon {
-                    joined[w] = UInt8(ascii: ":")
-                    w += 1
-                }
-                if let source = part.baseAddress, part.count > 0 {
-                    (joined.baseAddress! + w).update(from: source, count: part.count)
-                    w += part.count
-                }
-            }
-            put(p0, colon: false)
-            put(p1, colon: true)
-            put(p2, colon: true)
-            if parts == 6 {
-                put(p3, colon: true)
-                put(p4, colon: true)
-                put(p5, colon: true)
-            }
-            return self.hex(of: UnsafeBufferPointer(rebasing: joined[0..<w]), into: out)
-        }
-    }
-
-    /// Lower-case hex of `bytes`, as bytes.
-    func hexBytes(_ bytes: [UInt8]) -> [UInt8] {
-        [UInt8](unsafeUninitializedCapacity: self.hexLength) { out, count in
-            count = bytes.withUnsafeBufferPointer { self.hex(of: $0, into: out) }
-        }
-    }
-
-    private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
-
-    private static func writeHex(_ digest: UnsafeRawBufferPointer, into out: UnsafeMutableBufferPointer<UInt8>) -> Int {
-        Self.hexDigits.withUnsafeBufferPointer { digits in
-            for (i, byte) in digest.enumerated() {
-                out[2 * i] = digits[Int(byte >> 4)]
-                out[2 * i + 1] = digits[Int(byte & 0x0F)]
-            }
-        }
-        return digest.count * 2
     }
 }

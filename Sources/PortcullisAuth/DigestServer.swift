@@ -185,11 +185,8 @@ public final class DigestAuthority: Sendable {
 
     /// The `response` a client that knows `ha1` must send (RFC 7616 §3.4.1, qop=auth).
     public func expectedResponse(_ authorization: DigestAuthorization, ha1: String, method: String) -> String {
-        self.expectedResponse(
-            authorization,
-            ha1: ha1,
-            hashes: self.requestHashes(authorization, method: Array(method.utf8))
-        )
+        let ha2 = self.requestHashes(authorization, method: Array(method.utf8)).ha2
+        return String(unsafeUninitializedCapacity: 64) { self.answer(authorization, ha1: ha1, ha2: ha2, into: $0) }
     }
 
     /// H(A2) of the request and of `rspauth` (RFC 7616 §3.4.3, §3.5), in hex: they depend only
@@ -210,7 +207,7 @@ public final class DigestAuthority: Sendable {
 
     public func requestHashes(_ authorization: DigestAuthorization, method: [UInt8]) -> RequestHashes {
         let a = authorization.algorithm
-        let uri = Array(authorization.bytes[authorization.spans.uri.start..<authorization.spans.uri.end])
+        let uri = authorization.array(authorization.spans.uri)
         return RequestHashes(
             algorithm: a,
             method: method,
@@ -228,14 +225,6 @@ public final class DigestAuthority: Sendable {
                 ConstantTime.equal(UnsafeBufferPointer(rebasing: out[0..<count]), sent)
             }
         }
-    }
-
-    func expectedResponse(_ authorization: DigestAuthorization, ha1: String, hashes: RequestHashes) -> String {
-        self.answerString(authorization, ha1: ha1, ha2: hashes.ha2)
-    }
-
-    private func answerString(_ authorization: DigestAuthorization, ha1: String, ha2: [UInt8]) -> String {
-        String(unsafeUninitializedCapacity: 64) { out in self.answer(authorization, ha1: ha1, ha2: ha2, into: out) }
     }
 
     /// H(key:nonce:nc:cnonce:auth:ha2) in hex into `out` (64 bytes); returns its length. The key
@@ -281,27 +270,17 @@ public final class DigestAuthority: Sendable {
     /// `Proxy-Authentication-Info` for an accepted request (RFC 7616 §3.5): `rspauth` proves the
     /// proxy knows the secret too; `nextnonce` once the nonce is past half its lifetime.
     public func authenticationInfo(_ authorization: DigestAuthorization, ha1: String, nonceAge: Int) -> String {
-        self.authenticationInfo(
+        let info = self.authenticationInfoBytes(
             authorization,
             ha1: ha1,
             nonceAge: nonceAge,
             hashes: self.requestHashes(authorization, method: [])
         )
+        return String(decoding: info, as: UTF8.self)
     }
 
-    public func authenticationInfo(
-        _ authorization: DigestAuthorization,
-        ha1: String,
-        nonceAge: Int,
-        hashes: RequestHashes
-    ) -> String {
-        String(
-            decoding: self.authenticationInfoBytes(authorization, ha1: ha1, nonceAge: nonceAge, hashes: hashes),
-            as: UTF8.self
-        )
-    }
-
-    /// ``authenticationInfo(_:ha1:nonceAge:hashes:)`` as the bytes of the field value.
+    /// ``authenticationInfo(_:ha1:nonceAge:)`` as the bytes of the field value, with the
+    /// request's hashes (a connection keeps them).
     public func authenticationInfoBytes(
         _ authorization: DigestAuthorization,
         ha1: String,
@@ -320,14 +299,9 @@ public final class DigestAuthority: Sendable {
             let count = self.answer(authorization, ha1: ha1, ha2: hashes.rspauthHA2, into: hex)
             out += UnsafeBufferPointer(rebasing: hex[0..<count])
         }
-        out += "\", cnonce=\"".utf8
-        authorization.withBytes(authorization.spans.cnonce) { cnonce in
-            for c in cnonce {
-                if c == UInt8(ascii: "\"") || c == UInt8(ascii: "\\") { out.append(UInt8(ascii: "\\")) }
-                out.append(c)
-            }
-        }
-        out += "\", nc=".utf8
+        out += "\", cnonce=".utf8
+        authorization.withBytes(authorization.spans.cnonce) { ProxyAuthGate.appendQuoted($0, to: &out) }
+        out += ", nc=".utf8
         authorization.withBytes(authorization.spans.nc) { out += $0 }
         return out
     }

@@ -76,13 +76,8 @@ public struct ProxyAuthGate: Sendable {
                 return .reject(failure)
             }
         }
-        if credentials.schemeIs("digest"), self.schemes.contains(.digest) {
-            switch DigestAuthorization.parse(first) {
-            case .success(let digest):
-                return .verifyDigest(digest)
-            case .failure(let failure):
-                return .reject(failure)
-            }
+        if credentials.schemeIs("digest"), let decision = self.evaluateDigest(fieldValue: Array(first.utf8)) {
+            return decision
         }
         let scheme = credentials.scheme.lowercased()
         return .reject(
@@ -93,6 +88,19 @@ public struct ProxyAuthGate: Sendable {
                 presentedScheme: scheme.count <= 32 ? scheme : nil
             )
         )
+    }
+
+    /// The verdict on the one `Proxy-Authorization` field of a request when it uses the Digest
+    /// scheme, from its bytes (the handler's path: no String is made of the answer); `nil` when
+    /// Digest is not offered, for ``evaluate(proxyAuthorization:)`` to word the refusal.
+    public func evaluateDigest(fieldValue: consuming [UInt8]) -> GateDecision? {
+        guard self.schemes.contains(.digest) else { return nil }
+        switch DigestAuthorization.parse(bytes: fieldValue) {
+        case .success(let digest):
+            return .verifyDigest(digest)
+        case .failure(let failure):
+            return .reject(failure)
+        }
     }
 
     private var offeredNames: String {
@@ -114,15 +122,21 @@ public struct ProxyAuthGate: Sendable {
 
     /// quoted-string (RFC 9110 §5.6.4) with `"` and `\` escaped.
     static func quoted(_ s: String) -> String {
-        if !s.utf8.contains(where: { $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
-            return "\"" + s + "\""
-        }
-        var out = "\""
-        for c in s {
-            if c == "\"" || c == "\\" { out.append("\\") }
+        var s = s
+        var out: [UInt8] = []
+        s.withUTF8 { Self.appendQuoted($0, to: &out) }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// ``quoted(_:)`` over bytes, appended to `out`. Byte-wise is exact: `"` and `\` are ASCII
+    /// and never part of a multi-byte UTF-8 sequence.
+    static func appendQuoted(_ bytes: UnsafeBufferPointer<UInt8>, to out: inout [UInt8]) {
+        out.reserveCapacity(out.count + bytes.count + 2)
+        out.append(UInt8(ascii: "\""))
+        for c in bytes {
+            if c == UInt8(ascii: "\"") || c == UInt8(ascii: "\\") { out.append(UInt8(ascii: "\\")) }
             out.append(c)
         }
-        out.append("\"")
-        return out
+        out.append(UInt8(ascii: "\""))
     }
 }

@@ -405,22 +405,19 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             self.sendLocalResponse(.lockedOut(retryAfter: remaining), for: exchange)
             return
         }
-        if head.proxyAuthorization.count == 1, let authority = self.shared.digest,
-            self.shared.gate.schemes.contains(.digest), Self.isDigest(head.value(head.proxyAuthorization[0]))
+        let decision: GateDecision
+        // Digest answers are read from the field's bytes: no String is made of them.
+        if head.proxyAuthorization.count == 1, case let value = head.value(head.proxyAuthorization[0]),
+            Self.isDigest(value),
+            let digest = self.shared.gate.evaluateDigest(
+                fieldValue: value.withContiguousStorageIfAvailable { Array($0) } ?? Array(value)
+            )
         {
-            // Over the field's bytes: no String is made of the answer.
-            let value = head.value(head.proxyAuthorization[0])
-            switch DigestAuthorization.parse(
-                bytes: value.withContiguousStorageIfAvailable { Array($0) } ?? Array(value)
-            ) {
-            case .success(let authorization):
-                self.verifyDigest(exchange, authorization, verifier: verifier, authority: authority)
-            case .failure(let failure):
-                self.reject(exchange, failure)
-            }
-            return
+            decision = digest
+        } else {
+            decision = self.shared.gate.evaluate(proxyAuthorization: head.values(named: "proxy-authorization"))
         }
-        switch self.shared.gate.evaluate(proxyAuthorization: head.values(named: "proxy-authorization")) {
+        switch decision {
         case .reject(let failure):
             self.reject(exchange, failure)
         case .verifyDigest(let authorization):
@@ -769,7 +766,7 @@ extension ProxyConnectionHandler {
         authority: DigestAuthority
     ) {
         let settings = authority.settings
-        guard authorization.isFor(realm: authority.realmBytes, opaque: authority.opaqueBytes).realm else {
+        guard authorization.realmIs(authority.realmBytes) else {
             self.reject(
                 exchange,
                 AuthFailure(
@@ -913,7 +910,7 @@ extension ProxyConnectionHandler {
         // The client knows the secret. A nonce that is not good any more (or an opaque that is
         // not ours) only needs a new nonce: stale=true, and clients retry on their own.
         let verdict: DigestAuthority.NonceVerdict =
-            !authorization.isFor(realm: authority.realmBytes, opaque: authority.opaqueBytes).opaque
+            !authorization.opaqueIsAbsentOr(authority.opaqueBytes)
             ? .stale("opaque not issued by this proxy")
             : authority.checkNonce(of: authorization)
         guard case .valid(let age) = verdict else {

@@ -62,4 +62,13 @@ import Testing
         #expect(!failure.explanation.contains(secretLooking))
         #expect(failure.presentedScheme == nil)
     }
+
+    /// Quotes and backslashes in a realm are escaped (RFC 9110 §5.6.4), other UTF-8 kept as is,
+    /// and the challenge parses back to the same realm.
+    @Test func realmsAreQuotedStrings() throws {
+        let realm = "a\"b\\c \u{E9}"
+        let challenge = ProxyAuthGate(realm: realm).challenges()[0]
+        #expect(challenge == "Basic realm=\"a\\\"b\\\\c \u{E9}\", charset=\"UTF-8\"")
+        #expect(try ChallengeParser.parse(fieldValue: challenge)[0].parameter("realm") == realm)
+    }
 }
