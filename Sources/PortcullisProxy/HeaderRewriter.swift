@@ -35,8 +35,21 @@ enum HeaderRewriter {
         hostHeader: String,
         allocator: ByteBufferAllocator
     ) -> ByteBuffer {
+        var out = allocator.buffer(capacity: 0)
+        self.writeUpstreamRequestHead(head, pathAndQuery: pathAndQuery, hostHeader: hostHeader, into: &out)
+        return out
+    }
+
+    /// The same, written into `out` after clearing it: a buffer nothing else holds any more is
+    /// reused without an allocation.
+    static func writeUpstreamRequestHead(
+        _ head: RequestHead,
+        pathAndQuery: String,
+        hostHeader: String,
+        into out: inout ByteBuffer
+    ) {
         let options = head.connectionOptions
-        var out = allocator.buffer(capacity: head.bytes.readableBytes + 64 + pathAndQuery.utf8.count)
+        out.clear(minimumCapacity: head.bytes.readableBytes + 64 + pathAndQuery.utf8.count)
         out.writeBytes(head.methodBytes)
         out.writeStaticString(" ")
         out.writeString(pathAndQuery)
@@ -52,7 +65,6 @@ enum HeaderRewriter {
         }
         out.writeStaticString(viaLine)
         out.writeStaticString("\r\n")
-        return out
     }
 }
 

@@ -110,19 +110,29 @@ enum MessageSyntax {
     /// The value of a `Content-Length` field: one number, or a list of identical numbers
     /// (RFC 9112 §6.3 allows a recipient to accept those).
     static func contentLength(_ value: ByteBufferView, previous: Int?) -> Int? {
+        // One pass over the bytes (a split would allocate an array per response).
         var length = previous
-        for part in value.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false) {
-            var digits = part[...]
-            while let f = digits.first, f == 0x20 || f == 0x09 { digits = digits.dropFirst() }
-            while let l = digits.last, l == 0x20 || l == 0x09 { digits = digits.dropLast() }
-            guard !digits.isEmpty, digits.count <= 18, digits.allSatisfy({ $0 >= 48 && $0 <= 57 }) else {
-                return nil
+        var index = value.startIndex
+        let end = value.endIndex
+        while true {
+            // One list element: optional whitespace, 1–18 digits, optional whitespace.
+            while index < end, value[index] == 0x20 || value[index] == 0x09 { index += 1 }
+            var n = 0
+            var digits = 0
+            while index < end, case let byte = value[index], byte >= 48, byte <= 57 {
+                guard digits < 18 else { return nil }
+                n = n * 10 + Int(byte - 48)
+                digits += 1
+                index += 1
             }
-            let n = digits.reduce(0) { $0 * 10 + Int($1 - 48) }
+            guard digits > 0 else { return nil }
+            while index < end, value[index] == 0x20 || value[index] == 0x09 { index += 1 }
             if let length, length != n { return nil }
             length = n
+            if index == end { return length }
+            guard value[index] == UInt8(ascii: ",") else { return nil }
+            index += 1
         }
-        return length
     }
 
     /// Reads one `Connection` field value (RFC 9110 §7.6.1): sets `close` for the `close` option

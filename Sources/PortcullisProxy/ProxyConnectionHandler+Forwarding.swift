@@ -5,12 +5,14 @@ import NIOPosix
 // Forwarding of absolute-form requests over pooled upstream connections.
 extension ProxyConnectionHandler {
     func forward(_ exchange: ProxyExchange, to authority: OriginAuthority, pathAndQuery: String) {
-        exchange.upstreamHead = HeaderRewriter.upstreamRequestHead(
+        Self.dropIfLarge(&self.upstreamHeadBuffer)
+        HeaderRewriter.writeUpstreamRequestHead(
             exchange.head,
             pathAndQuery: pathAndQuery,
             hostHeader: authority.hostHeader,
-            allocator: self.context.channel.allocator
+            into: &self.upstreamHeadBuffer
         )
+        exchange.upstreamHead = self.upstreamHeadBuffer
         let key = UpstreamPool.Key(host: authority.host, port: authority.port)
         exchange.upstreamKey = key
         if let upstream = self.pool.acquire(key) {
@@ -87,7 +89,7 @@ extension ProxyConnectionHandler {
         guard let head = exchange.upstreamHead else { return }
         upstream.attach(to: self)
         upstream.clientIsHTTP10 = exchange.isHTTP10
-        exchange.upstreamAddress = upstream.context?.channel.remoteAddress?.ipAddress
+        exchange.upstreamAddress = upstream.remoteIPAddress
         self.shared.metrics.addedLatency.recordNanoseconds((NIODeadline.now() - exchange.started).nanoseconds)
         self.phase = .forwarding(upstream)
         upstream.sendHead(head, isHEAD: exchange.isHead)
@@ -144,9 +146,16 @@ extension ProxyConnectionHandler {
             for line in head.lines where FieldName.equals(head.name(line), "content-type") {
                 exchange.contentType = String(decoding: head.value(line), as: UTF8.self)
             }
-            let bytes = self.clientResponseHead(head, framing: framing, for: exchange, upstream: upstream)
-            exchange.bytesToClient += bytes.readableBytes
-            self.context.write(self.wrapOutboundOut(bytes), promise: nil)
+            Self.dropIfLarge(&self.clientHeadBuffer)
+            self.writeClientResponseHead(
+                head,
+                framing: framing,
+                for: exchange,
+                upstream: upstream,
+                into: &self.clientHeadBuffer
+            )
+            exchange.bytesToClient += self.clientHeadBuffer.readableBytes
+            self.context.write(self.wrapOutboundOut(self.clientHeadBuffer), promise: nil)
         case .body(let buffer):
             exchange.bytesToClient += buffer.readableBytes
             if exchange.rechunkBody {
@@ -180,12 +189,13 @@ extension ProxyConnectionHandler {
 
     /// The response head for the client: the origin's header lines copied as they are, less the
     /// hop-by-hop ones, plus `Via`, with framing fixed for this client.
-    private func clientResponseHead(
+    private func writeClientResponseHead(
         _ head: ResponseHead,
         framing: ResponseFramer.Framing,
         for exchange: ProxyExchange,
-        upstream: UpstreamHandler
-    ) -> ByteBuffer {
+        upstream: UpstreamHandler,
+        into out: inout ByteBuffer
+    ) {
         let clientMinor = exchange.isHTTP10 ? 0 : 1
         var connectionOptions: [String] = []
         var originCloses = false
@@ -216,7 +226,7 @@ extension ProxyConnectionHandler {
             break
         }
 
-        var out = self.context.channel.allocator.buffer(capacity: head.bytes.readableBytes + 64)
+        out.clear(minimumCapacity: head.bytes.readableBytes + 64)
         let view = head.bytes.readableBytesView
         out.writeStaticString("HTTP/1.")
         out.writeString(clientMinor == 0 ? "0" : "1")
@@ -243,7 +253,11 @@ extension ProxyConnectionHandler {
         }
         if exchange.closeAfter { out.writeStaticString("Connection: close\r\n") }
         out.writeStaticString("\r\n")
-        return out
+    }
+
+    /// A head buffer kept for reuse must not keep the memory of one unusually large head.
+    private static func dropIfLarge(_ buffer: inout ByteBuffer) {
+        if buffer.capacity > 8192 { buffer = ByteBuffer() }
     }
 
     func upstreamReadComplete() {

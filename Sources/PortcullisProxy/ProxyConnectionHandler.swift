@@ -63,6 +63,11 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// More 407s than this to Digest answers in a row and the connection is closed.
     static let digestFailuresBeforeClose = 5
     var clientInputClosed = false
+    /// The last request head sent upstream and response head sent to the client: once their
+    /// bytes have left, nothing else holds them and the next head is built in the same memory
+    /// (two allocations less per request).
+    var upstreamHeadBuffer = ByteBuffer()
+    var clientHeadBuffer = ByteBuffer()
     /// The client's IP address, for the login throttle.
     var clientAddress = "-"
     /// Users whose per-user limits count this connection (released when it closes).
@@ -373,8 +378,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         let head = exchange.head
         var cacheKey: CredentialVerifier.CacheKey?
         // Digest answers differ on every request (nc, cnonce): they have their own path.
-        if head.proxyAuthorization.count == 1, !Self.isDigest(head.value(head.proxyAuthorization[0])) {
-            let value = head.value(head.proxyAuthorization[0])
+        if let line = head.proxyAuthorization, case let value = head.value(line), !Self.isDigest(value) {
             let key: CredentialVerifier.CacheKey
             if let last = self.lastAuthorization, last.value.elementsEqual(value) {
                 key = last.key
@@ -407,8 +411,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
         let decision: GateDecision
         // Digest answers are read from the field's bytes: no String is made of them.
-        if head.proxyAuthorization.count == 1, case let value = head.value(head.proxyAuthorization[0]),
-            Self.isDigest(value),
+        if let line = head.proxyAuthorization, case let value = head.value(line), Self.isDigest(value),
             let digest = self.shared.gate.evaluateDigest(
                 fieldValue: value.withContiguousStorageIfAvailable { Array($0) } ?? Array(value)
             )

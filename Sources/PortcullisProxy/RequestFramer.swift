@@ -31,8 +31,10 @@ struct RequestHead: RawMessageHead {
     /// Field names listed in `Connection` (other than `close`/`keep-alive`), lower-cased.
     var connectionOptions: [String]
     var expectsContinue: Bool
-    /// The `Proxy-Authorization` lines (normally zero or one).
-    var proxyAuthorization: [HeaderLine]
+    /// The `Proxy-Authorization` line when there is exactly one (the normal case; kept without
+    /// an array, which would be an allocation per request), and how many there were.
+    var proxyAuthorization: HeaderLine?
+    var proxyAuthorizationCount: Int
 
     var methodBytes: ByteBufferView {
         let view = self.bytes.readableBytesView
@@ -51,7 +53,8 @@ struct RequestHead: RawMessageHead {
         keepAlive: false,
         connectionOptions: [],
         expectsContinue: false,
-        proxyAuthorization: []
+        proxyAuthorization: nil,
+        proxyAuthorizationCount: 0
     )
 
     /// A request head as a client would send it, for tests.
@@ -273,7 +276,8 @@ struct RequestFramer {
         var close = false
         var options: [String] = []
         var expectsContinue = false
-        var proxyAuthorization: [HeaderLine] = []
+        var proxyAuthorization: HeaderLine?
+        var proxyAuthorizationCount = 0
         let head = RawHead(bytes: bytes, lines: lines)
         for line in lines {
             let name = head.name(line)
@@ -301,7 +305,8 @@ struct RequestFramer {
                 chunkedLast = codings.last == "chunked"
                 if codings.dropLast().contains("chunked") { throw .bad("invalid Transfer-Encoding") }
             case 19 where FieldName.equals(name, "proxy-authorization"):
-                proxyAuthorization.append(line)
+                proxyAuthorizationCount += 1
+                proxyAuthorization = proxyAuthorizationCount == 1 ? line : nil
             default:
                 break
             }
@@ -332,7 +337,8 @@ struct RequestFramer {
             keepAlive: minor == 1 && !close,
             connectionOptions: options,
             expectsContinue: expectsContinue,
-            proxyAuthorization: proxyAuthorization
+            proxyAuthorization: proxyAuthorization,
+            proxyAuthorizationCount: proxyAuthorizationCount
         )
     }
 

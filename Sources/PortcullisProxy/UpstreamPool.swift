@@ -27,8 +27,9 @@ final class UpstreamPool {
     /// The most recently used idle connection to `key`, if any is still fresh.
     func acquire(_ key: Key) -> UpstreamHandler? {
         let deadline = NIODeadline.now() - self.idleTimeout
-        while var list = self.idle[key], let handler = list.popLast() {
-            self.idle[key] = list.isEmpty ? nil : list
+        // Mutated in place (`default:` subscript): a copy of the list would cost an allocation
+        // on every request. An empty list stays until the sweeper drops it.
+        while let handler = self.idle[key, default: []].popLast() {
             if handler.isUsable, handler.idleSince > deadline {
                 return handler
             }
@@ -43,23 +44,20 @@ final class UpstreamPool {
             handler.close()
             return
         }
-        var list = self.idle[key] ?? []
-        guard list.count < self.maximumIdlePerOrigin else {
+        guard self.idle[key, default: []].count < self.maximumIdlePerOrigin else {
             handler.close()
             return
         }
         handler.idleSince = .now()
         handler.pool = self
         handler.poolKey = key
-        list.append(handler)
-        self.idle[key] = list
+        self.idle[key, default: []].append(handler)
     }
 
     /// Forgets a connection that closed while idle.
     func remove(_ handler: UpstreamHandler, key: Key) {
-        guard var list = self.idle[key], let index = list.firstIndex(where: { $0 === handler }) else { return }
-        list.remove(at: index)
-        self.idle[key] = list.isEmpty ? nil : list
+        guard let index = self.idle[key]?.firstIndex(where: { $0 === handler }) else { return }
+        self.idle[key]?.remove(at: index)
     }
 
     var idleCount: Int { self.idle.values.reduce(0) { $0 + $1.count } }
@@ -115,6 +113,9 @@ final class UpstreamHandler: ChannelDuplexHandler {
     /// The owner that received events in the current read burst: it still gets the
     /// readComplete (its cue to flush) if the exchange ended and detached inside the burst.
     private weak var burstOwner: (any UpstreamOwner)?
+
+    /// The origin's IP address for the access log, made once per connection rather than per request.
+    private(set) lazy var remoteIPAddress: String? = self.context?.channel.remoteAddress?.ipAddress
 
     var isUsable: Bool { self.isActive && self.isReusable && self.context?.channel.isActive == true }
     var isWritable: Bool { self.context?.channel.isWritable ?? false }
@@ -206,9 +207,15 @@ final class UpstreamHandler: ChannelDuplexHandler {
 
     private func deliverEvents(to owner: any UpstreamOwner) {
         guard !self.events.isEmpty else { return }
-        let events = self.events
-        self.events.removeAll(keepingCapacity: true)
-        for event in events { owner.upstreamEvent(event) }
+        // Taken out whole (a delivery may feed new events in); the emptied array comes back
+        // with its capacity, so a read burst allocates nothing here.
+        var batch: [ResponseFramer.Event] = []
+        swap(&batch, &self.events)
+        for event in batch { owner.upstreamEvent(event) }
+        if self.events.isEmpty {
+            batch.removeAll(keepingCapacity: true)
+            self.events = batch
+        }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {

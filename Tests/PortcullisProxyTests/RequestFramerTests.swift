@@ -191,7 +191,8 @@ import Testing
         #expect(try framer.next() == nil)
         framer.append(ByteBuffer(string: "Host: a:443\r\nProxy-Authorization: Basic eDp5\r\n\r\n"))
         guard case .head(let retry) = try framer.next() else { throw Failure("no retry head") }
-        #expect(retry.proxyAuthorization.count == 1)
+        #expect(retry.proxyAuthorizationCount == 1)
+        #expect(retry.proxyAuthorization != nil)
     }
 }
 

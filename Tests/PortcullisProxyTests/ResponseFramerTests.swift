@@ -101,6 +101,22 @@ import Testing
         #expect(r.seen == [.head(200, .length(2)), .body("ok"), .end])
     }
 
+    /// RFC 9112 §6.3: one number, or a list of identical numbers; anything else is no length.
+    @Test(
+        arguments: [
+            ("1024", nil, 1024), ("0", nil, 0), (" 7\t", nil, 7), ("5, 5", nil, 5), ("5,5 ,\t5", nil, 5),
+            ("5", 5, 5), ("000000000000000042", nil, 42), ("999999999999999999", nil, 999_999_999_999_999_999),
+            ("", nil, nil), (" ", nil, nil), ("5,6", nil, nil), ("5,", nil, nil), (",5", nil, nil), ("5,,5", nil, nil),
+            ("5 5", nil, nil), ("+5", nil, nil), ("-1", nil, nil), ("0x10", nil, nil), ("5", 6, nil),
+            // 19 digits: refused before the arithmetic could overflow.
+            ("1000000000000000000", nil, nil), ("99999999999999999999999", nil, nil),
+        ] as [(String, Int?, Int?)]
+    )
+    func contentLengthValues(value: String, previous: Int?, expected: Int?) {
+        let buffer = ByteBuffer(string: value)
+        #expect(MessageSyntax.contentLength(buffer.readableBytesView, previous: previous) == expected)
+    }
+
     @Test func bytesAfterTheResponseMakeTheConnectionUnusable() throws {
         let r = try run("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA")
         #expect(r.seen == [.head(200, .length(2)), .body("ok"), .end])

@@ -225,6 +225,14 @@ def test_latin1_bytes_fallback_raw(gate_proxy, module_origin):
     assert r.status == 200, r.describe()
 
 
+def test_two_proxy_authorization_fields_are_refused_even_when_both_are_valid(gate_proxy, module_origin):
+    """Which of two credentials would count is a guess two hops can make differently."""
+    r = assert_gate_then_retry(
+        gate_proxy, module_origin, [("Proxy-Authorization", basic()), ("Proxy-Authorization", basic())],
+        "malformed-credentials")
+    assert b"More than one Proxy-Authorization" in r.body, r.describe()
+
+
 def test_pipelined_407_then_authenticated_request(gate_proxy, module_origin):
     from portcullis_helpers import build_request
     with gate_proxy.conn() as c:
