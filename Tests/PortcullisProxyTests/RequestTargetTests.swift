@@ -27,6 +27,15 @@ import Testing
         #expect(try absolute("http://h/p#frag").1 == "/p")
     }
 
+    /// Read as bytes, not Characters: a combining mark after `?` or `/` must not hide it (the
+    /// Character-wise parser once sent `GET ?\u{301}x` upstream, without the leading `/`).
+    @Test func combiningMarksDoNotHideDelimiters() throws {
+        #expect(try absolute("http://h?\u{301}x").1 == "/?\u{301}x")
+        #expect(RequestTarget.parse("http://H\u{301}/", isConnect: false) == .failure(.invalidPort))
+        #expect(RequestTarget.parse("/\u{301}x", isConnect: false) == .success(.origin("/\u{301}x")))
+        #expect(RequestTarget.parse("h/\u{301}:443", isConnect: true) == .failure(.connectNeedsAuthority))
+    }
+
     @Test func ipv6Literal() throws {
         let (authority, _) = try absolute("http://[::1]:8080/")
         #expect(authority.host == "::1")
