@@ -56,12 +56,14 @@ enum HeaderRewriter {
         out.writeStaticString(" HTTP/1.1\r\nHost: ")
         out.writeString(hostHeader)
         out.writeStaticString("\r\n")
-        for line in head.lines {
-            let name = head.name(line)
-            if isAlwaysHopByHop(name) || FieldName.equals(name, "host") { continue }
-            if !options.isEmpty, options.contains(where: { FieldName.equals(name, $0) }) { continue }
-            out.writeBytes(head.rawLine(line))
-            out.writeStaticString("\r\n")
+        head.bytes.withUnsafeReadableBytes { raw in
+            for line in head.lines {
+                let name = line.name(in: raw)
+                if isAlwaysHopByHop(name) || FieldName.equals(name, "host") { continue }
+                if !options.isEmpty, options.contains(where: { FieldName.equals(name, $0) }) { continue }
+                out.writeBytes(line.line(in: raw))
+                out.writeStaticString("\r\n")
+            }
         }
         out.writeStaticString(viaLine)
         out.writeStaticString("\r\n")
@@ -88,6 +90,24 @@ enum FieldName {
             if lx != y { return false }
         }
         return true
+    }
+
+    /// Whether `raw` is exactly `text`, letter case included (methods, the HTTP version).
+    @inline(__always)
+    static func bytes(_ raw: UnsafeRawBufferPointer, equal text: StaticString) -> Bool {
+        guard raw.count == text.utf8CodeUnitCount else { return false }
+        let expected = text.utf8Start
+        var i = 0
+        while i < raw.count {
+            if raw[i] != expected[i] { return false }
+            i += 1
+        }
+        return true
+    }
+
+    @inline(__always)
+    static func bytes(_ raw: Slice<UnsafeRawBufferPointer>, equal text: StaticString) -> Bool {
+        self.bytes(UnsafeRawBufferPointer(rebasing: raw), equal: text)
     }
 
     @inline(__always)

@@ -7,6 +7,31 @@ struct HeaderLine {
     var start: Int
     var end: Int
     var nameEnd: Int
+
+    // The same accessors as ``RawMessageHead``'s, over the head's bytes through a pointer
+    // (`bytes.withUnsafeReadableBytes`): the loops that run for every message use these, as a
+    // ByteBufferView per access costs a retain and a release of the buffer's storage.
+
+    @inline(__always)
+    func name(in head: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(rebasing: head[self.start..<self.nameEnd])
+    }
+
+    /// The value with optional whitespace trimmed.
+    @inline(__always)
+    func value(in head: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
+        var start = self.nameEnd + 1
+        var end = self.end
+        while start < end, head[start] == 0x20 || head[start] == 0x09 { start += 1 }
+        while end > start, head[end - 1] == 0x20 || head[end - 1] == 0x09 { end -= 1 }
+        return UnsafeRawBufferPointer(rebasing: head[start..<end])
+    }
+
+    /// The whole line, name to end of value, as it arrived.
+    @inline(__always)
+    func line(in head: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(rebasing: head[self.start..<self.end])
+    }
 }
 
 /// A message head kept as the bytes that arrived, with the offsets of its header lines: lines
@@ -61,55 +86,50 @@ enum MessageSyntax {
         }
     }
 
-    /// Splits the header section `view[from..<headEnd]` (`headEnd` at the CRLF of the empty
+    /// Splits the header section `bytes[from..<headEnd]` (`headEnd` at the CRLF of the empty
     /// line) into lines. Strict on purpose: obsolete line folding, bare CR or LF, control
     /// characters and whitespace before the colon are where two parsers disagree on where a
     /// field — or a message — ends.
-    /// - Returns: the lines, or the reason they are not valid.
+    /// - Returns: `nil`, or the reason the lines are not valid.
     static func headerLines(
-        _ view: ByteBufferView,
+        _ bytes: UnsafeRawBufferPointer,
         from start: Int,
         to headEnd: Int,
         into lines: inout [HeaderLine]
     ) -> String? {
-        let base = view.startIndex
-        // One pass over raw bytes: this runs for every message in both directions.
-        let result: String?? = view.withContiguousStorageIfAvailable { bytes -> String? in
-            var lineStart = start - base
-            let end = headEnd - base
-            while lineStart < end {
-                let first = bytes[lineStart]
-                if first == 0x20 || first == 0x09 { return "obsolete line folding" }
-                var colon = -1
-                var i = lineStart
-                while i < end {
-                    let c = bytes[i]
-                    if c == 0x0D { break }
-                    if colon < 0 {
-                        if c == UInt8(ascii: ":") {
-                            colon = i
-                        } else if !HTTPGrammar.isTokenByte(c) {
-                            return "malformed header line"
-                        }
-                    } else if (c < 0x20 && c != 0x09) || c == 0x7F {
-                        return "control character in a header field"
+        var lineStart = start
+        let end = headEnd
+        while lineStart < end {
+            let first = bytes[lineStart]
+            if first == 0x20 || first == 0x09 { return "obsolete line folding" }
+            var colon = -1
+            var i = lineStart
+            while i < end {
+                let c = bytes[i]
+                if c == 0x0D { break }
+                if colon < 0 {
+                    if c == UInt8(ascii: ":") {
+                        colon = i
+                    } else if !HTTPGrammar.isTokenByte(c) {
+                        return "malformed header line"
                     }
-                    i += 1
+                } else if (c < 0x20 && c != 0x09) || c == 0x7F {
+                    return "control character in a header field"
                 }
-                guard i < end, bytes[i + 1] == 0x0A else { return "malformed header line" }
-                guard colon > lineStart else { return "malformed header line" }
-                lines.append(HeaderLine(start: lineStart, end: i, nameEnd: colon))
-                lineStart = i + 2
+                i += 1
             }
-            return nil
+            guard i < end, bytes[i + 1] == 0x0A else { return "malformed header line" }
+            guard colon > lineStart else { return "malformed header line" }
+            lines.append(HeaderLine(start: lineStart, end: i, nameEnd: colon))
+            lineStart = i + 2
         }
-        guard let result else { return "malformed header line" }
-        return result
+        return nil
     }
 
     /// The value of a `Content-Length` field: one number, or a list of identical numbers
     /// (RFC 9112 §6.3 allows a recipient to accept those).
-    static func contentLength(_ value: ByteBufferView, previous: Int?) -> Int? {
+    static func contentLength<Bytes: RandomAccessCollection<UInt8>>(_ value: Bytes, previous: Int?) -> Int?
+    where Bytes.Index == Int {
         // One pass over the bytes (a split would allocate an array per response).
         var length = previous
         var index = value.startIndex
@@ -138,7 +158,11 @@ enum MessageSyntax {
     /// Reads one `Connection` field value (RFC 9110 §7.6.1): sets `close` for the `close` option
     /// and appends the field names it lists, lower-cased. The common single values need no token
     /// list (and no String per token).
-    static func connectionOptions(_ value: ByteBufferView, close: inout Bool, options: inout [String]) {
+    static func connectionOptions<Bytes: RandomAccessCollection<UInt8>>(
+        _ value: Bytes,
+        close: inout Bool,
+        options: inout [String]
+    ) where Bytes.Index == Int {
         if FieldName.equals(value, "keep-alive") { return }
         if FieldName.equals(value, "close") {
             close = true
@@ -154,7 +178,8 @@ enum MessageSyntax {
     }
 
     /// Whether the last comma-separated coding of a Transfer-Encoding value is `chunked`.
-    static func lastCodingIsChunked(_ value: ByteBufferView) -> Bool {
+    static func lastCodingIsChunked<Bytes: RandomAccessCollection<UInt8>>(_ value: Bytes) -> Bool
+    where Bytes.Index == Int {
         var end = value.endIndex
         while end > value.startIndex, value[end - 1] == 0x20 || value[end - 1] == 0x09 { end -= 1 }
         var start = end

@@ -143,9 +143,6 @@ extension ProxyConnectionHandler {
             exchange.responseDeadline = nil
             exchange.responseStarted = true
             exchange.status = head.status
-            for line in head.lines where FieldName.equals(head.name(line), "content-type") {
-                exchange.contentType = String(decoding: head.value(line), as: UTF8.self)
-            }
             Self.dropIfLarge(&self.clientHeadBuffer)
             self.writeClientResponseHead(
                 head,
@@ -197,52 +194,58 @@ extension ProxyConnectionHandler {
         into out: inout ByteBuffer
     ) {
         let clientMinor = exchange.isHTTP10 ? 0 : 1
-        var connectionOptions: [String] = []
-        var originCloses = false
-        for line in head.lines where FieldName.equals(head.name(line), "connection") {
-            MessageSyntax.connectionOptions(head.value(line), close: &originCloses, options: &connectionOptions)
-        }
-        if originCloses || head.minorVersion < 1 { upstream.isReusable = false }
+        // Only the access log wants the content type: no String of it otherwise.
+        let wantsContentType = self.shared.accessLog != nil
+        // Through a pointer, one closure: this runs for every response.
+        head.bytes.withUnsafeReadableBytes { raw in
+            var connectionOptions: [String] = []
+            var originCloses = false
+            for line in head.lines where FieldName.equals(line.name(in: raw), "connection") {
+                MessageSyntax.connectionOptions(line.value(in: raw), close: &originCloses, options: &connectionOptions)
+            }
+            if originCloses || head.minorVersion < 1 { upstream.isReusable = false }
 
-        var dropLength = false
-        var dropTransferEncoding = false
-        switch framing {
-        case .chunked:
-            dropLength = true
-            // An HTTP/1.0 client gets the decoded body, delimited by the close.
-            if clientMinor == 0 {
+            var dropLength = false
+            var dropTransferEncoding = false
+            switch framing {
+            case .chunked:
+                dropLength = true
+                // An HTTP/1.0 client gets the decoded body, delimited by the close.
+                if clientMinor == 0 {
+                    dropTransferEncoding = true
+                    exchange.closeAfter = true
+                }
+            case .untilClose:
+                dropLength = true
                 dropTransferEncoding = true
-                exchange.closeAfter = true
+                if clientMinor == 1 {
+                    exchange.rechunkBody = true
+                } else {
+                    exchange.closeAfter = true
+                }
+            case .length, .none:
+                break
             }
-        case .untilClose:
-            dropLength = true
-            dropTransferEncoding = true
-            if clientMinor == 1 {
-                exchange.rechunkBody = true
-            } else {
-                exchange.closeAfter = true
-            }
-        case .length, .none:
-            break
-        }
 
-        out.clear(minimumCapacity: head.bytes.readableBytes + 64)
-        let view = head.bytes.readableBytesView
-        out.writeStaticString("HTTP/1.")
-        out.writeString(clientMinor == 0 ? "0" : "1")
-        // " 200 OK": status code and reason phrase as the origin sent them.
-        out.writeBytes(view[(view.startIndex + 8)..<(view.startIndex + head.statusLineEnd)])
-        out.writeStaticString("\r\n")
-        for line in head.lines {
-            let name = head.name(line)
-            if HeaderRewriter.isAlwaysHopByHop(name) { continue }
-            if dropLength, FieldName.equals(name, "content-length") { continue }
-            if dropTransferEncoding, FieldName.equals(name, "transfer-encoding") { continue }
-            if !connectionOptions.isEmpty, connectionOptions.contains(where: { FieldName.equals(name, $0) }) {
-                continue
-            }
-            out.writeBytes(head.rawLine(line))
+            out.clear(minimumCapacity: raw.count + 64)
+            out.writeStaticString(clientMinor == 0 ? "HTTP/1.0" : "HTTP/1.1")
+            // " 200 OK": status code and reason phrase as the origin sent them.
+            out.writeBytes(UnsafeRawBufferPointer(rebasing: raw[8..<head.statusLineEnd]))
             out.writeStaticString("\r\n")
+            for line in head.lines {
+                let name = line.name(in: raw)
+                if HeaderRewriter.isAlwaysHopByHop(name) { continue }
+                if dropLength, FieldName.equals(name, "content-length") { continue }
+                if dropTransferEncoding, FieldName.equals(name, "transfer-encoding") { continue }
+                if !connectionOptions.isEmpty, connectionOptions.contains(where: { FieldName.equals(name, $0) }) {
+                    continue
+                }
+                if wantsContentType, FieldName.equals(name, "content-type") {
+                    exchange.contentType = String(decoding: line.value(in: raw), as: UTF8.self)
+                }
+                out.writeBytes(line.line(in: raw))
+                out.writeStaticString("\r\n")
+            }
         }
         if exchange.rechunkBody { out.writeStaticString("Transfer-Encoding: chunked\r\n") }
         out.writeStaticString(HeaderRewriter.viaLine)

@@ -227,38 +227,46 @@ struct RequestFramer {
     // MARK: - Parsing a head
 
     static func parseHead(_ bytes: ByteBuffer) throws(RequestError) -> RequestHead {
-        let view = bytes.readableBytesView
-        let base = view.startIndex
-        guard let lineEnd = view.firstIndex(of: 0x0D), view[lineEnd + 1] == 0x0A else {
+        // Read through a pointer: this runs for every request.
+        let parsed = bytes.withUnsafeReadableBytes { raw in
+            Result { () throws(RequestError) -> RequestHead in try Self.parseHead(raw, of: bytes) }
+        }
+        return try parsed.get()
+    }
+
+    private static func parseHead(_ raw: UnsafeRawBufferPointer, of bytes: ByteBuffer) throws(RequestError)
+        -> RequestHead
+    {
+        let count = raw.count
+        guard let lineEnd = raw.firstIndex(of: 0x0D), lineEnd + 1 < count, raw[lineEnd + 1] == 0x0A else {
             throw .bad("malformed request line")
         }
-        if view[base..<lineEnd].contains(0x0A) { throw .bad("bare LF in the request line") }
-        if lineEnd - base > Self.maximumRequestLine {
+        if raw[..<lineEnd].contains(0x0A) { throw .bad("bare LF in the request line") }
+        if lineEnd > Self.maximumRequestLine {
             throw RequestError(status: .uriTooLong, reason: "request line longer than 16 KiB")
         }
         // request-line = method SP request-target SP HTTP-version (RFC 9112 §3), single spaces.
-        guard let methodEnd = view[base..<lineEnd].firstIndex(of: 0x20), methodEnd > base,
-            view[base..<methodEnd].allSatisfy(HTTPGrammar.isTokenByte)
+        guard let methodEnd = raw[..<lineEnd].firstIndex(of: 0x20), methodEnd > 0,
+            raw[..<methodEnd].allSatisfy(HTTPGrammar.isTokenByte)
         else { throw .bad("malformed request line") }
-        guard let targetEnd = view[(methodEnd + 1)..<lineEnd].firstIndex(of: 0x20), targetEnd > methodEnd + 1 else {
+        guard let targetEnd = raw[(methodEnd + 1)..<lineEnd].firstIndex(of: 0x20), targetEnd > methodEnd + 1 else {
             throw .bad("malformed request line")
         }
-        let targetBytes = view[(methodEnd + 1)..<targetEnd]
+        let targetBytes = UnsafeRawBufferPointer(rebasing: raw[(methodEnd + 1)..<targetEnd])
         if targetBytes.contains(where: { $0 <= 0x20 || $0 == 0x7F }) { throw .bad("invalid request target") }
-        let version = view[(targetEnd + 1)..<lineEnd]
-        guard version.count == 8, version.starts(with: "HTTP/".utf8),
-            (48...57).contains(version[version.startIndex + 5]), version[version.startIndex + 6] == UInt8(ascii: "."),
-            (48...57).contains(version[version.startIndex + 7])
+        let version = UnsafeRawBufferPointer(rebasing: raw[(targetEnd + 1)..<lineEnd])
+        guard version.count == 8, FieldName.bytes(version.prefix(5), equal: "HTTP/"),
+            (48...57).contains(version[5]), version[6] == UInt8(ascii: "."), (48...57).contains(version[7])
         else { throw .bad("malformed HTTP version") }
-        let major = version[version.startIndex + 5] - 48
-        let minor = Int(version[version.startIndex + 7] - 48)
+        let major = version[5] - 48
+        let minor = Int(version[7] - 48)
         guard major == 1, minor <= 1 else {
             throw RequestError(status: .httpVersionNotSupported, reason: "only HTTP/1.0 and HTTP/1.1 are spoken here")
         }
 
         var lines: [HeaderLine] = []
         lines.reserveCapacity(12)
-        if let reason = MessageSyntax.headerLines(view, from: lineEnd + 2, to: view.endIndex - 2, into: &lines) {
+        if let reason = MessageSyntax.headerLines(raw, from: lineEnd + 2, to: count - 2, into: &lines) {
             throw .bad(reason)
         }
         if lines.count > Self.maximumHeaderFields {
@@ -278,26 +286,25 @@ struct RequestFramer {
         var expectsContinue = false
         var proxyAuthorization: HeaderLine?
         var proxyAuthorizationCount = 0
-        let head = RawHead(bytes: bytes, lines: lines)
         for line in lines {
-            let name = head.name(line)
+            let name = line.name(in: raw)
             switch name.count {
             case 4 where FieldName.equals(name, "host"):
                 hostCount += 1
             case 6 where FieldName.equals(name, "expect"):
-                expectsContinue = FieldName.equals(head.value(line), "100-continue")
+                expectsContinue = FieldName.equals(line.value(in: raw), "100-continue")
             case 10 where FieldName.equals(name, "connection"):
-                MessageSyntax.connectionOptions(head.value(line), close: &close, options: &options)
+                MessageSyntax.connectionOptions(line.value(in: raw), close: &close, options: &options)
             case 14 where FieldName.equals(name, "content-length"):
                 sawLength = true
-                guard let n = MessageSyntax.contentLength(head.value(line), previous: length) else {
+                guard let n = MessageSyntax.contentLength(line.value(in: raw), previous: length) else {
                     throw .bad("invalid or conflicting Content-Length")
                 }
                 length = n
             case 17 where FieldName.equals(name, "transfer-encoding"):
                 // RFC 9112 §6.1: chunked must be applied once and last; anything else leaves the
                 // body's length unknowable.
-                let codings = FieldName.tokens(head.value(line))
+                let codings = FieldName.tokens(line.value(in: raw))
                 guard !codings.isEmpty, !chunkedLast,
                     codings.allSatisfy({ $0.utf8.allSatisfy(HTTPGrammar.isTokenByte) })
                 else { throw .bad("invalid Transfer-Encoding") }
@@ -327,11 +334,11 @@ struct RequestFramer {
         }
 
         return RequestHead(
-            method: Self.method(view[base..<methodEnd]),
+            method: Self.method(UnsafeRawBufferPointer(rebasing: raw[..<methodEnd])),
             minorVersion: minor,
             bytes: bytes,
             lines: lines,
-            methodEnd: methodEnd - base,
+            methodEnd: methodEnd,
             target: String(decoding: targetBytes, as: UTF8.self),
             framing: framing,
             keepAlive: minor == 1 && !close,
@@ -342,31 +349,27 @@ struct RequestFramer {
         )
     }
 
-    private static func method(_ bytes: ByteBufferView) -> RequestHead.Method {
+    private static func method(_ bytes: UnsafeRawBufferPointer) -> RequestHead.Method {
         // Methods are case-sensitive (RFC 9110 §9.1).
         switch bytes.count {
         case 3:
-            if bytes.elementsEqual("GET".utf8) { return .get }
-            if bytes.elementsEqual("PUT".utf8) { return .put }
+            if FieldName.bytes(bytes, equal: "GET") { return .get }
+            if FieldName.bytes(bytes, equal: "PUT") { return .put }
         case 4:
-            if bytes.elementsEqual("HEAD".utf8) { return .head }
-            if bytes.elementsEqual("POST".utf8) { return .post }
+            if FieldName.bytes(bytes, equal: "HEAD") { return .head }
+            if FieldName.bytes(bytes, equal: "POST") { return .post }
         case 5:
-            if bytes.elementsEqual("TRACE".utf8) { return .trace }
-            if bytes.elementsEqual("PATCH".utf8) { return .patch }
+            if FieldName.bytes(bytes, equal: "TRACE") { return .trace }
+            if FieldName.bytes(bytes, equal: "PATCH") { return .patch }
         case 6:
-            if bytes.elementsEqual("DELETE".utf8) { return .delete }
+            if FieldName.bytes(bytes, equal: "DELETE") { return .delete }
         case 7:
-            if bytes.elementsEqual("OPTIONS".utf8) { return .options }
-            if bytes.elementsEqual("CONNECT".utf8) { return .connect }
+            if FieldName.bytes(bytes, equal: "OPTIONS") { return .options }
+            if FieldName.bytes(bytes, equal: "CONNECT") { return .connect }
         default:
             break
         }
         return .other
     }
 
-    private struct RawHead: RawMessageHead {
-        var bytes: ByteBuffer
-        var lines: [HeaderLine]
-    }
 }

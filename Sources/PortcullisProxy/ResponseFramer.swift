@@ -178,22 +178,27 @@ struct ResponseFramer {
 
     private func framing(of head: ResponseHead) throws -> Framing {
         if self.requestWasHead || head.status == 204 || head.status == 304 { return .none }
-        // One pass, no allocation: this runs for every response.
+        // One pass through a pointer, no allocation: this runs for every response.
         var sawTransferEncoding = false
         var lastCodingIsChunked = false
         var length: Int?
-        for line in head.lines {
-            let name = head.name(line)
-            if FieldName.equals(name, "transfer-encoding") {
-                sawTransferEncoding = true
-                lastCodingIsChunked = MessageSyntax.lastCodingIsChunked(head.value(line))
-            } else if FieldName.equals(name, "content-length") {
-                guard let n = MessageSyntax.contentLength(head.value(line), previous: length) else {
-                    throw ProtocolError(reason: "invalid or conflicting Content-Length")
+        var invalidLength = false
+        head.bytes.withUnsafeReadableBytes { raw in
+            for line in head.lines {
+                let name = line.name(in: raw)
+                if FieldName.equals(name, "transfer-encoding") {
+                    sawTransferEncoding = true
+                    lastCodingIsChunked = MessageSyntax.lastCodingIsChunked(line.value(in: raw))
+                } else if FieldName.equals(name, "content-length") {
+                    guard let n = MessageSyntax.contentLength(line.value(in: raw), previous: length) else {
+                        invalidLength = true
+                        return
+                    }
+                    length = n
                 }
-                length = n
             }
         }
+        if invalidLength { throw ProtocolError(reason: "invalid or conflicting Content-Length") }
         if sawTransferEncoding {
             // RFC 9112 §6.1: with Transfer-Encoding, Content-Length is ignored; chunked must be
             // the final coding, otherwise the body runs until close.
@@ -204,32 +209,39 @@ struct ResponseFramer {
     }
 
     static func parseHead(_ head: ByteBuffer) throws -> ResponseHead {
-        let view = head.readableBytesView
-        let base = view.startIndex
+        // Read through a pointer: this runs for every response.
+        let parsed = head.withUnsafeReadableBytes { raw in
+            Result { () throws(ProtocolError) -> ResponseHead in try Self.parseHead(raw, of: head) }
+        }
+        return try parsed.get()
+    }
+
+    private static func parseHead(_ raw: UnsafeRawBufferPointer, of head: ByteBuffer) throws(ProtocolError)
+        -> ResponseHead
+    {
         // Status line: HTTP/1.x SP 3DIGIT SP reason CRLF
-        guard view.count >= 14,
-            view[base..<(base + 7)].elementsEqual("HTTP/1.".utf8),
-            view[base + 7] == 0x30 || view[base + 7] == 0x31,
-            view[base + 8] == 0x20,
-            (base + 9..<base + 12).allSatisfy({ view[$0] >= 48 && view[$0] <= 57 })
+        guard raw.count >= 14, FieldName.bytes(raw.prefix(7), equal: "HTTP/1."),
+            raw[7] == 0x30 || raw[7] == 0x31,
+            raw[8] == 0x20,
+            (9..<12).allSatisfy({ raw[$0] >= 48 && raw[$0] <= 57 })
         else { throw ProtocolError(reason: "malformed status line") }
-        let status = (base + 9..<base + 12).reduce(0) { $0 * 10 + Int(view[$1] - 48) }
-        guard let statusEnd = view[base...].firstIndex(of: 0x0D), view[statusEnd + 1] == 0x0A else {
+        let status = (9..<12).reduce(0) { $0 * 10 + Int(raw[$1] - 48) }
+        guard let statusEnd = raw.firstIndex(of: 0x0D), statusEnd + 1 < raw.count, raw[statusEnd + 1] == 0x0A else {
             throw ProtocolError(reason: "malformed status line")
         }
-        if statusEnd > base + 12 && view[base + 12] != 0x20 { throw ProtocolError(reason: "malformed status line") }
+        if statusEnd > 12 && raw[12] != 0x20 { throw ProtocolError(reason: "malformed status line") }
         var lines: [HeaderLine] = []
         lines.reserveCapacity(12)
         // headEnd: the final CRLF of the empty line
-        if let reason = MessageSyntax.headerLines(view, from: statusEnd + 2, to: view.endIndex - 2, into: &lines) {
+        if let reason = MessageSyntax.headerLines(raw, from: statusEnd + 2, to: raw.count - 2, into: &lines) {
             throw ProtocolError(reason: reason + " in the response")
         }
         return ResponseHead(
-            minorVersion: Int(view[base + 7] - 48),
+            minorVersion: Int(raw[7] - 48),
             status: status,
             bytes: head,
             lines: lines,
-            statusLineEnd: statusEnd - base
+            statusLineEnd: statusEnd
         )
     }
 }
