@@ -1,11 +1,15 @@
-"""What the Python benchmark scripts (extras.py, digest.py) share: loopback ports and the
-processes they start, every one of which is stopped on exit."""
+"""What the Python benchmark scripts (extras.py, digest.py, floor.py) share: loopback ports, the
+processes they start (every one stopped on exit), the nginx origin, wrk runs and reports."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 CHILDREN: list[subprocess.Popen] = []
 
@@ -43,3 +47,56 @@ def stop_all(grace: float = 5):
             p.wait(grace)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def start_origin(nginx: str, work: Path) -> int:
+    """nginx serving a 1 KiB file at /1k on a free loopback port (keep-alive, no access log)."""
+    port = free_port()
+    (work / "www").mkdir()
+    (work / "www" / "1k").write_bytes(b"x" * 1024)
+    (work / "nginx.conf").write_text(f"""daemon off; worker_processes 1; pid {work}/nginx.pid;
+error_log {work}/nginx.err warn;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 65;
+  client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp;
+  server {{ listen 127.0.0.1:{port}; root {work}/www; location = /1k {{ }} }} }}
+""")
+    for p in (work / "www", work / "www" / "1k"):
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    spawn([nginx, "-p", work, "-c", work / "nginx.conf", "-e", work / "nginx.err"])
+    wait_port(port, 30)
+    return port
+
+
+def wrk(port: int, duration: int, connections: int, script: Path, env: dict | None = None) -> dict:
+    """One `wrk -t1` run: req/s, p50/p99 in ms, requests, non-2xx responses."""
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script),
+                          f"http://127.0.0.1:{port}"], capture_output=True, text=True,
+                         env={**os.environ, **(env or {})}, timeout=duration + 60)
+    text = out.stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)) else 0
+    total = int(re.search(r"(\d+) requests in", text).group(1))
+
+    def ms(label):
+        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+
+    return {"rps": rps, "p50_ms": ms("50"), "p99_ms": ms("99"), "requests": total, "non2xx": non2xx}
+
+
+def write_report(out: Path, name: str, title: str, meta: dict, summary: dict, ratios: dict,
+                 columns: list[str], row) -> str:
+    """`out/NAME.json` and `out/NAME.md`: a table of targets (`row(name, figures)` gives a row's
+    cells after the name) and a table of ratios. Returns the Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "targets": summary, "ratios": ratios}, indent=2))
+    lines = [f"# {title} ({meta['date']})", "",
+             "| target | " + " | ".join(columns) + " |",
+             "| --- |" + " ---: |" * len(columns)]
+    lines += [f"| {target} | " + " | ".join(row(target, s)) + " |" for target, s in summary.items()]
+    lines += ["", "| ratio | value |", "| --- | ---: |"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in ratios.items()]
+    text = "\n".join(lines) + "\n"
+    (out / f"{name}.md").write_text(text)
+    return text

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -36,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import CHILDREN, free_port, spawn, stop_all, wait_port
+from benchlib import CHILDREN, free_port, spawn, start_origin, stop_all, wait_port, wrk, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -153,23 +152,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wrk(port: int, env: dict, duration: int, connections: int, script: Path) -> dict:
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script),
-                          f"http://127.0.0.1:{port}"], capture_output=True, text=True,
-                         env={**os.environ, **env}, timeout=duration + 60)
-    text = out.stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-    non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)) else 0
-    total = int(re.search(r"(\d+) requests in", text).group(1))
-
-    def ms(label):
-        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
-        value, unit = float(m.group(1)), m.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-    return {"rps": rps, "p50_ms": ms("50"), "p99_ms": ms("99"), "requests": total, "non2xx": non2xx}
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=str(ROOT / ".build/release/portcullis"))
@@ -189,20 +171,7 @@ def main():
     os.chmod(work, 0o755)
     try:
         # -- origin
-        origin_port = free_port()
-        (work / "www").mkdir()
-        (work / "www" / "1k").write_bytes(b"x" * 1024)
-        (work / "nginx.conf").write_text(f"""daemon off; worker_processes 1; pid {work}/nginx.pid;
-error_log {work}/nginx.err warn;
-events {{ worker_connections 4096; }}
-http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 65;
-  client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp;
-  server {{ listen 127.0.0.1:{origin_port}; root {work}/www; location = /1k {{ }} }} }}
-""")
-        for p in (work / "www", work / "www" / "1k"):
-            os.chmod(p, 0o755 if p.is_dir() else 0o644)
-        spawn([nginx, "-p", work, "-c", work / "nginx.conf", "-e", work / "nginx.err"])
-        wait_port(origin_port, 30)
+        origin_port = start_origin(nginx, work)
         target = f"http://127.0.0.1:{origin_port}/1k"
         host = f"127.0.0.1:{origin_port}"
 
@@ -271,8 +240,8 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 65;
         # Warm-up (helpers started, pools filled), not recorded.
         for name, port, algorithm, realm in targets:
             if algorithm is None:
-                wrk(port, {"BENCH_BASIC": basic, "BENCH_TARGET": target, "BENCH_HOST": host}, 1,
-                    args.connections, script)
+                wrk(port, 1, args.connections, script,
+                    {"BENCH_BASIC": basic, "BENCH_TARGET": target, "BENCH_HOST": host})
         for r in range(args.rounds):
             for name, port, algorithm, realm in targets:
                 env = {"BENCH_TARGET": target, "BENCH_HOST": host}
@@ -283,7 +252,7 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 65;
                     env["BENCH_WIDTH"] = str(answers(port, target, host, realm, algorithm, count, path))
                     env["BENCH_ANSWERS"] = str(path)
                 before = cpu_seconds(portcullis.pid)
-                res = wrk(port, env, args.duration, args.connections, script)
+                res = wrk(port, args.duration, args.connections, script, env)
                 if name.startswith("portcullis"):
                     # CPU the proxy spent per request: steadier on a shared VM than req/s, whose
                     # level moves with whatever else the host runs.
@@ -313,21 +282,15 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 65;
             "portcullis CPU per request, basic / digest SHA-256": summary["portcullis-basic"]["cpu_us"]
             / summary["portcullis-digest-sha256"]["cpu_us"],
         }
-        OUT.mkdir(parents=True, exist_ok=True)
         meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "duration_s": args.duration,
                 "rounds": args.rounds, "connections": args.connections, "cores": os.cpu_count()}
-        (OUT / "digest.json").write_text(json.dumps({"meta": meta, "targets": summary, "ratios": ratios}, indent=2))
-        lines = [f"# Digest vs Basic, keep-alive GET 1 KiB, wrk -t1 -c{args.connections}, "
-                 f"{args.rounds}×{args.duration}s medians ({meta['date']})", "",
-                 "| target | req/s | p50 ms | p99 ms | non-2xx | proxy CPU µs/request |",
-                 "| --- | ---: | ---: | ---: | ---: | ---: |"]
-        for name, s in summary.items():
-            cpu = f"{s['cpu_us']:.1f}" if "cpu_us" in s else "—"
-            lines.append(f"| {name} | {s['rps']:.0f} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['non2xx']} | {cpu} |")
-        lines += ["", "| ratio | value |", "| --- | ---: |"]
-        lines += [f"| {k} | {v:.2f} |" for k, v in ratios.items()]
-        (OUT / "digest.md").write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
+        print(write_report(
+            OUT, "digest",
+            f"Digest vs Basic, keep-alive GET 1 KiB, wrk -t1 -c{args.connections}, "
+            f"{args.rounds}×{args.duration}s medians", meta, summary, ratios,
+            ["req/s", "p50 ms", "p99 ms", "non-2xx", "proxy CPU µs/request"],
+            lambda name, s: [f"{s['rps']:.0f}", f"{s['p50_ms']:.2f}", f"{s['p99_ms']:.2f}", str(s["non2xx"]),
+                             f"{s['cpu_us']:.1f}" if "cpu_us" in s else "—"]), end="")
     finally:
         stop_all(10)
         shutil.rmtree(work, ignore_errors=True)

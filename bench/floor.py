@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -34,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import free_port, spawn, stop_all, wait_port
+from benchlib import free_port, spawn, start_origin, stop_all, wait_port, wrk, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -56,18 +54,6 @@ def find(program: str) -> str:
 def cpu_ticks(pid: int) -> tuple[int, int]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]), int(fields[12])
-
-
-def wrk(port: int, duration: int, connections: int, script: Path) -> dict:
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script),
-                          f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=duration + 60)
-    text = out.stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-    non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)) else 0
-    total = int(re.search(r"(\d+) requests in", text).group(1))
-    m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
-    p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
-    return {"rps": rps, "p99_ms": p99, "requests": total, "non2xx": non2xx}
 
 
 def build_floor() -> Path:
@@ -97,20 +83,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="portcullis-floor-"))
     os.chmod(work, 0o755)
     try:
-        origin_port = free_port()
-        (work / "www").mkdir()
-        (work / "www" / "1k").write_bytes(b"x" * 1024)
-        os.chmod(work / "www", 0o755)
-        os.chmod(work / "www" / "1k", 0o644)
-        (work / "nginx.conf").write_text(f"""daemon off; worker_processes 1; pid {work}/nginx.pid;
-error_log {work}/nginx.err warn;
-events {{ worker_connections 4096; }}
-http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 65;
-  client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp;
-  server {{ listen 127.0.0.1:{origin_port}; root {work}/www; location = /1k {{ }} }} }}
-""")
-        spawn([nginx, "-p", work, "-c", work / "nginx.conf", "-e", work / "nginx.err"])
-        wait_port(origin_port, 30)
+        origin_port = start_origin(nginx, work)
 
         users = work / "users"
         users.write_text(subprocess.run(["htpasswd", "-nbB", USER, PASSWORD], capture_output=True, text=True,
@@ -192,21 +165,16 @@ backend origin
             "nio-floor / haproxy": summary["nio-floor"]["rps"] / summary["haproxy"]["rps"],
             "portcullis / nio-floor": summary["portcullis"]["rps"] / summary["nio-floor"]["rps"],
         }
-        OUT.mkdir(parents=True, exist_ok=True)
         meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "duration_s": args.duration,
                 "rounds": args.rounds, "connections": args.connections, "cores": os.cpu_count()}
-        (OUT / "floor.json").write_text(json.dumps({"meta": meta, "targets": summary, "ratios": ratios}, indent=2))
-        lines = [f"# The SwiftNIO floor: keep-alive GET 1 KiB, wrk -t1 -c{args.connections}, "
-                 f"{args.rounds}×{args.duration}s medians ({meta['date']})", "",
-                 "| target | req/s | p99 ms | non-2xx | CPU user µs/req | CPU sys µs/req |",
-                 "| --- | ---: | ---: | ---: | ---: | ---: |"]
-        for name, s in summary.items():
-            cpu = (f"{s['user_us']:.1f} | {s['sys_us']:.1f}") if "user_us" in s else "— | —"
-            lines.append(f"| {name} | {s['rps']:.0f} | {s['p99_ms']:.2f} | {s['non2xx']} | {cpu} |")
-        lines += ["", "| ratio | value |", "| --- | ---: |"]
-        lines += [f"| {k} | {v:.2f} |" for k, v in ratios.items()]
-        (OUT / "floor.md").write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
+        print(write_report(
+            OUT, "floor",
+            f"The SwiftNIO floor: keep-alive GET 1 KiB, wrk -t1 -c{args.connections}, "
+            f"{args.rounds}×{args.duration}s medians", meta, summary, ratios,
+            ["req/s", "p99 ms", "non-2xx", "CPU user µs/req", "CPU sys µs/req"],
+            lambda name, s: [f"{s['rps']:.0f}", f"{s['p99_ms']:.2f}", str(s["non2xx"]),
+                             f"{s['user_us']:.1f}" if "user_us" in s else "—",
+                             f"{s['sys_us']:.1f}" if "sys_us" in s else "—"]), end="")
     finally:
         stop_all(10)
         shutil.rmtree(work, ignore_errors=True)
