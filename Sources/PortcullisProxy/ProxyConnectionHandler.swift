@@ -377,8 +377,11 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
         let head = exchange.head
         var cacheKey: CredentialVerifier.CacheKey?
+        // The single Proxy-Authorization value, if there is exactly one.
+        let single = head.proxyAuthorization.map { head.value($0) }
+        let singleIsDigest = single.map(Self.isDigest) ?? false
         // Digest answers differ on every request (nc, cnonce): they have their own path.
-        if let line = head.proxyAuthorization, case let value = head.value(line), !Self.isDigest(value) {
+        if let value = single, !singleIsDigest {
             let key: CredentialVerifier.CacheKey
             if let last = self.lastAuthorization, last.value.elementsEqual(value) {
                 key = last.key
@@ -411,7 +414,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
         let decision: GateDecision
         // Digest answers are read from the field's bytes: no String is made of them.
-        if let line = head.proxyAuthorization, case let value = head.value(line), Self.isDigest(value),
+        if let value = single, singleIsDigest,
             let digest = self.shared.gate.evaluateDigest(
                 fieldValue: value.withContiguousStorageIfAvailable { Array($0) } ?? Array(value)
             )

@@ -32,9 +32,9 @@ struct RequestHead: RawMessageHead {
     var connectionOptions: [String]
     var expectsContinue: Bool
     /// The `Proxy-Authorization` line when there is exactly one (the normal case; kept without
-    /// an array, which would be an allocation per request), and how many there were.
+    /// an array, which would be an allocation per request). `nil` for none or several: the gate
+    /// reads those through `values(named:)`.
     var proxyAuthorization: HeaderLine?
-    var proxyAuthorizationCount: Int
 
     var methodBytes: ByteBufferView {
         let view = self.bytes.readableBytesView
@@ -53,8 +53,7 @@ struct RequestHead: RawMessageHead {
         keepAlive: false,
         connectionOptions: [],
         expectsContinue: false,
-        proxyAuthorization: nil,
-        proxyAuthorizationCount: 0
+        proxyAuthorization: nil
     )
 
     /// A request head as a client would send it, for tests.
@@ -344,8 +343,7 @@ struct RequestFramer {
             keepAlive: minor == 1 && !close,
             connectionOptions: options,
             expectsContinue: expectsContinue,
-            proxyAuthorization: proxyAuthorization,
-            proxyAuthorizationCount: proxyAuthorizationCount
+            proxyAuthorization: proxyAuthorization
         )
     }
 
