@@ -249,11 +249,7 @@ extension ProxyConnectionHandler {
         }
         if exchange.rechunkBody { out.writeStaticString("Transfer-Encoding: chunked\r\n") }
         out.writeStaticString(HeaderRewriter.viaLine)
-        if let info = exchange.authenticationInfo {
-            out.writeStaticString("Proxy-Authentication-Info: ")
-            out.writeBytes(info)
-            out.writeStaticString("\r\n")
-        }
+        exchange.writeAuthenticationInfo(into: &out)
         if exchange.closeAfter { out.writeStaticString("Connection: close\r\n") }
         out.writeStaticString("\r\n")
     }

@@ -46,15 +46,17 @@ extension ProxyConnectionHandler {
         self.phase = .tunnel
         self.exchange = nil
         self.cancelTimer()
-        self.recordTunnel(exchange, clientGlue: clientGlue, upstreamGlue: upstreamGlue, upstream: upstream)
         var established = context.channel.allocator.buffer(capacity: 40)
         established.writeString("HTTP/1.\(exchange.isHTTP10 ? 0 : 1) 200 Connection established\r\n")
-        if let info = exchange.authenticationInfo {
-            established.writeStaticString("Proxy-Authentication-Info: ")
-            established.writeBytes(info)
-            established.writeStaticString("\r\n")
-        }
+        exchange.writeAuthenticationInfo(into: &established)
         established.writeStaticString("\r\n")
+        self.recordTunnel(
+            exchange,
+            establishedBytes: established.readableBytes,
+            clientGlue: clientGlue,
+            upstreamGlue: upstreamGlue,
+            upstream: upstream
+        )
         context.writeAndFlush(self.wrapOutboundOut(established), promise: nil)
         do {
             let sync = context.pipeline.syncOperations
@@ -89,9 +91,10 @@ extension ProxyConnectionHandler {
     )
 
     /// Counts the tunnel and writes its access-log line once both sides have closed, with the
-    /// bytes that went each way.
+    /// bytes that went each way (`establishedBytes`: the proxy's own 200 to the client).
     private func recordTunnel(
         _ exchange: ProxyExchange,
+        establishedBytes: Int,
         clientGlue: TunnelGlueHandler,
         upstreamGlue: TunnelGlueHandler,
         upstream: any Channel
@@ -105,16 +108,13 @@ extension ProxyConnectionHandler {
         metrics.request(connect: true, status: 200)
         metrics.activeTunnels.increment()
         let headBytes = exchange.head.bytes.readableBytes
-        let established =
-            "HTTP/1.1 200 Connection established\r\n\r\n".utf8.count
-            + (exchange.authenticationInfo.map { "Proxy-Authentication-Info: \r\n".utf8.count + $0.count } ?? 0)
         let target = exchange.head.target
         let closed = [self.context.channel.closeFuture, upstream.closeFuture]
         EventLoopFuture.andAllComplete(closed, on: self.context.eventLoop).assumeIsolated().whenComplete { _ in
             metrics.activeTunnels.decrement()
             let elapsed = NIODeadline.now() - exchange.started
             let fromClient = headBytes + clientGlue.bytesRead
-            let toClient = established + upstreamGlue.bytesRead
+            let toClient = establishedBytes + upstreamGlue.bytesRead
             metrics.requestDuration.recordNanoseconds(elapsed.nanoseconds)
             metrics.bytesFromClients.increment(by: Int64(fromClient))
             metrics.bytesToClients.increment(by: Int64(toClient))

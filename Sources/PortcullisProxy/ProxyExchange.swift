@@ -32,6 +32,15 @@ final class ProxyExchange {
     var authScheme: String?
     /// `Proxy-Authentication-Info` for the response (Digest: rspauth, nextnonce).
     var authenticationInfo: [UInt8]?
+
+    /// Writes the `Proxy-Authentication-Info` line, if this exchange has one (forwarded
+    /// responses and the CONNECT 200 alike).
+    func writeAuthenticationInfo(into out: inout ByteBuffer) {
+        guard let info = self.authenticationInfo else { return }
+        out.writeStaticString("Proxy-Authentication-Info: ")
+        out.writeBytes(info)
+        out.writeStaticString("\r\n")
+    }
     /// `ok`, `none` or a reason token.
     var authResult = "none"
     var status = 0
