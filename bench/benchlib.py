@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -100,3 +102,18 @@ def write_report(out: Path, name: str, title: str, meta: dict, summary: dict, ra
     text = "\n".join(lines) + "\n"
     (out / f"{name}.md").write_text(text)
     return text
+
+
+def find(program: str, install: str) -> str:
+    """Path of `program` (also /usr/sbin); exits naming the Debian packages (`install`) if missing."""
+    path = shutil.which(program) or (f"/usr/sbin/{program}" if Path(f"/usr/sbin/{program}").exists() else None)
+    if not path:
+        sys.exit(f"{program} missing (apt-get install -y {install})")
+    return path
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process so far, in seconds (`/proc/PID/stat`)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks

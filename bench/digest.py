@@ -35,7 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import CHILDREN, free_port, spawn, start_origin, stop_all, wait_port, wrk, write_report
+from benchlib import (CHILDREN, cpu_seconds, find, free_port, spawn, start_origin, stop_all, wait_port, wrk,
+                      write_report)
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -76,13 +77,6 @@ end
 
 def log(msg: str):
     print(f"[digest] {msg}", file=sys.stderr, flush=True)
-
-
-def find(program: str) -> str:
-    path = shutil.which(program) or (f"/usr/sbin/{program}" if Path(f"/usr/sbin/{program}").exists() else None)
-    if not path:
-        sys.exit(f"{program} missing (apt-get install -y nginx-light squid wrk)")
-    return path
 
 
 def H(algorithm: str, text: str) -> str:
@@ -146,12 +140,6 @@ def answers(port: int, target: str, host: str, realm: str, algorithm: str, count
     return width + 4
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=str(ROOT / ".build/release/portcullis"))
@@ -165,7 +153,8 @@ def main():
         args.duration, args.rounds = 2, 1
     if not Path(args.bin).exists():
         sys.exit(f"{args.bin} missing: swift build -c release")
-    nginx, squid, _ = find("nginx"), find("squid"), find("wrk")
+    install = "nginx-light squid wrk"
+    nginx, squid, _ = find("nginx", install), find("squid", install), find("wrk", install)
     helpers = Path("/usr/lib/squid")
     work = Path(tempfile.mkdtemp(prefix="portcullis-digest-"))
     os.chmod(work, 0o755)
@@ -251,12 +240,12 @@ def main():
                     path = work / f"{name}.answers"
                     env["BENCH_WIDTH"] = str(answers(port, target, host, realm, algorithm, count, path))
                     env["BENCH_ANSWERS"] = str(path)
-                before = cpu_seconds(portcullis.pid)
+                before = sum(cpu_seconds(portcullis.pid))
                 res = wrk(port, args.duration, args.connections, script, env)
                 if name.startswith("portcullis"):
                     # CPU the proxy spent per request: steadier on a shared VM than req/s, whose
                     # level moves with whatever else the host runs.
-                    res["cpu_us"] = (cpu_seconds(portcullis.pid) - before) * 1e6 / max(1, res["requests"])
+                    res["cpu_us"] = (sum(cpu_seconds(portcullis.pid)) - before) * 1e6 / max(1, res["requests"])
                 log(f"round {r + 1} {name}: {res['rps']:.0f} req/s, p99 {res['p99_ms']:.2f} ms, non-2xx {res['non2xx']}"
                     + (f", proxy CPU {res['cpu_us']:.1f} µs/request" if "cpu_us" in res else ""))
                 results[name].append(res)

@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import free_port, spawn, start_origin, stop_all, wait_port, wrk, write_report
+from benchlib import cpu_seconds, find, free_port, spawn, start_origin, stop_all, wait_port, wrk, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -42,18 +42,6 @@ USER, PASSWORD = "bench", "benchpass"
 
 def log(msg: str):
     print(f"[floor] {msg}", file=sys.stderr, flush=True)
-
-
-def find(program: str) -> str:
-    path = shutil.which(program) or (f"/usr/sbin/{program}" if Path(f"/usr/sbin/{program}").exists() else None)
-    if not path:
-        sys.exit(f"{program} missing (apt-get install -y nginx-light haproxy wrk apache2-utils)")
-    return path
-
-
-def cpu_ticks(pid: int) -> tuple[int, int]:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]), int(fields[12])
 
 
 def build_floor() -> Path:
@@ -77,9 +65,9 @@ def main():
         args.duration, args.rounds = 2, 1
     if not Path(args.bin).exists():
         sys.exit(f"{args.bin} missing: swift build -c release --product portcullis")
-    nginx, haproxy, _ = find("nginx"), find("haproxy"), find("wrk")
+    install = "nginx-light haproxy wrk apache2-utils"
+    nginx, haproxy, _ = find("nginx", install), find("haproxy", install), find("wrk", install)
     floor = build_floor()
-    ticks = os.sysconf("SC_CLK_TCK")
     work = Path(tempfile.mkdtemp(prefix="portcullis-floor-"))
     os.chmod(work, 0o755)
     try:
@@ -139,12 +127,12 @@ backend origin
         for r in range(args.rounds):
             order = targets if r % 2 == 0 else list(reversed(targets))
             for name, port, script, pid in order:
-                before = cpu_ticks(pid) if pid else None
+                before = cpu_seconds(pid) if pid else None
                 res = wrk(port, args.duration, args.connections, script)
                 if pid:
-                    after = cpu_ticks(pid)
-                    res["user_us"] = (after[0] - before[0]) / ticks * 1e6 / max(1, res["requests"])
-                    res["sys_us"] = (after[1] - before[1]) / ticks * 1e6 / max(1, res["requests"])
+                    after = cpu_seconds(pid)
+                    res["user_us"] = (after[0] - before[0]) * 1e6 / max(1, res["requests"])
+                    res["sys_us"] = (after[1] - before[1]) * 1e6 / max(1, res["requests"])
                 log(f"round {r + 1} {name}: {res['rps']:.0f} req/s, p99 {res['p99_ms']:.2f} ms, "
                     f"non-2xx {res['non2xx']}"
                     + (f", CPU user {res['user_us']:.1f} + sys {res['sys_us']:.1f} µs/request" if pid else ""))
