@@ -152,15 +152,24 @@ extension ProxyConnectionHandler {
                 into: &self.clientHeadBuffer
             )
             exchange.bytesToClient += self.clientHeadBuffer.readableBytes
-            self.context.write(self.wrapOutboundOut(self.clientHeadBuffer), promise: nil)
+            // Held until the burst's end: a small body that arrived with it joins it in one write.
+            self.clientHeadHeld = true
         case .body(let buffer):
             exchange.bytesToClient += buffer.readableBytes
+            if self.clientHeadHeld, !exchange.rechunkBody,
+                self.clientHeadBuffer.readableBytes + buffer.readableBytes <= Self.coalescedResponseLimit
+            {
+                self.clientHeadBuffer.writeImmutableBuffer(buffer)
+                return
+            }
+            self.writeHeldHead()
             if exchange.rechunkBody {
                 ChunkedFraming.writeChunk(buffer, on: self.context)
             } else {
                 self.context.write(self.wrapOutboundOut(buffer), promise: nil)
             }
         case .end:
+            self.writeHeldHead()
             exchange.responseEnded = true
             if exchange.requestEnded, let key = exchange.upstreamKey {
                 upstream.detach()
@@ -259,7 +268,19 @@ extension ProxyConnectionHandler {
         if buffer.capacity > 8192 { buffer = ByteBuffer() }
     }
 
+    /// Writes the response head held back by ``upstreamEvent(_:)`` (with the body bytes that joined it).
+    func writeHeldHead() {
+        guard self.clientHeadHeld, let context = self.context else { return }
+        self.clientHeadHeld = false
+        context.write(self.wrapOutboundOut(self.clientHeadBuffer), promise: nil)
+    }
+
+    /// The most bytes of response head and body written together as one buffer: the body is
+    /// copied, which beats a second write only while it is small.
+    static let coalescedResponseLimit = 8192
+
     func upstreamReadComplete() {
+        self.writeHeldHead()
         self.readingUpstream = false
         self.context?.flush()
     }
@@ -269,6 +290,7 @@ extension ProxyConnectionHandler {
     }
 
     func upstreamClosed(error: (any Error)?) {
+        self.writeHeldHead()
         guard let exchange = self.exchange, case .forwarding = self.phase, !exchange.responseEnded else { return }
         exchange.responseDeadline = nil
         if exchange.responseStarted {

@@ -68,6 +68,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// (two allocations less per request).
     var upstreamHeadBuffer = ByteBuffer()
     var clientHeadBuffer = ByteBuffer()
+    /// `clientHeadBuffer` holds a response head (and maybe its body) not yet written.
+    var clientHeadHeld = false
     /// The client's IP address, for the login throttle.
     var clientAddress = "-"
     /// Users whose per-user limits count this connection (released when it closes).
