@@ -15,9 +15,10 @@ extension ProxyConnectionHandler {
         exchange.upstreamHead = self.upstreamHeadBuffer
         let key = UpstreamPool.Key(host: authority.host, port: authority.port)
         exchange.upstreamKey = key
-        if let upstream = self.pool.acquire(key) {
+        let now = NIODeadline.now()
+        if let upstream = self.pool.acquire(key, now: now) {
             exchange.usedPooledConnection = true
-            self.send(exchange, over: upstream)
+            self.send(exchange, over: upstream, now: now)
         } else {
             self.connectUpstream(exchange, to: authority)
         }
@@ -85,18 +86,18 @@ extension ProxyConnectionHandler {
             )
     }
 
-    private func send(_ exchange: ProxyExchange, over upstream: UpstreamHandler) {
+    private func send(_ exchange: ProxyExchange, over upstream: UpstreamHandler, now: NIODeadline = .now()) {
         guard let head = exchange.upstreamHead else { return }
         upstream.attach(to: self)
         upstream.clientIsHTTP10 = exchange.isHTTP10
         exchange.upstreamAddress = upstream.remoteIPAddress
-        self.shared.metrics.addedLatency.recordNanoseconds((NIODeadline.now() - exchange.started).nanoseconds)
+        self.shared.metrics.addedLatency.recordNanoseconds((now - exchange.started).nanoseconds)
         self.phase = .forwarding(upstream)
         upstream.sendHead(head, isHEAD: exchange.isHead)
         // Body bytes already read follow the head at once.
         self.parseAvailable()
         if !self.readingClient { upstream.flush() }
-        let deadline = NIODeadline.now() + self.configuration.upstreamResponseTimeout
+        let deadline = now + self.configuration.upstreamResponseTimeout
         exchange.responseDeadline = deadline
         self.ensureTimer(firesBy: deadline)
         self.resumeReadsIfPossible()
@@ -171,9 +172,11 @@ extension ProxyConnectionHandler {
         case .end:
             self.writeHeldHead()
             exchange.responseEnded = true
+            // One clock read for the pool, the log and the idle timer.
+            let now = NIODeadline.now()
             if exchange.requestEnded, let key = exchange.upstreamKey {
                 upstream.detach()
-                self.pool.release(upstream, key: key)
+                self.pool.release(upstream, key: key, now: now)
             } else {
                 // The origin answered before the request body was all sent: this upstream
                 // connection is out of step, and so is the client's.
@@ -189,7 +192,7 @@ extension ProxyConnectionHandler {
                 terminator.writeStaticString("0\r\n\r\n")
                 last = terminator
             }
-            self.writeEnd(last, for: exchange)
+            self.writeEnd(last, for: exchange, now: now)
         }
     }
 
@@ -367,7 +370,7 @@ extension ProxyConnectionHandler {
     }
 
     /// Writes the last bytes of a response (if any) and ends the exchange's response side.
-    private func writeEnd(_ last: ByteBuffer?, for exchange: ProxyExchange) {
+    private func writeEnd(_ last: ByteBuffer?, for exchange: ProxyExchange, now: NIODeadline? = nil) {
         exchange.responseEnded = true
         if exchange.closeAfter {
             // Closing must wait for the response to leave: close() drops unwritten data.
@@ -377,14 +380,15 @@ extension ProxyConnectionHandler {
         } else if let last {
             self.context.write(self.wrapOutboundOut(last), promise: nil)
         }
-        self.finishIfDone(exchange)
+        self.finishIfDone(exchange, now: now)
     }
 
     /// Ends the exchange once the request was read and the response written, then serves the
     /// next pipelined request, if any.
-    func finishIfDone(_ exchange: ProxyExchange) {
+    func finishIfDone(_ exchange: ProxyExchange, now: NIODeadline? = nil) {
         guard self.exchange === exchange, exchange.requestEnded, exchange.responseEnded else { return }
-        self.logExchange(exchange)
+        let now = now ?? .now()
+        self.logExchange(exchange, now: now)
         self.exchange = nil
         self.phase = .idle
         if exchange.closeAfter || self.clientInputClosed {
@@ -403,7 +407,7 @@ extension ProxyConnectionHandler {
             // No tunnel: what the client sends next is a request again (a retry after a 407).
             self.framer.resumeAfterConnect()
         }
-        self.armIdleTimer()
+        self.armIdleTimer(now: now)
         self.resumeReadsIfPossible()
     }
 }

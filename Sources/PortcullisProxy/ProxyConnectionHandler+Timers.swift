@@ -4,8 +4,8 @@ import NIOCore
 // re-armed timer: a request only stores its deadline, and the timer re-checks when it fires.
 // Scheduling and cancelling a task for every request cost more than the rest of the gate.
 extension ProxyConnectionHandler {
-    func armIdleTimer() {
-        let deadline = NIODeadline.now() + self.configuration.clientIdleTimeout
+    func armIdleTimer(now: NIODeadline = .now()) {
+        let deadline = now + self.configuration.clientIdleTimeout
         self.idleDeadline = deadline
         self.ensureTimer(firesBy: deadline)
     }

@@ -112,7 +112,8 @@ extension ProxyConnectionHandler {
         let closed = [self.context.channel.closeFuture, upstream.closeFuture]
         EventLoopFuture.andAllComplete(closed, on: self.context.eventLoop).assumeIsolated().whenComplete { _ in
             metrics.activeTunnels.decrement()
-            let elapsed = NIODeadline.now() - exchange.started
+            let now = NIODeadline.now()
+            let elapsed = now - exchange.started
             let fromClient = headBytes + clientGlue.bytesRead
             let toClient = establishedBytes + upstreamGlue.bytesRead
             metrics.requestDuration.recordNanoseconds(elapsed.nanoseconds)
@@ -120,7 +121,7 @@ extension ProxyConnectionHandler {
             metrics.bytesToClients.increment(by: Int64(toClient))
             log?.write(
                 AccessRecord(
-                    start: exchange.startDate,
+                    start: exchange.startDate(now: now),
                     durationMs: Int(elapsed.nanoseconds / 1_000_000),
                     client: client,
                     user: exchange.user,

@@ -394,7 +394,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             // Still asked every time: the entry may have expired or the users file changed.
             // A known-good credential passes even from a locked-out address (a real user
             // behind the same NAT as a guesser); guessing cannot produce one.
-            if let user = verifier.cachedUser(for: key) {
+            if let user = verifier.cachedUser(for: key, now: exchange.started) {
                 self.shared.metrics.cacheHits.increment()
                 self.accepted(exchange, user: user)
                 return
@@ -718,11 +718,11 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     // MARK: - Access log and request metrics
 
     /// One access-log line and the request metrics for an exchange that ended (or was cut off).
-    func logExchange(_ exchange: ProxyExchange) {
+    func logExchange(_ exchange: ProxyExchange, now: NIODeadline = .now()) {
         guard !exchange.logged else { return }
         exchange.logged = true
         let metrics = self.shared.metrics
-        let elapsed = NIODeadline.now() - exchange.started
+        let elapsed = now - exchange.started
         metrics.request(connect: exchange.isConnect, status: exchange.status)
         metrics.requestDuration.recordNanoseconds(elapsed.nanoseconds)
         metrics.bytesFromClients.increment(by: Int64(exchange.head.bytes.readableBytes + exchange.requestBodyBytes))
@@ -731,7 +731,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         let method = String(decoding: exchange.head.methodBytes, as: UTF8.self)
         log.write(
             AccessRecord(
-                start: exchange.startDate,
+                start: exchange.startDate(now: now),
                 durationMs: Int(elapsed.nanoseconds / 1_000_000),
                 client: self.clientAddress,
                 user: exchange.user,

@@ -26,9 +26,13 @@ final class ProxyExchange {
     /// The origin's body is close-delimited and this HTTP/1.1 client gets it chunked.
     var rechunkBody = false
 
-    // For the access log and metrics.
+    // For the access log and metrics. The clock is read a few times per request, not at every
+    // step: `started` also serves the gate's cache expiry and the pool's freshness check.
     let started = NIODeadline.now()
-    let startDate = Date()
+    /// Wall-clock start, for the access log only (a Date per request costs a clock read).
+    func startDate(now: NIODeadline) -> Date {
+        Date(timeIntervalSinceNow: -Double((now - self.started).nanoseconds) / 1e9)
+    }
     var authScheme: String?
     /// `Proxy-Authentication-Info` for the response (Digest: rspauth, nextnonce).
     var authenticationInfo: [UInt8]?

@@ -25,8 +25,8 @@ final class UpstreamPool {
     }
 
     /// The most recently used idle connection to `key`, if any is still fresh.
-    func acquire(_ key: Key) -> UpstreamHandler? {
-        let deadline = NIODeadline.now() - self.idleTimeout
+    func acquire(_ key: Key, now: NIODeadline = .now()) -> UpstreamHandler? {
+        let deadline = now - self.idleTimeout
         // Mutated in place (`default:` subscript): a copy of the list would cost an allocation
         // on every request. An empty list stays until the sweeper drops it.
         while let handler = self.idle[key, default: []].popLast() {
@@ -39,19 +39,25 @@ final class UpstreamPool {
     }
 
     /// Returns a connection whose exchange completed cleanly; closes it when the pool is full.
-    func release(_ handler: UpstreamHandler, key: Key) {
+    func release(_ handler: UpstreamHandler, key: Key, now: NIODeadline = .now()) {
         guard handler.isUsable else {
             handler.close()
             return
         }
-        guard self.idle[key, default: []].count < self.maximumIdlePerOrigin else {
+        // One lookup of the key's list (it is hashed on every request), checked and appended in place.
+        guard Self.append(handler, to: &self.idle[key, default: []], limit: self.maximumIdlePerOrigin) else {
             handler.close()
             return
         }
-        handler.idleSince = .now()
+        handler.idleSince = now
         handler.pool = self
         handler.poolKey = key
-        self.idle[key, default: []].append(handler)
+    }
+
+    private static func append(_ handler: UpstreamHandler, to list: inout [UpstreamHandler], limit: Int) -> Bool {
+        guard list.count < limit else { return false }
+        list.append(handler)
+        return true
     }
 
     /// Forgets a connection that closed while idle.
