@@ -35,6 +35,15 @@ public enum PortcullisService {
         reload: Reloader?
     ) async throws {
         let termination = TerminationSignal()
+        let descriptorLimit = DescriptorLimit.raiseSoftToHard()
+        if let descriptorLimit, descriptorLimit < 4096 {
+            logger.warning(
+                "few descriptors allowed: at most about \(descriptorLimit / 2) connections at once",
+                metadata: [
+                    "max_open_files": "\(descriptorLimit)", "hint": "raise the hard limit (ulimit -Hn, LimitNOFILE=)",
+                ]
+            )
+        }
         var verifier: CredentialVerifier?
         var store: UsersSource?
         var digest: DigestAuthority?
@@ -124,6 +133,7 @@ public enum PortcullisService {
                     "\(configuration.proxy.authSchemes.isEmpty ? "none" : configuration.proxy.authSchemes.map(\.rawValue).joined(separator: ","))",
                 "realm": "\(configuration.proxy.realm)",
                 "users": "\(store?.description ?? "-")",
+                "max_open_files": "\(descriptorLimit.map(String.init) ?? "?")",
             ]
         )
 

@@ -105,7 +105,7 @@ struct UsersCommand: ParsableCommand {
             encoder.outputFormatting = [.sortedKeys]
             guard let data = try? encoder.encode(entry) else { return }
             if !FileManager.default.fileExists(atPath: path) {
-                FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o640])
+                _ = FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o640])
             }
             guard let handle = FileHandle(forWritingAtPath: path) else {
                 throw Failure("cannot append to the audit log \(path) (the change itself was made)")

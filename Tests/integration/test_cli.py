@@ -4,6 +4,7 @@ config file, IPv6 listeners and graceful shutdown on SIGTERM."""
 from __future__ import annotations
 
 import re
+import resource
 import signal
 import subprocess
 import threading
@@ -12,7 +13,7 @@ import time
 import pytest
 
 from portcullis_helpers import (
-    PASSWORD, PORTCULLIS_BIN, USER, basic, clean_env, free_port, ipv6_loopback_available,
+    PASSWORD, PORTCULLIS_BIN, USER, ProxyProcess, basic, clean_env, free_port, ipv6_loopback_available,
     try_connect, wait_until,
 )
 
@@ -290,6 +291,44 @@ def test_sigterm_idle_exits_promptly(launcher):
         assert code == 0
         assert time.monotonic() - started < 5
         assert idle.wait_eof(2) == b""
+
+
+def _nofile_limits(pid: int) -> tuple[int, int]:
+    for line in open(f"/proc/{pid}/limits"):
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no Max open files line")
+
+
+def _start_with_nofile(launcher, users_file, tmp_path, soft: int, hard: int) -> ProxyProcess:
+    """Starts the proxy under `prlimit` with the given descriptor limits."""
+    port = free_port()
+    p = ProxyProcess(["serve", "--listen", f"127.0.0.1:{port}", "--htpasswd", str(users_file),
+                      "--allow-private-destinations"], clean_env(tmp_path), ("127.0.0.1", port),
+                     ["prlimit", f"--nofile={soft}:{hard}", "--"])
+    launcher.procs.append(p)  # stopped and its log shown by the fixture
+    return p.wait_ready()
+
+
+def test_serve_raises_its_descriptor_soft_limit_to_the_hard_one(launcher, origin, users_file, tmp_path):
+    # Debian's default soft limit (1 024) would hold ~500 proxied connections: two descriptors each.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard <= 1100:
+        pytest.skip(f"hard descriptor limit {hard}: nothing to raise")
+    p = _start_with_nofile(launcher, users_file, tmp_path, 1024, hard)
+    wanted = min(hard, 1 << 20)
+    assert _nofile_limits(p.pid) == (wanted, hard)
+    assert f"max_open_files={wanted}" in p.stderr.text(), p.stderr.text()[-2000:]
+    assert "few descriptors" not in p.stderr.text()
+    with p.conn() as c:
+        assert c.request("GET", f"{origin.base}/text", [AUTH]).status == 200
+
+
+def test_serve_warns_when_the_hard_descriptor_limit_is_low(launcher, users_file, tmp_path):
+    p = _start_with_nofile(launcher, users_file, tmp_path, 512, 1000)
+    assert _nofile_limits(p.pid) == (1000, 1000)
+    wait_until(lambda: "few descriptors allowed: at most about 500 connections" in p.stderr.text(), 5)
 
 
 def test_logs_go_to_stderr_not_stdout(launcher, origin):
