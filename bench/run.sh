@@ -11,12 +11,14 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$BENCH_DIR/.." && pwd)
 OUT_DIR=$BENCH_DIR/out
 
-DURATION=${DURATION:-10}
-ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-6}
+ROUNDS=${ROUNDS:-5}
 CONNECTIONS=${CONNECTIONS:-50}
 THREADS=${THREADS:-1}
 WARMUP=${WARMUP:-2}
-TARGETS=${TARGETS:-direct proxy squid tinyproxy haproxy}
+# Portcullis sits between the two it is compared with most closely, so that each round
+# measures them within seconds of each other.
+TARGETS=${TARGETS:-direct proxy haproxy squid tinyproxy}
 PORTCULLIS_BIN=${PORTCULLIS_BIN:-.build/release/portcullis}
 BUILD_TIMEOUT=${BUILD_TIMEOUT:-1800}
 HAPROXY_THREADS=${HAPROXY_THREADS:-}
@@ -550,9 +552,16 @@ measure() {
     sleep 1
   fi
 
-  # Alternate targets so drift (thermal, noisy neighbours) hits both alike.
+  # The order reverses every round (A B C, C B A, ...) so that drift (thermal, noisy
+  # neighbours) hits every target alike; ratios are also taken round by round (paired).
+  local order=()
   for ((round = 1; round <= ROUNDS; round++)); do
-    for target in "${SELECTED[@]}"; do
+    order=("${SELECTED[@]}")
+    if ((round % 2 == 0)); then
+      order=()
+      for ((j = ${#SELECTED[@]} - 1; j >= 0; j--)); do order+=("${SELECTED[j]}"); done
+    fi
+    for target in "${order[@]}"; do
       i=$((i + 1))
       log "run $i/$total: $target, round $round (${DURATION}s)"
       run_wrk "$target" "$DURATION" "$raw_dir/$target-$round.txt"
@@ -619,6 +628,10 @@ write_json() {
       else (.[length / 2 - 1] + .[length / 2]) / 2 end;
     def r(n): if . == null then null else (. * pow(10; n) | round) / pow(10; n) end;
     def ratio(a; b): if a == null or b == null or b == 0 then null else a / b | r(3) end;
+    # The median over rounds of a / b within each round: robust to the machine getting
+    # faster or slower between rounds, which the ratio of medians is not.
+    def paired($a; $b): [$a.rounds[] as $x | $b.rounds[] | select(.round == $x.round)
+        | select(.requests_per_sec > 0) | $x.requests_per_sec / .requests_per_sec] | median | r(3);
     "tinyproxy answers HTTP/1.1 without Connection: close and then closes the connection after every response; wrk counts each close as a socket read error and reconnects, so up to one read error per request is expected and is not a failed request" as $tinyproxy_note
     | def describe: {
       direct: "wrk -> nginx",
@@ -660,6 +673,7 @@ write_json() {
         reduce ($targets[] | select(. != "direct")) as $t ({};
           .[$t] = {
             throughput_ratio: ratio($by_target[$t].median.requests_per_sec; $by_target.direct.median.requests_per_sec),
+            throughput_ratio_paired: paired($by_target[$t]; $by_target.direct),
             added_p50_ms: ($by_target[$t].median.latency_p50_ms - $by_target.direct.median.latency_p50_ms | r(3)),
             added_p99_ms: ($by_target[$t].median.latency_p99_ms - $by_target.direct.median.latency_p99_ms | r(3))
           })
@@ -671,6 +685,7 @@ write_json() {
         reduce ($targets[] | select(. == "squid" or . == "tinyproxy" or . == "haproxy")) as $t ({};
           .[$t] = {
             throughput_ratio: ratio($by_target.proxy.median.requests_per_sec; $by_target[$t].median.requests_per_sec),
+            throughput_ratio_paired: paired($by_target.proxy; $by_target[$t]),
             p50_ratio: ratio($by_target.proxy.median.latency_p50_ms; $by_target[$t].median.latency_p50_ms),
             p99_ratio: ratio($by_target.proxy.median.latency_p99_ms; $by_target[$t].median.latency_p99_ms)
           })
@@ -689,6 +704,7 @@ write_json() {
         targets: $by_target,
         comparison: (if $by_target.direct and $by_target.proxy then {
             throughput_ratio_proxy_over_direct: $vs_direct.proxy.throughput_ratio,
+            throughput_ratio_proxy_over_direct_paired: $vs_direct.proxy.throughput_ratio_paired,
             added_p50_ms: $vs_direct.proxy.added_p50_ms,
             added_p99_ms: $vs_direct.proxy.added_p99_ms
           } else null end),
@@ -718,7 +734,7 @@ render_markdown() {
       if $s.portcullis_bin_modified then " · Portcullis binary modified \($s.portcullis_bin_modified)" else "" end)",
     "- \($m.nproc) CPUs (\($m.cpu)), kernel \($m.kernel), wrk \($m.wrk_version), \($m.nginx_version)\(
       ($m.peer_versions // {}) | to_entries | map(", " + .value) | join(""))",
-    "- `wrk -t\($s.threads) -c\($s.connections) -d\($s.duration_s)s --latency`, \($s.rounds) round(s) per target, alternating, \($s.warmup_s) s warm-up; medians over rounds, errors summed over rounds",
+    "- `wrk -t\($s.threads) -c\($s.connections) -d\($s.duration_s)s --latency`, \($s.rounds) round(s) per target, order reversed every round, \($s.warmup_s) s warm-up; medians over rounds (paired: median of the ratios within each round), errors summed over rounds",
     "",
     "| target | req/s | p50 (ms) | p99 (ms) | non-2xx/3xx | socket errors |",
     "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -726,17 +742,17 @@ render_markdown() {
       "| \($t | pretty) | \(.median.requests_per_sec | f(0)) | \(.median.latency_p50_ms | f(3)) | \(.median.latency_p99_ms | f(3)) | \(.total_non_2xx_3xx) | \(.total_socket_errors) |"),
     (if .vs_direct and (.vs_direct | length > 0) then
       "",
-      "| target / direct | throughput | added p50 (ms) | added p99 (ms) |",
-      "| --- | ---: | ---: | ---: |",
+      "| target / direct | throughput (medians) | throughput (paired) | added p50 (ms) | added p99 (ms) |",
+      "| --- | ---: | ---: | ---: | ---: |",
       (.vs_direct as $v | .settings.targets[] | select(. != "direct") as $t | $v[$t] |
-        "| \($t | short) / direct | \(.throughput_ratio | f(3)) | \(.added_p50_ms | signed(3)) | \(.added_p99_ms | signed(3)) |")
+        "| \($t | short) / direct | \(.throughput_ratio | f(3)) | \(.throughput_ratio_paired | f(3)) | \(.added_p50_ms | signed(3)) | \(.added_p99_ms | signed(3)) |")
     else empty end),
     (if .portcullis_vs then
       "",
-      "| Portcullis / peer | throughput | p50 | p99 |",
-      "| --- | ---: | ---: | ---: |",
+      "| Portcullis / peer | throughput (medians) | throughput (paired) | p50 | p99 |",
+      "| --- | ---: | ---: | ---: | ---: |",
       (.portcullis_vs as $v | .settings.targets[] | select($v[.] != null) as $t | $v[$t] |
-        "| Portcullis / \($t | short) | \(.throughput_ratio | f(3)) | \(.p50_ratio | f(3)) | \(.p99_ratio | f(3)) |")
+        "| Portcullis / \($t | short) | \(.throughput_ratio | f(3)) | \(.throughput_ratio_paired | f(3)) | \(.p50_ratio | f(3)) | \(.p99_ratio | f(3)) |")
     else empty end),
     # tinyproxy closes after every response, which wrk counts as read errors
     # (at most one per request); only other errors make its figures suspect.
