@@ -26,8 +26,9 @@ final class ProxyExchange {
     /// The origin's body is close-delimited and this HTTP/1.1 client gets it chunked.
     var rechunkBody = false
 
-    // For the access log and metrics. The clock is read a few times per request, not at every
-    // step: `started` also serves the gate's cache expiry and the pool's freshness check.
+    // For the access log and metrics. The clock is read three times per forwarded request (here,
+    // when it goes upstream, when it ends), not at every step: `started` also serves the gate's
+    // cache expiry.
     let started = NIODeadline.now()
     /// Wall-clock start, for the access log only (a Date per request costs a clock read).
     func startDate(now: NIODeadline) -> Date {
