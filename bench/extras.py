@@ -5,7 +5,8 @@ one run on loopback only, bounded, and writing bench/out/extras.{md,json}:
 - start-up: time from exec to the first accepted connection (median of N runs);
 - CONNECT bulk: one 1 GiB download through a CONNECT tunnel, MB/s vs direct, vs Squid's tunnel
   and vs `socat -b 131072` (a plain user-space TCP relay: the copy limit here);
-- idle tunnels: Portcullis RSS with 1 000 and 10 000 authenticated CONNECT tunnels held open;
+- idle tunnels: Portcullis RSS with 1 000 and 10 000 authenticated CONNECT tunnels held open
+  (or as many as the proxy's descriptor limit allows, and 10 000 extrapolated from them);
 - login storm: p99 of already-authenticated keep-alive traffic while 200 clients log in with
   uncached bcrypt (cost 10) passwords — proves verification never blocks an event loop.
 
