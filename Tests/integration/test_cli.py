@@ -319,7 +319,8 @@ def test_serve_raises_its_descriptor_soft_limit_to_the_hard_one(launcher, origin
     p = _start_with_nofile(launcher, users_file, tmp_path, 1024, hard)
     wanted = min(hard, 1 << 20)
     assert _nofile_limits(p.pid) == (wanted, hard)
-    assert f"max_open_files={wanted}" in p.stderr.text(), p.stderr.text()[-2000:]
+    # Logged with "listening", which may follow the first accepted connection by a moment.
+    wait_until(lambda: f"max_open_files={wanted}" in p.stderr.text(), 5, what="max_open_files in the log")
     assert "few descriptors" not in p.stderr.text()
     with p.conn() as c:
         assert c.request("GET", f"{origin.base}/text", [AUTH]).status == 200
