@@ -82,25 +82,9 @@ def main():
         wait_port(pc_port, 30)
 
         ha_port = free_port()
-        (work / "haproxy.cfg").write_text(f"""global
-    maxconn 4096
-
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout http-keep-alive 60s
-    option http-keep-alive
-    http-reuse always
-
-frontend bench
-    bind 127.0.0.1:{ha_port}
-    default_backend origin
-
-backend origin
-    server nginx 127.0.0.1:{origin_port} maxconn 1000
-""")
+        template = (ROOT / "bench" / "haproxy.cfg.in").read_text()  # run.sh's config, the same file
+        (work / "haproxy.cfg").write_text(template.replace("@PORT@", str(ha_port))
+                                          .replace("@ORIGIN_PORT@", str(origin_port)).replace("@NBTHREAD@", ""))
         ha = spawn([haproxy, "-db", "-f", work / "haproxy.cfg"])
         wait_port(ha_port, 30)
 

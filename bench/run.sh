@@ -393,30 +393,10 @@ start_haproxy() {
   new_port port
   TARGET_PORT[haproxy]=$port
   mkdir -p "$dir"
-  # A reverse proxy (no auth): the practical limit for an HTTP/1.1 relay on
-  # this machine, not a forward proxy. nbthread is HAProxy's default (one
-  # thread per CPU) unless HAPROXY_THREADS is set.
-  cat >"$dir/haproxy.cfg" <<CONF
-global
-    maxconn 4096${HAPROXY_THREADS:+
-    nbthread $HAPROXY_THREADS}
-
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout http-keep-alive 60s
-    option http-keep-alive
-    http-reuse always
-
-frontend bench
-    bind 127.0.0.1:$port
-    default_backend origin
-
-backend origin
-    server nginx 127.0.0.1:$ORIGIN_PORT maxconn 1000
-CONF
+  # bench/haproxy.cfg.in, shared with floor.py; nbthread only if HAPROXY_THREADS is set.
+  sed -e "s/@PORT@/$port/" -e "s/@ORIGIN_PORT@/$ORIGIN_PORT/" \
+    -e "s/@NBTHREAD@/${HAPROXY_THREADS:+nbthread $HAPROXY_THREADS}/" \
+    "$BENCH_DIR/haproxy.cfg.in" >"$dir/haproxy.cfg"
   "$HAPROXY" -c -q -f "$dir/haproxy.cfg" >"$dir/check.log" 2>&1 ||
     die "haproxy rejected its config:"$'\n'"$(cat "$dir/check.log")"
   spawn haproxy "$dir/stderr.log" "$HAPROXY" -db -f "$dir/haproxy.cfg"
