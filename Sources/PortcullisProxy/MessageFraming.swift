@@ -56,12 +56,6 @@ extension RawMessageHead {
         return view
     }
 
-    /// The whole line, name to end of value, as it arrived.
-    func rawLine(_ line: HeaderLine) -> ByteBufferView {
-        let view = self.bytes.readableBytesView
-        return view[(view.startIndex + line.start)..<(view.startIndex + line.end)]
-    }
-
     /// Values of every line named `lowercaseName`, as Strings (for the rare paths that need them).
     func values(named lowercaseName: String) -> [String] {
         self.lines.lazy.filter { FieldName.equals(self.name($0), lowercaseName) }
