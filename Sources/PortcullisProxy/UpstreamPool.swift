@@ -25,7 +25,7 @@ final class UpstreamPool {
     }
 
     /// The most recently used idle connection to `key`, if any is still fresh.
-    func acquire(_ key: Key, now: NIODeadline = .now()) -> UpstreamHandler? {
+    func acquire(_ key: Key, now: NIODeadline) -> UpstreamHandler? {
         let deadline = now - self.idleTimeout
         // Mutated in place (`default:` subscript): a copy of the list would cost an allocation
         // on every request. An empty list stays until the sweeper drops it.
@@ -39,7 +39,7 @@ final class UpstreamPool {
     }
 
     /// Returns a connection whose exchange completed cleanly; closes it when the pool is full.
-    func release(_ handler: UpstreamHandler, key: Key, now: NIODeadline = .now()) {
+    func release(_ handler: UpstreamHandler, key: Key, now: NIODeadline) {
         guard handler.isUsable else {
             handler.close()
             return
