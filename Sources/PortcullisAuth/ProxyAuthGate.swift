@@ -79,13 +79,13 @@ public struct ProxyAuthGate: Sendable {
         if credentials.schemeIs("digest"), let decision = self.evaluateDigest(fieldValue: Array(first.utf8)) {
             return decision
         }
-        let scheme = credentials.scheme.lowercased()
+        let scheme = Self.knownScheme(credentials.scheme)
         return .reject(
             AuthFailure(
                 reason: .unsupportedScheme,
                 explanation:
-                    "the Proxy-Authorization header uses the \(Self.displayName(scheme)) scheme; this proxy accepts \(self.offeredNames)",
-                presentedScheme: scheme.count <= 32 ? scheme : nil
+                    "the Proxy-Authorization header uses \(scheme.map { "the \(Self.displayName($0)) scheme" } ?? "an unrecognized scheme"); this proxy accepts \(self.offeredNames)",
+                presentedScheme: scheme ?? "other"
             )
         )
     }
@@ -107,6 +107,21 @@ public struct ProxyAuthGate: Sendable {
         self.schemes.map { Self.displayName($0.rawValue) }.joined(separator: " or ")
     }
 
+    /// Schemes of IANA's HTTP Authentication Scheme registry (and NTLM), lower-cased. Only these
+    /// names are ever echoed, logged or counted: whatever else stands where a scheme should is
+    /// client input that may be a secret pasted in the wrong place (a bare token, a password).
+    static let registeredSchemes: Set<String> = [
+        "basic", "bearer", "concealed", "digest", "dpop", "gnap", "hoba", "mutual", "negotiate", "ntlm",
+        "oauth", "privatetoken", "scram-sha-1", "scram-sha-256", "vapid", "aws4-hmac-sha256",
+    ]
+
+    /// The lower-cased scheme name if it is a registered one, else `nil`.
+    public static func knownScheme(_ scheme: some StringProtocol) -> String? {
+        guard scheme.utf8.count <= 20 else { return nil }
+        let lower = scheme.lowercased()
+        return Self.registeredSchemes.contains(lower) ? lower : nil
+    }
+
     private static func displayName(_ lowercasedScheme: String) -> String {
         switch lowercasedScheme {
         case "basic": return "Basic"
@@ -114,9 +129,7 @@ public struct ProxyAuthGate: Sendable {
         case "negotiate": return "Negotiate"
         case "ntlm": return "NTLM"
         case "bearer": return "Bearer"
-        default:
-            // Only echo a short token; anything else could be a secret pasted in the wrong place.
-            return lowercasedScheme.count <= 32 ? lowercasedScheme : "an unknown"
+        default: return lowercasedScheme
         }
     }
 

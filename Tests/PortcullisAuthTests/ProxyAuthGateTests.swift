@@ -58,13 +58,27 @@ import Testing
         )
     }
 
-    @Test func anUnknownLongSchemeIsNotEchoed() {
-        let secretLooking = String(repeating: "x", count: 40)
-        guard case .reject(let failure) = gate.evaluate(proxyAuthorization: [secretLooking]) else {
+    /// A bare token (or a password) where the scheme should be must not come back in the 407,
+    /// the logs or the metrics: only registered scheme names are echoed.
+    @Test(arguments: [
+        String(repeating: "x", count: 40), "0123456789abcdef0123456789abcdef", "s3cret", "s3cret more", "Basic2 x",
+    ])
+    func anUnregisteredSchemeIsNeverEchoed(value: String) {
+        guard case .reject(let failure) = gate.evaluate(proxyAuthorization: [value]) else {
             Issue.record("accepted")
             return
         }
-        #expect(!failure.explanation.contains(secretLooking))
-        #expect(failure.presentedScheme == nil)
+        let first = String(value.split(separator: " ")[0])
+        #expect(!failure.explanation.contains(first))
+        #expect(failure.presentedScheme == "other")
+    }
+
+    @Test func aRegisteredSchemeIsNamed() {
+        guard case .reject(let failure) = gate.evaluate(proxyAuthorization: ["SCRAM-SHA-256 abc"]) else {
+            Issue.record("accepted")
+            return
+        }
+        #expect(failure.presentedScheme == "scram-sha-256")
+        #expect(failure.explanation.contains("scram-sha-256"))
     }
 }
