@@ -61,9 +61,15 @@ enum HeaderRewriter {
                 let name = line.name(in: raw)
                 if isAlwaysHopByHop(name) || FieldName.equals(name, "host") { continue }
                 if !options.isEmpty, options.contains(where: { FieldName.equals(name, $0) }) { continue }
+                if head.contentLengthIsRepeated, FieldName.equals(name, "content-length") { continue }
                 out.writeBytes(line.line(in: raw))
                 out.writeStaticString("\r\n")
             }
+        }
+        if head.contentLengthIsRepeated, case .length(let length) = head.framing {
+            out.writeStaticString("Content-Length: ")
+            out.writeString(String(length))
+            out.writeStaticString("\r\n")
         }
         out.writeStaticString(viaLine)
         out.writeStaticString("\r\n")

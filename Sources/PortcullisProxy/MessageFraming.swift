@@ -205,6 +205,10 @@ struct ChunkWalker {
 
     private var state: State = .size
     private var trailerBytes = 0
+    /// Trailer lines (with their CRLF) that must not be passed on, as reader indices of the
+    /// buffer last walked: `Proxy-Authorization` and the other fields a proxy never forwards
+    /// may not slip through in a trailer section (RFC 9110 §6.5.1).
+    private(set) var droppedTrailerLines: [Range<Int>] = []
 
     /// Consumes every complete piece of framing in `buffer`; an incomplete line stays unread.
     /// - Parameter payload: called with chunk data, for callers that want the body decoded.
@@ -235,6 +239,7 @@ struct ChunkWalker {
                 }
                 self.state = .size
             case .trailers:
+                let lineStart = buffer.readerIndex
                 guard let line = try Self.readLine(&buffer) else { return false }
                 if line.isEmpty {
                     self.state = .size
@@ -243,9 +248,39 @@ struct ChunkWalker {
                 }
                 self.trailerBytes += line.count + 2
                 if self.trailerBytes > Self.maximumTrailers { throw FramingError(reason: "trailer section too large") }
+                if Self.isForbiddenTrailer(line) { self.droppedTrailerLines.append(lineStart..<buffer.readerIndex) }
             }
         }
         return false
+    }
+
+    /// Fields never forwarded in a trailer: the hop-by-hop ones (credentials for this proxy
+    /// among them) and those that frame or route the message. A line without a colon is
+    /// dropped too: nobody downstream can read it the same way.
+    private static func isForbiddenTrailer(_ line: [UInt8]) -> Bool {
+        guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { return true }
+        let name = line[..<colon]
+        return HeaderRewriter.isAlwaysHopByHop(name) || FieldName.equals(name, "content-length")
+            || FieldName.equals(name, "transfer-encoding") || FieldName.equals(name, "host")
+    }
+
+    /// The bytes of `walked` (the buffer as it was before the walk) up to `end` (the reader
+    /// index the walk reached), less the trailer lines the walk dropped, which are then
+    /// forgotten. Without dropped lines: a slice, no copy.
+    mutating func passedOn(_ walked: ByteBuffer, upTo end: Int) -> ByteBuffer {
+        let start = walked.readerIndex
+        guard !self.droppedTrailerLines.isEmpty else {
+            return walked.getSlice(at: start, length: end - start)!
+        }
+        var out = ByteBuffer()
+        var from = start
+        for dropped in self.droppedTrailerLines {
+            out.writeImmutableBuffer(walked.getSlice(at: from, length: dropped.lowerBound - from)!)
+            from = dropped.upperBound
+        }
+        out.writeImmutableBuffer(walked.getSlice(at: from, length: end - from)!)
+        self.droppedTrailerLines.removeAll()
+        return out
     }
 
     /// Reads one CRLF-terminated line (without the CRLF), or nothing if it is not all here.

@@ -35,6 +35,10 @@ struct RequestHead: RawMessageHead {
     /// an array, which would be an allocation per request). `nil` for none or several: the gate
     /// reads those through `values(named:)`.
     var proxyAuthorization: HeaderLine?
+    /// `Content-Length` came as several fields or as a list of the same number: the origin gets
+    /// one field instead (RFC 9112 §6.3 — an origin that reads `4, 4` as invalid would otherwise
+    /// see the body as the start of the next request).
+    var contentLengthIsRepeated = false
 
     var methodBytes: ByteBufferView {
         let view = self.bytes.readableBytesView
@@ -189,11 +193,11 @@ struct RequestFramer {
             } catch {
                 throw self.fail(.bad(error.reason))
             }
-            self.state = finished ? .end(thenTunnelOrNext: false) : .chunked(walker)
             let consumed = self.buffer.readerIndex - before.readerIndex
-            guard consumed > 0 else { return nil }
-            var raw = before
-            return .body(raw.readSlice(length: consumed)!)
+            let passed = consumed > 0 ? walker.passedOn(before, upTo: self.buffer.readerIndex) : nil
+            self.state = finished ? .end(thenTunnelOrNext: false) : .chunked(walker)
+            guard let passed else { return nil }
+            return .body(passed)
         case .end(let afterConnect):
             self.state = afterConnect ? .afterConnect : .head
             return .end
@@ -278,6 +282,7 @@ struct RequestFramer {
         var hostCount = 0
         var length: Int?
         var sawLength = false
+        var lengthIsRepeated = false
         var transferEncodings = 0
         var chunkedLast = false
         var close = false
@@ -295,6 +300,7 @@ struct RequestFramer {
             case 10 where FieldName.equals(name, "connection"):
                 MessageSyntax.connectionOptions(line.value(in: raw), close: &close, options: &options)
             case 14 where FieldName.equals(name, "content-length"):
+                if sawLength || line.value(in: raw).contains(UInt8(ascii: ",")) { lengthIsRepeated = true }
                 sawLength = true
                 guard let n = MessageSyntax.contentLength(line.value(in: raw), previous: length) else {
                     throw .bad("invalid or conflicting Content-Length")
@@ -343,7 +349,8 @@ struct RequestFramer {
             keepAlive: minor == 1 && !close,
             connectionOptions: options,
             expectsContinue: expectsContinue,
-            proxyAuthorization: proxyAuthorization
+            proxyAuthorization: proxyAuthorization,
+            contentLengthIsRepeated: lengthIsRepeated
         )
     }
 

@@ -94,6 +94,9 @@ struct ResponseFramer {
                     self.pending = buffer
                     return
                 }
+                guard headEnd <= Self.maximumHeadSize else {
+                    throw ProtocolError(reason: "response head larger than 64 KiB")
+                }
                 let head = try Self.parseHead(buffer.readSlice(length: headEnd)!)
                 if head.status >= 100 && head.status < 200 {
                     if head.status == 101 { throw ProtocolError(reason: "unexpected 101 Switching Protocols") }
@@ -140,12 +143,11 @@ struct ResponseFramer {
                 } catch {
                     throw ProtocolError(reason: error.reason)
                 }
-                self.state = .chunked(walker)
                 let consumed = buffer.readerIndex - before.readerIndex
                 if consumed > 0, !self.dechunk {
-                    var raw = before
-                    emit(.body(raw.readSlice(length: consumed)!))
+                    emit(.body(walker.passedOn(before, upTo: buffer.readerIndex)))
                 }
+                self.state = .chunked(walker)
                 if finished {
                     self.state = .done
                     emit(.end)

@@ -243,7 +243,9 @@ final class UpstreamHandler: ChannelDuplexHandler {
 
     private func originFinishedSending() {
         self.isReusable = false
-        if self.framer.isAwaitingResponse {
+        // After a protocol error the framer stopped where the origin went wrong: that error is
+        // what the client is told, not the "closed before a response" that an EOF now implies.
+        if self.lastError == nil, self.framer.isAwaitingResponse {
             do {
                 try self.framer.feedEOF { self.events.append($0) }
             } catch {
@@ -280,7 +282,7 @@ final class UpstreamHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.lastError = error
+        if self.lastError == nil { self.lastError = error }
         self.isReusable = false
         context.close(promise: nil)
     }

@@ -51,6 +51,14 @@ import Testing
         #expect(HeaderRewriter.isAlwaysHopByHop("proxy-AUTHORIZATION"))
         #expect(!HeaderRewriter.isAlwaysHopByHop("X-Proxy-Authorization"))
     }
+
+    /// RFC 9112 §6.3: repeats of one length are sent on as one field, never as a list another
+    /// parser may read as invalid (and then take the body for the next request).
+    @Test(arguments: [["Content-Length: 4", "content-length: 4"], ["Content-Length: 4 , 4"]])
+    func aRepeatedContentLengthGoesUpstreamAsOneField(fields: [String]) throws {
+        let text = try forwarded(fields, requestLine: "POST http://h/ HTTP/1.1")
+        #expect(text == "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nVia: 1.1 portcullis\r\n\r\n")
+    }
 }
 
 @Suite struct UpstreamRequestHeadTests {

@@ -203,6 +203,37 @@ import Testing
         guard case .head(let retry) = try framer.next() else { throw Failure("no retry head") }
         #expect(retry.proxyAuthorization != nil)
     }
+
+    /// RFC 9110 §6.5.1: credentials for this proxy, hop-by-hop and framing fields never pass
+    /// in a trailer section (a `Proxy-Authorization` there once reached the origin); the
+    /// other trailer fields pass unchanged, whatever the read sizes.
+    @Test func forbiddenTrailerFieldsAreDroppedWhateverTheReadSizes() throws {
+        let input =
+            "POST http://a/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + "4\r\nabcd\r\n0\r\nX-Sum: 1\r\nProxy-Authorization: Basic c2VjcmV0\r\n"
+            + "proxy-authorization: Basic eA==\r\nConnection: x\r\nContent-Length: 9\r\nNoColon\r\n"
+            + "X-After: 2\r\n\r\n"
+            + "GET http://a/2 HTTP/1.1\r\nHost: a\r\n\r\n"
+        let expected = [
+            "http://a/", "4\r\nabcd\r\n0\r\nX-Sum: 1\r\nX-After: 2\r\n\r\n", "|", "http://a/2", "|",
+        ]
+        for step in [1, 2, 7, 64, Int.max] {
+            #expect(try events(input, step: step) == expected, "step \(step)")
+        }
+    }
+
+    @Test(arguments: [
+        (["Content-Length: 4", "Content-Length: 4"], true),
+        (["Content-Length: 4, 4"], true),
+        (["Content-Length: 4"], false),
+    ])
+    func aRepeatedContentLengthIsMarkedForOneField(fields: [String], repeated: Bool) throws {
+        let head = try RequestHead.parse(
+            (["POST http://a/ HTTP/1.1", "Host: a"] + fields).joined(separator: "\r\n") + "\r\n\r\n"
+        )
+        #expect(head.framing == .length(4))
+        #expect(head.contentLengthIsRepeated == repeated)
+    }
 }
 
 struct Failure: Error, CustomStringConvertible {

@@ -145,6 +145,15 @@ import Testing
     @Test func anOversizedHeadIsRefused() {
         let huge = "HTTP/1.1 200 OK\r\nX: " + String(repeating: "a", count: 70_000)
         #expect(throws: ResponseFramer.ProtocolError.self) { try run(huge) }
+        // Also when all of it, end included, arrives in one read.
+        #expect(throws: ResponseFramer.ProtocolError.self) { try run(huge + "\r\n\r\n") }
+    }
+
+    @Test(arguments: [1, 2, 5, 1000])
+    func hopByHopTrailerFieldsAreNotRelayed(step: Int) throws {
+        let wire = "4\r\nWiki\r\n0\r\nX-Trailer: 1\r\nProxy-Authenticate: Basic realm=x\r\nConnection: y\r\n\r\n"
+        let r = try run("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + wire, step: step)
+        #expect(r.seen == [.head(200, .chunked), .body("4\r\nWiki\r\n0\r\nX-Trailer: 1\r\n\r\n"), .end])
     }
 
     @Test func eofBeforeTheEndIsAnError() {
