@@ -5,7 +5,26 @@ import PortcullisAuth
 /// Notices a client stuck in a 407 loop (issue 7): the same client (address + user agent)
 /// gets ``Settings/threshold`` 407s in a row inside ``Settings/window`` without one success.
 /// It is flagged once per streak, with the likely cause in words, for the operator's log.
+///
+/// Bounded in bytes, not only entries: a client is remembered by a fixed-size keyed hash of its
+/// address and user agent (a unique 60 KB `User-Agent` per request once grew memory past a
+/// gigabyte), and a streak keeps at most ``Settings/threshold`` reasons and registered scheme names.
 public final class ChallengeLoopDetector: Sendable {
+    /// A client as the detector remembers it: a hash of address and user agent under a
+    /// per-process random seed (Swift's `Hasher`), so nobody can aim two clients at one key.
+    public struct Client: Hashable, Sendable {
+        let hash: Int
+
+        public init(address: String, userAgent: some Collection<UInt8>) {
+            var hasher = Hasher()
+            hasher.combine(address)
+            hasher.combine(0xFF as UInt8)  // no address/agent split can collide with another
+            let hashed: Void? = userAgent.withContiguousStorageIfAvailable { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+            if hashed == nil { Array(userAgent).withUnsafeBytes { hasher.combine(bytes: $0) } }
+            self.hash = hasher.finalize()
+        }
+    }
+
     public struct Settings: Sendable, Equatable {
         public var threshold = 5
         public var window: TimeAmount = .minutes(1)
@@ -31,7 +50,10 @@ public final class ChallengeLoopDetector: Sendable {
     }
 
     public let settings: Settings
-    private let streaks = NIOLockedValueBox<[String: Streak]>([:])
+
+    /// Clients with an open streak (for tests and metrics).
+    public var trackedClients: Int { self.streaks.withLockedValue { $0.count } }
+    private let streaks = NIOLockedValueBox<[Client: Streak]>([:])
 
     public init(settings: Settings = Settings()) {
         self.settings = settings
@@ -39,7 +61,7 @@ public final class ChallengeLoopDetector: Sendable {
 
     /// Records a 407 sent to `client`; returns the loop when this one completes a streak.
     public func challenged(
-        client: String,
+        client: Client,
         reason: AuthFailureReason,
         schemeSent: String?,
         offered: [String],
@@ -74,7 +96,7 @@ public final class ChallengeLoopDetector: Sendable {
 
     /// The client got through: its streak ends. `client` is only computed when some streak is
     /// open, so a success costs no key (and no String) in the common case.
-    public func succeeded(client: @autoclosure () -> String) {
+    public func succeeded(client: @autoclosure () -> Client) {
         self.streaks.withLockedValue { streaks in
             guard !streaks.isEmpty else { return }
             _ = streaks.removeValue(forKey: client())
