@@ -19,6 +19,9 @@ public struct ProxyConfiguration: Sendable {
     public var clientIdleTimeout: TimeAmount = .seconds(60)
     /// From the first byte of a request head to its end (slowloris); then 408 and close.
     public var requestHeadTimeout: TimeAmount = .seconds(30)
+    /// Longest wait for the next bytes of a request body; then 408 (or a close, once the
+    /// response has begun).
+    public var requestBodyTimeout: TimeAmount = .seconds(30)
     /// Backoff and lockout of failed logins.
     public var authThrottle = AuthThrottle.Settings()
     /// Client allow-list and connection limits.

@@ -15,7 +15,7 @@ extension ProxyConnectionHandler {
         exchange.upstreamHead = self.upstreamHeadBuffer
         let key = UpstreamPool.Key(host: authority.host, port: authority.port)
         exchange.upstreamKey = key
-        let now = NIODeadline.now()
+        let now = self.currentTime
         if let upstream = self.pool.acquire(key, now: now) {
             exchange.usedPooledConnection = true
             self.send(exchange, over: upstream, now: now)
@@ -86,7 +86,8 @@ extension ProxyConnectionHandler {
             )
     }
 
-    private func send(_ exchange: ProxyExchange, over upstream: UpstreamHandler, now: NIODeadline = .now()) {
+    private func send(_ exchange: ProxyExchange, over upstream: UpstreamHandler, now: NIODeadline? = nil) {
+        let now = now ?? self.currentTime
         guard let head = exchange.upstreamHead else { return }
         upstream.attach(to: self)
         upstream.clientIsHTTP10 = exchange.isHTTP10
@@ -173,7 +174,7 @@ extension ProxyConnectionHandler {
             self.writeHeldHead()
             exchange.responseEnded = true
             // One clock read for the pool, the log and the idle timer.
-            let now = NIODeadline.now()
+            let now = self.currentTime
             if exchange.requestEnded, let key = exchange.upstreamKey {
                 upstream.detach()
                 self.pool.release(upstream, key: key, now: now)
@@ -208,12 +209,21 @@ extension ProxyConnectionHandler {
         let clientMinor = exchange.isHTTP10 ? 0 : 1
         // Only the access log wants the content type: no String of it otherwise.
         let wantsContentType = self.shared.accessLog != nil
+        var singleLength: Int?
         // Through a pointer, one closure: this runs for every response.
         head.bytes.withUnsafeReadableBytes { raw in
             var connectionOptions: [String] = []
             var originCloses = false
-            for line in head.lines where FieldName.equals(line.name(in: raw), "connection") {
-                MessageSyntax.connectionOptions(line.value(in: raw), close: &originCloses, options: &connectionOptions)
+            var lengthFields = 0
+            var lengthIsList = false
+            for line in head.lines {
+                let name = line.name(in: raw)
+                if FieldName.equals(name, "connection") {
+                    MessageSyntax.connectionOptions(line.value(in: raw), close: &originCloses, options: &connectionOptions)
+                } else if FieldName.equals(name, "content-length") {
+                    lengthFields += 1
+                    if line.value(in: raw).contains(UInt8(ascii: ",")) { lengthIsList = true }
+                }
             }
             if originCloses || head.minorVersion < 1 { upstream.isReusable = false }
 
@@ -235,6 +245,11 @@ extension ProxyConnectionHandler {
                 } else {
                     exchange.closeAfter = true
                 }
+            case .length(let length) where lengthFields > 1 || lengthIsList:
+                // The framer accepted repeats of one number (RFC 9112 §6.3); the client gets
+                // that number once, never a list another parser may read differently.
+                dropLength = true
+                singleLength = length
             case .length, .none:
                 break
             }
@@ -258,6 +273,11 @@ extension ProxyConnectionHandler {
                 out.writeBytes(line.line(in: raw))
                 out.writeStaticString("\r\n")
             }
+        }
+        if let singleLength {
+            out.writeStaticString("Content-Length: ")
+            out.writeString(String(singleLength))
+            out.writeStaticString("\r\n")
         }
         if exchange.rechunkBody { out.writeStaticString("Transfer-Encoding: chunked\r\n") }
         out.writeStaticString(HeaderRewriter.viaLine)
@@ -298,7 +318,7 @@ extension ProxyConnectionHandler {
         exchange.responseDeadline = nil
         if exchange.responseStarted {
             // Part of the response is already with the client; the only honest signal left is to close.
-            self.context.close(promise: nil)
+            self.closeConnection()
             return
         }
         if let protocolError = error as? ResponseFramer.ProtocolError {
@@ -335,10 +355,12 @@ extension ProxyConnectionHandler {
 
     // MARK: - Responses and the end of an exchange
 
-    /// Sends a proxy-generated response and discards what is left of the request body.
+    /// Sends a proxy-generated response at once and discards what is left of the request body:
+    /// read and dropped when it is small and its length known (the client's retry then finds the
+    /// connection open), else not read at all — the connection closes after the response.
     func sendLocalResponse(_ response: ProxyResponse, for exchange: ProxyExchange) {
         guard !exchange.responseStarted else {
-            self.context.close(promise: nil)
+            self.closeConnection()
             return
         }
         if case .forwarding(let upstream) = self.phase {
@@ -346,11 +368,13 @@ extension ProxyConnectionHandler {
             upstream.close()
         }
         exchange.responseDeadline = nil
-        if !exchange.requestEnded && exchange.expectsContinue {
-            // The client waits for 100 Continue before sending its body; it will not come, so
-            // do not wait for it either (RFC 9110 §10.1.1).
+        // The client waits for 100 Continue before sending its body; it will not come, so do
+        // not wait for it either (RFC 9110 §10.1.1). A body of unknown or large size is not
+        // worth reading for a response already decided.
+        if exchange.bodyPending, exchange.expectsContinue || !self.bodyIsWorthDraining(exchange) {
             exchange.closeAfter = true
             exchange.requestEnded = true
+            exchange.bodyDeadline = nil
         }
         exchange.responseStarted = true
         self.phase = .localResponse
@@ -369,11 +393,19 @@ extension ProxyConnectionHandler {
         self.resumeReadsIfPossible()
     }
 
+    /// Whether what is left of a request body whose response is already decided is small and of
+    /// known length: read and dropped, it keeps the connection for the client's next request.
+    private func bodyIsWorthDraining(_ exchange: ProxyExchange) -> Bool {
+        guard case .length(let length) = exchange.head.framing else { return false }
+        return length - exchange.requestBodyBytes <= self.configuration.rejectedBodyDrainLimit
+    }
+
     /// Writes the last bytes of a response (if any) and ends the exchange's response side.
     private func writeEnd(_ last: ByteBuffer?, for exchange: ProxyExchange, now: NIODeadline? = nil) {
         exchange.responseEnded = true
-        if exchange.closeAfter {
-            // Closing must wait for the response to leave: close() drops unwritten data.
+        if exchange.closeAfter || exchange.bodyPending {
+            // Sent now, before the rest of the body (which may never come). Closing must wait for
+            // the response to leave: close() drops unwritten data.
             let promise = self.context.eventLoop.makePromise(of: Void.self)
             self.context.writeAndFlush(self.wrapOutboundOut(last ?? ByteBuffer()), promise: promise)
             exchange.responseWritten = promise.futureResult
@@ -387,21 +419,14 @@ extension ProxyConnectionHandler {
     /// next pipelined request, if any.
     func finishIfDone(_ exchange: ProxyExchange, now: NIODeadline? = nil) {
         guard self.exchange === exchange, exchange.requestEnded, exchange.responseEnded else { return }
-        let now = now ?? .now()
+        let now = now ?? self.currentTime
         self.logExchange(exchange, now: now)
         self.exchange = nil
-        self.phase = .idle
         if exchange.closeAfter || self.clientInputClosed {
-            self.context.flush()
-            if let written = exchange.responseWritten {
-                written.assumeIsolated().whenComplete { [weak self] _ in
-                    self?.context?.close(promise: nil)
-                }
-            } else {
-                self.context.close(promise: nil)
-            }
+            self.closeConnection(after: exchange.responseWritten ?? self.context.eventLoop.makeSucceededVoidFuture())
             return
         }
+        self.phase = .idle
         if !self.readingUpstream { self.context.flush() }
         if exchange.isConnect {
             // No tunnel: what the client sends next is a request again (a retry after a 407).

@@ -110,9 +110,10 @@ extension ProxyConnectionHandler {
         let headBytes = exchange.head.bytes.readableBytes
         let target = exchange.head.target
         let closed = [self.context.channel.closeFuture, upstream.closeFuture]
-        EventLoopFuture.andAllComplete(closed, on: self.context.eventLoop).assumeIsolated().whenComplete { _ in
+        let eventLoop = self.context.eventLoop
+        EventLoopFuture.andAllComplete(closed, on: eventLoop).assumeIsolated().whenComplete { _ in
             metrics.activeTunnels.decrement()
-            let now = NIODeadline.now()
+            let now = eventLoop.now
             let elapsed = now - exchange.started
             let fromClient = headBytes + clientGlue.bytesRead
             let toClient = establishedBytes + upstreamGlue.bytesRead

@@ -27,6 +27,10 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         case localResponse
         case tunnelConnecting
         case tunnel
+        /// The connection is closing (or closed): nothing more is parsed, read or answered, and
+        /// a completion that arrives now (a password check, a connect, a timer) finds no
+        /// exchange to act on.
+        case closing
     }
 
     let shared: ProxyContext
@@ -107,17 +111,22 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .tunnel = self.phase {
+        switch self.phase {
+        case .tunnel:
             // Read before this handler left the pipeline: the tunnel's bytes.
             context.fireChannelRead(data)
             return
+        case .closing:
+            return
+        default:
+            break
         }
         self.framer.append(self.unwrapInboundIn(data))
         self.readingClient = true
         self.parseAvailable()
         if self.exchange == nil, self.headDeadline == nil, self.framer.bufferedBytes > 0 {
             // A head has started to arrive: it gets its own deadline instead of the idle one.
-            let deadline = NIODeadline.now() + self.configuration.requestHeadTimeout
+            let deadline = self.currentTime + self.configuration.requestHeadTimeout
             self.headDeadline = deadline
             self.idleDeadline = nil
             self.ensureTimer(firesBy: deadline)
@@ -153,17 +162,21 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             if let exchange = self.exchange {
                 exchange.closeAfter = true
             } else {
-                context.close(promise: nil)
+                self.closeConnection()
             }
             return
         }
         if case .some(.inputClosed) = event as? ChannelEvent {
             self.clientInputClosed = true
+            if case .closing = self.phase {
+                context.close(promise: nil)
+                return
+            }
             if let exchange = self.exchange, exchange.requestEnded {
                 exchange.closeAfter = true
             } else {
                 // Nothing in flight, or the client stopped sending half-way through a request.
-                context.close(promise: nil)
+                self.closeConnection()
             }
             return
         }
@@ -192,14 +205,56 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             if !(self.exchange?.responseEnded ?? true) { upstream.close() }
         }
         self.exchange = nil
-        self.phase = .idle
+        self.phase = .closing
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         self.logger.debug("client connection error", metadata: ["error": "\(error)"])
-        context.close(promise: nil)
+        self.closeConnection()
     }
+
+    /// Closes the client connection; with `written` (a response's last bytes), once they have
+    /// left. From here on nothing is parsed or answered: a completion that arrives later (a
+    /// password check, a connect, a timer) finds `.closing` and does nothing.
+    ///
+    /// After a response the close is a lingering one: the output side closes first and what the
+    /// client still sends (the rest of a body) is read and dropped for up to
+    /// ``lingerAfterResponse``; closing at once with unread input would reset the connection,
+    /// and a reset can destroy the response before the client reads it. A client that never
+    /// reads the response is cut off at the request-head deadline.
+    func closeConnection(after written: EventLoopFuture<Void>? = nil) {
+        if case .closing = self.phase { return }
+        if case .forwarding(let upstream) = self.phase {
+            upstream.detach()
+            upstream.close()
+        }
+        self.phase = .closing
+        self.cancelTimer()
+        guard let context = self.context else { return }
+        guard let written else {
+            context.close(promise: nil)
+            return
+        }
+        context.flush()
+        self.ensureTimer(firesBy: self.currentTime + self.configuration.requestHeadTimeout)
+        written.assumeIsolated().whenComplete { [weak self] result in
+            guard let self, let context = self.context else { return }
+            guard case .success = result, !self.clientInputClosed else {
+                context.close(promise: nil)
+                return
+            }
+            context.close(mode: .output, promise: nil)
+            self.ensureTimer(firesBy: self.currentTime + Self.lingerAfterResponse)
+            self.resumeReadsIfPossible()
+        }
+    }
+
+    /// The event loop's clock: real time on a server, the test's time on an `EmbeddedEventLoop`.
+    var currentTime: NIODeadline { self.context?.eventLoop.now ?? .now() }
+
+    /// How long a closing connection still reads (and drops) what the client sends.
+    static let lingerAfterResponse: TimeAmount = .seconds(2)
 
     /// A request that cannot be parsed: answer if we still can, then close (the framer cannot
     /// know where the next request would begin).
@@ -218,10 +273,10 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// Answers without a usable request (or in the middle of one) and closes.
     func refuse(with response: ProxyResponse) {
         if let exchange = self.exchange, exchange.responseStarted {
-            self.context.close(promise: nil)
+            self.closeConnection()
             return
         }
-        let exchange = self.exchange ?? ProxyExchange(head: .unparsable, quiescing: true)
+        let exchange = self.exchange ?? ProxyExchange(head: .unparsable, quiescing: true, started: self.currentTime)
         self.exchange = exchange
         exchange.closeAfter = true
         exchange.requestEnded = true
@@ -240,6 +295,9 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             // A pipelined request already read waits until this one is answered.
             if let exchange = self.exchange, exchange.requestEnded { return self.framer.bufferedBytes == 0 }
             return true
+        case .closing:
+            // What a client sends after the response is read and dropped (a lingering close).
+            return true
         case .authenticating, .connecting, .tunnelConnecting, .tunnel:
             return false
         case .forwarding(let upstream):
@@ -254,7 +312,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         switch self.phase {
         case .idle, .localResponse:
             return !(self.exchange?.requestEnded ?? false)
-        case .authenticating, .connecting, .tunnelConnecting, .tunnel:
+        case .authenticating, .connecting, .tunnelConnecting, .tunnel, .closing:
             return false
         case .forwarding(let upstream):
             guard let exchange = self.exchange, !exchange.requestEnded else { return false }
@@ -264,9 +322,9 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     func resumeReadsIfPossible() {
         self.parseAvailable()
-        if self.pendingRead, self.readAllowed {
+        if self.pendingRead, self.readAllowed, let context = self.context {
             self.pendingRead = false
-            self.context.read()
+            context.read()
         }
     }
 
@@ -301,11 +359,18 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         case .head(let head):
             self.idleDeadline = nil
             self.headDeadline = nil
-            let exchange = ProxyExchange(head: head, quiescing: self.quiescing)
+            let exchange = ProxyExchange(head: head, quiescing: self.quiescing, started: self.currentTime)
             self.exchange = exchange
+            if head.framing != .none, !exchange.isConnect {
+                // The body must keep arriving (slow-body guard); see ProxyConnectionHandler+Timers.
+                let deadline = exchange.started + self.configuration.requestBodyTimeout
+                exchange.bodyDeadline = deadline
+                self.ensureTimer(firesBy: deadline)
+            }
             self.start(exchange)
         case .body(let buffer):
             guard let exchange = self.exchange else { return }
+            exchange.bodyProgressed = true
             exchange.requestBodyBytes += buffer.readableBytes
             if let limit = self.configuration.maximumRequestBody, exchange.requestBodyBytes > limit,
                 case .forwarding = self.phase
@@ -327,12 +392,13 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                     exchange.requestEnded = true
                     self.finishIfDone(exchange)
                 }
-            case .idle, .authenticating, .connecting, .tunnelConnecting, .tunnel:
+            case .idle, .authenticating, .connecting, .tunnelConnecting, .tunnel, .closing:
                 break
             }
         case .end:
             guard let exchange = self.exchange else { return }
             exchange.requestEnded = true
+            exchange.bodyDeadline = nil
             if case .localResponse = self.phase { self.finishIfDone(exchange) }
         }
     }
@@ -433,7 +499,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             self.verifyDigest(exchange, authorization, verifier: verifier, authority: authority)
         case .verifyBasic(let credentials):
             self.phase = .authenticating
-            let verifyStarted = NIODeadline.now()
+            let verifyStarted = self.currentTime
             verifier.verify(credentials, key: cacheKey!, on: self.context.eventLoop)
                 .assumeIsolated()
                 .whenSuccess { outcome in
@@ -441,7 +507,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                     switch outcome {
                     case .accepted(let user, _):
                         self.shared.metrics.verifyDuration.recordNanoseconds(
-                            (NIODeadline.now() - verifyStarted).nanoseconds
+                            (self.currentTime - verifyStarted).nanoseconds
                         )
                         self.shared.throttle.recordSuccess(address: self.clientAddress)
                         self.accepted(exchange, user: user)
@@ -519,8 +585,10 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     /// A client for loop detection: its address and user agent (a browser and a script on one
     /// machine are different clients).
-    private func loopKey(_ exchange: ProxyExchange) -> String {
-        "\(self.clientAddress) \(exchange.head.values(named: "user-agent").first ?? "-")"
+    private func loopKey(_ exchange: ProxyExchange) -> ChallengeLoopDetector.Client {
+        let head = exchange.head
+        let agent = head.lines.first { FieldName.equals(head.name($0), "user-agent") }.map { head.value($0) }
+        return ChallengeLoopDetector.Client(address: self.clientAddress, userAgent: agent ?? ByteBuffer().readableBytesView)
     }
 
     private func noteChallengeLoop(_ exchange: ProxyExchange, reason: AuthFailureReason) {
@@ -538,7 +606,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             "challenge loop",
             metadata: [
                 "client": "\(self.clientAddress)",
-                "user_agent": "\(AccessRecord.safe(exchange.head.values(named: "user-agent").first ?? "-"))",
+                "user_agent": "\(AccessRecord.safe(String((exchange.head.values(named: "user-agent").first ?? "-").prefix(200))))",
                 "challenges_in_a_row": "\(loop.count)",
                 "offered": "\(offered.joined(separator: ","))",
                 "client_sent": "\(loop.schemesSent.joined(separator: ","))",
@@ -606,7 +674,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             }
         }
         var metadata: Logger.Metadata = [
-            "client": "\(self.context.channel.remoteAddress?.description ?? "-")",
+            "client": "\(self.clientAddress)",
             "reason": "\(failure.reason.token)",
             "scheme": "\(failure.presentedScheme ?? "-")",
         ]
@@ -718,7 +786,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     // MARK: - Access log and request metrics
 
     /// One access-log line and the request metrics for an exchange that ended (or was cut off).
-    func logExchange(_ exchange: ProxyExchange, now: NIODeadline = .now()) {
+    func logExchange(_ exchange: ProxyExchange, now: NIODeadline? = nil) {
+        let now = now ?? self.currentTime
         guard !exchange.logged else { return }
         exchange.logged = true
         let metrics = self.shared.metrics

@@ -21,6 +21,11 @@ final class ProxyExchange {
     var usedPooledConnection = false
     /// When the origin's response head is due (a 504 after that).
     var responseDeadline: NIODeadline?
+    /// While the request body is being read: when the timer next checks that it still arrives
+    /// (a 408 if nothing came since the last check).
+    var bodyDeadline: NIODeadline?
+    /// Body bytes arrived since the last check: the deadline moves instead of firing.
+    var bodyProgressed = false
     /// Completes when the last response byte was handed to the socket (set when closing after).
     var responseWritten: EventLoopFuture<Void>?
     /// The origin's body is close-delimited and this HTTP/1.1 client gets it chunked.
@@ -29,7 +34,7 @@ final class ProxyExchange {
     // For the access log and metrics. The clock is read three times per forwarded request (here,
     // when it goes upstream, when it ends), not at every step: `started` also serves the gate's
     // cache expiry.
-    let started = NIODeadline.now()
+    let started: NIODeadline
     /// Wall-clock start, for the access log only (a Date per request costs a clock read).
     func startDate(now: NIODeadline) -> Date {
         Date(timeIntervalSinceNow: -Double((now - self.started).nanoseconds) / 1e9)
@@ -55,8 +60,9 @@ final class ProxyExchange {
     var upstreamAddress: String?
     var logged = false
 
-    init(head: RequestHead, quiescing: Bool) {
+    init(head: RequestHead, quiescing: Bool, started: NIODeadline) {
         self.head = head
+        self.started = started
         // HTTP/1.0 clients get one response per connection: framing by close is the only
         // framing every 1.0 client understands.
         self.closeAfter = quiescing || !head.keepAlive
@@ -65,6 +71,10 @@ final class ProxyExchange {
     var isConnect: Bool { self.head.method == .connect }
     var isHead: Bool { self.head.method == .head }
     var isHTTP10: Bool { self.head.minorVersion == 0 }
+
+    /// Body bytes may still be on their way (the framer's `.end` for a request without a body
+    /// follows its head at once, so it never counts as pending).
+    var bodyPending: Bool { !self.requestEnded && self.head.framing != .none && !self.isConnect }
 
     /// Whether the client waits for `100 Continue` before sending its body.
     var expectsContinue: Bool { self.head.expectsContinue }

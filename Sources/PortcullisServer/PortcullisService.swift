@@ -270,6 +270,7 @@ public enum PortcullisService {
                 c.tunnelIdleTimeout = fresh.proxy.tunnelIdleTimeout
                 c.clientIdleTimeout = fresh.proxy.clientIdleTimeout
                 c.requestHeadTimeout = fresh.proxy.requestHeadTimeout
+                c.requestBodyTimeout = fresh.proxy.requestBodyTimeout
                 c.maximumRequestBody = fresh.proxy.maximumRequestBody
             }
             var metadata: Logger.Metadata = ["file": "\(path)"]

@@ -21,6 +21,7 @@ public struct ServeOptions: Equatable, Sendable {
     public var tunnelIdleTimeout: Double?
     public var clientIdleTimeout: Double?
     public var requestHeadTimeout: Double?
+    public var requestBodyTimeout: Double?
     public var lockoutThreshold: Int?
     public var lockoutWindow: Double?
     public var lockoutDuration: Double?
@@ -65,6 +66,7 @@ public struct ServeOptions: Equatable, Sendable {
         out.tunnelIdleTimeout = self.tunnelIdleTimeout ?? other.tunnelIdleTimeout
         out.clientIdleTimeout = self.clientIdleTimeout ?? other.clientIdleTimeout
         out.requestHeadTimeout = self.requestHeadTimeout ?? other.requestHeadTimeout
+        out.requestBodyTimeout = self.requestBodyTimeout ?? other.requestBodyTimeout
         out.lockoutThreshold = self.lockoutThreshold ?? other.lockoutThreshold
         out.lockoutWindow = self.lockoutWindow ?? other.lockoutWindow
         out.lockoutDuration = self.lockoutDuration ?? other.lockoutDuration
@@ -94,7 +96,8 @@ public struct ServeOptions: Equatable, Sendable {
     /// restart (listeners, stores, schemes, and the state-keeping throttle and limits).
     public static let liveKeys: Set<String> = [
         "allow-private-destinations", "connect-ports", "upstream-connect-timeout", "upstream-response-timeout",
-        "tunnel-idle-timeout", "client-idle-timeout", "request-head-timeout", "max-request-body",
+        "tunnel-idle-timeout", "client-idle-timeout", "request-head-timeout", "request-body-timeout",
+        "max-request-body",
     ]
 
     /// The settings (as config keys) whose values differ between `a` and `b`.
@@ -124,7 +127,7 @@ public struct ServeOptions: Equatable, Sendable {
         "listen", "htpasswd", "store", "realm", "auth", "allow-private-destinations", "connect-ports",
         "allow-open-proxy",
         "log-level", "data-dir", "upstream-connect-timeout", "upstream-response-timeout", "tunnel-idle-timeout",
-        "client-idle-timeout", "credential-cache-ttl", "shutdown-grace", "request-head-timeout",
+        "client-idle-timeout", "credential-cache-ttl", "shutdown-grace", "request-head-timeout", "request-body-timeout",
         "lockout-threshold", "lockout-window", "lockout-duration", "allow-clients", "max-connections",
         "max-client-connections", "policy", "max-request-body", "user-max-connections", "user-max-addresses",
         "user-address-window", "user-max-rate", "admin", "allow-remote-admin", "access-log", "access-log-format",
@@ -217,6 +220,7 @@ public struct ServeOptions: Equatable, Sendable {
             case "tunnel-idle-timeout": options.tunnelIdleTimeout = try seconds()
             case "client-idle-timeout": options.clientIdleTimeout = try seconds()
             case "request-head-timeout": options.requestHeadTimeout = try seconds()
+            case "request-body-timeout": options.requestBodyTimeout = try seconds()
             case "lockout-window": options.lockoutWindow = try seconds()
             case "lockout-duration": options.lockoutDuration = try seconds()
             case "allow-clients": options.allowClients = try strings()

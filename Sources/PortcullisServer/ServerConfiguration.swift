@@ -138,6 +138,7 @@ public struct ServerConfiguration: Sendable {
         proxy.tunnelIdleTimeout = try amount(options.tunnelIdleTimeout, .minutes(10), "--tunnel-idle-timeout")
         proxy.clientIdleTimeout = try amount(options.clientIdleTimeout, .seconds(60), "--client-idle-timeout")
         proxy.requestHeadTimeout = try amount(options.requestHeadTimeout, .seconds(30), "--request-head-timeout")
+        proxy.requestBodyTimeout = try amount(options.requestBodyTimeout, .seconds(30), "--request-body-timeout")
         /// A whole-number option: `nil` when not given, an error below `minimum`.
         func number(_ value: Int?, atLeast minimum: Int, _ flag: String) throws -> Int? {
             guard let value else { return nil }

@@ -177,6 +177,15 @@ struct Serve: AsyncParsableCommand {
     @Option(
         name: .long,
         help: ArgumentHelp(
+            "Seconds a request body may stall (no bytes arriving); then 408 and close. (default: 30)",
+            valueName: "seconds"
+        )
+    )
+    var requestBodyTimeout: Double?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
             "Failed logins from one address within --lockout-window that lock it out. (default: 10)",
             valueName: "count"
         )
@@ -337,6 +346,7 @@ struct Serve: AsyncParsableCommand {
         options.tunnelIdleTimeout = self.tunnelIdleTimeout
         options.clientIdleTimeout = self.clientIdleTimeout
         options.requestHeadTimeout = self.requestHeadTimeout
+        options.requestBodyTimeout = self.requestBodyTimeout
         options.lockoutThreshold = self.lockoutThreshold
         options.lockoutWindow = self.lockoutWindow
         options.allowClients = self.allowClients.map {
