@@ -68,6 +68,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
+                // For ConnectionHarness: one connection without sockets (tests and the fuzzer).
+                .product(name: "NIOEmbedded", package: "swift-nio"),
             ] + nio
         ),
         .target(

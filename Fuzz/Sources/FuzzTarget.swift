@@ -3,9 +3,17 @@ import PortcullisProxy
 
 #if FUZZING
     /// libFuzzer's entry point (built by scripts/fuzz.sh with -sanitize=fuzzer -DFUZZING).
+    /// `PORTCULLIS_FUZZ_TARGET=connection` fuzzes a whole client connection; otherwise the parsers.
+    let fuzzConnection = ProcessInfo.processInfo.environment["PORTCULLIS_FUZZ_TARGET"] == "connection"
+
     @_cdecl("LLVMFuzzerTestOneInput")
     public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
-        FuzzEntry.run(UnsafeRawBufferPointer(start: data, count: size))
+        let input = UnsafeRawBufferPointer(start: data, count: size)
+        if fuzzConnection {
+            FuzzEntry.connection(input)
+        } else {
+            FuzzEntry.run(input)
+        }
         return 0
     }
 
@@ -25,8 +33,8 @@ import PortcullisProxy
         return LLVMFuzzerRunDriver(&count, &arguments) { data, size in fuzzOneInput(data, size) }
     }
 #else
-    /// Without the fuzzer: replays files and directories of inputs (the committed corpus) through
-    /// the same entry point, so every seed also runs in the ordinary test suite.
+    /// Without the fuzzer: replays files and directories of inputs (the committed corpora) through
+    /// the same entry points, so every seed also runs in the ordinary test suite.
     @main
     struct Replay {
         static func main() throws {
@@ -41,9 +49,11 @@ import PortcullisProxy
                     isDirectory.boolValue
                     ? try FileManager.default.contentsOfDirectory(atPath: path).sorted().map { "\(path)/\($0)" }
                     : [path]
+                // Seeds of the connection target live in a folder named connection-corpus.
+                let connection = URL(fileURLWithPath: path).lastPathComponent.hasPrefix("connection")
                 for file in files {
                     let data = try Data(contentsOf: URL(fileURLWithPath: file))
-                    data.withUnsafeBytes { FuzzEntry.run($0) }
+                    data.withUnsafeBytes { connection ? FuzzEntry.connection($0) : FuzzEntry.run($0) }
                     count += 1
                 }
             }

@@ -80,4 +80,70 @@ package enum FuzzEntry {
             }
         }
     }
+
+    // MARK: - The connection target
+
+    /// One client connection driven by the input as a script (see ``ConnectionHarness``): bytes
+    /// in arbitrary reads, canned requests to reach deep states fast (pipelining, credentials
+    /// right and wrong, bodies, CONNECT), password checks completing at any point — also after
+    /// the close — time moving on, half-closes and closes. Besides crashes, two invariants:
+    /// nothing is written after a response that said `Connection: close`, and the password
+    /// never appears in what the proxy writes.
+    package static func connection(_ input: UnsafeRawBufferPointer) {
+        guard let harness = try? ConnectionHarness(shared: Self.harnessShared) else { return }
+        var index = 0
+        func next() -> Int? {
+            guard index < input.count else { return nil }
+            defer { index += 1 }
+            return Int(input[index])
+        }
+        while let op = next() {
+            switch op % 8 {
+            case 0, 1, 2:
+                let count = min((next() ?? 0) + 1, input.count - index)
+                try? harness.send(UnsafeRawBufferPointer(rebasing: input[index..<(index + count)]))
+                index += count
+            case 3:
+                harness.completeChecks()
+            case 4:
+                harness.advanceTime(by: .seconds(Int64(next() ?? 1)))
+            case 5:
+                harness.clientHalfCloses()
+            case 6:
+                harness.close()
+            default:
+                try? harness.send(Self.cannedRequests[(next() ?? 0) % Self.cannedRequests.count])
+            }
+        }
+        harness.finish()
+        Self.checkInvariants(harness.outputText)
+    }
+
+    private static let harnessShared = ConnectionHarness.Shared()
+
+    /// Requests the fuzzer would take long to spell: with the script's splits and orders they
+    /// make the states where closing, pipelining and late completions meet.
+    static let cannedRequests: [String] = [
+        "GET http://o.test/a HTTP/1.0\r\n\r\n",
+        "GET http://o.test/b HTTP/1.1\r\nHost: o.test\r\nProxy-Authorization: Basic dTpw\r\n\r\n",
+        "GET http://o.test/c HTTP/1.1\r\nHost: o.test\r\nProxy-Authorization: Basic YWxpY2U6c2VjcmV0\r\n\r\n",
+        "GET http://o.test/d HTTP/1.1\r\nHost: o.test\r\nConnection: close\r\n\r\n",
+        "POST http://o.test/e HTTP/1.1\r\nHost: o.test\r\nContent-Length: 100000000\r\n\r\nxx",
+        "POST http://o.test/f HTTP/1.1\r\nHost: o.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+        "CONNECT o.test:443 HTTP/1.1\r\nHost: o.test:443\r\nProxy-Authorization: Basic YWxpY2U6c2VjcmV0\r\n\r\n",
+        "GET http://o.test/g HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        "POST http://o.test/h HTTP/1.1\r\nHost: o.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        "GET http://o.test/i HTTP/1.1\r\nHost: o.test\r\nProxy-Authorization: Digest username=\"alice\", realm=\"Portcullis\", nonce=\"x\", uri=\"/i\", response=\"00\"\r\n\r\n",
+    ]
+
+    private static func checkInvariants(_ output: String) {
+        precondition(!output.contains("YWxpY2U6c2VjcmV0") && !output.contains("secret"), "a credential was echoed")
+        // Responses after one that announced the close: a request was served on a closing connection.
+        if let close = output.range(of: "Connection: close\r\n") {
+            let rest = output[close.upperBound...]
+            if let headEnd = rest.range(of: "\r\n\r\n") {
+                precondition(!rest[headEnd.upperBound...].contains("HTTP/1.1 "), "a response after Connection: close")
+            }
+        }
+    }
 }

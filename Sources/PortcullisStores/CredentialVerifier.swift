@@ -5,6 +5,34 @@ import NIOCore
 import NIOPosix
 import PortcullisAuth
 
+/// Where a verifier's blocking store calls run: a thread pool on a server; in socket-free tests
+/// and the connection fuzzer, a queue the caller completes when it chooses (which is how a
+/// password check can be made to finish after its connection closed).
+public protocol BlockingWork: Sendable {
+    /// Runs `body` off the event loop; the future completes on `eventLoop`.
+    func run<Value: Sendable>(
+        on eventLoop: any EventLoop,
+        _ body: @escaping @Sendable () throws -> Value
+    ) -> EventLoopFuture<Value>
+    /// Runs `body` off any event loop, for work nobody waits for.
+    func runDetached(_ body: @escaping @Sendable () -> Void)
+}
+
+extension NIOThreadPool: BlockingWork {
+    public func run<Value: Sendable>(
+        on eventLoop: any EventLoop,
+        _ body: @escaping @Sendable () throws -> Value
+    ) -> EventLoopFuture<Value> {
+        self.runIfActive(eventLoop: eventLoop, body)
+    }
+
+    public func runDetached(_ body: @escaping @Sendable () -> Void) {
+        self.submit { state in
+            if case .active = state { body() }
+        }
+    }
+}
+
 /// Verifies Basic credentials against a store on a thread pool and caches successes.
 ///
 /// The cache is keyed by an HMAC of the whole `Proxy-Authorization` value under a per-process
@@ -56,7 +84,7 @@ public final class CredentialVerifier: Sendable {
     }
 
     public let store: any CredentialStore
-    private let threadPool: NIOThreadPool
+    private let work: any BlockingWork
     private let configuration: Configuration
     private let hmacKey = SymmetricKey(size: .bits256)
     private let state = NIOLockedValueBox(State())
@@ -64,7 +92,14 @@ public final class CredentialVerifier: Sendable {
 
     public init(store: any CredentialStore, threadPool: NIOThreadPool, configuration: Configuration = .init()) {
         self.store = store
-        self.threadPool = threadPool
+        self.work = threadPool
+        self.configuration = configuration
+    }
+
+    /// A verifier whose store calls run where `work` puts them.
+    public init(store: any CredentialStore, work: any BlockingWork, configuration: Configuration = .init()) {
+        self.store = store
+        self.work = work
         self.configuration = configuration
     }
 
@@ -106,7 +141,7 @@ public final class CredentialVerifier: Sendable {
 
         let store = self.store
         let generation = store.generation
-        let job = self.threadPool.runIfActive(eventLoop: eventLoop) {
+        let job = self.work.run(on: eventLoop) {
             ThreadPriority.enterBackground()
             return store.verify(user: credentials.user, password: credentials.password)
         }
@@ -162,7 +197,7 @@ public final class CredentialVerifier: Sendable {
     public func digestSecrets(_ key: DigestKey, on eventLoop: any EventLoop) -> EventLoopFuture<DigestLookup> {
         let store = self.store
         let generation = store.generation
-        return self.threadPool.runIfActive(eventLoop: eventLoop) {
+        return self.work.run(on: eventLoop) {
             store.digestSecrets(name: key.name, isUserhash: key.isUserhash, hash: key.hash)
         }
         .recover { _ in .unavailable }
@@ -191,9 +226,7 @@ public final class CredentialVerifier: Sendable {
         }
         guard first else { return }
         let store = self.store
-        self.threadPool.submit { state in
-            if case .active = state { store.noteLogin(user, at: Date()) }
-        }
+        self.work.runDetached { store.noteLogin(user, at: Date()) }
     }
 
     public var cachedCount: Int { self.state.withLockedValue { $0.entries.count } }

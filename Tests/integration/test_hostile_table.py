@@ -196,8 +196,10 @@ def test_the_fuzz_corpus_replays_cleanly():
     from pathlib import Path
     from portcullis_helpers import PORTCULLIS_BIN
     replay = Path(PORTCULLIS_BIN).with_name("portcullis-fuzz")
-    corpus = Path(__file__).resolve().parents[2] / "Fuzz" / "corpus"
+    fuzz = Path(__file__).resolve().parents[2] / "Fuzz"
     assert replay.exists(), f"{replay} missing: `swift build` builds it"
-    out = subprocess.run([str(replay), str(corpus)], capture_output=True, text=True, timeout=120)
+    # The parser seeds, and the connection target's scripts (its folder name selects it).
+    corpora = [fuzz / "corpus", fuzz / "connection-corpus"]
+    out = subprocess.run([str(replay)] + [str(c) for c in corpora], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert f"replayed {len(os.listdir(corpus))} inputs" in out.stdout
+    assert f"replayed {sum(len(os.listdir(c)) for c in corpora)} inputs" in out.stdout
