@@ -308,30 +308,3 @@ public final class AuthThrottle: Sendable {
         text.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
     }
 }
-
-// Transitional: the calls of today's ProxyConnectionHandler, until it moves to begin/succeeded/
-// failed (another branch rewrites it). Not for new code.
-extension AuthThrottle {
-    /// Transitional: ``check(address:now:)`` at the current time.
-    func check(address: String) -> Verdict {
-        self.check(address: address, now: .now())
-    }
-
-    /// Transitional: counts a failure without a slot in flight. No fingerprint reaches here, so
-    /// each failure counts as distinct, as it always did.
-    func recordFailure(address: String, user: String?) -> (delay: TimeAmount, lockedOut: Bool) {
-        let ticket = Ticket(
-            address: self.key(address: address),
-            user: self.key(user: user),
-            credential: self.key(credential: .unrepeatable()),
-            slot: .max,
-            named: user != nil
-        )
-        let now = NIODeadline.now()
-        return self.state.withLockedValue { self.count(ticket, in: &$0, now: now) }
-    }
-
-    /// Transitional: clears nothing. Without the user name the only thing to clear is the whole
-    /// address, which let an attacker wipe its guesses by logging in as itself.
-    func recordSuccess(address: String) {}
-}

@@ -56,6 +56,9 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// The last `Proxy-Authorization` value on this connection and its cache key: keep-alive
     /// clients repeat the same value, and the HMAC behind the key cost ~7 % of a request.
     private var lastAuthorization: (value: [UInt8], key: CredentialVerifier.CacheKey)?
+    /// The cache key of the Basic credential this connection last proved with a check: while
+    /// its address is locked out, this credential alone still passes here.
+    var provenKey: CredentialVerifier.CacheKey?
     /// 407s answered to Digest credentials on this connection since its last success.
     var digestFailuresInARow = 0
     /// H(A2) of this connection's last Digest request (clients repeat requests).
@@ -444,6 +447,10 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             return
         }
         let head = exchange.head
+        let throttle = self.shared.throttle
+        // Asked before the credential cache: a locked address gets 429 whatever it sends, so
+        // the lockout tells no right password from a wrong one (finding 10).
+        let lock = throttle.check(address: self.clientAddress, now: exchange.started)
         var cacheKey: CredentialVerifier.CacheKey?
         // The single Proxy-Authorization value, if there is exactly one.
         let single = head.proxyAuthorization.map { head.value($0) }
@@ -457,27 +464,25 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                 key = verifier.cacheKey(forFieldValue: String(decoding: value, as: UTF8.self))
                 self.lastAuthorization = (Array(value), key)
             }
-            // Still asked every time: the entry may have expired or the users file changed.
-            // A known-good credential passes even from a locked-out address (a real user
-            // behind the same NAT as a guesser); guessing cannot produce one.
-            if let user = verifier.cachedUser(for: key, now: exchange.started) {
+            cacheKey = key
+            // Still asked every time: the entry may have expired or the users file changed. While
+            // the address is locked, only the credential this very connection already proved
+            // passes (it tells the client nothing it did not know).
+            if case .allowed = lock, let user = verifier.cachedUser(for: key, now: exchange.started) {
                 self.shared.metrics.cacheHits.increment()
                 self.accepted(exchange, user: user)
                 return
             }
+            if case .lockedOut = lock, self.provenKey == key,
+                let user = verifier.cachedUser(for: key, now: exchange.started)
+            {
+                self.accepted(exchange, user: user)
+                return
+            }
             self.shared.metrics.cacheMisses.increment()
-            cacheKey = key
         }
-        if case .lockedOut(let remaining) = self.shared.throttle.check(address: self.clientAddress) {
-            self.logger.info(
-                "login refused: address locked out",
-                metadata: ["client": "\(self.clientAddress)", "reason": "\(AuthFailureReason.lockedOut.token)"]
-            )
-            exchange.closeAfter = true
-            exchange.authResult = AuthFailureReason.lockedOut.token
-            self.shared.metrics.authOutcome(scheme: exchange.authScheme ?? "none", reason: exchange.authResult)
-            self.noteChallengeLoop(exchange, reason: .lockedOut)
-            self.sendLocalResponse(.lockedOut(retryAfter: remaining), for: exchange)
+        if case .lockedOut(let remaining) = lock {
+            self.refuseLockedOut(exchange, retryAfter: remaining)
             return
         }
         let decision: GateDecision
@@ -493,23 +498,52 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
         switch decision {
         case .reject(let failure):
-            self.reject(exchange, failure)
+            self.reject(exchange, failure, fingerprint: cacheKey.map(AuthThrottle.Fingerprint.init))
         case .verifyDigest(let authorization):
             guard let authority = self.shared.digest else { return }
             self.verifyDigest(exchange, authorization, verifier: verifier, authority: authority)
         case .verifyBasic(let credentials):
+            guard let key = cacheKey else { return }
+            // A slot for this check, or 429 unchecked: checks in flight count against the
+            // lockout like failures (finding 8).
+            let ticket: AuthThrottle.Ticket
+            switch throttle.begin(
+                address: self.clientAddress,
+                user: credentials.user,
+                credential: AuthThrottle.Fingerprint(key),
+                now: exchange.started
+            ) {
+            case .proceed(let admitted):
+                ticket = admitted
+            case .lockedOut(let remaining):
+                self.refuseLockedOut(exchange, retryAfter: remaining)
+                return
+            case .busy(let retryAfter):
+                self.refuseBusy(exchange, retryAfter: retryAfter)
+                return
+            }
             self.phase = .authenticating
             let verifyStarted = self.currentTime
-            verifier.verify(credentials, key: cacheKey!, on: self.context.eventLoop)
+            verifier.verify(credentials, key: key, on: self.context.eventLoop)
                 .assumeIsolated()
                 .whenSuccess { outcome in
+                    // The throttle learns the outcome even when the connection is gone: a
+                    // slot is given back exactly once, and a wrong guess still counts.
+                    let now = self.currentTime
+                    var failure: (delay: TimeAmount, lockedOut: Bool)?
+                    switch outcome {
+                    case .accepted:
+                        throttle.succeeded(ticket, now: now)
+                    case .rejected(.invalid):
+                        failure = throttle.failed(ticket, now: now)
+                    case .rejected:
+                        throttle.abandoned(ticket)
+                    }
                     guard self.exchange === exchange, case .authenticating = self.phase else { return }
                     switch outcome {
                     case .accepted(let user, _):
-                        self.shared.metrics.verifyDuration.recordNanoseconds(
-                            (self.currentTime - verifyStarted).nanoseconds
-                        )
-                        self.shared.throttle.recordSuccess(address: self.clientAddress)
+                        self.shared.metrics.verifyDuration.recordNanoseconds((now - verifyStarted).nanoseconds)
+                        self.provenKey = key
                         self.accepted(exchange, user: user)
                     case .rejected(.unavailable):
                         self.storeUnavailable(exchange, scheme: "basic")
@@ -523,11 +557,33 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                                 explanation: "unknown user or wrong password",
                                 presentedScheme: "basic"
                             ),
-                            user: credentials.user
+                            user: credentials.user,
+                            counted: failure
                         )
                     }
                 }
         }
+    }
+
+    /// 429 for a locked-out address, whatever it sent; the connection closes.
+    private func refuseLockedOut(_ exchange: ProxyExchange, retryAfter: TimeAmount) {
+        self.logger.info(
+            "login refused: address locked out",
+            metadata: ["client": "\(self.clientAddress)", "reason": "\(AuthFailureReason.lockedOut.token)"]
+        )
+        exchange.closeAfter = true
+        exchange.authResult = AuthFailureReason.lockedOut.token
+        self.shared.metrics.authOutcome(scheme: exchange.authScheme ?? "none", reason: exchange.authResult)
+        self.noteChallengeLoop(exchange, reason: .lockedOut)
+        self.sendLocalResponse(.lockedOut(retryAfter: retryAfter), for: exchange)
+    }
+
+    /// 429 for a check that would take the address past its lockout threshold if every check
+    /// in flight failed: tried again a moment later, it is checked.
+    private func refuseBusy(_ exchange: ProxyExchange, retryAfter: TimeAmount) {
+        exchange.authResult = "too-many-logins-in-flight"
+        self.shared.metrics.authOutcome(scheme: "basic", reason: exchange.authResult)
+        self.sendLocalResponse(.tooManyLoginsInFlight(retryAfter: retryAfter), for: exchange)
     }
 
     /// Not the client's fault: no 407 (it would ask for a password again) but a 503.
@@ -615,10 +671,15 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         )
     }
 
+    /// A 407 for a credential that failed. Failures that count towards the lockout (invalid or
+    /// malformed credentials) are counted here unless the caller already did (`counted`, from
+    /// the ticket of its check); `fingerprint` recognises a repeated credential.
     private func reject(
         _ exchange: ProxyExchange,
         _ failure: AuthFailure,
         user: String? = nil,
+        fingerprint: AuthThrottle.Fingerprint? = nil,
+        counted: (delay: TimeAmount, lockedOut: Bool)? = nil,
         logDetail: Logger.Metadata = [:]
     ) {
         exchange.authScheme = failure.presentedScheme
@@ -629,17 +690,36 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             self.sendReject(logDetail: logDetail, exchange, failure)
             return
         }
-        // The next success on this connection clears the address's failures again.
+        // The next success on this connection is noted again.
         self.digestSuccessNoted = nil
-        let (delay, lockedOut) = self.shared.throttle.recordFailure(address: self.clientAddress, user: user)
+        let throttle = self.shared.throttle
+        var outcome = counted
+        if outcome == nil {
+            switch throttle.begin(
+                address: self.clientAddress,
+                user: user,
+                credential: fingerprint ?? .unrepeatable(),
+                now: exchange.started
+            ) {
+            case .proceed(let ticket):
+                outcome = throttle.failed(ticket, now: exchange.started)
+            case .lockedOut(let remaining):
+                self.refuseLockedOut(exchange, retryAfter: remaining)
+                return
+            case .busy(let retryAfter):
+                self.refuseBusy(exchange, retryAfter: retryAfter)
+                return
+            }
+        }
+        let (delay, lockedOut) = outcome ?? (.zero, false)
         if lockedOut {
             self.shared.metrics.lockouts.increment()
             self.logger.warning(
                 "client address locked out after repeated failed logins",
                 metadata: [
                     "client": "\(self.clientAddress)",
-                    "failures": "\(self.shared.throttle.settings.threshold)",
-                    "lockout": "\(Self.seconds(self.shared.throttle.settings.lockout))",
+                    "failures": "\(throttle.settings.threshold)",
+                    "lockout": "\(Self.seconds(throttle.settings.lockout))",
                 ]
             )
         }
@@ -924,6 +1004,12 @@ extension ProxyConnectionHandler {
         lookup: DigestLookup,
         authority: DigestAuthority
     ) {
+        // Asked again: the address may have been locked while these secrets were looked up,
+        // and answers checked after that must not tell right from wrong.
+        if case .lockedOut(let remaining) = self.shared.throttle.check(address: self.clientAddress, now: exchange.started) {
+            self.refuseLockedOut(exchange, retryAfter: remaining)
+            return
+        }
         let wrong = AuthFailure(
             reason: .invalidCredentials,
             explanation: "unknown user or wrong password",
@@ -1020,7 +1106,16 @@ extension ProxyConnectionHandler {
             // on every request.
             if self.digestSuccessNoted != key {
                 self.digestSuccessNoted = key
-                self.shared.throttle.recordSuccess(address: self.clientAddress)
+                // The user's own failures at this address are forgiven (a mistyped password).
+                let throttle = self.shared.throttle
+                if case .proceed(let ticket) = throttle.begin(
+                    address: self.clientAddress,
+                    user: user,
+                    credential: .unrepeatable(),
+                    now: exchange.started
+                ) {
+                    throttle.succeeded(ticket, now: exchange.started)
+                }
                 self.shared.verifier?.noteDigestLogin(key, user: user)
             }
             self.accepted(exchange, user: user, scheme: "digest")

@@ -39,6 +39,17 @@ struct ProxyResponse {
         )
     }
 
+    static func tooManyLoginsInFlight(retryAfter: TimeAmount) -> ProxyResponse {
+        let seconds = max(1, Int((retryAfter.nanoseconds + 999_999_999) / 1_000_000_000))
+        return ProxyResponse(
+            status: .tooManyRequests,
+            proxyError: nil,
+            details: "too-many-logins-in-flight",
+            message: "too many logins from this address are being checked at once; try again in \(seconds) s.",
+            extraHeaders: [("Retry-After", "\(seconds)")]
+        )
+    }
+
     static func proxyAuthenticationRequired(_ failure: AuthFailure, challenges: [String]) -> ProxyResponse {
         ProxyResponse(
             status: .proxyAuthenticationRequired,

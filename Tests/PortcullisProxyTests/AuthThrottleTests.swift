@@ -343,16 +343,4 @@ import Testing
         self.fail(throttle, self.credential(1), from: "198.51.100.1", user: nil, at: t0 + .seconds(62))
         #expect(throttle.check(address: "203.0.113.66", now: t0 + .seconds(62)) == .lockedOut(remaining: .seconds(58)))
     }
-
-    // MARK: Transitional calls
-
-    @Test func theTransitionalCallsCountEveryFailureAndASuccessClearsNothing() {
-        let throttle = self.throttle(threshold: 3)
-        _ = throttle.recordFailure(address: "10.0.0.1", user: "alice")
-        _ = throttle.recordFailure(address: "10.0.0.1", user: "alice")
-        // Without a user name it cannot clear one user's typos; clearing the address was hole 9.
-        throttle.recordSuccess(address: "10.0.0.1")
-        #expect(throttle.recordFailure(address: "10.0.0.1", user: "alice").lockedOut == true)
-        #expect(throttle.check(address: "10.0.0.1") != .allowed)
-    }
 }

@@ -12,6 +12,11 @@ GOOD = ("Proxy-Authorization", basic())
 BAD = ("Proxy-Authorization", basic(USER, "not-the-password"))
 
 
+def _guess(i):
+    """A distinct wrong password each time: repeats of one wrong credential count once."""
+    return ("Proxy-Authorization", basic(USER, f"guess-{i}"))
+
+
 def _get(proxy, origin, auth, source="127.0.0.1"):
     with proxy.conn(source=source, timeout=15) as c:
         return c.request("GET", f"{origin.base}/text", [auth] if auth else [])
@@ -20,11 +25,11 @@ def _get(proxy, origin, auth, source="127.0.0.1"):
 def test_repeated_failures_lock_the_address_out_but_not_the_user(launcher, origin):
     proxy = launcher.start("--lockout-threshold", "4", "--lockout-duration", "60")
     for i in range(3):
-        r = _get(proxy, origin, BAD, "127.0.0.2")
+        r = _get(proxy, origin, _guess(i), "127.0.0.2")
         assert r.status == 407, r.describe()
         assert_proxy_status(r, details="invalid-credentials")
     # The fourth failure locks 127.0.0.2 out …
-    assert _get(proxy, origin, BAD, "127.0.0.2").status == 407
+    assert _get(proxy, origin, _guess(3), "127.0.0.2").status == 407
     locked = _get(proxy, origin, GOOD, "127.0.0.2")
     assert locked.status == 429, locked.describe()
     assert_proxy_status(locked, details="locked-out")
@@ -37,15 +42,98 @@ def test_repeated_failures_lock_the_address_out_but_not_the_user(launcher, origi
     assert ok.status == 200, ok.describe()
 
 
-def test_a_known_good_credential_passes_a_locked_address(launcher, origin):
-    # A real user behind the same NAT as a guesser: once their credential is verified (and
-    # cached), the lockout of the shared address does not stop them.
+def test_a_locked_address_cannot_tell_a_right_password_from_a_wrong_one(launcher, origin):
+    # Once locked, a cached right password gets the same 429 as a wrong one: otherwise the
+    # lockout is an unthrottled oracle (issue 25, finding 10). A connection that proved the
+    # credential before the lock keeps using it: that tells the client nothing new.
     proxy = launcher.start("--lockout-threshold", "2", "--lockout-duration", "60")
-    assert _get(proxy, origin, GOOD, "127.0.0.4").status == 200
-    for _ in range(2):
-        assert _get(proxy, origin, BAD, "127.0.0.4").status == 407
-    assert _get(proxy, origin, None, "127.0.0.4").status == 429
-    assert _get(proxy, origin, GOOD, "127.0.0.4").status == 200
+    with proxy.conn(source="127.0.0.4") as kept:
+        assert kept.request("GET", f"{origin.base}/text", [GOOD]).status == 200
+        for i in range(2):
+            assert _get(proxy, origin, ("Proxy-Authorization", basic(USER, f"guess-{i}")), "127.0.0.4").status == 407
+        assert _get(proxy, origin, None, "127.0.0.4").status == 429
+        assert _get(proxy, origin, GOOD, "127.0.0.4").status == 429
+        assert _get(proxy, origin, BAD, "127.0.0.4").status == 429
+        assert kept.request("GET", f"{origin.base}/text", [GOOD]).status == 200
+
+
+def test_concurrent_guesses_get_no_more_checks_than_the_threshold(launcher, origin):
+    # Finding 8: 200 connections at once, each another password, all got checked. Checks in
+    # flight now count: at most `threshold` of them are checked, the rest get 429 unchecked.
+    import threading
+    proxy = launcher.start("--lockout-threshold", "10", "--lockout-duration", "60")
+    conns = [proxy.conn(source="127.0.0.21", timeout=30) for _ in range(60)]
+    statuses = []
+    barrier = threading.Barrier(len(conns))
+
+    def guess(i, c):
+        barrier.wait()
+        r = c.request("GET", f"{origin.base}/text", [("Proxy-Authorization", basic(USER, f"wrong-{i}"))])
+        statuses.append(r.status)
+
+    threads = [threading.Thread(target=guess, args=(i, c)) for i, c in enumerate(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for c in conns:
+        c.close()
+    assert len(statuses) == 60
+    assert statuses.count(407) <= 10, statuses
+    assert statuses.count(429) >= 50, statuses
+    # … and the address is now locked: the right password does not get through either.
+    assert _get(proxy, origin, GOOD, "127.0.0.21").status == 429
+
+
+def test_an_own_successful_login_does_not_wipe_the_guesses(launcher, origin):
+    # Finding 9: 9 guesses for alice, a login as the attacker's own account, repeated, never
+    # met a 429. Only the user who logged in is forgiven.
+    proxy = launcher.start("--lockout-threshold", "10", "--lockout-duration", "60")
+    own = ("Proxy-Authorization", basic("colon", "pa:ss:wo:rd"))
+    statuses = []
+    for i in range(12):
+        statuses.append(_get(proxy, origin, ("Proxy-Authorization", basic(USER, f"guess-{i}")), "127.0.0.22").status)
+        statuses.append(_get(proxy, origin, own, "127.0.0.22").status)
+    assert 429 in statuses, statuses
+    assert statuses.index(429) <= 2 * 10, statuses
+
+
+def test_a_repeated_stale_password_locks_nobody_out(launcher, origin):
+    # Finding 11: pip retries one wrong password 5 times a run, Java up to 20 a request. The
+    # same wrong credential counts once: 40 repeats lock nothing, and other users at the
+    # address are untouched.
+    proxy = launcher.start("--lockout-threshold", "10", "--lockout-duration", "60")
+    for _ in range(40):
+        assert _get(proxy, origin, BAD, "127.0.0.23").status == 407
+    assert _get(proxy, origin, GOOD, "127.0.0.23").status == 200
+    assert _get(proxy, origin, ("Proxy-Authorization", basic("colon", "pa:ss:wo:rd")), "127.0.0.23").status == 200
+
+
+def test_spraying_user_names_locks_the_address(launcher, origin):
+    proxy = launcher.start("--lockout-threshold", "10", "--lockout-duration", "60")
+    statuses = [
+        _get(proxy, origin, ("Proxy-Authorization", basic(f"user{i}", "Winter2026!")), "127.0.0.24").status
+        for i in range(12)
+    ]
+    assert statuses[:9] == [407] * 9, statuses
+    assert statuses[-1] == 429, statuses
+
+
+def test_long_unique_user_names_do_not_stay_in_memory(launcher, origin):
+    # Finding 12: 4,000 failures with unique 45 KB names from 800 addresses grew RSS by 211 MB.
+    # The throttle keeps fixed-size hashes of names, never the names.
+    proxy = launcher.start()
+    with open(f"/proc/{proxy.pid}/status") as f:
+        before = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    tail = "n" * 45_000
+    for i in range(2000):
+        source = f"127.0.{2 + i // 250}.{1 + i % 250}"
+        auth = ("Proxy-Authorization", basic(f"{i}{tail}", "x"))
+        assert _get(proxy, origin, auth, source).status == 407
+    with open(f"/proc/{proxy.pid}/status") as f:
+        after = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    # Kept, the names alone would be 90 MB.
+    assert after - before < 30_000, f"RSS grew by {after - before} KiB"
 
 
 def test_failed_logins_are_slowed_down(launcher, origin):
@@ -54,8 +142,8 @@ def test_failed_logins_are_slowed_down(launcher, origin):
     # a lower bound, so a slow machine cannot fail it.
     proxy = launcher.start("--lockout-threshold", "8")
     start = time.monotonic()
-    for _ in range(7):
-        assert _get(proxy, origin, BAD, "127.0.0.5").status == 407
+    for i in range(7):
+        assert _get(proxy, origin, _guess(i), "127.0.0.5").status == 407
     assert time.monotonic() - start >= 0.1 + 0.2 + 0.4 + 0.8
 
 
