@@ -120,7 +120,8 @@ def test_readiness_follows_the_users_store(launcher, users_file, tmp_path):
         except urllib.error.HTTPError as e:
             return e.code
 
-    assert readyz() == 200
+    # The first check runs shortly after start: wait for it rather than race it.
+    wait_until(lambda: readyz() == 200, 10, interval=0.2, what="/readyz ready after start")
     users.rename(tmp_path / "moved-away")
     wait_until(lambda: readyz() == 503, 10, interval=0.2, what="/readyz to say not ready")
     (tmp_path / "moved-away").rename(users)
