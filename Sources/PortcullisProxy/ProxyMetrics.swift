@@ -33,6 +33,8 @@ public final class ProxyMetrics: Sendable {
     let cacheMisses: Counter
     let verifyDuration: Timer
     private let refusals: NIOLockedValueBox<[String: Counter]>
+    /// Lines of the server log (stderr) dropped because it did not keep up (``LogSink``).
+    public let droppedServerLogLines: Counter
     private let reloads: NIOLockedValueBox<[String: Counter]>
 
     public init(factory: any MetricsFactory) {
@@ -91,6 +93,11 @@ public final class ProxyMetrics: Sendable {
         )
         self.verifyDuration = Timer(label: "portcullis_password_verify_seconds", factory: factory)
         self.refusals = NIOLockedValueBox([:])
+        self.droppedServerLogLines = Counter(
+            label: "portcullis_log_lines_dropped_total",
+            dimensions: [("log", "server")],
+            factory: factory
+        )
         self.reloads = NIOLockedValueBox([:])
     }
 
