@@ -90,6 +90,7 @@ public enum PortcullisService {
         if let path = configuration.accessLogPath {
             do {
                 accessLog = try AccessLog(path: path, format: configuration.accessLogFormat)
+                accessLog?.countDrops(in: metrics.droppedAccessLogLines)
             } catch {
                 try? await group.shutdownGracefully()
                 throw ServeError("\(error)")
@@ -231,7 +232,8 @@ public enum PortcullisService {
         logger.info("shutting down", metadata: ["signal": "\(signal)", "grace": "\(configuration.shutdownGrace)"])
         await admin?.close()
         await server.shutdown(grace: configuration.shutdownGrace)
-        accessLog?.flush()
+        // Bounded: an access log nobody reads must not hold up the exit.
+        accessLog?.flush(timeout: .seconds(2))
         try? await group.shutdownGracefully()
     }
 
