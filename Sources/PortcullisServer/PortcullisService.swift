@@ -208,6 +208,8 @@ public enum PortcullisService {
         // Files are checked every 2 s, off the event loops.
         let watch = group.next().scheduleRepeatedAsyncTask(initialDelay: .seconds(2), delay: .seconds(2)) { _ in
             threadPool.runIfActive(eventLoop: group.next()) {
+                // A refusal flood that stopped is summed up now, not at the next refusal.
+                context.refusalLog.logEndedIntervals(now: .now())
                 reloadConfig(false)
                 reloadUsers()
                 reloadPolicy(false)
