@@ -97,11 +97,13 @@ let package = Package(
             name: "portcullis",
             dependencies: [
                 "PortcullisServer",
+                "PortcullisProxy",
                 "PortcullisStores",
                 "PortcullisPostgres",
                 "PortcullisDoctor",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
         // Built for fuzzing by scripts/fuzz.sh (-sanitize=fuzzer -DFUZZING); in a normal build
@@ -122,7 +124,12 @@ let package = Package(
         ),
         .testTarget(
             name: "PortcullisProxyTests",
-            dependencies: ["PortcullisProxy", .product(name: "NIOEmbedded", package: "swift-nio")] + nio
+            dependencies: [
+                "PortcullisProxy",
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ] + nio
         ),
         .testTarget(name: "PortcullisServerTests", dependencies: ["PortcullisServer", "PortcullisProxy"] + nio),
         .testTarget(name: "PortcullisDoctorTests", dependencies: ["PortcullisDoctor", "PortcullisAuth"] + nio),

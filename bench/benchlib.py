@@ -35,7 +35,10 @@ def wait_port(port: int, timeout: float = 20) -> float:
 
 
 def spawn(cmd, **kw) -> subprocess.Popen:
-    p = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+    """Start a child with its stdout and stderr discarded, never a pipe left unread: once its
+    64 KiB were full, a child that logs blocked in the write and the benchmark measured the
+    stall (Portcullis fell to 574 req/s, then timed out)."""
+    p = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
     CHILDREN.append(p)
     return p
 

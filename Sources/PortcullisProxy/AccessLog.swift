@@ -1,5 +1,7 @@
+import CoreMetrics
 import Foundation
-import NIOConcurrencyHelpers
+import Logging
+import NIOCore
 
 /// One line of the access log: a request or a tunnel, when it ended. Holds no credential: the
 /// user name (after authentication) and the scheme's name are all that is kept of one.
@@ -42,6 +44,15 @@ public struct AccessRecord: Sendable {
             String(repeating: " ", count: max(0, 6 - String(self.durationMs).count)) + String(self.durationMs)
         return
             "\(whole).\(String(format: "%03d", millis)) \(duration) \(self.client) \(code)/\(String(format: "%03d", self.status)) \(self.bytesToClient) \(self.method) \(Self.safe(self.target)) \(Self.safe(self.user ?? "-")) \(hierarchy) \(Self.safe(self.contentType ?? "-"))"
+    }
+
+    /// Roughly the memory the record holds while it waits to be written: its strings and a
+    /// fixed part for the rest.
+    var heldBytes: Int {
+        var bytes = 160 + self.client.utf8.count + self.authResult.utf8.count + self.method.utf8.count
+        bytes += self.target.utf8.count + (self.user?.utf8.count ?? 0) + (self.authScheme?.utf8.count ?? 0)
+        bytes += (self.upstream?.utf8.count ?? 0) + (self.contentType?.utf8.count ?? 0)
+        return bytes + (self.proxyStatus?.utf8.count ?? 0)
     }
 
     /// One JSON object per line.
@@ -109,8 +120,14 @@ public struct AccessRecord: Sendable {
     }
 }
 
-/// Writes access-log lines off the event loops (a serial queue owns the file), and reopens the
-/// file on request (logrotate: SIGHUP / SIGUSR1).
+/// Writes access-log lines off the event loops, and reopens the file on request (logrotate:
+/// SIGHUP / SIGUSR1).
+///
+/// Lines go through a ``LogSink``: a destination that stops reading (`-` on a pipe nobody
+/// drains, a stalled disk) holds up neither an event loop nor a thread-pool thread and never
+/// makes the queue grow without bound; lines beyond its capacity are dropped, counted in
+/// ``countDrops(in:)``'s counter, and reported in the server log (not in the access log,
+/// whose lines tools parse).
 public final class AccessLog: Sendable {
     public enum Format: String, Sendable, CaseIterable {
         case squid, json
@@ -118,59 +135,69 @@ public final class AccessLog: Sendable {
 
     public let path: String
     public let format: Format
-    private let queue = DispatchQueue(label: "portcullis.access-log")
-    private let handle: NIOLockedValueBox<FileHandle?>
-    /// Used on ``queue`` only (formatters are not safe to share across threads).
+    private let sink: LogSink
+    /// Used on the sink's writer thread only (formatters are not safe to share across threads).
     private nonisolated(unsafe) let dates = AccessRecord.makeISO8601Formatter()
 
-    /// `path` `-` is standard output.
-    public init(path: String, format: Format) throws {
+    /// `path` `-` is standard output. `capacity`: bytes of records held while the destination
+    /// does not keep up.
+    public init(path: String, format: Format, capacity: Int = LogSink.defaultCapacity) throws {
         self.path = path
         self.format = format
-        self.handle = NIOLockedValueBox(try Self.open(path))
+        let logger = Logger(label: "portcullis")
+        let name = path == "-" ? "stdout" : path
+        self.sink = LogSink(
+            fileDescriptor: try Self.open(path),
+            ownsDescriptor: path != "-",
+            capacity: capacity
+        ) { dropped in
+            logger.warning(
+                "access log lines dropped: the access log's destination did not keep up",
+                metadata: ["dropped_lines": "\(dropped)", "file": "\(name)"]
+            )
+            return nil
+        }
     }
 
-    private static func open(_ path: String) throws -> FileHandle {
-        if path == "-" { return FileHandle.standardOutput }
-        if !FileManager.default.fileExists(atPath: path) {
-            guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o640])
-            else {
-                throw AccessLogError(message: "cannot create access log \(path)")
-            }
+    private static func open(_ path: String) throws -> CInt {
+        if path == "-" { return STDOUT_FILENO }
+        // O_APPEND: lines land at the end even after logrotate's copytruncate.
+        let descriptor = Foundation.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+        guard descriptor >= 0 else {
+            throw AccessLogError(
+                message: "cannot open access log \(path) for writing: \(String(cString: strerror(errno)))"
+            )
         }
-        guard let handle = FileHandle(forWritingAtPath: path) else {
-            throw AccessLogError(message: "cannot open access log \(path) for writing")
-        }
-        handle.seekToEndOfFile()
-        return handle
+        return descriptor
     }
 
-    /// Formats and writes on the log's own queue: the event loop only hands the record over.
+    /// Hands the record over; the sink's writer thread formats and writes it.
     public func write(_ record: AccessRecord) {
-        self.queue.async {
-            let line = (self.format == .squid ? record.squidLine : record.jsonLine(dates: self.dates)) + "\n"
-            self.handle.withLockedValue { $0?.write(Data(line.utf8)) }
+        self.sink.write(estimate: record.heldBytes) {
+            (self.format == .squid ? record.squidLine : record.jsonLine(dates: self.dates)) + "\n"
         }
     }
 
-    /// Closes and opens the path again (after logrotate moved the old file away).
+    /// Opens the path again (after logrotate moved the old file away); lines handed over from
+    /// now on go to the new file, the old one is closed once the writer is done with it.
     public func reopen() throws {
         guard self.path != "-" else { return }
-        let fresh = try Self.open(self.path)
-        self.queue.sync {
-            self.handle.withLockedValue { old in
-                try? old?.close()
-                old = fresh
-            }
-        }
+        self.sink.switchDestination(to: try Self.open(self.path))
     }
 
-    /// Waits until every line written so far is in the file.
-    public func flush() {
-        self.queue.sync {
-            self.handle.withLockedValue { try? $0?.synchronize() }
-        }
+    /// Waits until every line handed over so far is written, or `timeout` passes.
+    @discardableResult
+    public func flush(timeout: TimeAmount = .seconds(2)) -> Bool {
+        self.sink.flush(timeout: timeout)
     }
+
+    /// Lines dropped because the destination did not keep up are counted in `counter`.
+    public func countDrops(in counter: Counter) {
+        self.sink.countDrops(in: counter)
+    }
+
+    /// Lines dropped so far.
+    public var droppedLines: Int { self.sink.droppedLines }
 }
 
 public struct AccessLogError: Error, CustomStringConvertible, Sendable {

@@ -37,6 +37,8 @@ public struct ProxyConfiguration: Sendable {
     public var upstreamIdleTimeout: TimeAmount = .seconds(30)
     /// How much of a rejected request's body is read and discarded to keep the connection.
     public var rejectedBodyDrainLimit: Int = 1 << 20
+    /// How many lines of each kind of refusal are logged per interval (the rest are summed up).
+    public var refusalLog = RefusalLogLimiter.Settings()
 
     public init() {}
 }
@@ -59,6 +61,8 @@ public final class ProxyContext: Sendable {
     public let metrics: ProxyMetrics
     public let accessLog: AccessLog?
     public let loopDetector: ChallengeLoopDetector
+    /// Ask before logging a per-client refusal: `if shared.refusalLog.admit(.policyDenial, now: now) { … }`.
+    public let refusalLog: RefusalLogLimiter
 
     public init(
         configuration: ProxyConfiguration,
@@ -82,6 +86,7 @@ public final class ProxyContext: Sendable {
         self.policyBox = NIOLockedValueBox(configuration.policy)
         self.threadPool = threadPool
         self.logger = logger
+        self.refusalLog = RefusalLogLimiter(settings: configuration.refusalLog, logger: logger)
     }
 
     var authenticationEnabled: Bool { !self.gate.schemes.isEmpty }

@@ -33,6 +33,10 @@ public final class ProxyMetrics: Sendable {
     let cacheMisses: Counter
     let verifyDuration: Timer
     private let refusals: NIOLockedValueBox<[String: Counter]>
+    /// Lines of the server log (stderr) dropped because it did not keep up (``LogSink``).
+    public let droppedServerLogLines: Counter
+    /// Lines of the access log dropped because its destination did not keep up.
+    public let droppedAccessLogLines: Counter
     private let reloads: NIOLockedValueBox<[String: Counter]>
 
     public init(factory: any MetricsFactory) {
@@ -91,6 +95,16 @@ public final class ProxyMetrics: Sendable {
         )
         self.verifyDuration = Timer(label: "portcullis_password_verify_seconds", factory: factory)
         self.refusals = NIOLockedValueBox([:])
+        self.droppedServerLogLines = Counter(
+            label: "portcullis_log_lines_dropped_total",
+            dimensions: [("log", "server")],
+            factory: factory
+        )
+        self.droppedAccessLogLines = Counter(
+            label: "portcullis_log_lines_dropped_total",
+            dimensions: [("log", "access")],
+            factory: factory
+        )
         self.reloads = NIOLockedValueBox([:])
     }
 

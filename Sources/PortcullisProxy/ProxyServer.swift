@@ -57,10 +57,13 @@ public final class ProxyServer: Sendable {
                     let address = channel.remoteAddress?.ipAddress ?? "-"
                     let decision = shared.admission.admit(address)
                     guard decision == .admitted else {
-                        shared.logger.info(
-                            "connection refused",
-                            metadata: ["client": "\(address)", "reason": "\(decision)"]
-                        )
+                        // A client can open connections to be refused as fast as it likes.
+                        if shared.refusalLog.admit(.connectionRefused, now: NIODeadline.now()) {
+                            shared.logger.info(
+                                "connection refused",
+                                metadata: ["client": "\(address)", "reason": "\(decision)"]
+                            )
+                        }
                         try channel.pipeline.syncOperations.addHandler(RefusalHandler(decision))
                         return
                     }

@@ -15,12 +15,25 @@ public enum PortcullisService {
     /// Reads the configuration again (the config file layered under the command line).
     public typealias Reloader = @Sendable () throws -> ServerConfiguration
 
-    public static func run(_ configuration: ServerConfiguration, logger: Logger, reload: Reloader? = nil) async throws {
+    /// `logSink`: where `logger`'s lines queue, if a ``LogSink``; its dropped lines are counted in
+    /// the metrics.
+    public static func run(
+        _ configuration: ServerConfiguration,
+        logger: Logger,
+        logSink: LogSink? = nil,
+        reload: Reloader? = nil
+    ) async throws {
         // Password checks (bcrypt), file reads and DNS lookups run here, never on an event loop.
         let threadPool = NIOThreadPool(numberOfThreads: max(2, System.coreCount))
         threadPool.start()
         do {
-            try await Self.serve(configuration, threadPool: threadPool, logger: logger, reload: reload)
+            try await Self.serve(
+                configuration,
+                threadPool: threadPool,
+                logger: logger,
+                logSink: logSink,
+                reload: reload
+            )
         } catch {
             try? await threadPool.shutdownGracefully()
             throw error
@@ -32,6 +45,7 @@ public enum PortcullisService {
         _ configuration: ServerConfiguration,
         threadPool: NIOThreadPool,
         logger: Logger,
+        logSink: LogSink?,
         reload: Reloader?
     ) async throws {
         let termination = TerminationSignal()
@@ -71,10 +85,12 @@ public enum PortcullisService {
         ]
         factory.defaultDurationHistogramBuckets = bucketsMicroseconds.map { Duration.microseconds($0) }
         let metrics = ProxyMetrics(factory: factory)
+        logSink?.countDrops(in: metrics.droppedServerLogLines)
         var accessLog: AccessLog?
         if let path = configuration.accessLogPath {
             do {
                 accessLog = try AccessLog(path: path, format: configuration.accessLogFormat)
+                accessLog?.countDrops(in: metrics.droppedAccessLogLines)
             } catch {
                 try? await group.shutdownGracefully()
                 throw ServeError("\(error)")
@@ -192,6 +208,8 @@ public enum PortcullisService {
         // Files are checked every 2 s, off the event loops.
         let watch = group.next().scheduleRepeatedAsyncTask(initialDelay: .seconds(2), delay: .seconds(2)) { _ in
             threadPool.runIfActive(eventLoop: group.next()) {
+                // A refusal flood that stopped is summed up now, not at the next refusal.
+                context.refusalLog.logEndedIntervals(now: .now())
                 reloadConfig(false)
                 reloadUsers()
                 reloadPolicy(false)
@@ -216,7 +234,8 @@ public enum PortcullisService {
         logger.info("shutting down", metadata: ["signal": "\(signal)", "grace": "\(configuration.shutdownGrace)"])
         await admin?.close()
         await server.shutdown(grace: configuration.shutdownGrace)
-        accessLog?.flush()
+        // Bounded: an access log nobody reads must not hold up the exit.
+        accessLog?.flush(timeout: .seconds(2))
         try? await group.shutdownGracefully()
     }
 

@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
 import Logging
+import NIOCore
+import PortcullisProxy
 import PortcullisServer
 
 @main
@@ -384,11 +386,20 @@ struct Serve: AsyncParsableCommand {
             throw ValidationError(error.message)
         }
         let level = configuration.logLevel
+        // Lines queue for a thread of their own: a stderr nobody reads (a full pipe, a stalled
+        // log shipper) must not block the event loops that log.
+        let sink = LogSink(
+            fileDescriptor: STDERR_FILENO,
+            dropReport: SinkLogHandler.dropReport(label: "portcullis")
+        )
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
+            var handler = SinkLogHandler(label: label, sink: sink)
             handler.logLevel = level
             return handler
         }
+        // The last lines ("shutting down", a fatal error) are written before the process
+        // exits, unless stderr is stalled: then the wait is bounded.
+        defer { sink.flush(timeout: .seconds(2)) }
         let logger = Logger(label: "portcullis")
         // The config file is read again on SIGHUP and when it changes; flags still win over it.
         var reload: PortcullisService.Reloader?
@@ -399,7 +410,7 @@ struct Serve: AsyncParsableCommand {
             }
         }
         do {
-            try await PortcullisService.run(configuration, logger: logger, reload: reload)
+            try await PortcullisService.run(configuration, logger: logger, logSink: sink, reload: reload)
         } catch let error as ServeError {
             logger.critical("\(error.message)")
             throw ExitCode(1)
