@@ -253,6 +253,12 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
     }
 
+    /// Whether a per-client log line of `kind` may be written now: past a few per interval the
+    /// rest are counted and summarized (``RefusalLogLimiter``).
+    func mayLog(_ kind: RefusalLogLimiter.Kind) -> Bool {
+        self.shared.refusalLog.admit(kind, now: self.currentTime)
+    }
+
     /// The event loop's clock: real time on a server, the test's time on an `EmbeddedEventLoop`.
     var currentTime: NIODeadline { self.context?.eventLoop.now ?? .now() }
 
@@ -567,10 +573,12 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     /// 429 for a locked-out address, whatever it sent; the connection closes.
     private func refuseLockedOut(_ exchange: ProxyExchange, retryAfter: TimeAmount) {
-        self.logger.info(
-            "login refused: address locked out",
-            metadata: ["client": "\(self.clientAddress)", "reason": "\(AuthFailureReason.lockedOut.token)"]
-        )
+        if self.mayLog(.addressLockedOut) {
+            self.logger.info(
+                "login refused: address locked out",
+                metadata: ["client": "\(self.clientAddress)", "reason": "\(AuthFailureReason.lockedOut.token)"]
+            )
+        }
         exchange.closeAfter = true
         exchange.authResult = AuthFailureReason.lockedOut.token
         self.shared.metrics.authOutcome(scheme: exchange.authScheme ?? "none", reason: exchange.authResult)
@@ -591,7 +599,9 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         exchange.authScheme = scheme
         exchange.authResult = RejectionReason.unavailable.rawValue
         self.shared.metrics.authOutcome(scheme: scheme, reason: exchange.authResult)
-        self.logger.error("user store unavailable", metadata: ["client": "\(self.clientAddress)"])
+        if self.mayLog(.storeUnavailable) {
+            self.logger.error("user store unavailable", metadata: ["client": "\(self.clientAddress)"])
+        }
         self.sendLocalResponse(
             ProxyResponse(
                 status: .serviceUnavailable,
@@ -658,6 +668,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             )
         else { return }
         self.shared.metrics.challengeLoops.increment()
+        guard self.mayLog(.challengeLoop) else { return }
         self.logger.warning(
             "challenge loop",
             metadata: [
@@ -714,14 +725,16 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         let (delay, lockedOut) = outcome ?? (.zero, false)
         if lockedOut {
             self.shared.metrics.lockouts.increment()
-            self.logger.warning(
-                "client address locked out after repeated failed logins",
-                metadata: [
-                    "client": "\(self.clientAddress)",
-                    "failures": "\(throttle.settings.threshold)",
-                    "lockout": "\(Self.seconds(throttle.settings.lockout))",
-                ]
-            )
+            if self.mayLog(.lockoutStarted) {
+                self.logger.warning(
+                    "client address locked out after repeated failed logins",
+                    metadata: [
+                        "client": "\(self.clientAddress)",
+                        "failures": "\(throttle.settings.threshold)",
+                        "lockout": "\(Self.seconds(throttle.settings.lockout))",
+                    ]
+                )
+            }
         }
         guard delay > .zero else {
             self.sendReject(logDetail: logDetail, exchange, failure)
@@ -743,28 +756,30 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             self.digestFailuresInARow += 1
             if self.digestFailuresInARow > ProxyConnectionHandler.digestFailuresBeforeClose {
                 exchange.closeAfter = true
-                self.logger.warning(
-                    "closing a connection after repeated failed Digest answers",
-                    metadata: [
-                        "client": "\(self.clientAddress)",
-                        "failures_in_a_row": "\(self.digestFailuresInARow)",
-                        "reason": "\(failure.reason.token)",
-                    ]
-                )
+                if self.mayLog(.digestFailures) {
+                    self.logger.warning(
+                        "closing a connection after repeated failed Digest answers",
+                        metadata: [
+                            "client": "\(self.clientAddress)",
+                            "failures_in_a_row": "\(self.digestFailuresInARow)",
+                            "reason": "\(failure.reason.token)",
+                        ]
+                    )
+                }
             }
         }
-        var metadata: Logger.Metadata = [
-            "client": "\(self.clientAddress)",
-            "reason": "\(failure.reason.token)",
-            "scheme": "\(failure.presentedScheme ?? "-")",
-        ]
-        metadata.merge(logDetail) { $1 }
-        // The first 407 of a normal handshake (no credentials yet) is not worth an info line.
-        self.logger.log(
-            level: failure.reason == .missingCredentials ? .debug : .info,
-            "authentication failed",
-            metadata: metadata
-        )
+        // The first 407 of a normal handshake (no credentials yet) is not worth an info line;
+        // the others are summarized past a few per interval (a flood must not flood the log).
+        let level: Logger.Level = failure.reason == .missingCredentials ? .debug : .info
+        if level == .debug || self.mayLog(.authenticationFailed) {
+            var metadata: Logger.Metadata = [
+                "client": "\(self.clientAddress)",
+                "reason": "\(failure.reason.token)",
+                "scheme": "\(failure.presentedScheme ?? "-")",
+            ]
+            metadata.merge(logDetail) { $1 }
+            self.logger.log(level: level, "authentication failed", metadata: metadata)
+        }
         self.sendLocalResponse(
             .proxyAuthenticationRequired(
                 failure,
@@ -820,10 +835,12 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             return nil
         }
         self.shared.metrics.refused(verdict.details)
-        self.logger.info(
-            "request over a user limit",
-            metadata: ["client": "\(self.clientAddress)", "user": "\(user)", "limit": "\(verdict.details)"]
-        )
+        if self.mayLog(.userLimit) {
+            self.logger.info(
+                "request over a user limit",
+                metadata: ["client": "\(self.clientAddress)", "user": "\(user)", "limit": "\(verdict.details)"]
+            )
+        }
         return ProxyResponse(
             status: .tooManyRequests,
             proxyError: nil,
@@ -850,10 +867,12 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         else { return nil }
         let why = rule.map { "rule \($0)" } ?? "no rule allows this request"
         self.shared.metrics.refused("policy")
-        self.logger.info(
-            "request denied by policy",
-            metadata: ["client": "\(self.clientAddress)", "user": "\(exchange.user ?? "-")", "rule": "\(rule ?? "-")"]
-        )
+        if self.mayLog(.policyDenial) {
+            self.logger.info(
+                "request denied by policy",
+                metadata: ["client": "\(self.clientAddress)", "user": "\(exchange.user ?? "-")", "rule": "\(rule ?? "-")"]
+            )
+        }
         return ProxyResponse(
             status: .forbidden,
             proxyError: "http_request_denied",

@@ -3,7 +3,8 @@
 With stderr a pipe that nobody reads (a benchmark that forgot it, a stalled log shipper), the
 64 KiB pipe fills after a few hundred lines; when lines were written where they were logged,
 every event loop then blocked in the write and the proxy stopped answering. Here the pipe is
-never read while the test floods the proxy with refused logins (one info line each): every
+never read while the test floods the proxy with first-leg 407s (one debug line each; refusals
+logged at info are summarized past a few per interval, so they cannot fill a pipe): every
 request must still be answered promptly, the lines that did not fit must be counted in
 /metrics, and once the pipe is read again one line must say how many were dropped.
 """
@@ -22,8 +23,8 @@ from portcullis_helpers import (
     PORTCULLIS_BIN, RawConn, _StreamCollector, build_request, clean_env, free_port, try_connect, wait_until,
 )
 
-# Refused at once (no password hash to check) and logged at info: "authentication failed".
-MALFORMED = ("Proxy-Authorization", "Basic !!!not-base64")
+# No credentials: refused at once, and logged at debug, one line each ("authentication failed").
+NO_CREDENTIALS: list = []
 TARGET = "http://127.0.0.1:9/"
 
 
@@ -38,7 +39,7 @@ def test_a_stderr_nobody_reads_costs_log_lines_not_requests(users_file, tmp_path
     port, admin = free_port(), free_port()
     read_end, write_end = os.pipe()
     cmd = [PORTCULLIS_BIN, "serve", "--listen", f"127.0.0.1:{port}", "--htpasswd", str(users_file),
-           "--admin", f"127.0.0.1:{admin}", "--log-level", "info", "--lockout-threshold", "1000000"]
+           "--admin", f"127.0.0.1:{admin}", "--log-level", "debug", "--lockout-threshold", "1000000"]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=write_end,
                             env=clean_env(tmp_path))
     os.close(write_end)
@@ -54,13 +55,13 @@ def test_a_stderr_nobody_reads_costs_log_lines_not_requests(users_file, tmp_path
         with RawConn("127.0.0.1", port, timeout=5) as c:
             for _ in range(1000):
                 started = time.monotonic()
-                assert c.request("GET", TARGET, [MALFORMED]).status == 407
+                assert c.request("GET", TARGET, NO_CREDENTIALS).status == 407
                 slowest = max(slowest, time.monotonic() - started)
         assert slowest < 2.0, f"slowest refusal took {slowest:.2f} s"
 
         # Then more, pipelined 100 at a time, until the 1 MiB queue overflows and lines are
         # dropped (bounded: about 7,000 lines are needed).
-        batch = build_request("GET", TARGET, [MALFORMED]) * 100
+        batch = build_request("GET", TARGET, NO_CREDENTIALS) * 100
         deadline = time.monotonic() + 120
         with RawConn("127.0.0.1", port, timeout=5) as c:
             while dropped_lines(admin) == 0:

@@ -302,3 +302,19 @@ def test_a_502_names_what_the_origin_did(proxy, reply, words):
             assert_proxy_status(r, error="http_protocol_error")
     finally:
         o.close()
+
+
+# -- Finding 16: refusals are summarized, not logged one line each --------------------------------
+
+def test_a_flood_of_refusals_writes_a_summary_not_a_line_each(launcher, origin):
+    proxy = launcher.start("--lockout-threshold", "2", "--lockout-duration", "300")
+    for i in range(2):
+        with proxy.conn(source="127.0.0.31") as c:
+            c.request("GET", f"{origin.base}/text", [("Proxy-Authorization", basic("alice", f"guess-{i}"))])
+    for _ in range(1000):
+        with proxy.conn(source="127.0.0.31") as c:
+            assert c.request("GET", f"{origin.base}/text", [AUTH]).status == 429
+    proxy.stderr.wait_for(r"login refused: address locked out: \d+ similar lines suppressed", 20)
+    lines = proxy.stderr.text().count("login refused: address locked out")
+    # 1,000 refusals: at most the per-interval budget (10 per 10 s) plus the summaries.
+    assert lines < 60, lines
