@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOEmbedded
+import NIOPosix
 import PortcullisAuth
 import PortcullisStores
 
@@ -82,7 +83,9 @@ package final class ConnectionHarness {
                 configuration: configuration,
                 verifier: verifier,
                 digest: DigestAuthority(settings: .init(realm: "Portcullis"), key: Array(repeating: 7, count: 32)),
-                threadPool: .singleton,
+                // Never started: the deny-all rule stops every request before a name is resolved.
+                // (The process-wide singleton pool reads as a leak to LeakSanitizer.)
+                threadPool: NIOThreadPool(numberOfThreads: 1),
                 logger: Logger(label: "harness", factory: { _ in SwiftLogNoOpLogHandler() })
             )
             self.work = work
