@@ -84,11 +84,12 @@ package enum FuzzEntry {
     // MARK: - The connection target
 
     /// One client connection driven by the input as a script (see ``ConnectionHarness``): bytes
-    /// in arbitrary reads, canned requests to reach deep states fast (pipelining, credentials
-    /// right and wrong, bodies, CONNECT), password checks completing at any point — also after
-    /// the close — time moving on, half-closes and closes. Besides crashes, two invariants:
-    /// nothing is written after a response that said `Connection: close`, and the password
-    /// never appears in what the proxy writes.
+    /// and canned requests (to reach deep states fast: pipelining, credentials right and wrong,
+    /// bodies, CONNECT) gather into one read until the script delivers it; password checks
+    /// complete at any point — also after the close —, time moves on, the client half-closes
+    /// or the connection closes. Besides crashes, two invariants: nothing is written after a
+    /// response that said `Connection: close`, and the password never appears in what the
+    /// proxy writes.
     package static func connection(_ input: UnsafeRawBufferPointer) {
         guard let harness = try? ConnectionHarness(shared: Self.harnessShared) else { return }
         var index = 0
@@ -97,24 +98,39 @@ package enum FuzzEntry {
             defer { index += 1 }
             return Int(input[index])
         }
+        // What the client has sent since the last read was delivered: one read, however many
+        // requests (a pipelining client, or a slow network joining them).
+        var read: [UInt8] = []
+        func deliver() {
+            guard !read.isEmpty else { return }
+            try? harness.send(read)
+            read.removeAll(keepingCapacity: true)
+        }
         while let op = next() {
             switch op % 8 {
-            case 0, 1, 2:
+            case 0, 1:
                 let count = min((next() ?? 0) + 1, input.count - index)
-                try? harness.send(UnsafeRawBufferPointer(rebasing: input[index..<(index + count)]))
+                read.append(contentsOf: UnsafeRawBufferPointer(rebasing: input[index..<(index + count)]))
                 index += count
+            case 2:
+                deliver()
             case 3:
+                deliver()
                 harness.completeChecks()
             case 4:
+                deliver()
                 harness.advanceTime(by: .seconds(Int64(next() ?? 1)))
             case 5:
+                deliver()
                 harness.clientHalfCloses()
             case 6:
+                deliver()
                 harness.close()
             default:
-                try? harness.send(Self.cannedRequests[(next() ?? 0) % Self.cannedRequests.count])
+                read.append(contentsOf: Self.cannedRequests[(next() ?? 0) % Self.cannedRequests.count].utf8)
             }
         }
+        deliver()
         harness.finish()
         Self.checkInvariants(harness.outputText)
     }
