@@ -512,20 +512,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             guard let key = cacheKey else { return }
             // A slot for this check, or 429 unchecked: checks in flight count against the
             // lockout like failures (finding 8).
-            let ticket: AuthThrottle.Ticket
-            switch throttle.begin(
-                address: self.clientAddress,
-                user: credentials.user,
-                credential: AuthThrottle.Fingerprint(key),
-                now: exchange.started
-            ) {
-            case .proceed(let admitted):
-                ticket = admitted
-            case .lockedOut(let remaining):
-                self.refuseLockedOut(exchange, retryAfter: remaining)
-                return
-            case .busy(let retryAfter):
-                self.refuseBusy(exchange, retryAfter: retryAfter)
+            guard let ticket = self.beginCheck(exchange, user: credentials.user, credential: .init(key)) else {
                 return
             }
             self.phase = .authenticating
@@ -568,6 +555,30 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                         )
                     }
                 }
+        }
+    }
+
+    /// A throttle slot for checking a credential, or `nil` after answering the 429 that stands
+    /// in for the check (address locked out, or too many checks of it in flight).
+    private func beginCheck(
+        _ exchange: ProxyExchange,
+        user: String?,
+        credential: AuthThrottle.Fingerprint
+    ) -> AuthThrottle.Ticket? {
+        switch self.shared.throttle.begin(
+            address: self.clientAddress,
+            user: user,
+            credential: credential,
+            now: exchange.started
+        ) {
+        case .proceed(let ticket):
+            return ticket
+        case .lockedOut(let remaining):
+            self.refuseLockedOut(exchange, retryAfter: remaining)
+            return nil
+        case .busy(let retryAfter):
+            self.refuseBusy(exchange, retryAfter: retryAfter)
+            return nil
         }
     }
 
@@ -706,21 +717,10 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         let throttle = self.shared.throttle
         var outcome = counted
         if outcome == nil {
-            switch throttle.begin(
-                address: self.clientAddress,
-                user: user,
-                credential: fingerprint ?? .unrepeatable(),
-                now: exchange.started
-            ) {
-            case .proceed(let ticket):
-                outcome = throttle.failed(ticket, now: exchange.started)
-            case .lockedOut(let remaining):
-                self.refuseLockedOut(exchange, retryAfter: remaining)
-                return
-            case .busy(let retryAfter):
-                self.refuseBusy(exchange, retryAfter: retryAfter)
+            guard let ticket = self.beginCheck(exchange, user: user, credential: fingerprint ?? .unrepeatable()) else {
                 return
             }
+            outcome = throttle.failed(ticket, now: exchange.started)
         }
         let (delay, lockedOut) = outcome ?? (.zero, false)
         if lockedOut {

@@ -482,12 +482,20 @@ class ProxyProcess:
     def conn(self, timeout: float = DEFAULT_TIMEOUT, source: str | None = None) -> RawConn:
         return RawConn(self.host, self.port, timeout, source)
 
-    def vm_hwm_kib(self) -> int:
+    def _status_kib(self, field: str) -> int:
         with open(f"/proc/{self.pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
-        raise AssertionError("no VmHWM in /proc/PID/status")
+        raise AssertionError(f"no {field} in /proc/PID/status")
+
+    def vm_hwm_kib(self) -> int:
+        """Peak resident memory."""
+        return self._status_kib("VmHWM")
+
+    def vm_rss_kib(self) -> int:
+        """Resident memory now."""
+        return self._status_kib("VmRSS")
 
     def running(self) -> bool:
         return self.proc.poll() is None

@@ -123,15 +123,13 @@ def test_long_unique_user_names_do_not_stay_in_memory(launcher, origin):
     # Finding 12: 4,000 failures with unique 45 KB names from 800 addresses grew RSS by 211 MB.
     # The throttle keeps fixed-size hashes of names, never the names.
     proxy = launcher.start()
-    with open(f"/proc/{proxy.pid}/status") as f:
-        before = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    before = proxy.vm_rss_kib()
     tail = "n" * 45_000
     for i in range(2000):
         source = f"127.0.{2 + i // 250}.{1 + i % 250}"
         auth = ("Proxy-Authorization", basic(f"{i}{tail}", "x"))
         assert _get(proxy, origin, auth, source).status == 407
-    with open(f"/proc/{proxy.pid}/status") as f:
-        after = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    after = proxy.vm_rss_kib()
     # Kept, the names alone would be 90 MB.
     assert after - before < 30_000, f"RSS grew by {after - before} KiB"
 

@@ -6,13 +6,12 @@ name what the origin did. Each test failed on the code before its fix."""
 from __future__ import annotations
 
 import re
-import socket
-import threading
 import time
 
 import pytest
 
-from portcullis_helpers import RawConn, assert_proxy_status, basic, wait_until
+from portcullis_helpers import assert_proxy_status, basic, wait_until
+from test_hostile_origins import ScriptedOrigin
 
 AUTH = ("Proxy-Authorization", basic())
 
@@ -26,37 +25,13 @@ def _alive_and_serving(proxy, origin):
         assert r.status == 200, r.describe()
 
 
-def _rss_kib(proxy) -> int:
-    with open(f"/proc/{proxy.pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-class RecordingOrigin:
-    """Keeps every byte each connection sent; answers 200 with an empty body once it has seen
-    `requests` request heads and, for chunked bodies, the end of the trailer section."""
+class RecordingOrigin(ScriptedOrigin):
+    """Keeps every byte each connection sent; answers 200 with an empty body to each request
+    once its body (a 4-byte one, or a chunked one with its trailer section) has arrived."""
 
     def __init__(self):
         self.received: list[bytes] = []
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.base = f"http://127.0.0.1:{self.port}"
-        self._stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (socket.timeout, OSError):
-                continue
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+        super().__init__([])
 
     def _handle(self, conn):
         conn.settimeout(5)
@@ -86,10 +61,6 @@ class RecordingOrigin:
             pass
         finally:
             conn.close()
-
-    def close(self):
-        self._stop.set()
-        self.sock.close()
 
 
 @pytest.fixture
@@ -209,14 +180,14 @@ def test_an_origin_timeout_during_an_unfinished_body_does_not_hold_the_connectio
 
 def test_unique_user_agents_do_not_grow_memory(launcher, origin):
     proxy = launcher.start()
-    before = _rss_kib(proxy)
+    before = proxy.vm_rss_kib()
     agent_tail = "a" * 60_000
     with proxy.conn(timeout=30) as c:
         for i in range(4000):
             c.send(f"GET {origin.base}/text HTTP/1.1\r\nHost: x\r\nUser-Agent: {i}{agent_tail}\r\n\r\n".encode())
             r = c.read_response()
             assert r.status == 407
-    grown = _rss_kib(proxy) - before
+    grown = proxy.vm_rss_kib() - before
     # 4,000 × 60 KB kept would be 240 MB; the table keeps fixed-size keys.
     assert grown < 40_000, f"RSS grew by {grown} KiB"
 
@@ -290,8 +261,6 @@ def test_a_bare_token_credential_is_never_echoed_or_logged(launcher, origin, tmp
     ids=["conflicting-length", "101", "obs-fold", "nul", "long-head"],
 )
 def test_a_502_names_what_the_origin_did(proxy, reply, words):
-    from test_hostile_origins import ScriptedOrigin
-
     o = ScriptedOrigin([reply])
     try:
         with proxy.conn() as c:
