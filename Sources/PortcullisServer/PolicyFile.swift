@@ -1,4 +1,5 @@
 import Foundation
+import PortcullisAuth
 import PortcullisProxy
 import PortcullisStores
 import Yams
@@ -113,7 +114,9 @@ public enum PolicyFile {
         if let hosts = try strings("hosts") {
             rule.hosts = try hosts.map { text in
                 guard let pattern = AccessPolicy.HostPattern(text) else {
-                    throw fail("host pattern '\(text)' is not *, *.domain, a host name, an IP address or a CIDR block")
+                    throw fail(
+                        "host pattern '\(text)' is not *, *.domain, a host name (ASCII; punycode for others), an IP address or a CIDR block"
+                    )
                 }
                 return pattern
             }
@@ -129,7 +132,12 @@ public enum PolicyFile {
             )
         }
         if let methods = try strings("methods") {
-            rule.methods = Set(methods.map { $0.uppercased() })
+            // A method is a token (RFC 9110 §9.1): `GET, POST` in one string would be a rule
+            // about no method at all.
+            for method in methods where method.isEmpty || !method.utf8.allSatisfy(HTTPGrammar.isTokenByte) {
+                throw fail("method '\(method)' is not a method name (one per list item)")
+            }
+            rule.methods = Set(methods)
         }
         return rule
     }
