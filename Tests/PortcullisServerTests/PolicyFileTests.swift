@@ -47,8 +47,26 @@ import Testing
         }
     }
 
-    @Test func anEmptyFileAllowsEverything() throws {
-        #expect(try PolicyFile.parse("") == AccessPolicy.allowAll)
+    /// A save that is not atomic passes through an empty or cut-short file; taking it for "no
+    /// rules" would allow everything until the next poll. Only `rules: []` means no rules.
+    @Test(arguments: [
+        ("", "is empty"),
+        ("   \n\t\n", "is empty"),
+        ("# rules are coming\n", "is empty"),
+        ("groups:\n  ops: [carol]\n", "has no 'rules'"),
+        ("rules:\n", "'rules' must be a list"),
+        ("rules:\n  - name: r\n    action: deny\n    hosts: [a, b", "not valid YAML"),
+    ])
+    func anEmptyOrCutShortFileIsAnError(text: String, phrase: String) {
+        #expect {
+            _ = try PolicyFile.parse(text)
+        } throws: { error in
+            "\(error)".contains(phrase)
+        }
+    }
+
+    @Test func anExplicitEmptyRuleListAllowsEverything() throws {
+        #expect(try PolicyFile.parse("rules: []\n") == AccessPolicy.allowAll)
     }
 
     @Test func patternsAndMethodsMeanWhatTheResolverAndOriginsWouldRead() throws {

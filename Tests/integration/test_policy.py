@@ -77,7 +77,7 @@ def test_policy_reloads_on_change_and_on_sighup_and_a_bad_file_keeps_the_old_rul
     write_policy(policy, "rules:\n  - name: alice-only\n    action: allow\n    users: [alice]\n")
     proxy = launcher.start("--policy", policy)
     assert status(proxy, origin, OTHER).status == 403
-    # A change on disk is picked up within the 2 s poll.
+    # A change on disk is picked up once two 2 s polls saw the same file (a save has settled).
     write_policy(policy, "rules:\n  - name: everyone\n    action: allow\n")
     wait_until(lambda: status(proxy, origin, OTHER).status == 200, 10, what="the new policy in force")
     # A broken file: reported, and the previous rules stay in force.
@@ -215,3 +215,29 @@ def test_method_rules_hold_for_every_spelling_of_the_method(launcher, origin, tm
         assert r.status == 403, f"{method}: {r.describe()}"
         assert_proxy_status(r, details="policy: rule no-post")
     assert origin.requests == []
+
+
+def test_an_empty_or_cut_short_policy_file_keeps_the_previous_rules(launcher, origin, tmp_path):
+    """A save that is not atomic truncates the file first: that must not mean 'no rules'."""
+    policy = tmp_path / "policy.yaml"
+    write_policy(policy, "rules:\n  - name: alice-only\n    action: allow\n    users: [alice]\n")
+    proxy = launcher.start("--policy", policy)
+    assert status(proxy, origin, OTHER).status == 403
+    policy.write_text("")  # truncated in place, as a non-atomic save does first
+    proxy.stderr.wait_for(r"^(?=.*policy reload failed)(?=.*is empty)", 10)
+    assert status(proxy, origin, OTHER).status == 403
+    assert status(proxy, origin, ALICE).status == 200
+    policy.write_text("groups:\n  readers: [alice]\n")  # cut before 'rules'
+    proxy.stderr.wait_for(r"^(?=.*policy reload failed)(?=.*has no 'rules')", 10)
+    assert status(proxy, origin, OTHER).status == 403
+    # Clearing the rules takes an explicit empty list.
+    policy.write_text("rules: []\n")
+    wait_until(lambda: status(proxy, origin, OTHER).status == 200, 10, what="the empty rule list in force")
+
+
+def test_an_empty_policy_file_stops_start_up(launcher, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("\n")
+    p = launcher.start("--policy", policy, ready=False)
+    assert p.proc.wait(timeout=20) != 0
+    assert "is empty" in p.stderr.text() + p.stdout.text()
