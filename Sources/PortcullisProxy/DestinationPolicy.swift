@@ -78,22 +78,35 @@ public enum ResolutionError: Error, Equatable, Sendable {
     case nameNotResolved(String)
     /// Every address the name resolves to is internal and internal destinations are denied.
     case destinationDenied
+    /// The access rules allow none of the addresses the name resolves to (`rule`: the rule
+    /// that refused the first one, `nil` when no rule matched it).
+    case policyDenied(rule: String?)
 }
 
 /// A `Resolver` for NIO's Happy Eyeballs connector that runs getaddrinfo on a thread pool (it
-/// blocks) and drops addresses the ``DestinationPolicy`` denies.
+/// blocks) and drops addresses the ``DestinationGuard`` refuses, so only allowed addresses are
+/// ever connected to.
 final class PolicyResolver: Resolver, @unchecked Sendable {
     // One resolver serves one connection attempt on one event loop; the lookup is shared by the
     // A and AAAA queries, which NIO issues from that loop.
     private let eventLoop: any EventLoop
     private let threadPool: NIOThreadPool
-    private let policy: DestinationPolicy
+    private let destinationGuard: DestinationGuard
+    private let onPolicyDenial: @Sendable (_ rule: String?, _ addresses: [SocketAddress]) -> Void
     private var lookup: EventLoopFuture<[SocketAddress]>?
 
-    init(eventLoop: any EventLoop, threadPool: NIOThreadPool, policy: DestinationPolicy) {
+    /// - Parameter onPolicyDenial: told when the access rules refuse every address (to log and
+    ///   count it like the other policy denials); runs on the thread pool.
+    init(
+        eventLoop: any EventLoop,
+        threadPool: NIOThreadPool,
+        guard destinationGuard: DestinationGuard,
+        onPolicyDenial: @escaping @Sendable (_ rule: String?, _ addresses: [SocketAddress]) -> Void = { _, _ in }
+    ) {
         self.eventLoop = eventLoop
         self.threadPool = threadPool
-        self.policy = policy
+        self.destinationGuard = destinationGuard
+        self.onPolicyDenial = onPolicyDenial
     }
 
     func initiateAQuery(host: String, port: Int) -> EventLoopFuture<[SocketAddress]> {
@@ -108,12 +121,16 @@ final class PolicyResolver: Resolver, @unchecked Sendable {
 
     private func addresses(host: String, port: Int) -> EventLoopFuture<[SocketAddress]> {
         if let lookup { return lookup }
-        let policy = self.policy
+        let destinationGuard = self.destinationGuard
+        let onPolicyDenial = self.onPolicyDenial
         let future = self.threadPool.runIfActive(eventLoop: self.eventLoop) { () throws -> [SocketAddress] in
             let all = try Self.getaddrinfo(host: host, port: port)
-            let allowed = all.filter { policy.allows($0) }
-            if allowed.isEmpty { throw ResolutionError.destinationDenied }
-            return allowed
+            do {
+                return try destinationGuard.admit(all, host: host, port: port)
+            } catch ResolutionError.policyDenied(let rule) {
+                onPolicyDenial(rule, all)
+                throw ResolutionError.policyDenied(rule: rule)
+            }
         }
         self.lookup = future
         return future

@@ -20,6 +20,13 @@ public struct IPNetwork: Sendable, Hashable, CustomStringConvertible {
         self.bytes = Self.masked(address, length)
     }
 
+    /// One address (4 or 16 bytes) as a network of its own.
+    init?(address bytes: [UInt8]) {
+        guard bytes.count == 4 || bytes.count == 16 else { return nil }
+        self.bytes = bytes
+        self.prefixLength = bytes.count * 8
+    }
+
     public var description: String {
         let address: String
         if self.bytes.count == 4 {
@@ -35,24 +42,39 @@ public struct IPNetwork: Sendable, Hashable, CustomStringConvertible {
 
     /// Whether `address` (an IP literal, IPv4-mapped IPv6 included) is in this network.
     public func contains(_ address: String) -> Bool {
-        guard var candidate = Self.bytes(of: address) else { return false }
+        guard let candidate = Self.bytes(of: address) else { return false }
+        return self.contains(bytes: candidate)
+    }
+
+    /// Whether the address with these 4 or 16 bytes is in this network; an IPv4-mapped IPv6
+    /// address (`::ffff:a.b.c.d`, which a dual-stack socket connects to a.b.c.d) and its IPv4
+    /// address are one address.
+    func contains(bytes: [UInt8]) -> Bool {
+        var candidate = bytes
         if candidate.count == 16, self.bytes.count == 4, candidate[0..<10].allSatisfy({ $0 == 0 }),
             candidate[10] == 0xFF, candidate[11] == 0xFF
         {
             candidate = Array(candidate[12..<16])
+        } else if candidate.count == 4, self.bytes.count == 16 {
+            candidate = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF] + candidate
         }
         guard candidate.count == self.bytes.count else { return false }
         return Self.masked(candidate, self.prefixLength) == self.bytes
     }
 
     public func contains(_ address: SocketAddress) -> Bool {
-        guard let ip = address.ipAddress else { return false }
-        return self.contains(ip)
+        guard let bytes = Self.bytes(of: address) else { return false }
+        return self.contains(bytes: bytes)
     }
 
     static func bytes(of text: String) -> [UInt8]? {
         let trimmed = text.trimmingCharacters(in: "[]")
         guard let address = try? SocketAddress(ipAddress: trimmed, port: 0) else { return nil }
+        return Self.bytes(of: address)
+    }
+
+    /// The 4 or 16 address bytes of an IP socket address.
+    static func bytes(of address: SocketAddress) -> [UInt8]? {
         switch address {
         case .v4(let v4):
             return withUnsafeBytes(of: v4.address.sin_addr.s_addr) { Array($0) }

@@ -16,7 +16,7 @@ extension ProxyConnectionHandler {
         let key = UpstreamPool.Key(host: authority.host, port: authority.port)
         exchange.upstreamKey = key
         let now = self.currentTime
-        if let upstream = self.pool.acquire(key, now: now) {
+        if let upstream = self.pool.acquire(key, now: now, where: { self.mayReuse($0, for: exchange) }) {
             exchange.usedPooledConnection = true
             self.send(exchange, over: upstream, now: now)
         } else {
@@ -27,7 +27,7 @@ extension ProxyConnectionHandler {
     private func connectUpstream(_ exchange: ProxyExchange, to authority: OriginAuthority) {
         self.phase = .connecting
         let upstream = UpstreamHandler()
-        self.makeBootstrap()
+        self.makeBootstrap(for: exchange)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
@@ -71,19 +71,13 @@ extension ProxyConnectionHandler {
         self.sendLocalResponse(response, for: exchange)
     }
 
-    func makeBootstrap() -> ClientBootstrap {
+    func makeBootstrap(for exchange: ProxyExchange) -> ClientBootstrap {
         let configuration = self.configuration
         return ClientBootstrap(group: self.context.eventLoop)
             .connectTimeout(configuration.upstreamConnectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.allowRemoteHalfClosure, value: true)
-            .resolver(
-                PolicyResolver(
-                    eventLoop: self.context.eventLoop,
-                    threadPool: self.shared.threadPool,
-                    policy: configuration.destinationPolicy
-                )
-            )
+            .resolver(self.policyResolver(for: exchange))
     }
 
     private func send(_ exchange: ProxyExchange, over upstream: UpstreamHandler, now: NIODeadline? = nil) {

@@ -6,7 +6,7 @@ extension ProxyConnectionHandler {
     func openTunnel(_ exchange: ProxyExchange, to authority: OriginAuthority) {
         self.phase = .tunnelConnecting
         let (clientGlue, upstreamGlue) = TunnelGlueHandler.matchedPair()
-        self.makeBootstrap()
+        self.makeBootstrap(for: exchange)
             .channelOption(.recvAllocator, value: Self.tunnelReceiveAllocator)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {

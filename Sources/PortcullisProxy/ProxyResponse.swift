@@ -119,6 +119,16 @@ extension ProxyResponse {
                     message:
                         "\(target.host) resolves only to loopback/private/link-local addresses, which this proxy does not reach (see --allow-private-destinations)."
                 )
+            case .policyDenied(let rule):
+                // The same details as a denial decided on the target alone; the address is
+                // logged, not told: the client asked for a name, not for the internal network.
+                let why = rule.map { "rule \($0)" } ?? "no rule allows this request"
+                return ProxyResponse(
+                    status: .forbidden,
+                    proxyError: "destination_ip_prohibited",
+                    details: "policy: \(why)",
+                    message: "\(target.host) resolves only to addresses the access rules do not allow here (\(why))."
+                )
             case .nameNotResolved(let why):
                 return ProxyResponse(
                     status: .badGateway,

@@ -92,7 +92,8 @@ public enum RequestTarget: Equatable, Sendable {
 
 /// Host and port of an origin, validated.
 public struct OriginAuthority: Hashable, Sendable {
-    /// Host name or IP literal, without brackets, lower-cased.
+    /// Host name (lower-cased, a trailing dot kept: it makes the name absolute for the resolver)
+    /// or IP literal in its canonical spelling (``CanonicalHost``), without brackets.
     public var host: String
     public var port: Int
     /// The authority as the client wrote it (for `Host`), e.g. `example.com:8080` or `[::1]:80`.
@@ -156,10 +157,24 @@ public struct OriginAuthority: Hashable, Sendable {
         }
         // Host bytes are ASCII (checked above): lower-casing is per byte.
         let host = UnsafeBufferPointer(rebasing: text[hostRange])
-        if host.contains(where: { $0 >= 65 && $0 <= 90 }) {
-            self.host = String(decoding: host.lazy.map { ($0 >= 65 && $0 <= 90) ? $0 | 0x20 : $0 }, as: UTF8.self)
+        // IP literals get their one canonical spelling here, so the access rules, the upstream
+        // pool and the logs all see the address getaddrinfo will connect to (`127.1` and
+        // `0x7f000001` are 127.0.0.1); a name ending in a number that is no address is refused.
+        if text[0] == UInt8(ascii: "[") {
+            guard let address = CanonicalHost.ipv6(Array(host)), let canonical = CanonicalHost.ipv6Text(address)
+            else { return nil }
+            self.host = canonical
         } else {
-            self.host = String(decoding: host, as: UTF8.self)
+            switch CanonicalHost.classify(host) {
+            case .invalid:
+                return nil
+            case .ipv4(let address):
+                self.host = CanonicalHost.dottedQuad(address)
+            case .name where host.contains(where: { $0 >= 65 && $0 <= 90 }):
+                self.host = String(decoding: host.lazy.map { ($0 >= 65 && $0 <= 90) ? $0 | 0x20 : $0 }, as: UTF8.self)
+            case .name:
+                self.host = String(decoding: host, as: UTF8.self)
+            }
         }
         self.port = port
         self.hostHeader = String(decoding: text, as: UTF8.self)

@@ -24,16 +24,29 @@ final class UpstreamPool {
         }
     }
 
-    /// The most recently used idle connection to `key`, if any is still fresh.
-    func acquire(_ key: Key, now: NIODeadline) -> UpstreamHandler? {
+    /// The most recently used idle connection to `key` that is still fresh and that `admits`
+    /// accepts for this request; connections it refuses stay idle for other requests.
+    func acquire(
+        _ key: Key,
+        now: NIODeadline,
+        where admits: (UpstreamHandler) -> Bool = { _ in true }
+    ) -> UpstreamHandler? {
         let deadline = now - self.idleTimeout
+        var refused: [UpstreamHandler] = []
+        // Put back in their order (they were the most recent ones).
+        defer { if !refused.isEmpty { self.idle[key, default: []].append(contentsOf: refused.reversed()) } }
         // Mutated in place (`default:` subscript): a copy of the list would cost an allocation
         // on every request. An empty list stays until the sweeper drops it.
         while let handler = self.idle[key, default: []].popLast() {
-            if handler.isUsable, handler.idleSince > deadline {
-                return handler
+            guard handler.isUsable, handler.idleSince > deadline else {
+                handler.close()
+                continue
             }
-            handler.close()
+            guard admits(handler) else {
+                refused.append(handler)
+                continue
+            }
+            return handler
         }
         return nil
     }
@@ -122,6 +135,8 @@ final class UpstreamHandler: ChannelDuplexHandler {
 
     /// The origin's IP address for the access log, made once per connection rather than per request.
     private(set) lazy var remoteIPAddress: String? = self.context?.channel.remoteAddress?.ipAddress
+    /// The origin's address, for the access rules' check of a pooled connection.
+    private(set) lazy var remoteAddress: SocketAddress? = self.context?.channel.remoteAddress
 
     var isUsable: Bool { self.isActive && self.isReusable && self.context?.channel.isActive == true }
     var isWritable: Bool { self.context?.channel.isWritable ?? false }

@@ -1,4 +1,5 @@
 import Foundation
+import PortcullisAuth
 import PortcullisProxy
 import PortcullisStores
 import Yams
@@ -18,7 +19,9 @@ import Yams
 ///     ports: [80, 443]
 ///     methods: [GET, HEAD, POST, CONNECT]
 /// ```
-/// Unknown keys are errors, as in the config file: a typo must not widen access.
+/// Unknown keys are errors, as in the config file: a typo must not widen access. So is a file
+/// without `rules` — empty, blank, or cut short by a save in progress: no rules would allow
+/// everything. Only an explicit `rules: []` means "no rules".
 public enum PolicyFile {
     public static func load(path: String) throws -> AccessPolicy {
         let text: String
@@ -31,14 +34,19 @@ public enum PolicyFile {
     }
 
     public static func parse(_ text: String, path: String = "policy") throws -> AccessPolicy {
+        let empty = ServeError(
+            "policy file \(path) is empty (or only comments); write 'rules: []' for no rules, which allows everything"
+        )
+        // Checked before YAML: a tab where a token could start is a YAML error, not "empty".
+        if text.allSatisfy(\.isWhitespace) { throw empty }
         let node: Node?
         do {
             node = try Yams.compose(yaml: text)
         } catch {
             throw ServeError("policy file \(path) is not valid YAML: \(error)")
         }
-        guard let root = node?.mapping else {
-            if node == nil { return .allowAll }
+        guard let node else { throw empty }
+        guard let root = node.mapping else {
             throw ServeError("policy file \(path): expected a mapping with 'groups' and 'rules'")
         }
         var policy = AccessPolicy()
@@ -67,6 +75,11 @@ public enum PolicyFile {
             default:
                 throw ServeError("policy file \(path): unknown key '\(key)' (known: groups, rules)")
             }
+        }
+        guard root.keys.contains(where: { $0.string == "rules" }) else {
+            throw ServeError(
+                "policy file \(path) has no 'rules' (cut short?); write 'rules: []' for no rules, which allows everything"
+            )
         }
         for rule in policy.rules {
             for group in rule.groups ?? [] where policy.groups[group] == nil {
@@ -113,7 +126,9 @@ public enum PolicyFile {
         if let hosts = try strings("hosts") {
             rule.hosts = try hosts.map { text in
                 guard let pattern = AccessPolicy.HostPattern(text) else {
-                    throw fail("host pattern '\(text)' is not *, *.domain, a host name, an IP address or a CIDR block")
+                    throw fail(
+                        "host pattern '\(text)' is not *, *.domain, a host name (ASCII; punycode for others), an IP address or a CIDR block"
+                    )
                 }
                 return pattern
             }
@@ -129,7 +144,12 @@ public enum PolicyFile {
             )
         }
         if let methods = try strings("methods") {
-            rule.methods = Set(methods.map { $0.uppercased() })
+            // A method is a token (RFC 9110 §9.1): `GET, POST` in one string would be a rule
+            // about no method at all.
+            for method in methods where method.isEmpty || !method.utf8.allSatisfy(HTTPGrammar.isTokenByte) {
+                throw fail("method '\(method)' is not a method name (one per list item)")
+            }
+            rule.methods = Set(methods)
         }
         return rule
     }
@@ -139,23 +159,60 @@ public enum PolicyFile {
 /// that does not parse is reported and the previous rules stay.
 final class PolicyReloader: @unchecked Sendable {
     let path: String
-    private var identity: FileIdentity?
+    private var settling: SettledFileChange<FileIdentity>
     private let lock = NSLock()
 
     init(path: String) {
         self.path = path
-        self.identity = FileIdentity(path: path)
+        self.settling = SettledFileChange(current: FileIdentity(path: path))
     }
 
-    /// The new rules if the file changed (or `force`), `nil` if not; throws for a bad file.
+    /// The new rules if the file changed and settled (or `force`), `nil` if not; throws for a
+    /// bad file.
     func reload(force: Bool) throws -> AccessPolicy? {
-        let current = FileIdentity(path: self.path)
-        let changed = self.lock.withLock { () -> Bool in
-            if !force && current == self.identity { return false }
-            self.identity = current
+        let before = FileIdentity(path: self.path)
+        guard self.lock.withLock({ self.settling.poll(before, force: force) }) else { return nil }
+        let policy = try PolicyFile.load(path: self.path)
+        // Written to while it was read: the text may be half old, half new. The next polls see
+        // the new version and read it once it settles.
+        guard FileIdentity(path: self.path) == before else {
+            throw ServeError("policy file \(self.path) changed while it was read; it is read again once it settles")
+        }
+        return policy
+    }
+}
+
+/// When a changed file is read: once it looked the same at two polls in a row. A save that is
+/// not atomic (truncate, then write in pieces) passes through states that may parse — a rule
+/// cut after `action: allow` allows everything — and one poll can land in one of them.
+struct SettledFileChange<Identity: Equatable> {
+    /// The version last read.
+    private(set) var current: Identity?
+    /// A version different from `current` seen at the last poll (`.some(nil)`: the file was gone).
+    private var seen: Identity??
+
+    init(current: Identity?) {
+        self.current = current
+    }
+
+    /// Whether to read the file now, given its identity at this poll; `force` (SIGHUP) reads it
+    /// at once.
+    mutating func poll(_ identity: Identity?, force: Bool) -> Bool {
+        if force {
+            self.current = identity
+            self.seen = nil
             return true
         }
-        guard changed else { return nil }
-        return try PolicyFile.load(path: self.path)
+        if identity == self.current {
+            self.seen = nil
+            return false
+        }
+        if case .some(let seen) = self.seen, seen == identity {
+            self.current = identity
+            self.seen = nil
+            return true
+        }
+        self.seen = .some(identity)
+        return false
     }
 }

@@ -64,6 +64,36 @@ import Testing
         #expect(RequestTarget.parse("*", isConnect: false) == .success(.asterisk))
     }
 
+    /// The resolver reads all these as 127.0.0.1; the proxy's rules, pool and logs must too.
+    @Test(arguments: ["127.1", "2130706433", "0x7f000001", "0177.0.0.1", "017700000001", "0x7f.1", "127.0.0.1."])
+    func ipv4LiteralsInAnySpellingBecomeTheDottedQuad(spelling: String) throws {
+        let (authority, _) = try absolute("http://\(spelling):8080/")
+        #expect(authority.host == "127.0.0.1")
+        #expect(authority.hostHeader == "\(spelling):8080")
+        guard case .success(.authority(let tunnel)) = RequestTarget.parse("\(spelling):443", isConnect: true) else {
+            Issue.record("CONNECT \(spelling):443 not parsed")
+            return
+        }
+        #expect(tunnel.host == "127.0.0.1")
+    }
+
+    @Test func ipv6LiteralsTakeTheirCompressedForm() throws {
+        #expect(try absolute("http://[0:0:0:0:0:0:0:1]/").0.host == "::1")
+        #expect(try absolute("http://[::FFFF:127.0.0.1]/").0.host == "::ffff:127.0.0.1")
+    }
+
+    /// A name keeps its trailing dot (it tells the resolver not to try search domains); the
+    /// access rules compare names without it.
+    @Test func namesKeepTheirTrailingDot() throws {
+        #expect(try absolute("http://Denied.Example./").0.host == "denied.example.")
+    }
+
+    @Test(arguments: ["1.2.3.4.5", "08.1", "256.0.0.1", "host.123", "a..b", ".a", "a..", ".", "[127.0.0.1]", "[::g]"])
+    func ambiguousOrMalformedHostsAreRefused(host: String) {
+        #expect(RequestTarget.parse("\(host):443", isConnect: true) == .failure(.invalidHost))
+        #expect(RequestTarget.parse("http://\(host)/", isConnect: false) == .failure(.invalidPort))
+    }
+
     @Test func connectNeedsHostAndPort() throws {
         guard case .success(.authority(let a)) = RequestTarget.parse("example.com:443", isConnect: true) else {
             Issue.record("not parsed")

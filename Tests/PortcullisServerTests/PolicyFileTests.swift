@@ -47,7 +47,63 @@ import Testing
         }
     }
 
-    @Test func anEmptyFileAllowsEverything() throws {
-        #expect(try PolicyFile.parse("") == AccessPolicy.allowAll)
+    /// A save that is not atomic passes through an empty or cut-short file; taking it for "no
+    /// rules" would allow everything until the next poll. Only `rules: []` means no rules.
+    @Test(arguments: [
+        ("", "is empty"),
+        ("   \n\t\n", "is empty"),
+        ("# rules are coming\n", "is empty"),
+        ("groups:\n  ops: [carol]\n", "has no 'rules'"),
+        ("rules:\n", "'rules' must be a list"),
+        ("rules:\n  - name: r\n    action: deny\n    hosts: [a, b", "not valid YAML"),
+    ])
+    func anEmptyOrCutShortFileIsAnError(text: String, phrase: String) {
+        #expect {
+            _ = try PolicyFile.parse(text)
+        } throws: { error in
+            "\(error)".contains(phrase)
+        }
+    }
+
+    @Test func anExplicitEmptyRuleListAllowsEverything() throws {
+        #expect(try PolicyFile.parse("rules: []\n") == AccessPolicy.allowAll)
+    }
+
+    @Test func patternsAndMethodsMeanWhatTheResolverAndOriginsWouldRead() throws {
+        let policy = try PolicyFile.parse(
+            """
+            rules:
+              - name: no-denied
+                action: deny
+                hosts: ["Denied.Example.", "0x7f.1"]
+              - name: no-post
+                action: deny
+                methods: [post]
+              - name: everyone
+                action: allow
+            """
+        )
+        #expect(policy.decide(user: "u", host: "denied.example", port: 80, method: "GET") == .denied(rule: "no-denied"))
+        #expect(
+            policy.decide(user: "u", host: "denied.example.", port: 80, method: "GET") == .denied(rule: "no-denied")
+        )
+        #expect(policy.decide(user: "u", host: "127.0.0.1", port: 80, method: "GET") == .denied(rule: "no-denied"))
+        #expect(policy.decide(user: "u", host: "ok.example", port: 80, method: "POST") == .denied(rule: "no-post"))
+        #expect(policy.decide(user: "u", host: "ok.example", port: 80, method: "Post") == .denied(rule: "no-post"))
+        #expect(policy.rules[1].methods == ["POST"])
+    }
+
+    @Test(arguments: [
+        ("rules:\n  - action: deny\n    methods: ['GET, POST']\n", "method 'GET, POST'"),
+        ("rules:\n  - action: deny\n    methods: ['']\n", "method ''"),
+        ("rules:\n  - action: deny\n    hosts: ['1.2.3.4.5']\n", "host pattern '1.2.3.4.5'"),
+        ("rules:\n  - action: deny\n    hosts: ['bücher.example']\n", "punycode"),
+    ])
+    func rulesThatCouldNeverMatchAreErrors(text: String, phrase: String) {
+        #expect {
+            _ = try PolicyFile.parse(text)
+        } throws: { error in
+            "\(error)".contains(phrase)
+        }
     }
 }
