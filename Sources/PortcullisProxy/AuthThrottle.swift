@@ -279,8 +279,18 @@ public final class AuthThrottle: Sendable {
 
     // MARK: Keys
 
+    /// An IPv6 client is counted by its /64: a host is given a whole /64 and could otherwise
+    /// take a fresh count for every guess. An IPv4-mapped address counts as its IPv4 address.
     private func key(address: String) -> UInt64 {
-        self.key(tag: 0) { hasher in Self.combine(address, into: &hasher) }
+        if address.utf8.contains(UInt8(ascii: ":")), let bytes = IPNetwork.bytes(of: address), bytes.count == 16 {
+            let mapped = bytes[0..<10].allSatisfy { $0 == 0 } && bytes[10] == 0xFF && bytes[11] == 0xFF
+            if mapped {
+                let v4 = bytes[12..<16].map(String.init).joined(separator: ".")
+                return self.key(tag: 0) { hasher in Self.combine(v4, into: &hasher) }
+            }
+            return self.key(tag: 4) { hasher in bytes[0..<8].withUnsafeBytes { hasher.combine(bytes: $0) } }
+        }
+        return self.key(tag: 0) { hasher in Self.combine(address, into: &hasher) }
     }
 
     /// Kept apart from every name by the tag, so "no name" is not the empty name.

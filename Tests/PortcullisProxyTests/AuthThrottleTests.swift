@@ -343,4 +343,17 @@ import Testing
         self.fail(throttle, self.credential(1), from: "198.51.100.1", user: nil, at: t0 + .seconds(62))
         #expect(throttle.check(address: "203.0.113.66", now: t0 + .seconds(62)) == .lockedOut(remaining: .seconds(58)))
     }
+
+    /// An IPv6 host holds a whole /64: guesses from any address in it share one count, and an
+    /// IPv4-mapped address shares its IPv4 address's count.
+    @Test func ipv6ClientsAreCountedByTheirSlash64() {
+        let throttle = self.throttle(threshold: 4)
+        for n in 0..<4 {
+            self.fail(throttle, self.credential(n), from: "2001:db8:1:2::\(n + 1)", at: t0)
+        }
+        #expect(throttle.check(address: "2001:db8:1:2:ffff::9", now: t0) != .allowed)
+        #expect(throttle.check(address: "2001:db8:1:3::1", now: t0) == .allowed)
+        for n in 0..<4 { self.fail(throttle, self.credential(n), from: "::ffff:192.0.2.9", at: t0) }
+        #expect(throttle.check(address: "192.0.2.9", now: t0) != .allowed)
+    }
 }
