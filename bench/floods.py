@@ -1,7 +1,9 @@
 """The security review's floods against one binary (issue 25), all on loopback, bounded:
 RSS before and after 25,000 requests with unique 60 KB User-Agents (the challenge-loop table),
 RSS before and after 4,000 failed logins with unique 45 KB user names from 800 addresses (the
-throttle), and the answers to 200 simultaneous distinct wrong passwords from one address.
+throttle), the answers to 200 simultaneous distinct wrong passwords from one address, and —
+with wrk and nginx installed — throughput while stderr is a pipe nobody reads (5 s of a wrong
+password, then 5 s of the right one).
 
     python3 bench/floods.py BINARY USERS.htpasswd     # a user alice (any password)
 
@@ -53,3 +55,29 @@ ts = [threading.Thread(target=go, args=(i, c)) for i, c in enumerate(conns)]
 from collections import Counter
 print(f"finding 8: 200 simultaneous guesses from one address : {dict(Counter(res))}")
 p.kill()
+
+# Finding 18: logging must never block an event loop.
+import shutil
+if shutil.which("wrk") and (shutil.which("nginx") or os.path.exists("/usr/sbin/nginx")):
+    import tempfile
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import benchlib as b
+    work = Path(tempfile.mkdtemp()); os.chmod(work, 0o755)
+    origin = b.start_origin(b.find("nginx", "nginx-light"), work)
+    bench_users = work / "users"
+    subprocess.run(["htpasswd", "-bcB", "-C", "5", bench_users, "bench", "benchpass"], check=True, capture_output=True)
+    port = free_port()
+    read_end, write_end = os.pipe()   # stderr: a pipe nobody reads
+    p = subprocess.Popen([bin_, "serve", "--listen", f"127.0.0.1:{port}", "--htpasswd", bench_users,
+                          "--allow-private-destinations", "--log-level", "info", "--lockout-threshold", "1000000000"],
+                         stdout=subprocess.DEVNULL, stderr=write_end)
+    b.wait_port(port)
+    lua = Path(__file__).resolve().parent / "proxy.lua"
+    env = {"BENCH_ORIGIN_URL": f"http://127.0.0.1:{origin}/1k", "BENCH_ORIGIN_HOST": f"127.0.0.1:{origin}"}
+    bad = b.wrk(port, 5, 50, lua, {**env, "BENCH_PROXY_AUTH": "Basic " + base64.b64encode(b"bench:wrong").decode()})
+    good = b.wrk(port, 5, 50, lua, {**env, "BENCH_PROXY_AUTH": "Basic " + base64.b64encode(b"bench:benchpass").decode()})
+    print(f"finding 18: stderr unread: wrong password {bad['rps']:.0f} req/s ({bad['requests']} answered), "
+          f"then right password {good['rps']:.0f} req/s ({good['requests'] - good['non2xx']} OK)")
+    p.kill()
+    b.stop_all()
