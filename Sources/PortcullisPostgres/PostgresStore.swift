@@ -60,7 +60,7 @@ public final class PostgresStore: UserAdministration {
         realm: String = "Portcullis",
         timeout: TimeAmount = .seconds(5),
         logger: Logger? = nil,
-        now: @escaping @Sendable () -> Date = Date.init
+        now: @escaping @Sendable () -> Date = { Date() }
     ) throws {
         self.url = url
         self.realm = realm

@@ -24,7 +24,7 @@ public final class SQLiteStore: UserAdministration {
     /// costs. Made on first need, so `users` commands and start-up do not pay a bcrypt for it.
     private let decoyBox = NIOLockedValueBox<PasswordHash?>(nil)
 
-    public init(path: String, realm: String = "Portcullis", now: @escaping @Sendable () -> Date = Date.init) throws {
+    public init(path: String, realm: String = "Portcullis", now: @escaping @Sendable () -> Date = { Date() }) throws {
         self.path = path
         self.realm = realm
         self.now = now

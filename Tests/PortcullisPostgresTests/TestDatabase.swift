@@ -50,7 +50,7 @@ enum TestDatabase {
     }
 
     private static func admin(_ url: PostgresURL, _ statement: String) throws {
-        try self.run(url) { connection in
+        _ = try self.run(url) { connection in
             try await connection.query(PostgresQuery(unsafeSQL: statement), logger: PostgresStore.quiet)
         }
     }
