@@ -19,7 +19,9 @@ public final class ChallengeLoopDetector: Sendable {
             var hasher = Hasher()
             hasher.combine(address)
             hasher.combine(0xFF as UInt8)  // no address/agent split can collide with another
-            let hashed: Void? = userAgent.withContiguousStorageIfAvailable { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+            let hashed: Void? = userAgent.withContiguousStorageIfAvailable {
+                hasher.combine(bytes: UnsafeRawBufferPointer($0))
+            }
             if hashed == nil { Array(userAgent).withUnsafeBytes { hasher.combine(bytes: $0) } }
             self.hash = hasher.finalize()
         }

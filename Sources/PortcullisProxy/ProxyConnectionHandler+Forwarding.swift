@@ -213,7 +213,11 @@ extension ProxyConnectionHandler {
             for line in head.lines {
                 let name = line.name(in: raw)
                 if FieldName.equals(name, "connection") {
-                    MessageSyntax.connectionOptions(line.value(in: raw), close: &originCloses, options: &connectionOptions)
+                    MessageSyntax.connectionOptions(
+                        line.value(in: raw),
+                        close: &originCloses,
+                        options: &connectionOptions
+                    )
                 } else if FieldName.equals(name, "content-length") {
                     lengthFields += 1
                     if line.value(in: raw).contains(UInt8(ascii: ",")) { lengthIsList = true }

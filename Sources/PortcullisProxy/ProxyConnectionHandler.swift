@@ -665,7 +665,10 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     private func loopKey(_ exchange: ProxyExchange) -> ChallengeLoopDetector.Client {
         let head = exchange.head
         let agent = head.lines.first { FieldName.equals(head.name($0), "user-agent") }.map { head.value($0) }
-        return ChallengeLoopDetector.Client(address: self.clientAddress, userAgent: agent ?? ByteBuffer().readableBytesView)
+        return ChallengeLoopDetector.Client(
+            address: self.clientAddress,
+            userAgent: agent ?? ByteBuffer().readableBytesView
+        )
     }
 
     private func noteChallengeLoop(_ exchange: ProxyExchange, reason: AuthFailureReason) {
@@ -684,7 +687,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             "challenge loop",
             metadata: [
                 "client": "\(self.clientAddress)",
-                "user_agent": "\(AccessRecord.safe(String((exchange.head.values(named: "user-agent").first ?? "-").prefix(200))))",
+                "user_agent":
+                    "\(AccessRecord.safe(String((exchange.head.values(named: "user-agent").first ?? "-").prefix(200))))",
                 "challenges_in_a_row": "\(loop.count)",
                 "offered": "\(offered.joined(separator: ","))",
                 "client_sent": "\(loop.schemesSent.joined(separator: ","))",
@@ -870,7 +874,9 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         if self.mayLog(.policyDenial) {
             self.logger.info(
                 "request denied by policy",
-                metadata: ["client": "\(self.clientAddress)", "user": "\(exchange.user ?? "-")", "rule": "\(rule ?? "-")"]
+                metadata: [
+                    "client": "\(self.clientAddress)", "user": "\(exchange.user ?? "-")", "rule": "\(rule ?? "-")",
+                ]
             )
         }
         return ProxyResponse(
@@ -1025,7 +1031,10 @@ extension ProxyConnectionHandler {
     ) {
         // Asked again: the address may have been locked while these secrets were looked up,
         // and answers checked after that must not tell right from wrong.
-        if case .lockedOut(let remaining) = self.shared.throttle.check(address: self.clientAddress, now: exchange.started) {
+        if case .lockedOut(let remaining) = self.shared.throttle.check(
+            address: self.clientAddress,
+            now: exchange.started
+        ) {
             self.refuseLockedOut(exchange, retryAfter: remaining)
             return
         }

@@ -36,13 +36,22 @@ struct ChallengeLoopDetectorTests {
         let curl = self.client("10.0.0.1", "curl/8")
         for i in 0..<4 {
             _ = detector.challenged(
-                client: curl, reason: .invalidCredentials, schemeSent: "basic", offered: ["Basic"],
-                now: self.start + .seconds(Int64(i)))
+                client: curl,
+                reason: .invalidCredentials,
+                schemeSent: "basic",
+                offered: ["Basic"],
+                now: self.start + .seconds(Int64(i))
+            )
         }
         detector.succeeded(client: curl)
         #expect(detector.trackedClients == 0)
         let loop = detector.challenged(
-            client: curl, reason: .invalidCredentials, schemeSent: "basic", offered: ["Basic"], now: self.start)
+            client: curl,
+            reason: .invalidCredentials,
+            schemeSent: "basic",
+            offered: ["Basic"],
+            now: self.start
+        )
         #expect(loop == nil)
     }
 
