@@ -103,7 +103,9 @@ package final class ConnectionHarness {
         self.shared = shared
         self.loop = EmbeddedEventLoop()
         self.channel = EmbeddedChannel(loop: self.loop)
-        try self.channel.connect(to: SocketAddress(ipAddress: clientAddress, port: 40_000)).wait()
+        // Completes at once on an EmbeddedChannel: the connection is active from here on.
+        self.channel.connect(to: try SocketAddress(ipAddress: clientAddress, port: 40_000), promise: nil)
+        self.loop.run()
         let pool = UpstreamPool(eventLoop: self.loop, maximumIdlePerOrigin: 1, idleTimeout: .seconds(30))
         self.pool = pool
         let handler = ProxyConnectionHandler(shared: shared.context, pool: pool, logger: shared.context.logger)
