@@ -185,7 +185,8 @@ public enum CanonicalHost: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// The alphabet OriginAuthority accepts in a host name.
+    /// The alphabet of a host name in a request target: letters, digits, `-`, `.`, `_` (seen in
+    /// real DNS names), nothing that could smuggle a second authority or a header.
     static func isNameByte(_ c: UInt8) -> Bool {
         switch c {
         case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),

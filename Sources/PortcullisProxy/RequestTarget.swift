@@ -137,7 +137,8 @@ public struct OriginAuthority: Hashable, Sendable {
             } else {
                 hostRange = 0..<count
             }
-            guard !hostRange.isEmpty, hostRange.count <= 253, hostRange.allSatisfy({ Self.isRegNameByte(text[$0]) })
+            guard !hostRange.isEmpty, hostRange.count <= 253,
+                hostRange.allSatisfy({ CanonicalHost.isNameByte(text[$0]) })
             else { return nil }
         }
         let port: Int
@@ -178,17 +179,5 @@ public struct OriginAuthority: Hashable, Sendable {
         }
         self.port = port
         self.hostHeader = String(decoding: text, as: UTF8.self)
-    }
-
-    /// Host names: letters, digits, `-`, `.`, `_` (seen in real DNS names), nothing that could
-    /// smuggle a second authority or a header.
-    private static func isRegNameByte(_ c: UInt8) -> Bool {
-        switch c {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
-            UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"):
-            return true
-        default:
-            return false
-        }
     }
 }
