@@ -476,6 +476,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             // passes (it tells the client nothing it did not know).
             if case .allowed = lock, let user = verifier.cachedUser(for: key, now: exchange.started) {
                 self.shared.metrics.cacheHits.increment()
+                self.provenKey = key
                 self.accepted(exchange, user: user)
                 return
             }

@@ -171,4 +171,33 @@ import Testing
             }
         }
     }
+
+    /// Finding 10: a locked address gets 429 for the right password too — except on a
+    /// connection that proved that very credential before the lock (by a check, or from the
+    /// cache), which learns nothing new from it.
+    @Test func aLockedAddressGets429ForTheRightPasswordExceptWhereItWasProved() throws {
+        let shared = ConnectionHarness.Shared(lockoutThreshold: 2)
+        let request = "GET http://o.test/a HTTP/1.1\r\nHost: o.test\r\n"
+        let checked = try ConnectionHarness(shared: shared)
+        try checked.send(request + Self.good + "\r\n")
+        checked.completeChecks()
+        let cached = try ConnectionHarness(shared: shared)
+        try cached.send(request + Self.good + "\r\n")
+        #expect(checked.statuses == [403] && cached.statuses == [403])  // authenticated, then deny-all
+        let guesser = try ConnectionHarness(shared: shared)
+        for guess in ["Basic YWxpY2U6MQ==", "Basic YWxpY2U6Mg=="] {  // alice:1, alice:2
+            try guesser.send(request + "Proxy-Authorization: \(guess)\r\n\r\n")
+            guesser.completeChecks()
+            guesser.advanceTime(by: .seconds(6))  // the backoff holds failed answers back
+        }
+        #expect(guesser.statuses == [407, 407])
+        let newcomer = try ConnectionHarness(shared: shared)
+        try newcomer.send(request + Self.good + "\r\n")
+        #expect(newcomer.statuses == [429])
+        for proved in [checked, cached] {
+            try proved.send(request + Self.good + "\r\n")
+            #expect(proved.statuses == [403, 403])
+        }
+        for h in [checked, cached, guesser, newcomer] { h.finish() }
+    }
 }
