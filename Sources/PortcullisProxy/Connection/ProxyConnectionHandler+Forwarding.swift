@@ -27,16 +27,15 @@ extension ProxyConnectionHandler {
     private func connectUpstream(_ exchange: ProxyExchange, to authority: OriginAuthority) {
         self.phase = .connecting
         let upstream = UpstreamHandler()
-        self.makeBootstrap(for: exchange)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let sync = channel.pipeline.syncOperations
-                    // Requests are serialized by HeaderRewriter, responses framed by our own
-                    // ResponseFramer inside UpstreamHandler; nothing is re-encoded.
-                    try sync.addHandler(upstream)
-                }
+        // Set up on this event loop, the one the new channel is created on.
+        let handler = NIOLoopBound(upstream, eventLoop: self.context.eventLoop)
+        self.connectUpstream(for: exchange, to: authority, isTunnel: false) { channel in
+            channel.eventLoop.makeCompletedFuture {
+                // Requests are serialized by HeaderRewriter, responses framed by our own
+                // ResponseFramer inside UpstreamHandler; nothing is re-encoded.
+                try channel.pipeline.syncOperations.addHandler(handler.value)
             }
-            .connect(host: authority.host, port: authority.port)
+        }
             .assumeIsolated()
             .whenComplete { result in
                 switch result {
@@ -71,13 +70,21 @@ extension ProxyConnectionHandler {
         self.sendLocalResponse(response, for: exchange)
     }
 
-    func makeBootstrap(for exchange: ProxyExchange) -> ClientBootstrap {
-        let configuration = self.configuration
-        return ClientBootstrap(group: self.context.eventLoop)
-            .connectTimeout(configuration.upstreamConnectTimeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelOption(.allowRemoteHalfClosure, value: true)
-            .resolver(self.policyResolver(for: exchange))
+    /// A new channel to `authority` for `exchange`, through the context's connector.
+    func connectUpstream(
+        for exchange: ProxyExchange,
+        to authority: OriginAuthority,
+        isTunnel: Bool,
+        initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
+    ) -> EventLoopFuture<any Channel> {
+        let request = UpstreamConnectRequest(
+            host: authority.host,
+            port: authority.port,
+            isTunnel: isTunnel,
+            connectTimeout: self.configuration.upstreamConnectTimeout,
+            resolver: self.policyResolver(for: exchange)
+        )
+        return self.shared.connector.connect(request, on: self.context.eventLoop, initializer: initializer)
     }
 
     private func send(_ exchange: ProxyExchange, over upstream: UpstreamHandler, now: NIODeadline? = nil) {

@@ -6,14 +6,12 @@ extension ProxyConnectionHandler {
     func openTunnel(_ exchange: ProxyExchange, to authority: OriginAuthority) {
         self.phase = .tunnelConnecting
         let (clientGlue, upstreamGlue) = TunnelGlueHandler.matchedPair()
-        self.makeBootstrap(for: exchange)
-            .channelOption(.recvAllocator, value: Self.tunnelReceiveAllocator)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(upstreamGlue)
-                }
+        let glue = NIOLoopBound(upstreamGlue, eventLoop: self.context.eventLoop)
+        self.connectUpstream(for: exchange, to: authority, isTunnel: true) { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(glue.value)
             }
-            .connect(host: authority.host, port: authority.port)
+        }
             .assumeIsolated()
             .whenComplete { result in
                 switch result {
@@ -72,7 +70,7 @@ extension ProxyConnectionHandler {
             }
             // Bulk tunnels move more per read with larger buffers (fewer syscalls); the
             // adaptive allocator still shrinks them for an idle or chatty tunnel.
-            context.channel.setOption(.recvAllocator, value: Self.tunnelReceiveAllocator).whenFailure { _ in }
+            context.channel.setOption(.recvAllocator, value: SocketUpstreamConnector.tunnelReceiveAllocator).whenFailure { _ in }
             // From here reads are gated by the glue.
             let channel = context.channel
             sync.removeHandler(context: context, promise: nil)
@@ -83,12 +81,6 @@ extension ProxyConnectionHandler {
             context.close(promise: nil)
         }
     }
-
-    static let tunnelReceiveAllocator = AdaptiveRecvByteBufferAllocator(
-        minimum: 64,
-        initial: 16 * 1024,
-        maximum: 256 * 1024
-    )
 
     /// Counts the tunnel and writes its access-log line once both sides have closed, with the
     /// bytes that went each way (`establishedBytes`: the proxy's own 200 to the client).

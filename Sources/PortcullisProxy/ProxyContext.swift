@@ -1,0 +1,96 @@
+import CoreMetrics
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import PortcullisAuth
+import PortcullisStores
+
+/// What every connection handler of one server shares.
+public final class ProxyContext: Sendable {
+    /// The settings new connections take (each connection keeps the ones it started with).
+    public var configuration: ProxyConfiguration { self.configurationBox.withLockedValue { $0 } }
+    private let configurationBox: NIOLockedValueBox<ProxyConfiguration>
+    public let gate: ProxyAuthGate
+    public let verifier: CredentialVerifier?
+    /// Digest challenges, nonces and replay record, when Digest is offered.
+    public let digest: DigestAuthority?
+    public let throttle: AuthThrottle
+    public let admission: ClientAdmission
+    public let userLimits: UserLimits?
+    private let policyBox: NIOLockedValueBox<AccessPolicy>
+    public let threadPool: NIOThreadPool
+    public let logger: Logger
+    public let metrics: ProxyMetrics
+    public let accessLog: AccessLog?
+    public let loopDetector: ChallengeLoopDetector
+    /// Ask before logging a per-client refusal: `if shared.refusalLog.admit(.policyDenial, now: now) { … }`.
+    public let refusalLog: RefusalLogLimiter
+    /// Opens upstream connections (tests substitute scripted channels).
+    package let connector: any UpstreamConnector
+
+    public convenience init(
+        configuration: ProxyConfiguration,
+        verifier: CredentialVerifier?,
+        digest: DigestAuthority? = nil,
+        threadPool: NIOThreadPool,
+        logger: Logger,
+        metrics: ProxyMetrics = ProxyMetrics(factory: NOOPMetricsHandler.instance),
+        accessLog: AccessLog? = nil
+    ) {
+        self.init(
+            configuration: configuration,
+            verifier: verifier,
+            digest: digest,
+            threadPool: threadPool,
+            logger: logger,
+            metrics: metrics,
+            accessLog: accessLog,
+            connector: SocketUpstreamConnector()
+        )
+    }
+
+    package init(
+        configuration: ProxyConfiguration,
+        verifier: CredentialVerifier?,
+        digest: DigestAuthority?,
+        threadPool: NIOThreadPool,
+        logger: Logger,
+        metrics: ProxyMetrics,
+        accessLog: AccessLog?,
+        connector: any UpstreamConnector
+    ) {
+        self.connector = connector
+        self.metrics = metrics
+        self.accessLog = accessLog
+        self.loopDetector = ChallengeLoopDetector()
+        self.configurationBox = NIOLockedValueBox(configuration)
+        self.gate = ProxyAuthGate(realm: configuration.realm, schemes: configuration.authSchemes)
+        self.verifier = verifier
+        self.digest = digest
+        self.throttle = AuthThrottle(settings: configuration.authThrottle)
+        self.admission = ClientAdmission(settings: configuration.admission)
+        self.userLimits = configuration.userLimits.isEmpty ? nil : UserLimits(settings: configuration.userLimits)
+        self.policyBox = NIOLockedValueBox(configuration.policy)
+        self.threadPool = threadPool
+        self.logger = logger
+        self.refusalLog = RefusalLogLimiter(settings: configuration.refusalLog, logger: logger)
+    }
+
+    var authenticationEnabled: Bool { !self.gate.schemes.isEmpty }
+
+    /// The access rules in force.
+    public var policy: AccessPolicy { self.policyBox.withLockedValue { $0 } }
+
+    /// New settings for connections accepted from now on (a reloaded config file). Only what a
+    /// connection reads for itself changes: the realm, the schemes and the throttle, admission
+    /// and limit settings are kept by ``ProxyContext``'s own objects and need a restart.
+    public func updateConfiguration(_ update: (inout ProxyConfiguration) -> Void) {
+        self.configurationBox.withLockedValue { update(&$0) }
+    }
+
+    /// Puts new access rules in force for every request decided from now on.
+    public func updatePolicy(_ policy: AccessPolicy) {
+        self.policyBox.withLockedValue { $0 = policy }
+    }
+}
