@@ -36,24 +36,24 @@ extension ProxyConnectionHandler {
                 try channel.pipeline.syncOperations.addHandler(handler.value)
             }
         }
-            .assumeIsolated()
-            .whenComplete { result in
-                switch result {
-                case .success(let channel):
-                    guard self.exchange === exchange, case .connecting = self.phase else {
-                        channel.close(promise: nil)
-                        return
-                    }
-                    self.send(exchange, over: upstream)
-                case .failure(let error):
-                    guard self.exchange === exchange, case .connecting = self.phase else { return }
-                    self.logger.debug(
-                        "upstream connect failed",
-                        metadata: ["origin": "\(authority.host):\(authority.port)", "error": "\(error)"]
-                    )
-                    self.sendConnectFailure(.upstreamConnectFailure(error, target: authority), for: exchange)
+        .assumeIsolated()
+        .whenComplete { result in
+            switch result {
+            case .success(let channel):
+                guard self.exchange === exchange, case .connecting = self.phase else {
+                    channel.close(promise: nil)
+                    return
                 }
+                self.send(exchange, over: upstream)
+            case .failure(let error):
+                guard self.exchange === exchange, case .connecting = self.phase else { return }
+                self.logger.debug(
+                    "upstream connect failed",
+                    metadata: ["origin": "\(authority.host):\(authority.port)", "error": "\(error)"]
+                )
+                self.sendConnectFailure(.upstreamConnectFailure(error, target: authority), for: exchange)
             }
+        }
     }
 
     /// A 502/504/403 for an origin that could not be reached, counted by kind.
