@@ -8,6 +8,12 @@ import PortcullisStores
 // account standing, access rules, per-user limits. It ends in exactly one of
 // ``ProxyConnectionHandler/gateAllowed(_:)`` or ``ProxyConnectionHandler/gateRefused(_:_:)``.
 extension ProxyConnectionHandler {
+    /// The connection closes (or the exchange ended without the gate): what the gate still
+    /// waits for is not wanted any more.
+    func cancelGate() {
+        self.gate.cancel()
+    }
+
     func authenticate(_ exchange: ProxyExchange) {
         guard self.shared.authenticationEnabled, let verifier = self.shared.verifier else {
             exchange.authResult = "none"

@@ -70,6 +70,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// More 407s than this to Digest answers in a row and the connection is closed.
     static let digestFailuresBeforeClose = 5
     var clientInputClosed = false
+    /// The 407 gate's own state and per-connection memory.
+    var gate = GateStateMachine()
     /// The last request head sent upstream and response head sent to the client: once their
     /// bytes have left, nothing else holds them and the next head is built in the same memory
     /// (two allocations less per request).
@@ -195,6 +197,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     func channelInactive(context: ChannelHandlerContext) {
         self.cancelTimer()
+        self.cancelGate()
         if let exchange = self.exchange, !exchange.logged {
             // The client went away mid-exchange: still one line in the log.
             self.logExchange(exchange)
@@ -228,6 +231,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// reads the response is cut off at the request-head deadline.
     func closeConnection(after written: EventLoopFuture<Void>? = nil) {
         if case .closing = self.phase { return }
+        self.cancelGate()
         if case .forwarding(let upstream) = self.phase {
             upstream.detach()
             upstream.close()
