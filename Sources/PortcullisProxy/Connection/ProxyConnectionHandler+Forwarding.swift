@@ -4,7 +4,7 @@ import NIOPosix
 
 // Forwarding of absolute-form requests over pooled upstream connections.
 extension ProxyConnectionHandler {
-    func forward(_ exchange: ProxyExchange, to authority: OriginAuthority, pathAndQuery: String) {
+    func forward(_ exchange: ProxyExchange, to authority: OriginAuthority, pathAndQuery: String, now: NIODeadline) {
         Self.dropIfLarge(&self.upstreamHeadBuffer)
         HeaderRewriter.writeUpstreamRequestHead(
             exchange.head,
@@ -15,17 +15,16 @@ extension ProxyConnectionHandler {
         exchange.upstreamHead = self.upstreamHeadBuffer
         let key = UpstreamPool.Key(host: authority.host, port: authority.port)
         exchange.upstreamKey = key
-        let now = self.currentTime
         if let upstream = self.pool.acquire(key, now: now, where: { self.mayReuse($0, for: exchange) }) {
-            exchange.usedPooledConnection = true
-            self.send(exchange, over: upstream, now: now)
+            if case .sendRequest(let exchange, let upstream) = self.machine.upstreamAcquired(upstream, now: now) {
+                self.send(exchange, over: upstream, now: now)
+            }
         } else {
-            self.connectUpstream(exchange, to: authority)
+            self.execute(self.machine.upstreamNeeded(authority))
         }
     }
 
-    private func connectUpstream(_ exchange: ProxyExchange, to authority: OriginAuthority) {
-        self.phase = .connecting
+    func connectUpstream(_ exchange: ProxyExchange, to authority: OriginAuthority, attempt: UInt64) {
         let upstream = UpstreamHandler()
         // Set up on this event loop, the one the new channel is created on.
         let handler = NIOLoopBound(upstream, eventLoop: self.context.eventLoop)
@@ -38,26 +37,33 @@ extension ProxyConnectionHandler {
         }
         .assumeIsolated()
         .whenComplete { result in
+            let now = self.currentTime
             switch result {
             case .success(let channel):
-                guard self.exchange === exchange, case .connecting = self.phase else {
+                switch self.machine.upstreamConnected(attempt: attempt, upstream, now: now) {
+                case .sendRequest(let exchange, let upstream):
+                    self.send(exchange, over: upstream, now: now)
+                case .discardConnection:
                     channel.close(promise: nil)
-                    return
+                case let action:
+                    self.execute(action)
                 }
-                self.send(exchange, over: upstream)
             case .failure(let error):
-                guard self.exchange === exchange, case .connecting = self.phase else { return }
-                self.logger.debug(
-                    "upstream connect failed",
-                    metadata: ["origin": "\(authority.host):\(authority.port)", "error": "\(error)"]
-                )
-                self.sendConnectFailure(.upstreamConnectFailure(error, target: authority), for: exchange)
+                self.connectFailed(attempt: attempt, error: error, to: authority, now: now)
             }
         }
     }
 
-    /// A 502/504/403 for an origin that could not be reached, counted by kind.
-    func sendConnectFailure(_ response: ProxyResponse, for exchange: ProxyExchange) {
+    /// A 502/504/403 for an origin that could not be reached, counted by kind — if the request
+    /// still waits for this attempt.
+    func connectFailed(attempt: UInt64, error: any Error, to authority: OriginAuthority, now: NIODeadline) {
+        let response = ProxyResponse.upstreamConnectFailure(error, target: authority)
+        let action = self.machine.upstreamConnectFailed(attempt: attempt, response, now: now)
+        guard case .respond = action else { return }
+        self.logger.debug(
+            "upstream connect failed",
+            metadata: ["origin": "\(authority.host):\(authority.port)", "error": "\(error)"]
+        )
         let kind: ProxyMetrics.UpstreamErrorKind
         switch response.proxyError {
         case "dns_error": kind = .dns
@@ -67,7 +73,7 @@ extension ProxyConnectionHandler {
         default: kind = .other
         }
         self.shared.metrics.connectError(kind)
-        self.sendLocalResponse(response, for: exchange)
+        self.execute(action)
     }
 
     /// A new channel to `authority` for `exchange`, through the context's connector.
@@ -87,45 +93,18 @@ extension ProxyConnectionHandler {
         return self.shared.connector.connect(request, on: self.context.eventLoop, initializer: initializer)
     }
 
-    private func send(_ exchange: ProxyExchange, over upstream: UpstreamHandler, now: NIODeadline? = nil) {
-        let now = now ?? self.currentTime
+    /// Sends the request head over `upstream`; body bytes already read follow at once.
+    func send(_ exchange: ProxyExchange, over upstream: UpstreamHandler, now: NIODeadline) {
         guard let head = exchange.upstreamHead else { return }
         upstream.attach(to: self)
         upstream.clientIsHTTP10 = exchange.isHTTP10
         exchange.upstreamAddress = upstream.remoteIPAddress
         self.shared.metrics.addedLatency.recordNanoseconds((now - exchange.started).nanoseconds)
-        self.phase = .forwarding(upstream)
         upstream.sendHead(head, isHEAD: exchange.isHead)
-        // Body bytes already read follow the head at once.
         self.parseAvailable()
         if !self.readingClient { upstream.flush() }
-        let deadline = now + self.configuration.upstreamResponseTimeout
-        exchange.responseDeadline = deadline
-        self.ensureTimer(firesBy: deadline)
+        self.rearmTimer()
         self.resumeReadsIfPossible()
-    }
-
-    func responseTimedOut(_ exchange: ProxyExchange) {
-        guard self.exchange === exchange, !exchange.responseStarted, case .forwarding(let upstream) = self.phase else {
-            return
-        }
-        upstream.detach()
-        upstream.close()
-        self.sendLocalResponse(
-            ProxyResponse(
-                status: .gatewayTimeout,
-                proxyError: "http_response_timeout",
-                details: "no response head in time",
-                message:
-                    "the origin did not answer within \(Self.seconds(self.configuration.upstreamResponseTimeout))."
-            ),
-            for: exchange
-        )
-    }
-
-    static func seconds(_ amount: TimeAmount) -> String {
-        let value = Double(amount.nanoseconds) / 1e9
-        return value == value.rounded() ? "\(Int(value)) s" : "\(value) s"
     }
 
     // MARK: - UpstreamOwner
@@ -133,7 +112,8 @@ extension ProxyConnectionHandler {
     var ownerIsWritable: Bool { self.context?.channel.isWritable ?? false }
 
     func upstreamEvent(_ event: ResponseFramer.Event) {
-        guard let exchange = self.exchange, case .forwarding(let upstream) = self.phase else { return }
+        guard case .exchange(let current) = self.machine.state else { return }
+        let exchange = current.record
         self.readingUpstream = true
         switch event {
         case .informational(let head):
@@ -143,8 +123,16 @@ extension ProxyConnectionHandler {
                 self.context.write(self.wrapOutboundOut(line), promise: nil)
             }
         case .head(let head, let framing):
-            exchange.responseDeadline = nil
-            exchange.responseStarted = true
+            let forcesClose: Bool
+            switch framing {
+            // An HTTP/1.0 client gets a chunked or close-delimited body decoded and delimited
+            // by the close.
+            case .chunked, .untilClose: forcesClose = exchange.isHTTP10
+            case .length, .none: forcesClose = false
+            }
+            guard let close = self.machine.responseHead(forcesClose: forcesClose),
+                case .exchange(let relaying) = self.machine.state, case .relaying(let upstream) = relaying.response
+            else { return }
             exchange.status = head.status
             Self.dropIfLarge(&self.clientHeadBuffer)
             self.writeClientResponseHead(
@@ -152,12 +140,14 @@ extension ProxyConnectionHandler {
                 framing: framing,
                 for: exchange,
                 upstream: upstream,
+                close: close,
                 into: &self.clientHeadBuffer
             )
             exchange.bytesToClient += self.clientHeadBuffer.readableBytes
             // Held until the burst's end: a small body that arrived with it joins it in one write.
             self.clientHeadHeld = true
         case .body(let buffer):
+            guard self.machine.isRelaying else { return }
             exchange.bytesToClient += buffer.readableBytes
             if self.clientHeadHeld, !exchange.rechunkBody,
                 self.clientHeadBuffer.readableBytes + buffer.readableBytes <= Self.coalescedResponseLimit
@@ -173,29 +163,44 @@ extension ProxyConnectionHandler {
             }
         case .end:
             self.writeHeldHead()
-            exchange.responseEnded = true
             // One clock read for the pool, the log and the idle timer.
             let now = self.currentTime
-            if exchange.requestEnded, let key = exchange.upstreamKey {
-                upstream.detach()
-                self.pool.release(upstream, key: key, now: now)
-            } else {
-                // The origin answered before the request body was all sent: this upstream
-                // connection is out of step, and so is the client's.
-                upstream.detach()
-                upstream.close()
-                exchange.closeAfter = true
-                exchange.requestEnded = true
+            guard case .finishRelay(let upstream, let release, let then) = self.machine.responseEnd(now: now) else {
+                return
             }
-            self.phase = .localResponse
-            var last: ByteBuffer?
-            if exchange.rechunkBody {
-                var terminator = self.context.channel.allocator.buffer(capacity: 5)
-                terminator.writeStaticString("0\r\n\r\n")
-                last = terminator
-            }
-            self.writeEnd(last, for: exchange, now: now)
+            self.finishRelay(upstream, release: release, then: then, now: now)
         }
+    }
+
+    /// The relayed response ended: the upstream goes back to the pool (or closes), the last
+    /// bytes go out and the exchange ends as the machine decided.
+    func finishRelay(
+        _ upstream: UpstreamHandler,
+        release: Bool,
+        then: StateMachine.AfterResponse,
+        now: NIODeadline? = nil
+    ) {
+        upstream.detach()
+        let now = now ?? self.currentTime
+        var exchange: ProxyExchange?
+        switch then {
+        case .close(let record), .keepAlive(let record, _): exchange = record
+        case .awaitRequestEnd: break
+        }
+        if release, let key = exchange?.upstreamKey {
+            self.pool.release(upstream, key: key, now: now)
+        } else {
+            upstream.close()
+        }
+        var last: ByteBuffer?
+        if exchange?.rechunkBody == true, let context = self.context {
+            var terminator = context.channel.allocator.buffer(capacity: 5)
+            terminator.writeStaticString("0\r\n\r\n")
+            last = terminator
+        }
+        self.writeLast(last, then: then)
+        self.finish(then, now: now)
+        self.rearmTimer()
     }
 
     /// The response head for the client: the origin's header lines copied as they are, less the
@@ -205,6 +210,7 @@ extension ProxyConnectionHandler {
         framing: ResponseFramer.Framing,
         for exchange: ProxyExchange,
         upstream: UpstreamHandler,
+        close: Bool,
         into out: inout ByteBuffer
     ) {
         let clientMinor = exchange.isHTTP10 ? 0 : 1
@@ -238,18 +244,11 @@ extension ProxyConnectionHandler {
             case .chunked:
                 dropLength = true
                 // An HTTP/1.0 client gets the decoded body, delimited by the close.
-                if clientMinor == 0 {
-                    dropTransferEncoding = true
-                    exchange.closeAfter = true
-                }
+                if clientMinor == 0 { dropTransferEncoding = true }
             case .untilClose:
                 dropLength = true
                 dropTransferEncoding = true
-                if clientMinor == 1 {
-                    exchange.rechunkBody = true
-                } else {
-                    exchange.closeAfter = true
-                }
+                if clientMinor == 1 { exchange.rechunkBody = true }
             case .length(let length) where lengthFields > 1 || lengthIsList:
                 // The framer accepted repeats of one number (RFC 9112 §6.3); the client gets
                 // that number once, never a list another parser may read differently.
@@ -287,7 +286,7 @@ extension ProxyConnectionHandler {
         if exchange.rechunkBody { out.writeStaticString("Transfer-Encoding: chunked\r\n") }
         out.writeStaticString(HeaderRewriter.viaLine)
         exchange.writeAuthenticationInfo(into: &out)
-        if exchange.closeAfter { out.writeStaticString("Connection: close\r\n") }
+        if close { out.writeStaticString("Connection: close\r\n") }
         out.writeStaticString("\r\n")
     }
 
@@ -319,125 +318,15 @@ extension ProxyConnectionHandler {
 
     func upstreamClosed(error: (any Error)?) {
         self.writeHeldHead()
-        guard let exchange = self.exchange, case .forwarding = self.phase, !exchange.responseEnded else { return }
-        exchange.responseDeadline = nil
-        if exchange.responseStarted {
-            // Part of the response is already with the client; the only honest signal left is to close.
-            self.closeConnection()
-            return
-        }
-        if let protocolError = error as? ResponseFramer.ProtocolError {
-            self.sendLocalResponse(
-                ProxyResponse(
-                    status: .badGateway,
-                    proxyError: "http_protocol_error",
-                    details: protocolError.reason,
-                    message: "the origin's response was not valid HTTP/1.1 (\(protocolError.reason))."
-                ),
-                for: exchange
-            )
-            return
-        }
-        if exchange.usedPooledConnection, exchange.isRetriable, let target = exchange.target,
-            case .absolute(let authority, _) = target
-        {
-            // A reused keep-alive connection that the origin had already closed: send once more
-            // on a fresh connection (RFC 9112 §9.3.1 allows this for idempotent requests).
-            exchange.usedPooledConnection = false
-            self.connectUpstream(exchange, to: authority)
-            return
-        }
-        self.sendLocalResponse(
-            ProxyResponse(
+        var protocolError: ProxyResponse?
+        if let error = error as? ResponseFramer.ProtocolError {
+            protocolError = ProxyResponse(
                 status: .badGateway,
-                proxyError: "connection_terminated",
-                details: "origin closed before answering",
-                message: "the origin closed the connection before sending a response."
-            ),
-            for: exchange
-        )
-    }
-
-    // MARK: - Responses and the end of an exchange
-
-    /// Sends a proxy-generated response at once and discards what is left of the request body:
-    /// read and dropped when it is small and its length known (the client's retry then finds the
-    /// connection open), else not read at all — the connection closes after the response.
-    func sendLocalResponse(_ response: ProxyResponse, for exchange: ProxyExchange) {
-        guard !exchange.responseStarted else {
-            self.closeConnection()
-            return
+                proxyError: "http_protocol_error",
+                details: error.reason,
+                message: "the origin's response was not valid HTTP/1.1 (\(error.reason))."
+            )
         }
-        if case .forwarding(let upstream) = self.phase {
-            upstream.detach()
-            upstream.close()
-        }
-        exchange.responseDeadline = nil
-        // The client waits for 100 Continue before sending its body; it will not come, so do
-        // not wait for it either (RFC 9110 §10.1.1). A body of unknown or large size is not
-        // worth reading for a response already decided.
-        if exchange.bodyPending, exchange.expectsContinue || !self.bodyIsWorthDraining(exchange) {
-            exchange.closeAfter = true
-            exchange.requestEnded = true
-            exchange.bodyDeadline = nil
-        }
-        exchange.responseStarted = true
-        self.phase = .localResponse
-        let close = exchange.closeAfter || self.quiescing
-        exchange.closeAfter = close
-        let bytes = response.serialized(
-            httpMinorVersion: exchange.isHTTP10 ? 0 : 1,
-            close: close,
-            allocator: self.context.channel.allocator
-        )
-        exchange.responseEnded = true
-        exchange.status = Int(response.status.code)
-        exchange.proxyStatus = response.proxyStatus
-        exchange.bytesToClient += bytes.readableBytes
-        self.writeEnd(bytes, for: exchange)
-        self.resumeReadsIfPossible()
-    }
-
-    /// Whether what is left of a request body whose response is already decided is small and of
-    /// known length: read and dropped, it keeps the connection for the client's next request.
-    private func bodyIsWorthDraining(_ exchange: ProxyExchange) -> Bool {
-        guard case .length(let length) = exchange.head.framing else { return false }
-        return length - exchange.requestBodyBytes <= self.configuration.rejectedBodyDrainLimit
-    }
-
-    /// Writes the last bytes of a response (if any) and ends the exchange's response side.
-    private func writeEnd(_ last: ByteBuffer?, for exchange: ProxyExchange, now: NIODeadline? = nil) {
-        exchange.responseEnded = true
-        if exchange.closeAfter || exchange.bodyPending {
-            // Sent now, before the rest of the body (which may never come). Closing must wait for
-            // the response to leave: close() drops unwritten data.
-            let promise = self.context.eventLoop.makePromise(of: Void.self)
-            self.context.writeAndFlush(self.wrapOutboundOut(last ?? ByteBuffer()), promise: promise)
-            exchange.responseWritten = promise.futureResult
-        } else if let last {
-            self.context.write(self.wrapOutboundOut(last), promise: nil)
-        }
-        self.finishIfDone(exchange, now: now)
-    }
-
-    /// Ends the exchange once the request was read and the response written, then serves the
-    /// next pipelined request, if any.
-    func finishIfDone(_ exchange: ProxyExchange, now: NIODeadline? = nil) {
-        guard self.exchange === exchange, exchange.requestEnded, exchange.responseEnded else { return }
-        let now = now ?? self.currentTime
-        self.logExchange(exchange, now: now)
-        self.exchange = nil
-        if exchange.closeAfter || self.clientInputClosed {
-            self.closeConnection(after: exchange.responseWritten ?? self.context.eventLoop.makeSucceededVoidFuture())
-            return
-        }
-        self.phase = .idle
-        if !self.readingUpstream { self.context.flush() }
-        if exchange.isConnect {
-            // No tunnel: what the client sends next is a request again (a retry after a 407).
-            self.framer.resumeAfterConnect()
-        }
-        self.armIdleTimer(now: now)
-        self.resumeReadsIfPossible()
+        self.execute(self.machine.upstreamClosed(protocolError: protocolError, now: self.currentTime))
     }
 }

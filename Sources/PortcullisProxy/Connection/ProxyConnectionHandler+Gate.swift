@@ -304,7 +304,7 @@ extension ProxyConnectionHandler {
                     metadata: [
                         "client": "\(self.clientAddress)",
                         "failures": "\(throttle.settings.threshold)",
-                        "lockout": "\(Self.seconds(throttle.settings.lockout))",
+                        "lockout": "\(StateMachine.seconds(throttle.settings.lockout))",
                     ]
                 )
             }

@@ -6,53 +6,43 @@ import NIOPosix
 import PortcullisAuth
 import PortcullisStores
 
-/// Serves one client connection: gates each request, forwards it over a pooled upstream
-/// connection or turns the connection into a CONNECT tunnel.
+/// Serves one client connection: translates channel events into events of its
+/// ``ProxyConnectionStateMachine`` and carries out the machine's actions — the gate, the
+/// forwarding over a pooled upstream connection, the tunnel, the proxy's own responses, closes.
 ///
-/// Requests are read by our own ``RequestFramer`` and handled one at a time; a pipelined
-/// request waits there as bytes, and reads stop, until the one before it is answered.
-/// Reads from the client stop whenever the upstream cannot take more (back-pressure); the
-/// ``UpstreamHandler`` likewise reads only while this client is writable.
+/// Requests are read by our own ``RequestFramer``; a pipelined request waits there as bytes,
+/// and reads stop, until the one before it is answered. Reads from the client stop whenever
+/// the upstream cannot take more (back-pressure); the ``UpstreamHandler`` likewise reads only
+/// while this client is writable.
 final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler, UpstreamOwner {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
-
-    enum Phase {
-        case idle
-        case authenticating
-        case connecting
-        case forwarding(UpstreamHandler)
-        case localResponse
-        case tunnelConnecting
-        case tunnel
-        /// The connection is closing (or closed): nothing more is parsed, read or answered, and
-        /// a completion that arrives now (a password check, a connect, a timer) finds no
-        /// exchange to act on.
-        case closing
-    }
+    typealias StateMachine = ProxyConnectionStateMachine<UpstreamHandler>
 
     let shared: ProxyContext
     let pool: UpstreamPool
     var framer = RequestFramer()
     var context: ChannelHandlerContext!
     var logger: Logger
+    var machine: StateMachine
 
-    var phase: Phase = .idle
-    var exchange: ProxyExchange?
-    /// Inside ``parseAvailable()``: a nested call (from a handler it runs) leaves the work to it.
+    /// Inside ``parseAvailable()``: a nested call (from an action it runs) leaves the work to it.
     private var parsing = false
     private var pendingRead = false
-    /// One timer per connection serves every deadline; see ProxyConnectionHandler+Timers.
-    var timer: Scheduled<Void>?
-    var timerFiresAt: NIODeadline?
-    var idleDeadline: NIODeadline?
-    var quiescing = false
+    /// One timer per connection serves every deadline of the machine: it fires by the earliest
+    /// and is re-armed lazily (scheduling and cancelling a task per request cost more than the
+    /// rest of the gate).
+    private var timer: Scheduled<Void>?
+    private var timerFiresAt: NIODeadline?
     /// Inside a burst of reads from the client / the upstream: writes caused there are flushed
     /// once at the burst's readComplete instead of one syscall each.
     var readingClient = false
     var readingUpstream = false
+    /// Completes when the current exchange's response has left (set when its write is tracked:
+    /// a close waits for it).
+    private var responseWritten: EventLoopFuture<Void>?
     /// The last `Proxy-Authorization` value on this connection and its cache key: keep-alive
     /// clients repeat the same value, and the HMAC behind the key cost ~7 % of a request.
     var lastAuthorization: (value: [UInt8], key: CredentialVerifier.CacheKey)?
@@ -69,7 +59,6 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var digestSuccessNoted: CredentialVerifier.DigestKey?
     /// More 407s than this to Digest answers in a row and the connection is closed.
     static let digestFailuresBeforeClose = 5
-    var clientInputClosed = false
     /// The 407 gate's own state and per-connection memory.
     var gate = GateStateMachine()
     /// The last request head sent upstream and response head sent to the client: once their
@@ -83,8 +72,6 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var clientAddress = "-"
     /// Users whose per-user limits count this connection (released when it closes).
     var limitedUsers: Set<String> = []
-    /// When the request head that started arriving must be complete (slowloris guard).
-    var headDeadline: NIODeadline?
 
     /// The settings in force when this connection was accepted (a config reload applies to new
     /// connections; this one keeps its own).
@@ -96,10 +83,27 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         logger: Logger
     ) {
         self.shared = shared
-        self.configuration = shared.configuration
+        let configuration = shared.configuration
+        self.configuration = configuration
         self.pool = pool
         self.logger = logger
+        self.machine = StateMachine(
+            settings: .init(
+                requestHeadTimeout: configuration.requestHeadTimeout,
+                requestBodyTimeout: configuration.requestBodyTimeout,
+                clientIdleTimeout: configuration.clientIdleTimeout,
+                upstreamResponseTimeout: configuration.upstreamResponseTimeout,
+                maximumRequestBody: configuration.maximumRequestBody,
+                rejectedBodyDrainLimit: configuration.rejectedBodyDrainLimit,
+                connectPorts: configuration.connectPorts
+            ),
+            // Counted from the connection's activation (`connectionActive`).
+            now: .uptimeNanoseconds(0)
+        )
     }
+
+    /// The event loop's clock: real time on a server, the test's time on an `EmbeddedEventLoop`.
+    var currentTime: NIODeadline { self.context?.eventLoop.now ?? .now() }
 
     // MARK: - Channel events
 
@@ -107,42 +111,43 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         self.context = context
         self.clientAddress = context.channel.remoteAddress?.ipAddress ?? "-"
         self.shared.metrics.activeConnections.increment()
-        if context.channel.isActive { self.armIdleTimer() }
+        if context.channel.isActive { self.activate() }
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        self.armIdleTimer()
+        self.activate()
         context.fireChannelActive()
     }
 
+    private func activate() {
+        self.machine.connectionActive(now: self.currentTime)
+        self.rearmTimer()
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch self.phase {
+        switch self.machine.state {
         case .tunnel:
             // Read before this handler left the pipeline: the tunnel's bytes.
             context.fireChannelRead(data)
             return
-        case .closing:
+        case .closing, .closed:
             return
-        default:
+        case .idle, .exchange:
             break
         }
         self.framer.append(self.unwrapInboundIn(data))
         self.readingClient = true
         self.parseAvailable()
-        if self.exchange == nil, self.headDeadline == nil, self.framer.bufferedBytes > 0 {
+        if case .idle(.waiting) = self.machine.state, self.framer.bufferedBytes > 0 {
             // A head has started to arrive: it gets its own deadline instead of the idle one.
-            let deadline = self.currentTime + self.configuration.requestHeadTimeout
-            self.headDeadline = deadline
-            self.idleDeadline = nil
-            self.ensureTimer(firesBy: deadline)
+            self.machine.requestHeadBegan(now: self.currentTime)
+            self.rearmTimer()
         }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
         self.readingClient = false
-        if case .forwarding(let upstream) = self.phase {
-            upstream.flush()
-        }
+        self.machine.upstream?.flush()
         context.fireChannelReadComplete()
     }
 
@@ -155,34 +160,17 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable, case .forwarding(let upstream) = self.phase {
-            upstream.resumeReading()
-        }
+        if context.channel.isWritable { self.machine.upstream?.resumeReading() }
         context.fireChannelWritabilityChanged()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent {
-            self.quiescing = true
-            if let exchange = self.exchange {
-                exchange.closeAfter = true
-            } else {
-                self.closeConnection()
-            }
+            self.execute(self.machine.quiesce())
             return
         }
         if case .some(.inputClosed) = event as? ChannelEvent {
-            self.clientInputClosed = true
-            if case .closing = self.phase {
-                context.close(promise: nil)
-                return
-            }
-            if let exchange = self.exchange, exchange.requestEnded {
-                exchange.closeAfter = true
-            } else {
-                // Nothing in flight, or the client stopped sending half-way through a request.
-                self.closeConnection()
-            }
+            self.execute(self.machine.clientInputEnded())
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -198,63 +186,25 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     func channelInactive(context: ChannelHandlerContext) {
         self.cancelTimer()
         self.cancelGate()
-        if let exchange = self.exchange, !exchange.logged {
+        let (unlogged, upstream, midResponse) = self.machine.channelClosed()
+        if let unlogged, !unlogged.logged {
             // The client went away mid-exchange: still one line in the log.
-            self.logExchange(exchange)
+            self.logExchange(unlogged)
         }
         if let limits = self.shared.userLimits {
             for user in self.limitedUsers { limits.release(user: user, connection: ObjectIdentifier(self)) }
             self.limitedUsers.removeAll()
         }
-        if case .forwarding(let upstream) = self.phase {
+        if let upstream {
             upstream.detach()
-            if !(self.exchange?.responseEnded ?? true) { upstream.close() }
+            if midResponse { upstream.close() }
         }
-        self.exchange = nil
-        self.phase = .closing
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         self.logger.debug("client connection error", metadata: ["error": "\(error)"])
-        self.closeConnection()
-    }
-
-    /// Closes the client connection; with `written` (a response's last bytes), once they have
-    /// left. From here on nothing is parsed or answered: a completion that arrives later (a
-    /// password check, a connect, a timer) finds `.closing` and does nothing.
-    ///
-    /// After a response the close is a lingering one: the output side closes first and what the
-    /// client still sends (the rest of a body) is read and dropped for up to
-    /// ``lingerAfterResponse``; closing at once with unread input would reset the connection,
-    /// and a reset can destroy the response before the client reads it. A client that never
-    /// reads the response is cut off at the request-head deadline.
-    func closeConnection(after written: EventLoopFuture<Void>? = nil) {
-        if case .closing = self.phase { return }
-        self.cancelGate()
-        if case .forwarding(let upstream) = self.phase {
-            upstream.detach()
-            upstream.close()
-        }
-        self.phase = .closing
-        self.cancelTimer()
-        guard let context = self.context else { return }
-        guard let written else {
-            context.close(promise: nil)
-            return
-        }
-        context.flush()
-        self.ensureTimer(firesBy: self.currentTime + self.configuration.requestHeadTimeout)
-        written.assumeIsolated().whenComplete { [weak self] result in
-            guard let self, let context = self.context else { return }
-            guard case .success = result, !self.clientInputClosed else {
-                context.close(promise: nil)
-                return
-            }
-            context.close(mode: .output, promise: nil)
-            self.ensureTimer(firesBy: self.currentTime + Self.lingerAfterResponse)
-            self.resumeReadsIfPossible()
-        }
+        self.execute(self.machine.close())
     }
 
     /// Whether a per-client log line of `kind` may be written now: past a few per interval the
@@ -263,73 +213,15 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         self.shared.refusalLog.admit(kind, now: self.currentTime)
     }
 
-    /// The event loop's clock: real time on a server, the test's time on an `EmbeddedEventLoop`.
-    var currentTime: NIODeadline { self.context?.eventLoop.now ?? .now() }
+    // MARK: - Reading and parsing the client
 
-    /// How long a closing connection still reads (and drops) what the client sends.
-    static let lingerAfterResponse: TimeAmount = .seconds(2)
-
-    /// A request that cannot be parsed: answer if we still can, then close (the framer cannot
-    /// know where the next request would begin).
-    private func refuse(_ error: RequestFramer.RequestError) {
-        self.logger.debug("malformed request", metadata: ["reason": "\(error.reason)"])
-        self.refuse(
-            with: ProxyResponse(
-                status: error.status,
-                proxyError: "http_request_error",
-                details: error.reason,
-                message: "the request is not valid HTTP/1.1 (\(error.reason))."
-            )
-        )
-    }
-
-    /// Answers without a usable request (or in the middle of one) and closes.
-    func refuse(with response: ProxyResponse) {
-        if let exchange = self.exchange, exchange.responseStarted {
-            self.closeConnection()
-            return
-        }
-        let exchange = self.exchange ?? ProxyExchange(head: .unparsable, quiescing: true, started: self.currentTime)
-        self.exchange = exchange
-        exchange.closeAfter = true
-        exchange.requestEnded = true
-        self.sendLocalResponse(response, for: exchange)
-    }
-
-    // MARK: - Read gating
-
-    /// Whether the client connection may be read now. Reads stay on while a response is
-    /// relayed (a keep-alive client sends nothing then, and turning read interest off and on
-    /// costs two epoll_ctl calls a request); a pipelined request that does arrive is queued
-    /// and stops further reads until it is served.
+    /// Whether the client connection may be read now (see ``ProxyConnectionStateMachine/readGate``).
     var readAllowed: Bool {
-        switch self.phase {
-        case .idle, .localResponse:
-            // A pipelined request already read waits until this one is answered.
-            if let exchange = self.exchange, exchange.requestEnded { return self.framer.bufferedBytes == 0 }
-            return true
-        case .closing:
-            // What a client sends after the response is read and dropped (a lingering close).
-            return true
-        case .authenticating, .connecting, .tunnelConnecting, .tunnel:
-            return false
-        case .forwarding(let upstream):
-            guard let exchange = self.exchange, !exchange.requestEnded else { return self.framer.bufferedBytes == 0 }
-            return upstream.isWritable
-        }
-    }
-
-    /// Whether the framer's next event can be handled now: body bytes only once they can go
-    /// somewhere, the next request's head only once the current one is answered.
-    private var readyForNextEvent: Bool {
-        switch self.phase {
-        case .idle, .localResponse:
-            return !(self.exchange?.requestEnded ?? false)
-        case .authenticating, .connecting, .tunnelConnecting, .tunnel, .closing:
-            return false
-        case .forwarding(let upstream):
-            guard let exchange = self.exchange, !exchange.requestEnded else { return false }
-            return upstream.isWritable
+        switch self.machine.readGate {
+        case .open: return true
+        case .closed: return false
+        case .openIfNothingBuffered: return self.framer.bufferedBytes == 0
+        case .openIfWritable(let upstream): return upstream.isWritable
         }
     }
 
@@ -341,9 +233,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
     }
 
-    // MARK: - Inbound events
-
-    /// Hands the framer's events to ``handle(_:)`` for as long as they can be acted on.
+    /// Hands the framer's events to the machine for as long as they can be acted on.
     func parseAvailable() {
         guard !self.parsing, self.context != nil else { return }
         self.parsing = true
@@ -351,146 +241,258 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         defer {
             self.parsing = false
             // Outside a read burst nothing else will flush what the events wrote upstream.
-            if handled, !self.readingClient, case .forwarding(let upstream) = self.phase { upstream.flush() }
+            if handled, !self.readingClient { self.machine.upstream?.flush() }
         }
         while self.readyForNextEvent {
             let event: RequestFramer.Event?
             do {
                 event = try self.framer.next()
             } catch {
-                self.refuse(error)
+                self.logger.debug("malformed request", metadata: ["reason": "\(error.reason)"])
+                let response = ProxyResponse(
+                    status: error.status,
+                    proxyError: "http_request_error",
+                    details: error.reason,
+                    message: "the request is not valid HTTP/1.1 (\(error.reason))."
+                )
+                self.execute(self.machine.refuse(response, now: self.currentTime))
                 return
             }
             guard let event else { return }
             handled = true
-            self.handle(event)
+            switch event {
+            case .head(let head):
+                let now = self.currentTime
+                self.responseWritten = nil
+                let record = ProxyExchange(head: head, quiescing: self.machine.quiescing, started: now)
+                self.execute(self.machine.requestHead(record, now: now))
+            case .body(let buffer):
+                self.execute(self.machine.requestBody(buffer, now: self.currentTime))
+            case .end:
+                self.execute(self.machine.requestEnd(now: self.currentTime))
+            }
         }
     }
 
-    private func handle(_ event: RequestFramer.Event) {
-        switch event {
-        case .head(let head):
-            self.idleDeadline = nil
-            self.headDeadline = nil
-            let exchange = ProxyExchange(head: head, quiescing: self.quiescing, started: self.currentTime)
-            self.exchange = exchange
-            if head.framing != .none, !exchange.isConnect {
-                // The body must keep arriving (slow-body guard); see ProxyConnectionHandler+Timers.
-                let deadline = exchange.started + self.configuration.requestBodyTimeout
-                exchange.bodyDeadline = deadline
-                self.ensureTimer(firesBy: deadline)
+    private var readyForNextEvent: Bool {
+        switch self.machine.parseGate {
+        case .open: return true
+        case .closed: return false
+        case .openIfNothingBuffered: return self.framer.bufferedBytes == 0
+        case .openIfWritable(let upstream): return upstream.isWritable
+        }
+    }
+
+    // MARK: - Actions
+
+    func execute(_ action: StateMachine.Action) {
+        switch action {
+        case .none:
+            return
+        case .sendBody(let upstream, let buffer):
+            upstream.sendBody(buffer)
+            return
+        case .runGate(let exchange):
+            self.authenticate(exchange)
+        case .respond(let response, let exchange, let close, let abandon, let then):
+            if let abandon {
+                abandon.detach()
+                abandon.close()
             }
-            self.start(exchange)
-        case .body(let buffer):
-            guard let exchange = self.exchange else { return }
-            exchange.bodyProgressed = true
-            exchange.requestBodyBytes += buffer.readableBytes
-            if let limit = self.configuration.maximumRequestBody, exchange.requestBodyBytes > limit,
-                case .forwarding = self.phase
-            {
-                // A chunked body that grew past the limit: stop it before it all reaches the origin.
-                exchange.closeAfter = true
-                exchange.requestEnded = true
-                self.sendLocalResponse(.bodyTooLarge(limit: limit), for: exchange)
-                return
+            self.writeLocalResponse(response, for: exchange, close: close, then: then)
+        case .forward(let exchange, let authority, let pathAndQuery):
+            self.forward(exchange, to: authority, pathAndQuery: pathAndQuery, now: self.currentTime)
+        case .connect(let exchange, let authority, let attempt, let tunnel):
+            if tunnel {
+                self.openTunnel(exchange, to: authority, attempt: attempt)
+            } else {
+                self.connectUpstream(exchange, to: authority, attempt: attempt)
             }
-            switch self.phase {
-            case .forwarding(let upstream):
-                upstream.sendBody(buffer)
-            case .localResponse:
-                exchange.discardedBodyBytes += buffer.readableBytes
-                if exchange.discardedBodyBytes > self.configuration.rejectedBodyDrainLimit {
-                    // Not worth reading more of a body nobody will see: give up the connection.
-                    exchange.closeAfter = true
-                    exchange.requestEnded = true
-                    self.finishIfDone(exchange)
-                }
-            case .idle, .authenticating, .connecting, .tunnelConnecting, .tunnel, .closing:
+        case .sendRequest(let exchange, let upstream):
+            self.send(exchange, over: upstream, now: self.currentTime)
+        case .discardConnection:
+            // Closed by the caller, which holds the channel.
+            return
+        case .becomeTunnel:
+            // Carried out by the tunnel's connect completion, which holds the channels.
+            return
+        case .finishRelay(let upstream, let release, let then):
+            self.finishRelay(upstream, release: release, then: then)
+        case .finish(let then):
+            self.finish(then)
+        case .close(let abandon, let afterResponse):
+            if let abandon {
+                abandon.detach()
+                abandon.close()
+            }
+            self.closeChannel(afterResponse: afterResponse)
+        case .closeNow:
+            self.context?.close(promise: nil)
+        case .lingerUntil:
+            break
+        }
+        self.rearmTimer()
+    }
+
+    /// Writes the proxy's own response whole, then what the machine says follows it.
+    private func writeLocalResponse(
+        _ response: ProxyResponse,
+        for exchange: ProxyExchange,
+        close: Bool,
+        then: StateMachine.AfterResponse
+    ) {
+        guard let context = self.context else { return }
+        let bytes = response.serialized(
+            httpMinorVersion: exchange.isHTTP10 ? 0 : 1,
+            close: close,
+            allocator: context.channel.allocator
+        )
+        exchange.status = Int(response.status.code)
+        exchange.proxyStatus = response.proxyStatus
+        exchange.bytesToClient += bytes.readableBytes
+        self.writeLast(bytes, then: then)
+        self.finish(then)
+        self.resumeReadsIfPossible()
+    }
+
+    /// Writes a response's last bytes: tracked and flushed when a close may have to wait for
+    /// them (closing at once would drop unwritten data), else left for the burst's flush.
+    func writeLast(_ last: ByteBuffer?, then: StateMachine.AfterResponse) {
+        guard let context = self.context else { return }
+        switch then {
+        case .close, .awaitRequestEnd(tracked: true):
+            let promise = context.eventLoop.makePromise(of: Void.self)
+            context.writeAndFlush(self.wrapOutboundOut(last ?? ByteBuffer()), promise: promise)
+            self.responseWritten = promise.futureResult
+        case .keepAlive, .awaitRequestEnd(tracked: false):
+            if let last { context.write(self.wrapOutboundOut(last), promise: nil) }
+        }
+    }
+
+    /// Ends the exchange as the machine decided: the access-log line, then the next request
+    /// (or the close once the response has left).
+    func finish(_ then: StateMachine.AfterResponse, now: NIODeadline? = nil) {
+        switch then {
+        case .awaitRequestEnd:
+            return
+        case .close(let exchange):
+            self.logExchange(exchange, now: now)
+            self.closeChannel(afterResponse: true)
+        case .keepAlive(let exchange, let wasConnect):
+            let now = now ?? self.currentTime
+            self.logExchange(exchange, now: now)
+            if !self.readingUpstream { self.context?.flush() }
+            if wasConnect {
+                // No tunnel: what the client sends next is a request again (a retry after a 407).
+                self.framer.resumeAfterConnect()
+            }
+            self.rearmTimer()
+            self.resumeReadsIfPossible()
+        }
+    }
+
+    /// Closes the client connection as the machine decided (it is in `.closing` now); with
+    /// `afterResponse`, once the last response has left.
+    ///
+    /// After a response the close is a lingering one: the output side closes first and what the
+    /// client still sends (the rest of a body) is read and dropped for a moment; closing at once
+    /// with unread input would reset the connection, and a reset can destroy the response
+    /// before the client reads it. A client that never reads the response is cut off at the
+    /// request-head deadline.
+    private func closeChannel(afterResponse: Bool) {
+        self.cancelGate()
+        guard let context = self.context else { return }
+        guard afterResponse else {
+            self.cancelTimer()
+            context.close(promise: nil)
+            return
+        }
+        context.flush()
+        self.machine.closeWaitsForResponse(now: self.currentTime)
+        self.rearmTimer()
+        let written = self.responseWritten ?? context.eventLoop.makeSucceededVoidFuture()
+        written.assumeIsolated().whenComplete { [weak self] result in
+            guard let self, self.context != nil else { return }
+            let success: Bool
+            if case .success = result { success = true } else { success = false }
+            switch self.machine.responseLeft(success: success, now: self.currentTime) {
+            case .lingerUntil:
+                self.context?.close(mode: .output, promise: nil)
+                self.rearmTimer()
+                self.resumeReadsIfPossible()
+            case .closeNow:
+                self.context?.close(promise: nil)
+            default:
                 break
             }
-        case .end:
-            guard let exchange = self.exchange else { return }
-            exchange.requestEnded = true
-            exchange.bodyDeadline = nil
-            if case .localResponse = self.phase { self.finishIfDone(exchange) }
         }
     }
 
-    private func start(_ exchange: ProxyExchange) {
-        switch RequestTarget.parse(exchange.head.target, isConnect: exchange.isConnect) {
-        case .success(.origin), .success(.asterisk):
-            self.sendLocalResponse(
-                .badRequest(
-                    "this is a forward proxy: send absolute-form requests (GET http://host/path HTTP/1.1) or CONNECT host:port."
-                ),
-                for: exchange
+    // MARK: - Timer
+
+    /// Makes the timer fire by the machine's earliest deadline.
+    func rearmTimer() {
+        guard let deadline = self.machine.nextDeadline, let context = self.context else { return }
+        if let firesAt = self.timerFiresAt, firesAt <= deadline, self.timer != nil { return }
+        self.timer?.cancel()
+        self.timerFiresAt = deadline
+        self.timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [weak self] in
+            self?.timerFired()
+        }
+    }
+
+    /// The connection leaves this handler (a tunnel): no deadline of it applies any more.
+    func stopTimer() {
+        self.cancelTimer()
+    }
+
+    private func cancelTimer() {
+        self.timer?.cancel()
+        self.timer = nil
+        self.timerFiresAt = nil
+    }
+
+    private func timerFired() {
+        self.timer = nil
+        self.timerFiresAt = nil
+        guard let context = self.context, context.channel.isActive else { return }
+        let action = self.machine.timerFired(now: self.currentTime, readsPaused: !self.readAllowed)
+        if case .respond(let response, _, _, _, _) = action, response.status == .requestTimeout {
+            self.logger.debug(
+                "request not complete in time",
+                metadata: ["client": "\(self.clientAddress)", "details": "\(response.details ?? "-")"]
             )
-            return
-        case .failure(let error):
-            self.sendLocalResponse(.badRequest(Self.describe(targetError: error)), for: exchange)
-            return
-        case .success(let target):
-            exchange.target = target
         }
-        self.authenticate(exchange)
-    }
-
-    private static func describe(targetError: RequestTarget.ParseError) -> String {
-        switch targetError {
-        case .unsupportedScheme(let scheme):
-            return
-                "the \(scheme) scheme is not forwarded; use CONNECT for https (clients do this when given an http:// proxy URL)."
-        case .userinfoNotAllowed: return "the request target must not contain user information (user@host)."
-        case .invalidHost: return "the request target has no valid host."
-        case .invalidPort: return "the request target has an invalid host or port."
-        case .connectNeedsAuthority: return "CONNECT takes host:port as its target."
-        case .malformed: return "the request target is not an absolute http:// URI."
-        }
+        self.execute(action)
+        self.rearmTimer()
     }
 
     // MARK: - The gate's outcomes (see ProxyConnectionHandler+Gate)
 
     /// The gate let `exchange` through (credentials, access rules and limits): on to its origin.
     func gateAllowed(_ exchange: ProxyExchange) {
-        switch exchange.target {
-        case .authority(let authority):
-            guard self.configuration.connectPorts.contains(authority.port) else {
-                self.sendLocalResponse(
-                    ProxyResponse(
-                        status: .forbidden,
-                        proxyError: "http_request_denied",
-                        details: "CONNECT port not allowed",
-                        message:
-                            "CONNECT to port \(authority.port) is not allowed here (allowed: \(self.configuration.connectPorts.sorted().map(String.init).joined(separator: ", ")); see --connect-ports)."
-                    ),
-                    for: exchange
-                )
-                return
-            }
-            self.openTunnel(exchange, to: authority)
-        case .absolute(let authority, let pathAndQuery):
-            self.forward(exchange, to: authority, pathAndQuery: pathAndQuery)
-        default:
-            break
+        let now = self.currentTime
+        switch self.machine.gateAllowed(now: now) {
+        case .forward(let exchange, let authority, let pathAndQuery):
+            self.forward(exchange, to: authority, pathAndQuery: pathAndQuery, now: now)
+        case let action:
+            self.execute(action)
         }
     }
 
     /// The gate answers `exchange` itself (407, 429, 403, 503…); `exchange.closeAfter` says
     /// whether the connection closes after it.
     func gateRefused(_ exchange: ProxyExchange, _ response: ProxyResponse) {
-        self.sendLocalResponse(response, for: exchange)
+        self.execute(self.machine.gateRefused(response, close: exchange.closeAfter, now: self.currentTime))
     }
 
     /// The gate waits for work off the event loop (a password check, a store lookup) or a delay.
-    func gateSuspended(_ exchange: ProxyExchange) {
-        self.phase = .authenticating
-    }
+    func gateSuspended(_ exchange: ProxyExchange) {}
 
-    /// Whether the gate's work for `exchange`, now finished, is still wanted: not once the
-    /// client left or the exchange ended otherwise.
+    /// Whether the gate's work, now finished, is still wanted: not once the client left or the
+    /// exchange ended otherwise.
     func gateResumed(_ exchange: ProxyExchange) -> Bool {
-        guard self.exchange === exchange, case .authenticating = self.phase else { return false }
-        return true
+        self.machine.isGating
     }
 
     // MARK: - Access log and request metrics

@@ -1,33 +1,20 @@
 import Foundation
 import NIOCore
 
-/// One request and its response on a client connection.
+/// One request and its response on a client connection: what is known about them, for the
+/// gate, the access log and the metrics. Where the exchange stands is the
+/// ``ProxyConnectionStateMachine``'s to say.
 final class ProxyExchange {
     let head: RequestHead
     var target: RequestTarget?
     var user: String?
-    /// The request's `.end` was read.
-    var requestEnded = false
-    /// A response head was written to the client (proxy-generated or relayed).
-    var responseStarted = false
-    var responseEnded = false
-    /// The client connection closes after this exchange.
+    /// The gate asks for the connection to close after its answer (a lockout, a client that
+    /// keeps failing Digest).
     var closeAfter: Bool
-    var discardedBodyBytes = 0
     var requestBodyBytes = 0
     /// The head sent upstream, kept to retry once on a fresh connection.
     var upstreamHead: ByteBuffer?
     var upstreamKey: UpstreamPool.Key?
-    var usedPooledConnection = false
-    /// When the origin's response head is due (a 504 after that).
-    var responseDeadline: NIODeadline?
-    /// While the request body is being read: when the timer next checks that it still arrives
-    /// (a 408 if nothing came since the last check).
-    var bodyDeadline: NIODeadline?
-    /// Body bytes arrived since the last check: the deadline moves instead of firing.
-    var bodyProgressed = false
-    /// Completes when the last response byte was handed to the socket (set when closing after).
-    var responseWritten: EventLoopFuture<Void>?
     /// The origin's body is close-delimited and this HTTP/1.1 client gets it chunked.
     var rechunkBody = false
 
@@ -72,17 +59,13 @@ final class ProxyExchange {
     var isHead: Bool { self.head.method == .head }
     var isHTTP10: Bool { self.head.minorVersion == 0 }
 
-    /// Body bytes may still be on their way (the framer's `.end` for a request without a body
-    /// follows its head at once, so it never counts as pending).
-    var bodyPending: Bool { !self.requestEnded && self.head.framing != .none && !self.isConnect }
-
     /// Whether the client waits for `100 Continue` before sending its body.
     var expectsContinue: Bool { self.head.expectsContinue }
 
     /// A request that is safe to send again on a new connection if a reused one died before
     /// answering: idempotent and without a body (RFC 9110 §9.2.2).
     var isRetriable: Bool {
-        guard self.requestEnded, self.requestBodyBytes == 0 else { return false }
+        guard self.requestBodyBytes == 0 else { return false }
         switch self.head.method {
         case .get, .head, .options, .trace, .put, .delete: return true
         default: return false

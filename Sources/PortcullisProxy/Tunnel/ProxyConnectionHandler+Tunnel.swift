@@ -3,8 +3,7 @@ import NIOPosix
 
 // CONNECT: after the gate, the connection becomes a byte tunnel to the origin.
 extension ProxyConnectionHandler {
-    func openTunnel(_ exchange: ProxyExchange, to authority: OriginAuthority) {
-        self.phase = .tunnelConnecting
+    func openTunnel(_ exchange: ProxyExchange, to authority: OriginAuthority, attempt: UInt64) {
         let (clientGlue, upstreamGlue) = TunnelGlueHandler.matchedPair()
         let glue = NIOLoopBound(upstreamGlue, eventLoop: self.context.eventLoop)
         self.connectUpstream(for: exchange, to: authority, isTunnel: true) { channel in
@@ -12,26 +11,21 @@ extension ProxyConnectionHandler {
                 try channel.pipeline.syncOperations.addHandler(glue.value)
             }
         }
-            .assumeIsolated()
-            .whenComplete { result in
-                switch result {
-                case .success(let channel):
-                    guard self.exchange === exchange, case .tunnelConnecting = self.phase,
-                        self.context.channel.isActive
-                    else {
-                        channel.close(promise: nil)
-                        return
-                    }
+        .assumeIsolated()
+        .whenComplete { result in
+            let now = self.currentTime
+            switch result {
+            case .success(let channel):
+                switch self.machine.upstreamConnected(attempt: attempt, nil, now: now) {
+                case .becomeTunnel(let exchange):
                     self.becomeTunnel(exchange, clientGlue: clientGlue, upstreamGlue: upstreamGlue, upstream: channel)
-                case .failure(let error):
-                    guard self.exchange === exchange, case .tunnelConnecting = self.phase else { return }
-                    self.logger.debug(
-                        "tunnel connect failed",
-                        metadata: ["origin": "\(authority.host):\(authority.port)", "error": "\(error)"]
-                    )
-                    self.sendConnectFailure(.upstreamConnectFailure(error, target: authority), for: exchange)
+                default:
+                    channel.close(promise: nil)
                 }
+            case .failure(let error):
+                self.connectFailed(attempt: attempt, error: error, to: authority, now: now)
             }
+        }
     }
 
     private func becomeTunnel(
@@ -40,10 +34,11 @@ extension ProxyConnectionHandler {
         upstreamGlue: TunnelGlueHandler,
         upstream: any Channel
     ) {
-        let context = self.context!
-        self.phase = .tunnel
-        self.exchange = nil
-        self.cancelTimer()
+        guard let context = self.context else {
+            upstream.close(promise: nil)
+            return
+        }
+        self.stopTimer()
         var established = context.channel.allocator.buffer(capacity: 40)
         established.writeString("HTTP/1.\(exchange.isHTTP10 ? 0 : 1) 200 Connection established\r\n")
         exchange.writeAuthenticationInfo(into: &established)
@@ -70,7 +65,8 @@ extension ProxyConnectionHandler {
             }
             // Bulk tunnels move more per read with larger buffers (fewer syscalls); the
             // adaptive allocator still shrinks them for an idle or chatty tunnel.
-            context.channel.setOption(.recvAllocator, value: SocketUpstreamConnector.tunnelReceiveAllocator).whenFailure { _ in }
+            context.channel.setOption(.recvAllocator, value: SocketUpstreamConnector.tunnelReceiveAllocator).whenFailure
+            { _ in }
             // From here reads are gated by the glue.
             let channel = context.channel
             sync.removeHandler(context: context, promise: nil)
