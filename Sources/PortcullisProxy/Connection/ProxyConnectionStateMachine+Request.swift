@@ -50,8 +50,9 @@ extension ProxyConnectionStateMachine {
         }
     }
 
-    /// Request body bytes were read.
-    mutating func requestBody(_ buffer: ByteBuffer, now: NIODeadline) -> Action {
+    /// Request body bytes were read. (`now` is read only if the exchange ends here: this runs
+    /// for every part of every body.)
+    mutating func requestBody(_ buffer: ByteBuffer, now: @autoclosure () -> NIODeadline) -> Action {
         guard case .exchange(var exchange) = self.state else { return .none }
         exchange.record.requestBodyBytes += buffer.readableBytes
         switch exchange.request {
@@ -67,7 +68,7 @@ extension ProxyConnectionStateMachine {
                     exchange.closeAfter = true
                     exchange.request = .ended
                     self.state = .exchange(exchange)
-                    return self.respond(.bodyTooLarge(limit: limit), now: now)
+                    return self.respond(.bodyTooLarge(limit: limit), now: now())
                 }
                 self.state = .exchange(exchange)
                 return .sendBody(upstream, buffer)
@@ -82,7 +83,7 @@ extension ProxyConnectionStateMachine {
                 // Not worth reading more of a body nobody will see: the connection goes.
                 exchange.closeAfter = true
                 exchange.request = .ended
-                return .finish(self.finish(exchange, now: now))
+                return .finish(self.finish(exchange, now: now()))
             }
             exchange.request = .discarding(watch, dropped: total)
             self.state = .exchange(exchange)
@@ -90,8 +91,8 @@ extension ProxyConnectionStateMachine {
         }
     }
 
-    /// The request's end was read.
-    mutating func requestEnd(now: NIODeadline) -> Action {
+    /// The request's end was read. (`now` is read only if the exchange ends here.)
+    mutating func requestEnd(now: @autoclosure () -> NIODeadline) -> Action {
         guard case .exchange(var exchange) = self.state else { return .none }
         switch exchange.request {
         case .ended:
@@ -102,7 +103,7 @@ extension ProxyConnectionStateMachine {
             return .none
         case .discarding:
             exchange.request = .ended
-            return .finish(self.finish(exchange, now: now))
+            return .finish(self.finish(exchange, now: now()))
         }
     }
 
