@@ -166,13 +166,14 @@ struct UpstreamConnectionStateMachine {
             .responseDone(let exchange):
             self.state = .awaitingHead(exchange)
         case .idle, .closing, .closed:
-            // Nobody to deliver the response to: bytes close the connection, an EOF is no news.
+            // Only the framer changes: bytes close an idle connection anyway, and the owner of a
+            // closing one is told at the close that its response never came.
             break
         }
     }
 
     /// The origin's response head says it will close the connection (`Connection: close`, or
-    /// HTTP/1.0 without keep-alive).
+    /// an HTTP/1.0 status line).
     mutating func originWillClose() {
         switch self.state {
         case .idle:
@@ -251,8 +252,8 @@ struct UpstreamConnectionStateMachine {
     }
 
     /// The origin sent its last byte (an EOF, or the channel going inactive); the connection
-    /// carries nothing more. What that completes is appended to `events`: the end of a
-    /// close-delimited body, or the error of a response cut short.
+    /// carries nothing more. What that completes (the end of a close-delimited body) is appended
+    /// to `events`; a response it cuts short becomes the error its owner is told at the close.
     mutating func inputClosed(into events: inout [ResponseFramer.Event]) -> InputClosedAction {
         var closing: Closing
         switch self.state {
