@@ -71,6 +71,25 @@ struct ResponseFramer {
         return true
     }
 
+    /// How far the current exchange's response has come.
+    enum Progress: Equatable {
+        /// No request sent yet on this connection.
+        case noRequest
+        /// Waiting for the final head (1xx heads may have come).
+        case awaitingHead
+        case inBody
+        case complete
+    }
+
+    var progress: Progress {
+        switch self.state {
+        case .idle: return .noRequest
+        case .head: return .awaitingHead
+        case .body, .chunked: return .inBody
+        case .done: return .complete
+        }
+    }
+
     /// Consumes bytes from the origin and reports what they complete.
     mutating func feed(_ input: ByteBuffer, _ emit: (Event) -> Void) throws {
         var buffer = input

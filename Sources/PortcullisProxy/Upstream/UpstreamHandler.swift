@@ -10,38 +10,46 @@ protocol UpstreamOwner: AnyObject {
     var ownerIsWritable: Bool { get }
 }
 
-/// The last handler of an upstream HTTP/1.1 connection: frames the origin's responses with a
-/// ``ResponseFramer``, relays them to its owner and reads only while the owner's client can
-/// take more (back-pressure). Requests arrive serialized (``HeaderRewriter``) and go out as bytes.
+/// The last handler of an upstream HTTP/1.1 connection: relays the origin's responses to its
+/// owner and reads only while the owner's client can take more (back-pressure). Requests arrive
+/// serialized (``HeaderRewriter``) and go out as bytes.
+///
+/// Every decision (framing, reuse, held reads, what the owner is told) is made by
+/// ``UpstreamConnectionStateMachine``; this handler turns channel events and its owner's calls
+/// into the machine's events, and its actions into channel and owner calls.
 final class UpstreamHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    weak var owner: (any UpstreamOwner)?
     weak var pool: UpstreamPool?
     var poolKey: UpstreamPool.Key?
     var idleSince = NIODeadline.now()
-    /// Set once the connection must not be reused (error, `Connection: close`, half-sent request).
-    var isReusable = true
     /// The owner's client speaks HTTP/1.0: chunked response bodies are decoded for it.
     var clientIsHTTP10 = false
     private(set) var context: ChannelHandlerContext?
-    private var framer = ResponseFramer()
+    private var machine = UpstreamConnectionStateMachine()
+    /// The events of one read, delivered once the framer is done with its bytes. Reused: a read
+    /// allocates nothing here.
     private var events: [ResponseFramer.Event] = []
-    private var pendingRead = false
-    private var lastError: (any Error)?
-    private var isActive = true
-    /// The owner that received events in the current read burst: it still gets the
-    /// readComplete (its cue to flush) if the exchange ended and detached inside the burst.
-    private weak var burstOwner: (any UpstreamOwner)?
 
     /// The origin's IP address for the access log, made once per connection rather than per request.
     private(set) lazy var remoteIPAddress: String? = self.context?.channel.remoteAddress?.ipAddress
     /// The origin's address, for the access rules' check of a pooled connection.
     private(set) lazy var remoteAddress: SocketAddress? = self.context?.channel.remoteAddress
 
-    var isUsable: Bool { self.isActive && self.isReusable && self.context?.channel.isActive == true }
+    /// The client connection whose exchange this connection serves.
+    var owner: (any UpstreamOwner)? { self.machine.owner }
+
+    /// False once the connection must not be reused (error, `Connection: close`, a close-delimited
+    /// body, bytes past a response). Setting it to false is ``originWillClose()``; it cannot be
+    /// set back to true.
+    var isReusable: Bool {
+        get { self.machine.isReusable }
+        set { if !newValue { self.machine.originWillClose() } }
+    }
+
+    var isUsable: Bool { self.machine.isReusable && self.context?.channel.isActive == true }
     var isWritable: Bool { self.context?.channel.isWritable ?? false }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -52,25 +60,23 @@ final class UpstreamHandler: ChannelDuplexHandler {
         self.context = nil
     }
 
+    // MARK: - The owner's calls
+
     /// Takes the connection for one exchange.
     func attach(to owner: any UpstreamOwner) {
-        self.owner = owner
+        self.machine.attached(to: owner)
         self.pool = nil
         self.poolKey = nil
     }
 
     func detach() {
-        self.owner = nil
-        if self.pendingRead, let context {
-            self.pendingRead = false
-            context.read()
-        }
+        if self.machine.detached() == .read { self.context?.read() }
     }
 
     /// Sends a serialized request head; the response to it is framed accordingly.
     func sendHead(_ bytes: ByteBuffer, isHEAD: Bool) {
         guard let context else { return }
-        self.framer.expectResponse(toHead: isHEAD, dechunk: self.clientIsHTTP10)
+        self.machine.headSent(isHEAD: isHEAD, dechunk: self.clientIsHTTP10)
         context.write(self.wrapOutboundOut(bytes), promise: nil)
     }
 
@@ -84,51 +90,40 @@ final class UpstreamHandler: ChannelDuplexHandler {
         self.context?.flush()
     }
 
+    /// The origin's response head says it closes the connection after this response
+    /// (`Connection: close`, HTTP/1.0): the pool must not keep it.
+    func originWillClose() {
+        self.machine.originWillClose()
+    }
+
     func close() {
-        self.isReusable = false
-        self.context?.close(promise: nil)
+        if self.machine.closeRequested() == .close { self.context?.close(promise: nil) }
     }
 
     /// Called by the owner when its client channel became writable again.
     func resumeReading() {
-        if self.pendingRead, let context {
-            self.pendingRead = false
-            context.read()
-        }
+        if self.machine.ownerBecameWritable() == .read { self.context?.read() }
     }
 
+    // MARK: - Channel events
+
     func read(context: ChannelHandlerContext) {
-        if let owner, !owner.ownerIsWritable {
-            self.pendingRead = true
-        } else {
-            context.read()
-        }
+        let ownerIsWritable = self.machine.owner?.ownerIsWritable ?? true
+        if self.machine.readRequested(ownerIsWritable: ownerIsWritable) == .read { context.read() }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let buffer = self.unwrapInboundIn(data)
-        guard let owner else {
-            // An idle connection must stay silent; anything else means it is out of sync.
-            self.close()
-            return
-        }
-        self.burstOwner = owner
-        // Events are collected first and delivered after the framer is done with the bytes:
-        // delivering one can start the next exchange on this very connection.
-        var failure: (any Error)?
-        do {
-            try self.framer.feed(buffer) { self.events.append($0) }
-        } catch {
-            failure = error
-        }
-        if !self.framer.reusable { self.isReusable = false }
-        self.deliverEvents(to: owner)
-        if let failure {
-            self.lastError = failure
-            self.close()
+        switch self.machine.bytesRead(self.unwrapInboundIn(data), into: &self.events) {
+        case .close:
+            context.close(promise: nil)
+        case .deliver(let owner, let thenClose):
+            self.deliverEvents(to: owner)
+            if thenClose { context.close(promise: nil) }
         }
     }
 
+    /// Delivered only after the machine is done with the bytes: delivering one can start the
+    /// next exchange on this very connection (or close it).
     private func deliverEvents(to owner: any UpstreamOwner) {
         guard !self.events.isEmpty else { return }
         // Taken out whole (a delivery may feed new events in); the emptied array comes back
@@ -143,65 +138,44 @@ final class UpstreamHandler: ChannelDuplexHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        self.endBurst()
-    }
-
-    /// Parts can also arrive outside a read (the last one of a close-delimited body on EOF):
-    /// whoever got them must still be told to flush.
-    private func endBurst() {
-        let owner = self.burstOwner ?? self.owner
-        self.burstOwner = nil
-        owner?.upstreamReadComplete()
+        self.machine.readComplete()?.upstreamReadComplete()
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        self.owner?.upstreamWritabilityChanged(isWritable: context.channel.isWritable)
+        self.machine.owner?.upstreamWritabilityChanged(isWritable: context.channel.isWritable)
         context.fireChannelWritabilityChanged()
-    }
-
-    private func originFinishedSending() {
-        self.isReusable = false
-        // After a protocol error the framer stopped where the origin went wrong: that error is
-        // what the client is told, not the "closed before a response" that an EOF now implies.
-        if self.lastError == nil, self.framer.isAwaitingResponse {
-            do {
-                try self.framer.feedEOF { self.events.append($0) }
-            } catch {
-                self.lastError = error
-            }
-            if let owner = self.owner {
-                self.burstOwner = owner
-                self.deliverEvents(to: owner)
-            }
-            self.events.removeAll()
-        }
-        // Also when the connection was closed from inside a read (a response followed by bytes
-        // nobody asked for): no readComplete follows, and the owner still has to flush.
-        self.endBurst()
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        self.originFinishedSending()
-        self.isActive = false
-        self.isReusable = false
-        if let pool, let poolKey { pool.remove(self, key: poolKey) }
-        let owner = self.owner
-        self.owner = nil
-        owner?.upstreamClosed(error: self.lastError)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case .some(.inputClosed) = event as? ChannelEvent {
             // The origin finished sending; HTTP/1.1 gives us nothing more to do with this connection.
             self.originFinishedSending()
-            context.close(promise: nil)
+            if self.machine.closeRequested() == .close { context.close(promise: nil) }
         }
         context.fireUserInboundEventTriggered(event)
     }
 
+    func channelInactive(context: ChannelHandlerContext) {
+        self.originFinishedSending()
+        let action = self.machine.channelInactive()
+        if let pool, let poolKey { pool.remove(self, key: poolKey) }
+        if case .reportClosed(let owner, let error) = action {
+            owner.upstreamClosed(error: error)
+        }
+    }
+
+    private func originFinishedSending() {
+        if case .deliver(let owner) = self.machine.inputClosed(into: &self.events) {
+            self.deliverEvents(to: owner)
+        }
+        // Also when nothing was delivered: parts can arrive outside a read (the end of a
+        // close-delimited body on EOF), or the connection was closed from inside a read (a
+        // response followed by bytes nobody asked for) and no readComplete follows; whoever got
+        // them must still flush.
+        self.machine.readComplete()?.upstreamReadComplete()
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if self.lastError == nil { self.lastError = error }
-        self.isReusable = false
-        context.close(promise: nil)
+        if self.machine.errorCaught(error) == .close { context.close(promise: nil) }
     }
 }
