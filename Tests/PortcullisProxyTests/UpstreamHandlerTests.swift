@@ -166,7 +166,7 @@ import Testing
         let onEnd = owner.onEvent
         // The client side reads the head's `Connection: close` (or an HTTP/1.0 status line).
         owner.onEvent = { [unowned origin] event in
-            if case .head = event { origin.handler.isReusable = false }
+            if case .head = event { origin.handler.originWillClose() }
             onEnd?(event)
         }
         origin.request(from: owner)

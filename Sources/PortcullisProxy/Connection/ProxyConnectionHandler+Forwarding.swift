@@ -143,7 +143,7 @@ extension ProxyConnectionHandler {
                 wantsContentType: self.shared.accessLog != nil,
                 into: &self.clientHeadBuffer
             )
-            if originCloses { upstream.isReusable = false }
+            if originCloses { upstream.originWillClose() }
             exchange.bytesToClient += self.clientHeadBuffer.readableBytes
             // Held until the burst's end: a small body that arrived with it joins it in one write.
             self.clientHeadHeld = true

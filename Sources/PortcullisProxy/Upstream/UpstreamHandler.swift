@@ -42,12 +42,8 @@ final class UpstreamHandler: ChannelDuplexHandler {
     var owner: (any UpstreamOwner)? { self.machine.owner }
 
     /// False once the connection must not be reused (error, `Connection: close`, a close-delimited
-    /// body, bytes past a response). Setting it to false is ``originWillClose()``; it cannot be
-    /// set back to true.
-    var isReusable: Bool {
-        get { self.machine.isReusable }
-        set { if !newValue { self.machine.originWillClose() } }
-    }
+    /// body, bytes past a response).
+    var isReusable: Bool { self.machine.isReusable }
 
     var isUsable: Bool { self.machine.isReusable && self.context?.channel.isActive == true }
     var isWritable: Bool { self.context?.channel.isWritable ?? false }
