@@ -53,22 +53,6 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// once at the burst's readComplete instead of one syscall each.
     var readingClient = false
     var readingUpstream = false
-    /// The last `Proxy-Authorization` value on this connection and its cache key: keep-alive
-    /// clients repeat the same value, and the HMAC behind the key cost ~7 % of a request.
-    var lastAuthorization: (value: [UInt8], key: CredentialVerifier.CacheKey)?
-    /// The cache key of the Basic credential this connection last proved with a check: while
-    /// its address is locked out, this credential alone still passes here.
-    var provenKey: CredentialVerifier.CacheKey?
-    /// 407s answered to Digest credentials on this connection since its last success.
-    var digestFailuresInARow = 0
-    /// H(A2) of this connection's last Digest request (clients repeat requests).
-    var lastRequestHashes: DigestAuthority.RequestHashes?
-    /// The user name of this connection's last Digest answer and its cache key.
-    var lastDigestKey: (name: [UInt8], key: CredentialVerifier.DigestKey)?
-    /// The key whose Digest success this connection last reported to the throttle and store.
-    var digestSuccessNoted: CredentialVerifier.DigestKey?
-    /// More 407s than this to Digest answers in a row and the connection is closed.
-    static let digestFailuresBeforeClose = 5
     var clientInputClosed = false
     /// The 407 gate's own state and per-connection memory.
     var gate = GateStateMachine()
@@ -432,7 +416,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         case .success(let target):
             exchange.target = target
         }
-        self.authenticate(exchange)
+        self.startGate(exchange)
     }
 
     private static func describe(targetError: RequestTarget.ParseError) -> String {
