@@ -37,7 +37,7 @@ import Testing
     }
 
     static func record(_ text: String, at now: NIODeadline = start) throws -> ProxyExchange {
-        ProxyExchange(head: try RequestHead.parse(text), quiescing: false, started: now)
+        ProxyExchange(head: try RequestHead.parse(text), started: now)
     }
 
     static func machine() -> Machine {

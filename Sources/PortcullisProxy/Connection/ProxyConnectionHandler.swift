@@ -43,22 +43,6 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// Completes when the current exchange's response has left (set when its write is tracked:
     /// a close waits for it).
     private var responseWritten: EventLoopFuture<Void>?
-    /// The last `Proxy-Authorization` value on this connection and its cache key: keep-alive
-    /// clients repeat the same value, and the HMAC behind the key cost ~7 % of a request.
-    var lastAuthorization: (value: [UInt8], key: CredentialVerifier.CacheKey)?
-    /// The cache key of the Basic credential this connection last proved with a check: while
-    /// its address is locked out, this credential alone still passes here.
-    var provenKey: CredentialVerifier.CacheKey?
-    /// 407s answered to Digest credentials on this connection since its last success.
-    var digestFailuresInARow = 0
-    /// H(A2) of this connection's last Digest request (clients repeat requests).
-    var lastRequestHashes: DigestAuthority.RequestHashes?
-    /// The user name of this connection's last Digest answer and its cache key.
-    var lastDigestKey: (name: [UInt8], key: CredentialVerifier.DigestKey)?
-    /// The key whose Digest success this connection last reported to the throttle and store.
-    var digestSuccessNoted: CredentialVerifier.DigestKey?
-    /// More 407s than this to Digest answers in a row and the connection is closed.
-    static let digestFailuresBeforeClose = 5
     /// The 407 gate's own state and per-connection memory.
     var gate = GateStateMachine()
     /// The last request head sent upstream and response head sent to the client: once their
@@ -264,7 +248,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             case .head(let head):
                 let now = self.currentTime
                 self.responseWritten = nil
-                let record = ProxyExchange(head: head, quiescing: self.machine.quiescing, started: now)
+                let record = ProxyExchange(head: head, started: now)
                 self.execute(self.machine.requestHead(record, now: now))
             case .body(let buffer):
                 self.execute(self.machine.requestBody(buffer, now: self.currentTime))
@@ -293,7 +277,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             upstream.sendBody(buffer)
             return
         case .runGate(let exchange):
-            self.authenticate(exchange)
+            self.startGate(exchange)
         case .respond(let response, let exchange, let close, let abandon, let then):
             if let abandon {
                 abandon.detach()
@@ -480,18 +464,10 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         }
     }
 
-    /// The gate answers `exchange` itself (407, 429, 403, 503…); `exchange.closeAfter` says
-    /// whether the connection closes after it.
-    func gateRefused(_ exchange: ProxyExchange, _ response: ProxyResponse) {
-        self.execute(self.machine.gateRefused(response, close: exchange.closeAfter, now: self.currentTime))
+    /// The gate answers the request itself (407, 429, 403, 503…); `close`: the connection closes
+    /// after it (a lockout, a client that keeps failing Digest).
+    func gateRefused(_ response: ProxyResponse, close: Bool) {
+        self.execute(self.machine.gateRefused(response, close: close, now: self.currentTime))
     }
 
-    /// The gate waits for work off the event loop (a password check, a store lookup) or a delay.
-    func gateSuspended(_ exchange: ProxyExchange) {}
-
-    /// Whether the gate's work, now finished, is still wanted: not once the client left or the
-    /// exchange ended otherwise.
-    func gateResumed(_ exchange: ProxyExchange) -> Bool {
-        self.machine.isGating
-    }
 }

@@ -112,7 +112,7 @@ extension ProxyConnectionStateMachine {
     mutating func refuse(_ response: ProxyResponse, now: NIODeadline) -> Action {
         switch self.state {
         case .idle:
-            let record = ProxyExchange(head: .unparsable, quiescing: true, started: now)
+            let record = ProxyExchange(head: .unparsable, started: now)
             self.state = .exchange(Exchange(record: record, request: .ended, response: .gating, closeAfter: true))
             return self.respond(response, now: now)
         case .exchange(var exchange):

@@ -177,7 +177,7 @@ extension ProxyConnectionStateMachine {
                     proxyError: "http_request_error",
                     details: "request head not complete in time",
                     message:
-                        "the request head did not arrive within \(Self.seconds(self.settings.requestHeadTimeout))."
+                        "the request head did not arrive within \(ProxyResponse.seconds(self.settings.requestHeadTimeout))."
                 ),
                 now: now
             )
@@ -204,7 +204,7 @@ extension ProxyConnectionStateMachine {
                         proxyError: "http_response_timeout",
                         details: "no response head in time",
                         message:
-                            "the origin did not answer within \(Self.seconds(self.settings.upstreamResponseTimeout))."
+                            "the origin did not answer within \(ProxyResponse.seconds(self.settings.upstreamResponseTimeout))."
                     ),
                     now: now
                 )
@@ -236,15 +236,10 @@ extension ProxyConnectionStateMachine {
                     proxyError: "http_request_error",
                     details: "request body not complete in time",
                     message:
-                        "the request body stopped arriving: nothing came for \(Self.seconds(self.settings.requestBodyTimeout))."
+                        "the request body stopped arriving: nothing came for \(ProxyResponse.seconds(self.settings.requestBodyTimeout))."
                 ),
                 now: now
             )
         }
-    }
-
-    static func seconds(_ amount: TimeAmount) -> String {
-        let value = Double(amount.nanoseconds) / 1e9
-        return value == value.rounded() ? "\(Int(value)) s" : "\(value) s"
     }
 }

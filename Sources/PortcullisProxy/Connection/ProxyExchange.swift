@@ -8,9 +8,6 @@ final class ProxyExchange {
     let head: RequestHead
     var target: RequestTarget?
     var user: String?
-    /// The gate asks for the connection to close after its answer (a lockout, a client that
-    /// keeps failing Digest).
-    var closeAfter: Bool
     var requestBodyBytes = 0
     /// The head sent upstream, kept to retry once on a fresh connection.
     var upstreamHead: ByteBuffer?
@@ -47,12 +44,9 @@ final class ProxyExchange {
     var upstreamAddress: String?
     var logged = false
 
-    init(head: RequestHead, quiescing: Bool, started: NIODeadline) {
+    init(head: RequestHead, started: NIODeadline) {
         self.head = head
         self.started = started
-        // HTTP/1.0 clients get one response per connection: framing by close is the only
-        // framing every 1.0 client understands.
-        self.closeAfter = quiescing || !head.keepAlive
     }
 
     var isConnect: Bool { self.head.method == .connect }

@@ -1,7 +1,352 @@
-/// The 407 gate of one client connection as a state machine (see ProxyConnectionHandler+Gate).
+import Foundation
+import Logging
+import NIOCore
+import PortcullisAuth
+import PortcullisStores
+
+/// The 407 gate of one client connection: decides each request's way through the checks, says
+/// what to wait for, and keeps what the connection remembers between requests.
+///
+/// A request meets the checks in one order: the address lockout (asked before the credential
+/// cache, so that a locked address learns nothing from a right password), the credential
+/// cache, the credential itself (Basic checked off the event loop; Digest against the user's
+/// secrets, then its nonce), the account's standing, the access rules, the per-user limits.
+///
+/// While the gate waits — for a password check, a store lookup, or the tarpit's delay before a
+/// 407 — its state holds that one step and a ``CheckID``. A completion whose id the state does
+/// not hold (late, repeated, or after ``cancel()``) finds nothing to act on: it gets
+/// ``Action/none``. The one thing such a completion still does is tell the login throttle how
+/// a Basic check ended, exactly once, so that its slot is given back and a wrong guess counts.
+///
+/// The handler carries out the ``Action``s; time comes in with the events; the shared tables,
+/// metrics and the log are reached through a ``GateEnvironment``.
 struct GateStateMachine {
+    /// Names one wait of the gate: a completion carries it back.
+    struct CheckID: Hashable, Sendable {
+        var value: UInt64
+    }
+
+    /// What the gate needs to know of a request.
+    struct Request {
+        var head: RequestHead
+        var target: RequestTarget
+        /// When its head was read: the time of its cache and throttle decisions.
+        var started: NIODeadline
+        var clientAddress: String
+    }
+
+    /// What the access log and the metrics say of a request's authentication.
+    struct Record: Equatable {
+        var user: String?
+        /// The scheme the client presented (`basic`, `digest`, a registered other), if any.
+        var scheme: String?
+        /// `none`, `ok` or a reason token.
+        var result: String
+
+        /// Nothing presented yet, or nothing asked for.
+        static var unauthenticated: Record { Record(user: nil, scheme: nil, result: "none") }
+    }
+
+    enum Action {
+        /// On to the origin. `authenticationInfo`: the response's `Proxy-Authentication-Info`.
+        case allow(Record, authenticationInfo: [UInt8]?)
+        /// The gate answers the request; with `close`, the connection closes after it.
+        case refuse(Record, ProxyResponse, close: Bool)
+        /// Check a Basic password off the event loop; its outcome goes to
+        /// ``GateStateMachine/basicCheckFinished(_:outcome:now:in:)``.
+        case verifyBasic(CheckID, BasicCredentials, key: CredentialVerifier.CacheKey)
+        /// Read a user's Digest secrets from the store; they go to
+        /// ``GateStateMachine/digestSecretsFound(_:lookup:now:in:)``.
+        case lookUpDigestSecrets(CheckID, CredentialVerifier.DigestKey)
+        /// Wait, then ``GateStateMachine/delayElapsed(_:in:)``.
+        case wait(CheckID, TimeAmount)
+        case none
+    }
+
+    enum State {
+        case idle
+        case verifyingBasic(BasicCheck)
+        case lookingUpDigestSecrets(DigestSecretsLookup)
+        /// A failed login's 407, held back while the address or the user name is being guessed at.
+        case tarpit(HeldRefusal)
+    }
+
+    struct BasicCheck {
+        var id: CheckID
+        var request: Request
+        /// The name presented (never the password: it is not kept past the check's start).
+        var user: String
+        var key: CredentialVerifier.CacheKey
+        /// The throttle's slot for this check.
+        var ticket: AuthThrottle.Ticket
+    }
+
+    struct DigestSecretsLookup {
+        var id: CheckID
+        var request: Request
+        var authorization: DigestAuthorization
+        var key: CredentialVerifier.DigestKey
+        var authority: DigestAuthority
+    }
+
+    struct HeldRefusal {
+        var id: CheckID
+        var clientAddress: String
+        var record: Record
+        var failure: AuthFailure
+        var logDetail: Logger.Metadata
+    }
+
+    private(set) var state: State = .idle
+    private var nextCheck: UInt64 = 0
+    /// Basic checks still running whose request is no longer waited for: the throttle learns
+    /// their outcome all the same.
+    private var unwantedChecks: [(id: CheckID, ticket: AuthThrottle.Ticket)] = []
+
+    // What the connection remembers between requests.
+
+    /// The last `Proxy-Authorization` value and its cache key: keep-alive clients repeat the
+    /// same value, and the HMAC behind the key cost ~7 % of a request.
+    var lastAuthorization: (value: [UInt8], key: CredentialVerifier.CacheKey)?
+    /// The cache key of the Basic credential this connection last proved: while its address is
+    /// locked out, this credential alone still passes here (it tells the client nothing new).
+    var provenKey: CredentialVerifier.CacheKey?
+    /// 407s answered to Digest credentials since the last success.
+    var digestFailuresInARow = 0
+    /// H(A2) of the last Digest request (clients repeat requests).
+    var lastRequestHashes: DigestAuthority.RequestHashes?
+    /// The user name of the last Digest answer and its cache key.
+    var lastDigestKey: (name: [UInt8], key: CredentialVerifier.DigestKey)?
+    /// The key whose Digest success was last reported to the throttle and the store.
+    var digestSuccessNoted: CredentialVerifier.DigestKey?
+    /// More 407s than this to Digest answers in a row and the connection is closed: a client
+    /// that cannot get Digest right (a bug, a stale nonce it never renews) must not spin on one
+    /// connection forever.
+    static let digestFailuresBeforeClose = 5
+
     init() {}
 
-    /// The exchange ended or the connection closed: work still in flight for it is not wanted.
-    mutating func cancel() {}
+    // MARK: - Events
+
+    /// A request's head was read and its target parsed. A request starts only once the one
+    /// before it was answered; one that starts anyway leaves behind what the gate waited for.
+    mutating func startRequest(_ request: Request, in environment: some GateEnvironment) -> Action {
+        self.cancel()
+        guard let cache = environment.credentials else {
+            return self.authorized(request, .unauthenticated, authenticationInfo: nil, environment)
+        }
+        // Asked before the credential cache: a locked address gets 429 whatever it sends, so
+        // the lockout tells no right password from a wrong one.
+        let lock = environment.lockout(of: request.clientAddress, now: request.started)
+        var cacheKey: CredentialVerifier.CacheKey?
+        // The single Proxy-Authorization value, if there is exactly one.
+        let single = request.head.proxyAuthorization.map { request.head.value($0) }
+        let singleIsDigest = single.map(Self.isDigest) ?? false
+        // Digest answers differ on every request (nc, cnonce): they have their own path.
+        if let value = single, !singleIsDigest {
+            let key = self.cacheKey(of: value, cache)
+            cacheKey = key
+            // Still asked every time: the entry may have expired or the users changed.
+            if case .allowed = lock, let user = cache.cachedUser(for: key, now: request.started) {
+                environment.metrics.cacheHits.increment()
+                self.provenKey = key
+                return self.accepted(request, user: user, scheme: "basic", authenticationInfo: nil, environment)
+            }
+            if case .lockedOut = lock, self.provenKey == key,
+                let user = cache.cachedUser(for: key, now: request.started)
+            {
+                return self.accepted(request, user: user, scheme: "basic", authenticationInfo: nil, environment)
+            }
+            environment.metrics.cacheMisses.increment()
+        }
+        if case .lockedOut(let remaining) = lock {
+            return self.refuseLockedOut(request, .unauthenticated, retryAfter: remaining, environment)
+        }
+        let decision: GateDecision
+        // Digest answers are read from the field's bytes: no String is made of them.
+        if let value = single, singleIsDigest,
+            let digest = environment.gate.evaluateDigest(
+                fieldValue: value.withContiguousStorageIfAvailable { Array($0) } ?? Array(value)
+            )
+        {
+            decision = digest
+        } else {
+            decision = environment.gate.evaluate(
+                proxyAuthorization: request.head.values(named: "proxy-authorization")
+            )
+        }
+        switch decision {
+        case .reject(let failure):
+            return self.reject(request, failure, fingerprint: cacheKey.map(AuthThrottle.Fingerprint.init), environment)
+        case .verifyDigest(let authorization):
+            // Digest is only parsed when it is offered, and it is only offered with an authority.
+            guard let authority = environment.digest else { return .none }
+            return self.verifyDigest(request, authorization, authority: authority, cache, environment)
+        case .verifyBasic(let credentials):
+            // A single Basic value always has its key by now.
+            guard let key = cacheKey else { return .none }
+            // A slot for this check, or 429 unchecked: checks in flight count against the
+            // lockout like failures.
+            let ticket: AuthThrottle.Ticket
+            switch self.beginCheck(
+                request,
+                .unauthenticated,
+                user: credentials.user,
+                credential: .init(key),
+                environment
+            ) {
+            case .granted(let granted): ticket = granted
+            case .refused(let refusal): return refusal
+            }
+            let id = self.newCheckID()
+            self.state = .verifyingBasic(
+                BasicCheck(id: id, request: request, user: credentials.user, key: key, ticket: ticket)
+            )
+            return .verifyBasic(id, credentials, key: key)
+        }
+    }
+
+    /// A Basic password check finished. The throttle learns its outcome whether or not the
+    /// request still waits for it.
+    mutating func basicCheckFinished(
+        _ id: CheckID,
+        outcome: VerificationOutcome,
+        now: NIODeadline,
+        in environment: some GateEnvironment
+    ) -> Action {
+        guard case .verifyingBasic(let check) = self.state, check.id == id else {
+            if let index = self.unwantedChecks.firstIndex(where: { $0.id == id }) {
+                let ticket = self.unwantedChecks.remove(at: index).ticket
+                _ = Self.settle(ticket, outcome, now: now, environment)
+            }
+            return .none
+        }
+        self.state = .idle
+        let counted = Self.settle(check.ticket, outcome, now: now, environment)
+        switch outcome {
+        case .accepted(let user, _):
+            environment.metrics.verifyDuration.recordNanoseconds((now - check.request.started).nanoseconds)
+            self.provenKey = check.key
+            return self.accepted(check.request, user: user, scheme: "basic", authenticationInfo: nil, environment)
+        case .rejected(.unavailable):
+            return Self.storeUnavailable(check.request, scheme: "basic", environment)
+        case .rejected(.invalid):
+            return self.reject(
+                check.request,
+                AuthFailure(
+                    reason: .invalidCredentials,
+                    explanation: "unknown user or wrong password",
+                    presentedScheme: "basic"
+                ),
+                user: check.user,
+                counted: counted,
+                environment
+            )
+        case .rejected(let reason):
+            return self.noLongerValid(check.request, reason: reason, user: check.user, scheme: "basic", environment)
+        }
+    }
+
+    /// A user's Digest secrets were read from the store.
+    mutating func digestSecretsFound(
+        _ id: CheckID,
+        lookup: DigestLookup,
+        now: NIODeadline,
+        in environment: some GateEnvironment
+    ) -> Action {
+        guard case .lookingUpDigestSecrets(let wait) = self.state, wait.id == id else { return .none }
+        self.state = .idle
+        return self.finishDigest(
+            wait.request,
+            wait.authorization,
+            key: wait.key,
+            lookup: lookup,
+            authority: wait.authority,
+            now: now,
+            environment
+        )
+    }
+
+    /// The tarpit's delay is over: the 407 it held back goes out.
+    mutating func delayElapsed(_ id: CheckID, in environment: some GateEnvironment) -> Action {
+        guard case .tarpit(let held) = self.state, held.id == id else { return .none }
+        self.state = .idle
+        return self.sendReject(
+            held.record,
+            held.failure,
+            clientAddress: held.clientAddress,
+            logDetail: held.logDetail,
+            environment
+        )
+    }
+
+    /// The exchange ended or the connection closed: what the gate waits for is not wanted any
+    /// more. A Basic check still running keeps its throttle slot until its outcome is known.
+    mutating func cancel() {
+        switch self.state {
+        case .idle:
+            return
+        case .verifyingBasic(let check):
+            self.unwantedChecks.append((check.id, check.ticket))
+        case .lookingUpDigestSecrets, .tarpit:
+            break
+        }
+        self.state = .idle
+    }
+
+    // MARK: - Steps
+
+    mutating func newCheckID() -> CheckID {
+        self.nextCheck &+= 1
+        return CheckID(value: self.nextCheck)
+    }
+
+    /// Into the tarpit: the 407 goes out when the delay is over.
+    mutating func holdBack(_ refusal: HeldRefusal, for delay: TimeAmount) -> Action {
+        self.state = .tarpit(refusal)
+        return .wait(refusal.id, delay)
+    }
+
+    /// Waits for the user's Digest secrets from the store.
+    mutating func lookUpSecrets(_ lookup: DigestSecretsLookup) -> Action {
+        self.state = .lookingUpDigestSecrets(lookup)
+        return .lookUpDigestSecrets(lookup.id, lookup.key)
+    }
+
+    /// The cache key of a Basic field value: the last one's again when the client repeats it.
+    private mutating func cacheKey(
+        of value: ByteBufferView,
+        _ credentials: some GateCredentialCache
+    ) -> CredentialVerifier.CacheKey {
+        if let last = self.lastAuthorization, last.value.elementsEqual(value) { return last.key }
+        let key = credentials.cacheKey(forFieldValue: String(decoding: value, as: UTF8.self))
+        self.lastAuthorization = (Array(value), key)
+        return key
+    }
+
+    /// Tells the throttle how a check ended; for a wrong password, how long to hold the 407
+    /// back and whether it locked the address.
+    private static func settle(
+        _ ticket: AuthThrottle.Ticket,
+        _ outcome: VerificationOutcome,
+        now: NIODeadline,
+        _ environment: some GateEnvironment
+    ) -> (delay: TimeAmount, lockedOut: Bool)? {
+        switch outcome {
+        case .accepted:
+            environment.checkSucceeded(ticket, now: now)
+            return nil
+        case .rejected(.invalid):
+            return environment.checkFailed(ticket, now: now)
+        case .rejected:
+            // Not a guess (the store was down, or the right password of a closed account).
+            environment.checkAbandoned(ticket)
+            return nil
+        }
+    }
+
+    static func isDigest(_ value: ByteBufferView) -> Bool {
+        guard value.count > 7 else { return false }
+        return FieldName.equals(value.prefix(7), "digest ")
+    }
 }

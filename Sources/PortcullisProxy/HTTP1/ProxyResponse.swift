@@ -14,6 +14,12 @@ struct ProxyResponse {
     var message: String
     var extraHeaders: [(String, String)] = []
 
+    /// A duration as a message says it: "30 s", "0.5 s".
+    static func seconds(_ amount: TimeAmount) -> String {
+        let value = Double(amount.nanoseconds) / 1e9
+        return value == value.rounded() ? "\(Int(value)) s" : "\(value) s"
+    }
+
     static func badRequest(_ message: String) -> ProxyResponse {
         ProxyResponse(status: .badRequest, proxyError: nil, details: "bad-request", message: message)
     }
