@@ -20,7 +20,8 @@ final class UpstreamPool {
         let interval = TimeAmount.nanoseconds(max(idleTimeout.nanoseconds / 2, TimeAmount.seconds(1).nanoseconds))
         let weakSelf = NIOLoopBound(WeakBox(self), eventLoop: eventLoop)
         self.sweeper = eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
-            weakSelf.value.value?.closeExpired()
+            // The loop's clock, the one acquire and release are given (a test's on an EmbeddedEventLoop).
+            weakSelf.value.value?.closeExpired(now: eventLoop.now)
         }
     }
 
@@ -81,8 +82,8 @@ final class UpstreamPool {
 
     var idleCount: Int { self.idle.values.reduce(0) { $0 + $1.count } }
 
-    private func closeExpired() {
-        let deadline = NIODeadline.now() - self.idleTimeout
+    private func closeExpired(now: NIODeadline) {
+        let deadline = now - self.idleTimeout
         for (key, list) in self.idle {
             let (keep, expired) = (list.filter { $0.idleSince > deadline }, list.filter { $0.idleSince <= deadline })
             self.idle[key] = keep.isEmpty ? nil : keep
