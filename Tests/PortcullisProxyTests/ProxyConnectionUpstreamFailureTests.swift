@@ -27,7 +27,7 @@ import Testing
         return (h, origin)
     }
 
-    @Test func aReusedConnectionThatDiesBeforeAnsweringIsRetriedOnceOnAFreshOneForAGet() throws {
+    @Test func aReusedConnectionResetBeforeAnsweringIsRetriedOnceOnAFreshOneForAGet() throws {
         let (h, pooled) = try self.secondRequestOverAPooledConnection(Wire.get("/2"))
         #expect(pooled.receivedText == Wire.upstreamGet("/2"))
         pooled.reset()
@@ -40,7 +40,7 @@ import Testing
         h.finish()
     }
 
-    @Test func aRetryWhoseFreshConnectionAlsoDiesIs502() throws {
+    @Test func aRetryWhoseFreshConnectionIsResetTooIs502() throws {
         let (h, pooled) = try self.secondRequestOverAPooledConnection(Wire.get("/2"))
         pooled.reset()
         let fresh = try h.acceptConnect()
@@ -51,7 +51,7 @@ import Testing
         h.finish()
     }
 
-    @Test func aPostOnAReusedConnectionThatDiesIsNotRetried() throws {
+    @Test func aPostOnAReusedConnectionResetBeforeAnsweringIsNotRetried() throws {
         let (h, pooled) = try self.secondRequestOverAPooledConnection(
             "POST http://o.test/up HTTP/1.1\r\nHost: o.test\r\nContent-Length: 2\r\n\r\nhi"
         )
@@ -62,7 +62,7 @@ import Testing
         h.finish()
     }
 
-    @Test func aGetWithABodyIsNotRetried() throws {
+    @Test func aGetWithABodyOnAReusedConnectionResetBeforeAnsweringIsNotRetried() throws {
         let (h, pooled) = try self.secondRequestOverAPooledConnection(
             "GET http://o.test/2 HTTP/1.1\r\nHost: o.test\r\nContent-Length: 2\r\n\r\nhi"
         )
