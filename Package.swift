@@ -126,6 +126,8 @@ let package = Package(
             name: "PortcullisProxyTests",
             dependencies: [
                 "PortcullisProxy",
+                // A Digest client (DigestResponder) for the connection tests' nonce answers.
+                "PortcullisAuth",
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

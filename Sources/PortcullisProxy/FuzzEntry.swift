@@ -87,9 +87,9 @@ package enum FuzzEntry {
     /// and canned requests (to reach deep states fast: pipelining, credentials right and wrong,
     /// bodies, CONNECT) gather into one read until the script delivers it; password checks
     /// complete at any point — also after the close —, time moves on, the client half-closes
-    /// or the connection closes. Besides crashes, two invariants: nothing is written after a
-    /// response that said `Connection: close`, and the password never appears in what the
-    /// proxy writes.
+    /// or the connection closes. Besides crashes, three invariants: nothing is written after a
+    /// response that said `Connection: close`, nor after the output was shut, and the password
+    /// never appears in what the proxy writes.
     package static func connection(_ input: UnsafeRawBufferPointer) {
         guard let harness = try? ConnectionHarness(shared: Self.harnessShared) else { return }
         var index = 0
@@ -133,6 +133,8 @@ package enum FuzzEntry {
         deliver()
         harness.finish()
         Self.checkInvariants(harness.outputText)
+        // A socket fails them; the handler must not try (ConnectionHarness keeps the output shut).
+        precondition(harness.clientWritesAfterOutputClosed == 0, "a write after the output was shut")
     }
 
     private static let harnessShared = ConnectionHarness.Shared()

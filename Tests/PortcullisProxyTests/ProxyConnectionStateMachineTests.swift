@@ -17,7 +17,8 @@ import Testing
         upstreamResponseTimeout: .seconds(60),
         maximumRequestBody: 1000,
         rejectedBodyDrainLimit: 100,
-        connectPorts: [443]
+        connectPorts: [443],
+        lingerAfterResponse: .seconds(2)
     )
 
     static let get = "GET http://o.test/ HTTP/1.1\r\nHost: o.test\r\n\r\n"

@@ -146,16 +146,31 @@ def test_bodiless_response_framing_keeps_the_connection_in_step(proxy, origin, m
     assert headers_seen(r2)["target"] == f"/headers?after={tag}"
 
 
-def test_close_delimited_origin_body_is_delivered_whole(proxy, origin):
+def test_close_delimited_origin_body_is_rechunked_and_the_client_keeps_its_connection(proxy, origin):
+    """The origin ends its body by closing its connection: that close is between the proxy and
+    the origin only. An HTTP/1.1 client gets the body chunked, whole, and its connection serves
+    the next request (over a new upstream connection)."""
     with proxy.conn() as c:
-        r = c.request("GET", f"{origin.base}/closedelim", [AUTH])
+        r = c.request("GET", f"{origin.base}/closedelim", [AUTH])  # strict chunked parser
         assert r.status == 200, r.describe()
+        assert (r.header("Transfer-Encoding") or "").lower() == "chunked", r.describe()
+        assert r.header("Content-Length") is None, r.describe()
+        assert r.header("Connection") is None, r.describe()
         assert r.body == b"close-delimited body\n" * 100
-        if r.header("Transfer-Encoding") or r.header("Content-Length"):
-            # re-framed: the client connection may stay and serve another request
-            if (r.header("Connection") or "").lower() != "close":
-                r2 = c.request("GET", f"{origin.base}/text", [AUTH])
-                assert r2.body == b"hello from origin\n"
+        r2 = c.request("GET", f"{origin.base}/headers?after=close", [AUTH])
+        assert r2.status == 200, r2.describe()
+        assert headers_seen(r2)["target"] == "/headers?after=close"
+    assert origin.connections_accepted == 2
+
+
+def test_close_delimited_origin_body_reaches_an_http10_client_as_it_came(proxy, origin):
+    with proxy.conn() as c:
+        c.send(build_request("GET", f"{origin.base}/closedelim", [AUTH], version="HTTP/1.0"))
+        r = c.read_response_head()
+        assert r.status == 200, r.describe()
+        assert r.header("Transfer-Encoding") is None and r.header("Content-Length") is None, r.describe()
+        assert (r.header("Connection") or "").lower() == "close", r.describe()
+        assert c.read_to_eof() == b"close-delimited body\n" * 100
 
 
 def test_post_with_body_is_forwarded(proxy, origin):
@@ -247,6 +262,8 @@ def test_dns_failure_is_502(launcher, dns_sandbox):
         assert dns.queries > 0, "the lookup did not reach the loopback DNS server"
 
 
+# The origin-response timer's one real-time smoke test; its behaviour is tested with injected
+# time in Tests/PortcullisProxyTests/ProxyConnectionTimerTests.swift.
 def test_origin_silence_is_504(launcher, silent_origin):
     p = launcher.start("--upstream-response-timeout", "1")
     started = time.monotonic()
@@ -256,7 +273,7 @@ def test_origin_silence_is_504(launcher, silent_origin):
     assert r.status == 504, r.describe()
     assert_proxy_status(r, error="http_response_timeout")
     assert_short_text_body(r)
-    assert 0.8 <= elapsed < 6, f"504 after {elapsed:.2f}s with a 1 s timeout"
+    assert 0.8 <= elapsed < 10, f"504 after {elapsed:.2f}s with a 1 s timeout"
     assert silent_origin.connections_accepted == 1
 
 
@@ -294,18 +311,6 @@ def test_pooled_upstream_closed_by_origin_is_replaced(proxy, origin):
             assert r.status == 200, r.describe()
             assert headers_seen(r)["target"] == f"/headers?n={i}"
     assert origin.connections_accepted == 2
-
-
-def test_origin_connection_close_response(proxy, origin):
-    """A response from a closed-delimited origin connection must not poison the next request."""
-    with proxy.conn() as c:
-        r = c.request("GET", f"{origin.base}/closedelim", [AUTH])
-        assert r.status == 200
-        if (r.header("Connection") or "").lower() == "close":
-            pytest.skip("proxy closes the client connection after a close-delimited body")
-        r = c.request("GET", f"{origin.base}/headers?after=close", [AUTH])
-        assert r.status == 200, r.describe()
-        assert headers_seen(r)["target"] == "/headers?after=close"
 
 
 def test_connections_do_not_leak_memory(proxy, origin):

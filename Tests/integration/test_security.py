@@ -144,6 +144,9 @@ def test_a_small_rejected_body_keeps_the_connection_for_the_retry(launcher, orig
         assert r.status == 200, r.describe()
 
 
+# The request-body timer's one real-time smoke test. Its behaviour (when the 408 comes, an origin
+# timeout during an unfinished body, a body held back by the proxy) is tested with injected time
+# in Tests/PortcullisProxyTests/ProxyConnectionTimerTests.swift.
 def test_a_request_body_that_stops_arriving_gets_408_and_the_connection_closes(launcher, silent_origin):
     proxy = launcher.start("--request-body-timeout", "1")
     with proxy.conn(timeout=15) as c:
@@ -156,24 +159,8 @@ def test_a_request_body_that_stops_arriving_gets_408_and_the_connection_closes(l
         r = c.read_response_head("POST")
         assert r.status == 408, r.describe()
         assert_proxy_status(r, details="request body not complete in time")
-        c.wait_eof(5)
-        assert time.monotonic() - start < 10
-
-
-def test_an_origin_timeout_during_an_unfinished_body_does_not_hold_the_connection(launcher, silent_origin):
-    proxy = launcher.start("--upstream-response-timeout", "1", "--request-body-timeout", "2")
-    with proxy.conn(timeout=15) as c:
-        c.send(
-            f"POST http://127.0.0.1:{silent_origin.port}/up HTTP/1.1\r\nHost: x\r\n"
-            f"Proxy-Authorization: {basic()}\r\nContent-Length: 1000\r\n\r\n".encode()
-            + b"x" * 10
-        )
-        start = time.monotonic()
-        r = c.read_response_head("POST")
-        assert r.status == 504, r.describe()
-        # The rest of the body never comes: the connection closes at the body deadline.
         c.wait_eof(10)
-        assert time.monotonic() - start < 8
+        assert time.monotonic() - start < 15
 
 
 # -- Finding 3: the challenge-loop table is bounded in bytes ------------------------------------

@@ -1,5 +1,11 @@
 """Idle timeouts for client connections and tunnels (options --client-idle-timeout and
---tunnel-idle-timeout)."""
+--tunnel-idle-timeout): one real-time smoke test per timer, with generous bounds.
+
+How the timers behave is tested with the event loop's clock moved by the test, in
+Tests/PortcullisProxyTests (ProxyConnectionTimerTests: the idle deadline counts from the end of
+the last exchange, a slow origin is not cut off by it; ProxyConnectionTunnelTests: the tunnel's
+idle timer and what its event closes). Here: the flags reach the binary and real time ends the
+connection."""
 
 from __future__ import annotations
 
@@ -16,17 +22,10 @@ def test_client_idle_timeout_closes_idle_keepalive_connection(launcher, origin):
         r = c.request("GET", f"{origin.base}/text", [AUTH])
         assert r.status == 200
         started = time.monotonic()
-        rest = c.wait_eof(6)  # socket.timeout (test failure) if it is never closed
+        rest = c.wait_eof(15)  # socket.timeout (test failure) if it is never closed
         elapsed = time.monotonic() - started
     assert rest == b""
-    assert 0.5 <= elapsed < 5, f"closed after {elapsed:.2f}s with a 1 s idle timeout"
-
-
-def test_client_idle_timeout_does_not_cut_a_slow_response(launcher, origin):
-    p = launcher.start("--client-idle-timeout", "1")
-    with p.conn() as c:
-        r = c.request("GET", f"{origin.base}/delay/2", [AUTH])
-    assert r.status == 200 and r.body == b"slept\n", r.describe()
+    assert 0.5 <= elapsed < 10, f"closed after {elapsed:.2f}s with a 1 s idle timeout"
 
 
 def test_tunnel_idle_timeout_closes_silent_tunnel(launcher, echo_origin):
@@ -37,6 +36,6 @@ def test_tunnel_idle_timeout_closes_silent_tunnel(launcher, echo_origin):
         c.send(b"hi")
         assert c.read_exact(2) == b"hi"
         started = time.monotonic()
-        c.wait_eof(6)
+        c.wait_eof(15)
         elapsed = time.monotonic() - started
-    assert 0.5 <= elapsed < 5, f"tunnel closed after {elapsed:.2f}s with a 1 s idle timeout"
+    assert 0.5 <= elapsed < 10, f"tunnel closed after {elapsed:.2f}s with a 1 s idle timeout"

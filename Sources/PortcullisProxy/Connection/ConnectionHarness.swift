@@ -1,3 +1,4 @@
+import CoreMetrics
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
@@ -13,9 +14,17 @@ import PortcullisStores
 /// connection closed. Used by the socket-free tests of the connection and by the connection
 /// fuzzer (``FuzzEntry``).
 ///
-/// Every authenticated request is refused by a deny-all access rule (403), so no origin is
-/// ever contacted: what is exercised is the client side — framing, pipelining, the 407 gate,
-/// the throttle, local responses, timers and closes.
+/// By default every authenticated request is refused by a deny-all access rule (403), so no
+/// origin is ever contacted: what is exercised is the client side — framing, pipelining, the 407
+/// gate, the throttle, local responses, timers and closes. With ``Options/allowsRequests`` the
+/// requests go on to origins scripted by the test (ConnectionHarness+Origins): each upstream
+/// connection the proxy asks for is recorded and answered — an `EmbeddedChannel` on the same
+/// loop, or an error — and the test plays the origin's part on it.
+///
+/// Both ends stand in for sockets where `EmbeddedChannel` does not (``SocketStandIn``): a read
+/// request that reaches the socket is recorded (back-pressure is visible), after each read the
+/// channel asks for the next one as `autoRead` does, and `close(mode: .output)` shuts only the
+/// output (the lingering close), as a TCP socket's does.
 package final class ConnectionHarness {
     /// Blocking work queued until ``completeAll()``: the stand-in for the verifier's thread pool.
     package final class DeferredWork: BlockingWork {
@@ -51,7 +60,8 @@ package final class ConnectionHarness {
         }
     }
 
-    /// One user, `alice:secret`, compared in constant time; no Digest secrets.
+    /// One user, `alice:secret`, compared in constant time, with Digest secrets for the realm
+    /// `Portcullis` (by name or by user hash).
     final class OneUserStore: CredentialStore {
         func verify(user: String, password: String) -> VerificationOutcome {
             let userOK = ConstantTime.equal(user, "alice")
@@ -59,36 +69,115 @@ package final class ConnectionHarness {
             return userOK && passwordOK ? .accepted(user: "alice") : .rejected(.invalid)
         }
         var generation: UInt64 { 1 }
-        func digestSecrets(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) -> DigestLookup { .unknownUser }
+        func digestSecrets(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) -> DigestLookup {
+            let algorithm = DigestAlgorithm(hash: hash)
+            guard algorithm.isSupported else { return .unknownUser }
+            let alice = isUserhash ? algorithm.hex("alice:Portcullis") : "alice"
+            guard ConstantTime.equal(name, alice) else { return .unknownUser }
+            return .found(DigestSecrets(user: "alice", ha1: algorithm.hex("alice:Portcullis:secret")))
+        }
         func nonceKey() -> [UInt8]? { nil }
         func noteLogin(_ user: String, at date: Date) {}
     }
 
-    /// What several connections share, as on a server: gate, verifier, throttle, tables.
+    /// The wall clock of the Digest nonces (milliseconds since 1970), moved by
+    /// ``ConnectionHarness/advanceTime(by:)`` together with the event loop's clock.
+    package final class WallClock: Sendable {
+        private let milliseconds: NIOLockedValueBox<UInt64>
+
+        /// - Parameter start: 2023-11-14, a fixed date: nothing depends on when the test runs.
+        package init(start: UInt64 = 1_700_000_000_000) {
+            self.milliseconds = NIOLockedValueBox(start)
+        }
+
+        package var now: UInt64 { self.milliseconds.withLockedValue { $0 } }
+
+        package func advance(by amount: TimeAmount) {
+            self.milliseconds.withLockedValue { $0 += UInt64(max(0, amount.nanoseconds / 1_000_000)) }
+        }
+    }
+
+    /// What the shared context is made of. The defaults are the fuzzer's: both schemes, a low
+    /// lockout threshold and a deny-all rule, so no origin is ever asked for.
+    package struct Options {
+        /// Failed logins before an address is locked out (low, so that lockouts happen within a
+        /// fuzz input).
+        package var lockoutThreshold = 4
+        /// The 407 gate: Basic and Digest offered; `false`: no authentication at all.
+        package var authenticates = true
+        /// Requests pass the access rules and go on to the scripted origins; `false`: a deny-all
+        /// rule answers 403 to each.
+        package var allowsRequests = false
+        /// Seconds a Digest nonce is good for (by ``WallClock``).
+        package var nonceLifetime = 600
+        /// Anything else (timeouts, limits), applied last.
+        package var configure: (inout ProxyConfiguration) -> Void = { _ in }
+
+        package init() {}
+
+        /// Requests allowed through to scripted origins, with `configure` applied.
+        package static func forwarding(
+            authenticates: Bool = true,
+            configure: @escaping (inout ProxyConfiguration) -> Void = { _ in }
+        ) -> Options {
+            var options = Options()
+            options.lockoutThreshold = 1000
+            options.authenticates = authenticates
+            options.allowsRequests = true
+            options.configure = configure
+            return options
+        }
+    }
+
+    /// What several connections share, as on a server: gate, verifier, throttle, tables, and
+    /// the connector through which the proxy reaches the scripted origins.
     package struct Shared {
         package let context: ProxyContext
         package let work: DeferredWork
+        package let connector: OriginConnector
+        package let wallClock: WallClock
 
         /// - Parameter lockoutThreshold: low, so that lockouts happen within a fuzz input.
         package init(lockoutThreshold: Int = 4) {
+            var options = Options()
+            options.lockoutThreshold = lockoutThreshold
+            self.init(options: options)
+        }
+
+        package init(options: Options) {
             let work = DeferredWork()
+            let wallClock = WallClock()
+            let connector = OriginConnector()
             var configuration = ProxyConfiguration()
-            configuration.authSchemes = [.basic, .digest]
-            configuration.authThrottle.threshold = lockoutThreshold
+            configuration.authSchemes = options.authenticates ? [.basic, .digest] : []
+            configuration.authThrottle.threshold = options.lockoutThreshold
             configuration.maximumRequestBody = 1 << 16
             configuration.rejectedBodyDrainLimit = 4096
-            configuration.policy = AccessPolicy(rules: [.init(name: "harness-deny-all", action: .deny)])
+            configuration.policy =
+                options.allowsRequests
+                ? .allowAll : AccessPolicy(rules: [.init(name: "harness-deny-all", action: .deny)])
+            options.configure(&configuration)
             let verifier = CredentialVerifier(store: OneUserStore(), work: work)
             self.context = ProxyContext(
                 configuration: configuration,
                 verifier: verifier,
-                digest: DigestAuthority(settings: .init(realm: "Portcullis"), key: Array(repeating: 7, count: 32)),
-                // Never started: the deny-all rule stops every request before a name is resolved.
-                // (The process-wide singleton pool reads as a leak to LeakSanitizer.)
+                digest: DigestAuthority(
+                    settings: .init(realm: configuration.realm, nonceLifetime: options.nonceLifetime),
+                    key: Array(repeating: 7, count: 32),
+                    clock: { wallClock.now }
+                ),
+                // Never started: names are not resolved here (the scripted connector takes
+                // host and port as they are). The process-wide singleton pool reads as a leak
+                // to LeakSanitizer.
                 threadPool: NIOThreadPool(numberOfThreads: 1),
-                logger: Logger(label: "harness", factory: { _ in SwiftLogNoOpLogHandler() })
+                logger: Logger(label: "harness", factory: { _ in SwiftLogNoOpLogHandler() }),
+                metrics: ProxyMetrics(factory: NOOPMetricsHandler.instance),
+                accessLog: nil,
+                connector: connector
             )
             self.work = work
+            self.connector = connector
+            self.wallClock = wallClock
         }
     }
 
@@ -96,27 +185,50 @@ package final class ConnectionHarness {
     package let channel: EmbeddedChannel
     package let shared: Shared
     private var pool: UpstreamPool?
+    private let clientSocket = SocketStandIn()
+    /// Every origin connection handed to the proxy, oldest first (open or closed).
+    package private(set) var origins: [Origin] = []
     /// Everything the proxy wrote to the client so far.
     package private(set) var output = ByteBuffer()
 
     package init(shared: Shared, clientAddress: String = "192.0.2.7") throws {
         self.shared = shared
         self.loop = EmbeddedEventLoop()
+        self.loop.advanceTime(to: Self.loopStart)
         self.channel = EmbeddedChannel(loop: self.loop)
+        try self.channel.pipeline.syncOperations.addHandler(self.clientSocket)
         // Completes at once on an EmbeddedChannel: the connection is active from here on.
         self.channel.connect(to: try SocketAddress(ipAddress: clientAddress, port: 40_000), promise: nil)
         self.loop.run()
-        let pool = UpstreamPool(eventLoop: self.loop, maximumIdlePerOrigin: 1, idleTimeout: .seconds(30))
+        let configuration = shared.context.configuration
+        let pool = UpstreamPool(
+            eventLoop: self.loop,
+            maximumIdlePerOrigin: configuration.maximumIdleUpstreamPerOrigin,
+            idleTimeout: configuration.upstreamIdleTimeout
+        )
         self.pool = pool
         let handler = ProxyConnectionHandler(shared: shared.context, pool: pool, logger: shared.context.logger)
         try self.channel.pipeline.syncOperations.addHandler(handler)
+        // A socket channel's first read, as autoRead asks for it once the channel is active.
+        self.channel.read()
+        self.settle()
     }
 
-    /// Bytes from the client, as one read.
+    /// Where the loop's clock starts. Not at 0: ``UpstreamPool`` takes an idle connection as
+    /// fresh while `idleSince > now - idleTimeout`, which a clock under the idle timeout (30 s by
+    /// default) never passes. Not much later either: ``CredentialVerifier`` dates its cache
+    /// entries by the machine's uptime clock while the handler asks with the loop's.
+    package static let loopStart = NIODeadline.uptimeNanoseconds(60_000_000_000)
+
+    /// Bytes from the client, as one read — also when the proxy has not asked for one: a burst
+    /// of reads can deliver more than the handler wanted (see ``clientReadRequested``).
     package func send(_ bytes: some Collection<UInt8>) throws {
         guard self.channel.isActive else { return }
+        self.clientSocket.readDelivered()
         try self.channel.writeInbound(ByteBuffer(bytes: bytes))
-        self.collect()
+        // autoRead: the channel asks for the next read after each one; the handler may hold it.
+        if self.channel.isActive { self.channel.read() }
+        self.settle()
     }
 
     package func send(_ text: String) throws { try self.send(Array(text.utf8)) }
@@ -124,34 +236,61 @@ package final class ConnectionHarness {
     /// The password checks queued so far finish now (on the loop, as on a server).
     package func completeChecks() {
         self.shared.work.completeAll()
-        self.loop.run()
-        self.collect()
+        self.settle()
     }
 
+    /// Moves the event loop's clock (timers due by then fire, in order) and the Digest nonces'
+    /// wall clock.
     package func advanceTime(by amount: TimeAmount) {
+        self.shared.wallClock.advance(by: amount)
         self.loop.advanceTime(by: amount)
-        self.collect()
+        self.settle()
     }
 
     /// The client stops sending (a half-close).
     package func clientHalfCloses() {
         guard self.channel.isActive else { return }
         self.channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
-        self.loop.run()
-        self.collect()
+        self.settle()
     }
 
     /// The connection goes away (client reset, or the server's own close).
     package func close() {
         if self.channel.isActive { self.channel.close(promise: nil) }
-        self.loop.run()
-        self.collect()
+        self.settle()
     }
 
+    /// The client's socket buffer fills up (`false`) or drains (`true`).
+    package func setClientWritable(_ writable: Bool) {
+        guard self.channel.isWritable != writable else { return }
+        self.channel.isWritable = writable
+        self.channel.pipeline.fireChannelWritabilityChanged()
+        self.settle()
+    }
+
+    /// Whether the connection is open (also while its output is shut during a lingering close).
     package var isOpen: Bool { self.channel.isActive }
+
+    /// Whether the proxy asked to read from the client and has not been given bytes since:
+    /// `false` while it holds reads (back-pressure, or a request it is not ready for).
+    package var clientReadRequested: Bool { self.clientSocket.readRequested }
+
+    /// Whether the proxy shut its side of the connection (a FIN to the client) while still
+    /// reading: the lingering close after a response that ends the connection.
+    package var clientOutputClosed: Bool { self.clientSocket.outputClosed }
+
+    /// Writes the proxy attempted after shutting its output (a socket fails them): always a bug.
+    package var clientWritesAfterOutputClosed: Int { self.clientSocket.writesAfterOutputClosed }
 
     /// What the proxy wrote to the client, as text (responses are ASCII heads and short bodies).
     package var outputText: String { String(buffer: self.output) }
+
+    /// What the proxy wrote to the client since the last call; ``output``, ``outputText`` and
+    /// ``statuses`` start again from here.
+    package func takeOutput() -> String {
+        defer { self.output.clear() }
+        return self.outputText
+    }
 
     /// The status codes of the responses written so far, in order.
     package var statuses: [Int] {
@@ -171,17 +310,28 @@ package final class ConnectionHarness {
     package func finish() {
         self.close()
         self.shared.work.completeAll()
+        self.shared.connector.abandon(on: self.loop)
+        for origin in self.origins { origin.close() }
         self.loop.run()
         self.pool?.shutdown()
         self.pool = nil
         _ = try? self.channel.finish(acceptAlreadyClosed: true)
+        for origin in self.origins { _ = try? origin.channel.finish(acceptAlreadyClosed: true) }
         try? self.loop.syncShutdownGracefully()
     }
 
-    private func collect() {
+    /// Runs what the last step queued on the loop, then gathers what reached the client's and
+    /// the origins' sockets.
+    func settle() {
+        self.loop.run()
         while let part = try? self.channel.readOutbound(as: ByteBuffer.self) {
             var part = part
             self.output.writeBuffer(&part)
         }
+        for origin in self.origins { origin.collect() }
+    }
+
+    func adopt(_ origin: Origin) {
+        self.origins.append(origin)
     }
 }

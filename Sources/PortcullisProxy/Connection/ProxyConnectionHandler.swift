@@ -79,12 +79,16 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                 upstreamResponseTimeout: configuration.upstreamResponseTimeout,
                 maximumRequestBody: configuration.maximumRequestBody,
                 rejectedBodyDrainLimit: configuration.rejectedBodyDrainLimit,
-                connectPorts: configuration.connectPorts
+                connectPorts: configuration.connectPorts,
+                lingerAfterResponse: Self.lingerAfterResponse
             ),
             // Counted from the connection's activation (`connectionActive`).
             now: .uptimeNanoseconds(0)
         )
     }
+
+    /// How long a closing connection still reads (and drops) what the client sends.
+    static let lingerAfterResponse: TimeAmount = .seconds(2)
 
     /// The event loop's clock: real time on a server, the test's time on an `EmbeddedEventLoop`.
     var currentTime: NIODeadline { self.context?.eventLoop.now ?? .now() }

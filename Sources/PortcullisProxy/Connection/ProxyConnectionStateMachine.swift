@@ -22,7 +22,7 @@ struct ProxyConnectionStateMachine<Upstream: AnyObject> {
         var rejectedBodyDrainLimit: Int
         var connectPorts: Set<Int>
         /// How long a closing connection still reads (and drops) what the client sends.
-        var lingerAfterResponse: TimeAmount = .seconds(2)
+        var lingerAfterResponse: TimeAmount
     }
 
     enum State {
