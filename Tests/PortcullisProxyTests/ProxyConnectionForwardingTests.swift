@@ -210,9 +210,9 @@ import Testing
         h.finish()
     }
 
-    /// An origin that closes cleanly (EOF) before answering: today the end of input is reported
-    /// as the response framer's protocol error, not as `connection_terminated`.
-    @Test func anOriginEOFBeforeTheResponseHeadIs502NamingAProtocolError() throws {
+    /// An origin that closes cleanly (EOF) before answering a fresh connection: 502
+    /// `connection_terminated`, as for a reset — a close is not broken HTTP.
+    @Test func anOriginEOFBeforeTheResponseHeadIs502ConnectionTerminated() throws {
         let h = try ConnectionHarness.forwarding()
         try h.send(Wire.get())
         let origin = try h.acceptConnect()
@@ -223,10 +223,8 @@ import Testing
                 == Wire.local(
                     502,
                     "Bad Gateway",
-                    proxyStatus:
-                        "error=http_protocol_error; details=\"origin closed the connection before sending a response\"",
-                    message:
-                        "the origin's response was not valid HTTP/1.1 (origin closed the connection before sending a response)."
+                    proxyStatus: "error=connection_terminated; details=\"origin closed before answering\"",
+                    message: "the origin closed the connection before sending a response."
                 )
         )
         #expect(h.connects.count == 1)

@@ -40,7 +40,6 @@ import Testing
         case idle, attached, awaitingHead, receivingBody, responseDone, closing, closed
     }
 
-    static let beforeResponse = "origin closed the connection before sending a response"
     static let middleOfResponse = "origin closed the connection in the middle of a response"
 
     static func machine(in start: Start, owner: RecordingUpstreamOwner) -> Machine {
@@ -113,7 +112,7 @@ import Testing
         case .closing:
             #expect(r.delivered == nil && r.shape == .closing(owned: true, error: nil))
         case .closed:
-            #expect(r.delivered == nil && r.shape == .closed(error: Self.beforeResponse))
+            #expect(r.delivered == nil && r.shape == .closed(error: nil))
         }
     }
 
@@ -205,7 +204,7 @@ import Testing
         // Left mid-response: what is left of it would be read as the next response.
         case .awaitingHead, .receivingBody: expected = .idle(reusable: false)
         case .closing: expected = .closing(owned: false, error: nil)
-        case .closed: expected = .closed(error: Self.beforeResponse)
+        case .closed: expected = .closed(error: nil)
         }
         #expect(Self.shape(of: machine) == expected)
     }
@@ -226,12 +225,12 @@ import Testing
             #expect(deliveredTo == nil && Self.shape(of: machine) == .closing(owned: true, error: nil))
         case .awaitingHead, .closing:
             #expect(deliveredTo === owner)
-            #expect(Self.shape(of: machine) == .closing(owned: true, error: Self.beforeResponse))
+            #expect(Self.shape(of: machine) == .closing(owned: true, error: nil))
         case .receivingBody:
             #expect(deliveredTo === owner)
             #expect(Self.shape(of: machine) == .closing(owned: true, error: Self.middleOfResponse))
         case .closed:
-            #expect(deliveredTo == nil && Self.shape(of: machine) == .closed(error: Self.beforeResponse))
+            #expect(deliveredTo == nil && Self.shape(of: machine) == .closed(error: nil))
         }
     }
 
@@ -243,7 +242,7 @@ import Testing
         case .idle:
             #expect(action == .close && Self.shape(of: machine) == .closing(owned: false, error: "connection reset"))
         case .closed:
-            #expect(action == .none && Self.shape(of: machine) == .closed(error: Self.beforeResponse))
+            #expect(action == .none && Self.shape(of: machine) == .closed(error: nil))
         default:
             #expect(action == .close && Self.shape(of: machine) == .closing(owned: true, error: "connection reset"))
         }
@@ -262,7 +261,7 @@ import Testing
         case .idle:
             #expect(reportedTo == nil && Self.shape(of: machine) == .closed(error: nil))
         case .closed:
-            #expect(reportedTo == nil && Self.shape(of: machine) == .closed(error: Self.beforeResponse))
+            #expect(reportedTo == nil && Self.shape(of: machine) == .closed(error: nil))
         default:
             #expect(reportedTo === owner && reportedError == nil && Self.shape(of: machine) == .closed(error: nil))
         }
@@ -277,7 +276,7 @@ import Testing
         case .idle:
             #expect(action == .close && Self.shape(of: machine) == .closing(owned: false, error: nil))
         case .closed:
-            #expect(action == .none && Self.shape(of: machine) == .closed(error: Self.beforeResponse))
+            #expect(action == .none && Self.shape(of: machine) == .closed(error: nil))
         default:
             #expect(action == .close && Self.shape(of: machine) == .closing(owned: true, error: nil))
         }

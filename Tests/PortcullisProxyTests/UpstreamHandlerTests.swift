@@ -197,7 +197,7 @@ import Testing
         #expect(!origin.channel.isActive && !origin.handler.isUsable)
     }
 
-    @Test func anEOFBeforeTheResponseIsReportedAsSuch() throws {
+    @Test func anEOFBeforeTheResponseIsReportedAsACloseWithoutAnError() throws {
         let origin = try Origin()
         defer { origin.finish() }
         let owner = RecordingUpstreamOwner()
@@ -206,7 +206,7 @@ import Testing
         // One readComplete at the EOF, one as the channel closes, then why.
         #expect(
             owner.calls == [
-                .readComplete, .readComplete, .closed("origin closed the connection before sending a response"),
+                .readComplete, .readComplete, .closed(nil),
             ]
         )
         #expect(!origin.channel.isActive)

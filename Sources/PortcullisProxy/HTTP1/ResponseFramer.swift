@@ -189,7 +189,10 @@ struct ResponseFramer {
         case .idle, .done:
             return
         case .head where self.pending.readableBytes == 0:
-            throw ProtocolError(reason: "origin closed the connection before sending a response")
+            // Not one byte of a response: a close, not broken HTTP. Origins close idle
+            // keep-alive connections at will, and a request sent on one just as it closed may be
+            // sent again on a fresh connection (RFC 9112 §9.3.1); the owner decides.
+            self.state = .done
         default:
             throw ProtocolError(reason: "origin closed the connection in the middle of a response")
         }
