@@ -30,7 +30,7 @@ import Testing
         case .receivingBody(let e): return .receivingBody(reusable: e.reusable, readHeld: e.readHeld)
         case .responseDone(let e): return .responseDone(reusable: e.reusable, readHeld: e.readHeld)
         case .closing(let c):
-            return .closing(owned: c.owner.value != nil, error: RecordingUpstreamOwner.describe(c.error))
+            return .closing(owned: machine.owner != nil, error: RecordingUpstreamOwner.describe(c.error))
         case .closed(let error): return .closed(error: RecordingUpstreamOwner.describe(error))
         }
     }

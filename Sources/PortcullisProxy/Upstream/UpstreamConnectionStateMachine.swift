@@ -12,18 +12,8 @@ import NIOCore
 /// (delivering a response's end detaches the owner, which can start the next exchange on this very
 /// connection or close it): every event leaves the machine in a state that holds on its own.
 struct UpstreamConnectionStateMachine {
-    /// An owner held weakly: the owner holds this connection for its exchange, not the reverse.
-    struct OwnerReference {
-        weak var value: (any UpstreamOwner)?
-
-        init(_ value: (any UpstreamOwner)? = nil) {
-            self.value = value
-        }
-    }
-
-    /// What an attached connection knows of its exchange.
+    /// What an attached connection knows of its exchange (its owner is ``owner``).
     struct Exchange {
-        var owner: OwnerReference
         /// False once the connection must not carry another exchange: the origin will close it
         /// (`Connection: close`, HTTP/1.0), its body runs until close, or bytes came past its end.
         var reusable: Bool
@@ -36,7 +26,6 @@ struct UpstreamConnectionStateMachine {
     /// something failed); its owner, if still attached when the channel goes inactive, is told
     /// `error`.
     struct Closing {
-        var owner: OwnerReference
         /// The first failure; a later one (often the EOF that follows it) is a consequence.
         var error: (any Error)?
     }
@@ -90,18 +79,19 @@ struct UpstreamConnectionStateMachine {
     /// The owner that received events in the current read burst: it still gets the burst's
     /// readComplete (its cue to flush) when its exchange ended and it detached inside the burst.
     /// Outside the state because a burst spans exchanges.
-    private var burstOwner = OwnerReference()
+    private weak var burstOwner: (any UpstreamOwner)?
+    /// The owner of the attached (or closing) connection. Held weakly — the owner holds this
+    /// connection for its exchange, not the reverse — and outside the state: copying a weak
+    /// reference with every change of state costs two atomic operations on its side table.
+    private weak var attachedOwner: (any UpstreamOwner)?
 
     init() {}
 
     /// The owner the connection is attached to, also while it closes (it is told why).
     var owner: (any UpstreamOwner)? {
         switch self.state {
-        case .attached(let exchange), .awaitingHead(let exchange), .receivingBody(let exchange),
-            .responseDone(let exchange):
-            return exchange.owner.value
-        case .closing(let closing):
-            return closing.owner.value
+        case .attached, .awaitingHead, .receivingBody, .responseDone, .closing:
+            return self.attachedOwner
         case .idle, .closed:
             return nil
         }
@@ -126,13 +116,11 @@ struct UpstreamConnectionStateMachine {
     mutating func attached(to owner: any UpstreamOwner) {
         switch self.state {
         case .idle(let reusable):
-            self.state = .attached(Exchange(owner: OwnerReference(owner), reusable: reusable, readHeld: false))
-        case .attached, .awaitingHead, .receivingBody, .responseDone:
-            self.modifyExchange { $0.owner = OwnerReference(owner) }
-        case .closing(var closing):
-            // Told why when the channel goes inactive, like any owner of a closing connection.
-            closing.owner = OwnerReference(owner)
-            self.state = .closing(closing)
+            self.attachedOwner = owner
+            self.state = .attached(Exchange(reusable: reusable, readHeld: false))
+        case .attached, .awaitingHead, .receivingBody, .responseDone, .closing:
+            // A closing connection's owner is told why when the channel goes inactive.
+            self.attachedOwner = owner
         case .closed:
             break
         }
@@ -140,6 +128,7 @@ struct UpstreamConnectionStateMachine {
 
     /// The owner's exchange is over (or abandoned); a read held for its client is issued now.
     mutating func detached() -> ReadAction {
+        self.attachedOwner = nil
         switch self.state {
         case .attached(let exchange), .responseDone(let exchange):
             self.state = .idle(reusable: exchange.reusable)
@@ -148,11 +137,7 @@ struct UpstreamConnectionStateMachine {
             // Left in the middle of a response: the rest of it would be read as the next one's.
             self.state = .idle(reusable: false)
             return exchange.readHeld ? .read : .wait
-        case .closing(var closing):
-            closing.owner = OwnerReference()
-            self.state = .closing(closing)
-            return .wait
-        case .idle, .closed:
+        case .idle, .closing, .closed:
             return .wait
         }
     }
@@ -203,8 +188,9 @@ struct UpstreamConnectionStateMachine {
     /// The channel wants to read; `ownerIsWritable` is whether the owner's client can take more
     /// (reads wait for it: back-pressure from the client to the origin).
     mutating func readRequested(ownerIsWritable: Bool) -> ReadAction {
-        self.modifyExchange { exchange -> ReadAction in
-            guard exchange.owner.value != nil, !ownerIsWritable else { return .read }
+        let hasOwner = self.attachedOwner != nil
+        return self.modifyExchange { exchange -> ReadAction in
+            guard hasOwner, !ownerIsWritable else { return .read }
             exchange.readHeld = true
             return .wait
         } ?? .read
@@ -222,16 +208,16 @@ struct UpstreamConnectionStateMachine {
             _ = self.beginClosing(error: nil)
             return .close
         }
-        guard let owner = exchange.owner.value else {
+        guard let owner = self.attachedOwner else {
             _ = self.beginClosing(error: nil)
             return .close
         }
-        self.burstOwner = OwnerReference(owner)
+        if self.burstOwner !== owner { self.burstOwner = owner }
         do {
             try self.framer.feed(buffer) { events.append($0) }
         } catch {
             // The owner gets what came before the error, then this error when the channel closes.
-            self.state = .closing(Closing(owner: exchange.owner, error: error))
+            self.state = .closing(Closing(error: error))
             return .deliver(to: owner, thenClose: true)
         }
         if !self.framer.reusable { exchange.reusable = false }
@@ -246,8 +232,8 @@ struct UpstreamConnectionStateMachine {
 
     /// The end of a read burst: the owner to tell (its cue to flush what the burst wrote).
     mutating func readComplete() -> (any UpstreamOwner)? {
-        let owner = self.burstOwner.value ?? self.owner
-        self.burstOwner = OwnerReference()
+        let owner = self.burstOwner ?? self.owner
+        self.burstOwner = nil
         return owner
     }
 
@@ -257,11 +243,8 @@ struct UpstreamConnectionStateMachine {
     mutating func inputClosed(into events: inout [ResponseFramer.Event]) -> InputClosedAction {
         var closing: Closing
         switch self.state {
-        case .idle:
-            closing = Closing(owner: OwnerReference(), error: nil)
-        case .attached(let exchange), .awaitingHead(let exchange), .receivingBody(let exchange),
-            .responseDone(let exchange):
-            closing = Closing(owner: exchange.owner, error: nil)
+        case .idle, .attached, .awaitingHead, .receivingBody, .responseDone:
+            closing = Closing(error: nil)
         case .closing(let current):
             closing = current
         case .closed:
@@ -271,7 +254,7 @@ struct UpstreamConnectionStateMachine {
         // After a protocol error the framer stopped where the origin went wrong: that error is
         // what the owner is told, not the "closed before a response" an EOF now implies.
         if closing.error == nil, self.framer.isAwaitingResponse {
-            let owner = closing.owner.value
+            let owner = self.attachedOwner
             do {
                 if owner != nil {
                     try self.framer.feedEOF { events.append($0) }
@@ -282,7 +265,7 @@ struct UpstreamConnectionStateMachine {
                 closing.error = error
             }
             if let owner {
-                self.burstOwner = OwnerReference(owner)
+                self.burstOwner = owner
                 action = .deliver(to: owner)
             }
         }
@@ -297,19 +280,17 @@ struct UpstreamConnectionStateMachine {
     /// The channel closed. Follows ``inputClosed(into:)`` (and the delivery it asked for): an
     /// owner still attached now is told why.
     mutating func channelInactive() -> ChannelInactiveAction {
-        let owner: (any UpstreamOwner)?
+        let owner = self.owner
         let error: (any Error)?
         switch self.state {
-        case .idle:
-            (owner, error) = (nil, nil)
-        case .attached(let exchange), .awaitingHead(let exchange), .receivingBody(let exchange),
-            .responseDone(let exchange):
-            (owner, error) = (exchange.owner.value, nil)
+        case .idle, .attached, .awaitingHead, .receivingBody, .responseDone:
+            error = nil
         case .closing(let closing):
-            (owner, error) = (closing.owner.value, closing.error)
+            error = closing.error
         case .closed:
             return .none
         }
+        self.attachedOwner = nil
         self.state = .closed(error: error)
         guard let owner else { return .none }
         return .reportClosed(to: owner, error: error)
@@ -320,11 +301,8 @@ struct UpstreamConnectionStateMachine {
     /// Moves to `.closing`, keeping the owner and the first error.
     private mutating func beginClosing(error: (any Error)?) -> CloseAction {
         switch self.state {
-        case .idle:
-            self.state = .closing(Closing(owner: OwnerReference(), error: error))
-        case .attached(let exchange), .awaitingHead(let exchange), .receivingBody(let exchange),
-            .responseDone(let exchange):
-            self.state = .closing(Closing(owner: exchange.owner, error: error))
+        case .idle, .attached, .awaitingHead, .receivingBody, .responseDone:
+            self.state = .closing(Closing(error: error))
         case .closing(var closing):
             if closing.error == nil { closing.error = error }
             self.state = .closing(closing)
