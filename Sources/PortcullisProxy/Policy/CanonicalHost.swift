@@ -109,8 +109,10 @@ public enum CanonicalHost: Hashable, Sendable, CustomStringConvertible {
     /// 24-bit b, `a.b.c` with a 16-bit c, `a.b.c.d`), each decimal, octal after a leading `0`,
     /// or hexadecimal after `0x`; every part in range. Upper- or lower-case `x` and hex digits.
     static func ipv4(_ host: UnsafeBufferPointer<UInt8>) -> UInt32? {
-        var parts: [UInt32] = []
-        parts.reserveCapacity(4)
+        // The parts before the last, packed from the top byte down: no array (this runs for
+        // every request whose target is an IPv4 literal).
+        var leading: UInt32 = 0
+        var leadingCount = 0
         var index = 0
         let count = host.count
         while true {
@@ -133,18 +135,18 @@ public enum CanonicalHost: Hashable, Sendable, CustomStringConvertible {
                 guard value <= 0xFFFF_FFFF else { return nil }
                 index += 1
             }
-            parts.append(UInt32(value))
-            guard index < count else { break }
-            index += 1  // the dot
-            guard parts.count < 4 else { return nil }
+            guard index < count else {
+                // The last part fills the bits the leading ones left.
+                let lastBits = 32 - 8 * leadingCount
+                guard lastBits == 32 || value < UInt64(1) << lastBits else { return nil }
+                return leading | UInt32(value)
+            }
+            // A dot follows: this is a leading part, one byte; at most four parts in all.
+            guard leadingCount < 3, value <= 0xFF else { return nil }
+            leading |= UInt32(value) << (24 - 8 * leadingCount)
+            leadingCount += 1
+            index += 1
         }
-        let last = parts.removeLast()
-        guard parts.allSatisfy({ $0 <= 0xFF }) else { return nil }
-        let lastBits = 32 - 8 * parts.count
-        guard lastBits == 32 || last < UInt32(1) << lastBits else { return nil }
-        var address: UInt32 = 0
-        for (i, part) in parts.enumerated() { address |= part << (24 - 8 * i) }
-        return address | last
     }
 
     static func dottedQuad(_ value: UInt32) -> String {
