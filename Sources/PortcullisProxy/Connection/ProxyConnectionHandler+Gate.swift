@@ -7,10 +7,8 @@ import PortcullisStores
 // hands it their completions, and ends each request in exactly one of
 // ``ProxyConnectionHandler/gateAllowed(_:)`` or ``ProxyConnectionHandler/gateRefused(_:close:)``.
 extension ProxyConnectionHandler {
-    /// The request's target is parsed (``start(_:)``): through the gate.
-    func startGate(_ exchange: ProxyExchange) {
-        // `start(_:)` sets the target before it calls this.
-        guard let target = exchange.target else { return }
+    /// The request's target is parsed: through the gate.
+    func startGate(_ exchange: ProxyExchange, target: RequestTarget) {
         let request = GateStateMachine.Request(
             head: exchange.head,
             target: target,
@@ -42,7 +40,7 @@ extension ProxyConnectionHandler {
             self.gateRefused(response, close: close)
         case .verifyBasic(let id, let credentials, let key):
             // The gate asks for checks only when authentication is on, which needs a verifier.
-            guard let verifier = self.shared.verifier else { return }
+            guard let verifier = self.shared.verifier else { return self.cannotCheck() }
             verifier.verify(credentials, key: key, on: self.context.eventLoop)
                 .assumeIsolated()
                 .whenSuccess { outcome in
@@ -56,7 +54,7 @@ extension ProxyConnectionHandler {
                     self.carryOut(next, for: exchange)
                 }
         case .lookUpDigestSecrets(let id, let key):
-            guard let verifier = self.shared.verifier else { return }
+            guard let verifier = self.shared.verifier else { return self.cannotCheck() }
             verifier.digestSecrets(key, on: self.context.eventLoop)
                 .assumeIsolated()
                 .whenSuccess { lookup in
@@ -76,6 +74,20 @@ extension ProxyConnectionHandler {
         case .none:
             break
         }
+    }
+
+    /// A check asked for without a verifier to run it (not a configuration `serve` builds): a 503
+    /// rather than a request left waiting.
+    private func cannotCheck() {
+        self.gateRefused(
+            ProxyResponse(
+                status: .serviceUnavailable,
+                proxyError: nil,
+                details: "unavailable",
+                message: "the proxy cannot check credentials right now."
+            ),
+            close: false
+        )
     }
 
     /// What the access log and the metrics say of the request's authentication.

@@ -33,7 +33,7 @@ extension ProxyConnectionStateMachine {
             return self.respond(.badRequest(Self.describe(targetError: error)), now: now)
         case .success(let target):
             record.target = target
-            return .runGate(record)
+            return .runGate(record, target)
         }
     }
 

@@ -102,7 +102,7 @@ struct ProxyConnectionStateMachine<Upstream: AnyObject> {
     enum Action {
         case none
         /// Run the 407 gate for the request; it ends in ``gateAllowed()`` or ``gateRefused(close:)``.
-        case runGate(ProxyExchange)
+        case runGate(ProxyExchange, RequestTarget)
         /// The proxy answers itself. `abandon`: an upstream connection to close first.
         case respond(ProxyResponse, ProxyExchange, close: Bool, abandon: Upstream?, then: AfterResponse)
         /// Send the request over a pooled connection if one is fit, else call ``connecting(tunnel:)``.

@@ -179,12 +179,15 @@ struct GateStateMachine {
         case .reject(let failure):
             return self.reject(request, failure, fingerprint: cacheKey.map(AuthThrottle.Fingerprint.init), environment)
         case .verifyDigest(let authorization):
-            // Digest is only parsed when it is offered, and it is only offered with an authority.
-            guard let authority = environment.digest else { return .none }
+            // Digest is only parsed when it is offered, and it is only offered with an authority;
+            // were it not, a 503 rather than a request left waiting for ever.
+            guard let authority = environment.digest else {
+                return Self.storeUnavailable(request, scheme: "digest", environment)
+            }
             return self.verifyDigest(request, authorization, authority: authority, cache, environment)
         case .verifyBasic(let credentials):
-            // A single Basic value always has its key by now.
-            guard let key = cacheKey else { return .none }
+            // A single Basic value always has its key by now (else a 503, not a request left waiting).
+            guard let key = cacheKey else { return Self.storeUnavailable(request, scheme: "basic", environment) }
             // A slot for this check, or 429 unchecked: checks in flight count against the
             // lockout like failures.
             let ticket: AuthThrottle.Ticket
