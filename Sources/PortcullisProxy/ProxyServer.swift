@@ -97,8 +97,9 @@ public final class ProxyServer: Sendable {
         return pool
     }
 
-    /// Stops accepting, lets connections finish their current exchange, and after `grace`
-    /// closes whatever is still open (tunnels included).
+    /// Stops accepting and lets connections finish their current exchange, for at most `grace`;
+    /// what is still open then is closed with the event loops (tunnels included). Cancelling the
+    /// calling task ends the wait at once.
     public func shutdown(grace: TimeAmount) async {
         let loop = self.group.next()
         let quiescers = self.quiescers.withLockedValue { $0 }
@@ -112,7 +113,12 @@ public final class ProxyServer: Sendable {
         let timeout = loop.scheduleTask(in: grace) {
             done.succeed(())
         }
-        try? await done.futureResult.get()
+        // A second SIGTERM cancels the drain: stop waiting for the connections now.
+        await withTaskCancellationHandler {
+            try? await done.futureResult.get()
+        } onCancel: {
+            done.succeed(())
+        }
         timeout.cancel()
         // A helper fails its promise when it goes away; let that happen while the loops run.
         self.quiescers.withLockedValue { $0.removeAll() }
