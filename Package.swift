@@ -14,6 +14,7 @@ let dependencies: [Package.Dependency] = [
     .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
     .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+    .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
 ]
 
 let nio: [Target.Dependency] = [
@@ -83,6 +84,8 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
                 .product(name: "Yams", package: "Yams"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ] + nio
         ),
         .target(
@@ -133,7 +136,16 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
             ] + nio
         ),
-        .testTarget(name: "PortcullisServerTests", dependencies: ["PortcullisServer", "PortcullisProxy"] + nio),
+        .testTarget(
+            name: "PortcullisServerTests",
+            dependencies: [
+                "PortcullisServer", "PortcullisProxy",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ] + nio
+        ),
         .testTarget(name: "PortcullisDoctorTests", dependencies: ["PortcullisDoctor", "PortcullisAuth"] + nio),
     ],
     swiftLanguageModes: [.v5]

@@ -1,4 +1,3 @@
-import Dispatch
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
@@ -9,46 +8,65 @@ import PortcullisPostgres
 import PortcullisProxy
 import PortcullisStores
 import Prometheus
+import ServiceLifecycle
+import UnixSignals
 
-/// `portcullis serve`: loads users, binds the listeners, serves until SIGTERM/SIGINT, then drains.
+/// `portcullis serve`: loads users, binds the listeners, then runs one `ServiceGroup` (the proxy
+/// listeners, the admin listener, the file watch, the reload signals and the termination signals)
+/// until SIGTERM/SIGINT, when the proxy drains; a second signal closes what is left at once.
 public enum PortcullisService {
     /// Reads the configuration again (the config file layered under the command line).
     public typealias Reloader = @Sendable () throws -> ServerConfiguration
 
     /// `logSink`: where `logger`'s lines queue, if a ``LogSink``; its dropped lines are counted in
-    /// the metrics.
+    /// the metrics. Throws ``ServeError`` when start-up fails, ``ForcedShutdown`` when a second
+    /// signal cut the drain short.
     public static func run(
         _ configuration: ServerConfiguration,
         logger: Logger,
         logSink: LogSink? = nil,
         reload: Reloader? = nil
     ) async throws {
+        // Trapped before anything else: a SIGTERM during start-up drains once the listeners are
+        // up instead of killing the process, and a SIGHUP (whose default action is to exit)
+        // reloads once it can.
+        let termination = await UnixSignalsSequence(trapping: .sigterm, .sigint)
+        let reloadSignals = await UnixSignalsSequence(trapping: .sighup, .sigusr1)
         // Password checks (bcrypt), file reads and DNS lookups run here, never on an event loop.
         let threadPool = NIOThreadPool(numberOfThreads: max(2, System.coreCount))
         threadPool.start()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoops)
+        let outcome: Result<Void, any Error>
         do {
             try await Self.serve(
                 configuration,
+                signals: (termination, reloadSignals),
+                group: group,
                 threadPool: threadPool,
                 logger: logger,
                 logSink: logSink,
                 reload: reload
             )
+            outcome = .success(())
         } catch {
-            try? await threadPool.shutdownGracefully()
-            throw error
+            outcome = .failure(error)
         }
+        // The one way out, after a failed start-up as after a shutdown: closing the event loops
+        // closes every channel still open (connections past the grace period included).
+        try? await group.shutdownGracefully()
         try? await threadPool.shutdownGracefully()
+        try outcome.get()
     }
 
     private static func serve(
         _ configuration: ServerConfiguration,
+        signals: (termination: UnixSignalsSequence, reload: UnixSignalsSequence),
+        group: MultiThreadedEventLoopGroup,
         threadPool: NIOThreadPool,
         logger: Logger,
         logSink: LogSink?,
         reload: Reloader?
     ) async throws {
-        let termination = TerminationSignal()
         let descriptorLimit = DescriptorLimit.raiseSoftToHard()
         if let descriptorLimit, descriptorLimit < 4096 {
             logger.warning(
@@ -76,7 +94,6 @@ public enum PortcullisService {
             )
         }
 
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoops)
         let registry = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: registry)
         let bucketsMicroseconds: [Int64] = [
@@ -92,7 +109,6 @@ public enum PortcullisService {
                 accessLog = try AccessLog(path: path, format: configuration.accessLogFormat)
                 accessLog?.countDrops(in: metrics.droppedAccessLogLines)
             } catch {
-                try? await group.shutdownGracefully()
                 throw ServeError("\(error)")
             }
         }
@@ -126,7 +142,6 @@ public enum PortcullisService {
                 admin = server
                 logger.info("admin listening", metadata: ["address": "\(local.map(Self.describe) ?? "?")"])
             } catch {
-                try? await group.shutdownGracefully()
                 throw ServeError("cannot listen on --admin \(address): \(error)")
             }
         }
@@ -136,8 +151,7 @@ public enum PortcullisService {
         do {
             bound = try await server.start(listening: configuration.listen)
         } catch {
-            await admin?.close()
-            try? await group.shutdownGracefully()
+            // The admin listener closes with the event loops.
             throw ServeError("cannot listen on \(configuration.listenText.joined(separator: ", ")): \(error)")
         }
         listening.withLockedValue { $0 = true }
@@ -153,149 +167,67 @@ public enum PortcullisService {
             ]
         )
 
-        let usersStore = store
-        let reloadUsers: @Sendable () -> Void = {
-            guard let store = usersStore else { return }
-            defer {
-                let readable = store.readable()
-                usersReadable.withLockedValue { $0 = readable }
-            }
-            do {
-                if let what = try store.reload() {
-                    metrics.reload("users", ok: true)
-                    logger.notice("\(what)", metadata: ["store": "\(store.description)"])
-                }
-            } catch {
-                metrics.reload("users", ok: false)
-                logger.error("users reload failed; keeping the previous users", metadata: ["error": "\(error)"])
-            }
-        }
-        let policyReloader = configuration.policyPath.map(PolicyReloader.init(path:))
-        let reloadPolicy: @Sendable (Bool) -> Void = { force in
-            guard let policyReloader else { return }
-            do {
-                if let policy = try policyReloader.reload(force: force) {
-                    context.updatePolicy(policy)
-                    metrics.reload("policy", ok: true)
-                    logger.notice(
-                        "policy reloaded",
-                        metadata: ["file": "\(policyReloader.path)", "rules": "\(policy.rules.count)"]
-                    )
-                }
-            } catch {
-                metrics.reload("policy", ok: false)
-                logger.error("policy reload failed; keeping the previous rules", metadata: ["error": "\(error)"])
-            }
-        }
-        let openedLog = accessLog
-        let reopenAccessLog: @Sendable () -> Void = {
-            guard let accessLog = openedLog else { return }
-            do {
-                try accessLog.reopen()
-                metrics.reload("access_log", ok: true)
-            } catch {
-                metrics.reload("access_log", ok: false)
-                logger.error("access log reopen failed; still writing to the old file", metadata: ["error": "\(error)"])
-            }
-        }
-        let reloadConfig = Self.configReloader(
+        let reloads = ReloadActions(
             configuration,
+            threadPool: threadPool,
             context: context,
             metrics: metrics,
             logger: logger,
-            reload
+            users: store,
+            usersReadable: usersReadable,
+            accessLog: accessLog,
+            reload: reload
         )
-        // Files are checked every 2 s, off the event loops.
-        let watch = group.next().scheduleRepeatedAsyncTask(initialDelay: .seconds(2), delay: .seconds(2)) { _ in
-            threadPool.runIfActive(eventLoop: group.next()) {
-                // A refusal flood that stopped is summed up now, not at the next refusal.
-                context.refusalLog.logEndedIntervals(now: .now())
-                reloadConfig(false)
-                reloadUsers()
-                reloadPolicy(false)
-            }
+        // The termination service starts the group's graceful shutdown; it needs the group, which
+        // needs it.
+        let running = NIOLockedValueBox<ServiceGroup?>(nil)
+        // The group shuts its services down in reverse order: the admin listener closes and the
+        // file watch stops, then the proxy drains (SIGHUP still reloads meanwhile); the
+        // termination service ends last, so a second signal is heard throughout the drain.
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(
+                service: TerminationSignalService(
+                    signals: signals.termination,
+                    grace: configuration.shutdownGrace,
+                    logger: logger
+                ) { await running.withLockedValue { $0 }?.triggerGracefulShutdown() },
+                serviceName: "termination-signals"
+            ),
+            .init(
+                service: ReloadSignalService(signals: signals.reload, reloads: reloads, logger: logger),
+                serviceName: "reload-signals"
+            ),
+            .init(
+                service: ProxyListenersService(
+                    server: server,
+                    grace: configuration.shutdownGrace,
+                    accessLog: accessLog
+                ),
+                serviceName: "proxy-listeners"
+            ),
+            .init(
+                service: FileWatchService(interval: .seconds(2)) { await reloads.periodic() },
+                serviceName: "file-watch"
+            ),
+        ]
+        if let admin {
+            services.append(.init(service: AdminListenerService(admin: admin), serviceName: "admin-listener"))
         }
-        termination.onHangup {
-            // SIGHUP: re-read the users file and the policy now (a bad file keeps the old state)
-            // and reopen the access log (logrotate).
-            logger.notice("SIGHUP: reloading")
-            threadPool.submit { _ in
-                reloadConfig(true)
-                reloadPolicy(true)
-                reloadUsers()
-                reopenAccessLog()
-            }
-        }
-        termination.onUser1 {
-            threadPool.submit { _ in reopenAccessLog() }
-        }
-        let signal = await termination.wait()
-        watch.cancel()
-        logger.info("shutting down", metadata: ["signal": "\(signal)", "grace": "\(configuration.shutdownGrace)"])
-        await admin?.close()
-        await server.shutdown(grace: configuration.shutdownGrace)
-        // Bounded: an access log nobody reads must not hold up the exit.
-        accessLog?.flush(timeout: .seconds(2))
-        try? await group.shutdownGracefully()
-    }
-
-    /// Re-reads the config file (when `forced`, or when the file changed). A file that does not
-    /// parse or validate is reported and the settings in force stay; a good one puts the live
-    /// settings (``ServeOptions/liveKeys``) in force for new connections and names the changed
-    /// settings that need a restart. Blocking: runs on the thread pool.
-    private static func configReloader(
-        _ startup: ServerConfiguration,
-        context: ProxyContext,
-        metrics: ProxyMetrics,
-        logger: Logger,
-        _ reload: Reloader?
-    ) -> @Sendable (Bool) -> Void {
-        guard let reload, let path = startup.configPath else { return { _ in } }
-        let state = NIOLockedValueBox((identity: FileIdentity(path: path), applied: startup.options))
-        return { forced in
-            let identity = FileIdentity(path: path)
-            let changed = state.withLockedValue { s -> Bool in
-                guard forced || s.identity != identity else { return false }
-                s.identity = identity
-                return true
-            }
-            guard changed else { return }
-            let fresh: ServerConfiguration
-            do {
-                fresh = try reload()
-            } catch {
-                metrics.reload("config", ok: false)
-                let message = (error as? ServeError)?.message ?? "\(error)"
-                logger.error(
-                    "config file not reloaded; the settings in force stay",
-                    metadata: ["file": "\(path)", "error": "\(message)"]
-                )
-                return
-            }
-            metrics.reload("config", ok: true)
-            let previous = state.withLockedValue { s in
-                defer { s.applied = fresh.options }
-                return s.applied
-            }
-            let live = ServeOptions.changedKeys(previous, fresh.options).filter(ServeOptions.liveKeys.contains)
-            let restart = ServeOptions.changedKeys(startup.options, fresh.options).filter {
-                !ServeOptions.liveKeys.contains($0)
-            }
-            context.updateConfiguration { c in
-                c.destinationPolicy = fresh.proxy.destinationPolicy
-                c.connectPorts = fresh.proxy.connectPorts
-                c.upstreamConnectTimeout = fresh.proxy.upstreamConnectTimeout
-                c.upstreamResponseTimeout = fresh.proxy.upstreamResponseTimeout
-                c.tunnelIdleTimeout = fresh.proxy.tunnelIdleTimeout
-                c.clientIdleTimeout = fresh.proxy.clientIdleTimeout
-                c.requestHeadTimeout = fresh.proxy.requestHeadTimeout
-                c.requestBodyTimeout = fresh.proxy.requestBodyTimeout
-                c.maximumRequestBody = fresh.proxy.maximumRequestBody
-            }
-            var metadata: Logger.Metadata = ["file": "\(path)"]
-            metadata["applied"] = "\(live.isEmpty ? "-" : live.joined(separator: ","))"
-            if !restart.isEmpty { metadata["needs_restart"] = "\(restart.joined(separator: ","))" }
-            logger.log(level: restart.isEmpty ? .notice : .warning, "config file reloaded", metadata: metadata)
+        // No `gracefulShutdownSignals`: the termination service owns SIGTERM and SIGINT. A second
+        // listener for them in the group would race it (the group can cancel the service before
+        // it has seen the signal, and "shutting down" was lost), trap them only once the group
+        // runs, and stop listening after the first.
+        let serviceGroup = ServiceGroup(configuration: .init(services: services, logger: logger))
+        running.withLockedValue { $0 = serviceGroup }
+        do {
+            try await serviceGroup.run()
+        } catch let error as ForcedShutdown {
+            throw error
+        } catch let error as ServeError {
+            throw error
+        } catch {
+            // A service that fails ends the group, and the run with it: one line, exit code 1.
+            throw ServeError("stopped: \(error)")
         }
     }
 
@@ -482,76 +414,6 @@ public enum PortcullisService {
         case .v6: return "[\(address.ipAddress ?? "?")]:\(address.port ?? 0)"
         default: return "\(address.ipAddress ?? "?"):\(address.port ?? 0)"
         }
-    }
-}
-
-/// SIGTERM/SIGINT, caught from the start of `serve`: installed before the listeners bind, so a
-/// signal sent as soon as the port accepts connections drains instead of killing the process.
-final class TerminationSignal: @unchecked Sendable {
-    private var continuation: CheckedContinuation<String, Never>?
-    private var fired: String?
-    private var sources: [any DispatchSourceSignal] = []
-    private var hangup: (@Sendable () -> Void)?
-    private var user1: (@Sendable () -> Void)?
-    private let lock = NSLock()
-    private let queue = DispatchQueue(label: "portcullis.signals")
-
-    init() {
-        for (number, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT")] {
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: self.queue)
-            source.setEventHandler { [weak self] in self?.fire(name) }
-            source.resume()
-            self.sources.append(source)
-        }
-        // SIGHUP means "reload" and SIGUSR1 "reopen the logs", never "exit" (their default action).
-        signal(SIGHUP, SIG_IGN)
-        let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: self.queue)
-        hup.setEventHandler { [weak self] in
-            let action = self?.lock.withLock { self?.hangup }
-            action?()
-        }
-        hup.resume()
-        self.sources.append(hup)
-        signal(SIGUSR1, SIG_IGN)
-        let usr1 = DispatchSource.makeSignalSource(signal: SIGUSR1, queue: self.queue)
-        usr1.setEventHandler { [weak self] in
-            let action = self?.lock.withLock { self?.user1 }
-            action?()
-        }
-        usr1.resume()
-        self.sources.append(usr1)
-    }
-
-    /// What SIGUSR1 does from now on (before this, it is ignored).
-    func onUser1(_ action: @escaping @Sendable () -> Void) {
-        self.lock.withLock { self.user1 = action }
-    }
-
-    /// What SIGHUP does from now on (before this, it is ignored).
-    func onHangup(_ action: @escaping @Sendable () -> Void) {
-        self.lock.withLock { self.hangup = action }
-    }
-
-    /// The first signal's name, as soon as one has arrived.
-    func wait() async -> String {
-        await withCheckedContinuation { (continuation: CheckedContinuation<String, Never>) in
-            let already = self.lock.withLock { () -> String? in
-                if let fired = self.fired { return fired }
-                self.continuation = continuation
-                return nil
-            }
-            if let already { continuation.resume(returning: already) }
-        }
-    }
-
-    private func fire(_ name: String) {
-        let continuation = self.lock.withLock { () -> CheckedContinuation<String, Never>? in
-            if self.fired == nil { self.fired = name }
-            defer { self.continuation = nil }
-            return self.continuation
-        }
-        continuation?.resume(returning: name)
     }
 }
 

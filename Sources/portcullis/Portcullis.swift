@@ -311,7 +311,7 @@ struct Serve: AsyncParsableCommand {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "Seconds in-flight requests get to finish on SIGTERM/SIGINT. (default: 10)",
+            "Seconds in-flight requests get to finish on SIGTERM/SIGINT; a second signal closes them at once. (default: 10)",
             valueName: "seconds"
         )
     )
@@ -414,6 +414,9 @@ struct Serve: AsyncParsableCommand {
         } catch let error as ServeError {
             logger.critical("\(error.message)")
             throw ExitCode(1)
+        } catch let forced as ForcedShutdown {
+            // Already logged by the service that heard the second signal.
+            throw ExitCode(forced.exitCode)
         }
     }
 }

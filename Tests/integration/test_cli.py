@@ -282,6 +282,43 @@ def test_sigterm_drains_in_flight_request_and_exits_zero(launcher, origin):
     assert code == 0, f"exit code {code}"
 
 
+def test_a_second_sigterm_while_draining_closes_what_is_open_and_exits_at_once(launcher, origin):
+    p = launcher.start("--shutdown-grace", "30")
+    result = {}
+
+    def slow_request():
+        try:
+            with p.conn(timeout=30) as c:
+                result["resp"] = c.request("GET", f"{origin.base}/delay/10", [AUTH])
+        except Exception as e:  # noqa: BLE001 - the connection is expected to be cut
+            result["error"] = e
+
+    t = threading.Thread(target=slow_request, daemon=True)
+    t.start()
+    assert origin.delay_started.wait(10), "the slow request never reached the origin"
+    p.send_signal(signal.SIGTERM)
+    p.stderr.wait_for("shutting down", 5)
+    wait_until(lambda: try_connect(p.host, p.port, 0.5) == "refused", timeout=3,
+               what="the listener to close after SIGTERM")
+    assert p.running(), "exited before the in-flight request finished or the grace ran out"
+
+    second = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    try:
+        code = p.proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pytest.fail("portcullis still draining 5 s after a second SIGTERM")
+    assert time.monotonic() - second < 3
+    assert code == 143, f"exit code {code}: 128 + SIGTERM expected"
+    t.join(5)
+    assert not t.is_alive(), "the in-flight request was not cut off"
+    assert "resp" not in result or result["resp"].status != 200, "the request finished anyway"
+    p.stderr.wait_closed(2)
+    log = p.stderr.text()
+    assert "second signal: closing every connection now" in log, log
+    assert " critical " not in log, "a forced shutdown is not an error"
+
+
 def test_sigterm_idle_exits_promptly(launcher):
     p = launcher.start()
     with p.conn() as idle:  # an idle keep-alive client must not hold the exit for the grace period

@@ -1,0 +1,186 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import PortcullisProxy
+import PortcullisStores
+
+/// What `serve` re-reads while it runs, and when: every 2 seconds what changed (the config file,
+/// the users store, the policy file), on SIGHUP all of it (and the access log reopened), on SIGUSR1
+/// the access log only. A file that is bad keeps the state in force. The blocking reads run on
+/// the thread pool, never on an event loop or a service's task.
+struct ReloadActions: Sendable {
+    private let threadPool: NIOThreadPool
+    private let context: ProxyContext
+    private let metrics: ProxyMetrics
+    private let logger: Logger
+    private let users: UsersSource?
+    private let usersReadable: NIOLockedValueBox<Bool>
+    private let policy: PolicyReloader?
+    private let accessLog: AccessLog?
+    private let config: @Sendable (_ forced: Bool) -> Void
+
+    /// `usersReadable` receives, after each look at the users store, whether it could be read
+    /// (for /readyz, which must not touch a file or a database on an event loop).
+    init(
+        _ configuration: ServerConfiguration,
+        threadPool: NIOThreadPool,
+        context: ProxyContext,
+        metrics: ProxyMetrics,
+        logger: Logger,
+        users: UsersSource?,
+        usersReadable: NIOLockedValueBox<Bool>,
+        accessLog: AccessLog?,
+        reload: PortcullisService.Reloader?
+    ) {
+        self.threadPool = threadPool
+        self.context = context
+        self.metrics = metrics
+        self.logger = logger
+        self.users = users
+        self.usersReadable = usersReadable
+        self.policy = configuration.policyPath.map(PolicyReloader.init(path:))
+        self.accessLog = accessLog
+        self.config = Self.configReloader(configuration, context: context, metrics: metrics, logger: logger, reload)
+    }
+
+    /// The 2-second check: only what changed is read again.
+    func periodic() async {
+        await self.onThreadPool {
+            // A refusal flood that stopped is summed up now, not at the next refusal.
+            self.context.refusalLog.logEndedIntervals(now: .now())
+            self.config(false)
+            self.reloadUsers()
+            self.reloadPolicy(force: false)
+        }
+    }
+
+    /// SIGHUP: everything read again, changed or not, and the access log reopened (logrotate).
+    func hangup() async {
+        await self.onThreadPool {
+            self.config(true)
+            self.reloadPolicy(force: true)
+            self.reloadUsers()
+            self.reopenAccessLogNow()
+        }
+    }
+
+    /// SIGUSR1.
+    func reopenAccessLog() async {
+        await self.onThreadPool { self.reopenAccessLogNow() }
+    }
+
+    private func onThreadPool(_ work: @escaping @Sendable () -> Void) async {
+        // Fails only once the pool is stopped, which is after every service has ended.
+        try? await self.threadPool.runIfActive(work)
+    }
+
+    private func reloadUsers() {
+        guard let store = self.users else { return }
+        defer {
+            let readable = store.readable()
+            self.usersReadable.withLockedValue { $0 = readable }
+        }
+        do {
+            if let what = try store.reload() {
+                self.metrics.reload("users", ok: true)
+                self.logger.notice("\(what)", metadata: ["store": "\(store.description)"])
+            }
+        } catch {
+            self.metrics.reload("users", ok: false)
+            self.logger.error("users reload failed; keeping the previous users", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func reloadPolicy(force: Bool) {
+        guard let reloader = self.policy else { return }
+        do {
+            if let policy = try reloader.reload(force: force) {
+                self.context.updatePolicy(policy)
+                self.metrics.reload("policy", ok: true)
+                self.logger.notice(
+                    "policy reloaded",
+                    metadata: ["file": "\(reloader.path)", "rules": "\(policy.rules.count)"]
+                )
+            }
+        } catch {
+            self.metrics.reload("policy", ok: false)
+            self.logger.error("policy reload failed; keeping the previous rules", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func reopenAccessLogNow() {
+        guard let accessLog = self.accessLog else { return }
+        do {
+            try accessLog.reopen()
+            self.metrics.reload("access_log", ok: true)
+        } catch {
+            self.metrics.reload("access_log", ok: false)
+            self.logger.error(
+                "access log reopen failed; still writing to the old file",
+                metadata: ["error": "\(error)"]
+            )
+        }
+    }
+
+    /// Re-reads the config file (when `forced`, or when the file changed). A file that does not
+    /// parse or validate is reported and the settings in force stay; a good one puts the live
+    /// settings (``ServeOptions/liveKeys``) in force for new connections and names the changed
+    /// settings that need a restart. Blocking: runs on the thread pool.
+    private static func configReloader(
+        _ startup: ServerConfiguration,
+        context: ProxyContext,
+        metrics: ProxyMetrics,
+        logger: Logger,
+        _ reload: PortcullisService.Reloader?
+    ) -> @Sendable (Bool) -> Void {
+        guard let reload, let path = startup.configPath else { return { _ in } }
+        let state = NIOLockedValueBox((identity: FileIdentity(path: path), applied: startup.options))
+        return { forced in
+            let identity = FileIdentity(path: path)
+            let changed = state.withLockedValue { s -> Bool in
+                guard forced || s.identity != identity else { return false }
+                s.identity = identity
+                return true
+            }
+            guard changed else { return }
+            let fresh: ServerConfiguration
+            do {
+                fresh = try reload()
+            } catch {
+                metrics.reload("config", ok: false)
+                let message = (error as? ServeError)?.message ?? "\(error)"
+                logger.error(
+                    "config file not reloaded; the settings in force stay",
+                    metadata: ["file": "\(path)", "error": "\(message)"]
+                )
+                return
+            }
+            metrics.reload("config", ok: true)
+            let previous = state.withLockedValue { s in
+                defer { s.applied = fresh.options }
+                return s.applied
+            }
+            let live = ServeOptions.changedKeys(previous, fresh.options).filter(ServeOptions.liveKeys.contains)
+            let restart = ServeOptions.changedKeys(startup.options, fresh.options).filter {
+                !ServeOptions.liveKeys.contains($0)
+            }
+            context.updateConfiguration { c in
+                c.destinationPolicy = fresh.proxy.destinationPolicy
+                c.connectPorts = fresh.proxy.connectPorts
+                c.upstreamConnectTimeout = fresh.proxy.upstreamConnectTimeout
+                c.upstreamResponseTimeout = fresh.proxy.upstreamResponseTimeout
+                c.tunnelIdleTimeout = fresh.proxy.tunnelIdleTimeout
+                c.clientIdleTimeout = fresh.proxy.clientIdleTimeout
+                c.requestHeadTimeout = fresh.proxy.requestHeadTimeout
+                c.requestBodyTimeout = fresh.proxy.requestBodyTimeout
+                c.maximumRequestBody = fresh.proxy.maximumRequestBody
+            }
+            var metadata: Logger.Metadata = ["file": "\(path)"]
+            metadata["applied"] = "\(live.isEmpty ? "-" : live.joined(separator: ","))"
+            if !restart.isEmpty { metadata["needs_restart"] = "\(restart.joined(separator: ","))" }
+            logger.log(level: restart.isEmpty ? .notice : .warning, "config file reloaded", metadata: metadata)
+        }
+    }
+}
