@@ -25,7 +25,7 @@ final class ProxyProbe {
 
     /// Performs `action` and records its outcome, a failure included, with the time it took.
     func perform(_ action: ProbeAction) -> ProbeRecord {
-        let start = DispatchTime.now()
+        var start = DispatchTime.now()
         let outcome: ProbeOutcome
         do throws(ProbeError) {
             switch action {
@@ -33,7 +33,7 @@ final class ProxyProbe {
                 let (timings, tlsMs) = try self.open()
                 outcome = .opened(timings, tlsMs: tlsMs)
             case .send(let request):
-                outcome = .response(RecordedResponse(try self.send(request)))
+                outcome = .response(RecordedResponse(try self.send(request, timedFrom: &start)))
             case .handshake(let serverName):
                 defer { self.close() }
                 guard let tunnel = self.connection, tunnel.isActive else {
@@ -80,9 +80,15 @@ final class ProxyProbe {
 
     /// Sends a request on the current connection while it is usable, else on a new one; a
     /// connection the proxy will not keep is closed after the response.
-    private func send(_ request: ProbeRequest) throws(ProbeError) -> ProbeResponse {
-        if request.newConnection || !(self.connection?.isActive ?? false) {
+    /// - Parameter start: moved past the reconnection, which is no part of the exchange's time;
+    ///   a connection of its own (a tunnel's) is part of it.
+    private func send(_ request: ProbeRequest, timedFrom start: inout DispatchTime) throws(ProbeError) -> ProbeResponse
+    {
+        if request.newConnection {
             _ = try self.open()
+        } else if !(self.connection?.isActive ?? false) {
+            _ = try self.open()
+            start = DispatchTime.now()
         }
         guard let connection = self.connection else { throw ProbeError(kind: .other, message: "no connection") }
         let response = try connection.exchange(self.text(of: request), method: request.method)
