@@ -188,3 +188,34 @@ public enum JSONValue: Encodable, Sendable, Equatable {
         }
     }
 }
+
+extension DoctorReport {
+    mutating func add(
+        _ name: String,
+        _ status: Status,
+        _ message: String,
+        fix: String? = nil,
+        ms: Double? = nil,
+        details: [String: JSONValue] = [:]
+    ) {
+        self.steps.append(Step(name: name, status: status, message: message, fix: fix, elapsedMs: ms, details: details))
+    }
+
+    /// Records a failing step, and the run's verdict and summary if it is the first failure.
+    /// - Returns: `false`, for a step to end the run with.
+    mutating func fail(
+        _ name: String,
+        _ verdict: Verdict,
+        _ message: String,
+        fix: String?,
+        ms: Double? = nil,
+        details: [String: JSONValue] = [:]
+    ) -> Bool {
+        self.add(name, .fail, message, fix: fix, ms: ms, details: details)
+        if self.verdict == .ok {
+            self.verdict = verdict
+            self.summary = message
+        }
+        return false
+    }
+}

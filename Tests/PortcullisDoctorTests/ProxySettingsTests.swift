@@ -85,20 +85,20 @@ import Testing
 
 @Suite struct DoctorTargetTests {
     @Test func targetsBecomeAbsoluteFormOrAuthority() throws {
-        let plain = try #require(Doctor.parseTarget("http://example.com:8080/a?b=1"))
+        let plain = try #require(DoctorSetup.parseTarget("http://example.com:8080/a?b=1"))
         #expect(plain.requestTarget == "http://example.com:8080/a?b=1" && plain.hostHeader == "example.com:8080")
-        let tls = try #require(Doctor.parseTarget("https://example.com/"))
+        let tls = try #require(DoctorSetup.parseTarget("https://example.com/"))
         #expect(tls.requestTarget == "example.com:443" && tls.isTLS)
-        #expect(Doctor.parseTarget("ftp://x/") == nil)
-        #expect(Doctor.parseTarget("http://u:secret@example.com/x")?.url == "http://example.com/x")
+        #expect(DoctorSetup.parseTarget("ftp://x/") == nil)
+        #expect(DoctorSetup.parseTarget("http://u:secret@example.com/x")?.url == "http://example.com/x")
     }
 
     @Test func schemeAdviceNamesTheClientSettings() {
-        let advice = Doctor.schemeAdvice(offered: ["Negotiate", "NTLM"])
+        let advice = Diagnosis.schemeAdvice(offered: ["Negotiate", "NTLM"])
         #expect(advice.contains("--proxy-negotiate"))
         #expect(advice.contains("jdk.http.auth.tunneling.disabledSchemes"))
         #expect(advice.contains("Python requests"))
-        #expect(Doctor.schemeAdvice(offered: ["Digest"]).contains("--proxy-digest"))
+        #expect(Diagnosis.schemeAdvice(offered: ["Digest"]).contains("--proxy-digest"))
     }
 
     @Test func proxyReasonComesFromProxyStatusOrSquid() {
@@ -109,7 +109,7 @@ import Testing
             body: [],
             keepAlive: true
         )
-        #expect(Doctor.proxyReason(portcullis) == "invalid-credentials")
+        #expect(Diagnosis.proxyReason(RecordedResponse(portcullis)) == "invalid-credentials")
         let squid = ProbeResponse(
             status: 407,
             reason: "",
@@ -117,7 +117,7 @@ import Testing
             body: [],
             keepAlive: true
         )
-        #expect(Doctor.proxyReason(squid) == "ERR_CACHE_ACCESS_DENIED")
+        #expect(Diagnosis.proxyReason(RecordedResponse(squid)) == "ERR_CACHE_ACCESS_DENIED")
     }
 }
 

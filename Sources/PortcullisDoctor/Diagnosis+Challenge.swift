@@ -1,0 +1,216 @@
+import PortcullisAuth
+
+extension Diagnosis {
+    // MARK: - 3. Challenge
+
+    mutating func checkChallenge() throws(Pending) -> Bool {
+        guard let target = self.firstTarget else { return false }
+        let request = ProbeRequest(target: target, credentials: .none)
+        let method = request.method
+        let (result, ms) = try self.send(request)
+        let response: RecordedResponse
+        switch result {
+        case .success(let received):
+            response = received
+        case .failure(let error):
+            return self.report.fail(
+                "challenge",
+                .proxyUnreachable,
+                "\(method) \(target.requestTarget) without credentials: \(error.message)",
+                fix:
+                    "the proxy accepted the connection but did not answer; check that \(self.setup.proxy?.authority ?? "it") is an HTTP proxy"
+            )
+        }
+        switch response.status {
+        case 407, 401:
+            let field = response.status == 407 ? "Proxy-Authenticate" : "WWW-Authenticate"
+            self.offeredField = field
+            let values = response.values(field)
+            var details: [String: JSONValue] = ["status": .int(response.status)]
+            do {
+                self.offered = try ChallengeParser.parse(fieldValues: values)
+            } catch {
+                self.offered = []
+                details["parse_error"] = .string("\(error)")
+            }
+            self.report.challenges = self.offered.map { Self.info($0, field: field) }
+            let listed = self.offered.map(Self.describe).joined(separator: "; ")
+            if response.status == 401 {
+                details["nonconformant_401"] = .bool(true)
+                self.report.add(
+                    "challenge",
+                    .warn,
+                    "the proxy answered 401 with WWW-Authenticate where RFC 9110 requires 407 with Proxy-Authenticate (tinyproxy does this): \(listed.isEmpty ? "no challenge" : listed)",
+                    fix:
+                        "clients treat a 401 as the origin's challenge and may never send proxy credentials; use a proxy that answers 407, or give credentials in the proxy URL so they are sent up front",
+                    ms: ms,
+                    details: details
+                )
+                return true
+            }
+            if values.isEmpty || self.offered.isEmpty {
+                self.report.add(
+                    "challenge",
+                    .warn,
+                    "407 without a usable Proxy-Authenticate challenge\(details["parse_error"].map { _ in " (unparsable)" } ?? "") — RFC 9110 §11.7.1 requires one",
+                    fix: "no client can know how to answer; report it to the proxy's admins",
+                    ms: ms,
+                    details: details
+                )
+                return true
+            }
+            self.report.add("challenge", .pass, "407: \(listed)", ms: ms, details: details)
+            return true
+        case 403:
+            return self.report.fail(
+                "challenge",
+                .denied,
+                "the proxy forbids \(method) \(target.requestTarget) (403) before asking for credentials: not a password problem\(Self.reasonSuffix(response))",
+                fix: "ask the proxy's admins which clients, destinations and ports are allowed",
+                ms: ms,
+                details: ["status": .int(403)]
+            )
+        default:
+            self.authRequired = false
+            self.firstAuthenticated = (target, response)
+            self.report.authentication = DoctorReport.Authentication(
+                outcome: "not-required",
+                scheme: nil,
+                status: response.status,
+                proxyReason: nil
+            )
+            self.report.add(
+                "challenge",
+                .pass,
+                "the proxy did not ask for credentials (\(response.status) to \(method) \(target.requestTarget))",
+                ms: ms,
+                details: ["status": .int(response.status)]
+            )
+            return true
+        }
+    }
+
+    static func info(_ challenge: Challenge, field: String) -> DoctorReport.ChallengeInfo {
+        var params: [String: String] = [:]
+        for p in challenge.parameters where params[p.name.lowercased()] == nil { params[p.name.lowercased()] = p.value }
+        return DoctorReport.ChallengeInfo(
+            scheme: challenge.scheme,
+            realm: challenge.parameter("realm"),
+            params: params,
+            field: field
+        )
+    }
+
+    static func describe(_ challenge: Challenge) -> String {
+        var s = challenge.scheme
+        if let realm = challenge.parameter("realm") { s += " realm=\"\(realm)\"" }
+        if challenge.schemeIs("Digest") {
+            s += " algorithm=\(challenge.parameter("algorithm") ?? "MD5")"
+            if let qop = challenge.parameter("qop") { s += " qop=\(qop)" }
+            if challenge.parameter("stale")?.lowercased() == "true" { s += " stale" }
+            if challenge.parameter("userhash")?.lowercased() == "true" { s += " userhash" }
+        }
+        return s
+    }
+
+    // MARK: - 4. Scheme
+
+    mutating func checkScheme() -> Bool {
+        guard self.authRequired else {
+            self.report.add("scheme", .skip, "the proxy does not ask for credentials")
+            return true
+        }
+        let wantsDigest = self.setup.scheme != .basic
+        let wantsBasic = self.setup.scheme != .digest
+        let digests = self.offered.compactMap(DigestChallenge.init)
+        // Strongest first: SHA-512-256, SHA-256, then MD5.
+        func rank(_ c: DigestChallenge) -> Int {
+            switch c.algorithm?.hash {
+            case .sha512_256: return 0
+            case .sha256: return 1
+            default: return 2
+            }
+        }
+        let usableDigest = digests.filter { $0.algorithm?.isSupported ?? false }
+            .sorted { rank($0) < rank($1) }
+            .first { DigestResponder(challenge: $0, user: "u", password: "p") != nil }
+        let basicOffered = self.offered.contains { $0.schemeIs("Basic") }
+        let offeredNames = Self.uniqueSchemes(self.offered)
+        if wantsDigest, let digest = usableDigest {
+            self.chosen = .digest(digest)
+            self.report.add(
+                "scheme",
+                .pass,
+                "answering with Digest (\(digest.algorithm!.description)\(digest.userhash ? ", userhash" : ""))\(basicOffered ? "; Basic is offered too" : "")",
+                details: ["offered": .array(offeredNames.map { .string($0) }), "chosen": .string("Digest")]
+            )
+            return true
+        }
+        if wantsBasic, basicOffered {
+            self.chosen = .basic
+            var note = ""
+            if !digests.isEmpty, self.setup.scheme == .basic { note = "; Digest is offered too (--scheme basic)" }
+            self.report.add(
+                "scheme",
+                .pass,
+                "answering with Basic\(note)",
+                details: ["offered": .array(offeredNames.map { .string($0) }), "chosen": .string("Basic")]
+            )
+            return true
+        }
+        let clientSchemes: String
+        switch self.setup.scheme {
+        case .auto: clientSchemes = "Basic or Digest"
+        case .basic: clientSchemes = "Basic"
+        case .digest: clientSchemes = "Digest"
+        }
+        let offeredText = offeredNames.isEmpty ? "no scheme at all" : offeredNames.joined(separator: ", ")
+        var message = "the proxy offers only \(offeredText); \(clientSchemes) credentials will never work here"
+        if !digests.isEmpty, usableDigest == nil, wantsDigest {
+            message +=
+                " (Digest with \(digests.map { $0.algorithmToken ?? "MD5" }.joined(separator: ", ")), which doctor cannot compute here)"
+        }
+        self.report.authentication = DoctorReport.Authentication(
+            outcome: "scheme-mismatch",
+            scheme: nil,
+            status: nil,
+            proxyReason: nil
+        )
+        return self.report.fail(
+            "scheme",
+            .authFailed,
+            message,
+            fix: Self.schemeAdvice(offered: offeredNames),
+            details: ["offered": .array(offeredNames.map { .string($0) })]
+        )
+    }
+
+    static func uniqueSchemes(_ challenges: [Challenge]) -> [String] {
+        var seen: [String] = []
+        for c in challenges where !seen.contains(where: { $0.lowercased() == c.scheme.lowercased() }) {
+            seen.append(c.scheme)
+        }
+        return seen
+    }
+
+    static func schemeAdvice(offered: [String]) -> String {
+        let lower = Set(offered.map { $0.lowercased() })
+        var advice: [String] = []
+        if lower.contains("negotiate") || lower.contains("ntlm") {
+            advice.append(
+                "the proxy wants Negotiate/NTLM (Windows/Kerberos): curl --proxy-negotiate -U : (after kinit) or --proxy-ntlm -U 'DOMAIN\\user'; Java: NTLM/Negotiate work with java.net.Authenticator, and Basic over CONNECT stays off unless jdk.http.auth.tunneling.disabledSchemes=\"\" — which only helps if the proxy offers Basic; Python requests sends only Basic (use requests-kerberos or requests-ntlm, or a local relay such as px or cntlm)"
+            )
+        }
+        if lower.contains("digest") {
+            advice.append(
+                "the proxy wants Digest: curl --proxy-digest -U user; Python requests sends only Basic to proxies; if your client cannot do Digest ask the proxy's admins to enable Basic (over TLS)"
+            )
+        }
+        if advice.isEmpty {
+            advice.append(
+                "use a client that supports the offered scheme, or ask the proxy's admins to enable Basic or Digest"
+            )
+        }
+        return advice.joined(separator: "; ")
+    }
+}
