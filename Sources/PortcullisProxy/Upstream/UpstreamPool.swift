@@ -80,8 +80,6 @@ final class UpstreamPool {
         self.idle[key]?.remove(at: index)
     }
 
-    var idleCount: Int { self.idle.values.reduce(0) { $0 + $1.count } }
-
     private func closeExpired(now: NIODeadline) {
         let deadline = now - self.idleTimeout
         for (key, list) in self.idle {
