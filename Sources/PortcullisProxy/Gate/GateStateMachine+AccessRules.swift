@@ -8,7 +8,7 @@ extension GateStateMachine {
     mutating func accepted(
         _ request: Request,
         user: String,
-        scheme: String,
+        scheme: AuthScheme,
         authenticationInfo: [UInt8]?,
         _ environment: some GateEnvironment
     ) -> Action {
