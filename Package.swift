@@ -36,7 +36,6 @@ let package = Package(
         .target(
             name: "PortcullisAuth",
             dependencies: [
-                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "CryptoExtras", package: "swift-crypto"),
