@@ -1,4 +1,3 @@
-import NIOCore
 import PortcullisAuth
 
 // After the credential (or without one, when authentication is off): the access rules, then

@@ -1,6 +1,5 @@
 import CoreMetrics
 import NIOConcurrencyHelpers
-import NIOCore
 import PortcullisAuth
 
 /// The proxy's metrics (issue 7), made through swift-metrics with an explicit factory (the

@@ -1,6 +1,4 @@
 import NIOCore
-import NIOHTTP1
-import NIOPosix
 
 /// Idle keep-alive connections to origins, for one event loop (no locks: only that loop uses it).
 final class UpstreamPool {
