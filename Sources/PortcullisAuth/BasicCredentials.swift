@@ -29,7 +29,7 @@ public struct BasicCredentials: Sendable, Hashable {
                     reason: .malformedCredentials,
                     explanation:
                         "the Basic credentials are not valid base64 (RFC 7617 needs base64 of \"user:password\")",
-                    presentedScheme: "basic"
+                    presentedScheme: AuthScheme.basic.rawValue
                 )
             )
         }
@@ -39,7 +39,7 @@ public struct BasicCredentials: Sendable, Hashable {
                 AuthFailure(
                     reason: .malformedCredentials,
                     explanation: "the decoded Basic credentials have no ':' between user name and password",
-                    presentedScheme: "basic"
+                    presentedScheme: AuthScheme.basic.rawValue
                 )
             )
         }
@@ -50,7 +50,7 @@ public struct BasicCredentials: Sendable, Hashable {
                 AuthFailure(
                     reason: .malformedCredentials,
                     explanation: "the decoded Basic credentials have an empty user name",
-                    presentedScheme: "basic"
+                    presentedScheme: AuthScheme.basic.rawValue
                 )
             )
         }
@@ -60,7 +60,7 @@ public struct BasicCredentials: Sendable, Hashable {
                 AuthFailure(
                     reason: .malformedCredentials,
                     explanation: "the decoded Basic credentials contain control characters",
-                    presentedScheme: "basic"
+                    presentedScheme: AuthScheme.basic.rawValue
                 )
             )
         }

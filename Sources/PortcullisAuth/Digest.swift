@@ -1,11 +1,6 @@
 import Crypto
+import CryptoExtras
 import Foundation
-
-#if canImport(Glibc)
-    import Glibc
-#elseif canImport(Darwin)
-    import Darwin
-#endif
 
 /// The hash algorithms of HTTP Digest (RFC 7616 §3.2 and the IANA registry), each with its
 /// `-sess` variant.
@@ -43,9 +38,10 @@ public struct DigestAlgorithm: Sendable, Hashable, CustomStringConvertible {
 
     public var description: String { self.hash.rawValue + (self.session ? "-sess" : "") }
 
-    /// Whether this machine can compute the algorithm: SHA-512/256 comes from the system's
-    /// libcrypto (see ``SystemSHA512_256``).
-    public var isSupported: Bool { self.hash != .sha512_256 || SystemSHA512_256.isAvailable }
+    /// Whether this machine can compute the algorithm. Always true since SHA-512/256 comes from
+    /// swift-crypto rather than the system's libcrypto; the callers' checks go with the
+    /// configuration, store and doctor rewrites of issue 18.
+    public var isSupported: Bool { true }
 
     /// Length of the algorithm's hashes in hex.
     public var hexLength: Int { self.hash == .md5 ? 32 : 64 }
@@ -83,10 +79,9 @@ extension DigestAlgorithm {
             hasher.update(bufferPointer: raw)
             return hasher.finalize().withUnsafeBytes { Self.writeHex($0, into: out) }
         case .sha512_256:
-            guard let digest = SystemSHA512_256.hash(Array(input)) else {
-                preconditionFailure("SHA-512-256 is not available on this machine; check isSupported")
-            }
-            return digest.withUnsafeBytes { Self.writeHex($0, into: out) }
+            var hasher = SHA512256()
+            hasher.update(bufferPointer: raw)
+            return hasher.finalize().withUnsafeBytes { Self.writeHex($0, into: out) }
         }
     }
 
@@ -258,54 +253,5 @@ public struct DigestResponder: Sendable {
             }
         }
         return out
-    }
-}
-
-/// SHA-512/256 (FIPS 180-4 §6.7: its own initial hash values, not a truncated SHA-512), which
-/// swift-crypto does not offer. It is taken from the system's OpenSSL libcrypto, loaded at run
-/// time rather than linked: every Debian machine with Swift has `libcrypto.so.3` (libcurl,
-/// which Foundation needs, depends on it), but not its development package, and a link-time
-/// dependency would make `swift run portcullis` fail on a fresh machine. Without it, the
-/// algorithm is reported as unavailable instead of guessed.
-public enum SystemSHA512_256 {
-    private typealias MDGetter = @convention(c) () -> OpaquePointer?
-    private typealias DigestFunction =
-        @convention(c) (
-            UnsafeRawPointer?, Int, UnsafeMutablePointer<UInt8>?, UnsafeMutablePointer<UInt32>?, OpaquePointer?,
-            OpaquePointer?
-        ) -> Int32
-
-    private struct Functions: @unchecked Sendable {
-        var md: MDGetter
-        var digest: DigestFunction
-    }
-
-    private static let functions: Functions? = {
-        for name in ["libcrypto.so.3", "libcrypto.so", "libcrypto.3.dylib"] {
-            guard let handle = dlopen(name, RTLD_NOW | RTLD_LOCAL) else { continue }
-            guard let md = dlsym(handle, "EVP_sha512_256"), let digest = dlsym(handle, "EVP_Digest") else {
-                dlclose(handle)
-                continue
-            }
-            return Functions(
-                md: unsafeBitCast(md, to: MDGetter.self),
-                digest: unsafeBitCast(digest, to: DigestFunction.self)
-            )
-        }
-        return nil
-    }()
-
-    public static var isAvailable: Bool { self.functions != nil }
-
-    /// The 32-byte digest, or `nil` when libcrypto is not there.
-    public static func hash(_ bytes: [UInt8]) -> [UInt8]? {
-        guard let functions, let md = functions.md() else { return nil }
-        var out = [UInt8](repeating: 0, count: 64)
-        var length: UInt32 = 0
-        let ok = bytes.withUnsafeBytes { input in
-            functions.digest(input.baseAddress, input.count, &out, &length, md, nil)
-        }
-        guard ok == 1, length == 32 else { return nil }
-        return Array(out.prefix(32))
     }
 }

@@ -222,7 +222,7 @@ public struct DigestAuthorization: Sendable, Hashable {
                     AuthFailure(
                         reason: .malformedCredentials,
                         explanation: "the Digest credentials are malformed: \(why)",
-                        presentedScheme: "digest"
+                        presentedScheme: AuthScheme.digest.rawValue
                     )
                 )
             }
@@ -339,7 +339,7 @@ public struct DigestAuthorization: Sendable, Hashable {
                     AuthFailure(
                         reason: .malformedCredentials,
                         explanation: "qop=\(self.safeName(qop)) is not offered here; answer with qop=auth",
-                        presentedScheme: "digest"
+                        presentedScheme: AuthScheme.digest.rawValue
                     )
                 )
             }

@@ -68,7 +68,7 @@ public struct ProxyAuthGate: Sendable {
                 )
             )
         }
-        if credentials.schemeIs("basic"), self.schemes.contains(.basic) {
+        if credentials.schemeIs(AuthScheme.basic.rawValue), self.schemes.contains(.basic) {
             switch BasicCredentials.decode(token68: credentials.parameters) {
             case .success(let basic):
                 return .verifyBasic(basic)
@@ -76,7 +76,9 @@ public struct ProxyAuthGate: Sendable {
                 return .reject(failure)
             }
         }
-        if credentials.schemeIs("digest"), let decision = self.evaluateDigest(fieldValue: Array(first.utf8)) {
+        if credentials.schemeIs(AuthScheme.digest.rawValue),
+            let decision = self.evaluateDigest(fieldValue: Array(first.utf8))
+        {
             return decision
         }
         let scheme = Self.knownScheme(credentials.scheme)
@@ -124,8 +126,8 @@ public struct ProxyAuthGate: Sendable {
 
     private static func displayName(_ lowercasedScheme: String) -> String {
         switch lowercasedScheme {
-        case "basic": return "Basic"
-        case "digest": return "Digest"
+        case AuthScheme.basic.rawValue: return "Basic"
+        case AuthScheme.digest.rawValue: return "Digest"
         case "negotiate": return "Negotiate"
         case "ntlm": return "NTLM"
         case "bearer": return "Bearer"

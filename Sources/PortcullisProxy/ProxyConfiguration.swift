@@ -1,10 +1,5 @@
-import CoreMetrics
-import Logging
-import NIOConcurrencyHelpers
 import NIOCore
-import NIOPosix
 import PortcullisAuth
-import PortcullisStores
 
 /// Everything that shapes how the proxy treats a connection.
 public struct ProxyConfiguration: Sendable {

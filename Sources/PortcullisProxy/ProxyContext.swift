@@ -1,7 +1,6 @@
 import CoreMetrics
 import Logging
 import NIOConcurrencyHelpers
-import NIOCore
 import NIOPosix
 import PortcullisAuth
 import PortcullisStores

@@ -51,7 +51,7 @@ public struct ServerConfiguration: Sendable {
         }
         proxy.realm = realm
 
-        let authNames = (options.auth ?? ["basic"]).map { $0.lowercased() }.filter { !$0.isEmpty }
+        let authNames = (options.auth ?? [AuthScheme.basic.rawValue]).map { $0.lowercased() }.filter { !$0.isEmpty }
         if authNames == ["none"] {
             proxy.authSchemes = []
         } else {

@@ -169,12 +169,6 @@ public final class CredentialVerifier: Sendable {
         return promise.futureResult
     }
 
-    /// Drops every cached verification (for example after the users changed).
-    public func invalidateAll() {
-        self.state.withLockedValue { $0.entries.removeAll() }
-        self.digestEntries.withLockedValue { $0.removeAll() }
-    }
-
     // MARK: - Digest secrets
 
     /// Digest answers differ on every request, so what is cached is the user's secrets (for
@@ -228,8 +222,6 @@ public final class CredentialVerifier: Sendable {
         let store = self.store
         self.work.runDetached { store.noteLogin(user, at: Date()) }
     }
-
-    public var cachedCount: Int { self.state.withLockedValue { $0.entries.count } }
 
     private func insert(_ entry: Entry, key: CacheKey, into state: inout State) {
         if state.entries.count >= self.configuration.maximumEntries {

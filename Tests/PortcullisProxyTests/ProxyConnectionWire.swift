@@ -1,5 +1,3 @@
-import NIOCore
-
 @testable import PortcullisProxy
 
 /// Requests and responses as bytes on the wire, for the socket-free connection tests.

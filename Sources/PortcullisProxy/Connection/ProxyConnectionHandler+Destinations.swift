@@ -1,6 +1,5 @@
 import Logging
 import NIOCore
-import NIOPosix
 
 // Which addresses a request's upstream connection may reach: the resolver's filter for a new
 // connection and the check of a pooled one, both under the access rules in force at that time.

@@ -1,6 +1,5 @@
 import Logging
 import NIOCore
-import NIOPosix
 
 // Forwarding of absolute-form requests over pooled upstream connections.
 extension ProxyConnectionHandler {

@@ -1,5 +1,4 @@
 import NIOCore
-import PortcullisAuth
 import PortcullisStores
 
 // Carries out what the 407 gate (``GateStateMachine``) decides for each request: runs the

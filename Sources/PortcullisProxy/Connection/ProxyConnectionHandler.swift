@@ -1,10 +1,6 @@
 import Foundation
 import Logging
 import NIOCore
-import NIOExtras
-import NIOPosix
-import PortcullisAuth
-import PortcullisStores
 
 /// Serves one client connection: translates channel events into events of its
 /// ``ProxyConnectionStateMachine`` and carries out the machine's actions — the gate, the

@@ -1,4 +1,3 @@
-import NIOCore
 import PortcullisAuth
 
 // After the credential (or without one, when authentication is off): the access rules, then
@@ -8,7 +7,7 @@ extension GateStateMachine {
     mutating func accepted(
         _ request: Request,
         user: String,
-        scheme: String,
+        scheme: AuthScheme,
         authenticationInfo: [UInt8]?,
         _ environment: some GateEnvironment
     ) -> Action {

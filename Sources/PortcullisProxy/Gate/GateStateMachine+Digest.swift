@@ -1,4 +1,3 @@
-import Foundation
 import NIOCore
 import PortcullisAuth
 import PortcullisStores
@@ -19,7 +18,7 @@ extension GateStateMachine {
                 reason: .invalidCredentials,
                 explanation:
                     "the Digest answer is for another realm; answer the challenge for realm \"\(settings.realm)\"",
-                presentedScheme: "digest"
+                presentedScheme: AuthScheme.digest.rawValue
             )
             return self.reject(request, failure, environment)
         }
@@ -28,7 +27,7 @@ extension GateStateMachine {
                 reason: .malformedCredentials,
                 explanation:
                     "the Digest algorithm \(authorization.algorithm) is not offered here (offered: \(settings.algorithms.map(\.description).joined(separator: ", ")))",
-                presentedScheme: "digest"
+                presentedScheme: AuthScheme.digest.rawValue
             )
             return self.reject(request, failure, environment)
         }
@@ -40,8 +39,8 @@ extension GateStateMachine {
             )
         else {
             // RFC 7616 §3.4.6: an answer computed for another request is a bad request.
-            let record = Record(user: nil, scheme: "digest", result: "digest-uri-mismatch")
-            environment.metrics.authOutcome(scheme: "digest", reason: record.result)
+            let record = Record(user: nil, scheme: .digest, result: "digest-uri-mismatch")
+            environment.metrics.authOutcome(scheme: .digest, reason: record.result)
             let response = ProxyResponse(
                 status: .badRequest,
                 proxyError: "http_request_error",
@@ -106,14 +105,14 @@ extension GateStateMachine {
         let wrong = AuthFailure(
             reason: .invalidCredentials,
             explanation: "unknown user or wrong password",
-            presentedScheme: "digest"
+            presentedScheme: AuthScheme.digest.rawValue
         )
         // A hashed name is not a name: it is never logged nor used to slow down a user.
         let claimed = authorization.userhash ? nil : authorization.username
         let secrets: DigestSecrets
         switch lookup {
         case .unavailable:
-            return Self.storeUnavailable(request, scheme: "digest", environment)
+            return Self.storeUnavailable(request, scheme: .digest, environment)
         case .unknownUser:
             return self.reject(
                 request,
@@ -172,15 +171,15 @@ extension GateStateMachine {
         case .valid(let age):
             nonceAge = age
         case .stale(let why):
-            let record = Record(user: nil, scheme: "digest", result: AuthFailureReason.staleNonce.token)
-            environment.metrics.authOutcome(scheme: "digest", reason: record.result)
+            let record = Record(user: nil, scheme: .digest, result: AuthFailureReason.staleNonce.token)
+            environment.metrics.authOutcome(scheme: .digest, reason: record.result)
             self.noteChallengeLoop(request, record, reason: .staleNonce, environment)
             return self.sendReject(
                 record,
                 AuthFailure(
                     reason: .staleNonce,
                     explanation: "the Digest nonce is no longer valid; answer the new challenge (stale=true)",
-                    presentedScheme: "digest"
+                    presentedScheme: AuthScheme.digest.rawValue
                 ),
                 clientAddress: request.clientAddress,
                 logDetail: ["user": "\(secrets.user)", "detail": "\(why)"],
@@ -210,9 +209,9 @@ extension GateStateMachine {
                 }
                 environment.credentials?.noteDigestLogin(key, user: user)
             }
-            return self.accepted(request, user: user, scheme: "digest", authenticationInfo: info, environment)
+            return self.accepted(request, user: user, scheme: .digest, authenticationInfo: info, environment)
         case .rejected(let reason):
-            return self.noLongerValid(request, reason: reason, user: secrets.user, scheme: "digest", environment)
+            return self.noLongerValid(request, reason: reason, user: secrets.user, scheme: .digest, environment)
         }
     }
 }

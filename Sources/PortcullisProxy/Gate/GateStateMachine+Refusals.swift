@@ -119,7 +119,7 @@ extension GateStateMachine {
     ) -> Action {
         environment.metrics.challenges.increment()
         var close = false
-        if failure.presentedScheme == "digest" {
+        if failure.presentedScheme == AuthScheme.digest.rawValue {
             self.digestFailuresInARow += 1
             if self.digestFailuresInARow > Self.digestFailuresBeforeClose {
                 close = true
@@ -182,12 +182,16 @@ extension GateStateMachine {
     static func refuseBusy(_ record: Record, retryAfter: TimeAmount, _ environment: some GateEnvironment) -> Action {
         var record = record
         record.result = "too-many-logins-in-flight"
-        environment.metrics.authOutcome(scheme: "basic", reason: record.result)
+        environment.metrics.authOutcome(scheme: .basic, reason: record.result)
         return .refuse(record, .tooManyLoginsInFlight(retryAfter: retryAfter), close: false)
     }
 
     /// Not the client's fault: no 407 (it would ask for a password again) but a 503.
-    static func storeUnavailable(_ request: Request, scheme: String, _ environment: some GateEnvironment) -> Action {
+    static func storeUnavailable(
+        _ request: Request,
+        scheme: AuthScheme,
+        _ environment: some GateEnvironment
+    ) -> Action {
         let record = Record(user: nil, scheme: scheme, result: RejectionReason.unavailable.rawValue)
         environment.metrics.authOutcome(scheme: scheme, reason: record.result)
         if environment.mayLog(.storeUnavailable) {
@@ -210,7 +214,7 @@ extension GateStateMachine {
         _ request: Request,
         reason: RejectionReason,
         user: String,
-        scheme: String,
+        scheme: AuthScheme,
         _ environment: some GateEnvironment
     ) -> Action {
         let record = Record(user: nil, scheme: scheme, result: reason.rawValue)
@@ -222,7 +226,7 @@ extension GateStateMachine {
                 reason: .credentialsNoLongerValid,
                 explanation:
                     "this credential is no longer valid (it has expired, was disabled or was replaced); ask for a new one",
-                presentedScheme: scheme
+                presentedScheme: scheme.rawValue
             ),
             clientAddress: request.clientAddress,
             logDetail: ["user": "\(user)", "detail": "\(reason.rawValue)"],

@@ -1,4 +1,3 @@
-import Foundation
 import Logging
 import NIOCore
 import PortcullisAuth
@@ -42,6 +41,17 @@ struct GateStateMachine {
         var scheme: String?
         /// `none`, `ok` or a reason token.
         var result: String
+
+        init(user: String?, scheme: String?, result: String) {
+            self.user = user
+            self.scheme = scheme
+            self.result = result
+        }
+
+        /// A decision on credentials of a scheme the proxy offers.
+        init(user: String?, scheme: AuthScheme, result: String) {
+            self.init(user: user, scheme: scheme.rawValue, result: result)
+        }
 
         /// Nothing presented yet, or nothing asked for.
         static var unauthenticated: Record { Record(user: nil, scheme: nil, result: "none") }
@@ -150,12 +160,12 @@ struct GateStateMachine {
             if case .allowed = lock, let user = cache.cachedUser(for: key, now: request.started) {
                 environment.metrics.cacheHits.increment()
                 self.provenKey = key
-                return self.accepted(request, user: user, scheme: "basic", authenticationInfo: nil, environment)
+                return self.accepted(request, user: user, scheme: .basic, authenticationInfo: nil, environment)
             }
             if case .lockedOut = lock, self.provenKey == key,
                 let user = cache.cachedUser(for: key, now: request.started)
             {
-                return self.accepted(request, user: user, scheme: "basic", authenticationInfo: nil, environment)
+                return self.accepted(request, user: user, scheme: .basic, authenticationInfo: nil, environment)
             }
             environment.metrics.cacheMisses.increment()
         }
@@ -182,12 +192,12 @@ struct GateStateMachine {
             // Digest is only parsed when it is offered, and it is only offered with an authority;
             // were it not, a 503 rather than a request left waiting for ever.
             guard let authority = environment.digest else {
-                return Self.storeUnavailable(request, scheme: "digest", environment)
+                return Self.storeUnavailable(request, scheme: .digest, environment)
             }
             return self.verifyDigest(request, authorization, authority: authority, cache, environment)
         case .verifyBasic(let credentials):
             // A single Basic value always has its key by now (else a 503, not a request left waiting).
-            guard let key = cacheKey else { return Self.storeUnavailable(request, scheme: "basic", environment) }
+            guard let key = cacheKey else { return Self.storeUnavailable(request, scheme: .basic, environment) }
             // A slot for this check, or 429 unchecked: checks in flight count against the
             // lockout like failures.
             let ticket: AuthThrottle.Ticket
@@ -230,23 +240,23 @@ struct GateStateMachine {
         case .accepted(let user, _):
             environment.metrics.verifyDuration.recordNanoseconds((now - check.request.started).nanoseconds)
             self.provenKey = check.key
-            return self.accepted(check.request, user: user, scheme: "basic", authenticationInfo: nil, environment)
+            return self.accepted(check.request, user: user, scheme: .basic, authenticationInfo: nil, environment)
         case .rejected(.unavailable):
-            return Self.storeUnavailable(check.request, scheme: "basic", environment)
+            return Self.storeUnavailable(check.request, scheme: .basic, environment)
         case .rejected(.invalid):
             return self.reject(
                 check.request,
                 AuthFailure(
                     reason: .invalidCredentials,
                     explanation: "unknown user or wrong password",
-                    presentedScheme: "basic"
+                    presentedScheme: AuthScheme.basic.rawValue
                 ),
                 user: check.user,
                 counted: counted,
                 environment
             )
         case .rejected(let reason):
-            return self.noLongerValid(check.request, reason: reason, user: check.user, scheme: "basic", environment)
+            return self.noLongerValid(check.request, reason: reason, user: check.user, scheme: .basic, environment)
         }
     }
 

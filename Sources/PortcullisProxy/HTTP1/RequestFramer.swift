@@ -114,12 +114,6 @@ struct RequestFramer {
     /// Bytes read but not yet handed out as events.
     var bufferedBytes: Int { self.buffer.readableBytes }
 
-    /// Whether the next event would be a new request's head (no request is half-read).
-    var isBetweenRequests: Bool {
-        if case .head = self.state { return true }
-        return false
-    }
-
     mutating func append(_ bytes: ByteBuffer) {
         if self.buffer.readableBytes == 0 {
             self.buffer = bytes

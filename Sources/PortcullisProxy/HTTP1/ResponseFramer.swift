@@ -1,5 +1,4 @@
 import NIOCore
-import PortcullisAuth
 
 /// The head of an origin's response, kept as the bytes that arrived: header lines are copied
 /// to the client as they are, without turning every name and value into a String.

@@ -1,6 +1,5 @@
 import CoreMetrics
 import NIOConcurrencyHelpers
-import NIOCore
 import PortcullisAuth
 
 /// The proxy's metrics (issue 7), made through swift-metrics with an explicit factory (the
@@ -52,11 +51,11 @@ public final class ProxyMetrics: Sendable {
         }
         let acceptedBasic = Counter(
             label: "portcullis_auth_outcomes_total",
-            dimensions: [("scheme", "basic"), ("outcome", "accepted"), ("reason", "ok")],
+            dimensions: [("scheme", AuthScheme.basic.rawValue), ("outcome", "accepted"), ("reason", "ok")],
             factory: factory
         )
         self.acceptedBasic = acceptedBasic
-        self.authOutcomes = NIOLockedValueBox(["basic ok": acceptedBasic])
+        self.authOutcomes = NIOLockedValueBox(["\(AuthScheme.basic.rawValue) ok": acceptedBasic])
         self.challenges = Counter(label: "portcullis_proxy_auth_challenges_total", factory: factory)
         self.challengeLoops = Counter(label: "portcullis_challenge_loops_total", factory: factory)
         self.lockouts = Counter(label: "portcullis_lockouts_total", factory: factory)
@@ -117,13 +116,20 @@ public final class ProxyMetrics: Sendable {
         self.requests[(connect ? 5 : 0) + index].increment()
     }
 
-    /// One decision of the gate: `reason` is a ``AuthFailureReason`` token or `ok`.
+    /// One decision of the gate on credentials of a scheme it offers: `reason` is a
+    /// ``AuthFailureReason`` token or `ok`.
+    func authOutcome(scheme: AuthScheme, reason: String) {
+        self.authOutcome(scheme: scheme.rawValue, reason: reason)
+    }
+
+    /// One decision of the gate: `scheme` is the presented scheme, lower-cased (`none`: no
+    /// credentials), `reason` a ``AuthFailureReason`` token or `ok`.
     func authOutcome(scheme: String, reason: String) {
-        if scheme == "basic", reason == "ok" {
+        if scheme == AuthScheme.basic.rawValue, reason == "ok" {
             self.acceptedBasic.increment()
             return
         }
-        let scheme = ["basic", "digest", "none"].contains(scheme) ? scheme : "other"
+        let scheme = AuthScheme(rawValue: scheme) != nil || scheme == "none" ? scheme : "other"
         let key = "\(scheme) \(reason)"
         self.counter(in: self.authOutcomes, key: key) {
             Counter(

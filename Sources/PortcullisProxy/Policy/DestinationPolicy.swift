@@ -1,5 +1,4 @@
 import NIOCore
-import NIOPosix
 
 #if canImport(Glibc)
     import Glibc

@@ -1,5 +1,4 @@
 import NIOCore
-import NIOPosix
 
 // CONNECT: after the gate, the connection becomes a byte tunnel to the origin.
 extension ProxyConnectionHandler {

@@ -18,7 +18,6 @@ final class TunnelGlueHandler: ChannelDuplexHandler {
     private var outputClosed = false
     /// Bytes read from this side's channel.
     private(set) var bytesRead = 0
-    var onClose: ((_ bytesRead: Int) -> Void)?
 
     static func matchedPair() -> (TunnelGlueHandler, TunnelGlueHandler) {
         let first = TunnelGlueHandler()
@@ -93,8 +92,6 @@ final class TunnelGlueHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        self.onClose?(self.bytesRead)
-        self.onClose = nil
         self.partner?.partnerCloseFull()
     }
 

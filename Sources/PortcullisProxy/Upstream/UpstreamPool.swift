@@ -1,6 +1,4 @@
 import NIOCore
-import NIOHTTP1
-import NIOPosix
 
 /// Idle keep-alive connections to origins, for one event loop (no locks: only that loop uses it).
 final class UpstreamPool {
@@ -79,8 +77,6 @@ final class UpstreamPool {
         guard let index = self.idle[key]?.firstIndex(where: { $0 === handler }) else { return }
         self.idle[key]?.remove(at: index)
     }
-
-    var idleCount: Int { self.idle.values.reduce(0) { $0 + $1.count } }
 
     private func closeExpired(now: NIODeadline) {
         let deadline = now - self.idleTimeout
