@@ -38,11 +38,6 @@ public struct DigestAlgorithm: Sendable, Hashable, CustomStringConvertible {
 
     public var description: String { self.hash.rawValue + (self.session ? "-sess" : "") }
 
-    /// Whether this machine can compute the algorithm. Always true since SHA-512/256 comes from
-    /// swift-crypto rather than the system's libcrypto; the callers' checks go with the
-    /// configuration, store and doctor rewrites of issue 18.
-    public var isSupported: Bool { true }
-
     /// Length of the algorithm's hashes in hex.
     public var hexLength: Int { self.hash == .md5 ? 32 : 64 }
 
@@ -183,7 +178,7 @@ public struct DigestResponder: Sendable {
     public var password: String
 
     public init?(challenge: DigestChallenge, user: String, password: String) {
-        guard let algorithm = challenge.algorithm, algorithm.isSupported else { return nil }
+        guard let algorithm = challenge.algorithm else { return nil }
         // Only qop=auth is answered; auth-int needs the body, and a proxy challenge for a
         // CONNECT or GET has none worth hashing.
         guard challenge.qop.isEmpty || challenge.qop.contains("auth") else { return nil }

@@ -131,7 +131,7 @@ extension Diagnosis {
             default: return 2
             }
         }
-        let usableDigest = digests.filter { $0.algorithm?.isSupported ?? false }
+        let usableDigest = digests.filter { $0.algorithm != nil }
             .sorted { rank($0) < rank($1) }
             .first { DigestResponder(challenge: $0, user: "u", password: "p") != nil }
         let basicOffered = self.offered.contains { $0.schemeIs("Basic") }

@@ -19,7 +19,7 @@ public struct HtdigestFile: Sendable {
     public private(set) var problems: [String] = []
 
     public init(contents: String, realm: String) {
-        let algorithms = DigestAlgorithm.Hash.allCases.map { DigestAlgorithm(hash: $0) }.filter(\.isSupported)
+        let algorithms = DigestAlgorithm.Hash.allCases.map { DigestAlgorithm(hash: $0) }
         var lineNumber = 0
         for line in contents.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline) {
             lineNumber += 1

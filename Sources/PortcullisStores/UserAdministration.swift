@@ -227,11 +227,10 @@ public struct DigestEnrollment: Sendable, Hashable {
     public var userhash: String
     public var ha1: String
 
-    /// One per algorithm this machine can compute.
+    /// One per hash algorithm.
     public static func make(name: String, realm: String, password: String) -> [DigestEnrollment] {
-        DigestAlgorithm.Hash.allCases.compactMap { hash in
+        DigestAlgorithm.Hash.allCases.map { hash in
             let algorithm = DigestAlgorithm(hash: hash)
-            guard algorithm.isSupported else { return nil }
             return DigestEnrollment(
                 hash: hash,
                 userhash: algorithm.hex("\(name):\(realm)"),

@@ -72,7 +72,6 @@ import Testing
     /// §3.9.1 vectors already pin the response computation.
     @Test func userhashBothWays() throws {
         let sha512 = DigestAlgorithm(hash: .sha512_256)
-        try #require(sha512.isSupported)
         #expect(
             sha512.hex("J\u{E4}s\u{F8}n Doe:api@example.org")
                 == "793263caabb707a56211940d90411ea4a575adeccb7e360aeb624ed06ece9b0b"
