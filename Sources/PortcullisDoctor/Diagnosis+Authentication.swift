@@ -77,19 +77,14 @@ extension Diagnosis {
         while true {
             let request = ProbeRequest(target: target, credentials: self.credentials())
             let method = request.method
-            let (result, ms) = try self.send(request)
-            let response: RecordedResponse
-            switch result {
-            case .success(let received):
-                response = received
-            case .failure(let error):
-                return self.report.fail(
-                    "authentication",
-                    .proxyUnreachable,
-                    "\(method) \(target.requestTarget) with credentials: \(error.message)",
+            guard
+                let (response, ms) = try self.sendOrFail(
+                    request,
+                    step: "authentication",
+                    what: "with credentials",
                     fix: "the proxy stopped answering once credentials were sent; check its logs"
                 )
-            }
+            else { return false }
             totalMs += ms
             let reason = Self.proxyReason(response)
             var details: [String: JSONValue] = ["status": .int(response.status)]

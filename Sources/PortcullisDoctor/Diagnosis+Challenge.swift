@@ -7,20 +7,15 @@ extension Diagnosis {
         guard let target = self.firstTarget else { return false }
         let request = ProbeRequest(target: target, credentials: .none)
         let method = request.method
-        let (result, ms) = try self.send(request)
-        let response: RecordedResponse
-        switch result {
-        case .success(let received):
-            response = received
-        case .failure(let error):
-            return self.report.fail(
-                "challenge",
-                .proxyUnreachable,
-                "\(method) \(target.requestTarget) without credentials: \(error.message)",
+        guard
+            let (response, ms) = try self.sendOrFail(
+                request,
+                step: "challenge",
+                what: "without credentials",
                 fix:
                     "the proxy accepted the connection but did not answer; check that \(self.setup.proxy?.authority ?? "it") is an HTTP proxy"
             )
-        }
+        else { return false }
         switch response.status {
         case 407, 401:
             let field = response.status == 407 ? "Proxy-Authenticate" : "WWW-Authenticate"

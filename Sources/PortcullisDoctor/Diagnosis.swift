@@ -153,6 +153,29 @@ struct Diagnosis {
         }
     }
 
+    /// Sends `request`; one the proxy did not answer fails `step` as unreachable (the message
+    /// names the request, `what` says how it was sent) and gives `nil`.
+    mutating func sendOrFail(
+        _ request: ProbeRequest,
+        step: String,
+        what: String,
+        fix: String
+    ) throws(Pending) -> (response: RecordedResponse, ms: Double)? {
+        let (result, ms) = try self.send(request)
+        switch result {
+        case .success(let response):
+            return (response, ms)
+        case .failure(let error):
+            _ = self.report.fail(
+                step,
+                .proxyUnreachable,
+                "\(request.method) \(request.requestTarget) \(what): \(error.message)",
+                fix: fix
+            )
+            return nil
+        }
+    }
+
     /// The TLS handshake through the last tunnel: `nil` when it succeeded, else why not; with its time.
     mutating func handshake(serverName: String) throws(Pending) -> (ProbeError?, ms: Double) {
         let record = try self.take(.handshake(serverName: serverName))
