@@ -50,7 +50,8 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
-            ] + nio
+            ] + nio,
+            swiftSettings: [.swiftLanguageMode(.v5)]
         ),
         // The PostgreSQL store in its own target, so postgres-nio stays out of everything else.
         .target(
@@ -60,7 +61,8 @@ let package = Package(
                 "PortcullisAuth",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
-            ] + nio
+            ] + nio,
+            swiftSettings: [.swiftLanguageMode(.v5)]
         ),
         .target(
             name: "PortcullisProxy",
@@ -87,7 +89,8 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
-            ] + nio
+            ] + nio,
+            swiftSettings: [.swiftLanguageMode(.v5)]
         ),
         .target(
             name: "PortcullisDoctor",
@@ -108,7 +111,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
-            ]
+            ],
+            swiftSettings: [.swiftLanguageMode(.v5)]
         ),
         // Built for fuzzing by scripts/fuzz.sh (-sanitize=fuzzer -DFUZZING); in a normal build
         // it replays the committed corpus, so every seed also runs as a regression test.
@@ -118,13 +122,18 @@ let package = Package(
             path: "Fuzz/Sources"
         ),
         .testTarget(name: "PortcullisAuthTests", dependencies: ["PortcullisAuth"]),
-        .testTarget(name: "PortcullisStoresTests", dependencies: ["PortcullisStores", "PortcullisAuth"] + nio),
+        .testTarget(
+            name: "PortcullisStoresTests",
+            dependencies: ["PortcullisStores", "PortcullisAuth"] + nio,
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
         .testTarget(
             name: "PortcullisPostgresTests",
             dependencies: [
                 "PortcullisPostgres", "PortcullisStores", "PortcullisAuth",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
-            ] + nio
+            ] + nio,
+            swiftSettings: [.swiftLanguageMode(.v5)]
         ),
         .testTarget(
             name: "PortcullisProxyTests",
@@ -145,9 +154,10 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
-            ] + nio
+            ] + nio,
+            swiftSettings: [.swiftLanguageMode(.v5)]
         ),
         .testTarget(name: "PortcullisDoctorTests", dependencies: ["PortcullisDoctor", "PortcullisAuth"] + nio),
     ],
-    swiftLanguageModes: [.v5]
+    swiftLanguageModes: [.v6]
 )

@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -94,24 +95,21 @@ final class ProbeConnection {
     private static func resolve(host: String, port: Int, timeout: TimeAmount) throws(ProbeError) -> [SocketAddress] {
         if let literal = try? SocketAddress(ipAddress: host, port: port) { return [literal] }
         // getaddrinfo cannot be cancelled; run it aside and stop waiting at the timeout.
-        let result = ResolutionBox()
+        let result = NIOLockedValueBox<Result<SocketAddress, any Error>?>(nil)
         let done = DispatchSemaphore(value: 0)
         DispatchQueue.global().async {
-            result.value = Result { try SocketAddress.makeAddressResolvingHost(host, port: port) }
+            let resolved = Result { try SocketAddress.makeAddressResolvingHost(host, port: port) }
+            result.withLockedValue { $0 = resolved }
             done.signal()
         }
         guard done.wait(timeout: .now() + .nanoseconds(Int(timeout.nanoseconds))) == .success else {
             throw ProbeError(kind: .timeout, message: "resolving \(host) took longer than \(Self.seconds(timeout))")
         }
-        switch result.value {
+        switch result.withLockedValue({ $0 }) {
         case .success(let address): return [address]
         case .failure, .none:
             throw ProbeError(kind: .resolution, message: "cannot resolve the proxy host \(host)")
         }
-    }
-
-    private final class ResolutionBox: @unchecked Sendable {
-        var value: Result<SocketAddress, any Error>?
     }
 
     static func seconds(_ t: TimeAmount) -> String {
@@ -148,13 +146,16 @@ final class ProbeConnection {
         do {
             let context = try NIOSSLContext(configuration: configuration)
             let isIP = (try? SocketAddress(ipAddress: serverName, port: 0)) != nil
-            let tls = try NIOSSLClientHandler(context: context, serverHostname: isIP ? nil : serverName)
-            let promise = self.channel.eventLoop.makePromise(of: Void.self)
+            let hostname = isIP ? nil : serverName
+            let channel = self.channel
+            let promise = channel.eventLoop.makePromise(of: Void.self)
             let handler = self.handler
             let timeout = self.timeout
-            try self.channel.eventLoop.submit {
+            try channel.eventLoop.submit {
+                // Made on the channel's loop: the handler is not Sendable.
+                let tls = try NIOSSLClientHandler(context: context, serverHostname: hostname)
                 handler.expectHandshake(promise, timeout: timeout)
-                try self.channel.pipeline.syncOperations.addHandler(tls, position: .before(handler))
+                try channel.pipeline.syncOperations.addHandler(tls, position: .before(handler))
             }.wait()
             try promise.futureResult.wait()
         } catch let error as ProbeError {

@@ -98,13 +98,15 @@ import Testing
             .init(name: "everyone", action: .allow),
         ])
         let denials = NIOLockedValueBox<[String]>([])
+        let loop = group.next()
         let resolver = PolicyResolver(
-            eventLoop: group.next(),
+            eventLoop: loop,
             threadPool: pool,
             guard: check(policy)
         ) { rule, _ in denials.withLockedValue { $0.append(rule ?? "-") } }
         #expect(throws: ResolutionError.policyDenied(rule: "no-loopback")) {
-            try resolver.initiateAQuery(host: "localhost", port: 80).wait()
+            // NIO queries its resolver on the connection's loop.
+            try loop.flatSubmit { resolver.initiateAQuery(host: "localhost", port: 80) }.wait()
         }
         #expect(denials.withLockedValue { $0 } == ["no-loopback"])
     }

@@ -56,14 +56,12 @@ public struct AccessRecord: Sendable {
     }
 
     /// One JSON object per line.
-    public var jsonLine: String { self.jsonLine(dates: Self.makeISO8601Formatter()) }
-
-    func jsonLine(dates: ISO8601DateFormatter) -> String {
+    public var jsonLine: String {
         var fields: [(String, String)] = []
         func string(_ key: String, _ value: String?) {
             fields.append((key, value.map(Self.jsonString) ?? "null"))
         }
-        string("time", dates.string(from: self.start))
+        string("time", self.start.formatted(Self.timeFormat))
         fields.append(("duration_ms", "\(self.durationMs)"))
         string("client", self.client)
         string("user", self.user)
@@ -113,11 +111,8 @@ public struct AccessRecord: Sendable {
         return out + "\""
     }
 
-    static func makeISO8601Formatter() -> ISO8601DateFormatter {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return formatter
-    }
+    /// `2026-12-05T06:27:36.123Z`.
+    static let timeFormat = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
 }
 
 /// Writes access-log lines off the event loops, and reopens the file on request (logrotate:
@@ -136,8 +131,6 @@ public final class AccessLog: Sendable {
     public let path: String
     public let format: Format
     private let sink: LogSink
-    /// Used on the sink's writer thread only (formatters are not safe to share across threads).
-    private nonisolated(unsafe) let dates = AccessRecord.makeISO8601Formatter()
 
     /// `path` `-` is standard output. `capacity`: bytes of records held while the destination
     /// does not keep up.
@@ -174,7 +167,7 @@ public final class AccessLog: Sendable {
     /// Hands the record over; the sink's writer thread formats and writes it.
     public func write(_ record: AccessRecord) {
         self.sink.write(estimate: record.heldBytes) {
-            (self.format == .squid ? record.squidLine : record.jsonLine(dates: self.dates)) + "\n"
+            (self.format == .squid ? record.squidLine : record.jsonLine) + "\n"
         }
     }
 

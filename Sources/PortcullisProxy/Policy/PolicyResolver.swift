@@ -10,14 +10,14 @@ import NIOPosix
 /// A `Resolver` for NIO's Happy Eyeballs connector that runs getaddrinfo on a thread pool (it
 /// blocks) and drops addresses the ``DestinationGuard`` refuses, so only allowed addresses are
 /// ever connected to.
-final class PolicyResolver: Resolver, @unchecked Sendable {
+final class PolicyResolver: Resolver, Sendable {
     // One resolver serves one connection attempt on one event loop; the lookup is shared by the
     // A and AAAA queries, which NIO issues from that loop.
     private let eventLoop: any EventLoop
     private let threadPool: NIOThreadPool
     private let destinationGuard: DestinationGuard
     private let onPolicyDenial: @Sendable (_ rule: String?, _ addresses: [SocketAddress]) -> Void
-    private var lookup: EventLoopFuture<[SocketAddress]>?
+    private let lookup: NIOLoopBoundBox<EventLoopFuture<[SocketAddress]>?>
 
     /// - Parameter onPolicyDenial: told when the access rules refuse every address (to log and
     ///   count it like the other policy denials); runs on the thread pool.
@@ -28,6 +28,7 @@ final class PolicyResolver: Resolver, @unchecked Sendable {
         onPolicyDenial: @escaping @Sendable (_ rule: String?, _ addresses: [SocketAddress]) -> Void = { _, _ in }
     ) {
         self.eventLoop = eventLoop
+        self.lookup = .makeEmptyBox(valueType: EventLoopFuture<[SocketAddress]>.self, eventLoop: eventLoop)
         self.threadPool = threadPool
         self.destinationGuard = destinationGuard
         self.onPolicyDenial = onPolicyDenial
@@ -44,7 +45,7 @@ final class PolicyResolver: Resolver, @unchecked Sendable {
     func cancelQueries() {}
 
     private func addresses(host: String, port: Int) -> EventLoopFuture<[SocketAddress]> {
-        if let lookup { return lookup }
+        if let lookup = self.lookup.value { return lookup }
         let destinationGuard = self.destinationGuard
         let onPolicyDenial = self.onPolicyDenial
         let future = self.threadPool.runIfActive(eventLoop: self.eventLoop) { () throws -> [SocketAddress] in
@@ -56,7 +57,7 @@ final class PolicyResolver: Resolver, @unchecked Sendable {
                 throw ResolutionError.policyDenied(rule: rule)
             }
         }
-        self.lookup = future
+        self.lookup.value = future
         return future
     }
 
