@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.2
 import PackageDescription
 
 // One place for dependency versions: these are the versions available offline on the project's machines.
@@ -161,3 +161,9 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// A new warning fails the build (debug and release alike): CI builds from a clean tree, so none
+// can hide in a cached object file.
+for target in package.targets where target.type != .system {
+    target.swiftSettings = (target.swiftSettings ?? []) + [.treatAllWarnings(as: .error)]
+}
