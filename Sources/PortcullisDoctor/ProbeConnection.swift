@@ -36,10 +36,11 @@ public struct ProbeError: Error, CustomStringConvertible, Sendable {
 /// thread: doctor is a short-lived CLI, so blocking on each step's future keeps it simple.
 final class ProbeConnection {
     let channel: any Channel
-    private let handler: ProbeHandler
+    /// The channel's probe handler, used only on the channel's loop.
+    private let handler: NIOLoopBound<ProbeHandler>
     let timeout: TimeAmount
 
-    private init(channel: any Channel, handler: ProbeHandler, timeout: TimeAmount) {
+    private init(channel: any Channel, handler: NIOLoopBound<ProbeHandler>, timeout: TimeAmount) {
         self.channel = channel
         self.handler = handler
         self.timeout = timeout
@@ -61,7 +62,6 @@ final class ProbeConnection {
         let t0 = DispatchTime.now()
         let addresses = try Self.resolve(host: host, port: port, timeout: timeout)
         let dnsMs = Self.ms(since: t0)
-        let handler = ProbeHandler()
         let t1 = DispatchTime.now()
         var lastError: ProbeError?
         for address in addresses {
@@ -71,11 +71,17 @@ final class ProbeConnection {
                     .channelOption(.socketOption(.tcp_nodelay), value: 1)
                     .channelInitializer { channel in
                         channel.eventLoop.makeCompletedFuture {
-                            try channel.pipeline.syncOperations.addHandler(handler)
+                            try channel.pipeline.syncOperations.addHandler(ProbeHandler())
                         }
                     }
                     .connect(to: address)
                     .wait()
+                let handler = try channel.eventLoop.submit {
+                    NIOLoopBound(
+                        try channel.pipeline.syncOperations.handler(type: ProbeHandler.self),
+                        eventLoop: channel.eventLoop
+                    )
+                }.wait()
                 let connection = ProbeConnection(channel: channel, handler: handler, timeout: timeout)
                 return (
                     connection,
@@ -154,8 +160,8 @@ final class ProbeConnection {
             try channel.eventLoop.submit {
                 // Made on the channel's loop: the handler is not Sendable.
                 let tls = try NIOSSLClientHandler(context: context, serverHostname: hostname)
-                handler.expectHandshake(promise, timeout: timeout)
-                try channel.pipeline.syncOperations.addHandler(tls, position: .before(handler))
+                handler.value.expectHandshake(promise, timeout: timeout)
+                try channel.pipeline.syncOperations.addHandler(tls, position: .before(handler.value))
             }.wait()
             try promise.futureResult.wait()
         } catch let error as ProbeError {
@@ -190,7 +196,7 @@ final class ProbeConnection {
         let channel = self.channel
         do {
             try channel.eventLoop.submit {
-                handler.expectResponse(to: method, promise: promise, timeout: timeout)
+                handler.value.expectResponse(to: method, promise: promise, timeout: timeout)
                 channel.writeAndFlush(ByteBuffer(string: request), promise: nil)
             }.wait()
             return try promise.futureResult.wait()
@@ -210,7 +216,7 @@ final class ProbeConnection {
 
 /// Collects bytes from the proxy and frames one response at a time (RFC 9112 §6.3, as much as
 /// a probe needs), and reports the TLS handshake's end.
-final class ProbeHandler: ChannelInboundHandler, RemovableChannelHandler, @unchecked Sendable {
+final class ProbeHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
 
     static let maximumBody = 64 * 1024
@@ -233,7 +239,7 @@ final class ProbeHandler: ChannelInboundHandler, RemovableChannelHandler, @unche
             promise.fail(ProbeError(kind: .closed, message: "the proxy closed the connection"))
             return
         }
-        let timer = context.eventLoop.scheduleTask(in: timeout) { [weak self] () -> Void in
+        let timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [weak self] () -> Void in
             self?.failPending(
                 ProbeError(kind: .timeout, message: "no complete response within \(ProbeConnection.seconds(timeout))")
             )
@@ -246,7 +252,7 @@ final class ProbeHandler: ChannelInboundHandler, RemovableChannelHandler, @unche
 
     func expectHandshake(_ promise: EventLoopPromise<Void>, timeout: TimeAmount) {
         guard let context else { return }
-        let timer = context.eventLoop.scheduleTask(in: timeout) { [weak self] in
+        let timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [weak self] in
             guard let self, let handshake = self.handshake else { return }
             self.handshake = nil
             handshake.promise.fail(
