@@ -34,6 +34,10 @@ let package = Package(
     dependencies: dependencies,
     targets: [
         .systemLibrary(name: "CCrypt", path: "Sources/CCrypt", providers: [.apt(["libcrypt-dev"])]),
+        .systemLibrary(name: "CGSSAPI", path: "Sources/CGSSAPI", providers: [.apt(["libkrb5-dev"])]),
+        // Negotiate (Kerberos, SPNEGO) through MIT's GSSAPI; its own target so that only what
+        // needs Kerberos links it.
+        .target(name: "PortcullisKerberos", dependencies: ["CGSSAPI"]),
         .target(
             name: "PortcullisAuth",
             dependencies: [
@@ -122,6 +126,7 @@ let package = Package(
             path: "Fuzz/Sources"
         ),
         .testTarget(name: "PortcullisAuthTests", dependencies: ["PortcullisAuth"]),
+        .testTarget(name: "PortcullisKerberosTests", dependencies: ["PortcullisKerberos", "CGSSAPI"]),
         .testTarget(
             name: "PortcullisStoresTests",
             dependencies: ["PortcullisStores", "PortcullisAuth"] + nio,

@@ -16,6 +16,10 @@ command -v python3 >/dev/null || need+=(python3 python3-pip)
 command -v squid >/dev/null || [ -x /usr/sbin/squid ] || need+=(squid)
 command -v tinyproxy >/dev/null || [ -x /usr/bin/tinyproxy ] || need+=(tinyproxy)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql)
+[ -e /usr/include/gssapi/gssapi.h ] || need+=(libkrb5-dev)
+[ -x /usr/sbin/krb5kdc ] || need+=(krb5-kdc)
+[ -x /usr/sbin/kadmin.local ] || need+=(krb5-admin-server)
+command -v kinit >/dev/null || need+=(krb5-user)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     sudo_cmd=""
@@ -28,12 +32,13 @@ import pytest, requests, prometheus_client
 PY
 
 swift build --build-tests
-# Unit and integration tests run with a throwaway PostgreSQL 15 up (PORTCULLIS_TEST_POSTGRES_URL);
-# here its tests must run, never skip: a server that cannot start fails the run.
-export PORTCULLIS_REQUIRE_POSTGRES=1
+# Unit and integration tests run with a throwaway PostgreSQL 15 (PORTCULLIS_TEST_POSTGRES_URL)
+# and a throwaway Kerberos KDC (PORTCULLIS_TEST_KRB5_*) up; here their tests must run, never
+# skip: a server that cannot start fails the run.
+export PORTCULLIS_REQUIRE_POSTGRES=1 PORTCULLIS_REQUIRE_KDC=1
 PORTCULLIS_BIN="$(swift build --show-bin-path)/portcullis"
 export PORTCULLIS_BIN
-bash scripts/postgres-test-server.sh run bash -c '
+bash scripts/kdc-test-server.sh run bash scripts/postgres-test-server.sh run bash -c '
     set -euo pipefail
     swift test --skip-build
     python3 -m pytest -q Tests/integration "$@"

@@ -1,0 +1,86 @@
+import Foundation
+import PortcullisKerberos
+import Testing
+
+@Suite(.enabled(if: TestKDC.isAvailable, "needs scripts/kdc-test-server.sh run (PORTCULLIS_TEST_KRB5_*)"))
+struct NegotiateAcceptorTests {
+    @Test(arguments: [TestInitiator.Mechanism.kerberos, .spnego])
+    func aTicketFromTheKDCAuthenticatesItsPrincipal(mechanism: TestInitiator.Mechanism) throws {
+        let keytab = try #require(TestKDC.keytab, "no test KDC (PORTCULLIS_REQUIRE_KDC is set)")
+        let acceptor = try NegotiateAcceptor(keytab: keytab)
+        #expect(acceptor.servicePrincipals.contains("HTTP/localhost@\(TestKDC.realm)"))
+        let client = try TestInitiator(user: TestKDC.user, password: TestKDC.password, mechanism: mechanism)
+        let context = acceptor.makeContext()
+        var (token, _) = try client.step(nil)
+        for _ in 0..<4 {
+            switch acceptor.accept(token, in: context) {
+            case .continueNeeded(let next):
+                token = try client.step(next).token
+            case .established(let principal, let reply):
+                #expect(principal == "\(TestKDC.user)@\(TestKDC.realm)")
+                // Mutual authentication: the client checks the proxy's answer.
+                if let reply { #expect(try client.step(reply).complete) }
+                return
+            case .failed(let failure):
+                Issue.record("refused: \(failure)")
+                return
+            }
+        }
+        Issue.record("no outcome after four legs")
+    }
+
+    @Test func aKeytabWithAnotherKeyIsReportedAsSuch() throws {
+        let keytab = try #require(TestKDC.wrongKeytab, "no test KDC (PORTCULLIS_REQUIRE_KDC is set)")
+        let acceptor = try NegotiateAcceptor(keytab: keytab)
+        let client = try TestInitiator(user: TestKDC.user, password: TestKDC.password, mechanism: .kerberos)
+        let step = acceptor.accept(try client.step(nil).token, in: acceptor.makeContext())
+        guard case .failed(let failure) = step else {
+            Issue.record("accepted with a wrong key: \(step)")
+            return
+        }
+        #expect(failure.reason == .noKeytabKey, "\(failure)")
+        #expect(!failure.detail.isEmpty)
+    }
+
+    @Test func garbageAndForeignMechanismsAreRefusedWithoutACrash() throws {
+        let keytab = try #require(TestKDC.keytab, "no test KDC (PORTCULLIS_REQUIRE_KDC is set)")
+        let acceptor = try NegotiateAcceptor(keytab: keytab)
+        let ntlm = Array("NTLMSSP\0".utf8) + [1, 0, 0, 0, 0x07, 0x82, 0x08, 0xa2] + [UInt8](repeating: 0, count: 16)
+        let inputs: [[UInt8]] = [[], [0x60], [0x60, 0x80], ntlm, [UInt8](repeating: 0xff, count: 4096), Array("hello".utf8)]
+        for input in inputs {
+            let step = acceptor.accept(input, in: acceptor.makeContext())
+            guard case .failed(let failure) = step else {
+                Issue.record("\(input.prefix(8)) was not refused: \(step)")
+                continue
+            }
+            #expect(failure.reason != .clockSkew)
+        }
+    }
+}
+
+@Suite struct NegotiateSetupTests {
+    @Test func aMissingKeytabIsNamed() {
+        #expect {
+            try NegotiateAcceptor(keytab: "/nonexistent/portcullis.keytab")
+        } throws: { error in
+            "\(error)".contains("/nonexistent/portcullis.keytab") && "\(error)".contains("cannot read")
+        }
+    }
+
+    @Test func aKeytabWithoutAnHTTPKeyIsRefused() throws {
+        // A keytab (format 0x502) holding only host/example.org@EXAMPLE.ORG.
+        func counted(_ s: String) -> [UInt8] { [UInt8(s.utf8.count >> 8), UInt8(s.utf8.count & 0xff)] + Array(s.utf8) }
+        var entry: [UInt8] = [0, 2] + counted("EXAMPLE.ORG") + counted("host") + counted("example.org")
+        entry += [0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 18] + [0, 32] + [UInt8](repeating: 7, count: 32)
+        let size = UInt32(entry.count)
+        let bytes: [UInt8] = [5, 2, UInt8(size >> 24), UInt8((size >> 16) & 0xff), UInt8((size >> 8) & 0xff), UInt8(size & 0xff)] + entry
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("portcullis-\(UUID()).keytab").path
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        #expect {
+            try NegotiateAcceptor(keytab: path)
+        } throws: { error in
+            "\(error)".contains("no HTTP/") && "\(error)".contains("host/example.org@EXAMPLE.ORG")
+        }
+    }
+}
