@@ -126,7 +126,7 @@ struct ReloadActions: Sendable {
 
     /// Re-reads the config file (when `forced`, or when the file changed). A file that does not
     /// parse or validate is reported and the settings in force stay; a good one puts the live
-    /// settings (``ServeOptions/liveKeys``) in force for new connections and names the changed
+    /// settings (``ServeOptions/reloadableKeys``) in force for new connections and names the changed
     /// settings that need a restart. Blocking: runs on the thread pool.
     private static func configReloader(
         _ startup: ServerConfiguration,
@@ -146,8 +146,11 @@ struct ReloadActions: Sendable {
             }
             guard changed else { return }
             let fresh: ServerConfiguration
+            let change: SettingsReload
             do {
                 fresh = try reload()
+                let inForce = state.withLockedValue { $0.applied }
+                change = try ServeOptions.reload(startup: startup.options, inForce: inForce, fresh: fresh.options)
             } catch {
                 metrics.reload("config", ok: false)
                 let message = (error as? ServeError)?.message ?? "\(error)"
@@ -158,14 +161,7 @@ struct ReloadActions: Sendable {
                 return
             }
             metrics.reload("config", ok: true)
-            let previous = state.withLockedValue { s in
-                defer { s.applied = fresh.options }
-                return s.applied
-            }
-            let live = ServeOptions.changedKeys(previous, fresh.options).filter(ServeOptions.liveKeys.contains)
-            let restart = ServeOptions.changedKeys(startup.options, fresh.options).filter {
-                !ServeOptions.liveKeys.contains($0)
-            }
+            state.withLockedValue { $0.applied = fresh.options }
             context.updateConfiguration { c in
                 c.destinationPolicy = fresh.proxy.destinationPolicy
                 c.connectPorts = fresh.proxy.connectPorts
@@ -178,9 +174,15 @@ struct ReloadActions: Sendable {
                 c.maximumRequestBody = fresh.proxy.maximumRequestBody
             }
             var metadata: Logger.Metadata = ["file": "\(path)"]
-            metadata["applied"] = "\(live.isEmpty ? "-" : live.joined(separator: ","))"
-            if !restart.isEmpty { metadata["needs_restart"] = "\(restart.joined(separator: ","))" }
-            logger.log(level: restart.isEmpty ? .notice : .warning, "config file reloaded", metadata: metadata)
+            metadata["applied"] = "\(change.applied.isEmpty ? "-" : change.applied.joined(separator: ","))"
+            if !change.needsRestart.isEmpty {
+                metadata["needs_restart"] = "\(change.needsRestart.joined(separator: ","))"
+            }
+            logger.log(
+                level: change.needsRestart.isEmpty ? .notice : .warning,
+                "config file reloaded",
+                metadata: metadata
+            )
         }
     }
 }

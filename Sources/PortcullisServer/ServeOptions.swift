@@ -1,251 +1,308 @@
-import Foundation
-import Yams
+import ArgumentParser
 
-/// The settings of `portcullis serve`, each optional so that the command line, the YAML config
-/// file and the defaults can be layered: flags win over the file, the file over the defaults.
-/// YAML keys are the long flag names.
-public struct ServeOptions: Equatable, Sendable {
-    public var listen: [String]?
-    public var htpasswd: String?
-    public var htdigest: String?
-    public var store: String?
-    public var realm: String?
-    public var auth: [String]?
-    public var allowPrivateDestinations: Bool?
-    public var connectPorts: [Int]?
-    public var allowOpenProxy: Bool?
-    public var logLevel: String?
-    public var dataDir: String?
-    public var upstreamConnectTimeout: Double?
-    public var upstreamResponseTimeout: Double?
-    public var tunnelIdleTimeout: Double?
-    public var clientIdleTimeout: Double?
-    public var requestHeadTimeout: Double?
-    public var requestBodyTimeout: Double?
-    public var lockoutThreshold: Int?
-    public var lockoutWindow: Double?
-    public var lockoutDuration: Double?
-    public var allowClients: [String]?
-    public var policy: String?
-    public var maxRequestBody: Int?
-    public var admin: String?
-    public var allowRemoteAdmin: Bool?
-    public var accessLog: String?
-    public var accessLogFormat: String?
-    public var userMaxConnections: Int?
-    public var userMaxAddresses: Int?
-    public var userAddressWindow: Double?
-    public var userMaxRate: Double?
-    public var maxConnections: Int?
-    public var maxClientConnections: Int?
-    public var credentialCacheTTL: Double?
-    public var shutdownGrace: Double?
-    public var digestAlgorithms: [String]?
-    public var digestNonceLifetime: Double?
-    public var digestSecretFile: String?
-    public var digestChallenges: String?
-
+/// Every setting of `portcullis serve`, declared once: its option name (YAML keys are the same
+/// long names), help with the default, value type and check. The command line parses it
+/// (`serve` holds it as an option group), a config file decodes into it
+/// (``DeclaredSettings/parse(yaml:source:)``), flags are layered over the file and a reload is
+/// compared per setting from this declaration. A setting that is not given is `nil` (`listen`:
+/// empty); ``ServerConfiguration`` applies the defaults and the checks that span settings.
+///
+/// Make values with `ServeOptions.parse([...])` or ``DeclaredSettings/unset()``, not `init()`,
+/// whose properties are option definitions that have no value yet.
+public struct ServeOptions: DeclaredSettings {
     public init() {}
 
-    /// `self` where set, else `other`.
-    public func layered(over other: ServeOptions) -> ServeOptions {
-        var out = ServeOptions()
-        out.listen = self.listen ?? other.listen
-        out.htpasswd = self.htpasswd ?? other.htpasswd
-        out.htdigest = self.htdigest ?? other.htdigest
-        out.store = self.store ?? other.store
-        out.realm = self.realm ?? other.realm
-        out.auth = self.auth ?? other.auth
-        out.allowPrivateDestinations = self.allowPrivateDestinations ?? other.allowPrivateDestinations
-        out.connectPorts = self.connectPorts ?? other.connectPorts
-        out.allowOpenProxy = self.allowOpenProxy ?? other.allowOpenProxy
-        out.logLevel = self.logLevel ?? other.logLevel
-        out.dataDir = self.dataDir ?? other.dataDir
-        out.upstreamConnectTimeout = self.upstreamConnectTimeout ?? other.upstreamConnectTimeout
-        out.upstreamResponseTimeout = self.upstreamResponseTimeout ?? other.upstreamResponseTimeout
-        out.tunnelIdleTimeout = self.tunnelIdleTimeout ?? other.tunnelIdleTimeout
-        out.clientIdleTimeout = self.clientIdleTimeout ?? other.clientIdleTimeout
-        out.requestHeadTimeout = self.requestHeadTimeout ?? other.requestHeadTimeout
-        out.requestBodyTimeout = self.requestBodyTimeout ?? other.requestBodyTimeout
-        out.lockoutThreshold = self.lockoutThreshold ?? other.lockoutThreshold
-        out.lockoutWindow = self.lockoutWindow ?? other.lockoutWindow
-        out.lockoutDuration = self.lockoutDuration ?? other.lockoutDuration
-        out.allowClients = self.allowClients ?? other.allowClients
-        out.policy = self.policy ?? other.policy
-        out.maxRequestBody = self.maxRequestBody ?? other.maxRequestBody
-        out.admin = self.admin ?? other.admin
-        out.allowRemoteAdmin = self.allowRemoteAdmin ?? other.allowRemoteAdmin
-        out.accessLog = self.accessLog ?? other.accessLog
-        out.accessLogFormat = self.accessLogFormat ?? other.accessLogFormat
-        out.userMaxConnections = self.userMaxConnections ?? other.userMaxConnections
-        out.userMaxAddresses = self.userMaxAddresses ?? other.userMaxAddresses
-        out.userAddressWindow = self.userAddressWindow ?? other.userAddressWindow
-        out.userMaxRate = self.userMaxRate ?? other.userMaxRate
-        out.maxConnections = self.maxConnections ?? other.maxConnections
-        out.maxClientConnections = self.maxClientConnections ?? other.maxClientConnections
-        out.credentialCacheTTL = self.credentialCacheTTL ?? other.credentialCacheTTL
-        out.shutdownGrace = self.shutdownGrace ?? other.shutdownGrace
-        out.digestAlgorithms = self.digestAlgorithms ?? other.digestAlgorithms
-        out.digestNonceLifetime = self.digestNonceLifetime ?? other.digestNonceLifetime
-        out.digestSecretFile = self.digestSecretFile ?? other.digestSecretFile
-        out.digestChallenges = self.digestChallenges ?? other.digestChallenges
-        return out
-    }
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Address to listen on; repeatable. IPv6 as [::1]:PORT. (default: 127.0.0.1:3128)",
+            valueName: "host:port"
+        )
+    )
+    public var listen: [String] = []
 
-    /// Settings a reloaded config file puts in force for new connections; the others need a
-    /// restart (listeners, stores, schemes, and the state-keeping throttle and limits).
-    public static let liveKeys: Set<String> = [
-        "allow-private-destinations", "connect-ports", "upstream-connect-timeout", "upstream-response-timeout",
-        "tunnel-idle-timeout", "client-idle-timeout", "request-head-timeout", "request-body-timeout",
-        "max-request-body",
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Apache htpasswd users file (bcrypt, apr1, SHA, SHA-crypt, DES).", valueName: "file")
+    )
+    public var htpasswd: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Apache htdigest users file (MD5 Digest, and Basic), for --realm.", valueName: "file")
+    )
+    public var htdigest: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "User database: sqlite:PATH or postgres://user:password@host:port/db (password also from PGPASSWORD). (default: <data dir>/portcullis.db, created on first run)",
+            valueName: "url"
+        )
+    )
+    public var store: String?
+
+    @Option(name: .long, help: ArgumentHelp("Realm named in the challenge. (default: Portcullis)", valueName: "text"))
+    public var realm: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Schemes offered, in challenge order: basic, digest; or none to turn authentication off (loopback listeners only, unless --allow-open-proxy). (default: basic)",
+            valueName: "list"
+        )
+    )
+    public var auth: CommaList?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Digest algorithms offered, in order: SHA-256, SHA-512-256, MD5 and their -sess variants. (default: SHA-256,MD5)",
+            valueName: "list"
+        )
+    )
+    public var digestAlgorithms: CommaList?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Seconds a Digest nonce stays valid; then clients get stale=true and renew it silently. (default: 600)",
+            valueName: "seconds"
+        )
+    )
+    public var digestNonceLifetime: Seconds?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "File with the key that signs Digest nonces (>= 16 bytes), for instances that share no database. (default: kept in the user database, else random per process)",
+            valueName: "file"
+        )
+    )
+    public var digestSecretFile: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "one-field: every Digest challenge in one Proxy-Authenticate field, which curl and Python's urllib answer with MD5 and RFC clients with the first (SHA-256); per-algorithm: one field each, which curl answers with the first algorithm and urllib only when it is MD5. (default: one-field)",
+            valueName: "layout"
+        )
+    )
+    public var digestChallenges: String?
+
+    @Flag(
+        inversion: .prefixedNo,
+        help: "Allow destinations in loopback, private and link-local ranges (checked on the resolved address)."
+    )
+    public var allowPrivateDestinations: Bool?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Ports CONNECT may reach, comma-separated. (default: 443)", valueName: "list")
+    )
+    public var connectPorts: PortList?
+
+    @Flag(inversion: .prefixedNo, help: "Allow --auth none on a non-loopback listener.")
+    public var allowOpenProxy: Bool?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "trace, debug, info, notice, warning, error or critical. (default: info)",
+            valueName: "level"
+        )
+    )
+    public var logLevel: String?
+
+    @Option(name: .long, help: ArgumentHelp("Where the embedded users file lives.", valueName: "dir"))
+    public var dataDir: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Seconds to connect to an origin before 504. (default: 10)", valueName: "seconds")
+    )
+    public var upstreamConnectTimeout: Seconds?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Seconds to wait for an origin's response head before 504. (default: 60)",
+            valueName: "seconds"
+        )
+    )
+    public var upstreamResponseTimeout: Seconds?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Seconds a CONNECT tunnel may stay silent. (default: 600)", valueName: "seconds")
+    )
+    public var tunnelIdleTimeout: Seconds?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Seconds an idle keep-alive client connection is kept. (default: 60)", valueName: "seconds")
+    )
+    public var clientIdleTimeout: Seconds?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Seconds from the first byte of a request head to its end; then 408 and close. (default: 30)",
+            valueName: "seconds"
+        )
+    )
+    public var requestHeadTimeout: Seconds?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Seconds a request body may stall (no bytes arriving); then 408 and close. (default: 30)",
+            valueName: "seconds"
+        )
+    )
+    public var requestBodyTimeout: Seconds?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Failed logins from one address within --lockout-window that lock it out. (default: 10)",
+            valueName: "count"
+        )
+    )
+    public var lockoutThreshold: Count?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Seconds in which failed logins are counted. (default: 300)", valueName: "seconds")
+    )
+    public var lockoutWindow: Seconds?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Client addresses allowed to connect: comma-separated IPs or CIDR blocks. (default: any)",
+            valueName: "list"
+        )
+    )
+    public var allowClients: CommaList?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "YAML file of access rules by user/group over hosts, ports and methods; re-read on change and SIGHUP.",
+            valueName: "file"
+        )
+    )
+    public var policy: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Serve /metrics, /healthz and /readyz here (loopback unless --allow-remote-admin). (default: off)",
+            valueName: "host:port"
+        )
+    )
+    public var admin: String?
+
+    @Flag(inversion: .prefixedNo, help: "Allow --admin on a non-loopback address.")
+    public var allowRemoteAdmin: Bool?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Write one line per request or tunnel here ('-' for stdout); reopened on SIGHUP/SIGUSR1.",
+            valueName: "path"
+        )
+    )
+    public var accessLog: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("squid (Squid's native format) or json. (default: squid)", valueName: "format")
+    )
+    public var accessLogFormat: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Largest request body accepted, in bytes; larger gets 413. (default: no limit)",
+            valueName: "bytes"
+        )
+    )
+    public var maxRequestBody: ByteCount?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Connections one user may have open at once; more get 429.", valueName: "n")
+    )
+    public var userMaxConnections: Count?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Distinct client addresses one user may come from within --user-address-window.",
+            valueName: "n"
+        )
+    )
+    public var userMaxAddresses: Count?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Seconds an address counts towards --user-max-addresses. (default: 60)",
+            valueName: "seconds"
+        )
+    )
+    public var userAddressWindow: Seconds?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Requests per second one user may send (bursts of twice that); more get 429.",
+            valueName: "rate"
+        )
+    )
+    public var userMaxRate: RequestRate?
+
+    @Option(name: .long, help: ArgumentHelp("Most client connections at once. (default: 10000)", valueName: "n"))
+    public var maxConnections: Count?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Most connections at once from one client address. (default: 512)", valueName: "n")
+    )
+    public var maxClientConnections: Count?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Seconds a locked-out address is refused (429). (default: 300)", valueName: "seconds")
+    )
+    public var lockoutDuration: Seconds?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Seconds a successful password check is remembered. (default: 300)", valueName: "seconds")
+    )
+    public var credentialCacheTTL: Seconds?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Seconds in-flight requests get to finish on SIGTERM/SIGINT; a second signal closes them at once. (default: 10)",
+            valueName: "seconds"
+        )
+    )
+    public var shutdownGrace: Seconds?
+
+    /// Settings a connection reads for itself when it starts, so a reloaded file can put them in
+    /// force for new connections; the others need a restart (listeners, stores, schemes, and the
+    /// throttle and limits, whose objects keep state).
+    private static let reloadable: Set<CodingKeys> = [
+        .allowPrivateDestinations, .connectPorts, .upstreamConnectTimeout, .upstreamResponseTimeout,
+        .tunnelIdleTimeout, .clientIdleTimeout, .requestHeadTimeout, .requestBodyTimeout, .maxRequestBody,
     ]
 
-    /// The settings (as config keys) whose values differ between `a` and `b`.
-    public static func changedKeys(_ a: ServeOptions, _ b: ServeOptions) -> [String] {
-        zip(Mirror(reflecting: a).children, Mirror(reflecting: b).children).compactMap { x, y in
-            guard let label = x.label, String(describing: x.value) != String(describing: y.value) else { return nil }
-            return Self.key(label)
-        }
-    }
-
-    /// `allowPrivateDestinations` → `allow-private-destinations`.
-    static func key(_ property: String) -> String {
-        switch property {
-        case "credentialCacheTTL": return "credential-cache-ttl"
-        default:
-            return property.reduce(into: "") { out, c in
-                if c.isUppercase {
-                    out += "-" + c.lowercased()
-                } else {
-                    out.append(c)
-                }
-            }
-        }
-    }
-
-    static let knownKeys: Set<String> = [
-        "listen", "htpasswd", "store", "realm", "auth", "allow-private-destinations", "connect-ports",
-        "allow-open-proxy",
-        "log-level", "data-dir", "upstream-connect-timeout", "upstream-response-timeout", "tunnel-idle-timeout",
-        "client-idle-timeout", "credential-cache-ttl", "shutdown-grace", "request-head-timeout", "request-body-timeout",
-        "lockout-threshold", "lockout-window", "lockout-duration", "allow-clients", "max-connections",
-        "max-client-connections", "policy", "max-request-body", "user-max-connections", "user-max-addresses",
-        "user-address-window", "user-max-rate", "admin", "allow-remote-admin", "access-log", "access-log-format",
-        "htdigest", "digest-algorithms", "digest-nonce-lifetime", "digest-secret-file",
-        "digest-challenges",
-    ]
-
-    /// Reads a YAML config file. Unknown keys are an error: a typo must not silently fall back
-    /// to a default (for example an open proxy).
-    public static func load(yamlFile path: String) throws -> ServeOptions {
-        let text: String
-        do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
-        } catch {
-            throw ServeError("cannot read config file \(path): \((error as NSError).localizedDescription)")
-        }
-        return try Self.parse(yaml: text, source: path)
-    }
-
-    public static func parse(yaml text: String, source: String = "config") throws -> ServeOptions {
-        let node: Node?
-        do {
-            node = try Yams.compose(yaml: text)
-        } catch {
-            throw ServeError("\(source) is not valid YAML: \(error)")
-        }
-        guard let node else { return ServeOptions() }
-        guard let mapping = node.mapping else { throw ServeError("\(source): expected a mapping of setting: value") }
-        var options = ServeOptions()
-        for (keyNode, value) in mapping {
-            guard let key = keyNode.string else { throw ServeError("\(source): keys must be strings") }
-            guard Self.knownKeys.contains(key) else {
-                throw ServeError(
-                    "\(source): unknown setting '\(key)' (known: \(Self.knownKeys.sorted().joined(separator: ", ")))"
-                )
-            }
-            func fail(_ expected: String) -> ServeError { ServeError("\(source): '\(key)' must be \(expected)") }
-            func string() throws -> String {
-                guard let s = value.string else { throw fail("a string") }
-                return s
-            }
-            func strings() throws -> [String] {
-                if let s = value.scalar?.string {
-                    return s.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-                }
-                guard let seq = value.sequence else { throw fail("a list") }
-                return try seq.map { item in
-                    guard let s = item.scalar?.string else { throw fail("a list of strings") }
-                    return s
-                }
-            }
-            func bool() throws -> Bool {
-                guard let b = value.bool else { throw fail("true or false") }
-                return b
-            }
-            func count() throws -> Int {
-                guard let n = value.int, n >= 1 else { throw fail("a whole number >= 1") }
-                return n
-            }
-            func seconds() throws -> Double {
-                guard let d = value.float ?? value.int.map(Double.init), d > 0 else {
-                    throw fail("a number of seconds > 0")
-                }
-                return d
-            }
-            switch key {
-            case "listen": options.listen = try strings()
-            case "htpasswd": options.htpasswd = try string()
-            case "htdigest": options.htdigest = try string()
-            case "digest-algorithms": options.digestAlgorithms = try strings()
-            case "digest-nonce-lifetime": options.digestNonceLifetime = try seconds()
-            case "digest-secret-file": options.digestSecretFile = try string()
-            case "digest-challenges": options.digestChallenges = try string()
-            case "store": options.store = try string()
-            case "realm": options.realm = try string()
-            case "auth": options.auth = try strings()
-            case "allow-private-destinations": options.allowPrivateDestinations = try bool()
-            case "connect-ports":
-                options.connectPorts = try strings().map { text in
-                    guard let port = Int(text), (1...65535).contains(port) else {
-                        throw fail("a list of ports 1-65535")
-                    }
-                    return port
-                }
-            case "allow-open-proxy": options.allowOpenProxy = try bool()
-            case "log-level": options.logLevel = try string()
-            case "data-dir": options.dataDir = try string()
-            case "upstream-connect-timeout": options.upstreamConnectTimeout = try seconds()
-            case "upstream-response-timeout": options.upstreamResponseTimeout = try seconds()
-            case "tunnel-idle-timeout": options.tunnelIdleTimeout = try seconds()
-            case "client-idle-timeout": options.clientIdleTimeout = try seconds()
-            case "request-head-timeout": options.requestHeadTimeout = try seconds()
-            case "request-body-timeout": options.requestBodyTimeout = try seconds()
-            case "lockout-window": options.lockoutWindow = try seconds()
-            case "lockout-duration": options.lockoutDuration = try seconds()
-            case "allow-clients": options.allowClients = try strings()
-            case "policy": options.policy = try string()
-            case "admin": options.admin = try string()
-            case "allow-remote-admin": options.allowRemoteAdmin = try bool()
-            case "access-log": options.accessLog = try string()
-            case "access-log-format": options.accessLogFormat = try string()
-            case "max-request-body":
-                guard let n = value.int, n >= 0 else { throw fail("a number of bytes >= 0") }
-                options.maxRequestBody = n
-            case "user-max-connections": options.userMaxConnections = try count()
-            case "user-max-addresses": options.userMaxAddresses = try count()
-            case "user-address-window": options.userAddressWindow = try seconds()
-            case "user-max-rate": options.userMaxRate = try seconds()
-            case "max-connections": options.maxConnections = try count()
-            case "max-client-connections": options.maxClientConnections = try count()
-            case "lockout-threshold": options.lockoutThreshold = try count()
-            case "credential-cache-ttl": options.credentialCacheTTL = try seconds()
-            case "shutdown-grace": options.shutdownGrace = try seconds()
-            default: break
-            }
-        }
-        return options
-    }
+    public static let reloadableKeys = Set(Self.reloadable.map { Self.settingKey($0.stringValue) })
 }
 
 /// A configuration or start-up error, with a message a user can act on.

@@ -40,8 +40,7 @@ public struct ServerConfiguration: Sendable {
     /// Applies defaults and checks everything a user can get wrong, with a message for each.
     public init(options: ServeOptions, environment: [String: String] = ProcessInfo.processInfo.environment) throws {
         self.options = options
-        self.listenText = options.listen ?? [Self.defaultListen]
-        guard !self.listenText.isEmpty else { throw ServeError("--listen needs at least one HOST:PORT") }
+        self.listenText = options.listen.isEmpty ? [Self.defaultListen] : options.listen
         self.listen = try self.listenText.map(Self.parseListen)
 
         var proxy = ProxyConfiguration()
@@ -51,7 +50,7 @@ public struct ServerConfiguration: Sendable {
         }
         proxy.realm = realm
 
-        let authNames = (options.auth ?? [AuthScheme.basic.rawValue]).map { $0.lowercased() }.filter { !$0.isEmpty }
+        let authNames = (options.auth?.items ?? [AuthScheme.basic.rawValue]).map { $0.lowercased() }
         if authNames == ["none"] {
             proxy.authSchemes = []
         } else {
@@ -77,7 +76,7 @@ public struct ServerConfiguration: Sendable {
         }
         if proxy.authSchemes.contains(.digest) {
             var settings = DigestAuthority.Settings(realm: realm)
-            if let names = options.digestAlgorithms {
+            if let names = options.digestAlgorithms?.items {
                 settings.algorithms = try names.map { name in
                     guard let algorithm = DigestAlgorithm(token: name) else {
                         throw ServeError(
@@ -91,7 +90,7 @@ public struct ServerConfiguration: Sendable {
                     throw ServeError("--digest-algorithms: an algorithm is listed twice")
                 }
             }
-            if let lifetime = options.digestNonceLifetime {
+            if let lifetime = options.digestNonceLifetime?.value {
                 guard lifetime >= 1, lifetime <= 7 * 24 * 3600 else {
                     throw ServeError("--digest-nonce-lifetime must be 1 second to 7 days")
                 }
@@ -111,37 +110,19 @@ public struct ServerConfiguration: Sendable {
             throw ServeError("the --digest-… settings need --auth digest (or basic,digest)")
         }
         proxy.destinationPolicy = DestinationPolicy(allowPrivateDestinations: options.allowPrivateDestinations ?? false)
-        proxy.connectPorts = Set(options.connectPorts ?? [443])
+        proxy.connectPorts = Set(options.connectPorts?.ports ?? [443])
 
-        func amount(_ seconds: Double?, _ fallback: TimeAmount, _ flag: String) throws -> TimeAmount {
-            guard let seconds else { return fallback }
-            guard seconds > 0, seconds < 365 * 24 * 3600 else {
-                throw ServeError("\(flag) must be a number of seconds > 0")
-            }
-            return .nanoseconds(Int64(seconds * 1e9))
+        func amount(_ seconds: Seconds?, _ fallback: TimeAmount) -> TimeAmount {
+            seconds.map { .nanoseconds(Int64($0.value * 1e9)) } ?? fallback
         }
-        proxy.upstreamConnectTimeout = try amount(
-            options.upstreamConnectTimeout,
-            .seconds(10),
-            "--upstream-connect-timeout"
-        )
-        proxy.upstreamResponseTimeout = try amount(
-            options.upstreamResponseTimeout,
-            .seconds(60),
-            "--upstream-response-timeout"
-        )
-        proxy.tunnelIdleTimeout = try amount(options.tunnelIdleTimeout, .minutes(10), "--tunnel-idle-timeout")
-        proxy.clientIdleTimeout = try amount(options.clientIdleTimeout, .seconds(60), "--client-idle-timeout")
-        proxy.requestHeadTimeout = try amount(options.requestHeadTimeout, .seconds(30), "--request-head-timeout")
-        proxy.requestBodyTimeout = try amount(options.requestBodyTimeout, .seconds(30), "--request-body-timeout")
-        /// A whole-number option: `nil` when not given, an error below `minimum`.
-        func number(_ value: Int?, atLeast minimum: Int, _ flag: String) throws -> Int? {
-            guard let value else { return nil }
-            guard value >= minimum else { throw ServeError("\(flag) must be a whole number >= \(minimum)") }
-            return value
-        }
-        if let threshold = try number(options.lockoutThreshold, atLeast: 1, "--lockout-threshold") {
-            proxy.authThrottle.threshold = threshold
+        proxy.upstreamConnectTimeout = amount(options.upstreamConnectTimeout, .seconds(10))
+        proxy.upstreamResponseTimeout = amount(options.upstreamResponseTimeout, .seconds(60))
+        proxy.tunnelIdleTimeout = amount(options.tunnelIdleTimeout, .minutes(10))
+        proxy.clientIdleTimeout = amount(options.clientIdleTimeout, .seconds(60))
+        proxy.requestHeadTimeout = amount(options.requestHeadTimeout, .seconds(30))
+        proxy.requestBodyTimeout = amount(options.requestBodyTimeout, .seconds(30))
+        if let threshold = options.lockoutThreshold {
+            proxy.authThrottle.threshold = threshold.value
         }
         if let text = options.admin {
             let address = try Self.parseListen(text)
@@ -163,7 +144,7 @@ public struct ServerConfiguration: Sendable {
             proxy.policy = try PolicyFile.load(path: path)
             self.policyPath = path
         }
-        if let clients = options.allowClients {
+        if let clients = options.allowClients?.items {
             proxy.admission.allowedClients = try clients.map { text in
                 guard let network = IPNetwork(text) else {
                     throw ServeError(
@@ -173,28 +154,23 @@ public struct ServerConfiguration: Sendable {
                 return network
             }
         }
-        proxy.maximumRequestBody = try number(options.maxRequestBody, atLeast: 0, "--max-request-body")
-        proxy.userLimits.maximumConnections = try number(
-            options.userMaxConnections,
-            atLeast: 1,
-            "--user-max-connections"
-        )
-        proxy.userLimits.maximumAddresses = try number(options.userMaxAddresses, atLeast: 1, "--user-max-addresses")
-        proxy.userLimits.addressWindow = try amount(options.userAddressWindow, .minutes(1), "--user-address-window")
+        proxy.maximumRequestBody = options.maxRequestBody?.value
+        proxy.userLimits.maximumConnections = options.userMaxConnections?.value
+        proxy.userLimits.maximumAddresses = options.userMaxAddresses?.value
+        proxy.userLimits.addressWindow = amount(options.userAddressWindow, .minutes(1))
         if let rate = options.userMaxRate {
-            guard rate > 0 else { throw ServeError("--user-max-rate must be > 0 requests per second") }
-            proxy.userLimits.requestsPerSecond = rate
+            proxy.userLimits.requestsPerSecond = rate.value
         }
-        if let n = try number(options.maxConnections, atLeast: 1, "--max-connections") {
-            proxy.admission.maximumConnections = n
+        if let n = options.maxConnections {
+            proxy.admission.maximumConnections = n.value
         }
-        if let n = try number(options.maxClientConnections, atLeast: 1, "--max-client-connections") {
-            proxy.admission.maximumConnectionsPerClient = n
+        if let n = options.maxClientConnections {
+            proxy.admission.maximumConnectionsPerClient = n.value
         }
-        proxy.authThrottle.window = try amount(options.lockoutWindow, .minutes(5), "--lockout-window")
-        proxy.authThrottle.lockout = try amount(options.lockoutDuration, .minutes(5), "--lockout-duration")
-        self.credentialCacheTTL = try amount(options.credentialCacheTTL, .minutes(5), "--credential-cache-ttl")
-        self.shutdownGrace = try amount(options.shutdownGrace, .seconds(10), "--shutdown-grace")
+        proxy.authThrottle.window = amount(options.lockoutWindow, .minutes(5))
+        proxy.authThrottle.lockout = amount(options.lockoutDuration, .minutes(5))
+        self.credentialCacheTTL = amount(options.credentialCacheTTL, .minutes(5))
+        self.shutdownGrace = amount(options.shutdownGrace, .seconds(10))
         self.proxy = proxy
 
         let levelName = (options.logLevel ?? "info").lowercased()

@@ -6,7 +6,7 @@ import Testing
 
 @Suite struct ServerConfigurationTests {
     @Test func defaults() throws {
-        let c = try ServerConfiguration(options: ServeOptions(), environment: ["HOME": "/home/u"])
+        let c = try ServerConfiguration(options: ServeOptions.unset(), environment: ["HOME": "/home/u"])
         #expect(c.listenText == ["127.0.0.1:3128"])
         #expect(c.proxy.realm == "Portcullis")
         #expect(c.proxy.authSchemes == [.basic])
@@ -16,7 +16,10 @@ import Testing
     }
 
     @Test func xdgDataHomeWins() throws {
-        let c = try ServerConfiguration(options: ServeOptions(), environment: ["HOME": "/h", "XDG_DATA_HOME": "/x"])
+        let c = try ServerConfiguration(
+            options: ServeOptions.unset(),
+            environment: ["HOME": "/h", "XDG_DATA_HOME": "/x"]
+        )
         #expect(c.dataDirectory == "/x/portcullis")
     }
 
@@ -30,9 +33,7 @@ import Testing
                 upstream-response-timeout: 2.5
                 """
         )
-        var flags = ServeOptions()
-        flags.realm = "Flag"
-        let merged = flags.layered(over: file)
+        let merged = try ServeOptions.parse(["--realm", "Flag"]).layered(over: file)
         let c = try ServerConfiguration(options: merged, environment: [:])
         #expect(c.listenText == ["127.0.0.1:3130", "[::1]:3130"])
         #expect(c.proxy.realm == "Flag")
@@ -41,39 +42,50 @@ import Testing
         #expect(c.proxy.upstreamResponseTimeout == .milliseconds(2500))
     }
 
-    @Test func unknownYamlKeysAndWrongTypesAreErrors() {
-        #expect(throws: ServeError.self) { try ServeOptions.parse(yaml: "allow-privat-destinations: true") }
-        #expect(throws: ServeError.self) { try ServeOptions.parse(yaml: "allow-open-proxy: maybe") }
-        #expect(throws: ServeError.self) { try ServeOptions.parse(yaml: "connect-ports: [70000]") }
-        #expect(throws: ServeError.self) { try ServeOptions.parse(yaml: "- a\n- b") }
+    @Test func checkedValuesReachTheRunningConfiguration() throws {
+        let options = try ServeOptions.parse([
+            "--lockout-threshold", "3", "--max-request-body", "0", "--user-max-rate", "2.5",
+            "--credential-cache-ttl", "0.25", "--allow-clients", "10.0.0.0/8, ::1", "--max-client-connections", "4",
+        ])
+        let c = try ServerConfiguration(options: options, environment: [:])
+        #expect(c.proxy.authThrottle.threshold == 3)
+        #expect(c.proxy.maximumRequestBody == 0)
+        #expect(c.proxy.userLimits.requestsPerSecond == 2.5)
+        #expect(c.credentialCacheTTL == .milliseconds(250))
+        #expect(c.proxy.admission.allowedClients?.count == 2)
+        #expect(c.proxy.admission.maximumConnectionsPerClient == 4)
+        #expect(c.shutdownGrace == .seconds(10))
     }
 
     @Test func noAuthOnANonLoopbackListenerNeedsExplicitConsent() throws {
-        var options = ServeOptions()
-        options.auth = ["none"]
-        options.listen = ["0.0.0.0:3128"]
-        #expect(throws: ServeError.self) { try ServerConfiguration(options: options, environment: [:]) }
-        options.allowOpenProxy = true
-        #expect(try ServerConfiguration(options: options, environment: [:]).proxy.authSchemes.isEmpty)
-        options.allowOpenProxy = nil
-        options.listen = ["127.0.0.1:3128", "[::1]:3128"]
-        #expect(try ServerConfiguration(options: options, environment: [:]).proxy.authSchemes.isEmpty)
+        let open = ["--auth", "none", "--listen", "0.0.0.0:3128"]
+        #expect(throws: ServeError.self) {
+            try ServerConfiguration(options: ServeOptions.parse(open), environment: [:])
+        }
+        let consented = try ServerConfiguration(
+            options: ServeOptions.parse(open + ["--allow-open-proxy"]),
+            environment: [:]
+        )
+        #expect(consented.proxy.authSchemes.isEmpty)
+        let loopback = ["--auth", "none", "--listen", "127.0.0.1:3128", "--listen", "[::1]:3128"]
+        #expect(
+            try ServerConfiguration(options: ServeOptions.parse(loopback), environment: [:]).proxy.authSchemes.isEmpty
+        )
     }
 
     @Test(arguments: ["3128", "host:3128", "127.0.0.1:", "127.0.0.1:99999", "[::1]3128", "[::1"])
     func badListenAddressesAreExplained(text: String) {
-        var options = ServeOptions()
-        options.listen = [text]
-        #expect(throws: ServeError.self) { try ServerConfiguration(options: options, environment: [:]) }
+        #expect(throws: ServeError.self) {
+            try ServerConfiguration(options: ServeOptions.parse(["--listen", text]), environment: [:])
+        }
     }
 
     @Test func unknownAuthSchemeAndLogLevelAreErrors() {
-        var options = ServeOptions()
-        options.auth = ["kerberos"]
-        #expect(throws: ServeError.self) { try ServerConfiguration(options: options, environment: [:]) }
-        options = ServeOptions()
-        options.logLevel = "loud"
-        #expect(throws: ServeError.self) { try ServerConfiguration(options: options, environment: [:]) }
+        for arguments in [["--auth", "kerberos"], ["--log-level", "loud"]] {
+            #expect(throws: ServeError.self) {
+                try ServerConfiguration(options: ServeOptions.parse(arguments), environment: [:])
+            }
+        }
     }
 
     @Test func postgresStoreLocationsAreParsedAndNeverEchoTheirPassword() throws {

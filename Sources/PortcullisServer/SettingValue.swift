@@ -1,0 +1,208 @@
+import ArgumentParser
+import Foundation
+
+/// The value of one setting, checked once for both places it comes from: a command-line argument
+/// (`init(argument:)`) and a config file's value (`init(from:)`). Both refuse with the same
+/// ``requirement``.
+///
+/// Declare such a setting with `@Option(name: .long, help: …) var name: Type?`: argument-parser
+/// then reports a bad argument as "The value 'x' is invalid for '--name <v>': must be …".
+public protocol SettingValue: Codable, Sendable {
+    /// What a valid value is, as in "must be a whole number >= 1".
+    static var requirement: String { get }
+    /// Reads a command-line argument; throws ``SettingValueError`` when it is not valid.
+    init(argument: String) throws
+}
+
+/// A value a setting refused.
+public struct SettingValueError: Error, CustomStringConvertible, Sendable {
+    /// What a valid value is (``SettingValue/requirement``).
+    public var requirement: String
+    public init(requirement: String) { self.requirement = requirement }
+    public var description: String { "must be \(self.requirement)" }
+}
+
+extension SettingValue {
+    static var refusal: SettingValueError { SettingValueError(requirement: Self.requirement) }
+
+    /// Decodes a `Raw` and checks it with `make`; any failure is a `dataCorrupted` error that
+    /// carries the requirement (the config loader turns it into "'key' must be …").
+    static func decode<Raw: Decodable>(
+        _ raw: Raw.Type,
+        from decoder: any Decoder,
+        _ make: (Raw) throws -> Self
+    ) throws -> Self {
+        let refused = DecodingError.dataCorrupted(
+            .init(codingPath: decoder.codingPath, debugDescription: Self.requirement, underlyingError: Self.refusal)
+        )
+        guard let value = try? decoder.singleValueContainer().decode(Raw.self) else { throw refused }
+        do {
+            return try make(value)
+        } catch {
+            throw refused
+        }
+    }
+}
+
+extension Option {
+    /// A setting of a ``SettingValue`` type, `nil` when not given. A bad argument is refused with
+    /// the type's requirement.
+    public init<T: SettingValue>(name: NameSpecification = .long, help: ArgumentHelp? = nil) where Value == T? {
+        self.init(name: name, help: help, transform: { try T(argument: $0) })
+    }
+}
+
+/// A number of seconds: more than 0 and less than a year (a larger one overflows `TimeAmount`'s
+/// nanoseconds soon after).
+public struct Seconds: SettingValue, Hashable {
+    public let value: Double
+    public static let requirement = "a number of seconds > 0 and under a year"
+
+    public init(_ value: Double) throws {
+        guard value > 0, value < 365 * 24 * 3600 else { throw Self.refusal }
+        self.value = value
+    }
+
+    public init(argument: String) throws {
+        guard let value = Double(argument) else { throw Self.refusal }
+        try self.init(value)
+    }
+
+    public init(from decoder: any Decoder) throws {
+        self = try Self.decode(Double.self, from: decoder, Self.init)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(self.value)
+    }
+}
+
+/// A whole number of at least 1 (connections, addresses, failed logins).
+public struct Count: SettingValue, Hashable {
+    public let value: Int
+    public static let requirement = "a whole number >= 1"
+
+    public init(_ value: Int) throws {
+        guard value >= 1 else { throw Self.refusal }
+        self.value = value
+    }
+
+    public init(argument: String) throws {
+        guard let value = Int(argument) else { throw Self.refusal }
+        try self.init(value)
+    }
+
+    public init(from decoder: any Decoder) throws {
+        self = try Self.decode(Int.self, from: decoder, Self.init)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(self.value)
+    }
+}
+
+/// A number of bytes, 0 or more.
+public struct ByteCount: SettingValue, Hashable {
+    public let value: Int
+    public static let requirement = "a number of bytes >= 0"
+
+    public init(_ value: Int) throws {
+        guard value >= 0 else { throw Self.refusal }
+        self.value = value
+    }
+
+    public init(argument: String) throws {
+        guard let value = Int(argument) else { throw Self.refusal }
+        try self.init(value)
+    }
+
+    public init(from decoder: any Decoder) throws {
+        self = try Self.decode(Int.self, from: decoder, Self.init)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(self.value)
+    }
+}
+
+/// Requests per second: more than 0.
+public struct RequestRate: SettingValue, Hashable {
+    public let value: Double
+    public static let requirement = "a number of requests per second > 0"
+
+    public init(_ value: Double) throws {
+        guard value > 0, value.isFinite else { throw Self.refusal }
+        self.value = value
+    }
+
+    public init(argument: String) throws {
+        guard let value = Double(argument) else { throw Self.refusal }
+        try self.init(value)
+    }
+
+    public init(from decoder: any Decoder) throws {
+        self = try Self.decode(Double.self, from: decoder, Self.init)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(self.value)
+    }
+}
+
+/// A list: `a,b` on the command line; in a file a list or one comma-separated string. Items are
+/// trimmed and empty ones dropped; what the items may be is checked where they are used.
+public struct CommaList: SettingValue, Hashable {
+    public let items: [String]
+    public static let requirement = "a list of strings or one comma-separated string"
+
+    public init(_ items: [String]) {
+        self.items = items.map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    }
+
+    public init(argument: String) {
+        self.init(argument.split(separator: ",").map(String.init))
+    }
+
+    public init(from decoder: any Decoder) throws {
+        if let items = try? decoder.singleValueContainer().decode([String].self) {
+            self.init(items)
+        } else {
+            self = try Self.decode(String.self, from: decoder, Self.init(argument:))
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(self.items)
+    }
+}
+
+/// TCP ports 1–65535, given as a ``CommaList``.
+public struct PortList: SettingValue, Hashable {
+    public let ports: [Int]
+    public static let requirement = "a list of ports 1-65535"
+
+    public init(_ list: CommaList) throws {
+        self.ports = try list.items.map { text in
+            guard let port = Int(text), (1...65535).contains(port) else { throw Self.refusal }
+            return port
+        }
+    }
+
+    public init(argument: String) throws {
+        try self.init(CommaList(argument: argument))
+    }
+
+    public init(from decoder: any Decoder) throws {
+        self = try Self.decode(CommaList.self, from: decoder, Self.init)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(self.ports)
+    }
+}

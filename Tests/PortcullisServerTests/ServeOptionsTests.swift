@@ -1,0 +1,199 @@
+import ArgumentParser
+import Testing
+
+@testable import PortcullisServer
+
+/// One setting given on the command line and in a file, and where it must land.
+struct SettingSample: Sendable, CustomTestStringConvertible {
+    var key: String
+    var arguments: [String]
+    var yaml: String
+    var landed: @Sendable (ServeOptions) -> Bool
+
+    var testDescription: String { self.key }
+
+    init(_ key: String, _ arguments: [String], _ yaml: String, _ landed: @escaping @Sendable (ServeOptions) -> Bool) {
+        (self.key, self.arguments, self.yaml, self.landed) = (key, arguments, yaml, landed)
+    }
+
+    /// A setting whose value is the same text in both places.
+    init(_ key: String, text: String, _ landed: @escaping @Sendable (ServeOptions) -> String?) {
+        self.init(key, ["--\(key)", text], "\(key): \"\(text)\"") { landed($0) == text }
+    }
+
+    static let all: [SettingSample] = [
+        SettingSample(
+            "listen",
+            ["--listen", "127.0.0.1:1", "--listen", "[::1]:1"],
+            #"listen: ["127.0.0.1:1", "[::1]:1"]"#
+        ) {
+            $0.listen == ["127.0.0.1:1", "[::1]:1"]
+        },
+        SettingSample("htpasswd", text: "/etc/users") { $0.htpasswd },
+        SettingSample("htdigest", text: "/etc/digest") { $0.htdigest },
+        SettingSample("store", text: "sqlite:/var/users.db") { $0.store },
+        SettingSample("realm", text: "Corp proxy") { $0.realm },
+        SettingSample("auth", ["--auth", "basic,digest"], "auth: [basic, digest]") {
+            $0.auth?.items == ["basic", "digest"]
+        },
+        SettingSample("digest-algorithms", ["--digest-algorithms", "SHA-256, MD5"], "digest-algorithms: SHA-256, MD5") {
+            $0.digestAlgorithms?.items == ["SHA-256", "MD5"]
+        },
+        SettingSample("digest-nonce-lifetime", ["--digest-nonce-lifetime", "120"], "digest-nonce-lifetime: 120") {
+            $0.digestNonceLifetime == (try? Seconds(120))
+        },
+        SettingSample("digest-secret-file", text: "/etc/nonce.key") { $0.digestSecretFile },
+        SettingSample("digest-challenges", text: "per-algorithm") { $0.digestChallenges },
+        SettingSample(
+            "allow-private-destinations",
+            ["--allow-private-destinations"],
+            "allow-private-destinations: true"
+        ) {
+            $0.allowPrivateDestinations == true
+        },
+        SettingSample("connect-ports", ["--connect-ports", "443,8443"], "connect-ports: [443, 8443]") {
+            $0.connectPorts?.ports == [443, 8443]
+        },
+        SettingSample("allow-open-proxy", ["--no-allow-open-proxy"], "allow-open-proxy: false") {
+            $0.allowOpenProxy == false
+        },
+        SettingSample("log-level", text: "debug") { $0.logLevel },
+        SettingSample("data-dir", text: "/var/lib/portcullis") { $0.dataDir },
+        seconds("upstream-connect-timeout", 1.5) { $0.upstreamConnectTimeout },
+        seconds("upstream-response-timeout", 2) { $0.upstreamResponseTimeout },
+        seconds("tunnel-idle-timeout", 3) { $0.tunnelIdleTimeout },
+        seconds("client-idle-timeout", 4) { $0.clientIdleTimeout },
+        seconds("request-head-timeout", 5) { $0.requestHeadTimeout },
+        seconds("request-body-timeout", 6) { $0.requestBodyTimeout },
+        count("lockout-threshold", 7) { $0.lockoutThreshold },
+        seconds("lockout-window", 8) { $0.lockoutWindow },
+        SettingSample("allow-clients", ["--allow-clients", "10.0.0.0/8,::1"], #"allow-clients: [10.0.0.0/8, "::1"]"#) {
+            $0.allowClients?.items == ["10.0.0.0/8", "::1"]
+        },
+        SettingSample("policy", text: "/etc/policy.yaml") { $0.policy },
+        SettingSample("admin", text: "127.0.0.1:9090") { $0.admin },
+        SettingSample("allow-remote-admin", ["--allow-remote-admin"], "allow-remote-admin: yes") {
+            $0.allowRemoteAdmin == true
+        },
+        SettingSample("access-log", text: "-") { $0.accessLog },
+        SettingSample("access-log-format", text: "json") { $0.accessLogFormat },
+        SettingSample("max-request-body", ["--max-request-body", "0"], "max-request-body: 0") {
+            $0.maxRequestBody == (try? ByteCount(0))
+        },
+        count("user-max-connections", 2) { $0.userMaxConnections },
+        count("user-max-addresses", 3) { $0.userMaxAddresses },
+        seconds("user-address-window", 9.5) { $0.userAddressWindow },
+        SettingSample("user-max-rate", ["--user-max-rate", "0.5"], "user-max-rate: 0.5") {
+            $0.userMaxRate == (try? RequestRate(0.5))
+        },
+        count("max-connections", 100) { $0.maxConnections },
+        count("max-client-connections", 10) { $0.maxClientConnections },
+        seconds("lockout-duration", 11) { $0.lockoutDuration },
+        seconds("credential-cache-ttl", 12) { $0.credentialCacheTTL },
+        seconds("shutdown-grace", 13) { $0.shutdownGrace },
+    ]
+
+    static func seconds(_ key: String, _ value: Double, _ get: @escaping @Sendable (ServeOptions) -> Seconds?) -> Self {
+        Self(key, ["--\(key)", "\(value)"], "\(key): \(value)") { get($0) == (try? Seconds(value)) }
+    }
+
+    static func count(_ key: String, _ value: Int, _ get: @escaping @Sendable (ServeOptions) -> Count?) -> Self {
+        Self(key, ["--\(key)", "\(value)"], "\(key): \(value)") { get($0) == (try? Count(value)) }
+    }
+}
+
+@Suite struct ServeOptionsTests {
+    @Test func theSamplesCoverEverySetting() throws {
+        #expect(SettingSample.all.map(\.key).sorted() == (try ServeOptions.settingKeys()))
+    }
+
+    @Test(arguments: SettingSample.all)
+    func everySettingArrivesFromTheCommandLine(sample: SettingSample) throws {
+        let options = try ServeOptions.parse(sample.arguments)
+        #expect(sample.landed(options))
+        #expect(try ServeOptions.changedKeys(ServeOptions.unset(), options) == [sample.key])
+    }
+
+    @Test(arguments: SettingSample.all)
+    func everySettingArrivesFromYAML(sample: SettingSample) throws {
+        let options = try ServeOptions.parse(yaml: sample.yaml)
+        #expect(sample.landed(options))
+        #expect(try ServeOptions.changedKeys(ServeOptions.unset(), options) == [sample.key])
+    }
+
+    /// The YAML key is the option name only if the kebab-case conversion matches argument-parser's.
+    @Test func everyYAMLKeyIsAnOptionTheCommandLineKnows() throws {
+        for key in try ServeOptions.settingKeys() {
+            do {
+                _ = try ServeOptions.parse(["--\(key)"])
+            } catch {
+                let message = ServeOptions.message(for: error)
+                #expect(message.contains("Missing value for '--\(key)"), "\(key): \(message)")
+            }
+        }
+        #expect(ServeOptions.settingKey("credentialCacheTTL") == "credential-cache-ttl")
+        #expect(ServeOptions.settingKey("myURLThing") == "my-url-thing")
+    }
+
+    @Test func flagsWinOverTheFileAndTheFileFillsTheRest() throws {
+        let file = try ServeOptions.parse(
+            yaml: """
+                listen: "127.0.0.1:3130, [::1]:3130"
+                allow-private-destinations: true
+                realm: File
+                upstream-response-timeout: 2.5
+                """
+        )
+        let flags = try ServeOptions.parse(["--realm", "Flag", "--no-allow-private-destinations"])
+        let merged = try flags.layered(over: file)
+        #expect(merged.listen == ["127.0.0.1:3130", "[::1]:3130"])
+        #expect(merged.realm == "Flag")
+        #expect(merged.allowPrivateDestinations == false)
+        #expect(merged.upstreamResponseTimeout == (try Seconds(2.5)))
+        let listen = try ServeOptions.parse(["--listen", "127.0.0.1:1"]).layered(over: file)
+        #expect(listen.listen == ["127.0.0.1:1"])
+        #expect(try ServeOptions.unset().layered(over: file).realm == "File")
+    }
+
+    @Test func aReloadAppliesReloadableSettingsAndNamesTheOthers() throws {
+        let startup = try ServeOptions.parse(yaml: "realm: A\nconnect-ports: [443]")
+        let edited = try ServeOptions.parse(yaml: "realm: B\nconnect-ports: [443, 8443]\nrequest-head-timeout: 5")
+        let first = try ServeOptions.reload(startup: startup, inForce: startup, fresh: edited)
+        #expect(first == SettingsReload(applied: ["connect-ports", "request-head-timeout"], needsRestart: ["realm"]))
+        // The realm change still waits for a restart; the ports are already in force.
+        let again = try ServeOptions.reload(startup: startup, inForce: edited, fresh: edited)
+        #expect(again == SettingsReload(applied: [], needsRestart: ["realm"]))
+        let back = try ServeOptions.reload(startup: startup, inForce: edited, fresh: startup)
+        #expect(back == SettingsReload(applied: ["connect-ports", "request-head-timeout"], needsRestart: []))
+    }
+
+    @Test func theReloadableSettingsAreThoseConnectionsReadForThemselves() throws {
+        #expect(
+            ServeOptions.reloadableKeys == [
+                "allow-private-destinations", "connect-ports", "upstream-connect-timeout", "upstream-response-timeout",
+                "tunnel-idle-timeout", "client-idle-timeout", "request-head-timeout", "request-body-timeout",
+                "max-request-body",
+            ]
+        )
+        #expect(ServeOptions.reloadableKeys.isSubset(of: try ServeOptions.settingKeys()))
+    }
+
+    @Test func unknownKeysAreRefusedByName() {
+        #expect(throws: ServeError.self) { try ServeOptions.parse(yaml: "allow-privat-destinations: true") }
+        do {
+            _ = try ServeOptions.parse(yaml: "realm: x\nallow-privat-destinations: true", source: "p.yaml")
+            Issue.record("accepted an unknown key")
+        } catch let error as ServeError {
+            #expect(error.message.hasPrefix("p.yaml: unknown setting 'allow-privat-destinations' (known: access-log, "))
+        } catch {
+            Issue.record("\(error)")
+        }
+    }
+
+    @Test func aFileThatIsNotAMappingOfSettingsIsRefused() throws {
+        #expect(throws: ServeError.self) { try ServeOptions.parse(yaml: "- a\n- b") }
+        #expect(throws: ServeError.self) { try ServeOptions.parse(yaml: "connect-ports: [443\n") }
+        #expect(throws: ServeError.self) { try ServeOptions.parse(yaml: "[a]: b") }
+        #expect(try ServeOptions.changedKeys(ServeOptions.unset(), ServeOptions.parse(yaml: "# nothing")).isEmpty)
+    }
+}
