@@ -95,8 +95,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
-            ] + nio,
-            swiftSettings: [.swiftLanguageMode(.v5)]
+            ] + nio
         ),
         .target(
             name: "PortcullisDoctor",
@@ -117,8 +116,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
-            ],
-            swiftSettings: [.swiftLanguageMode(.v5)]
+            ]
         ),
         // Built for fuzzing by scripts/fuzz.sh (-sanitize=fuzzer -DFUZZING); in a normal build
         // it replays the committed corpus, so every seed also runs as a regression test.
@@ -162,8 +160,7 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
-            ] + nio,
-            swiftSettings: [.swiftLanguageMode(.v5)]
+            ] + nio
         ),
         .testTarget(name: "PortcullisDoctorTests", dependencies: ["PortcullisDoctor", "PortcullisAuth"] + nio),
     ],

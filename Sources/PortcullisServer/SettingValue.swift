@@ -7,7 +7,7 @@ import Foundation
 ///
 /// Declare such a setting with `@Option(name: .long, help: …) var name: Type?`: argument-parser
 /// then reports a bad argument as "The value 'x' is invalid for '--name <v>': must be …".
-public protocol SettingValue: Codable, Sendable {
+public protocol SettingValue: Codable, Sendable, OptionValue {
     /// What a valid value is, as in "must be a whole number >= 1".
     static var requirement: String { get }
     /// Reads a command-line argument; throws ``SettingValueError`` when it is not valid.

@@ -120,7 +120,14 @@ protocol YAMLDecodedWrapper {
     static func decoded(from node: Node) throws -> Self
 }
 
-extension Option: YAMLDecodedWrapper where Value: Decodable {
+/// A value type an `@Option` setting may have. Its metatype is Sendable, which the option's
+/// transform closure needs (a bare generic `Value` would not be).
+public protocol OptionValue: Decodable, SendableMetatype {}
+extension String: OptionValue {}
+extension Array: OptionValue where Element: OptionValue {}
+extension Optional: OptionValue where Wrapped: OptionValue {}
+
+extension Option: YAMLDecodedWrapper where Value: OptionValue {
     static func decoded(from node: Node) throws -> Self {
         // Any initializer gives a wrapper; setting the value makes it a parsed one.
         var option = Self(transform: { _ in throw SettingValueError(requirement: "a value from the config file") })
