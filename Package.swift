@@ -118,11 +118,11 @@ let package = Package(
             path: "Fuzz/Sources"
         ),
         .testTarget(name: "PortcullisAuthTests", dependencies: ["PortcullisAuth"]),
-        .testTarget(name: "PortcullisStoresTests", dependencies: ["PortcullisStores", "PortcullisAuth"] + nio),
+        // Both SQL stores: the one contract suite runs against SQLite and PostgreSQL.
         .testTarget(
-            name: "PortcullisPostgresTests",
+            name: "PortcullisStoresTests",
             dependencies: [
-                "PortcullisPostgres", "PortcullisStores", "PortcullisAuth",
+                "PortcullisStores", "PortcullisPostgres", "PortcullisAuth",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
             ] + nio
         ),
