@@ -49,7 +49,7 @@ enum EmbeddedUsers {
             guard fd >= 0 else { throw StoreError("cannot create \(staging): \(String(cString: strerror(errno)))") }
             close(fd)
             let store = try await SQLiteStore(path: staging, realm: realm, threadPool: threadPool)
-            let actor = SQLiteStore.Actor(name: "portcullis serve (first run)", host: ProcessInfo.processInfo.hostName)
+            let actor = ChangeActor(name: "portcullis serve (first run)", host: ProcessInfo.processInfo.hostName)
             let legacy = dataDirectory + "/" + legacyFileName
             if FileManager.default.fileExists(atPath: legacy) {
                 let file = try HtpasswdFile.load(path: legacy)

@@ -18,8 +18,6 @@ extension AccountStore where Database == SQLiteDatabase {
     }
 
     public var path: String { self.database.path }
-
-    public typealias Actor = ChangeActor
 }
 
 /// A SQLite file through GRDB: statements run on GRDB's own serial queue and are awaited, so
