@@ -19,17 +19,15 @@ extension AccountStore {
         var detail = groups.isEmpty ? [] : ["groups=\(groups.joined(separator: ","))"]
         if digest { detail.append("digest") }
         let now = self.now().timeIntervalSince1970
+        let groupList = groups.joined(separator: ",")
         let insert = SQLStatement(
             """
             INSERT INTO users (realm, name, hash, groups, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)
             ON CONFLICT (realm, name) DO NOTHING RETURNING name
             """,
-            [
-                .text(self.realm), .text(name), .text(hash.encoded), .text(groups.joined(separator: ",")), .real(now),
-                .real(now),
-            ]
+            [.text(self.realm), .text(name), .text(hash.encoded), .text(groupList), .real(now), .real(now)]
         ).requiringRow(StoreError("user \(name) already exists"))
-        let secrets = digest ? self.digestSecrets(name, password: password, enroll: true, keepPrevious: false) : []
+        let secrets = digest ? self.writeDigestSecrets(name, password: password, enroll: true, keepPrevious: false) : []
         let detailText = detail.joined(separator: " ")
         try await self.change(actor, action: "add", name: name, detail: detailText, at: now, [insert] + secrets)
     }
@@ -50,7 +48,7 @@ extension AccountStore {
             """,
             [.text(hash.encoded), .real(now), .text(self.realm), .text(name)]
         ).requiringRow(StoreError("no user \(name)"))
-        let secrets = self.digestSecrets(name, password: password, enroll: digest, keepPrevious: false)
+        let secrets = self.writeDigestSecrets(name, password: password, enroll: digest, keepPrevious: false)
         try await self.change(
             actor,
             action: "passwd",
@@ -79,7 +77,7 @@ extension AccountStore {
             """,
             [.real(now + grace), .text(hash.encoded), .real(now), .text(self.realm), .text(name)]
         ).requiringRow(StoreError("no user \(name)"))
-        let secrets = self.digestSecrets(name, password: password, enroll: digest, keepPrevious: true)
+        let secrets = self.writeDigestSecrets(name, password: password, enroll: digest, keepPrevious: true)
         let detail = "grace=\(Int(grace))s" + (digest ? " digest" : "")
         try await self.change(actor, action: "rotate", name: name, detail: detail, at: now, [update] + secrets)
     }
@@ -89,7 +87,9 @@ extension AccountStore {
     /// never lives on through Digest. `keepPrevious` moves the current HA1 to `previous_ha1`
     /// (rotation), else the previous one is cleared (a password change ends any grace at once,
     /// through Digest as through Basic).
-    private func digestSecrets(_ name: String, password: String, enroll: Bool, keepPrevious: Bool) -> [SQLStatement] {
+    private func writeDigestSecrets(_ name: String, password: String, enroll: Bool, keepPrevious: Bool)
+        -> [SQLStatement]
+    {
         DigestEnrollment.make(name: name, realm: self.realm, password: password).map { entry in
             SQLStatement(
                 """
