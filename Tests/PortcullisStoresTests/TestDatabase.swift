@@ -76,3 +76,10 @@ struct StoreTestSkip: Error {}
         )
     }
 }
+
+/// Without a server the contract's PostgreSQL cases are not made at all: this says so in the
+/// run's output, as a skip with its reason.
+@Test(.enabled(if: TestDatabase.base != nil, TestDatabase.skipReason))
+func theStoreContractRunsAgainstPostgreSQL() {
+    #expect(StoreKind.available.contains(.postgres))
+}
