@@ -54,7 +54,11 @@ import Testing
             _ = try await PostgresStore(url: url, timeout: .seconds(1))
             Issue.record("opened a database that never answered")
         } catch let error as StoreError {
-            #expect(error.message.hasSuffix(": no answer within 1 s"), "\(error.message)")
+            // On a machine busy with other tests the TCP connect itself may already miss its 1 s.
+            #expect(
+                error.message.hasSuffix(": no answer within 1 s") || error.message.hasSuffix(": connecting timed out"),
+                "\(error.message)"
+            )
         }
         // Without the deadline it would wait for ever; the margin is for a busy test machine.
         #expect(ContinuousClock.now - started < .seconds(30))
