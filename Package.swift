@@ -127,15 +127,11 @@ let package = Package(
         ),
         .testTarget(name: "PortcullisAuthTests", dependencies: ["PortcullisAuth"]),
         .testTarget(name: "PortcullisKerberosTests", dependencies: ["PortcullisKerberos", "CGSSAPI"]),
+        // Both SQL stores: the one contract suite runs against SQLite and PostgreSQL.
         .testTarget(
             name: "PortcullisStoresTests",
-            dependencies: ["PortcullisStores", "PortcullisAuth"] + nio,
-            swiftSettings: [.swiftLanguageMode(.v5)]
-        ),
-        .testTarget(
-            name: "PortcullisPostgresTests",
             dependencies: [
-                "PortcullisPostgres", "PortcullisStores", "PortcullisAuth",
+                "PortcullisStores", "PortcullisPostgres", "PortcullisAuth",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
             ] + nio,
             swiftSettings: [.swiftLanguageMode(.v5)]

@@ -1,4 +1,5 @@
 import Foundation
+import NIOPosix
 import PortcullisStores
 
 /// The embedded default store: `<data dir>/portcullis.db` (SQLite), created once with an `admin`
@@ -15,13 +16,15 @@ enum EmbeddedUsers {
     static let databaseName = "portcullis.db"
     static let legacyFileName = "users.htpasswd"
 
-    /// Returns the database's path; `created` is set only when this call made it. Blocking.
+    /// Returns the database's path; `created` is set only when this call made it. The few file
+    /// system calls here block briefly (once, at start-up); the bcrypt runs on `threadPool`.
     /// - Parameter digest: also store the admin's Digest secrets (Digest is offered).
     static func ensure(
         dataDirectory: String,
         realm: String,
-        digest: Bool = false
-    ) throws -> (path: String, created: Created?) {
+        digest: Bool = false,
+        threadPool: NIOThreadPool = .singleton
+    ) async throws -> (path: String, created: Created?) {
         let path = dataDirectory + "/" + databaseName
         if FileManager.default.fileExists(atPath: path) { return (path, nil) }
         do {
@@ -45,15 +48,15 @@ enum EmbeddedUsers {
             let fd = open(staging, O_WRONLY | O_CREAT | O_EXCL, 0o600)
             guard fd >= 0 else { throw StoreError("cannot create \(staging): \(String(cString: strerror(errno)))") }
             close(fd)
-            let store = try SQLiteStore(path: staging, realm: realm)
-            let actor = SQLiteStore.Actor(name: "portcullis serve (first run)", host: ProcessInfo.processInfo.hostName)
+            let store = try await SQLiteStore(path: staging, realm: realm, threadPool: threadPool)
+            let actor = ChangeActor(name: "portcullis serve (first run)", host: ProcessInfo.processInfo.hostName)
             let legacy = dataDirectory + "/" + legacyFileName
             if FileManager.default.fileExists(atPath: legacy) {
                 let file = try HtpasswdFile.load(path: legacy)
-                created.imported = try store.importHtpasswd(file, by: actor).imported
+                created.imported = try await store.importHtpasswd(file, by: actor).imported
             } else {
                 let password = Self.randomPassword()
-                try store.add("admin", password: password, groups: [], cost: 10, digest: digest, by: actor)
+                try await store.add("admin", password: password, groups: [], cost: 10, digest: digest, by: actor)
                 created.password = password
             }
         } catch let error as StoreError {

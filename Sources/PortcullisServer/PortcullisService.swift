@@ -32,7 +32,8 @@ public enum PortcullisService {
         // reloads once it can.
         let termination = await UnixSignalsSequence(trapping: .sigterm, .sigint)
         let reloadSignals = await UnixSignalsSequence(trapping: .sighup, .sigusr1)
-        // Password checks (bcrypt), file reads and DNS lookups run here, never on an event loop.
+        // Password checks (bcrypt), file reads and DNS lookups run here, never on an event loop
+        // or Swift's cooperative pool.
         let threadPool = NIOThreadPool(numberOfThreads: max(2, System.coreCount))
         threadPool.start()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoops)
@@ -85,11 +86,10 @@ public enum PortcullisService {
             if let settings = configuration.digest {
                 let key = try await Self.nonceKey(configuration, store: source.store, threadPool: threadPool)
                 digest = DigestAuthority(settings: settings, key: key)
-                try await Self.warnIfNobodyCanUseDigest(source.store, threadPool: threadPool, logger: logger)
+                await Self.warnIfNobodyCanUseDigest(source.store, logger: logger)
             }
             verifier = CredentialVerifier(
                 store: source.store,
-                threadPool: threadPool,
                 configuration: .init(ttl: configuration.credentialCacheTTL)
             )
         }
@@ -261,11 +261,7 @@ public enum PortcullisService {
 
     /// Digest offered but no user holds Digest secrets: every Digest login would fail, and the
     /// operator should hear it at start, not from users.
-    private static func warnIfNobodyCanUseDigest(
-        _ store: any CredentialStore,
-        threadPool: NIOThreadPool,
-        logger: Logger
-    ) async throws {
+    private static func warnIfNobodyCanUseDigest(_ store: any CredentialStore, logger: Logger) async {
         if store is HtpasswdStore {
             logger.warning(
                 "Digest is offered but an htpasswd file holds no Digest secrets: Digest logins will fail (use --htdigest, or the user database with users passwd NAME --digest)"
@@ -273,7 +269,7 @@ public enum PortcullisService {
             return
         }
         guard let administered = store as? any UserAdministration else { return }
-        let enrolled = try await threadPool.runIfActive { (try? administered.list())?.filter(\.digest).count }
+        let enrolled = (try? await administered.list())?.filter(\.digest).count
         if enrolled == 0 {
             logger.warning(
                 "Digest is offered but no user has Digest secrets yet: add them with portcullis users passwd NAME --digest"
@@ -303,7 +299,7 @@ public enum PortcullisService {
             }
             return Array(data)
         }
-        if let shared = try await threadPool.runIfActive({ store.nonceKey() }) { return shared }
+        if let shared = await store.nonceKey() { return shared }
         var generator = SystemRandomNumberGenerator()
         return (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
     }
@@ -318,7 +314,7 @@ public enum PortcullisService {
         let realm = configuration.proxy.realm
         switch configuration.store {
         case .htpasswd(let path):
-            let loaded = try await threadPool.runIfActive { try HtpasswdStore(path: path) }
+            let loaded = try await threadPool.runIfActive { try HtpasswdStore(path: path, threadPool: threadPool) }
             for problem in loaded.problems {
                 logger.warning("users file entry skipped", metadata: ["file": "\(path)", "problem": "\(problem)"])
             }
@@ -329,9 +325,11 @@ public enum PortcullisService {
                 )
             }
             return UsersSource(store: loaded, description: path) {
-                try loaded.reloadIfChanged().map { "users file reloaded (\($0.entries.count) users)" }
+                try await threadPool.runIfActive {
+                    try loaded.reloadIfChanged().map { "users file reloaded (\($0.entries.count) users)" }
+                }
             } readable: {
-                FileManager.default.isReadableFile(atPath: path)
+                (try? await threadPool.runIfActive { FileManager.default.isReadableFile(atPath: path) }) ?? false
             }
         case .htdigest(let path):
             let loaded = try await threadPool.runIfActive { try HtdigestStore(path: path, realm: realm) }
@@ -346,17 +344,22 @@ public enum PortcullisService {
                 )
             }
             return UsersSource(store: loaded, description: path) {
-                try loaded.reloadIfChanged().map { "users file reloaded (\($0.entries.count) users)" }
+                try await threadPool.runIfActive {
+                    try loaded.reloadIfChanged().map { "users file reloaded (\($0.entries.count) users)" }
+                }
             } readable: {
-                FileManager.default.isReadableFile(atPath: path)
+                (try? await threadPool.runIfActive { FileManager.default.isReadableFile(atPath: path) }) ?? false
             }
         case .sqlite(let path), .embedded(let path):
             if case .embedded = configuration.store {
                 let dataDirectory = configuration.dataDirectory
                 let digest = configuration.digest != nil
-                let ensured = try await threadPool.runIfActive {
-                    try EmbeddedUsers.ensure(dataDirectory: dataDirectory, realm: realm, digest: digest)
-                }
+                let ensured = try await EmbeddedUsers.ensure(
+                    dataDirectory: dataDirectory,
+                    realm: realm,
+                    digest: digest,
+                    threadPool: threadPool
+                )
                 if let created = ensured.created {
                     Self.announce(
                         created,
@@ -367,31 +370,29 @@ public enum PortcullisService {
             }
             let opened: SQLiteStore
             do {
-                opened = try await threadPool.runIfActive { try SQLiteStore(path: path, realm: realm) }
+                opened = try await SQLiteStore(path: path, realm: realm, threadPool: threadPool)
             } catch let error as StoreError {
                 throw ServeError(error.message)
             }
-            if opened.userCount == 0 {
+            if (try? await opened.userCount) == 0 {
                 logger.warning(
                     "the user database has no users in realm \(realm): every request will get 407 (add one with portcullis users add)",
                     metadata: ["database": "\(path)"]
                 )
             }
             return UsersSource(store: opened, description: path) {
-                try opened.refresh() ? "user database changed" : nil
+                try await opened.refresh() ? "user database changed" : nil
             } readable: {
-                (try? opened.refresh()) != nil
+                (try? await opened.refresh()) != nil
             }
         case .postgres(let url):
             let opened: PostgresStore
             do {
-                opened = try await threadPool.runIfActive {
-                    try PostgresStore(url: url, realm: realm, logger: logger)
-                }
+                opened = try await PostgresStore(url: url, realm: realm, logger: logger, threadPool: threadPool)
             } catch let error as StoreError {
                 throw ServeError(error.message)
             }
-            if opened.userCount == 0 {
+            if (try? await opened.userCount) == 0 {
                 logger.warning(
                     "the user database has no users in realm \(realm): every request will get 407 (add one with portcullis users add --store …)",
                     metadata: ["database": "\(opened.location)"]
@@ -400,7 +401,7 @@ public enum PortcullisService {
             return UsersSource(store: opened, description: opened.location) {
                 // The store itself logs losing and regaining the database, once each: a poll
                 // that fails while it is down is not news worth a line every 2 seconds.
-                guard let changed = try? opened.refresh() else { return nil }
+                guard let changed = try? await opened.refresh() else { return nil }
                 return changed ? "user database changed" : nil
             } readable: {
                 // The outcome of the poll the reload just made: no second query.
@@ -421,9 +422,10 @@ public enum PortcullisService {
 struct UsersSource: Sendable {
     var store: any CredentialStore
     var description: String
-    /// Picks up changes; says what changed, or `nil`. Blocking.
-    var reload: @Sendable () throws -> String?
-    /// Whether the store can be read now. Blocking: asked by the 2-second watch on the thread
-    /// pool, whose answer /readyz reports.
-    var readable: @Sendable () -> Bool
+    /// Picks up changes; says what changed, or `nil`. A file is read on the thread pool, a
+    /// database awaited.
+    var reload: @Sendable () async throws -> String?
+    /// Whether the store can be read now: asked by the 2-second watch, whose answer /readyz
+    /// reports.
+    var readable: @Sendable () async -> Bool
 }

@@ -9,7 +9,7 @@ import PortcullisStores
 /// What `serve` re-reads while it runs, and when: every 2 seconds what changed (the config file,
 /// the users store, the policy file), on SIGHUP all of it (and the access log reopened), on SIGUSR1
 /// the access log only. A file that is bad keeps the state in force. The blocking reads run on
-/// the thread pool, never on an event loop or a service's task.
+/// the thread pool, never on an event loop or a service's task; a user database is awaited.
 struct ReloadActions: Sendable {
     private let threadPool: NIOThreadPool
     private let context: ProxyContext
@@ -51,9 +51,9 @@ struct ReloadActions: Sendable {
             // A refusal flood that stopped is summed up now, not at the next refusal.
             self.context.refusalLog.logEndedIntervals(now: .now())
             self.config(false)
-            self.reloadUsers()
-            self.reloadPolicy(force: false)
         }
+        await self.reloadUsers()
+        await self.onThreadPool { self.reloadPolicy(force: false) }
     }
 
     /// SIGHUP: everything read again, changed or not, and the access log reopened (logrotate).
@@ -61,9 +61,9 @@ struct ReloadActions: Sendable {
         await self.onThreadPool {
             self.config(true)
             self.reloadPolicy(force: true)
-            self.reloadUsers()
-            self.reopenAccessLogNow()
         }
+        await self.reloadUsers()
+        await self.onThreadPool { self.reopenAccessLogNow() }
     }
 
     /// SIGUSR1.
@@ -76,14 +76,10 @@ struct ReloadActions: Sendable {
         try? await self.threadPool.runIfActive(work)
     }
 
-    private func reloadUsers() {
+    private func reloadUsers() async {
         guard let store = self.users else { return }
-        defer {
-            let readable = store.readable()
-            self.usersReadable.withLockedValue { $0 = readable }
-        }
         do {
-            if let what = try store.reload() {
+            if let what = try await store.reload() {
                 self.metrics.reload("users", ok: true)
                 self.logger.notice("\(what)", metadata: ["store": "\(store.description)"])
             }
@@ -91,6 +87,8 @@ struct ReloadActions: Sendable {
             self.metrics.reload("users", ok: false)
             self.logger.error("users reload failed; keeping the previous users", metadata: ["error": "\(error)"])
         }
+        let readable = await store.readable()
+        self.usersReadable.withLockedValue { $0 = readable }
     }
 
     private func reloadPolicy(force: Bool) {

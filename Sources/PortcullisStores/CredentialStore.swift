@@ -1,5 +1,6 @@
 import Foundation
 import NIOConcurrencyHelpers
+import NIOPosix
 import PortcullisAuth
 
 /// The outcome of checking one user name and password against a store.
@@ -26,19 +27,20 @@ public enum RejectionReason: String, Sendable, Hashable {
 
 /// A source of users and their secrets.
 ///
-/// Implementations are blocking (file or database I/O, bcrypt) and are only ever called from a
-/// thread pool; ``generation`` changes whenever the users change, which invalidates cached
+/// Asynchronous: database I/O is awaited, and password hashing (bcrypt) runs on a thread pool
+/// the store was given, never on the caller's executor. ``generation`` is read from memory (on
+/// an event loop too); it changes whenever the users change, which invalidates cached
 /// verifications.
 public protocol CredentialStore: AnyObject, Sendable {
-    func verify(user: String, password: String) -> VerificationOutcome
+    func verify(user: String, password: String) async -> VerificationOutcome
     var generation: UInt64 { get }
     /// The Digest secrets of a user (by name, or by RFC 7616 user hash when `isUserhash`).
-    func digestSecrets(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) -> DigestLookup
+    func digestSecrets(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) async -> DigestLookup
     /// A key for signing Digest nonces that every proxy sharing this store uses, so a nonce one
     /// instance minted is good on another; `nil` when the store cannot keep one.
-    func nonceKey() -> [UInt8]?
-    /// Records a successful login (for `users list`); best effort. Blocking.
-    func noteLogin(_ user: String, at date: Date)
+    func nonceKey() async -> [UInt8]?
+    /// Records a successful login (for `users list`); best effort.
+    func noteLogin(_ user: String, at date: Date) async
 }
 
 /// Users from an Apache htpasswd file, re-read when the file changes.
@@ -53,10 +55,12 @@ public final class HtpasswdStore: CredentialStore {
 
     public let path: String
     private let state: NIOLockedValueBox<Snapshot>
+    private let threadPool: NIOThreadPool
 
-    /// Loads the file. Blocking.
-    public init(path: String) throws {
+    /// Loads the file. Blocking. Passwords are checked on `threadPool`.
+    public init(path: String, threadPool: NIOThreadPool = .singleton) throws {
         self.path = path
+        self.threadPool = threadPool
         let file = try HtpasswdFile.load(path: path)
         self.state = NIOLockedValueBox(
             Snapshot(file: file, identity: FileIdentity(path: path), generation: 1, decoy: Self.decoy(for: file))
@@ -67,17 +71,17 @@ public final class HtpasswdStore: CredentialStore {
     public var userCount: Int { self.state.withLockedValue { $0.file.entries.count } }
     public var problems: [String] { self.state.withLockedValue { $0.file.problems } }
 
-    public func verify(user: String, password: String) -> VerificationOutcome {
+    public func verify(user: String, password: String) async -> VerificationOutcome {
         let (hash, decoy) = self.state.withLockedValue { ($0.file.entries[user], $0.decoy) }
         guard let hash else {
-            _ = decoy?.verify(password)
+            _ = await decoy?.verify(password, on: self.threadPool)
             return .rejected(.invalid)
         }
-        return hash.verify(password) ? .accepted(user: user) : .rejected(.invalid)
+        return await hash.verify(password, on: self.threadPool) ? .accepted(user: user) : .rejected(.invalid)
     }
 
     /// An htpasswd file holds password hashes only: its users cannot use Digest.
-    public func digestSecrets(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) -> DigestLookup {
+    public func digestSecrets(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) async -> DigestLookup {
         guard !isUserhash else { return .unknownUser }
         let known = self.state.withLockedValue { $0.file.entries[name] != nil }
         return known ? .notEnrolled(user: name) : .unknownUser

@@ -2,43 +2,47 @@ import Crypto
 import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
-import NIOPosix
 import PortcullisAuth
 
-/// Where a verifier's blocking store calls run: a thread pool on a server; in socket-free tests
-/// and the connection fuzzer, a queue the caller completes when it chooses (which is how a
-/// password check can be made to finish after its connection closed).
-public protocol BlockingWork: Sendable {
-    /// Runs `body` off the event loop; the future completes on `eventLoop`.
+/// How a verifier's store calls are started and their answers brought back to an event loop:
+/// a task each on a server (``TaskStoreWork``); in socket-free tests and the connection fuzzer,
+/// a queue the caller runs when it chooses (which is how a password check can be made to finish
+/// after its connection closed).
+public protocol StoreWork: Sendable {
+    /// Starts `body`; the future completes on `eventLoop`.
     func run<Value: Sendable>(
         on eventLoop: any EventLoop,
-        _ body: @escaping @Sendable () throws -> Value
+        _ body: @escaping @Sendable () async -> Value
     ) -> EventLoopFuture<Value>
-    /// Runs `body` off any event loop, for work nobody waits for.
-    func runDetached(_ body: @escaping @Sendable () -> Void)
+    /// Starts `body` for work nobody waits for.
+    func runDetached(_ body: @escaping @Sendable () async -> Void)
 }
 
-extension NIOThreadPool: BlockingWork {
+/// One unstructured task per store call. The store awaits its database and hashes passwords on
+/// its own thread pool, so neither the event loop nor the task's thread is ever blocked.
+public struct TaskStoreWork: StoreWork {
+    public init() {}
+
     public func run<Value: Sendable>(
         on eventLoop: any EventLoop,
-        _ body: @escaping @Sendable () throws -> Value
+        _ body: @escaping @Sendable () async -> Value
     ) -> EventLoopFuture<Value> {
-        self.runIfActive(eventLoop: eventLoop, body)
+        let promise = eventLoop.makePromise(of: Value.self)
+        Task { promise.succeed(await body()) }
+        return promise.futureResult
     }
 
-    public func runDetached(_ body: @escaping @Sendable () -> Void) {
-        self.submit { state in
-            if case .active = state { body() }
-        }
+    public func runDetached(_ body: @escaping @Sendable () async -> Void) {
+        Task { await body() }
     }
 }
 
-/// Verifies Basic credentials against a store on a thread pool and caches successes.
+/// Verifies Basic credentials against a store, off the event loop, and caches successes.
 ///
 /// The cache is keyed by an HMAC of the whole `Proxy-Authorization` value under a per-process
 /// random key, so the plain credential never sits in the cache. An entry lives for ``ttl`` and
 /// dies at once when the store's generation changes (file reloaded). Concurrent checks of the
-/// same credential share one thread-pool job, so a burst of new connections pays bcrypt once.
+/// same credential share one store call, so a burst of new connections pays bcrypt once.
 public final class CredentialVerifier: Sendable {
     public struct Configuration: Sendable {
         public var ttl: TimeAmount
@@ -84,20 +88,18 @@ public final class CredentialVerifier: Sendable {
     }
 
     public let store: any CredentialStore
-    private let work: any BlockingWork
+    private let work: any StoreWork
     private let configuration: Configuration
     private let hmacKey = SymmetricKey(size: .bits256)
     private let state = NIOLockedValueBox(State())
     private let digestEntries = NIOLockedValueBox([DigestKey: DigestEntry]())
 
-    public init(store: any CredentialStore, threadPool: NIOThreadPool, configuration: Configuration = .init()) {
-        self.store = store
-        self.work = threadPool
-        self.configuration = configuration
-    }
-
-    /// A verifier whose store calls run where `work` puts them.
-    public init(store: any CredentialStore, work: any BlockingWork, configuration: Configuration = .init()) {
+    /// A verifier whose store calls run where `work` puts them (a task each by default).
+    public init(
+        store: any CredentialStore,
+        work: any StoreWork = TaskStoreWork(),
+        configuration: Configuration = .init()
+    ) {
         self.store = store
         self.work = work
         self.configuration = configuration
@@ -109,7 +111,7 @@ public final class CredentialVerifier: Sendable {
         return mac.withUnsafeBytes { CacheKey($0) }
     }
 
-    /// The user of a still-valid cached verification, without touching the thread pool.
+    /// The user of a still-valid cached verification, without calling the store.
     public func cachedUser(for key: CacheKey, now: NIODeadline = .now()) -> String? {
         let generation = self.store.generation
         return self.state.withLockedValue { state in
@@ -122,7 +124,7 @@ public final class CredentialVerifier: Sendable {
         }
     }
 
-    /// Verifies on the thread pool; the future completes on `eventLoop`.
+    /// Verifies with the store; the future completes on `eventLoop`.
     public func verify(
         _ credentials: BasicCredentials,
         key: CacheKey,
@@ -142,8 +144,7 @@ public final class CredentialVerifier: Sendable {
         let store = self.store
         let generation = store.generation
         let job = self.work.run(on: eventLoop) {
-            ThreadPriority.enterBackground()
-            return store.verify(user: credentials.user, password: credentials.password)
+            await store.verify(user: credentials.user, password: credentials.password)
         }
         job.whenComplete { result in
             let outcome: VerificationOutcome
@@ -187,12 +188,12 @@ public final class CredentialVerifier: Sendable {
         }
     }
 
-    /// Reads the secrets on the thread pool; the future completes on `eventLoop`.
+    /// Reads the secrets from the store; the future completes on `eventLoop`.
     public func digestSecrets(_ key: DigestKey, on eventLoop: any EventLoop) -> EventLoopFuture<DigestLookup> {
         let store = self.store
         let generation = store.generation
         return self.work.run(on: eventLoop) {
-            store.digestSecrets(name: key.name, isUserhash: key.isUserhash, hash: key.hash)
+            await store.digestSecrets(name: key.name, isUserhash: key.isUserhash, hash: key.hash)
         }
         .recover { _ in .unavailable }
         .map { lookup in
@@ -211,7 +212,7 @@ public final class CredentialVerifier: Sendable {
     }
 
     /// A Digest login succeeded: the store records it (for `users list`) once per cached entry,
-    /// on the thread pool, as a Basic login is recorded once per verification.
+    /// off the event loop, as a Basic login is recorded once per verification.
     public func noteDigestLogin(_ key: DigestKey, user: String) {
         let first = self.digestEntries.withLockedValue { entries -> Bool in
             guard entries[key]?.loginNoted == false else { return false }
@@ -220,7 +221,7 @@ public final class CredentialVerifier: Sendable {
         }
         guard first else { return }
         let store = self.store
-        self.work.runDetached { store.noteLogin(user, at: Date()) }
+        self.work.runDetached { await store.noteLogin(user, at: Date()) }
     }
 
     private func insert(_ entry: Entry, key: CacheKey, into state: inout State) {

@@ -74,7 +74,7 @@ public struct HtpasswdFile: Sendable {
 }
 
 /// An error of a credential store, with a message an operator can act on.
-public struct StoreError: Error, CustomStringConvertible, Sendable {
+public struct StoreError: Error, CustomStringConvertible, Sendable, Equatable {
     public var message: String
     public init(message: String) { self.message = message }
     public init(_ message: String) { self.message = message }

@@ -1,6 +1,7 @@
 import CCrypt
 import Crypto
 import Foundation
+import NIOPosix
 import PortcullisAuth
 
 /// A password hash as stored in an Apache htpasswd file, and its verification.
@@ -78,6 +79,26 @@ public struct PasswordHash: Sendable, Hashable {
             return true
         default:
             return false
+        }
+    }
+}
+
+extension PasswordHash {
+    /// Verifies on `pool`, below the event loops' priority (``ThreadPriority``): bcrypt is tens
+    /// of milliseconds of CPU, which must block neither an event loop nor a thread of Swift's
+    /// cooperative pool. `false` when the pool has stopped (the server is shutting down).
+    public func verify(_ password: String, on pool: NIOThreadPool) async -> Bool {
+        (try? await pool.runIfActive {
+            ThreadPriority.enterBackground()
+            return self.verify(password)
+        }) ?? false
+    }
+
+    /// ``bcrypt(_:cost:)`` on `pool`.
+    public static func bcrypt(_ password: String, cost: Int = 10, on pool: NIOThreadPool) async throws -> PasswordHash {
+        try await pool.runIfActive {
+            ThreadPriority.enterBackground()
+            return try PasswordHash.bcrypt(password, cost: cost)
         }
     }
 }

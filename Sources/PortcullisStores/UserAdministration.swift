@@ -60,15 +60,15 @@ public enum DigestLookup: Sendable, Hashable {
 
 extension CredentialStore {
     /// Default for stores that hold no Digest secrets.
-    public func digestSecrets(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) -> DigestLookup {
+    public func digestSecrets(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) async -> DigestLookup {
         .unknownUser
     }
 
     /// Default: no shared nonce key; the proxy makes a random one per process.
-    public func nonceKey() -> [UInt8]? { nil }
+    public func nonceKey() async -> [UInt8]? { nil }
 
     /// Default: logins are not recorded (files).
-    public func noteLogin(_ user: String, at date: Date) {}
+    public func noteLogin(_ user: String, at date: Date) async {}
 }
 
 /// A user as `users list` shows it: never a hash.
@@ -167,7 +167,8 @@ public struct AuditEntry: Sendable, Codable, Equatable {
     }
 }
 
-/// A store whose users can be changed (`portcullis users …`): SQLite and PostgreSQL.
+/// A store whose users can be changed (`portcullis users …`): SQLite and PostgreSQL, both an
+/// ``AccountStore``.
 ///
 /// Every change is one transaction with its audit row and a bump of the store's change counter,
 /// so a running proxy notices it (``refresh()``) and drops cached verifications. With
@@ -178,8 +179,15 @@ public protocol UserAdministration: CredentialStore {
     var realm: String { get }
     /// Where the store is, for messages (a path, or a URL without its password).
     var location: String { get }
-    func add(_ name: String, password: String, groups: [String], cost: Int, digest: Bool, by actor: ChangeActor) throws
-    func setPassword(_ name: String, password: String, cost: Int, digest: Bool, by actor: ChangeActor) throws
+    func add(
+        _ name: String,
+        password: String,
+        groups: [String],
+        cost: Int,
+        digest: Bool,
+        by actor: ChangeActor
+    ) async throws
+    func setPassword(_ name: String, password: String, cost: Int, digest: Bool, by actor: ChangeActor) async throws
     func rotate(
         _ name: String,
         password: String,
@@ -187,37 +195,46 @@ public protocol UserAdministration: CredentialStore {
         cost: Int,
         digest: Bool,
         by actor: ChangeActor
-    ) throws
-    func setDisabled(_ name: String, _ disabled: Bool, by actor: ChangeActor) throws
-    func setExpiry(_ name: String, at date: Date?, by actor: ChangeActor) throws
-    func remove(_ name: String, by actor: ChangeActor) throws
-    func importHtpasswd(_ file: HtpasswdFile, by actor: ChangeActor) throws -> (imported: Int, skipped: [String])
-    func exportHtpasswd() throws -> (lines: [String], skipped: [String])
-    func list() throws -> [UserInfo]
-    func audit() throws -> [AuditEntry]
+    ) async throws
+    func setDisabled(_ name: String, _ disabled: Bool, by actor: ChangeActor) async throws
+    func setExpiry(_ name: String, at date: Date?, by actor: ChangeActor) async throws
+    func remove(_ name: String, by actor: ChangeActor) async throws
+    func importHtpasswd(_ file: HtpasswdFile, by actor: ChangeActor) async throws -> (imported: Int, skipped: [String])
+    func exportHtpasswd() async throws -> (lines: [String], skipped: [String])
+    func list() async throws -> [UserInfo]
+    func audit() async throws -> [AuditEntry]
     /// The audit entry of the last change this instance made (for the JSON-lines audit file).
     var lastAudit: AuditEntry? { get }
     /// Reads the change counter; `true` when the users changed since the last call. Throws
     /// when the store cannot be reached.
-    @discardableResult func refresh() throws -> Bool
-    var userCount: Int { get }
+    @discardableResult func refresh() async throws -> Bool
+    /// The users of the realm.
+    var userCount: Int { get async throws }
 }
 
 extension UserAdministration {
-    public func add(_ name: String, password: String, groups: [String] = [], cost: Int = 10, by actor: ChangeActor)
-        throws
-    {
-        try self.add(name, password: password, groups: groups, cost: cost, digest: false, by: actor)
+    public func add(
+        _ name: String,
+        password: String,
+        groups: [String] = [],
+        cost: Int = 10,
+        by actor: ChangeActor
+    ) async throws {
+        try await self.add(name, password: password, groups: groups, cost: cost, digest: false, by: actor)
     }
 
-    public func setPassword(_ name: String, password: String, cost: Int = 10, by actor: ChangeActor) throws {
-        try self.setPassword(name, password: password, cost: cost, digest: false, by: actor)
+    public func setPassword(_ name: String, password: String, cost: Int = 10, by actor: ChangeActor) async throws {
+        try await self.setPassword(name, password: password, cost: cost, digest: false, by: actor)
     }
 
-    public func rotate(_ name: String, password: String, grace: TimeInterval, cost: Int = 10, by actor: ChangeActor)
-        throws
-    {
-        try self.rotate(name, password: password, grace: grace, cost: cost, digest: false, by: actor)
+    public func rotate(
+        _ name: String,
+        password: String,
+        grace: TimeInterval,
+        cost: Int = 10,
+        by actor: ChangeActor
+    ) async throws {
+        try await self.rotate(name, password: password, grace: grace, cost: cost, digest: false, by: actor)
     }
 }
 

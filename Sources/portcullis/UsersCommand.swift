@@ -5,7 +5,7 @@ import PortcullisServer
 import PortcullisStores
 
 /// `portcullis users …`: manage the users of a writable store (the embedded database by default).
-struct UsersCommand: ParsableCommand {
+struct UsersCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "users",
         abstract: "Add, rotate, disable, expire, list, import and export users.",
@@ -40,7 +40,7 @@ struct UsersCommand: ParsableCommand {
         @Flag(name: .long, help: "Print results as JSON.")
         var json = false
 
-        func open(creating: Bool = false) throws -> any UserAdministration {
+        func open(creating: Bool = false) async throws -> any UserAdministration {
             let path: String
             if let store {
                 let location: StoreLocation
@@ -53,7 +53,7 @@ struct UsersCommand: ParsableCommand {
                 case .sqlite(let p), .embedded(let p): path = p
                 case .postgres(let url):
                     do {
-                        return try PostgresStore(url: url, realm: self.realm)
+                        return try await PostgresStore(url: url, realm: self.realm)
                     } catch let error as StoreError {
                         throw Failure(error.message)
                     }
@@ -86,16 +86,16 @@ struct UsersCommand: ParsableCommand {
                 if fd >= 0 { close(fd) }
             }
             do {
-                return try SQLiteStore(path: path, realm: self.realm)
+                return try await SQLiteStore(path: path, realm: self.realm)
             } catch let error as StoreError {
                 throw Failure(error.message)
             }
         }
 
         /// Runs one change, then appends its audit entry to --audit-log.
-        func change(_ store: any UserAdministration, _ body: () throws -> Void) throws {
+        func change(_ store: any UserAdministration, _ body: () async throws -> Void) async throws {
             do {
-                try body()
+                try await body()
             } catch let error as StoreError {
                 throw Failure(error.message)
             }
@@ -168,29 +168,29 @@ struct UsersCommand: ParsableCommand {
     }
 
     /// Runs a subcommand body: a failure is one line on stderr and exit code 1, store untouched.
-    static func run(_ body: () throws -> Void) throws {
+    static func run(_ body: () async throws -> Void) async throws {
         do {
-            try body()
+            try await body()
         } catch let failure as Failure {
             FileHandle.standardError.write(Data("portcullis users: \(failure.description)\n".utf8))
             throw ExitCode(1)
         }
     }
 
-    struct Add: ParsableCommand {
+    struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Add a user.")
         @Argument var name: String
         @Option(name: .long, help: ArgumentHelp("Comma-separated groups.", valueName: "list")) var groups: String?
         @OptionGroup var storeOptions: StoreOptions
         @OptionGroup var passwordOptions: PasswordOptions
 
-        func run() throws {
-            try UsersCommand.run {
-                let store = try self.storeOptions.open(creating: true)
+        func run() async throws {
+            try await UsersCommand.run {
+                let store = try await self.storeOptions.open(creating: true)
                 let (password, generated) = try self.passwordOptions.password()
                 let groups = self.groups?.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } ?? []
-                try self.storeOptions.change(store) {
-                    try store.add(
+                try await self.storeOptions.change(store) {
+                    try await store.add(
                         self.name,
                         password: password,
                         groups: groups,
@@ -210,7 +210,7 @@ struct UsersCommand: ParsableCommand {
         }
     }
 
-    struct Passwd: ParsableCommand {
+    struct Passwd: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Set a new password at once (the old one stops working)."
         )
@@ -218,12 +218,12 @@ struct UsersCommand: ParsableCommand {
         @OptionGroup var storeOptions: StoreOptions
         @OptionGroup var passwordOptions: PasswordOptions
 
-        func run() throws {
-            try UsersCommand.run {
-                let store = try self.storeOptions.open()
+        func run() async throws {
+            try await UsersCommand.run {
+                let store = try await self.storeOptions.open()
                 let (password, generated) = try self.passwordOptions.password()
-                try self.storeOptions.change(store) {
-                    try store.setPassword(
+                try await self.storeOptions.change(store) {
+                    try await store.setPassword(
                         self.name,
                         password: password,
                         cost: self.passwordOptions.cost,
@@ -243,7 +243,7 @@ struct UsersCommand: ParsableCommand {
         }
     }
 
-    struct Rotate: ParsableCommand {
+    struct Rotate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "A new secret; the old one keeps working until the grace period ends.",
             discussion: "The new secret is printed once, alone on its line (or as JSON with --json)."
@@ -257,15 +257,15 @@ struct UsersCommand: ParsableCommand {
         @OptionGroup var storeOptions: StoreOptions
         @OptionGroup var passwordOptions: PasswordOptions
 
-        func run() throws {
-            try UsersCommand.run {
+        func run() async throws {
+            try await UsersCommand.run {
                 guard let seconds = UsersCommand.duration(self.grace) else {
                     throw Failure("--grace: '\(self.grace)' is not a duration like 90s, 15m, 2h or 1d")
                 }
-                let store = try self.storeOptions.open()
+                let store = try await self.storeOptions.open()
                 let (password, _) = try self.passwordOptions.password()
-                try self.storeOptions.change(store) {
-                    try store.rotate(
+                try await self.storeOptions.change(store) {
+                    try await store.rotate(
                         self.name,
                         password: password,
                         grace: seconds,
@@ -290,43 +290,45 @@ struct UsersCommand: ParsableCommand {
         }
     }
 
-    struct Disable: ParsableCommand {
+    struct Disable: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Stop a user's logins (reversible with enable).")
         @Argument var name: String
         @OptionGroup var storeOptions: StoreOptions
 
-        func run() throws {
-            try UsersCommand.run {
-                let store = try self.storeOptions.open()
-                try self.storeOptions.change(store) { try store.setDisabled(self.name, true, by: .current) }
+        func run() async throws {
+            try await UsersCommand.run {
+                let store = try await self.storeOptions.open()
+                try await self.storeOptions.change(store) { try await store.setDisabled(self.name, true, by: .current) }
                 self.storeOptions.report(["action": "disable", "user": self.name], human: "disabled \(self.name)")
             }
         }
     }
 
-    struct Enable: ParsableCommand {
+    struct Enable: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Let a disabled user log in again.")
         @Argument var name: String
         @OptionGroup var storeOptions: StoreOptions
 
-        func run() throws {
-            try UsersCommand.run {
-                let store = try self.storeOptions.open()
-                try self.storeOptions.change(store) { try store.setDisabled(self.name, false, by: .current) }
+        func run() async throws {
+            try await UsersCommand.run {
+                let store = try await self.storeOptions.open()
+                try await self.storeOptions.change(store) {
+                    try await store.setDisabled(self.name, false, by: .current)
+                }
                 self.storeOptions.report(["action": "enable", "user": self.name], human: "enabled \(self.name)")
             }
         }
     }
 
-    struct Expire: ParsableCommand {
+    struct Expire: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Set when a user's credential stops working.")
         @Argument var name: String
         @Option(name: .long, help: ArgumentHelp("ISO 8601 time (2026-12-31T23:59:59Z), or never.", valueName: "time"))
         var at: String
         @OptionGroup var storeOptions: StoreOptions
 
-        func run() throws {
-            try UsersCommand.run {
+        func run() async throws {
+            try await UsersCommand.run {
                 var date: Date?
                 if self.at.lowercased() != "never" {
                     guard let parsed = UsersCommand.iso8601(self.at) else {
@@ -334,8 +336,10 @@ struct UsersCommand: ParsableCommand {
                     }
                     date = parsed
                 }
-                let store = try self.storeOptions.open()
-                try self.storeOptions.change(store) { try store.setExpiry(self.name, at: date, by: .current) }
+                let store = try await self.storeOptions.open()
+                try await self.storeOptions.change(store) {
+                    try await store.setExpiry(self.name, at: date, by: .current)
+                }
                 let when = date.map { ISO8601DateFormatter().string(from: $0) } ?? "never"
                 self.storeOptions.report(
                     ["action": "expire", "user": self.name, "expires_at": when],
@@ -345,31 +349,31 @@ struct UsersCommand: ParsableCommand {
         }
     }
 
-    struct Remove: ParsableCommand {
+    struct Remove: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Delete a user.")
         @Argument var name: String
         @OptionGroup var storeOptions: StoreOptions
 
-        func run() throws {
-            try UsersCommand.run {
-                let store = try self.storeOptions.open()
-                try self.storeOptions.change(store) { try store.remove(self.name, by: .current) }
+        func run() async throws {
+            try await UsersCommand.run {
+                let store = try await self.storeOptions.open()
+                try await self.storeOptions.change(store) { try await store.remove(self.name, by: .current) }
                 self.storeOptions.report(["action": "remove", "user": self.name], human: "removed \(self.name)")
             }
         }
     }
 
-    struct List: ParsableCommand {
+    struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Users with their state, expiry and last login (never a hash)."
         )
         @OptionGroup var storeOptions: StoreOptions
 
-        func run() throws {
-            try UsersCommand.run {
-                let store = try self.storeOptions.open()
+        func run() async throws {
+            try await UsersCommand.run {
+                let store = try await self.storeOptions.open()
                 let users: [UserInfo]
-                do { users = try store.list() } catch let error as StoreError { throw Failure(error.message) }
+                do { users = try await store.list() } catch let error as StoreError { throw Failure(error.message) }
                 if self.storeOptions.json {
                     let encoder = JSONEncoder()
                     encoder.dateEncodingStrategy = .iso8601
@@ -398,22 +402,24 @@ struct UsersCommand: ParsableCommand {
         }
     }
 
-    struct Import: ParsableCommand {
+    struct Import: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Copy users from an Apache htpasswd file (existing users are kept)."
         )
         @Option(name: .long, help: ArgumentHelp("The htpasswd file.", valueName: "file")) var htpasswd: String
         @OptionGroup var storeOptions: StoreOptions
 
-        func run() throws {
-            try UsersCommand.run {
+        func run() async throws {
+            try await UsersCommand.run {
                 let file: HtpasswdFile
                 do { file = try HtpasswdFile.load(path: self.htpasswd) } catch let error as StoreError {
                     throw Failure(error.message)
                 }
-                let store = try self.storeOptions.open(creating: true)
+                let store = try await self.storeOptions.open(creating: true)
                 var result: (imported: Int, skipped: [String]) = (0, [])
-                try self.storeOptions.change(store) { result = try store.importHtpasswd(file, by: .current) }
+                try await self.storeOptions.change(store) {
+                    result = try await store.importHtpasswd(file, by: .current)
+                }
                 self.storeOptions.report(
                     [
                         "action": "import", "imported": "\(result.imported)",
@@ -427,18 +433,18 @@ struct UsersCommand: ParsableCommand {
         }
     }
 
-    struct Export: ParsableCommand {
+    struct Export: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Print the users as an htpasswd file (bcrypt hashes only)."
         )
         @Flag(name: .long, help: "htpasswd format (the only one).") var htpasswd = false
         @OptionGroup var storeOptions: StoreOptions
 
-        func run() throws {
-            try UsersCommand.run {
+        func run() async throws {
+            try await UsersCommand.run {
                 guard self.htpasswd else { throw Failure("say which format: --htpasswd") }
-                let store = try self.storeOptions.open()
-                let (lines, skipped) = try store.exportHtpasswd()
+                let store = try await self.storeOptions.open()
+                let (lines, skipped) = try await store.exportHtpasswd()
                 for line in lines { print(line) }
                 if !skipped.isEmpty {
                     FileHandle.standardError.write(

@@ -6,20 +6,36 @@ import Testing
 
 @testable import PortcullisStores
 
-/// A store that counts calls and can change generation, to observe the cache.
-final class CountingStore: CredentialStore, @unchecked Sendable {
+/// A store that counts calls and can change generation, to observe the cache. Its answers
+/// wait until the test opens its gate.
+final class CountingStore: CredentialStore {
     let calls = NIOLockedValueBox(0)
     let gen = NIOLockedValueBox<UInt64>(1)
-    let gateOpen = ConditionLock(value: 0)
+    private let gate = NIOLockedValueBox<(open: Bool, waiting: [CheckedContinuation<Void, Never>])>((false, []))
 
-    func verify(user: String, password: String) -> VerificationOutcome {
+    func verify(user: String, password: String) async -> VerificationOutcome {
         self.calls.withLockedValue { $0 += 1 }
-        self.gateOpen.lock(whenValue: 1)
-        self.gateOpen.unlock()
+        await withCheckedContinuation { continuation in
+            let open = self.gate.withLockedValue { gate in
+                if !gate.open { gate.waiting.append(continuation) }
+                return gate.open
+            }
+            if open { continuation.resume() }
+        }
         return password == "right" ? .accepted(user: user) : .rejected(.invalid)
     }
 
     var generation: UInt64 { self.gen.withLockedValue { $0 } }
+
+    /// Lets every waiting and later call answer.
+    func openGate() {
+        let waiting = self.gate.withLockedValue { gate in
+            gate.open = true
+            defer { gate.waiting = [] }
+            return gate.waiting
+        }
+        for continuation in waiting { continuation.resume() }
+    }
 }
 
 @Suite struct CredentialVerifierTests {
@@ -27,26 +43,21 @@ final class CountingStore: CredentialStore, @unchecked Sendable {
         ttl: TimeAmount = .minutes(5),
         _ body: (CredentialVerifier, CountingStore, any EventLoop) async throws -> Void
     ) async throws {
-        let pool = NIOThreadPool(numberOfThreads: 2)
-        pool.start()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let store = CountingStore()
-        let verifier = CredentialVerifier(store: store, threadPool: pool, configuration: .init(ttl: ttl))
+        let verifier = CredentialVerifier(store: store, configuration: .init(ttl: ttl))
         do {
             try await body(verifier, store, group.next())
         } catch {
             try await group.shutdownGracefully()
-            try await pool.shutdownGracefully()
             throw error
         }
         try await group.shutdownGracefully()
-        try await pool.shutdownGracefully()
     }
 
     @Test func successIsCachedAndFailureIsNot() async throws {
         try await withVerifier { verifier, store, loop in
-            store.gateOpen.lock()
-            store.gateOpen.unlock(withValue: 1)
+            store.openGate()
             let good = verifier.cacheKey(forFieldValue: "Basic good")
             let bad = verifier.cacheKey(forFieldValue: "Basic bad")
             #expect(verifier.cachedUser(for: good) == nil)
@@ -61,8 +72,7 @@ final class CountingStore: CredentialStore, @unchecked Sendable {
 
     @Test func aStoreChangeInvalidatesTheCache() async throws {
         try await withVerifier { verifier, store, loop in
-            store.gateOpen.lock()
-            store.gateOpen.unlock(withValue: 1)
+            store.openGate()
             let key = verifier.cacheKey(forFieldValue: "Basic x")
             _ = try await verifier.verify(.init(user: "u", password: "right"), key: key, on: loop).get()
             #expect(verifier.cachedUser(for: key) == "u")
@@ -73,8 +83,7 @@ final class CountingStore: CredentialStore, @unchecked Sendable {
 
     @Test func anExpiredEntryIsNotUsed() async throws {
         try await withVerifier(ttl: .seconds(30)) { verifier, store, loop in
-            store.gateOpen.lock()
-            store.gateOpen.unlock(withValue: 1)
+            store.openGate()
             let key = verifier.cacheKey(forFieldValue: "Basic x")
             _ = try await verifier.verify(.init(user: "u", password: "right"), key: key, on: loop).get()
             #expect(verifier.cachedUser(for: key, now: .now() + .seconds(31)) == nil)
@@ -88,8 +97,7 @@ final class CountingStore: CredentialStore, @unchecked Sendable {
             let futures = (0..<10).map { _ in
                 verifier.verify(.init(user: "u", password: "right"), key: key, on: loop)
             }
-            store.gateOpen.lock()
-            store.gateOpen.unlock(withValue: 1)
+            store.openGate()
             for future in futures {
                 let outcome = try await future.get()
                 #expect(outcome == .accepted(user: "u"))
@@ -99,8 +107,7 @@ final class CountingStore: CredentialStore, @unchecked Sendable {
     }
 
     @Test func keysDifferPerValueAndAreStable() {
-        let pool = NIOThreadPool(numberOfThreads: 1)
-        let verifier = CredentialVerifier(store: CountingStore(), threadPool: pool)
+        let verifier = CredentialVerifier(store: CountingStore())
         #expect(verifier.cacheKey(forFieldValue: "a") == verifier.cacheKey(forFieldValue: "a"))
         #expect(verifier.cacheKey(forFieldValue: "a") != verifier.cacheKey(forFieldValue: "b"))
     }

@@ -27,7 +27,7 @@ import Testing
         #expect(file.problems.count == 1)
     }
 
-    @Test func storeRejectsUnknownUsersAndReloadsOnChange() throws {
+    @Test func storeRejectsUnknownUsersAndReloadsOnChange() async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("htpasswd-\(UUID())")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -35,17 +35,17 @@ import Testing
         try "alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n".write(toFile: path, atomically: true, encoding: .utf8)
 
         let store = try HtpasswdStore(path: path)
-        #expect(store.verify(user: "alice", password: "secret") == .accepted(user: "alice"))
-        #expect(store.verify(user: "alice", password: "wrong") == .rejected(.invalid))
-        #expect(store.verify(user: "mallory", password: "secret") == .rejected(.invalid))
+        #expect(await store.verify(user: "alice", password: "secret") == .accepted(user: "alice"))
+        #expect(await store.verify(user: "alice", password: "wrong") == .rejected(.invalid))
+        #expect(await store.verify(user: "mallory", password: "secret") == .rejected(.invalid))
         #expect(try store.reloadIfChanged() == nil)
 
         let before = store.generation
         try "bob:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n".write(toFile: path, atomically: true, encoding: .utf8)
         #expect(try store.reloadIfChanged() != nil)
         #expect(store.generation == before + 1)
-        #expect(store.verify(user: "alice", password: "secret") == .rejected(.invalid))
-        #expect(store.verify(user: "bob", password: "secret") == .accepted(user: "bob"))
+        #expect(await store.verify(user: "alice", password: "secret") == .rejected(.invalid))
+        #expect(await store.verify(user: "bob", password: "secret") == .accepted(user: "bob"))
     }
 
     @Test func missingFileIsAClearError() {

@@ -26,36 +26,81 @@ import PortcullisStores
 /// channel asks for the next one as `autoRead` does, and `close(mode: .output)` shuts only the
 /// output (the lingering close), as a TCP socket's does.
 package final class ConnectionHarness {
-    /// Blocking work queued until ``completeAll()``: the stand-in for the verifier's thread pool.
-    package final class DeferredWork: BlockingWork {
-        private let queue = NIOLockedValueBox<[@Sendable () -> Void]>([])
+    /// Store calls queued until ``completeAll()``: the stand-in for the verifier's tasks.
+    ///
+    /// A call is started only by ``completeAll()``, as a task whose executor is this queue (a
+    /// task executor preference), so the whole call runs there, on the caller's thread and in
+    /// order — the stand-in store never suspends on anything else. What it does is as
+    /// deterministic as the rest of the harness.
+    package final class DeferredWork: StoreWork, @unchecked Sendable {
+        private enum Item {
+            case start(@Sendable () -> Void)
+            case job(UnownedJob)
+        }
+
+        // @unchecked: `UnownedJob` is not Sendable; a job only ever runs once, taken out under the lock.
+        private let queue = NIOLockedValueBox<[Item]>([])
 
         package init() {}
 
         package func run<Value: Sendable>(
             on eventLoop: any EventLoop,
-            _ body: @escaping @Sendable () throws -> Value
+            _ body: @escaping @Sendable () async -> Value
         ) -> EventLoopFuture<Value> {
             let promise = eventLoop.makePromise(of: Value.self)
-            self.queue.withLockedValue { $0.append { promise.completeWith(Result { try body() }) } }
+            self.enqueue(.start { self.startTask { promise.succeed(await body()) } })
             return promise.futureResult
         }
 
-        package func runDetached(_ body: @escaping @Sendable () -> Void) {
-            self.queue.withLockedValue { $0.append(body) }
+        package func runDetached(_ body: @escaping @Sendable () async -> Void) {
+            self.enqueue(.start { self.startTask(body) })
         }
 
-        package var pending: Int { self.queue.withLockedValue { $0.count } }
+        /// Store calls not started yet.
+        package var pending: Int {
+            self.queue.withLockedValue { queue in
+                queue.count(where: { if case .start = $0 { true } else { false } })
+            }
+        }
 
-        /// Runs every queued job, oldest first, and those they queue in turn.
+        /// Runs every queued call to its end, oldest first, and those they queue in turn.
         package func completeAll() {
             while true {
-                let jobs = self.queue.withLockedValue { queue -> [@Sendable () -> Void] in
+                let items = self.queue.withLockedValue { queue -> [Item] in
                     defer { queue.removeAll() }
                     return queue
                 }
-                if jobs.isEmpty { return }
-                for job in jobs { job() }
+                if items.isEmpty { return }
+                for item in items {
+                    switch item {
+                    case .start(let start): start()
+                    case .job(let job): self.runJob(job)
+                    }
+                }
+            }
+        }
+
+        private func enqueue(_ item: Item) {
+            self.queue.withLockedValue { $0.append(item) }
+        }
+
+        private func startTask(_ body: @escaping @Sendable () async -> Void) {
+            if #available(macOS 15, *) {
+                Task(executorPreference: self) { await body() }
+            } else {
+                // No task executors before macOS 15: the call runs on the global executor and
+                // finishes whenever it does (Linux, where the harness runs, has them).
+                Task { await body() }
+            }
+        }
+
+        fileprivate func enqueueJob(_ job: UnownedJob) {
+            self.enqueue(.job(job))
+        }
+
+        private func runJob(_ job: UnownedJob) {
+            if #available(macOS 15, *) {
+                job.runSynchronously(on: self.asUnownedTaskExecutor())
             }
         }
     }
@@ -63,20 +108,20 @@ package final class ConnectionHarness {
     /// One user, `alice:secret`, compared in constant time, with Digest secrets for the realm
     /// `Portcullis` (by name or by user hash).
     final class OneUserStore: CredentialStore {
-        func verify(user: String, password: String) -> VerificationOutcome {
+        func verify(user: String, password: String) async -> VerificationOutcome {
             let userOK = ConstantTime.equal(user, "alice")
             let passwordOK = ConstantTime.equal(password, "secret")
             return userOK && passwordOK ? .accepted(user: "alice") : .rejected(.invalid)
         }
         var generation: UInt64 { 1 }
-        func digestSecrets(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) -> DigestLookup {
+        func digestSecrets(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) async -> DigestLookup {
             let algorithm = DigestAlgorithm(hash: hash)
             let alice = isUserhash ? algorithm.hex("alice:Portcullis") : "alice"
             guard ConstantTime.equal(name, alice) else { return .unknownUser }
             return .found(DigestSecrets(user: "alice", ha1: algorithm.hex("alice:Portcullis:secret")))
         }
-        func nonceKey() -> [UInt8]? { nil }
-        func noteLogin(_ user: String, at date: Date) {}
+        func nonceKey() async -> [UInt8]? { nil }
+        func noteLogin(_ user: String, at date: Date) async {}
     }
 
     /// The wall clock of the Digest nonces (milliseconds since 1970), moved by
@@ -332,5 +377,13 @@ package final class ConnectionHarness {
 
     func adopt(_ origin: Origin) {
         self.origins.append(origin)
+    }
+}
+
+/// The task executor of its calls: their jobs wait in the queue until ``completeAll()``.
+@available(macOS 15, *)
+extension ConnectionHarness.DeferredWork: TaskExecutor {
+    package func enqueue(_ job: consuming ExecutorJob) {
+        self.enqueueJob(UnownedJob(job))
     }
 }

@@ -1,10 +1,11 @@
 import NIOCore
 import PortcullisStores
 
-// Carries out what the 407 gate (``GateStateMachine``) decides for each request: runs the
-// password checks and secrets lookups it asks for on the thread pool, waits out its delays,
-// hands it their completions, and ends each request in exactly one of
-// ``ProxyConnectionHandler/gateAllowed(_:)`` or ``ProxyConnectionHandler/gateRefused(_:close:)``.
+// Carries out what the 407 gate (``GateStateMachine``) decides for each request: starts the
+// password checks and secrets lookups it asks for off the event loop (the verifier's store
+// calls, answered back on this loop), waits out its delays, hands it their completions, and
+// ends each request in exactly one of ``ProxyConnectionHandler/gateAllowed(_:)`` or
+// ``ProxyConnectionHandler/gateRefused(_:close:)``.
 extension ProxyConnectionHandler {
     /// The request's target is parsed: through the gate.
     func startGate(_ exchange: ProxyExchange, target: RequestTarget) {

@@ -1,0 +1,246 @@
+import Foundation
+import NIOConcurrencyHelpers
+import PortcullisAuth
+import PortcullisStores
+import Testing
+
+/// The contract of a user database, written once and run against every ``StoreKind``: SQLite
+/// and PostgreSQL must behave alike.
+@Suite struct AccountStoreTests {
+    private let actor = ChangeActor(name: "tester", host: "test-host")
+
+    @Test(arguments: StoreKind.available)
+    func addVerifyAndUnknownUsers(_ kind: StoreKind) async throws {
+        try await kind.withStore { f in
+            let store = f.store
+            try await store.add("alice", password: "right", cost: 4, by: actor)
+            #expect(await store.verify(user: "alice", password: "right") == .accepted(user: "alice", validFor: nil))
+            #expect(await store.verify(user: "alice", password: "wrong") == .rejected(.invalid))
+            #expect(await store.verify(user: "mallory", password: "right") == .rejected(.invalid))
+            await #expect(throws: StoreError("user alice already exists")) {
+                try await store.add("alice", password: "x", cost: 4, by: actor)
+            }
+            await #expect(throws: StoreError.self) {
+                try await store.add("bad:name", password: "x", cost: 4, by: actor)
+            }
+            await #expect(throws: StoreError("no user bob")) { try await store.remove("bob", by: actor) }
+            #expect(try await store.userCount == 1)
+            #expect(try await store.list().first?.lastLoginAt == f.clock.now, "a login is recorded")
+        }
+    }
+
+    @Test(arguments: StoreKind.available)
+    func usersAreUniquePerRealmNotPerDatabase(_ kind: StoreKind) async throws {
+        try await kind.withStore { f in
+            let other = try await f.open("Other")
+            try await f.store.add("same", password: "in-r", cost: 4, by: actor)
+            try await other.add("same", password: "in-other", cost: 4, by: actor)
+            #expect(await f.store.verify(user: "same", password: "in-other") == .rejected(.invalid))
+            #expect(await other.verify(user: "same", password: "in-other") == .accepted(user: "same", validFor: nil))
+            #expect(try await other.list().map(\.realm) == ["Other"])
+        }
+    }
+
+    @Test(arguments: StoreKind.available)
+    func digestSecretsOnlyForEnrolledUsersAndFollowEveryPasswordChange(_ kind: StoreKind) async throws {
+        try await kind.withStore { f in
+            let (store, clock) = (f.store, f.clock)
+            let md5 = DigestAlgorithm(hash: .md5)
+            let sha256 = DigestAlgorithm(hash: .sha256)
+            try await store.add("plain", password: "pw", cost: 4, by: actor)
+            try await store.add("dig", password: "one", groups: [], cost: 4, digest: true, by: actor)
+            #expect(
+                await store.digestSecrets(name: "plain", isUserhash: false, hash: .md5) == .notEnrolled(user: "plain")
+            )
+            #expect(await store.digestSecrets(name: "nobody", isUserhash: false, hash: .md5) == .unknownUser)
+            let secrets = try #require(
+                await Self.found(store.digestSecrets(name: "dig", isUserhash: false, hash: .sha256))
+            )
+            #expect(secrets.ha1 == sha256.hex("dig:R:one") && secrets.previousHA1 == nil)
+            // RFC 7616 §3.4.4: looked up by H(user:realm), in either case of hex.
+            let userhash = md5.hex("dig:R").uppercased()
+            let byHash = try #require(
+                await Self.found(store.digestSecrets(name: userhash, isUserhash: true, hash: .md5))
+            )
+            #expect(byHash.user == "dig" && byHash.ha1 == md5.hex("dig:R:one"))
+            // An enrolled user stays enrolled: the old password must not live on through Digest.
+            try await store.setPassword("dig", password: "two", cost: 4, by: actor)
+            let changed = try #require(
+                await Self.found(store.digestSecrets(name: "dig", isUserhash: false, hash: .md5))
+            )
+            #expect(changed.ha1 == md5.hex("dig:R:two") && changed.previousHA1 == nil)
+            try await store.rotate("dig", password: "three", grace: 60, cost: 4, by: actor)
+            let rotated = try #require(
+                await Self.found(store.digestSecrets(name: "dig", isUserhash: false, hash: .md5))
+            )
+            #expect(rotated.ha1 == md5.hex("dig:R:three") && rotated.previousHA1 == md5.hex("dig:R:two"))
+            #expect(
+                rotated.standing.outcome(user: "dig", matchedCurrent: false, now: clock.now)
+                    == .accepted(user: "dig", validFor: 60)
+            )
+            clock.advance(61)
+            #expect(
+                rotated.standing.outcome(user: "dig", matchedCurrent: false, now: clock.now) == .rejected(.rotatedOut)
+            )
+            // A password change of a user who never enrolled enrols nobody.
+            try await store.setPassword("plain", password: "pw2", cost: 4, by: actor)
+            #expect(
+                await store.digestSecrets(name: "plain", isUserhash: false, hash: .md5) == .notEnrolled(user: "plain")
+            )
+            try await store.setDisabled("dig", true, by: actor)
+            let disabled = try #require(
+                await Self.found(store.digestSecrets(name: "dig", isUserhash: false, hash: .md5))
+            )
+            #expect(
+                disabled.standing.outcome(user: "dig", matchedCurrent: true, now: clock.now) == .rejected(.disabled)
+            )
+            #expect(try await store.list().map(\.digest) == [true, false])
+            try await store.remove("dig", by: actor)
+            #expect(await store.digestSecrets(name: userhash, isUserhash: true, hash: .md5) == .unknownUser)
+            #expect(try await !f.everything().contains(md5.hex("dig:R:three")), "HA1 rows outlived the user")
+        }
+    }
+
+    @Test(arguments: StoreKind.available)
+    func oneNonceKeyForEveryInstanceEvenWhenTheyStartTogether(_ kind: StoreKind) async throws {
+        try await kind.withStore { f in
+            var others: [any UserAdministration] = []
+            for _ in 0..<3 { others.append(try await f.open("R")) }
+            let keys = await withTaskGroup(of: [UInt8]?.self) { group in
+                for other in others { group.addTask { await other.nonceKey() } }
+                return await group.reduce(into: []) { $0.append($1) }
+            }
+            let key = await f.store.nonceKey()
+            #expect(key?.count == 32)
+            #expect(keys.count == 3 && keys.allSatisfy { $0 == key })
+        }
+    }
+
+    @Test(arguments: StoreKind.available)
+    func rotationKeepsTheOldSecretForTheGraceOnly(_ kind: StoreKind) async throws {
+        try await kind.withStore { f in
+            let (store, clock) = (f.store, f.clock)
+            try await store.add("ci", password: "old", cost: 4, by: actor)
+            try await store.rotate("ci", password: "new", grace: 900, cost: 4, by: actor)
+            #expect(await store.verify(user: "ci", password: "new") == .accepted(user: "ci", validFor: nil))
+            #expect(await store.verify(user: "ci", password: "old") == .accepted(user: "ci", validFor: 900))
+            #expect(try await store.list().first?.state == "rotating")
+            clock.advance(899)
+            #expect(await store.verify(user: "ci", password: "old") == .accepted(user: "ci", validFor: 1))
+            clock.advance(2)
+            #expect(await store.verify(user: "ci", password: "old") == .rejected(.rotatedOut))
+            #expect(await store.verify(user: "ci", password: "neither") == .rejected(.invalid))
+            #expect(try await store.list().first?.state == "active")
+            // A password change ends the grace at once.
+            try await store.rotate("ci", password: "newer", grace: 900, cost: 4, by: actor)
+            try await store.setPassword("ci", password: "newest", cost: 4, by: actor)
+            #expect(await store.verify(user: "ci", password: "newer") == .rejected(.invalid))
+        }
+    }
+
+    @Test(arguments: StoreKind.available)
+    func expiryAndDisableAreReasonsOnlyForTheRightPassword(_ kind: StoreKind) async throws {
+        try await kind.withStore { f in
+            let (store, clock) = (f.store, f.clock)
+            try await store.add("u", password: "pw", cost: 4, by: actor)
+            try await store.setExpiry("u", at: clock.now.addingTimeInterval(60), by: actor)
+            #expect(await store.verify(user: "u", password: "pw") == .accepted(user: "u", validFor: 60))
+            clock.advance(61)
+            #expect(await store.verify(user: "u", password: "pw") == .rejected(.expired))
+            #expect(await store.verify(user: "u", password: "guess") == .rejected(.invalid))
+            #expect(try await store.list().first?.state == "expired")
+            try await store.setExpiry("u", at: nil, by: actor)
+            try await store.setDisabled("u", true, by: actor)
+            #expect(await store.verify(user: "u", password: "pw") == .rejected(.disabled))
+            #expect(await store.verify(user: "u", password: "guess") == .rejected(.invalid))
+            #expect(try await store.list().first?.state == "disabled")
+            try await store.setDisabled("u", false, by: actor)
+            #expect(await store.verify(user: "u", password: "pw") == .accepted(user: "u", validFor: nil))
+        }
+    }
+
+    @Test(arguments: StoreKind.available)
+    func everyChangeIsAuditedWithoutSecretsAndMovesTheGeneration(_ kind: StoreKind) async throws {
+        try await kind.withStore { f in
+            let store = f.store
+            let before = store.generation
+            try await store.add("a", password: "s3cret-one", groups: ["ops"], cost: 4, digest: true, by: actor)
+            try await store.setPassword("a", password: "s3cret-two", cost: 4, by: actor)
+            #expect(try await !f.everything().contains("s3cret"), "a password is in the database")
+            try await store.remove("a", by: actor)
+            #expect(store.generation > before)
+            let audit = try await store.audit()
+            #expect(audit.map(\.action) == ["add", "passwd", "remove"])
+            #expect(audit.first?.detail == "groups=ops digest")
+            #expect(audit.allSatisfy { $0.actor == "tester" && $0.host == "test-host" && $0.realm == "R" })
+            #expect(store.lastAudit?.action == "remove")
+            // A refused change leaves no trace.
+            let generation = store.generation
+            await #expect(throws: StoreError.self) { try await store.setDisabled("a", true, by: actor) }
+            #expect(try await store.audit().count == 3)
+            #expect(try await !store.refresh() && store.generation == generation)
+            #expect(try await !f.everything().contains("s3cret"), "a password is in the database")
+        }
+    }
+
+    @Test(arguments: StoreKind.available)
+    func anotherInstancesChangeIsNoticedOnRefresh(_ kind: StoreKind) async throws {
+        try await kind.withStore { f in
+            let store = f.store
+            let other = try await f.open("R")
+            let generation = store.generation
+            try await other.add("z", password: "p", cost: 4, by: actor)
+            #expect(store.generation == generation)
+            #expect(try await store.refresh())
+            #expect(store.generation > generation)
+            #expect(try await !store.refresh())
+            #expect(await store.verify(user: "z", password: "p") == .accepted(user: "z", validFor: nil))
+        }
+    }
+
+    @Test(arguments: StoreKind.available)
+    func importAndExportHtpasswd(_ kind: StoreKind) async throws {
+        try await kind.withStore { f in
+            let store = f.store
+            try await store.add("kept", password: "p", cost: 4, by: actor)
+            let bcrypt = try PasswordHash.bcrypt("pw", cost: 4).encoded
+            let file = HtpasswdFile(contents: "kept:\(bcrypt)\nnew:\(bcrypt)\nsha:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n")
+            let result = try await store.importHtpasswd(file, by: actor)
+            #expect(result.imported == 2 && result.skipped == ["kept"])
+            #expect(await store.verify(user: "new", password: "pw") == .accepted(user: "new", validFor: nil))
+            let exported = try await store.exportHtpasswd()
+            #expect(exported.lines.map { $0.prefix(while: { $0 != ":" }) } == ["kept", "new"])
+            #expect(exported.skipped == ["sha"])
+        }
+    }
+
+    @Test(arguments: StoreKind.available)
+    func instancesStartingTogetherOnAnEmptyDatabaseAllSucceed(_ kind: StoreKind) async throws {
+        try await kind.withEmptyDatabase { open in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<4 { group.addTask { _ = try await open() } }
+                try await group.waitForAll()
+            }
+            // And once more on the existing tables: nothing to do, nothing fails.
+            _ = try await open()
+        }
+    }
+
+    @Test(arguments: StoreKind.available)
+    func aSchemaNewerThanThisVersionIsRefused(_ kind: StoreKind) async throws {
+        try await kind.withStore { f in
+            try await f.execute("UPDATE schema_version SET version = 99")
+            await #expect(throws: StoreError.self) { _ = try await f.open("R") }
+            do {
+                _ = try await f.open("R")
+            } catch let error as StoreError {
+                #expect(error.message.contains("schema version 99, newer than this portcullis understands"))
+            }
+        }
+    }
+
+    private static func found(_ lookup: DigestLookup) -> DigestSecrets? {
+        guard case .found(let secrets) = lookup else { return nil }
+        return secrets
+    }
+}
