@@ -54,8 +54,7 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
-            ] + nio,
-            swiftSettings: [.swiftLanguageMode(.v5)]
+            ] + nio
         ),
         // The PostgreSQL store in its own target, so postgres-nio stays out of everything else.
         .target(
@@ -65,8 +64,7 @@ let package = Package(
                 "PortcullisAuth",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
-            ] + nio,
-            swiftSettings: [.swiftLanguageMode(.v5)]
+            ] + nio
         ),
         .target(
             name: "PortcullisProxy",
@@ -133,8 +131,7 @@ let package = Package(
             dependencies: [
                 "PortcullisStores", "PortcullisPostgres", "PortcullisAuth",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
-            ] + nio,
-            swiftSettings: [.swiftLanguageMode(.v5)]
+            ] + nio
         ),
         .testTarget(
             name: "PortcullisProxyTests",

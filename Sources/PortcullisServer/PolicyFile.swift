@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import PortcullisAuth
 import PortcullisProxy
 import PortcullisStores
@@ -157,21 +158,20 @@ public enum PolicyFile {
 
 /// Keeps the policy file's rules in force: re-read when the file changes or on SIGHUP; a file
 /// that does not parse is reported and the previous rules stay.
-final class PolicyReloader: @unchecked Sendable {
+final class PolicyReloader: Sendable {
     let path: String
-    private var settling: SettledFileChange<FileIdentity>
-    private let lock = NSLock()
+    private let settling: NIOLockedValueBox<SettledFileChange<FileIdentity>>
 
     init(path: String) {
         self.path = path
-        self.settling = SettledFileChange(current: FileIdentity(path: path))
+        self.settling = NIOLockedValueBox(SettledFileChange(current: FileIdentity(path: path)))
     }
 
     /// The new rules if the file changed and settled (or `force`), `nil` if not; throws for a
     /// bad file.
     func reload(force: Bool) throws -> AccessPolicy? {
         let before = FileIdentity(path: self.path)
-        guard self.lock.withLock({ self.settling.poll(before, force: force) }) else { return nil }
+        guard self.settling.withLockedValue({ $0.poll(before, force: force) }) else { return nil }
         let policy = try PolicyFile.load(path: self.path)
         // Written to while it was read: the text may be half old, half new. The next polls see
         // the new version and read it once it settles.
@@ -185,7 +185,7 @@ final class PolicyReloader: @unchecked Sendable {
 /// When a changed file is read: once it looked the same at two polls in a row. A save that is
 /// not atomic (truncate, then write in pieces) passes through states that may parse — a rule
 /// cut after `action: allow` allows everything — and one poll can land in one of them.
-struct SettledFileChange<Identity: Equatable> {
+struct SettledFileChange<Identity: Equatable & Sendable>: Sendable {
     /// The version last read.
     private(set) var current: Identity?
     /// A version different from `current` seen at the last poll (`.some(nil)`: the file was gone).

@@ -128,6 +128,6 @@ enum LibXCrypt {
     static func gensalt(prefix: String, count: Int) -> String? {
         var output = [CChar](repeating: 0, count: Int(CRYPT_GENSALT_OUTPUT_SIZE))
         guard crypt_gensalt_rn(prefix, UInt(count), nil, 0, &output, Int32(output.count)) != nil else { return nil }
-        return String(cString: output)
+        return output.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
     }
 }
