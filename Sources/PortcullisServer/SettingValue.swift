@@ -52,9 +52,33 @@ extension Option {
     }
 }
 
+/// A number with a range: one check for the command line and the file alike.
+public protocol CheckedNumber: SettingValue {
+    associatedtype Number: Codable & LosslessStringConvertible & Sendable
+    var value: Number { get }
+    /// Throws ``SettingValue/refusal`` when `value` is out of range.
+    init(_ value: Number) throws
+}
+
+extension CheckedNumber {
+    public init(argument: String) throws {
+        guard let value = Number(argument) else { throw Self.refusal }
+        try self.init(value)
+    }
+
+    public init(from decoder: any Decoder) throws {
+        self = try Self.decode(Number.self, from: decoder, Self.init)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(self.value)
+    }
+}
+
 /// A number of seconds: more than 0 and less than a year (a larger one overflows `TimeAmount`'s
 /// nanoseconds soon after).
-public struct Seconds: SettingValue, Hashable {
+public struct Seconds: CheckedNumber, Hashable {
     public let value: Double
     public static let requirement = "a number of seconds > 0 and under a year"
 
@@ -62,24 +86,10 @@ public struct Seconds: SettingValue, Hashable {
         guard value > 0, value < 365 * 24 * 3600 else { throw Self.refusal }
         self.value = value
     }
-
-    public init(argument: String) throws {
-        guard let value = Double(argument) else { throw Self.refusal }
-        try self.init(value)
-    }
-
-    public init(from decoder: any Decoder) throws {
-        self = try Self.decode(Double.self, from: decoder, Self.init)
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        try container.encode(self.value)
-    }
 }
 
 /// A whole number of at least 1 (connections, addresses, failed logins).
-public struct Count: SettingValue, Hashable {
+public struct Count: CheckedNumber, Hashable {
     public let value: Int
     public static let requirement = "a whole number >= 1"
 
@@ -87,24 +97,10 @@ public struct Count: SettingValue, Hashable {
         guard value >= 1 else { throw Self.refusal }
         self.value = value
     }
-
-    public init(argument: String) throws {
-        guard let value = Int(argument) else { throw Self.refusal }
-        try self.init(value)
-    }
-
-    public init(from decoder: any Decoder) throws {
-        self = try Self.decode(Int.self, from: decoder, Self.init)
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        try container.encode(self.value)
-    }
 }
 
 /// A number of bytes, 0 or more.
-public struct ByteCount: SettingValue, Hashable {
+public struct ByteCount: CheckedNumber, Hashable {
     public let value: Int
     public static let requirement = "a number of bytes >= 0"
 
@@ -112,44 +108,16 @@ public struct ByteCount: SettingValue, Hashable {
         guard value >= 0 else { throw Self.refusal }
         self.value = value
     }
-
-    public init(argument: String) throws {
-        guard let value = Int(argument) else { throw Self.refusal }
-        try self.init(value)
-    }
-
-    public init(from decoder: any Decoder) throws {
-        self = try Self.decode(Int.self, from: decoder, Self.init)
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        try container.encode(self.value)
-    }
 }
 
 /// Requests per second: more than 0.
-public struct RequestRate: SettingValue, Hashable {
+public struct RequestRate: CheckedNumber, Hashable {
     public let value: Double
     public static let requirement = "a number of requests per second > 0"
 
     public init(_ value: Double) throws {
         guard value > 0, value.isFinite else { throw Self.refusal }
         self.value = value
-    }
-
-    public init(argument: String) throws {
-        guard let value = Double(argument) else { throw Self.refusal }
-        try self.init(value)
-    }
-
-    public init(from decoder: any Decoder) throws {
-        self = try Self.decode(Double.self, from: decoder, Self.init)
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        try container.encode(self.value)
     }
 }
 
