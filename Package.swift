@@ -71,6 +71,7 @@ let package = Package(
             dependencies: [
                 "PortcullisAuth",
                 "PortcullisStores",
+                "PortcullisKerberos",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
@@ -82,6 +83,7 @@ let package = Package(
             name: "PortcullisServer",
             dependencies: [
                 "PortcullisProxy",
+                "PortcullisKerberos",
                 "PortcullisStores",
                 "PortcullisPostgres",
                 .product(name: "Logging", package: "swift-log"),

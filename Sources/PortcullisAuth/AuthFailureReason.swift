@@ -22,6 +22,30 @@ public enum AuthFailureReason: String, Sendable, Hashable, CaseIterable {
     /// Too many failed logins from this client address: it is locked out for a while.
     case lockedOut = "locked-out"
 
+    // Negotiate (Kerberos) and NTLM.
+
+    /// GSSAPI refused the token for another reason (its major and minor status are logged).
+    case gssFailure = "gss-failure"
+    /// The client's clock (Kerberos authenticator, NTLMv2 timestamp) is too far from the proxy's.
+    case clockSkew = "clock-skew"
+    /// The ticket is for a key the proxy's keytab does not hold (a stale or wrong keytab).
+    case noKeytabKey = "no-keytab-key"
+    /// A Negotiate token of a mechanism the proxy does not accept (NTLM inside Negotiate when
+    /// NTLM is not offered, or not Kerberos at all).
+    case unsupportedMechanism = "unsupported-mechanism"
+    /// An NTLMv1 or LM-only answer: crackable offline, refused whatever the password.
+    case ntlmV1Refused = "ntlm-v1-refused"
+    /// An NTLM AUTHENTICATE with no user or no answer.
+    case anonymousRefused = "anonymous-refused"
+    /// An NTLM message integrity code that does not match the handshake.
+    case badMIC = "bad-mic"
+    /// An NTLM AUTHENTICATE too long after its CHALLENGE.
+    case staleHandshake = "stale-handshake"
+    /// An NTLM message out of order on this connection (an AUTHENTICATE without a CHALLENGE).
+    case unexpectedMessage = "unexpected-message"
+    /// Too many Negotiate/NTLM handshakes are in progress on the proxy: 503, try again.
+    case tooManyHandshakes = "too-many-handshakes"
+
     /// A stable identifier for headers, logs and metrics labels.
     public var token: String { self.rawValue }
 }

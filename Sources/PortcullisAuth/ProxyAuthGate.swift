@@ -1,7 +1,27 @@
+import Foundation
+
 /// Authentication schemes the gate can offer, in challenge order.
 public enum AuthScheme: String, Sendable, Hashable, CaseIterable {
     case basic
     case digest
+    /// RFC 4559: Kerberos through SPNEGO (or raw Kerberos), bound to the connection.
+    case negotiate
+    /// MS-NLMP, NTLMv2 only, bound to the connection.
+    case ntlm
+
+    /// Authenticates the connection rather than each request: several legs on one connection,
+    /// then later requests on it pass without credentials.
+    public var isConnectionBound: Bool { self == .negotiate || self == .ntlm }
+
+    /// The scheme as it is written in a header.
+    public var headerName: String {
+        switch self {
+        case .basic: return "Basic"
+        case .digest: return "Digest"
+        case .negotiate: return "Negotiate"
+        case .ntlm: return "NTLM"
+        }
+    }
 }
 
 /// The gate's verdict on a request's `Proxy-Authorization` fields, before any store is asked.
@@ -10,6 +30,11 @@ public enum GateDecision: Sendable, Hashable {
     case verifyBasic(BasicCredentials)
     /// Well-formed Digest credentials: the proxy must now check them against the user's secrets.
     case verifyDigest(DigestAuthorization)
+    /// A Negotiate token (decoded from base64) for the Kerberos acceptor.
+    case negotiate([UInt8])
+    /// An NTLM message (decoded), sent as `NTLM …` or, by Windows clients without Kerberos,
+    /// inside `Negotiate …`: `wireScheme` is the one the answer's challenge must use.
+    case ntlm([UInt8], wireScheme: AuthScheme)
     /// Unusable credentials: answer 407 with this failure.
     case reject(AuthFailure)
 }
@@ -37,6 +62,8 @@ public struct ProxyAuthGate: Sendable {
                 return ["Basic realm=\(Self.quoted(self.realm)), charset=\"UTF-8\""]
             case .digest:
                 return digest
+            case .negotiate, .ntlm:
+                return [scheme.headerName]
             }
         }
     }
@@ -81,6 +108,11 @@ public struct ProxyAuthGate: Sendable {
         {
             return decision
         }
+        for scheme in [AuthScheme.negotiate, .ntlm] where credentials.schemeIs(scheme.rawValue) {
+            if let decision = self.evaluateConnectionBound(scheme, token68: credentials.parameters) {
+                return decision
+            }
+        }
         let scheme = Self.knownScheme(credentials.scheme)
         return .reject(
             AuthFailure(
@@ -103,6 +135,51 @@ public struct ProxyAuthGate: Sendable {
         case .failure(let failure):
             return .reject(failure)
         }
+    }
+
+    /// Negotiate and NTLM: the token's bytes, routed by what they carry; `nil` when the scheme is
+    /// not offered (and no NTLM rides in it), for ``evaluate(proxyAuthorization:)`` to word the refusal.
+    func evaluateConnectionBound(_ scheme: AuthScheme, token68: Substring) -> GateDecision? {
+        guard let bytes = Self.decodeBase64(token68) else {
+            guard self.schemes.contains(scheme) else { return nil }
+            return .reject(
+                AuthFailure(
+                    reason: .malformedCredentials,
+                    explanation: "the \(scheme.headerName) token is missing or not valid base64",
+                    presentedScheme: scheme.rawValue
+                )
+            )
+        }
+        let carriesNTLM = bytes.starts(with: Self.ntlmSignature)
+        switch (scheme, carriesNTLM) {
+        case (.ntlm, _), (.negotiate, true):
+            guard self.schemes.contains(.ntlm) else {
+                guard scheme == .negotiate, self.schemes.contains(.negotiate) else { return nil }
+                return .reject(
+                    AuthFailure(
+                        reason: .unsupportedMechanism,
+                        explanation:
+                            "the Negotiate token carries NTLM, which this proxy does not offer; the client has no Kerberos ticket for the proxy (run kinit, and name the proxy by its host name, not its address)",
+                        presentedScheme: scheme.rawValue
+                    )
+                )
+            }
+            return .ntlm(bytes, wireScheme: scheme)
+        default:
+            guard self.schemes.contains(.negotiate) else { return nil }
+            return .negotiate(bytes)
+        }
+    }
+
+    /// Every NTLM message starts so (MS-NLMP §2.2).
+    static let ntlmSignature: [UInt8] = Array("NTLMSSP\0".utf8)
+
+    /// Strict base64 (padding required, canonical), as clients send these tokens; `nil` when empty.
+    static func decodeBase64(_ text: Substring) -> [UInt8]? {
+        guard !text.isEmpty, let data = Data(base64Encoded: String(text)), !data.isEmpty,
+            data.base64EncodedString() == text
+        else { return nil }
+        return Array(data)
     }
 
     private var offeredNames: String {
@@ -128,8 +205,8 @@ public struct ProxyAuthGate: Sendable {
         switch lowercasedScheme {
         case AuthScheme.basic.rawValue: return "Basic"
         case AuthScheme.digest.rawValue: return "Digest"
-        case "negotiate": return "Negotiate"
-        case "ntlm": return "NTLM"
+        case AuthScheme.negotiate.rawValue: return "Negotiate"
+        case AuthScheme.ntlm.rawValue: return "NTLM"
         case "bearer": return "Bearer"
         default: return lowercasedScheme
         }

@@ -26,6 +26,11 @@ public struct NegotiateFailure: Error, Sendable, Hashable, CustomStringConvertib
     public var detail: String
 
     public var description: String { "\(self.reason.rawValue): \(self.detail)" }
+
+    public init(reason: NegotiateFailureReason, detail: String) {
+        self.reason = reason
+        self.detail = detail
+    }
 }
 
 /// What one leg of a Negotiate handshake (RFC 4559) came to.

@@ -34,6 +34,12 @@ public struct ProxyConfiguration: Sendable {
     public var rejectedBodyDrainLimit: Int = 1 << 20
     /// How many lines of each kind of refusal are logged per interval (the rest are summed up).
     public var refusalLog = RefusalLogLimiter.Settings()
+    /// NTLM's acceptor settings (the names in its CHALLENGE), when `ntlm` is offered.
+    public var ntlm: NTLMAcceptor.Settings?
+    /// `--strip-realm`: a Negotiate user is `alice`, not `alice@EXAMPLE.ORG`.
+    public var stripRealm = false
+    /// `--max-pending-handshakes`: Negotiate/NTLM handshakes in progress at once, server-wide.
+    public var maximumPendingHandshakes = 1024
 
     public init() {}
 }

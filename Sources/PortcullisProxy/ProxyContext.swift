@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOPosix
 import PortcullisAuth
+import PortcullisKerberos
 import PortcullisStores
 
 /// What every connection handler of one server shares.
@@ -27,6 +28,10 @@ public final class ProxyContext: Sendable {
     public let refusalLog: RefusalLogLimiter
     /// Opens upstream connections (tests substitute scripted channels).
     package let connector: any UpstreamConnector
+    /// The Kerberos acceptor, when Negotiate is offered.
+    public let negotiate: NegotiateAcceptor?
+    /// Negotiate/NTLM handshakes in progress (bounded by `maximumPendingHandshakes`).
+    let pendingHandshakes = NIOLockedValueBox(0)
 
     public convenience init(
         configuration: ProxyConfiguration,
@@ -35,7 +40,8 @@ public final class ProxyContext: Sendable {
         threadPool: NIOThreadPool,
         logger: Logger,
         metrics: ProxyMetrics = ProxyMetrics(factory: NOOPMetricsHandler.instance),
-        accessLog: AccessLog? = nil
+        accessLog: AccessLog? = nil,
+        negotiate: NegotiateAcceptor? = nil
     ) {
         self.init(
             configuration: configuration,
@@ -45,7 +51,8 @@ public final class ProxyContext: Sendable {
             logger: logger,
             metrics: metrics,
             accessLog: accessLog,
-            connector: SocketUpstreamConnector()
+            connector: SocketUpstreamConnector(),
+            negotiate: negotiate
         )
     }
 
@@ -57,9 +64,11 @@ public final class ProxyContext: Sendable {
         logger: Logger,
         metrics: ProxyMetrics,
         accessLog: AccessLog?,
-        connector: any UpstreamConnector
+        connector: any UpstreamConnector,
+        negotiate: NegotiateAcceptor? = nil
     ) {
         self.connector = connector
+        self.negotiate = negotiate
         self.metrics = metrics
         self.accessLog = accessLog
         self.loopDetector = ChallengeLoopDetector()

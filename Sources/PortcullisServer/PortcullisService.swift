@@ -5,6 +5,7 @@ import NIOCore
 import NIOPosix
 import PortcullisAuth
 import PortcullisPostgres
+import PortcullisKerberos
 import PortcullisProxy
 import PortcullisStores
 import Prometheus
@@ -112,6 +113,21 @@ public enum PortcullisService {
                 throw ServeError("\(error)")
             }
         }
+        var negotiate: NegotiateAcceptor?
+        if let keytab = configuration.keytab {
+            // Reads the keytab: on the thread pool, like every file read.
+            do {
+                negotiate = try await threadPool.runIfActive { () throws -> NegotiateAcceptor in
+                    try NegotiateAcceptor(keytab: keytab)
+                }
+            } catch {
+                throw ServeError("\(error)")
+            }
+            logger.info(
+                "Negotiate (Kerberos) offered",
+                metadata: ["keytab": "\(keytab)", "principals": "\(negotiate?.servicePrincipals.joined(separator: ",") ?? "")"]
+            )
+        }
         let context = ProxyContext(
             configuration: configuration.proxy,
             verifier: verifier,
@@ -119,7 +135,8 @@ public enum PortcullisService {
             threadPool: threadPool,
             logger: logger,
             metrics: metrics,
-            accessLog: accessLog
+            accessLog: accessLog,
+            negotiate: negotiate
         )
         // The admin listener comes up first, so health checks can poll from the start; /readyz
         // says ready once the proxy's listeners are bound.

@@ -48,7 +48,7 @@ public struct ServeOptions: DeclaredSettings {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "Schemes offered, in challenge order: basic, digest; or none to turn authentication off (loopback listeners only, unless --allow-open-proxy). (default: basic)",
+            "Schemes offered, in challenge order: negotiate (Kerberos, needs --keytab), ntlm (users enrolled with --ntlm), digest, basic; or none to turn authentication off (loopback listeners only, unless --allow-open-proxy). (default: basic)",
             valueName: "list"
         )
     )
@@ -89,6 +89,30 @@ public struct ServeOptions: DeclaredSettings {
         )
     )
     public var digestChallenges: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Keytab holding the proxy's HTTP/<host name> keys, for --auth negotiate. (default: $KRB5_KTNAME)",
+            valueName: "file"
+        )
+    )
+    public var keytab: String?
+
+    @Flag(
+        inversion: .prefixedNo,
+        help: "Name Negotiate users alice rather than alice@EXAMPLE.ORG in logs, metrics and policy."
+    )
+    public var stripRealm: Bool?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Negotiate/NTLM handshakes in progress at once across the proxy; more get 503. (default: 1024)",
+            valueName: "n"
+        )
+    )
+    public var maxPendingHandshakes: Count?
 
     @Flag(
         inversion: .prefixedNo,

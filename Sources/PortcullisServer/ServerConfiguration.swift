@@ -29,6 +29,8 @@ public struct ServerConfiguration: Sendable {
     public var digest: DigestAuthority.Settings?
     /// `--digest-secret-file`: the nonce key shared by instances that do not share a database.
     public var digestSecretFile: String?
+    /// `--keytab` (else `KRB5_KTNAME`) when Negotiate is offered.
+    public var keytab: String?
     public var logLevel: Logger.Level
     public var credentialCacheTTL: TimeAmount
     public var shutdownGrace: TimeAmount
@@ -57,7 +59,7 @@ public struct ServerConfiguration: Sendable {
             proxy.authSchemes = try authNames.map { name in
                 guard let scheme = AuthScheme(rawValue: name) else {
                     throw ServeError(
-                        "--auth: unknown scheme '\(name)' (available: basic, digest, or none to turn authentication off)"
+                        "--auth: unknown scheme '\(name)' (available: negotiate, ntlm, digest, basic, or none to turn authentication off)"
                     )
                 }
                 return scheme
@@ -109,6 +111,22 @@ public struct ServerConfiguration: Sendable {
         {
             throw ServeError("the --digest-… settings need --auth digest (or basic,digest)")
         }
+        if proxy.authSchemes.contains(.negotiate) {
+            let fromEnvironment = environment["KRB5_KTNAME"].map { $0.hasPrefix("FILE:") ? String($0.dropFirst(5)) : $0 }
+            guard let keytab = options.keytab ?? fromEnvironment, !keytab.isEmpty else {
+                throw ServeError(
+                    "--auth negotiate needs the proxy's keytab: --keytab FILE (or KRB5_KTNAME), holding an HTTP/<host name> key"
+                )
+            }
+            self.keytab = keytab
+        } else if options.keytab != nil {
+            throw ServeError("--keytab is for --auth negotiate")
+        }
+        if proxy.authSchemes.contains(.ntlm) {
+            proxy.ntlm = Self.ntlmSettings(realm: realm)
+        }
+        proxy.stripRealm = options.stripRealm ?? false
+        if let pending = options.maxPendingHandshakes { proxy.maximumPendingHandshakes = pending.value }
         proxy.destinationPolicy = DestinationPolicy(allowPrivateDestinations: options.allowPrivateDestinations ?? false)
         proxy.connectPorts = Set(options.connectPorts?.ports ?? [443])
 
@@ -193,6 +211,24 @@ public struct ServerConfiguration: Sendable {
         }
         let home = environment["HOME"] ?? NSHomeDirectory()
         return home + "/.local/share/portcullis"
+    }
+
+    /// The names NTLM's CHALLENGE gives: this host (NetBIOS: its first label, upper-case, at most
+    /// 15 characters) and, as the domain, the realm in the same form. Clients show them at
+    /// most; they take part in no check.
+    static func ntlmSettings(realm: String) -> NTLMAcceptor.Settings {
+        func netbios(_ text: String, fallback: String) -> String {
+            let name = String(text.uppercased().unicodeScalars.filter { $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || $0 == "-") }.prefix(15))
+            return name.isEmpty ? fallback : name
+        }
+        let host = ProcessInfo.processInfo.hostName
+        let short = host.split(separator: ".").first.map(String.init) ?? host
+        return NTLMAcceptor.Settings(
+            netbiosDomainName: netbios(realm, fallback: "PORTCULLIS"),
+            netbiosComputerName: netbios(short, fallback: "PROXY"),
+            dnsDomainName: host.contains(".") ? String(host.drop { $0 != "." }.dropFirst()) : "",
+            dnsComputerName: host
+        )
     }
 
     static func parseListen(_ text: String) throws -> SocketAddress {

@@ -69,7 +69,7 @@ extension NTLMAcceptorTests {
         switch action {
         case .sendChallenge: return .sendChallenge
         case .lookUpNTHash: return .lookUp
-        case .accept: return .accept
+        case .accept, .acceptPrevious: return .accept
         case .ignore: return .ignore
         case .refuse(let refusal): return .refuse(refusal.reason)
         }

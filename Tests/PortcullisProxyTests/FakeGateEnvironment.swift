@@ -16,6 +16,8 @@ final class FakeGateEnvironment: GateEnvironment {
     final class Cache: GateCredentialCache {
         var users: [CredentialVerifier.CacheKey: String] = [:]
         var digestSecrets: [CredentialVerifier.DigestKey: DigestLookup] = [:]
+        var ntlmSecrets: [String: NTLMLookup] = [:]
+        var storeGeneration: UInt64 = 1
         /// Field values a key was computed for (each one an HMAC on a server).
         private(set) var keyed: [String] = []
         /// Every question the gate asked the cache.
@@ -35,6 +37,11 @@ final class FakeGateEnvironment: GateEnvironment {
         func cachedDigestSecrets(_ key: CredentialVerifier.DigestKey, now: NIODeadline) -> DigestLookup? {
             self.lookups += 1
             return self.digestSecrets[key]
+        }
+
+        func cachedNTLMSecrets(name: String, now: NIODeadline) -> NTLMLookup? {
+            self.lookups += 1
+            return self.ntlmSecrets[name]
         }
 
         func noteDigestLogin(_ key: CredentialVerifier.DigestKey, user: String) {
@@ -78,6 +85,38 @@ final class FakeGateEnvironment: GateEnvironment {
     let counters = CountingMetrics()
     lazy var metrics = ProxyMetrics(factory: self.counters)
     var currentDate = Date(timeIntervalSince1970: 1_800_000_000)
+    var ntlmSettings: NTLMAcceptor.Settings? = NTLMAcceptor.Settings(
+        netbiosDomainName: "CORP",
+        netbiosComputerName: "PROXY"
+    )
+    var stripsRealm = false
+    /// Negotiate/NTLM handshakes this environment counts as in progress, and the most allowed.
+    private(set) var handshakes = 0
+    var maximumHandshakes = 1024
+
+    /// Repeatable randomness (SplitMix64) for NTLM's server challenges.
+    struct SeededRandom: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            self.state &+= 0x9E37_79B9_7F4A_7C15
+            var z = self.state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+
+    func makeRandom() -> SeededRandom { SeededRandom(state: 42) }
+
+    func beginHandshake() -> Bool {
+        guard self.handshakes < self.maximumHandshakes else { return false }
+        self.handshakes += 1
+        return true
+    }
+
+    func endHandshake() {
+        self.handshakes -= 1
+    }
 
     let throttle: AuthThrottle
     let loopDetector = ChallengeLoopDetector()

@@ -74,7 +74,7 @@ extension GateStateMachineTests {
         let env = FakeGateEnvironment()
         self.cacheSecrets(env, self.secrets(env))
         let action = gate.startRequest(try self.request(try self.digestField(env)), in: env)
-        guard case .allow(let record, let info?) = action else {
+        guard case .allow(let record, .authenticationInfo(let info)?) = action else {
             Issue.record("\(action)")
             return
         }

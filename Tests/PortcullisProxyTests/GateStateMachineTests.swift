@@ -75,6 +75,8 @@ import Testing
         case verifyBasic(CheckID, user: String, password: String)
         case lookUpDigestSecrets(CheckID, name: String)
         case wait(CheckID, TimeAmount)
+        case acceptNegotiate(CheckID, token: [UInt8])
+        case lookUpNTLMSecrets(CheckID, name: String)
         case none
     }
 
@@ -86,6 +88,8 @@ import Testing
             return .verifyBasic(id, user: credentials.user, password: credentials.password)
         case .lookUpDigestSecrets(let id, let key): return .lookUpDigestSecrets(id, name: key.name)
         case .wait(let id, let delay): return .wait(id, delay)
+        case .acceptNegotiate(let id, let token): return .acceptNegotiate(id, token: token)
+        case .lookUpNTLMSecrets(let id, let name): return .lookUpNTLMSecrets(id, name: name)
         case .none: return .none
         }
     }

@@ -44,6 +44,9 @@ struct SettingSample: Sendable, CustomTestStringConvertible {
         },
         SettingSample("digest-secret-file", text: "/etc/nonce.key") { $0.digestSecretFile },
         SettingSample("digest-challenges", text: "per-algorithm") { $0.digestChallenges },
+        SettingSample("keytab", text: "/etc/proxy.keytab") { $0.keytab },
+        SettingSample("strip-realm", ["--strip-realm"], "strip-realm: true") { $0.stripRealm == true },
+        count("max-pending-handshakes", 16) { $0.maxPendingHandshakes },
         SettingSample(
             "allow-private-destinations",
             ["--allow-private-destinations"],

@@ -81,6 +81,9 @@ public struct NTLMAcceptor: Sendable {
         /// Ask the store for this user's NT hash, then call ``ntHashFound(_:for:)``.
         case lookUpNTHash(HashLookup)
         case accept(NTLMIdentity)
+        /// Accepted with the secret before the last rotation: the store's rotation grace decides
+        /// whether it still counts.
+        case acceptPrevious(NTLMIdentity)
         case refuse(NTLMRefusal)
         /// Nothing to do: a look-up answer nobody waits for any more.
         case ignore
@@ -200,7 +203,9 @@ public struct NTLMAcceptor: Sendable {
 
     /// The store's answer: the user's NT hash, or `nil` for a user it does not know (refused
     /// like a wrong password). Verifies NTProofStr and the MIC.
-    public mutating func ntHashFound(_ hash: NTHash?, for id: LookupID) -> Action {
+    /// `previous`: the NT hash before the user's last rotation, tried when the current one
+    /// fails (the answer is then ``Action/acceptPrevious(_:)``).
+    public mutating func ntHashFound(_ hash: NTHash?, previous: NTHash? = nil, for id: LookupID) -> Action {
         guard case .lookingUp(let pending) = self.state, pending.lookup.id == id else { return .ignore }
         self.state = .idle
         guard let hash else { return .refuse(.invalidCredentials(pending.answer.identity)) }
@@ -209,6 +214,14 @@ public struct NTLMAcceptor: Sendable {
             self.state = .authenticated(identity)
             return .accept(identity)
         case .failure(let refusal):
+            if let previous, case .success(let identity) = NTLMv2.verify(
+                pending.answer,
+                handshake: pending.handshake,
+                ntHash: previous
+            ) {
+                self.state = .authenticated(identity)
+                return .acceptPrevious(identity)
+            }
             return .refuse(refusal)
         }
     }

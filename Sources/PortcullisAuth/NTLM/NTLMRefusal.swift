@@ -58,7 +58,7 @@ public struct NTLMRefusal: Error, Sendable, Hashable {
         NTLMRefusal(.malformedCredentials, error.message)
     }
 
-    static func invalidCredentials(_ claimed: NTLMIdentity) -> NTLMRefusal {
+    public static func invalidCredentials(_ claimed: NTLMIdentity) -> NTLMRefusal {
         NTLMRefusal(.invalidCredentials, "unknown user or wrong password", claimed: claimed)
     }
 }

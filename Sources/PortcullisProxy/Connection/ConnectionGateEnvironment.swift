@@ -19,11 +19,28 @@ struct ConnectionGateEnvironment: GateEnvironment {
     }
     var gate: ProxyAuthGate { self.shared.gate }
     var digest: DigestAuthority? { self.shared.digest }
-    var offeredSchemeNames: [String] { self.connection.configuration.authSchemes.map { $0.rawValue.capitalized } }
+    var offeredSchemeNames: [String] { self.connection.configuration.authSchemes.map(\.headerName) }
     var maximumRequestBody: Int? { self.connection.configuration.maximumRequestBody }
     var policy: AccessPolicy { self.shared.policy }
     var metrics: ProxyMetrics { self.shared.metrics }
     var currentDate: Date { Date() }
+    var ntlmSettings: NTLMAcceptor.Settings? { self.connection.configuration.ntlm }
+    var stripsRealm: Bool { self.connection.configuration.stripRealm }
+
+    func makeRandom() -> SystemRandomNumberGenerator { SystemRandomNumberGenerator() }
+
+    func beginHandshake() -> Bool {
+        let limit = self.connection.configuration.maximumPendingHandshakes
+        return self.shared.pendingHandshakes.withLockedValue { count in
+            guard count < limit else { return false }
+            count += 1
+            return true
+        }
+    }
+
+    func endHandshake() {
+        self.shared.pendingHandshakes.withLockedValue { $0 = max(0, $0 - 1) }
+    }
 
     var throttleSettings: AuthThrottle.Settings { self.shared.throttle.settings }
 

@@ -1,4 +1,5 @@
 import NIOCore
+import PortcullisKerberos
 import PortcullisStores
 
 // Carries out what the 407 gate (``GateStateMachine``) decides for each request: starts the
@@ -19,10 +20,15 @@ extension ProxyConnectionHandler {
         self.carryOut(action, for: exchange)
     }
 
-    /// The connection closes (or the exchange ended without the gate): what the gate still
-    /// waits for is not wanted any more.
+    /// The exchange ended without the gate: what the gate still waits for is not wanted any more.
     func cancelGate() {
         self.gate.cancel()
+    }
+
+    /// The connection closed: nor is a Negotiate/NTLM handshake it was in the middle of.
+    func closeGate() {
+        self.gate.connectionClosed(in: self.gateEnvironment)
+        self.negotiateContext = nil
     }
 
     private var gateEnvironment: ConnectionGateEnvironment { ConnectionGateEnvironment(connection: self) }
@@ -59,6 +65,38 @@ extension ProxyConnectionHandler {
                 .assumeIsolated()
                 .whenSuccess { lookup in
                     let next = self.gate.digestSecretsFound(
+                        id,
+                        lookup: lookup,
+                        now: self.currentTime,
+                        in: self.gateEnvironment
+                    )
+                    self.carryOut(next, for: exchange)
+                }
+        case .acceptNegotiate(let id, let token):
+            guard let acceptor = self.shared.negotiate else { return self.cannotCheck() }
+            let context = self.negotiateContext ?? acceptor.makeContext()
+            self.negotiateContext = context
+            // GSSAPI reads the keytab and the replay cache: never on an event loop.
+            self.shared.threadPool.runIfActive(eventLoop: self.context.eventLoop) {
+                acceptor.accept(token, in: context)
+            }
+            .assumeIsolated()
+            .whenComplete { result in
+                let step: NegotiateStep
+                switch result {
+                case .success(let answer): step = answer
+                case .failure:
+                    step = .failed(NegotiateFailure(reason: .gssFailure, detail: "the proxy is shutting down"))
+                }
+                let next = self.gate.negotiateLegFinished(id, step: step, in: self.gateEnvironment)
+                self.carryOut(next, for: exchange)
+            }
+        case .lookUpNTLMSecrets(let id, let name):
+            guard let verifier = self.shared.verifier else { return self.cannotCheck() }
+            verifier.ntlmSecrets(name: name, on: self.context.eventLoop)
+                .assumeIsolated()
+                .whenSuccess { lookup in
+                    let next = self.gate.ntlmSecretsFound(
                         id,
                         lookup: lookup,
                         now: self.currentTime,

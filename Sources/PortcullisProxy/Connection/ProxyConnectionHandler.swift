@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import PortcullisKerberos
 
 /// Serves one client connection: translates channel events into events of its
 /// ``ProxyConnectionStateMachine`` and carries out the machine's actions — the gate, the
@@ -41,6 +42,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var responseWritten: EventLoopFuture<Void>?
     /// The 407 gate's own state and per-connection memory.
     var gate = GateStateMachine()
+    /// This connection's Kerberos security context while a Negotiate handshake is under way.
+    var negotiateContext: NegotiateContext?
     /// The last request head sent upstream and response head sent to the client: once their
     /// bytes have left, nothing else holds them and the next head is built in the same memory
     /// (two allocations less per request).
@@ -169,7 +172,7 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     func channelInactive(context: ChannelHandlerContext) {
         self.cancelTimer()
-        self.cancelGate()
+        self.closeGate()
         let (unlogged, upstream, midResponse) = self.machine.channelClosed()
         if let unlogged, !unlogged.logged {
             // The client went away mid-exchange: still one line in the log.

@@ -24,15 +24,23 @@ final class ProxyExchange {
         Date(timeIntervalSinceNow: -Double((now - self.started).nanoseconds) / 1e9)
     }
     var authScheme: String?
-    /// `Proxy-Authentication-Info` for the response (Digest: rspauth, nextnonce).
-    var authenticationInfo: [UInt8]?
+    /// A header for the response that let the request through (Digest: rspauth, nextnonce;
+    /// Negotiate: the acceptor's final token).
+    var authenticationInfo: SuccessHeader?
 
-    /// Writes the `Proxy-Authentication-Info` line, if this exchange has one (forwarded
-    /// responses and the CONNECT 200 alike).
+    /// Writes that header, if this exchange has one (forwarded responses and the CONNECT 200
+    /// alike).
     func writeAuthenticationInfo(into out: inout ByteBuffer) {
-        guard let info = self.authenticationInfo else { return }
-        out.writeStaticString("Proxy-Authentication-Info: ")
-        out.writeBytes(info)
+        switch self.authenticationInfo {
+        case .none:
+            return
+        case .authenticationInfo(let info):
+            out.writeStaticString("Proxy-Authentication-Info: ")
+            out.writeBytes(info)
+        case .negotiate(let token):
+            out.writeStaticString("Proxy-Authenticate: Negotiate ")
+            out.writeString(Data(token).base64EncodedString())
+        }
         out.writeStaticString("\r\n")
     }
     /// `ok`, `none` or a reason token.

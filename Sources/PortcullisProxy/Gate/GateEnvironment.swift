@@ -29,6 +29,20 @@ protocol GateEnvironment {
     /// The wall clock: account expiry and rotation grace are dates in the store.
     var currentDate: Date { get }
 
+    // MARK: Negotiate and NTLM
+
+    /// NTLM's acceptor settings (the names its CHALLENGE gives), when NTLM is offered.
+    var ntlmSettings: NTLMAcceptor.Settings? { get }
+    /// `--strip-realm`: `alice` rather than `alice@EXAMPLE.ORG` for a Negotiate user.
+    var stripsRealm: Bool { get }
+    associatedtype Random: RandomNumberGenerator
+    /// Randomness for NTLM's server challenges.
+    func makeRandom() -> Random
+    /// Counts a connection whose Negotiate/NTLM handshake is in progress; `false` when as many
+    /// as allowed (`--max-pending-handshakes`) already are.
+    func beginHandshake() -> Bool
+    func endHandshake()
+
     // MARK: The login throttle (``AuthThrottle``)
 
     var throttleSettings: AuthThrottle.Settings { get }
@@ -79,6 +93,11 @@ protocol GateCredentialCache {
     func cachedDigestSecrets(_ key: CredentialVerifier.DigestKey, now: NIODeadline) -> DigestLookup?
     /// A Digest login succeeded (the store records it, once per cached entry).
     func noteDigestLogin(_ key: CredentialVerifier.DigestKey, user: String)
+    func cachedNTLMSecrets(name: String, now: NIODeadline) -> NTLMLookup?
+    /// Changes whenever the users change: an NTLM-authenticated connection proves itself again.
+    var storeGeneration: UInt64 { get }
 }
 
-extension CredentialVerifier: GateCredentialCache {}
+extension CredentialVerifier: GateCredentialCache {
+    var storeGeneration: UInt64 { self.store.generation }
+}

@@ -8,7 +8,7 @@ extension GateStateMachine {
         _ request: Request,
         user: String,
         scheme: AuthScheme,
-        authenticationInfo: [UInt8]?,
+        authenticationInfo: SuccessHeader?,
         _ environment: some GateEnvironment
     ) -> Action {
         self.digestFailuresInARow = 0
@@ -22,7 +22,7 @@ extension GateStateMachine {
     func authorized(
         _ request: Request,
         _ record: Record,
-        authenticationInfo: [UInt8]?,
+        authenticationInfo: SuccessHeader?,
         _ environment: some GateEnvironment
     ) -> Action {
         if let refusal = Self.policyRefusal(request, record, environment)

@@ -209,7 +209,7 @@ extension GateStateMachine {
                 }
                 environment.credentials?.noteDigestLogin(key, user: user)
             }
-            return self.accepted(request, user: user, scheme: .digest, authenticationInfo: info, environment)
+            return self.accepted(request, user: user, scheme: .digest, authenticationInfo: .authenticationInfo(info), environment)
         case .rejected(let reason):
             return self.noLongerValid(request, reason: reason, user: secrets.user, scheme: .digest, environment)
         }

@@ -58,8 +58,9 @@ struct GateStateMachine {
     }
 
     enum Action {
-        /// On to the origin. `authenticationInfo`: the response's `Proxy-Authentication-Info`.
-        case allow(Record, authenticationInfo: [UInt8]?)
+        /// On to the origin. `authenticationInfo`: a header for the response (Digest's
+        /// `Proxy-Authentication-Info`, Negotiate's final token).
+        case allow(Record, authenticationInfo: SuccessHeader?)
         /// The gate answers the request; with `close`, the connection closes after it.
         case refuse(Record, ProxyResponse, close: Bool)
         /// Check a Basic password off the event loop; its outcome goes to
@@ -70,6 +71,12 @@ struct GateStateMachine {
         case lookUpDigestSecrets(CheckID, CredentialVerifier.DigestKey)
         /// Wait, then ``GateStateMachine/delayElapsed(_:in:)``.
         case wait(CheckID, TimeAmount)
+        /// Run one Negotiate leg (GSSAPI) off the event loop; its step goes to
+        /// ``GateStateMachine/negotiateLegFinished(_:step:in:)``.
+        case acceptNegotiate(CheckID, [UInt8])
+        /// Read a user's NT hashes from the store; they go to
+        /// ``GateStateMachine/ntlmSecretsFound(_:lookup:now:in:)``.
+        case lookUpNTLMSecrets(CheckID, name: String)
         case none
     }
 
@@ -79,6 +86,8 @@ struct GateStateMachine {
         case lookingUpDigestSecrets(DigestSecretsLookup)
         /// A failed login's 407, held back while the address or the user name is being guessed at.
         case tarpit(HeldRefusal)
+        case acceptingNegotiate(NegotiateLeg)
+        case lookingUpNTLMSecrets(NTLMSecretsLookup)
     }
 
     struct BasicCheck {
@@ -111,7 +120,7 @@ struct GateStateMachine {
     private var nextCheck: UInt64 = 0
     /// Basic checks still running whose request is no longer waited for: the throttle learns
     /// their outcome all the same.
-    private var unwantedChecks: [(id: CheckID, ticket: AuthThrottle.Ticket)] = []
+    var unwantedChecks: [(id: CheckID, ticket: AuthThrottle.Ticket)] = []
 
     // What the connection remembers between requests.
 
@@ -129,6 +138,12 @@ struct GateStateMachine {
     var lastDigestKey: (name: [UInt8], key: CredentialVerifier.DigestKey)?
     /// The key whose Digest success was last reported to the throttle and the store.
     var digestSuccessNoted: CredentialVerifier.DigestKey?
+    /// NTLM's handshake on this connection (its three messages belong to one connection).
+    var ntlm: NTLMAcceptor?
+    /// Who this connection proved to be with Negotiate or NTLM.
+    var boundIdentity: BoundIdentity?
+    /// Whether this connection is counted among the handshakes in progress.
+    var inHandshake = false
     /// More 407s than this to Digest answers in a row and the connection is closed: a client
     /// that cannot get Digest right (a bug, a stale nonce it never renews) must not spin on one
     /// connection forever.
@@ -147,13 +162,20 @@ struct GateStateMachine {
         }
         // Asked before the credential cache: a locked address gets 429 whatever it sends, so
         // the lockout tells no right password from a wrong one.
-        let lock = environment.lockout(of: request.clientAddress, now: request.started)
-        var cacheKey: CredentialVerifier.CacheKey?
         // The single Proxy-Authorization value, if there is exactly one.
         let single = request.head.proxyAuthorization.map { request.head.value($0) }
+        if single == nil, request.head.values(named: "proxy-authorization").isEmpty,
+            let bound = self.continueBound(request, in: environment)
+        {
+            return bound
+        }
+        let lock = environment.lockout(of: request.clientAddress, now: request.started)
+        var cacheKey: CredentialVerifier.CacheKey?
         let singleIsDigest = single.map(Self.isDigest) ?? false
+        // Negotiate and NTLM tokens differ on every leg: nothing to look up in the cache.
+        let singleIsBound = single.map(Self.isConnectionBound) ?? false
         // Digest answers differ on every request (nc, cnonce): they have their own path.
-        if let value = single, !singleIsDigest {
+        if let value = single, !singleIsDigest, !singleIsBound {
             let key = self.cacheKey(of: value, cache)
             cacheKey = key
             // Still asked every time: the entry may have expired or the users changed.
@@ -186,6 +208,10 @@ struct GateStateMachine {
             )
         }
         switch decision {
+        case .negotiate(let token):
+            return self.startNegotiate(request, token: token, in: environment)
+        case .ntlm(let message, let wireScheme):
+            return self.startNTLM(request, message: message, wireScheme: wireScheme, in: environment)
         case .reject(let failure):
             return self.reject(request, failure, fingerprint: cacheKey.map(AuthThrottle.Fingerprint.init), environment)
         case .verifyDigest(let authorization):
@@ -301,7 +327,9 @@ struct GateStateMachine {
             return
         case .verifyingBasic(let check):
             self.unwantedChecks.append((check.id, check.ticket))
-        case .lookingUpDigestSecrets, .tarpit:
+        case .lookingUpNTLMSecrets(let wait):
+            self.unwantedChecks.append((wait.id, wait.ticket))
+        case .lookingUpDigestSecrets, .tarpit, .acceptingNegotiate:
             break
         }
         self.state = .idle
@@ -312,6 +340,11 @@ struct GateStateMachine {
     mutating func newCheckID() -> CheckID {
         self.nextCheck &+= 1
         return CheckID(value: self.nextCheck)
+    }
+
+    /// Where the scheme extensions (other files) begin and end their waits.
+    mutating func transition(to state: State) {
+        self.state = state
     }
 
     /// Into the tarpit: the 407 goes out when the delay is over.

@@ -42,6 +42,8 @@ public final class RefusalLogLimiter: Sendable {
         case storeUnavailable
         /// A connection refused by the client allow-list or a connection limit.
         case connectionRefused
+        /// A Negotiate/NTLM handshake refused: too many in progress.
+        case tooManyHandshakes
 
         /// The words of the event's own line, which its summary repeats.
         public var event: String {
@@ -55,6 +57,7 @@ public final class RefusalLogLimiter: Sendable {
             case .policyDenial: return "request denied by policy"
             case .storeUnavailable: return "user store unavailable"
             case .connectionRefused: return "connection refused"
+            case .tooManyHandshakes: return "too many Negotiate/NTLM handshakes in progress; refusing new ones"
             }
         }
 
@@ -63,7 +66,7 @@ public final class RefusalLogLimiter: Sendable {
         public var level: Logger.Level {
             switch self {
             case .authenticationFailed, .addressLockedOut, .userLimit, .policyDenial, .connectionRefused: return .info
-            case .lockoutStarted, .challengeLoop, .digestFailures: return .warning
+            case .lockoutStarted, .challengeLoop, .digestFailures, .tooManyHandshakes: return .warning
             case .storeUnavailable: return .error
             }
         }
