@@ -6,19 +6,23 @@
 /// - `audit`: who changed what, when, from where — never a secret.
 /// - `digest`: per algorithm, the user hash and HA1 of users enrolled for Digest, and the
 ///   previous HA1 during a rotation's grace (password-equivalent for the realm).
+/// - `ntlm`: the NT hash of users enrolled for NTLM, and the previous one during a rotation's
+///   grace (password-equivalent wherever NTLM is accepted).
 /// - `secrets`: the Digest nonce key shared by every proxy on the database.
 /// - `meta.version`: bumped by every change, so that running proxies notice changes made by
 ///   another process and drop cached verifications.
 /// - `schema_version`: one row, the version below.
 enum AccountSchema {
-    /// What this version of portcullis creates and understands.
-    static let version = 1
+    /// What this version of portcullis creates and understands. Raised with every table an older
+    /// portcullis would leave stale: version 2 has `ntlm`, and a portcullis that knows only 1
+    /// must refuse it, since a password it changed would leave the old one's NT hash working.
+    static let version = 2
 
     /// Creates what is missing and records the version, in one transaction. Every statement
     /// may run again (`IF NOT EXISTS`, `ON CONFLICT DO NOTHING`), so databases made by earlier
-    /// versions (SQLite files migrated by GRDB, PostgreSQL databases of version 1) open as they
-    /// are, and two proxies starting together on an empty database both succeed. A later version
-    /// adds its own statements here, idempotent like these.
+    /// versions (SQLite files migrated by GRDB, databases of version 1) open as they are and get
+    /// what is new, and two proxies starting together on an empty database both succeed. A later
+    /// version adds its own statements here, idempotent like these.
     static func migration(_ d: SQLDialect) -> [SQLStatement] {
         var statements: [SQLStatement] = d.migrationLock.map { [SQLStatement($0)] } ?? []
         statements.append(SQLStatement("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)"))
@@ -76,6 +80,16 @@ enum AccountSchema {
             """,
             "CREATE INDEX IF NOT EXISTS digest_by_userhash ON digest (realm, algorithm, userhash)",
             "CREATE TABLE IF NOT EXISTS secrets (name text PRIMARY KEY, value \(d.bytes) NOT NULL)",
+            """
+            CREATE TABLE IF NOT EXISTS ntlm (
+                realm text NOT NULL,
+                name text NOT NULL,
+                nt_hash text NOT NULL,
+                previous_nt_hash text,
+                PRIMARY KEY (realm, name),
+                FOREIGN KEY (realm, name) REFERENCES users (realm, name) ON DELETE CASCADE
+            )
+            """,
             // One row, never moved backwards (a newer portcullis may have migrated meanwhile).
             "DELETE FROM schema_version WHERE version < \(Self.version)",
             """

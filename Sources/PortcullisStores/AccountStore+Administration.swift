@@ -12,12 +12,14 @@ extension AccountStore {
         groups: [String],
         cost: Int,
         digest: Bool,
+        ntlm: Bool,
         by actor: ChangeActor
     ) async throws {
         try Self.checkName(name)
         let hash = try await PasswordHash.bcrypt(password, cost: cost, on: self.threadPool)
-        var detail = groups.isEmpty ? [] : ["groups=\(groups.joined(separator: ","))"]
-        if digest { detail.append("digest") }
+        let detail =
+            (groups.isEmpty ? [] : ["groups=\(groups.joined(separator: ","))"])
+            + Self.enrolments(digest: digest, ntlm: ntlm)
         let now = self.now().timeIntervalSince1970
         let groupList = groups.joined(separator: ",")
         let insert = SQLStatement(
@@ -27,7 +29,8 @@ extension AccountStore {
             """,
             [.text(self.realm), .text(name), .text(hash.encoded), .text(groupList), .real(now), .real(now)]
         ).requiringRow(StoreError("user \(name) already exists"))
-        let secrets = digest ? self.writeDigestSecrets(name, password: password, enroll: true, keepPrevious: false) : []
+        var secrets = digest ? self.writeDigestSecrets(name, password: password, enroll: true, keepPrevious: false) : []
+        if ntlm { secrets.append(self.writeNTHash(name, password: password, enroll: true, keepPrevious: false)) }
         let detailText = detail.joined(separator: " ")
         try await self.change(actor, action: "add", name: name, detail: detailText, at: now, [insert] + secrets)
     }
@@ -37,6 +40,7 @@ extension AccountStore {
         password: String,
         cost: Int,
         digest: Bool,
+        ntlm: Bool,
         by actor: ChangeActor
     ) async throws {
         let hash = try await PasswordHash.bcrypt(password, cost: cost, on: self.threadPool)
@@ -48,24 +52,28 @@ extension AccountStore {
             """,
             [.text(hash.encoded), .real(now), .text(self.realm), .text(name)]
         ).requiringRow(StoreError("no user \(name)"))
-        let secrets = self.writeDigestSecrets(name, password: password, enroll: digest, keepPrevious: false)
+        let secrets =
+            self.writeDigestSecrets(name, password: password, enroll: digest, keepPrevious: false)
+            + [self.writeNTHash(name, password: password, enroll: ntlm, keepPrevious: false)]
         try await self.change(
             actor,
             action: "passwd",
             name: name,
-            detail: digest ? "digest" : "",
+            detail: Self.enrolments(digest: digest, ntlm: ntlm).joined(separator: " "),
             at: now,
             [update] + secrets
         )
     }
 
-    /// A new secret; the old one keeps working until `grace` has passed (through Digest too).
+    /// A new secret; the old one keeps working until `grace` has passed (through Digest and NTLM
+    /// too).
     public func rotate(
         _ name: String,
         password: String,
         grace: TimeInterval,
         cost: Int,
         digest: Bool,
+        ntlm: Bool,
         by actor: ChangeActor
     ) async throws {
         let hash = try await PasswordHash.bcrypt(password, cost: cost, on: self.threadPool)
@@ -77,8 +85,10 @@ extension AccountStore {
             """,
             [.real(now + grace), .text(hash.encoded), .real(now), .text(self.realm), .text(name)]
         ).requiringRow(StoreError("no user \(name)"))
-        let secrets = self.writeDigestSecrets(name, password: password, enroll: digest, keepPrevious: true)
-        let detail = "grace=\(Int(grace))s" + (digest ? " digest" : "")
+        let secrets =
+            self.writeDigestSecrets(name, password: password, enroll: digest, keepPrevious: true)
+            + [self.writeNTHash(name, password: password, enroll: ntlm, keepPrevious: true)]
+        let detail = (["grace=\(Int(grace))s"] + Self.enrolments(digest: digest, ntlm: ntlm)).joined(separator: " ")
         try await self.change(actor, action: "rotate", name: name, detail: detail, at: now, [update] + secrets)
     }
 
@@ -108,6 +118,31 @@ extension AccountStore {
         }
     }
 
+    /// The NT hash, written for a user enrolled for NTLM — already, or now (`enroll`), with the
+    /// same rules as ``writeDigestSecrets(_:password:enroll:keepPrevious:)``: an enrolled user's
+    /// NT hash follows every password change, and only a rotation keeps the previous one.
+    private func writeNTHash(_ name: String, password: String, enroll: Bool, keepPrevious: Bool) -> SQLStatement {
+        SQLStatement(
+            """
+            INSERT INTO ntlm (realm, name, nt_hash, previous_nt_hash)
+            SELECT ?, ?, ?, NULL
+            WHERE ? OR EXISTS (SELECT 1 FROM ntlm WHERE realm = ? AND name = ?)
+            ON CONFLICT (realm, name) DO UPDATE SET
+                previous_nt_hash = CASE WHEN ? THEN ntlm.nt_hash ELSE NULL END,
+                nt_hash = excluded.nt_hash
+            """,
+            [
+                .text(self.realm), .text(name), .text(NTHash(password: password).hex),
+                .bool(enroll), .text(self.realm), .text(name), .bool(keepPrevious),
+            ]
+        )
+    }
+
+    /// What an audit row says was asked for besides the password: the schemes, never a secret.
+    private static func enrolments(digest: Bool, ntlm: Bool) -> [String] {
+        (digest ? ["digest"] : []) + (ntlm ? ["ntlm"] : [])
+    }
+
     public func setDisabled(_ name: String, _ disabled: Bool, by actor: ChangeActor) async throws {
         let now = self.now().timeIntervalSince1970
         let update = SQLStatement(
@@ -127,7 +162,7 @@ extension AccountStore {
         try await self.change(actor, action: "expire", name: name, detail: detail, at: now, [update])
     }
 
-    /// Removes the user; its Digest secrets go with it (`ON DELETE CASCADE`).
+    /// Removes the user; its Digest secrets and NT hash go with it (`ON DELETE CASCADE`).
     public func remove(_ name: String, by actor: ChangeActor) async throws {
         let now = self.now().timeIntervalSince1970
         let delete = SQLStatement(
@@ -183,7 +218,8 @@ extension AccountStore {
                 """
                 SELECT u.name, u.realm, u.groups, u.created_at, u.updated_at, u.expires_at, u.disabled,
                        u.previous_valid_until, u.last_login_at,
-                       EXISTS (SELECT 1 FROM digest d WHERE d.realm = u.realm AND d.name = u.name) AS enrolled
+                       EXISTS (SELECT 1 FROM digest d WHERE d.realm = u.realm AND d.name = u.name) AS digest_enrolled,
+                       EXISTS (SELECT 1 FROM ntlm n WHERE n.realm = u.realm AND n.name = u.name) AS ntlm_enrolled
                 FROM users u WHERE u.realm = ? ORDER BY u.name \(self.database.dialect.byteOrder)
                 """,
                 [.text(self.realm)]
@@ -197,6 +233,7 @@ extension AccountStore {
                 groups: (row.text(2) ?? "").split(separator: ",").map(String.init),
                 state: UserInfo.state(standing: standing, now: now),
                 digest: row.bool(9),
+                ntlm: row.bool(10),
                 createdAt: Date(timeIntervalSince1970: row.real(3) ?? 0),
                 updatedAt: Date(timeIntervalSince1970: row.real(4) ?? 0),
                 expiresAt: standing.expiresAt,

@@ -128,6 +128,36 @@ public final class AccountStore<Database: SQLDatabase>: UserAdministration {
         return .found(DigestSecrets(user: user, ha1: ha1, previousHA1: row.text(5), standing: standing))
     }
 
+    public func ntlmSecrets(name: String) async -> NTLMLookup {
+        var statement = SQLStatement(
+            """
+            SELECT u.name, u.expires_at, u.disabled, u.previous_valid_until, n.nt_hash, n.previous_nt_hash
+            FROM users u LEFT JOIN ntlm n ON n.realm = u.realm AND n.name = u.name
+            WHERE u.realm = ? AND u.name = ?
+            """,
+            [.text(self.realm), .text(name)]
+        )
+        statement.failsFast = true
+        let row: SQLRow?
+        do {
+            row = try await self.database.query(statement).first
+        } catch {
+            return .unavailable
+        }
+        guard let row, let user = row.text(0) else { return .unknownUser }
+        // A value that is no NT hash (edited by hand) opens nothing: as if not enrolled.
+        guard let ntHash = row.text(4).flatMap(NTHash.init(hex:)) else { return .notEnrolled(user: user) }
+        let standing = Self.standing(disabled: row.bool(2), expires: row.real(1), previousUntil: row.real(3))
+        return .found(
+            NTLMSecrets(
+                user: user,
+                ntHash: ntHash,
+                previousNTHash: row.text(5).flatMap(NTHash.init(hex:)),
+                standing: standing
+            )
+        )
+    }
+
     /// The Digest nonce key, made on first need and kept in the database, so every proxy on it
     /// accepts the others' nonces (and a restart does not make every client log in again).
     /// Instances that start together all end up with the one key whose insert won.

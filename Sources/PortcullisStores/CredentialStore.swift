@@ -36,6 +36,8 @@ public protocol CredentialStore: AnyObject, Sendable {
     var generation: UInt64 { get }
     /// The Digest secrets of a user (by name, or by RFC 7616 user hash when `isUserhash`).
     func digestSecrets(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) async -> DigestLookup
+    /// The NT hash of a user, by the name exactly as stored (as for Basic).
+    func ntlmSecrets(name: String) async -> NTLMLookup
     /// A key for signing Digest nonces that every proxy sharing this store uses, so a nonce one
     /// instance minted is good on another; `nil` when the store cannot keep one.
     func nonceKey() async -> [UInt8]?
@@ -83,6 +85,12 @@ public final class HtpasswdStore: CredentialStore {
     /// An htpasswd file holds password hashes only: its users cannot use Digest.
     public func digestSecrets(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) async -> DigestLookup {
         guard !isUserhash else { return .unknownUser }
+        let known = self.state.withLockedValue { $0.file.entries[name] != nil }
+        return known ? .notEnrolled(user: name) : .unknownUser
+    }
+
+    /// An htpasswd file holds no NT hashes: its users cannot use NTLM.
+    public func ntlmSecrets(name: String) async -> NTLMLookup {
         let known = self.state.withLockedValue { $0.file.entries[name] != nil }
         return known ? .notEnrolled(user: name) : .unknownUser
     }

@@ -87,12 +87,22 @@ public final class CredentialVerifier: Sendable {
         var loginNoted = false
     }
 
+    private struct NTLMEntry {
+        var lookup: NTLMLookup
+        var expires: NIODeadline
+        var generation: UInt64
+        var loginNoted = false
+    }
+
     public let store: any CredentialStore
     private let work: any StoreWork
     private let configuration: Configuration
     private let hmacKey = SymmetricKey(size: .bits256)
     private let state = NIOLockedValueBox(State())
     private let digestEntries = NIOLockedValueBox([DigestKey: DigestEntry]())
+    /// By user name, as the store matches it; only names the store holds (see
+    /// ``ntlmSecrets(name:on:)``).
+    private let ntlmEntries = NIOLockedValueBox([String: NTLMEntry]())
 
     /// A verifier whose store calls run where `work` puts them (a task each by default).
     public init(
@@ -223,6 +233,75 @@ public final class CredentialVerifier: Sendable {
         let store = self.store
         self.work.runDetached { await store.noteLogin(user, at: Date()) }
     }
+
+    // MARK: - NT hashes
+
+    /// As for Digest, what is cached is the user's secrets, never an answer (each NTLM answer is
+    /// keyed by a fresh server challenge): for ``Configuration/ttl``, dropped when the store
+    /// changes. The answer is checked against them on the event loop and the account rules are
+    /// applied at each login with its own time.
+    public func cachedNTLMSecrets(name: String, now: NIODeadline = .now()) -> NTLMLookup? {
+        let generation = self.store.generation
+        return self.ntlmEntries.withLockedValue { entries in
+            guard let entry = entries[name] else { return nil }
+            guard entry.expires > now, entry.generation == generation else {
+                entries[name] = nil
+                return nil
+            }
+            return entry.lookup
+        }
+    }
+
+    /// Reads the NT hash from the store; the future completes on `eventLoop`. Only users the
+    /// store holds are cached (`found`, `notEnrolled`): names a client invents are asked of the
+    /// store each time (the login throttle bounds how often), so they can neither grow the
+    /// table nor push real users out of it.
+    public func ntlmSecrets(name: String, on eventLoop: any EventLoop) -> EventLoopFuture<NTLMLookup> {
+        let store = self.store
+        let generation = store.generation
+        return self.work.run(on: eventLoop) {
+            await store.ntlmSecrets(name: name)
+        }
+        .recover { _ in .unavailable }
+        .map { lookup in
+            switch lookup {
+            case .found, .notEnrolled:
+                self.ntlmEntries.withLockedValue { entries in
+                    if entries.count >= self.configuration.maximumEntries, entries[name] == nil {
+                        let now = NIODeadline.now()
+                        entries = entries.filter { $0.value.expires > now }
+                        if entries.count >= self.configuration.maximumEntries {
+                            entries.removeAll(keepingCapacity: true)
+                        }
+                    }
+                    entries[name] = NTLMEntry(
+                        lookup: lookup,
+                        expires: .now() + self.configuration.ttl,
+                        generation: generation
+                    )
+                }
+            case .unknownUser, .unavailable:
+                break
+            }
+            return lookup
+        }
+    }
+
+    /// An NTLM login succeeded: the store records it (for `users list`) once per cached entry,
+    /// off the event loop, as for Digest.
+    public func noteNTLMLogin(name: String, user: String) {
+        let first = self.ntlmEntries.withLockedValue { entries -> Bool in
+            guard entries[name]?.loginNoted == false else { return false }
+            entries[name]?.loginNoted = true
+            return true
+        }
+        guard first else { return }
+        let store = self.store
+        self.work.runDetached { await store.noteLogin(user, at: Date()) }
+    }
+
+    /// How many NT hash look-ups are cached (for tests of the bound).
+    var cachedNTLMCount: Int { self.ntlmEntries.withLockedValue { $0.count } }
 
     private func insert(_ entry: Entry, key: CacheKey, into state: inout State) {
         if state.entries.count >= self.configuration.maximumEntries {

@@ -117,6 +117,13 @@ public final class HtdigestStore: CredentialStore {
         return .found(DigestSecrets(user: user, ha1: entry.ha1))
     }
 
+    /// An htdigest file holds no NT hashes (an HA1 cannot be turned into one): its users cannot
+    /// use NTLM.
+    public func ntlmSecrets(name: String) async -> NTLMLookup {
+        let known = self.state.withLockedValue { $0.file.entries[name] != nil }
+        return known ? .notEnrolled(user: name) : .unknownUser
+    }
+
     /// Re-reads the file when it changed. Blocking. Returns the new file, or `nil` when unchanged.
     @discardableResult
     public func reloadIfChanged() throws -> HtdigestFile? {

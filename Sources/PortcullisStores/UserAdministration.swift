@@ -58,11 +58,45 @@ public enum DigestLookup: Sendable, Hashable {
     case unavailable
 }
 
+/// The NTLM secret of one account: its NT hash, MD4 of the UTF-16LE password (MS-NLMP §3.3.1).
+/// Password-equivalent wherever NTLM is accepted — NTLMv2 answers are keyed by it, not by the
+/// password — which is why a store keeps it only for users enrolled with `--ntlm`.
+public struct NTLMSecrets: Sendable, Hashable {
+    /// The name as the store spells it.
+    public var user: String
+    public var ntHash: NTHash
+    /// The NT hash of the secret before the last rotation, valid until
+    /// `standing.previousValidUntil`.
+    public var previousNTHash: NTHash?
+    public var standing: AccountStanding
+
+    public init(user: String, ntHash: NTHash, previousNTHash: NTHash? = nil, standing: AccountStanding = .init()) {
+        self.user = user
+        self.ntHash = ntHash
+        self.previousNTHash = previousNTHash
+        self.standing = standing
+    }
+}
+
+/// What a store answers when asked for a user's NT hash.
+public enum NTLMLookup: Sendable, Hashable {
+    case found(NTLMSecrets)
+    /// The user exists but has no NT hash (not enrolled with `--ntlm`, or a user of an htpasswd
+    /// or htdigest file, which hold no NT hashes).
+    case notEnrolled(user: String)
+    case unknownUser
+    /// The store could not be read: never grounds for a 407 (the proxy answers 503).
+    case unavailable
+}
+
 extension CredentialStore {
     /// Default for stores that hold no Digest secrets.
     public func digestSecrets(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) async -> DigestLookup {
         .unknownUser
     }
+
+    /// Default for stores that hold no NT hashes.
+    public func ntlmSecrets(name: String) async -> NTLMLookup { .unknownUser }
 
     /// Default: no shared nonce key; the proxy makes a random one per process.
     public func nonceKey() async -> [UInt8]? { nil }
@@ -79,6 +113,8 @@ public struct UserInfo: Sendable, Equatable, Codable {
     public var state: String
     /// Whether Digest secrets are stored for the user.
     public var digest: Bool
+    /// Whether an NT hash is stored for the user.
+    public var ntlm: Bool
     public var createdAt: Date
     public var updatedAt: Date
     public var expiresAt: Date?
@@ -91,6 +127,7 @@ public struct UserInfo: Sendable, Equatable, Codable {
         groups: [String],
         state: String,
         digest: Bool,
+        ntlm: Bool,
         createdAt: Date,
         updatedAt: Date,
         expiresAt: Date?,
@@ -102,6 +139,7 @@ public struct UserInfo: Sendable, Equatable, Codable {
         self.groups = groups
         self.state = state
         self.digest = digest
+        self.ntlm = ntlm
         self.createdAt = createdAt
         self.updatedAt = updatedAt
         self.expiresAt = expiresAt
@@ -118,7 +156,7 @@ public struct UserInfo: Sendable, Equatable, Codable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, realm, groups, state, digest
+        case name, realm, groups, state, digest, ntlm
         case createdAt = "created_at"
         case updatedAt = "updated_at"
         case expiresAt = "expires_at"
@@ -172,9 +210,9 @@ public struct AuditEntry: Sendable, Codable, Equatable {
 ///
 /// Every change is one transaction with its audit row and a bump of the store's change counter,
 /// so a running proxy notices it (``refresh()``) and drops cached verifications. With
-/// `digest: true`, the HA1 values of every supported algorithm are stored for the realm; a
-/// user already enrolled keeps up-to-date HA1 values on every password change, so an old
-/// password can never keep working through Digest.
+/// `digest: true`, the HA1 values of every supported algorithm are stored for the realm; with
+/// `ntlm: true`, the NT hash. A user already enrolled keeps up-to-date HA1 values and NT hash
+/// on every password change, so an old password can never keep working through Digest or NTLM.
 public protocol UserAdministration: CredentialStore {
     var realm: String { get }
     /// Where the store is, for messages (a path, or a URL without its password).
@@ -185,15 +223,24 @@ public protocol UserAdministration: CredentialStore {
         groups: [String],
         cost: Int,
         digest: Bool,
+        ntlm: Bool,
         by actor: ChangeActor
     ) async throws
-    func setPassword(_ name: String, password: String, cost: Int, digest: Bool, by actor: ChangeActor) async throws
+    func setPassword(
+        _ name: String,
+        password: String,
+        cost: Int,
+        digest: Bool,
+        ntlm: Bool,
+        by actor: ChangeActor
+    ) async throws
     func rotate(
         _ name: String,
         password: String,
         grace: TimeInterval,
         cost: Int,
         digest: Bool,
+        ntlm: Bool,
         by actor: ChangeActor
     ) async throws
     func setDisabled(_ name: String, _ disabled: Bool, by actor: ChangeActor) async throws
@@ -212,19 +259,27 @@ public protocol UserAdministration: CredentialStore {
     var userCount: Int { get async throws }
 }
 
+/// Without `ntlm:`, no NTLM enrolment (an enrolled user's NT hash still follows the password).
 extension UserAdministration {
     public func add(
         _ name: String,
         password: String,
         groups: [String] = [],
         cost: Int = 10,
+        digest: Bool = false,
         by actor: ChangeActor
     ) async throws {
-        try await self.add(name, password: password, groups: groups, cost: cost, digest: false, by: actor)
+        try await self.add(name, password: password, groups: groups, cost: cost, digest: digest, ntlm: false, by: actor)
     }
 
-    public func setPassword(_ name: String, password: String, cost: Int = 10, by actor: ChangeActor) async throws {
-        try await self.setPassword(name, password: password, cost: cost, digest: false, by: actor)
+    public func setPassword(
+        _ name: String,
+        password: String,
+        cost: Int = 10,
+        digest: Bool = false,
+        by actor: ChangeActor
+    ) async throws {
+        try await self.setPassword(name, password: password, cost: cost, digest: digest, ntlm: false, by: actor)
     }
 
     public func rotate(
@@ -232,9 +287,18 @@ extension UserAdministration {
         password: String,
         grace: TimeInterval,
         cost: Int = 10,
+        digest: Bool = false,
         by actor: ChangeActor
     ) async throws {
-        try await self.rotate(name, password: password, grace: grace, cost: cost, digest: false, by: actor)
+        try await self.rotate(
+            name,
+            password: password,
+            grace: grace,
+            cost: cost,
+            digest: digest,
+            ntlm: false,
+            by: actor
+        )
     }
 }
 

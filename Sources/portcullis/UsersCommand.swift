@@ -143,6 +143,16 @@ struct UsersCommand: AsyncParsableCommand {
         )
         var digest = false
 
+        @Flag(
+            name: .long,
+            help: ArgumentHelp(
+                "Also store the NT hash (MD4 of the password), needed to log in with NTLM.",
+                discussion:
+                    "An NT hash is password-equivalent wherever NTLM is accepted; it is stored only when asked. A user already enrolled stays enrolled on every password change, and a rotation's grace applies to the old NT hash too."
+            )
+        )
+        var ntlm = false
+
         /// The password to set and whether it was generated (then it is printed once).
         func password() throws -> (String, generated: Bool) {
             guard (4...31).contains(self.cost) else { throw Failure("--cost must be 4 to 31") }
@@ -196,6 +206,7 @@ struct UsersCommand: AsyncParsableCommand {
                         groups: groups,
                         cost: self.passwordOptions.cost,
                         digest: self.passwordOptions.digest,
+                        ntlm: self.passwordOptions.ntlm,
                         by: .current
                     )
                 }
@@ -228,6 +239,7 @@ struct UsersCommand: AsyncParsableCommand {
                         password: password,
                         cost: self.passwordOptions.cost,
                         digest: self.passwordOptions.digest,
+                        ntlm: self.passwordOptions.ntlm,
                         by: .current
                     )
                 }
@@ -271,6 +283,7 @@ struct UsersCommand: AsyncParsableCommand {
                         grace: seconds,
                         cost: self.passwordOptions.cost,
                         digest: self.passwordOptions.digest,
+                        ntlm: self.passwordOptions.ntlm,
                         by: .current
                     )
                 }
@@ -385,7 +398,7 @@ struct UsersCommand: AsyncParsableCommand {
                 func date(_ d: Date?) -> String { d.map { iso.string(from: $0) } ?? "-" }
                 print(
                     "USER".padding(toLength: 20, withPad: " ", startingAt: 0)
-                        + " STATE     EXPIRES               LAST LOGIN            DIGEST GROUPS"
+                        + " STATE     EXPIRES               LAST LOGIN            DIGEST NTLM GROUPS"
                 )
                 func column(_ text: String, _ width: Int) -> String {
                     text.padding(toLength: max(width, text.count), withPad: " ", startingAt: 0)
@@ -394,7 +407,8 @@ struct UsersCommand: AsyncParsableCommand {
                     let groups = u.groups.isEmpty ? "-" : u.groups.joined(separator: ",")
                     let parts: [String] = [
                         column(u.name, 20), column(u.state, 9), column(date(u.expiresAt), 21),
-                        column(date(u.lastLoginAt), 21), column(u.digest ? "yes" : "no", 6), groups,
+                        column(date(u.lastLoginAt), 21), column(u.digest ? "yes" : "no", 6),
+                        column(u.ntlm ? "yes" : "no", 4), groups,
                     ]
                     print(parts.joined(separator: " "))
                 }

@@ -102,6 +102,114 @@ import Testing
     }
 
     @Test(arguments: StoreKind.available)
+    func ntHashOnlyForEnrolledUsersAndFollowsEveryPasswordChange(_ kind: StoreKind) async throws {
+        try await kind.withStore { f in
+            let store = f.store
+            try await store.add("plain", password: "pw", cost: 4, by: actor)
+            try await store.add("nt", password: "one", groups: [], cost: 4, digest: false, ntlm: true, by: actor)
+            #expect(await store.ntlmSecrets(name: "plain") == .notEnrolled(user: "plain"))
+            #expect(await store.ntlmSecrets(name: "nobody") == .unknownUser)
+            #expect(await store.ntlmSecrets(name: "NT") == .unknownUser, "a name matches as stored, as for Basic")
+            #expect(
+                await store.ntlmSecrets(name: "nt") == .found(NTLMSecrets(user: "nt", ntHash: NTHash(password: "one")))
+            )
+            // Enrolled for NTLM is not enrolled for Digest.
+            #expect(await store.digestSecrets(name: "nt", isUserhash: false, hash: .md5) == .notEnrolled(user: "nt"))
+            // An enrolled user stays enrolled: the old password must not live on through NTLM.
+            try await store.setPassword("nt", password: "two", cost: 4, by: actor)
+            #expect(
+                await store.ntlmSecrets(name: "nt") == .found(NTLMSecrets(user: "nt", ntHash: NTHash(password: "two")))
+            )
+            // A password change of a user who never enrolled enrols nobody; one with --ntlm does.
+            try await store.setPassword("plain", password: "pw2", cost: 4, by: actor)
+            #expect(await store.ntlmSecrets(name: "plain") == .notEnrolled(user: "plain"))
+            try await store.setPassword("plain", password: "pw3", cost: 4, digest: false, ntlm: true, by: actor)
+            #expect(await Self.found(store.ntlmSecrets(name: "plain"))?.ntHash == NTHash(password: "pw3"))
+            try await store.add("dig", password: "d", groups: [], cost: 4, digest: true, by: actor)
+            let listed = try await store.list()
+            #expect(listed.map(\.name) == ["dig", "nt", "plain"])
+            #expect(listed.map(\.ntlm) == [false, true, true] && listed.map(\.digest) == [true, false, false])
+        }
+    }
+
+    @Test(arguments: StoreKind.available)
+    func rotationKeepsThePreviousNTHashForTheGraceAndAPasswordChangeDropsIt(_ kind: StoreKind) async throws {
+        try await kind.withStore { f in
+            let (store, clock) = (f.store, f.clock)
+            try await store.add("nt", password: "one", groups: [], cost: 4, digest: false, ntlm: true, by: actor)
+            try await store.rotate("nt", password: "two", grace: 60, cost: 4, by: actor)
+            let rotated = try #require(await Self.found(store.ntlmSecrets(name: "nt")))
+            #expect(rotated.ntHash == NTHash(password: "two") && rotated.previousNTHash == NTHash(password: "one"))
+            #expect(
+                rotated.standing.outcome(user: "nt", matchedCurrent: false, now: clock.now)
+                    == .accepted(user: "nt", validFor: 60)
+            )
+            clock.advance(61)
+            #expect(
+                rotated.standing.outcome(user: "nt", matchedCurrent: false, now: clock.now) == .rejected(.rotatedOut)
+            )
+            try await store.rotate("nt", password: "three", grace: 60, cost: 4, digest: false, ntlm: true, by: actor)
+            #expect(store.lastAudit?.detail == "grace=60s ntlm")
+            #expect(await Self.found(store.ntlmSecrets(name: "nt"))?.previousNTHash == NTHash(password: "two"))
+            // A password change ends the grace at once, through NTLM as through Basic.
+            try await store.setPassword("nt", password: "four", cost: 4, by: actor)
+            let changed = try #require(await Self.found(store.ntlmSecrets(name: "nt")))
+            #expect(changed == NTLMSecrets(user: "nt", ntHash: NTHash(password: "four")))
+        }
+    }
+
+    @Test(arguments: StoreKind.available)
+    func theNTHashComesWithTheAccountsStanding(_ kind: StoreKind) async throws {
+        try await kind.withStore { f in
+            let (store, clock) = (f.store, f.clock)
+            try await store.add("nt", password: "pw", groups: [], cost: 4, digest: false, ntlm: true, by: actor)
+            func outcome() async -> VerificationOutcome? {
+                await Self.found(store.ntlmSecrets(name: "nt")).map {
+                    $0.standing.outcome(user: $0.user, matchedCurrent: true, now: clock.now)
+                }
+            }
+            try await store.setDisabled("nt", true, by: actor)
+            #expect(await outcome() == .rejected(.disabled))
+            try await store.setDisabled("nt", false, by: actor)
+            try await store.setExpiry("nt", at: clock.now.addingTimeInterval(60), by: actor)
+            #expect(await outcome() == .accepted(user: "nt", validFor: 60))
+            clock.advance(61)
+            #expect(await outcome() == .rejected(.expired))
+        }
+    }
+
+    @Test(arguments: StoreKind.available)
+    func removingAUserRemovesItsNTHash(_ kind: StoreKind) async throws {
+        try await kind.withStore { f in
+            let store = f.store
+            let hex = NTHash(password: "cascade-pw").hex
+            try await store.add("nt", password: "cascade-pw", groups: [], cost: 4, digest: false, ntlm: true, by: actor)
+            #expect(try await f.everything().contains(hex))
+            try await store.remove("nt", by: actor)
+            #expect(await store.ntlmSecrets(name: "nt") == .unknownUser)
+            #expect(try await !f.everything().contains(hex), "the NT hash outlived the user")
+            // The name taken again is a new account, not enrolled.
+            try await store.add("nt", password: "other", cost: 4, by: actor)
+            #expect(await store.ntlmSecrets(name: "nt") == .notEnrolled(user: "nt"))
+        }
+    }
+
+    @Test(arguments: StoreKind.available)
+    func aVersion1DatabaseIsUpgradedInPlace(_ kind: StoreKind) async throws {
+        try await kind.withStore { f in
+            try await f.store.add("old", password: "old-pass", cost: 4, by: actor)
+            try await f.execute("DROP TABLE ntlm")
+            try await f.execute("UPDATE schema_version SET version = 1")
+            let upgraded = try await f.open("R")
+            #expect(try await f.query("SELECT version FROM schema_version") == [SQLRow([.integer(2)])])
+            #expect(await upgraded.verify(user: "old", password: "old-pass") == .accepted(user: "old", validFor: nil))
+            #expect(await upgraded.ntlmSecrets(name: "old") == .notEnrolled(user: "old"))
+            try await upgraded.setPassword("old", password: "new", cost: 4, digest: false, ntlm: true, by: actor)
+            #expect(await Self.found(upgraded.ntlmSecrets(name: "old"))?.ntHash == NTHash(password: "new"))
+        }
+    }
+
+    @Test(arguments: StoreKind.available)
     func oneNonceKeyForEveryInstanceEvenWhenTheyStartTogether(_ kind: StoreKind) async throws {
         try await kind.withStore { f in
             var others: [any UserAdministration] = []
@@ -164,14 +272,24 @@ import Testing
         try await kind.withStore { f in
             let store = f.store
             let before = store.generation
-            try await store.add("a", password: "s3cret-one", groups: ["ops"], cost: 4, digest: true, by: actor)
-            try await store.setPassword("a", password: "s3cret-two", cost: 4, by: actor)
+            try await store.add(
+                "a",
+                password: "s3cret-one",
+                groups: ["ops"],
+                cost: 4,
+                digest: true,
+                ntlm: true,
+                by: actor
+            )
+            try await store.setPassword("a", password: "s3cret-two", cost: 4, digest: false, ntlm: true, by: actor)
             #expect(try await !f.everything().contains("s3cret"), "a password is in the database")
             try await store.remove("a", by: actor)
             #expect(store.generation > before)
             let audit = try await store.audit()
             #expect(audit.map(\.action) == ["add", "passwd", "remove"])
-            #expect(audit.first?.detail == "groups=ops digest")
+            #expect(audit.map(\.detail) == ["groups=ops digest ntlm", "ntlm", ""])
+            let hashes = ["s3cret-one", "s3cret-two"].map { NTHash(password: $0).hex }
+            #expect(!hashes.contains { "\(audit)".contains($0) }, "an NT hash is in the audit trail")
             #expect(audit.allSatisfy { $0.actor == "tester" && $0.host == "test-host" && $0.realm == "R" })
             #expect(store.lastAudit?.action == "remove")
             // A refused change leaves no trace.
@@ -240,6 +358,11 @@ import Testing
     }
 
     private static func found(_ lookup: DigestLookup) -> DigestSecrets? {
+        guard case .found(let secrets) = lookup else { return nil }
+        return secrets
+    }
+
+    private static func found(_ lookup: NTLMLookup) -> NTLMSecrets? {
         guard case .found(let secrets) = lookup else { return nil }
         return secrets
     }

@@ -48,6 +48,17 @@ import Testing
         #expect(await store.verify(user: "bob", password: "secret") == .accepted(user: "bob"))
     }
 
+    @Test func itsUsersAreNotEnrolledForNTLM() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("htpasswd-\(UUID())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("users").path
+        try "alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let store = try HtpasswdStore(path: path)
+        #expect(await store.ntlmSecrets(name: "alice") == .notEnrolled(user: "alice"))
+        #expect(await store.ntlmSecrets(name: "mallory") == .unknownUser)
+    }
+
     @Test func missingFileIsAClearError() {
         #expect(throws: StoreError.self) { try HtpasswdStore(path: "/nonexistent/users") }
     }

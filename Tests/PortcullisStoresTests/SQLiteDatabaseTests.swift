@@ -15,7 +15,7 @@ import Testing
     @Test func noPasswordIsAnywhereInTheFile() async throws {
         try await self.withPath { path in
             let store = try await SQLiteStore(path: path, realm: "R")
-            try await store.add("a", password: "s3cret-one", groups: [], cost: 4, digest: true, by: actor)
+            try await store.add("a", password: "s3cret-one", groups: [], cost: 4, digest: true, ntlm: true, by: actor)
             try await store.setPassword("a", password: "s3cret-two", cost: 4, by: actor)
             try await store.remove("a", by: actor)
             let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
@@ -24,7 +24,7 @@ import Testing
     }
 
     /// Files made before the schema was shared were migrated by GRDB ("v1", "v2-digest"): they
-    /// open as they are, with their users.
+    /// open as they are, with their users, and get the tables added since.
     @Test func aFileOfAnEarlierVersionOpensWithItsUsers() async throws {
         try await self.withPath { path in
             let old = try await SQLiteDatabase.open(path: path)
@@ -41,8 +41,10 @@ import Testing
             #expect(await store.verify(user: "old", password: "old-pass") == .accepted(user: "old", validFor: nil))
             try await store.add("new", password: "new-pass", groups: [], cost: 4, digest: true, by: actor)
             #expect(try await store.list().map(\.name) == ["new", "old"])
+            try await store.setPassword("old", password: "nt-pass", cost: 4, digest: false, ntlm: true, by: actor)
+            #expect(try await store.list().map(\.ntlm) == [false, true])
             let version = try await old.query(SQLStatement("SELECT version FROM schema_version"))
-            #expect(version == [SQLRow([.integer(1)])])
+            #expect(version == [SQLRow([.integer(2)])])
         }
     }
 

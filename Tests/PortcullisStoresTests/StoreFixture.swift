@@ -32,6 +32,8 @@ struct StoreFixture: Sendable {
     var everything: @Sendable () async throws -> String
     /// Runs one statement on the database, beside the store.
     var execute: @Sendable (_ sql: String) async throws -> Void
+    /// Reads with one statement, beside the store.
+    var query: @Sendable (_ sql: String) async throws -> [SQLRow]
 }
 
 extension StoreKind {
@@ -49,7 +51,8 @@ extension StoreKind {
                     clock: clock,
                     open: { realm in try await SQLiteStore(path: path, realm: realm, now: { clock.now }) },
                     everything: { try await Self.everything(in: store.database) },
-                    execute: { sql in _ = try await store.database.transaction([SQLStatement(sql)]) }
+                    execute: { sql in _ = try await store.database.transaction([SQLStatement(sql)]) },
+                    query: { sql in try await store.database.query(SQLStatement(sql)) }
                 )
             )
         case .postgres:
@@ -70,7 +73,8 @@ extension StoreKind {
                             return other
                         },
                         everything: { try await Self.everything(in: store.database) },
-                        execute: { sql in _ = try await store.database.transaction([SQLStatement(sql)]) }
+                        execute: { sql in _ = try await store.database.transaction([SQLStatement(sql)]) },
+                        query: { sql in try await store.database.query(SQLStatement(sql)) }
                     )
                 )
             }
@@ -101,7 +105,7 @@ extension StoreKind {
 
     private static func everything(in database: some SQLDatabase) async throws -> String {
         var text = ""
-        for table in ["users", "audit", "digest", "meta", "secrets", "schema_version"] {
+        for table in ["users", "audit", "digest", "ntlm", "meta", "secrets", "schema_version"] {
             for row in try await database.query(SQLStatement("SELECT * FROM \(table)")) { text += "\(row.values)\n" }
         }
         return text

@@ -9,6 +9,7 @@ PORTCULLIS_REQUIRE_POSTGRES=1, where that is a failure."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -124,12 +125,13 @@ def assert_no_db_password(pg: PostgresServer, proxy):
 def test_users_commands_work_on_postgres_and_never_show_the_password(pg, tmp_path):
     url = pg.fresh()
     audit = tmp_path / "audit.jsonl"
-    users(pg, url, "add", "erin", "--password-stdin", "--groups", "ops", "--cost", "4", "--audit-log", audit,
-          stdin="erin-pass-123\n")
+    users(pg, url, "add", "erin", "--password-stdin", "--groups", "ops", "--cost", "4", "--ntlm",
+          "--audit-log", audit, stdin="erin-pass-123\n")
     users(pg, url, "rotate", "erin", "--grace", "1h", "--cost", "4")
     users(pg, url, "expire", "erin", "--at", "2099-01-01T00:00:00Z")
     listed = users(pg, url, "list", "--json").stdout
     assert '"erin"' in listed and '"rotating"' in listed and "$2" not in listed
+    assert json.loads(listed)[0]["ntlm"] is True
     exported = users(pg, url, "export", "--htpasswd").stdout
     assert exported.startswith("erin:$2")
     out = users(pg, url, "add", "erin", "--password-stdin", stdin="x\n", check=False)

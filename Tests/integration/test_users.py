@@ -1,12 +1,13 @@
 """`portcullis users` against a real SQLite store while a real proxy serves from it: changes
 reach the running proxy, rotation grace, disable/enable, expiry, the 407 body and reason for a
-credential that is no longer valid, list/import/export, the audit trail, errors that leave the
-store untouched, and reloads that never fail a request."""
+credential that is no longer valid, list/import/export, the audit trail, NTLM enrolment, errors
+that leave the store untouched, and reloads that never fail a request."""
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import threading
 
@@ -97,6 +98,36 @@ def test_list_export_and_audit_hold_no_secret(db, tmp_path):
     assert [e["action"] for e in entries] == ["add", "rotate"]
     assert all(e["name"] == "erin" and e["actor"] and e["host"] for e in entries)
     assert "erin-pass-123" not in audit.read_text() and "$2" not in audit.read_text()
+
+
+def test_ntlm_enrolment_is_listed_and_the_nt_hash_is_in_no_output_nor_the_audit(db, tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    outputs = [
+        users(db, "add", "nina", "--ntlm", "--password-stdin", "--cost", "4", "--audit-log", audit,
+              stdin="nina-pass-1\n"),
+        # Enrolled once, the NT hash follows the password without --ntlm; the old one is kept for the grace.
+        users(db, "rotate", "nina", "--grace", "1h", "--password-stdin", "--cost", "4", "--audit-log", audit,
+              "--json", stdin="nina-pass-2\n"),
+        users(db, "list", "--json"),
+        users(db, "list"),
+        users(db, "export", "--htpasswd"),
+    ]
+    listed = {u["name"]: u for u in json.loads(outputs[2].stdout)}
+    assert listed["nina"]["ntlm"] is True and listed["nina"]["digest"] is False
+    assert listed["carol"]["ntlm"] is False
+    header, *rows = outputs[3].stdout.splitlines()
+    assert " DIGEST NTLM GROUPS" in header
+    assert next(r for r in rows if r.startswith("nina ")).split()[-3:] == ["no", "yes", "-"]
+    assert next(r for r in rows if r.startswith("carol ")).split()[-3:] == ["no", "no", "-"]
+    with sqlite3.connect(db) as conn:
+        hashes = conn.execute("SELECT nt_hash, previous_nt_hash FROM ntlm WHERE name = 'nina'").fetchone()
+        audit_table = repr(conn.execute("SELECT * FROM audit").fetchall())
+    assert all(h and len(h) == 32 for h in hashes) and hashes[0] != hashes[1]
+    entries = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(e["action"], e["detail"]) for e in entries] == [("add", "ntlm"), ("rotate", "grace=3600s")]
+    seen = "".join(o.stdout + o.stderr for o in outputs) + audit.read_text() + audit_table
+    for h in hashes:
+        assert h.lower() not in seen.lower(), "an NT hash is in the output or the audit trail"
 
 
 def test_import_from_htpasswd(db, tmp_path):

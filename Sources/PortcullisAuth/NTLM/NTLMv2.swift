@@ -2,7 +2,7 @@ import Crypto
 
 /// A user's NT hash, MD4 of the UTF-16LE password (MS-NLMP §3.3.1 NTOWFv1): the secret a store
 /// keeps for NTLM, since NTLMv2 answers are keyed by it and not by the password.
-public struct NTHash: Sendable, Equatable, CustomStringConvertible {
+public struct NTHash: Sendable, Hashable, CustomStringConvertible {
     /// 16 bytes.
     public let bytes: [UInt8]
 
