@@ -23,6 +23,7 @@ final class FakeGateEnvironment: GateEnvironment {
         /// Every question the gate asked the cache.
         private(set) var lookups = 0
         private(set) var digestLoginsNoted: [String] = []
+        private(set) var ntlmLoginsNoted: [String] = []
 
         func cacheKey(forFieldValue value: String) -> CredentialVerifier.CacheKey {
             self.keyed.append(value)
@@ -42,6 +43,10 @@ final class FakeGateEnvironment: GateEnvironment {
         func cachedNTLMSecrets(name: String, now: NIODeadline) -> NTLMLookup? {
             self.lookups += 1
             return self.ntlmSecrets[name]
+        }
+
+        func noteNTLMLogin(name: String, user: String) {
+            self.ntlmLoginsNoted.append(user)
         }
 
         func noteDigestLogin(_ key: CredentialVerifier.DigestKey, user: String) {

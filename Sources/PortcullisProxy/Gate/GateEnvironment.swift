@@ -94,6 +94,8 @@ protocol GateCredentialCache {
     /// A Digest login succeeded (the store records it, once per cached entry).
     func noteDigestLogin(_ key: CredentialVerifier.DigestKey, user: String)
     func cachedNTLMSecrets(name: String, now: NIODeadline) -> NTLMLookup?
+    /// An NTLM login succeeded (the store records it, once per cached entry).
+    func noteNTLMLogin(name: String, user: String)
     /// Changes whenever the users change: an NTLM-authenticated connection proves itself again.
     var storeGeneration: UInt64 { get }
 }

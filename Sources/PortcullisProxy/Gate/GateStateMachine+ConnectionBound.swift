@@ -250,6 +250,7 @@ extension GateStateMachine {
             switch outcome {
             case .accepted(let user, let validFor):
                 environment.checkSucceeded(wait.ticket, now: now)
+                environment.credentials?.noteNTLMLogin(name: wait.user, user: user)
                 self.boundIdentity = BoundIdentity(
                     user: user,
                     scheme: .ntlm,
