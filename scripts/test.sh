@@ -27,8 +27,10 @@ if [ ${#need[@]} -gt 0 ]; then
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-python3 - <<'PY' || python3 -m pip install --quiet pytest requests prometheus-client
-import pytest, requests, prometheus_client
+# pyspnego (NTLM) and gssapi (Kerberos, built against libkrb5-dev) are the second clients of
+# the Negotiate/NTLM tests.
+python3 - <<'PY' || python3 -m pip install --quiet pytest requests prometheus-client pyspnego gssapi
+import pytest, requests, prometheus_client, spnego, gssapi
 PY
 
 swift build --build-tests

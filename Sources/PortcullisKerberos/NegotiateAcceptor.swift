@@ -219,7 +219,20 @@ public final class NegotiateAcceptor: @unchecked Sendable {
             Int32(KRB5KRB_AP_ERR_MODIFIED), Int32(KRB5KRB_AP_ERR_NOT_US):
             reason = .noKeytabKey
         default:
-            reason = routine == portcullis_gss_s_bad_mech() ? .unsupportedMechanism : .gssFailure
+            // Through SPNEGO the minor status is MIT's mechglue mapping of the Kerberos code, not
+            // the code itself; the text it maps to is the Kerberos library's, which says which.
+            let text = detail.lowercased()
+            if routine == portcullis_gss_s_bad_mech() {
+                reason = .unsupportedMechanism
+            } else if text.contains("clock skew") {
+                reason = .clockSkew
+            } else if text.contains("keytab") || text.contains("integrity check failed")
+                || text.contains("wrong principal")
+            {
+                reason = .noKeytabKey
+            } else {
+                reason = .gssFailure
+            }
         }
         return NegotiateFailure(reason: reason, detail: detail)
     }
