@@ -141,6 +141,7 @@ let package = Package(
                 "PortcullisProxy",
                 // A Digest client (DigestResponder) for the connection tests' nonce answers.
                 "PortcullisAuth",
+                "PortcullisKerberos",
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

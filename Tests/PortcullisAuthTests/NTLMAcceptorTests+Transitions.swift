@@ -79,7 +79,7 @@ extension NTLMAcceptorTests {
     /// acceptor's, where it has none), and the look-up in flight, if any.
     static func acceptor(in state: StateKind) -> (NTLMAcceptor, authenticate: [UInt8], pending: NTLMAcceptor.LookupID?)
     {
-        let client = NTLMTestClient()
+        let client = NTLMClient()
         var (acceptor, negotiate, challenge) = Self.challenged(client)
         let authenticate = client.authenticate(negotiate: negotiate, challenge: challenge)
         switch state {
@@ -106,7 +106,7 @@ extension NTLMAcceptorTests {
         let action: NTLMAcceptor.Action
         switch row.event {
         case .negotiate:
-            action = acceptor.messageReceived(NTLMTestClient().negotiate(), now: Self.at(2), random: &random)
+            action = acceptor.messageReceived(NTLMClient().negotiate(), now: Self.at(2), random: &random)
         case .authenticate:
             action = acceptor.messageReceived(authenticate, now: Self.at(2), random: &random)
         case .clientSentChallenge:
@@ -125,7 +125,7 @@ extension NTLMAcceptorTests {
     /// A look-up answered after the client started over finds a new handshake, not its own:
     /// ignored, even though the new handshake's look-up is pending too.
     @Test func lookUpAnsweredAfterARestartIsIgnored() {
-        let client = NTLMTestClient()
+        let client = NTLMClient()
         var (acceptor, _, challenge) = Self.challenged(client)
         guard
             case .lookUpNTHash(let first) = acceptor.authenticateReceived(

@@ -23,7 +23,7 @@ import Testing
 
     /// An acceptor that has sent its CHALLENGE to `client`'s NEGOTIATE, and the two messages.
     static func challenged(
-        _ client: NTLMTestClient,
+        _ client: NTLMClient,
         settings: NTLMAcceptor.Settings = Self.settings,
         seed: UInt64 = 1
     ) -> (acceptor: NTLMAcceptor, negotiate: [UInt8], challenge: [UInt8]) {
@@ -38,7 +38,7 @@ import Testing
     /// A whole handshake: the acceptor's last action. `edit` changes the AUTHENTICATE on the
     /// way; `store` answers the look-up.
     static func handshake(
-        _ client: NTLMTestClient,
+        _ client: NTLMClient,
         answerAfter seconds: Int = 1,
         store: (NTLMAcceptor.HashLookup) -> NTHash? = Self.lookUp,
         edit: (inout [UInt8]) -> Void = { _ in }
@@ -58,8 +58,8 @@ import Testing
     }
 
     /// A client like curl's: OEM names, no MIC, no key exchange, no Version.
-    static var curlLike: NTLMTestClient {
-        var client = NTLMTestClient()
+    static var curlLike: NTLMClient {
+        var client = NTLMClient()
         client.negotiateFlags = [.oem, .requestTarget, .ntlm, .alwaysSign, .extendedSessionSecurity]
         client.sendMIC = false
         client.micField = false
@@ -70,7 +70,7 @@ import Testing
     // MARK: Round trips
 
     @Test func rightPasswordWithMICAndKeyExchangeIsAccepted() {
-        let action = Self.handshake(NTLMTestClient())
+        let action = Self.handshake(NTLMClient())
         #expect(action == .accept(NTLMIdentity(user: "User", domain: "Domain", workstation: "COMPUTER")))
     }
 
@@ -84,7 +84,7 @@ import Testing
     /// Non-ASCII names: UTF-16 from a Unicode client; UTF-8 bytes from an OEM one (what curl
     /// sends), whose NTOWFv2 widens each byte.
     @Test func nonASCIIUserIsAcceptedInUnicodeAndOEM() {
-        for var client in [NTLMTestClient(), Self.curlLike] {
+        for var client in [NTLMClient(), Self.curlLike] {
             client.user = "jörg"
             client.domain = ""
             client.password = "Passwört"
@@ -93,7 +93,7 @@ import Testing
     }
 
     @Test func wrongPasswordIsRefusedAsInvalidCredentials() {
-        var client = NTLMTestClient()
+        var client = NTLMClient()
         client.password = "password"
         guard case .refuse(let refusal) = Self.handshake(client) else {
             Issue.record("not refused")
@@ -105,9 +105,9 @@ import Testing
 
     /// An unknown user gets the very refusal a wrong password gets.
     @Test func unknownUserIsRefusedLikeAWrongPassword() {
-        var wrong = NTLMTestClient()
+        var wrong = NTLMClient()
         wrong.password = "password"
-        var unknown = NTLMTestClient()
+        var unknown = NTLMClient()
         unknown.user = "nobody"
         guard case .refuse(let a) = Self.handshake(wrong), case .refuse(let b) = Self.handshake(unknown) else {
             Issue.record("not refused")
@@ -117,26 +117,26 @@ import Testing
     }
 
     @Test func tamperedMICIsRefused() {
-        #expect(Self.reason(Self.handshake(NTLMTestClient(), edit: { $0[75] ^= 0x20 })) == .badMIC)
+        #expect(Self.reason(Self.handshake(NTLMClient(), edit: { $0[75] ^= 0x20 })) == .badMIC)
     }
 
     /// MsvAvFlags says a MIC is there (under NTProofStr, so a client really said it) but the
     /// layout has no MIC field.
     @Test func announcedMICWithoutAFieldIsRefused() {
-        var client = NTLMTestClient()
+        var client = NTLMClient()
         client.micField = false
         #expect(Self.reason(Self.handshake(client)) == .badMIC)
     }
 
     @Test func encryptedSessionKeyOfTheWrongLengthIsMalformed() {
-        var client = NTLMTestClient()
+        var client = NTLMClient()
         client.randomSessionKey = [UInt8](repeating: 0x55, count: 15)
         #expect(Self.reason(Self.handshake(client)) == .malformedCredentials)
     }
 
     /// NTLMv1 and LM answers are refused before any look-up, whatever the password.
     @Test func ntlmV1AndLMOnlyAreRefusedBeforeALookUp() {
-        var v1 = NTLMTestClient()
+        var v1 = NTLMClient()
         v1.ntResponse = .v1
         v1.lmResponse = .v1
         v1.sendMIC = false
@@ -158,13 +158,13 @@ import Testing
     }
 
     @Test func anonymousIsRefused() {
-        var anonymous = NTLMTestClient()
+        var anonymous = NTLMClient()
         anonymous.user = ""
         anonymous.domain = ""
         anonymous.ntResponse = .none
         anonymous.lmResponse = .none
         anonymous.sendMIC = false
-        var noUser = NTLMTestClient()
+        var noUser = NTLMClient()
         noUser.user = ""
         for client in [anonymous, noUser] {
             #expect(Self.reason(Self.handshake(client)) == .anonymousRefused)
@@ -175,7 +175,7 @@ import Testing
     /// skew from the proxy's, either way.
     @Test(arguments: [(-299, true), (299, true), (-302, false), (302, false)])
     func clientClockWithinTheSkewIsAccepted(offset: Int, accepted: Bool) {
-        var client = NTLMTestClient()
+        var client = NTLMClient()
         client.timestamp = NTLMFileTime(ticks: UInt64(Int64(Self.at(1).ticks) + Int64(offset) * 10_000_000))
         let action = Self.handshake(client)
         if accepted {
@@ -186,8 +186,8 @@ import Testing
     }
 
     @Test func handshakeOlderThanItsLifetimeIsStale() {
-        #expect(Self.reason(Self.handshake(NTLMTestClient(), answerAfter: 120)) == nil)
-        #expect(Self.reason(Self.handshake(NTLMTestClient(), answerAfter: 121)) == .staleHandshake)
+        #expect(Self.reason(Self.handshake(NTLMClient(), answerAfter: 120)) == nil)
+        #expect(Self.reason(Self.handshake(NTLMClient(), answerAfter: 121)) == .staleHandshake)
     }
 
     /// Without a MIC, NTLMv2 covers the names and the blob but not the workstation bytes or
@@ -205,8 +205,8 @@ import Testing
     /// Every byte of an AUTHENTICATE with a MIC is under the MIC or the proof: one flipped bit
     /// anywhere is refused — even with a store that hands out the right hash for any name.
     @Test func everyFlippedByteOfAMICProtectedMessageIsRefused() {
-        let (acceptor, negotiate, challenge) = Self.challenged(NTLMTestClient())
-        let message = NTLMTestClient().authenticate(negotiate: negotiate, challenge: challenge)
+        let (acceptor, negotiate, challenge) = Self.challenged(NTLMClient())
+        let message = NTLMClient().authenticate(negotiate: negotiate, challenge: challenge)
         for index in message.indices {
             for bit in [UInt8(0x01), 0x80] {
                 var copy = acceptor
@@ -229,8 +229,8 @@ import Testing
 
     /// Random multi-byte damage: refused, never a trap.
     @Test func randomDamageIsRefused() {
-        let (acceptor, negotiate, challenge) = Self.challenged(NTLMTestClient())
-        let message = NTLMTestClient().authenticate(negotiate: negotiate, challenge: challenge)
+        let (acceptor, negotiate, challenge) = Self.challenged(NTLMClient())
+        let message = NTLMClient().authenticate(negotiate: negotiate, challenge: challenge)
         var random = SeededGenerator(seed: 7)
         for _ in 0..<2000 {
             var copy = acceptor
@@ -248,8 +248,8 @@ import Testing
     }
 
     @Test func everyTruncationIsRefusedAsMalformed() {
-        let (acceptor, negotiate, challenge) = Self.challenged(NTLMTestClient())
-        let message = NTLMTestClient().authenticate(negotiate: negotiate, challenge: challenge)
+        let (acceptor, negotiate, challenge) = Self.challenged(NTLMClient())
+        let message = NTLMClient().authenticate(negotiate: negotiate, challenge: challenge)
         var random = SeededGenerator(seed: 3)
         for length in 0..<message.count {
             var copy = acceptor
@@ -260,14 +260,14 @@ import Testing
     }
 
     @Test func oversizedAndOverlappingMessagesAreMalformed() {
-        let oversized = Self.handshake(NTLMTestClient(), edit: { $0 += [UInt8](repeating: 0, count: 8192) })
+        let oversized = Self.handshake(NTLMClient(), edit: { $0 += [UInt8](repeating: 0, count: 8192) })
         #expect(Self.reason(oversized) == .malformedCredentials)
         // The user field (at 36) aimed at the domain's bytes (the payload's first field).
-        let overlapping = Self.handshake(NTLMTestClient(), edit: { $0[40] = 88 })
+        let overlapping = Self.handshake(NTLMClient(), edit: { $0[40] = 88 })
         #expect(Self.reason(overlapping) == .malformedCredentials)
         // Random NEGOTIATE damage: a CHALLENGE or a refusal, never a trap.
         var random = SeededGenerator(seed: 11)
-        let negotiate = NTLMTestClient().negotiate()
+        let negotiate = NTLMClient().negotiate()
         for length in 0...negotiate.count {
             var acceptor = NTLMAcceptor(settings: Self.settings)
             var damaged = Array(negotiate.prefix(length))
@@ -279,8 +279,8 @@ import Testing
     // MARK: The CHALLENGE
 
     @Test func challengeCarriesNamesTimeAndAFreshServerChallenge() {
-        let (_, _, challenge) = Self.challenged(NTLMTestClient())
-        guard let read = NTLMTestClient.read(challenge) else {
+        let (_, _, challenge) = Self.challenged(NTLMClient())
+        guard let read = NTLMClient.read(challenge) else {
             Issue.record("unreadable CHALLENGE")
             return
         }
@@ -299,13 +299,13 @@ import Testing
         var expected: [UInt8] = []
         expected.appendLittleEndian(random.next() as UInt64)
         #expect(read.serverChallenge == expected)
-        #expect(Self.challenged(NTLMTestClient(), seed: 2).challenge[24..<32] != challenge[24..<32])
+        #expect(Self.challenged(NTLMClient(), seed: 2).challenge[24..<32] != challenge[24..<32])
     }
 
     @Test func emptyDNSNamesAreLeftOutAndOEMClientsGetAnOEMTargetName() {
         let settings = NTLMAcceptor.Settings(netbiosDomainName: "PORTCULLIS", netbiosComputerName: "PRÖXY")
         let (_, _, challenge) = Self.challenged(Self.curlLike, settings: settings)
-        let read = NTLMTestClient.read(challenge)
+        let read = NTLMClient.read(challenge)
         #expect(read?.targetInfo.map(\.id) == [.nbDomainName, .nbComputerName, .timestamp])
         #expect(read?.flags.contains(.oem) == true && read?.flags.contains(.unicode) == false)
         #expect(Array(challenge[56..<61]) == Array("PR?XY".utf8))

@@ -36,7 +36,7 @@ import Testing
     /// A client that writes no Version (curl: the payload right after the 64 bytes) and one
     /// with nothing in the payload at all.
     @Test func shortestLayouts() throws {
-        var client = NTLMTestClient()
+        var client = NTLMClient()
         client.includeVersion = false
         client.micField = false
         client.sendMIC = false
@@ -109,7 +109,7 @@ import Testing
     }
 
     @Test func namesAreBounded() {
-        var client = NTLMTestClient()
+        var client = NTLMClient()
         client.user = String(repeating: "u", count: NTLMAuthenticateMessage.maximumNameSize / 2)
         #expect((try? self.parse(client.authenticate(negotiate: [], challenge: NTLMVectors.challenge)).get()) != nil)
         client.user += "u"

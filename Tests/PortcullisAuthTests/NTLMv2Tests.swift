@@ -56,7 +56,7 @@ import Testing
     /// The test client, given §4.2.4's inputs, writes §4.2.4.3's AUTHENTICATE byte for byte
     /// (LMv2 included), so the round trips elsewhere start from a client that follows the spec.
     @Test func testClientWritesTheSpecsAuthenticateMessage() {
-        var client = NTLMTestClient()
+        var client = NTLMClient()
         client.authenticateFlags = NTLMFlags(rawValue: 0xe288_8235)
         client.sendMIC = false
         client.micField = false

@@ -1,38 +1,38 @@
-@testable import PortcullisAuth
+/// A small NTLMv2 client (MS-NLMP §3.1.5): NEGOTIATE and AUTHENTICATE messages, for the
+/// package's tests and doctor's NTLM probe (not part of the public API). It can be told to
+/// misbehave (NTLMv1, no user, another clock, no MIC field) to test acceptors. It shares the
+/// acceptor's HMAC helpers but not its message code: every byte of the messages is laid out here.
+package struct NTLMClient: Sendable {
+    package init() {}
 
-/// A small NTLMv2 client (MS-NLMP §3.1.5), for tests only: it writes NEGOTIATE and
-/// AUTHENTICATE messages for the acceptor to read, and can be told to misbehave (NTLMv1, no
-/// user, another clock, no MIC field). It shares the acceptor's HMAC helpers but not its
-/// message code: every byte of the messages is laid out here.
-struct NTLMTestClient {
-    enum NTResponse { case v2, v1, none }
-    enum LMResponse { case zeros, lmv2, none, v1 }
+    package enum NTResponse: Sendable { case v2, v1, none }
+    package enum LMResponse: Sendable { case zeros, lmv2, none, v1 }
 
-    var user = "User"
-    var domain = "Domain"
-    var password = "Password"
-    var workstation = "COMPUTER"
-    var negotiateFlags: NTLMFlags = [
+    package var user = "User"
+    package var domain = "Domain"
+    package var password = "Password"
+    package var workstation = "COMPUTER"
+    package var negotiateFlags: NTLMFlags = [
         .unicode, .oem, .requestTarget, .sign, .seal, .ntlm, .alwaysSign, .extendedSessionSecurity, .version,
         .key128, .keyExchange, .key56,
     ]
     /// The AUTHENTICATE's flags; `nil`: the CHALLENGE's.
-    var authenticateFlags: NTLMFlags? = nil
-    var clientChallenge = [UInt8](repeating: 0xaa, count: 8)
-    var randomSessionKey = [UInt8](repeating: 0x55, count: 16)
+    package var authenticateFlags: NTLMFlags? = nil
+    package var clientChallenge = [UInt8](repeating: 0xaa, count: 8)
+    package var randomSessionKey = [UInt8](repeating: 0x55, count: 16)
     /// Announce a MIC in MsvAvFlags and send it.
-    var sendMIC = true
+    package var sendMIC = true
     /// Leave room for the MIC field (false with `sendMIC`: announced but absent).
-    var micField = true
-    var includeVersion = true
+    package var micField = true
+    package var includeVersion = true
     /// `nil`: the CHALLENGE's MsvAvTimestamp, as MS-NLMP says clients should.
-    var timestamp: NTLMFileTime? = nil
-    var ntResponse = NTResponse.v2
-    var lmResponse = LMResponse.zeros
+    package var timestamp: NTLMFileTime? = nil
+    package var ntResponse = NTResponse.v2
+    package var lmResponse = LMResponse.zeros
 
-    static let windowsVersion: [UInt8] = [0x05, 0x01, 0x28, 0x0a, 0x00, 0x00, 0x00, 0x0f]
+    package static let windowsVersion: [UInt8] = [0x05, 0x01, 0x28, 0x0a, 0x00, 0x00, 0x00, 0x0f]
 
-    func negotiate() -> [UInt8] {
+    package func negotiate() -> [UInt8] {
         var out = Array("NTLMSSP".utf8) + [0, 1, 0, 0, 0]
         out.appendLittleEndian(self.negotiateFlags.rawValue)
         out.appendField(length: 0, offset: 40)
@@ -42,14 +42,14 @@ struct NTLMTestClient {
     }
 
     /// What a client reads from a CHALLENGE, by fixed offsets (MS-NLMP §2.2.1.2).
-    struct Challenge {
-        var flags: NTLMFlags
-        var serverChallenge: [UInt8]
-        var targetInfo: [NTLMAVPair]
-        var timestamp: NTLMFileTime?
+    package struct Challenge {
+        package var flags: NTLMFlags
+        package var serverChallenge: [UInt8]
+        package var targetInfo: [NTLMAVPair]
+        package var timestamp: NTLMFileTime?
     }
 
-    static func read(_ challenge: [UInt8]) -> Challenge? {
+    package static func read(_ challenge: [UInt8]) -> Challenge? {
         guard NTLMMessageType.of(challenge) == .challenge, challenge.count >= 48,
             let rawFlags = challenge.littleEndianUInt32(at: 20),
             let length = challenge.littleEndianUInt16(at: 40),
@@ -68,7 +68,7 @@ struct NTLMTestClient {
 
     /// NTOWFv2. With Unicode through the code under test's public function; OEM computed here
     /// the way curl does (ASCII upper-cased, every byte widened), as an independent check.
-    func responseKey(unicode: Bool) -> [UInt8] {
+    package func responseKey(unicode: Bool) -> [UInt8] {
         let hash = NTHash(password: self.password)
         if unicode { return NTLMv2.responseKey(ntHash: hash, user: self.user, domain: self.domain) }
         var identity: [UInt8] = []
@@ -77,7 +77,7 @@ struct NTLMTestClient {
         return NTLMv2.hmacMD5(hash.bytes, identity)
     }
 
-    func authenticate(negotiate: [UInt8], challenge challengeBytes: [UInt8]) -> [UInt8] {
+    package func authenticate(negotiate: [UInt8], challenge challengeBytes: [UInt8]) -> [UInt8] {
         guard let challenge = Self.read(challengeBytes) else { return [] }
         let flags = self.authenticateFlags ?? challenge.flags
         let unicode = flags.contains(.unicode)
