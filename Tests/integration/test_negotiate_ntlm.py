@@ -256,3 +256,72 @@ def test_serve_refuses_a_keytab_it_cannot_use(tmp_path, keytab, words):
     res = subprocess.run(args, capture_output=True, timeout=60, env=env)
     assert res.returncode != 0
     assert words in res.stderr.decode(), res.stderr
+
+
+# ------------------------------------------------------------- origins that do NTLM themselves
+
+class _ConnectionAuthOrigin:
+    """An origin that authenticates connections as IIS does with NTLM: a request with
+    `Authorization: NTLM <name>` makes its connection <name>'s; requests without it get a 401
+    offering NTLM unless their connection was authenticated before."""
+
+    def __init__(self):
+        import http.server
+        import socketserver
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                auth = self.headers.get("Authorization", "")
+                if auth.startswith("NTLM "):
+                    self.connection_user = auth[5:]
+                user = getattr(self, "connection_user", None)
+                if user is None:
+                    body = b"who are you?\n"
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", "NTLM")
+                else:
+                    body = f"hello {user}\n".encode()
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_origin_authenticated_connection_never_serves_another_user(launcher):
+    from portcullis_helpers import basic
+    # One event loop: every client connection draws from the same pool of upstream connections.
+    proxy = launcher.start(env={"PORTCULLIS_EVENT_LOOPS": "1"})
+    origin = _ConnectionAuthOrigin()
+    try:
+        url = f"http://127.0.0.1:{origin.port}/private"
+        host = ("Host", f"127.0.0.1:{origin.port}")
+        with proxy.conn() as a:
+            first = a.request("GET", url, headers=[host, ("Proxy-Authorization", basic()),
+                                                   ("Authorization", "NTLM alice")])
+            assert first.status == 200 and first.body == b"hello alice\n", first.describe()
+            # The same client connection keeps the origin's authenticated connection.
+            again = a.request("GET", url, headers=[host, ("Proxy-Authorization", basic())])
+            assert again.body == b"hello alice\n", again.describe()
+            # Another client connection (another user, for all the origin knows) must not get it.
+            with proxy.conn() as b:
+                other = b.request("GET", url, headers=[host, ("Proxy-Authorization", basic())])
+                assert other.status == 401, other.describe()
+    finally:
+        origin.stop()

@@ -14,7 +14,10 @@ extension ProxyConnectionHandler {
         exchange.upstreamHead = self.upstreamHeadBuffer
         let key = UpstreamPool.Key(host: authority.host, port: authority.port)
         exchange.upstreamKey = key
-        if let upstream = self.pool.acquire(key, now: now, where: { self.mayReuse($0, for: exchange) }) {
+        exchange.pinsUpstream = exchange.head.carriesConnectionAuthentication("authorization")
+        if let upstream = self.takePinnedUpstream(key, for: exchange, now: now)
+            ?? self.pool.acquire(key, now: now, where: { self.mayReuse($0, for: exchange) })
+        {
             if case .sendRequest(let exchange, let upstream) = self.machine.upstreamAcquired(upstream, now: now) {
                 self.send(exchange, over: upstream, now: now)
             }
@@ -133,6 +136,9 @@ extension ProxyConnectionHandler {
                 case .exchange(let relaying) = self.machine.state, case .relaying(let upstream) = relaying.response
             else { return }
             exchange.status = head.status
+            if head.status == 401, head.carriesConnectionAuthentication("www-authenticate") {
+                exchange.pinsUpstream = true
+            }
             Self.dropIfLarge(&self.clientHeadBuffer)
             let originCloses = HeaderRewriter.writeClientResponseHead(
                 head,
@@ -188,7 +194,12 @@ extension ProxyConnectionHandler {
         case .awaitRequestEnd: break
         }
         if release, let key = exchange?.upstreamKey {
-            self.pool.release(upstream, key: key, now: now)
+            if exchange?.pinsUpstream == true {
+                self.pinnedUpstream?.upstream.close()
+                self.pinnedUpstream = (key, upstream)
+            } else {
+                self.pool.release(upstream, key: key, now: now)
+            }
         } else {
             upstream.close()
         }
@@ -201,6 +212,24 @@ extension ProxyConnectionHandler {
         self.writeLast(last, then: then)
         self.finish(then, now: now)
         self.rearmTimer()
+    }
+
+    /// The upstream connection this client connection keeps for itself (an origin's NTLM or
+    /// Negotiate handshake is bound to it), if the request goes to its origin.
+    private func takePinnedUpstream(
+        _ key: UpstreamPool.Key,
+        for exchange: ProxyExchange,
+        now: NIODeadline
+    ) -> UpstreamHandler? {
+        guard let pinned = self.pinnedUpstream, pinned.key == key else { return nil }
+        self.pinnedUpstream = nil
+        guard pinned.upstream.isUsable, self.mayReuse(pinned.upstream, for: exchange) else {
+            pinned.upstream.close()
+            return nil
+        }
+        // Still the origin's authenticated connection: it stays pinned after this exchange.
+        exchange.pinsUpstream = true
+        return pinned.upstream
     }
 
     /// A head buffer kept for reuse must not keep the memory of one unusually large head.

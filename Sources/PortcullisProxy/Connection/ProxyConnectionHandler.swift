@@ -44,6 +44,9 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var gate = GateStateMachine()
     /// This connection's Kerberos security context while a Negotiate handshake is under way.
     var negotiateContext: NegotiateContext?
+    /// An upstream connection an origin authenticated with NTLM/Negotiate: this client
+    /// connection's alone (see ``ProxyExchange/pinsUpstream``).
+    var pinnedUpstream: (key: UpstreamPool.Key, upstream: UpstreamHandler)?
     /// The last request head sent upstream and response head sent to the client: once their
     /// bytes have left, nothing else holds them and the next head is built in the same memory
     /// (two allocations less per request).
@@ -186,6 +189,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             upstream.detach()
             if midResponse { upstream.close() }
         }
+        self.pinnedUpstream?.upstream.close()
+        self.pinnedUpstream = nil
         context.fireChannelInactive()
     }
 

@@ -14,6 +14,10 @@ final class ProxyExchange {
     var upstreamKey: UpstreamPool.Key?
     /// The origin's body is close-delimited and this HTTP/1.1 client gets it chunked.
     var rechunkBody = false
+    /// The origin authenticates this exchange's upstream connection itself (NTLM or Negotiate
+    /// in `Authorization` or `WWW-Authenticate`): the connection stays with this client
+    /// connection and never goes to the shared pool, where another user could get it.
+    var pinsUpstream = false
 
     // For the access log and metrics. The clock is read three times per forwarded request (here,
     // when it goes upstream, when it ends), not at every step: `started` also serves the gate's

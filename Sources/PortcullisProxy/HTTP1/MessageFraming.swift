@@ -56,6 +56,19 @@ extension RawMessageHead {
         return view
     }
 
+    /// Whether a line named `lowercaseName` starts with the NTLM or Negotiate scheme: an origin
+    /// authenticating the connection itself (IIS and its kind), not each request.
+    func carriesConnectionAuthentication(_ lowercaseName: String) -> Bool {
+        self.lines.contains { line in
+            guard FieldName.equals(self.name(line), lowercaseName) else { return false }
+            let value = self.value(line)
+            return (value.count >= 4 && FieldName.equals(value.prefix(4), "ntlm")
+                && (value.count == 4 || value[value.startIndex + 4] == 0x20))
+                || (value.count >= 9 && FieldName.equals(value.prefix(9), "negotiate")
+                    && (value.count == 9 || value[value.startIndex + 9] == 0x20))
+        }
+    }
+
     /// Values of every line named `lowercaseName`, as Strings (for the rare paths that need them).
     func values(named lowercaseName: String) -> [String] {
         self.lines.lazy.filter { FieldName.equals(self.name($0), lowercaseName) }
