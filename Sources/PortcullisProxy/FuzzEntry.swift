@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import PortcullisAuth
 
@@ -11,12 +12,32 @@ package enum FuzzEntry {
         guard input.count >= 2 else { return }
         let rest = UnsafeRawBufferPointer(rebasing: input[2...])
         let split = Int(input[1]) % (rest.count + 1)
-        switch input[0] % 4 {
+        switch input[0] % 5 {
         case 0: self.requests(rest, split: split)
         case 1: self.responses(rest, split: split, toHead: input[1] & 0x80 != 0)
         case 2: self.proxyAuthorization(rest)
-        default: self.challenges(rest)
+        case 3: self.challenges(rest)
+        default: self.ntlm(rest, split: split)
         }
+    }
+
+    /// NTLM messages from a client: `split` cuts the input into a NEGOTIATE and an AUTHENTICATE
+    /// for one acceptor (the second answering its CHALLENGE as far as the bytes allow), then
+    /// through every check with a hash that matches nothing.
+    static func ntlm(_ bytes: UnsafeRawBufferPointer, split: Int) {
+        let first = Array(bytes[..<split])
+        let second = Array(bytes[split...])
+        _ = NTLMNegotiateMessage.parse(first, maximumSize: 8192)
+        _ = NTLMAuthenticateMessage.parse(second, maximumSize: 8192)
+        var acceptor = NTLMAcceptor(settings: .init(netbiosDomainName: "FUZZ", netbiosComputerName: "PROXY"))
+        var random = SystemRandomNumberGenerator()
+        let now = NTLMFileTime(unixMilliseconds: 1_800_000_000_000)
+        _ = acceptor.messageReceived(first, now: now, random: &random)
+        if case .lookUpNTHash(let lookup) = acceptor.messageReceived(second, now: now, random: &random) {
+            _ = acceptor.ntHashFound(NTHash(password: "fuzz"), previous: NTHash(password: "old"), for: lookup.id)
+        }
+        let gate = ProxyAuthGate(realm: "fuzz", schemes: [.negotiate, .ntlm])
+        _ = gate.evaluate(proxyAuthorization: ["NTLM " + Data(second).base64EncodedString()])
     }
 
     static func requests(_ bytes: UnsafeRawBufferPointer, split: Int) {
