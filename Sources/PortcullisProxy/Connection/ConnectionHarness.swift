@@ -120,6 +120,10 @@ package final class ConnectionHarness {
             guard ConstantTime.equal(name, alice) else { return .unknownUser }
             return .found(DigestSecrets(user: "alice", ha1: algorithm.hex("alice:Portcullis:secret")))
         }
+        func ntlmSecrets(name: String) async -> NTLMLookup {
+            guard ConstantTime.equal(name, "alice") else { return .unknownUser }
+            return .found(NTLMSecrets(user: "alice", ntHash: NTHash(password: "secret")))
+        }
         func nonceKey() async -> [UInt8]? { nil }
         func noteLogin(_ user: String, at date: Date) async {}
     }
