@@ -101,6 +101,8 @@ let package = Package(
             name: "PortcullisDoctor",
             dependencies: [
                 "PortcullisAuth",
+                // The client's side of Negotiate, from the caller's ticket cache.
+                "PortcullisKerberos",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOTLS", package: "swift-nio"),
             ] + nio
@@ -158,7 +160,10 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ] + nio
         ),
-        .testTarget(name: "PortcullisDoctorTests", dependencies: ["PortcullisDoctor", "PortcullisAuth"] + nio),
+        .testTarget(
+            name: "PortcullisDoctorTests",
+            dependencies: ["PortcullisDoctor", "PortcullisAuth", "PortcullisKerberos"] + nio
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -13,6 +13,9 @@ extension Diagnosis {
         case .digest(let challenge):
             self.nonceCount += 1
             return .digest(user: user, challenge: challenge, nonceCount: self.nonceCount)
+        case .ntlm, .negotiate:
+            // A handshake, not a field: see connectionHandshake.
+            return .none
         }
     }
 
@@ -56,6 +59,7 @@ extension Diagnosis {
             return true
         }
         guard let target = self.firstTarget, let chosen else { return false }
+        if chosen.isConnectionBound { return try self.checkConnectionBoundAuthentication(target) }
         guard let user = self.setup.user else {
             self.report.authentication = DoctorReport.Authentication(
                 outcome: "no-credentials",
@@ -76,7 +80,6 @@ extension Diagnosis {
         var totalMs = 0.0
         while true {
             let request = ProbeRequest(target: target, credentials: self.credentials())
-            let method = request.method
             guard
                 let (response, ms) = try self.sendOrFail(
                     request,
@@ -168,51 +171,76 @@ extension Diagnosis {
                     )
                 }
             }
-            self.report.authentication = DoctorReport.Authentication(
-                outcome: response.status == 403 ? "denied" : "accepted",
-                scheme: chosen.name,
-                status: response.status,
-                proxyReason: reason
+            return self.credentialsAccepted(
+                target,
+                response,
+                who: user,
+                how: self.chosenDescription + (staleRetried ? " (after one stale nonce)" : ""),
+                ms: totalMs,
+                details: details
             )
-            if response.status == 403 && target.isTLS {
-                // A CONNECT refused after the gate: the tunnel step says why.
-                self.firstAuthenticated = (target, response)
-                self.report.add(
-                    "authentication",
-                    .pass,
-                    "credentials accepted: user \"\(user)\" with \(self.chosenDescription); the proxy then refused the CONNECT (see tunnel)",
-                    ms: totalMs,
-                    details: details
-                )
-                return true
-            }
-            if response.status == 403 {
-                return self.report.fail(
-                    "authentication",
-                    .denied,
-                    "credentials accepted, but the proxy forbids \(method) \(target.requestTarget) (403): not a password problem\(Self.reasonSuffix(response))",
-                    fix: "ask the proxy's admins which destinations and ports are allowed for user \"\(user)\"",
-                    ms: totalMs,
-                    details: details
-                )
-            }
+        }
+    }
+
+    /// The end of the authentication step once the proxy took the credentials of `who`,
+    /// answered `how`: a pass (or `status`, a warning), or a 403 for a plain request (denied).
+    mutating func credentialsAccepted(
+        _ target: DoctorTarget,
+        _ response: RecordedResponse,
+        who user: String,
+        how: String,
+        ms totalMs: Double,
+        details: [String: JSONValue],
+        status: DoctorReport.Status = .pass,
+        note: (message: String, fix: String)? = nil
+    ) -> Bool {
+        let method = target.isTLS ? "CONNECT" : "GET"
+        self.report.authentication = DoctorReport.Authentication(
+            outcome: response.status == 403 ? "denied" : "accepted",
+            scheme: self.chosen?.name,
+            status: response.status,
+            proxyReason: Self.proxyReason(response)
+        )
+        if response.status == 403 && target.isTLS {
+            // A CONNECT refused after the gate: the tunnel step says why.
             self.firstAuthenticated = (target, response)
             self.report.add(
                 "authentication",
-                .pass,
-                "accepted: user \"\(user)\" with \(self.chosenDescription)\(staleRetried ? " (after one stale nonce)" : "")",
+                status,
+                "credentials accepted: user \"\(user)\" with \(how); the proxy then refused the CONNECT (see tunnel)\(note.map { "; " + $0.message } ?? "")",
+                fix: note?.fix,
                 ms: totalMs,
                 details: details
             )
             return true
         }
+        if response.status == 403 {
+            return self.report.fail(
+                "authentication",
+                .denied,
+                "credentials accepted, but the proxy forbids \(method) \(target.requestTarget) (403): not a password problem\(Self.reasonSuffix(response))",
+                fix: "ask the proxy's admins which destinations and ports are allowed for user \"\(user)\"",
+                ms: totalMs,
+                details: details
+            )
+        }
+        self.firstAuthenticated = (target, response)
+        self.report.add(
+            "authentication",
+            status,
+            "accepted: user \"\(user)\" with \(how)\(note.map { "; " + $0.message } ?? "")",
+            fix: note?.fix,
+            ms: totalMs,
+            details: details
+        )
+        return true
     }
 
     /// Whether a 401 after credentials is the proxy refusing them in the wrong words (tinyproxy
     /// 1.11 answers 407 without credentials but 401 + WWW-Authenticate to wrong ones) rather
     /// than the origin's own 401: the proxy used 401 from the start, or the 401 repeats the
     /// proxy's realm, or nothing relayed it (no `Via`).
-    private func isProxysOwn401(_ response: RecordedResponse) -> Bool {
+    func isProxysOwn401(_ response: RecordedResponse) -> Bool {
         if self.offeredField == "WWW-Authenticate" { return true }
         let proxyRealms = Set(self.offered.compactMap { $0.parameter("realm") })
         let challenges = (try? ChallengeParser.parse(fieldValues: response.values("WWW-Authenticate"))) ?? []
@@ -224,24 +252,28 @@ extension Diagnosis {
         switch self.chosen {
         case .basic: return "Basic"
         case .digest(let c): return "Digest \(c.algorithm?.description ?? "MD5")"
+        case .ntlm: return "NTLM (NTLMv2)"
+        case .negotiate: return "Negotiate (Kerberos)"
         case nil: return "no credentials"
         }
     }
 
-    private mutating func authFailure(
+    mutating func authFailure(
         _ outcome: String,
         _ message: String,
         fix: String,
-        response: RecordedResponse,
+        response: RecordedResponse?,
         reason: String?,
+        clientReason: String? = nil,
         ms: Double,
         details: [String: JSONValue]
     ) -> Bool {
         self.report.authentication = DoctorReport.Authentication(
             outcome: outcome,
             scheme: self.chosen?.name,
-            status: response.status,
-            proxyReason: reason
+            status: response?.status,
+            proxyReason: reason,
+            clientReason: clientReason
         )
         return self.report.fail("authentication", .authFailed, message, fix: fix, ms: ms, details: details)
     }

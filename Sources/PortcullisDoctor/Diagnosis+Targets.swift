@@ -17,8 +17,7 @@ extension Diagnosis {
             if let first = self.firstAuthenticated, first.target.url == target.url {
                 response = first.response
             } else {
-                let credentials: ProbeRequest.Credentials = self.authRequired ? self.credentials() : .none
-                let (result, ms) = try self.send(ProbeRequest(target: target, credentials: credentials))
+                let (result, ms) = try self.authenticatedSend(target, connection: .reuse)
                 switch result {
                 case .success(let received):
                     response = received
@@ -120,9 +119,7 @@ extension Diagnosis {
             if let reused {
                 response = reused
             } else {
-                let credentials: ProbeRequest.Credentials = self.authRequired ? self.credentials() : .none
-                let request = ProbeRequest(target: target, credentials: credentials, newConnection: true)
-                let (result, sendMs) = try self.send(request)
+                let (result, sendMs) = try self.authenticatedSend(target, connection: .new)
                 switch result {
                 case .success(let received):
                     response = received

@@ -1,5 +1,6 @@
 import Foundation
 import PortcullisAuth
+import PortcullisKerberos
 
 /// The doctor's judgement: a pure function from a ``DoctorSetup`` and a ``ProbeTranscript`` to
 /// the ``DoctorReport``. No socket, no clock: every time it reports is one the probe recorded.
@@ -46,13 +47,20 @@ struct Diagnosis {
     enum ChosenScheme: Equatable {
         case basic
         case digest(DigestChallenge)
+        case ntlm
+        case negotiate
 
         var name: String {
             switch self {
             case .basic: return "Basic"
             case .digest: return "Digest"
+            case .ntlm: return "NTLM"
+            case .negotiate: return "Negotiate"
             }
         }
+
+        /// Whether a handshake authenticates the connection rather than each request.
+        var isConnectionBound: Bool { self == .ntlm || self == .negotiate }
     }
 
     let setup: DoctorSetup
@@ -66,6 +74,10 @@ struct Diagnosis {
     var chosen: ChosenScheme?
     var authRequired = true
     var nonceCount = 0
+    /// The first Kerberos leg, made by the scheme step when the proxy offers Negotiate.
+    var kerberosStart: KerberosOutcome?
+    /// Whose Kerberos ticket answers Negotiate.
+    var principal: String?
     /// The response to the authenticated request of the authentication step, for the first target.
     var firstAuthenticated: (target: DoctorTarget, response: RecordedResponse)?
 
@@ -91,7 +103,7 @@ struct Diagnosis {
             switch name {
             case "reachability": goesOn = try self.checkReachability()
             case "challenge": goesOn = try self.checkChallenge()
-            case "scheme": goesOn = self.checkScheme()
+            case "scheme": goesOn = try self.checkScheme()
             case "authentication": goesOn = try self.checkAuthentication()
             case "http": goesOn = try self.checkHTTPTargets()
             default: goesOn = try self.checkTunnels()
@@ -99,7 +111,8 @@ struct Diagnosis {
             if !goesOn { stopped = self.stopReason(after: name) }
         }
         if self.report.summary.isEmpty {
-            let who = self.setup.user.map { "user \"\($0)\"" } ?? "this client"
+            let name = (self.chosen == .negotiate ? self.principal : nil) ?? self.setup.user
+            let who = name.map { "user \"\($0)\"" } ?? "this client"
             let authority = self.setup.proxy?.authority ?? "?"
             if !self.authRequired {
                 self.report.summary = "the proxy at \(authority) lets requests through without credentials"
@@ -139,7 +152,7 @@ struct Diagnosis {
         switch record.outcome {
         case .opened(let timings, let tlsMs): return .success((timings, tlsMs))
         case .failed(let error): return .failure(error)
-        case .response, .handshake: throw self.mistyped(.open)
+        case .response, .handshake, .kerberos: throw self.mistyped(.open)
         }
     }
 
@@ -149,7 +162,7 @@ struct Diagnosis {
         switch record.outcome {
         case .response(let response): return (.success(response), record.elapsedMs)
         case .failed(let error): return (.failure(error), record.elapsedMs)
-        case .opened, .handshake: throw self.mistyped(.send(request))
+        case .opened, .handshake, .kerberos: throw self.mistyped(.send(request))
         }
     }
 
@@ -182,7 +195,18 @@ struct Diagnosis {
         switch record.outcome {
         case .handshake: return (nil, record.elapsedMs)
         case .failed(let error): return (error, record.elapsedMs)
-        case .opened, .response: throw self.mistyped(.handshake(serverName: serverName))
+        case .opened, .response, .kerberos: throw self.mistyped(.handshake(serverName: serverName))
+        }
+    }
+
+    /// What the Kerberos initiator made of a leg for `HTTP@host` (`token` `nil`: a new handshake).
+    mutating func kerberos(host: String, token: [UInt8]?) throws(Pending) -> KerberosOutcome {
+        let action = ProbeAction.kerberos(host: host, token: token)
+        let record = try self.take(action)
+        switch record.outcome {
+        case .kerberos(let outcome): return outcome
+        case .failed(let error): return .failed(NegotiateInitiatorFailure(reason: .gssFailure, detail: error.message))
+        case .opened, .response, .handshake: throw self.mistyped(action)
         }
     }
 

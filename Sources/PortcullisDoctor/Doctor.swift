@@ -2,13 +2,16 @@ import NIOPosix
 
 /// What `portcullis doctor` was asked to check.
 public struct DoctorOptions: Sendable {
+    /// `--scheme`: the scheme a client answers with. `auto` takes the strongest the proxy offers
+    /// that this client holds credentials for: Negotiate (a Kerberos ticket), NTLM, Digest, Basic.
     public enum SchemeChoice: String, Sendable, CaseIterable {
-        case auto, basic, digest
+        case auto, basic, digest, negotiate, ntlm
     }
 
     /// `--proxy`; `nil` to take the proxy from the environment.
     public var proxy: String?
-    /// `--user` with its password (from stdin or a variable); `nil` to use the proxy URL's.
+    /// `--user` with its password (from stdin or a variable); `nil` to use the proxy URL's. For
+    /// NTLM, `DOMAIN\user` names the domain.
     public var user: String?
     public var password: String?
     public var targets: [String] = ["http://example.com/", "https://example.com/"]

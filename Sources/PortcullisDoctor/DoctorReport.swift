@@ -63,10 +63,13 @@ public struct DoctorReport: Encodable, Sendable {
         public var scheme: String?
         public var status: Int?
         public var proxyReason: String?
+        /// Why this client could not answer (Negotiate: `no-ticket`, `ticket-expired`, …).
+        public var clientReason: String? = nil
 
         enum CodingKeys: String, CodingKey {
             case outcome, scheme, status
             case proxyReason = "proxy_reason"
+            case clientReason = "client_reason"
         }
 
         public func encode(to encoder: any Encoder) throws {
@@ -75,6 +78,7 @@ public struct DoctorReport: Encodable, Sendable {
             try c.encode(self.scheme, forKey: .scheme)
             try c.encode(self.status, forKey: .status)
             try c.encode(self.proxyReason, forKey: .proxyReason)
+            try c.encode(self.clientReason, forKey: .clientReason)
         }
     }
 

@@ -20,7 +20,7 @@ struct ProxyEndpoint: Sendable, Equatable {
 
 /// What the configuration step makes of the options and the environment, before any network
 /// step: the report so far, the proxy, the user and the targets through it. It holds no
-/// password; ``resolve(_:)`` hands that to the probe apart.
+/// password (only whether it is ASCII); ``resolve(_:)`` hands the password to the probe apart.
 struct DoctorSetup: Sendable {
     /// The report after the configuration step (its step, the bypassed targets, the proxy).
     var report = DoctorReport()
@@ -32,6 +32,8 @@ struct DoctorSetup: Sendable {
     var httpsTargets: [DoctorTarget] = []
     var scheme: DoctorOptions.SchemeChoice = .auto
     var insecure = false
+    /// Whether the password has a character beyond ASCII, which some NTLM clients hash wrongly.
+    var passwordIsNonASCII = false
 
     /// Runs the configuration step of docs/DOCTOR.md.
     /// - Returns: the setup, and the password when the run goes on to the network.
@@ -154,6 +156,7 @@ struct DoctorSetup: Sendable {
                 )
             }
         }
+        setup.passwordIsNonASCII = password.map { !$0.unicodeScalars.allSatisfy(\.isASCII) } ?? false
         setup.httpTargets = viaProxy.filter { !$0.isTLS }
         setup.httpsTargets = viaProxy.filter { $0.isTLS }
 

@@ -3,10 +3,11 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import PortcullisAuth
+import PortcullisKerberos
 
 /// Carries out ``ProbeAction``s against the proxy and records what came of each: the network
-/// side of doctor, with no judgement in it. It alone keeps the password, and turns the
-/// credentials a ``ProbeRequest`` names into a `Proxy-Authorization` field.
+/// side of doctor, with no judgement in it. It alone keeps the password and the Kerberos
+/// handshake, and turns the credentials a ``ProbeRequest`` names into a `Proxy-Authorization` field.
 final class ProxyProbe {
     private let proxy: ProxyEndpoint
     private let password: String
@@ -14,6 +15,9 @@ final class ProxyProbe {
     private let group: any EventLoopGroup
     private let timeout: TimeAmount
     private var connection: ProbeConnection?
+    /// The Kerberos handshake in progress, and the token it made for the next request.
+    private var initiator: NegotiateInitiator?
+    private var negotiateToken: [UInt8]?
 
     init(proxy: ProxyEndpoint, password: String?, options: DoctorOptions, group: any EventLoopGroup) {
         self.proxy = proxy
@@ -41,6 +45,8 @@ final class ProxyProbe {
                 }
                 _ = try tunnel.startTLS(serverName: serverName, configuration: self.tlsConfiguration(for: serverName))
                 outcome = .handshake
+            case .kerberos(let host, let token):
+                outcome = .kerberos(self.kerberosLeg(host: host, token: token))
             }
         } catch {
             outcome = .failed(error)
@@ -78,38 +84,78 @@ final class ProxyProbe {
         return (timings, tlsMs)
     }
 
-    /// Sends a request on the current connection while it is usable, else on a new one; a
-    /// connection the proxy will not keep is closed after the response.
-    /// - Parameter start: moved past the reconnection, which is no part of the exchange's time;
+    /// Sends a request on the connection it asks for; a connection the proxy will not keep is
+    /// closed after the response.
+    /// - Parameter start: moved past a reconnection, which is no part of the exchange's time;
     ///   a connection of its own (a tunnel's) is part of it.
     private func send(_ request: ProbeRequest, timedFrom start: inout DispatchTime) throws(ProbeError) -> ProbeResponse
     {
-        if request.newConnection {
+        let isActive = self.connection?.isActive ?? false
+        switch request.connection {
+        case .new:
             _ = try self.open()
-        } else if !(self.connection?.isActive ?? false) {
+        case .reuse where !isActive:
             _ = try self.open()
             start = DispatchTime.now()
+        case .same where !isActive:
+            throw ProbeError(
+                kind: .closed,
+                message: "the connection closed before the next leg of the handshake could be sent on it"
+            )
+        case .reuse, .same:
+            break
         }
         guard let connection = self.connection else { throw ProbeError(kind: .other, message: "no connection") }
-        let response = try connection.exchange(self.text(of: request), method: request.method)
+        let response = try connection.exchange(try self.text(of: request), method: request.method)
         if !response.keepAlive && !(request.method == "CONNECT" && response.status / 100 == 2) {
             self.close()
         }
         return response
     }
 
-    private func text(of request: ProbeRequest) -> String {
+    /// One leg of the Kerberos handshake: a new one from the ticket cache when `token` is `nil`.
+    private func kerberosLeg(host: String, token: [UInt8]?) -> KerberosOutcome {
+        self.negotiateToken = nil
+        if token == nil {
+            self.initiator = nil
+            do {
+                self.initiator = try NegotiateInitiator(host: host)
+            } catch {
+                return .failed(error)
+            }
+        }
+        guard let initiator = self.initiator else {
+            return .failed(NegotiateInitiatorFailure(reason: .gssFailure, detail: "no Kerberos handshake in progress"))
+        }
+        switch initiator.step(token) {
+        case .continueNeeded(let next):
+            self.negotiateToken = next
+            return .token(client: initiator.client, complete: false)
+        case .established(let next?):
+            self.negotiateToken = next
+            return .token(client: initiator.client, complete: true)
+        case .established(nil):
+            return .established(client: initiator.client)
+        case .failed(let failure):
+            self.initiator = nil
+            return .failed(failure)
+        }
+    }
+
+    private func text(of request: ProbeRequest) throws(ProbeError) -> String {
         var lines = [
             "\(request.method) \(request.requestTarget) HTTP/1.1",
             "Host: \(request.hostHeader)",
             "User-Agent: portcullis-doctor/0.1",
         ]
         if request.method != "CONNECT" { lines.append("Accept: */*") }
-        if let authorization = self.authorization(request) { lines.append("Proxy-Authorization: \(authorization)") }
+        if let authorization = try self.authorization(request) {
+            lines.append("Proxy-Authorization: \(authorization)")
+        }
         return lines.joined(separator: "\r\n") + "\r\n\r\n"
     }
 
-    private func authorization(_ request: ProbeRequest) -> String? {
+    private func authorization(_ request: ProbeRequest) throws(ProbeError) -> String? {
         switch request.credentials {
         case .none:
             return nil
@@ -126,7 +172,41 @@ final class ProxyProbe {
                     nonceCount: nonceCount,
                     cnonce: cnonce
                 )
+        case .ntlmNegotiate:
+            return "NTLM " + Data(self.ntlmClient(user: "", domain: "").negotiate()).base64EncodedString()
+        case .ntlmAuthenticate(let user, let domain, let challenge):
+            var client = self.ntlmClient(user: user, domain: domain)
+            var random = SystemRandomNumberGenerator()
+            client.clientChallenge = (0..<8).map { _ in UInt8.random(in: .min ... .max, using: &random) }
+            client.randomSessionKey = (0..<16).map { _ in UInt8.random(in: .min ... .max, using: &random) }
+            if NTLMClient.read(challenge)?.timestamp == nil {
+                // MS-NLMP: the CHALLENGE's MsvAvTimestamp when it has one, else this clock.
+                client.timestamp = NTLMFileTime(unixMilliseconds: UInt64(Date().timeIntervalSince1970 * 1000))
+            }
+            let message = client.authenticate(negotiate: client.negotiate(), challenge: challenge)
+            guard !message.isEmpty else {
+                throw ProbeError(kind: .protocolError, message: "the proxy's NTLM CHALLENGE cannot be read")
+            }
+            return "NTLM " + Data(message).base64EncodedString()
+        case .negotiate:
+            guard let token = self.negotiateToken else {
+                throw ProbeError(kind: .other, message: "no Negotiate token to send")
+            }
+            self.negotiateToken = nil
+            return "Negotiate " + Data(token).base64EncodedString()
         }
+    }
+
+    /// An NTLMv2 client for this user, with the password, naming this machine as Windows does
+    /// (the first label of its host name, upper case, at most 15 characters).
+    private func ntlmClient(user: String, domain: String) -> NTLMClient {
+        var client = NTLMClient()
+        client.user = user
+        client.domain = domain
+        client.password = self.password
+        let label = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? ""
+        client.workstation = String(label.uppercased().prefix(15))
+        return client
     }
 
     private func tlsConfiguration(for host: String) -> TLSConfiguration {

@@ -260,7 +260,7 @@ public final class NegotiateAcceptor: @unchecked Sendable {
         return out
     }
 
-    private static func display(_ name: gss_name_t) -> String? {
+    static func display(_ name: gss_name_t) -> String? {
         var minor: OM_uint32 = 0
         var text = gss_buffer_desc(length: 0, value: nil)
         guard portcullis_gss_error(gss_display_name(&minor, name, &text, nil)) == 0 else { return nil }
@@ -268,7 +268,7 @@ public final class NegotiateAcceptor: @unchecked Sendable {
         return String(decoding: Self.bytes(of: text), as: UTF8.self)
     }
 
-    private static func bytes(of buffer: gss_buffer_desc) -> [UInt8] {
+    static func bytes(of buffer: gss_buffer_desc) -> [UInt8] {
         guard let value = buffer.value, buffer.length > 0 else { return [] }
         return Array(UnsafeRawBufferPointer(start: value, count: buffer.length))
     }

@@ -7,7 +7,7 @@ struct DoctorCommand: ParsableCommand {
         commandName: "doctor",
         abstract: "Check, step by step, why a proxy answers 407 and what to change (works with any HTTP proxy).",
         discussion: """
-            Without --proxy, doctor uses what a client on this machine would: HTTPS_PROXY / HTTP_PROXY / ALL_PROXY (lower-case names first) and NO_PROXY. Credentials come from --user with --password-stdin or --password-env, else from the proxy URL. Passwords are never printed.
+            Without --proxy, doctor uses what a client on this machine would: HTTPS_PROXY / HTTP_PROXY / ALL_PROXY (lower-case names first) and NO_PROXY. Credentials come from --user with --password-stdin or --password-env, else from the proxy URL; Negotiate uses this user's Kerberos ticket (kinit). Passwords are never printed.
 
             Exit codes: 0 ok, 1 proxy unreachable or configuration error, 2 authentication problem, 3 denied by policy, 4 target or tunnel failure. --json prints the report in the schema of docs/DOCTOR.md.
             """
@@ -16,7 +16,10 @@ struct DoctorCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Proxy URL (default: from the environment).", valueName: "url"))
     var proxy: String?
 
-    @Option(name: .long, help: ArgumentHelp("User name (overrides the proxy URL's).", valueName: "name"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp("User name (overrides the proxy URL's; DOMAIN\\NAME for NTLM).", valueName: "name")
+    )
     var user: String?
 
     @Flag(name: .long, help: "Read the password from the first line of standard input.")
@@ -36,7 +39,10 @@ struct DoctorCommand: ParsableCommand {
 
     @Option(
         name: .long,
-        help: ArgumentHelp("Schemes this client may answer with: auto, basic or digest.", valueName: "scheme")
+        help: ArgumentHelp(
+            "Scheme to answer with: auto (the strongest offered: Negotiate with a ticket, NTLM, Digest, Basic), basic, digest, negotiate or ntlm.",
+            valueName: "scheme"
+        )
     )
     var scheme: String = "auto"
 
@@ -63,7 +69,7 @@ struct DoctorCommand: ParsableCommand {
             throw ValidationError("--password-stdin and --password-env need --user")
         }
         guard DoctorOptions.SchemeChoice(rawValue: self.scheme.lowercased()) != nil else {
-            throw ValidationError("--scheme must be auto, basic or digest")
+            throw ValidationError("--scheme must be auto, basic, digest, negotiate or ntlm")
         }
         guard self.timeout > 0, self.timeout <= 300 else {
             throw ValidationError("--timeout must be between 0 and 300 seconds")

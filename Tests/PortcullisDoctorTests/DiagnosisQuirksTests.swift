@@ -17,16 +17,18 @@ import Testing
         }
     }
 
-    @Test func negotiateAndNTLMOnlyIsASchemeMismatchWithClientAdvice() throws {
-        let replay = TranscriptReplay(F.setup(proxy: Self.carol), [F.opened, F.challenge("Negotiate", "NTLM")])
+    @Test func negotiateAndNTLMOnlyIsASchemeMismatchForABasicClientWithClientAdvice() throws {
+        let replay = TranscriptReplay(
+            F.setup(proxy: Self.carol, scheme: .basic),
+            [F.opened, F.challenge("Negotiate", "NTLM")]
+        )
         let report = try replay.complete()
         #expect((report.verdict, report.exitCode, F.outcome(report)) == (.authFailed, 2, "scheme-mismatch"))
         let step = try #require(F.step(report, "scheme"))
-        #expect(
-            step.message.contains("proxy offers only Negotiate, NTLM; Basic or Digest credentials will never work here")
-        )
+        #expect(step.message.contains("proxy offers only Negotiate, NTLM; Basic credentials will never work here"))
         for advice in [
             "--proxy-negotiate", "--proxy-ntlm", "jdk.http.auth.tunneling.disabledSchemes", "Python requests",
+            "--scheme auto",
         ] {
             #expect(step.fix?.contains(advice) == true, "\(advice)")
         }

@@ -13,10 +13,34 @@ enum TestKDC {
     static let realm = environment["PORTCULLIS_TEST_KRB5_REALM"] ?? ""
     static let required = environment["PORTCULLIS_REQUIRE_KDC"] == "1"
     static var isAvailable: Bool { keytab != nil || required }
+
+    /// A ticket cache of its own holding the test user's ticket-granting ticket, from `kinit`
+    /// (the tool a user runs): `FILE:/tmp/…`. The process's own cache (KRB5CCNAME) is untouched.
+    static func ticketCache() throws -> String {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("portcullis-\(UUID()).ccache").path
+        let kinit = Process()
+        kinit.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        kinit.arguments = ["kinit", user]
+        kinit.environment = environment.merging(["KRB5CCNAME": "FILE:" + path]) { $1 }
+        let input = Pipe()
+        kinit.standardInput = input
+        kinit.standardOutput = FileHandle.nullDevice
+        try kinit.run()
+        input.fileHandleForWriting.write(Data((password + "\n").utf8))
+        try input.fileHandleForWriting.close()
+        kinit.waitUntilExit()
+        guard kinit.terminationStatus == 0 else { throw KinitFailed(status: kinit.terminationStatus) }
+        return "FILE:" + path
+    }
+
+    struct KinitFailed: Error {
+        var status: Int32
+    }
 }
 
 /// A Kerberos client through the same GSSAPI library: credentials from a password (no ticket
-/// cache is touched), then the initiator's tokens for `HTTP@host`.
+/// cache is touched), then the initiator's tokens for `HTTP@host`. Raw Kerberos as well as
+/// SPNEGO, which `NegotiateInitiator` (doctor's, SPNEGO from a ticket cache) does not offer.
 final class TestInitiator {
     private var credential: gss_cred_id_t?
     private var context: gss_ctx_id_t?

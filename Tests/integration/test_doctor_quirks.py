@@ -1,5 +1,6 @@
 """`portcullis doctor` against scripted proxies that misbehave in ways real deployments do and
-the peers in test_doctor.py cannot be configured to: Negotiate/NTLM only, a realm that changes,
+the peers in test_doctor.py cannot be configured to: Negotiate/NTLM only, NTLM through a proxy
+that closes every connection, a realm that changes,
 stale nonces forever, a 407 without a challenge, several challenges in one field, and an
 https:// proxy. The scripted proxy checks Digest answers itself with Python's hashlib, so the
 Digest tests also prove doctor's RFC 7616 arithmetic against an independent implementation.
@@ -7,10 +8,12 @@ Digest tests also prove doctor's RFC 7616 arithmetic against an independent impl
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import socket
 import ssl
+import struct
 import threading
 
 import pytest
@@ -150,17 +153,48 @@ def challenge_then(check):
 
 # --------------------------------------------------------------------------- schemes
 
-def test_negotiate_and_ntlm_only_is_a_scheme_mismatch_with_client_advice(scripted, home):
+def test_negotiate_and_ntlm_only_is_a_scheme_mismatch_for_a_basic_client(scripted, home):
     p = scripted(lambda m, t, a, n: (407, [("Proxy-Authenticate", "Negotiate"), ("Proxy-Authenticate", "NTLM")], b""))
-    run = doctor(p, home=home)
+    run = doctor(p, "--scheme", "basic", home=home)
     report = assert_result(run, "auth-failed", 2, "scheme-mismatch")
     step = run.step("scheme")
-    assert_in("proxy offers only Negotiate, NTLM; Basic or Digest credentials will never work here",
+    assert_in("proxy offers only Negotiate, NTLM; Basic credentials will never work here",
               step["message"], run, "scheme message")
-    for advice in ("--proxy-negotiate", "--proxy-ntlm", "jdk.http.auth.tunneling.disabledSchemes", "Python requests"):
+    for advice in ("--proxy-negotiate", "--proxy-ntlm", "jdk.http.auth.tunneling.disabledSchemes", "Python requests",
+                   "--scheme auto"):
         assert_in(advice, step["fix"], run, "scheme fix")
     assert [c["scheme"] for c in report["challenges"]] == ["Negotiate", "NTLM"]
     assert all(a is None for _, _, a in p.seen), "credentials were sent to a proxy that cannot take them"
+
+
+def ntlm_challenge_message() -> bytes:
+    """An NTLM CHALLENGE (MS-NLMP §2.2.1.2): Unicode, NTLM, target info with the computer name."""
+    name = "PROXY".encode("utf-16-le")
+    target_info = struct.pack("<HH", 1, len(name)) + name + struct.pack("<HH", 0, 0)
+    flags = 0x00000001 | 0x00000004 | 0x00000200 | 0x00008000 | 0x00080000 | 0x00800000
+    header = b"NTLMSSP\0" + struct.pack("<I", 2)
+    header += struct.pack("<HHI", len(name), len(name), 48)
+    header += struct.pack("<I", flags) + bytes(range(8)) + bytes(8)
+    header += struct.pack("<HHI", len(target_info), len(target_info), 48 + len(name))
+    return header + name + target_info
+
+
+def test_ntlm_through_a_proxy_that_closes_every_connection_is_named(scripted, home):
+    challenge = "NTLM " + base64.b64encode(ntlm_challenge_message()).decode()
+
+    def script(method, target, auth, count):
+        if auth and auth.startswith("NTLM "):
+            return 407, [("Proxy-Authenticate", challenge)], b""
+        return 407, [("Proxy-Authenticate", "NTLM"), ("Proxy-Authenticate", 'Basic realm="closing"')], b""
+    p = scripted(script)
+    run = doctor(p, home=home)
+    report = assert_result(run, "auth-failed", 2, "handshake-interrupted")
+    assert report["authentication"]["scheme"] == "NTLM", run.describe()
+    auth = run.step("authentication")
+    assert_in("does not keep the connection", auth["message"], run, "the authentication step")
+    assert_in("cannot work through", auth["fix"], run, "the authentication step's fix")
+    # NEGOTIATE went out; the AUTHENTICATE never could.
+    assert [a.split(" ")[0] if a else None for _, _, a in p.seen] == [None, "NTLM"], p.seen
 
 
 def test_a_407_without_a_challenge_is_named(scripted, home):
