@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A throwaway MIT Kerberos KDC for the tests: realm PORTCULLIS.TEST on a free loopback port,
 # its own krb5.conf, a user principal with a password and a keytab for the proxy's HTTP/
-# service principals (HTTP/localhost and HTTP/<this host's name>).
+# service principals (HTTP/localhost and HTTP/<this host's name>, beside host/localhost).
 #
 #   kdc-test-server.sh run CMD [ARGS…]  start one in a temporary directory, run CMD with
 #                                       KRB5_CONFIG and PORTCULLIS_TEST_KRB5_* exported, then
@@ -81,7 +81,10 @@ EOF
             echo "addprinc -pw $password alice"
             echo "addprinc -randkey HTTP/localhost"
             [ "$host" = localhost ] || echo "addprinc -randkey HTTP/$host"
+            # A keytab often holds other services' keys too: a ticket for one is not for the proxy.
+            echo "addprinc -randkey host/localhost"
             echo "ktadd -k $dir/http.keytab HTTP/localhost"
+            echo "ktadd -k $dir/http.keytab host/localhost"
             [ "$host" = localhost ] || echo "ktadd -k $dir/http.keytab HTTP/$host"
             # Same name, a key the KDC never had: what a stale keytab looks like.
             echo "addprinc -randkey HTTP/wrong.invalid"

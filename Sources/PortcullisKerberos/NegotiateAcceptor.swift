@@ -132,7 +132,30 @@ public final class NegotiateAcceptor: @unchecked Sendable {
             context.reset()
             return .failed(NegotiateFailure(reason: .gssFailure, detail: "the client's name could not be read"))
         }
+        // The keytab may hold other services' keys (host/…): only a ticket for an HTTP/ one is
+        // a ticket for this proxy.
+        let service = Self.acceptorName(context)
+        guard let service, service.hasPrefix("HTTP/") else {
+            context.reset()
+            return .failed(
+                NegotiateFailure(
+                    reason: .noKeytabKey,
+                    detail: "the ticket is for \(service ?? "another service"), not an HTTP/ service"
+                )
+            )
+        }
         return .established(principal: principal, token: outputToken)
+    }
+
+    /// The service principal the client's ticket was for.
+    private static func acceptorName(_ context: NegotiateContext) -> String? {
+        guard let handle = context.handle else { return nil }
+        var minor: OM_uint32 = 0
+        var target: gss_name_t?
+        guard portcullis_gss_error(gss_inquire_context(&minor, handle, nil, &target, nil, nil, nil, nil, nil)) == 0
+        else { return nil }
+        defer { if target != nil { gss_release_name(&minor, &target) } }
+        return target.flatMap(Self.display)
     }
 
     // MARK: - GSSAPI and krb5 calls

@@ -29,6 +29,25 @@ struct NegotiateAcceptorTests {
         Issue.record("no outcome after four legs")
     }
 
+    @Test func aTicketForAnotherServiceInTheKeytabIsRefused() throws {
+        let keytab = try #require(TestKDC.keytab, "no test KDC (PORTCULLIS_REQUIRE_KDC is set)")
+        let acceptor = try NegotiateAcceptor(keytab: keytab)
+        #expect(!acceptor.servicePrincipals.contains { $0.hasPrefix("host/") })
+        let client = try TestInitiator(
+            user: TestKDC.user,
+            password: TestKDC.password,
+            service: "host@localhost",
+            mechanism: .kerberos
+        )
+        let step = acceptor.accept(try client.step(nil).token, in: acceptor.makeContext())
+        guard case .failed(let failure) = step else {
+            Issue.record("a host/ ticket was accepted: \(step)")
+            return
+        }
+        #expect(failure.reason == .noKeytabKey)
+        #expect(failure.detail.contains("host/localhost"))
+    }
+
     @Test func aKeytabWithAnotherKeyIsReportedAsSuch() throws {
         let keytab = try #require(TestKDC.wrongKeytab, "no test KDC (PORTCULLIS_REQUIRE_KDC is set)")
         let acceptor = try NegotiateAcceptor(keytab: keytab)
