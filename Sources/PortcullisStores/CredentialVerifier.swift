@@ -256,6 +256,18 @@ public final class CredentialVerifier: Sendable {
     /// store holds are cached (`found`, `notEnrolled`): names a client invents are asked of the
     /// store each time (the login throttle bounds how often), so they can neither grow the
     /// table nor push real users out of it.
+    /// Checks an NTLM answer against NT hashes the store gave (HMAC-MD5 over the handshake,
+    /// RC4 for the MIC's key) where store calls run — a task, never an event loop — and answers
+    /// on `eventLoop`.
+    public func verifyNTLM(
+        _ pending: NTLMAcceptor.PendingVerification,
+        current: NTHash?,
+        previous: NTHash?,
+        on eventLoop: any EventLoop
+    ) -> EventLoopFuture<NTLMAcceptor.Verification> {
+        self.work.run(on: eventLoop) { NTLMAcceptor.verify(pending, ntHash: current, previous: previous) }
+    }
+
     public func ntlmSecrets(name: String, on eventLoop: any EventLoop) -> EventLoopFuture<NTLMLookup> {
         let store = self.store
         let generation = store.generation

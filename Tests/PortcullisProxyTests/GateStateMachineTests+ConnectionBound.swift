@@ -175,6 +175,16 @@ extension GateStateMachineTests {
         return gate.startRequest(try self.request(self.ntlm(authenticate, scheme: scheme)), in: env)
     }
 
+    /// The store's answer, then the NT hash check the gate asks for (run here as the verifier
+    /// would run it off the event loop).
+    func found(_ gate: inout GateStateMachine, _ env: FakeGateEnvironment, _ id: CheckID, _ lookup: NTLMLookup) -> Action {
+        let action = gate.ntlmSecretsFound(id, lookup: lookup, now: t0, in: env)
+        guard case .verifyNTLM(let check, let pending, let current, let previous) = action else { return action }
+        #expect(check == id)
+        let result = NTLMAcceptor.verify(pending, ntHash: current, previous: previous)
+        return gate.ntlmVerified(check, result, now: t0, in: env)
+    }
+
     func client(_ user: String = "alice", _ password: String = "secret") -> NTLMClient {
         var client = NTLMClient()
         client.user = user
@@ -194,7 +204,7 @@ extension GateStateMachineTests {
         #expect(name == "alice")
         #expect(env.handshakes == 0)
         let found = NTLMSecrets(user: "alice", ntHash: NTHash(password: "secret"))
-        let done = gate.ntlmSecretsFound(id, lookup: .found(found), now: t0, in: env)
+        let done = self.found(&gate, env, id, .found(found))
         #expect(self.seen(done) == .allow(self.record("ok", scheme: "ntlm", user: "alice"), authenticationInfo: false))
         #expect(env.throttleCalls == ["check", "check", "begin(alice)", "succeeded"])
         #expect(env.credentials?.ntlmLoginsNoted == ["alice"])
@@ -208,7 +218,7 @@ extension GateStateMachineTests {
         let action = try self.ntlmHandshake(&gate, env, client: self.client("alice", "wrong"))
         guard case .lookUpNTLMSecrets(let id, _) = action else { Issue.record("\(action)"); return }
         let found = NTLMSecrets(user: "alice", ntHash: NTHash(password: "secret"))
-        let done = gate.ntlmSecretsFound(id, lookup: .found(found), now: t0, in: env)
+        let done = self.found(&gate, env, id, .found(found))
         guard case .refuse(let record, let response, _) = done else { Issue.record("\(done)"); return }
         #expect(record.result == "invalid-credentials")
         #expect(response.status == .proxyAuthenticationRequired)
@@ -230,7 +240,7 @@ extension GateStateMachineTests {
                 previousNTHash: NTHash(password: "old"),
                 standing: AccountStanding(previousValidUntil: env.currentDate.addingTimeInterval(graceLeft))
             )
-            let done = gate.ntlmSecretsFound(id, lookup: .found(found), now: t0, in: env)
+            let done = self.found(&gate, env, id, .found(found))
             switch done {
             case .allow(let record, _): #expect(record.result == expected)
             case .refuse(let record, _, _): #expect(record.result == expected)
@@ -244,12 +254,7 @@ extension GateStateMachineTests {
         let env = self.ntlmEnvironment()
         let action = try self.ntlmHandshake(&gate, env, client: self.client())
         guard case .lookUpNTLMSecrets(let id, _) = action else { Issue.record("\(action)"); return }
-        _ = gate.ntlmSecretsFound(
-            id,
-            lookup: .found(NTLMSecrets(user: "alice", ntHash: NTHash(password: "secret"))),
-            now: t0,
-            in: env
-        )
+        _ = self.found(&gate, env, id, .found(NTLMSecrets(user: "alice", ntHash: NTHash(password: "secret"))))
         env.credentials?.storeGeneration += 1
         let later = gate.startRequest(try self.request(), in: env)
         guard case .refuse(let record, let response, _) = later else { Issue.record("\(later)"); return }
@@ -263,7 +268,7 @@ extension GateStateMachineTests {
         let env = self.ntlmEnvironment()
         let action = try self.ntlmHandshake(&gate, env, client: self.client())
         guard case .lookUpNTLMSecrets(let id, _) = action else { Issue.record("\(action)"); return }
-        let done = gate.ntlmSecretsFound(id, lookup: lookup, now: t0, in: env)
+        let done = self.found(&gate, env, id, lookup)
         guard case .refuse(let record, _, _) = done else { Issue.record("\(done)"); return }
         #expect(record.result == "invalid-credentials")
         #expect(env.throttleCalls.contains("failed"))
@@ -300,5 +305,28 @@ extension GateStateMachineTests {
         guard case .refuse(let record, _, close: false) = action else { Issue.record("\(action)"); return }
         #expect(record.result == "ntlm-v1-refused")
         #expect(env.credentials?.lookups == 0)
+    }
+}
+
+extension GateStateMachineTests {
+    @Test func aVerificationThatCouldNotRunIsA503AndAfterACloseIsDropped() throws {
+        for closeFirst in [false, true] {
+            var gate = GateStateMachine()
+            let env = self.ntlmEnvironment()
+            let action = try self.ntlmHandshake(&gate, env, client: self.client())
+            guard case .lookUpNTLMSecrets(let id, _) = action else { Issue.record("\(action)"); return }
+            let lookup = NTLMLookup.found(NTLMSecrets(user: "alice", ntHash: NTHash(password: "secret")))
+            guard case .verifyNTLM(let check, _, _, _) = gate.ntlmSecretsFound(id, lookup: lookup, now: t0, in: env)
+            else { Issue.record("no verification"); return }
+            if closeFirst { gate.connectionClosed(in: env) }
+            let done = gate.ntlmVerified(check, nil, now: t0, in: env)
+            if closeFirst {
+                #expect(self.seen(done) == .none)
+            } else {
+                guard case .refuse(_, let response, _) = done else { Issue.record("\(done)"); return }
+                #expect(response.status == .serviceUnavailable)
+            }
+            #expect(env.throttleCalls.last == "abandoned")
+        }
     }
 }

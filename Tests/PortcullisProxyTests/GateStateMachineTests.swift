@@ -77,6 +77,7 @@ import Testing
         case wait(CheckID, TimeAmount)
         case acceptNegotiate(CheckID, token: [UInt8])
         case lookUpNTLMSecrets(CheckID, name: String)
+        case verifyNTLM(CheckID)
         case none
     }
 
@@ -90,6 +91,7 @@ import Testing
         case .wait(let id, let delay): return .wait(id, delay)
         case .acceptNegotiate(let id, let token): return .acceptNegotiate(id, token: token)
         case .lookUpNTLMSecrets(let id, let name): return .lookUpNTLMSecrets(id, name: name)
+        case .verifyNTLM(let id, _, _, _): return .verifyNTLM(id)
         case .none: return .none
         }
     }

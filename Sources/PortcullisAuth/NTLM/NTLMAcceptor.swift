@@ -204,27 +204,71 @@ public struct NTLMAcceptor: Sendable {
     /// The store's answer: the user's NT hash, or `nil` for a user it does not know (refused
     /// like a wrong password). Verifies NTProofStr and the MIC.
     /// `previous`: the NT hash before the user's last rotation, tried when the current one
-    /// fails (the answer is then ``Action/acceptPrevious(_:)``).
+    /// fails (the answer is then ``Action/acceptPrevious(_:)``). Verifies here, at once; a server
+    /// runs ``verify(_:ntHash:previous:)`` off its event loops and hands the result to
+    /// ``verificationFinished(_:for:)`` instead.
     public mutating func ntHashFound(_ hash: NTHash?, previous: NTHash? = nil, for id: LookupID) -> Action {
-        guard case .lookingUp(let pending) = self.state, pending.lookup.id == id else { return .ignore }
-        self.state = .idle
-        guard let hash else { return .refuse(.invalidCredentials(pending.answer.identity)) }
-        switch NTLMv2.verify(pending.answer, handshake: pending.handshake, ntHash: hash) {
-        case .success(let identity):
-            self.state = .authenticated(identity)
-            return .accept(identity)
+        guard let pending = self.pendingVerification(for: id) else { return .ignore }
+        return self.verificationFinished(Self.verify(pending, ntHash: hash, previous: previous), for: id)
+    }
+
+    /// What a verification found.
+    public enum Verification: Sendable, Hashable {
+        case current(NTLMIdentity)
+        /// The previous secret matched (rotation grace decides whether it still counts).
+        case previous(NTLMIdentity)
+        case refused(NTLMRefusal)
+    }
+
+    /// The AUTHENTICATE waiting for the NT hash of look-up `id`, if it still waits.
+    public func pendingVerification(for id: LookupID) -> PendingVerification? {
+        guard case .lookingUp(let pending) = self.state, pending.lookup.id == id else { return nil }
+        return pending
+    }
+
+    /// NTProofStr and MIC against the current NT hash, then the previous one. Pure and without
+    /// state: for a thread pool. A `nil` hash (an unknown user) is checked against a decoy, so
+    /// an unknown user costs what a wrong password costs.
+    public static func verify(_ pending: PendingVerification, ntHash: NTHash?, previous: NTHash?) -> Verification {
+        let current = NTLMv2.verify(pending.answer, handshake: pending.handshake, ntHash: ntHash ?? Self.decoy)
+        switch current {
+        case .success(let identity) where ntHash != nil:
+            return .current(identity)
+        case .success:
+            return .refused(.invalidCredentials(pending.answer.identity))
         case .failure(let refusal):
             if let previous, case .success(let identity) = NTLMv2.verify(
                 pending.answer,
                 handshake: pending.handshake,
                 ntHash: previous
             ) {
-                self.state = .authenticated(identity)
-                return .acceptPrevious(identity)
+                return .previous(identity)
             }
+            return .refused(ntHash == nil ? .invalidCredentials(pending.answer.identity) : refusal)
+        }
+    }
+
+    /// The outcome of ``verify(_:ntHash:previous:)`` for look-up `id`.
+    public mutating func verificationFinished(_ verification: Verification, for id: LookupID) -> Action {
+        guard self.pendingVerification(for: id) != nil else { return .ignore }
+        self.state = .idle
+        switch verification {
+        case .current(let identity):
+            self.state = .authenticated(identity)
+            return .accept(identity)
+        case .previous(let identity):
+            self.state = .authenticated(identity)
+            return .acceptPrevious(identity)
+        case .refused(let refusal):
             return .refuse(refusal)
         }
     }
+
+    /// Random per process: what an unknown user's answer is checked against.
+    private static let decoy: NTHash = {
+        var generator = SystemRandomNumberGenerator()
+        return NTHash(bytes: (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) })!
+    }()
 
     /// The CHALLENGE's flags: what every NTLMv2 acceptor sets, the client's choice of Unicode
     /// (else OEM), and the session-security flags the client asked for, echoed as pyspnego's

@@ -104,6 +104,19 @@ extension ProxyConnectionHandler {
                     )
                     self.carryOut(next, for: exchange)
                 }
+        case .verifyNTLM(let id, let pending, let current, let previous):
+            guard let verifier = self.shared.verifier else { return self.cannotCheck() }
+            verifier.verifyNTLM(pending, current: current, previous: previous, on: self.context.eventLoop)
+                .assumeIsolated()
+                .whenComplete { result in
+                    let next = self.gate.ntlmVerified(
+                        id,
+                        try? result.get(),
+                        now: self.currentTime,
+                        in: self.gateEnvironment
+                    )
+                    self.carryOut(next, for: exchange)
+                }
         case .wait(let id, let delay):
             self.context.eventLoop.assumeIsolated().scheduleTask(in: delay) {
                 let next = self.gate.delayElapsed(id, in: self.gateEnvironment)

@@ -36,6 +36,14 @@ extension GateStateMachine {
         var request: Request
     }
 
+    /// An NTLM answer being verified against what the store found.
+    struct NTLMVerification {
+        var wait: NTLMSecretsLookup
+        var secrets: NTLMSecrets?
+        /// The user exists but has no NT hash (logged as such; refused like a wrong password).
+        var notEnrolled: String?
+    }
+
     struct NTLMSecretsLookup {
         var id: CheckID
         var request: Request
@@ -207,41 +215,68 @@ extension GateStateMachine {
         return self.finishNTLM(wait, lookup: lookup, now: now, environment)
     }
 
+    /// The store answered: the AUTHENTICATE is verified against the user's NT hashes off the
+    /// event loop (``Action/verifyNTLM(_:_:current:previous:)``); an unknown or unenrolled user
+    /// against a decoy, so that it costs what a wrong password costs.
     private mutating func finishNTLM(
         _ wait: NTLMSecretsLookup,
         lookup: NTLMLookup,
         now: NIODeadline,
         _ environment: some GateEnvironment
     ) -> Action {
-        var acceptor = self.ntlm ?? NTLMAcceptor(settings: environment.ntlmSettings ?? .init(netbiosDomainName: "", netbiosComputerName: ""))
-        defer { self.ntlm = acceptor }
-        let secrets: NTLMSecrets?
+        var verification = NTLMVerification(wait: wait, secrets: nil, notEnrolled: nil)
         switch lookup {
         case .unavailable:
             environment.checkAbandoned(wait.ticket)
-            acceptor = NTLMAcceptor(settings: acceptor.settings)
+            self.ntlm = nil
             return Self.storeUnavailable(wait.request, scheme: .ntlm, environment)
         case .unknownUser:
-            secrets = nil
+            break
         case .notEnrolled(let user):
-            // Worded to the client like a wrong password (it must not learn the name exists);
-            // the operator's log says what to do.
-            _ = acceptor.ntHashFound(nil, for: wait.lookup)
-            let counted = environment.checkFailed(wait.ticket, now: now)
-            return self.refuseNTLM(
-                wait.request,
-                .invalidCredentials(NTLMIdentity(user: user, domain: "")),
-                counted: counted,
-                logDetail: ["user": "\(user)", "detail": "no-nt-hash (add one with users passwd --ntlm)"],
-                environment
-            )
+            verification.notEnrolled = user
         case .found(let found):
-            secrets = found
+            verification.secrets = found
         }
-        let action = acceptor.ntHashFound(secrets?.ntHash, previous: secrets?.previousNTHash, for: wait.lookup)
+        guard let pending = self.ntlm?.pendingVerification(for: wait.lookup) else {
+            environment.checkAbandoned(wait.ticket)
+            return .none
+        }
+        self.transition(to: .verifyingNTLM(verification))
+        return .verifyNTLM(
+            wait.id,
+            pending,
+            current: verification.secrets?.ntHash,
+            previous: verification.secrets?.previousNTHash
+        )
+    }
+
+    /// The NT hash check finished (`nil`: it could not run, the proxy is shutting down).
+    mutating func ntlmVerified(
+        _ id: CheckID,
+        _ result: NTLMAcceptor.Verification?,
+        now: NIODeadline,
+        in environment: some GateEnvironment
+    ) -> Action {
+        guard case .verifyingNTLM(let verification) = self.state, verification.wait.id == id else {
+            if let index = self.unwantedChecks.firstIndex(where: { $0.id == id }) {
+                environment.checkAbandoned(self.unwantedChecks.remove(at: index).ticket)
+            }
+            return .none
+        }
+        self.transition(to: .idle)
+        let wait = verification.wait
+        guard let result, var acceptor = self.ntlm else {
+            environment.checkAbandoned(wait.ticket)
+            return Self.storeUnavailable(wait.request, scheme: .ntlm, environment)
+        }
+        let action = acceptor.verificationFinished(result, for: wait.lookup)
+        self.ntlm = acceptor
         switch action {
         case .accept, .acceptPrevious:
-            guard let secrets else { return Self.storeUnavailable(wait.request, scheme: .ntlm, environment) }
+            guard let secrets = verification.secrets else {
+                environment.checkAbandoned(wait.ticket)
+                return Self.storeUnavailable(wait.request, scheme: .ntlm, environment)
+            }
             let outcome = secrets.standing.outcome(
                 user: secrets.user,
                 matchedCurrent: { if case .accept = action { return true } else { return false } }(),
@@ -264,6 +299,17 @@ extension GateStateMachine {
             }
         case .refuse(let refusal):
             let counted = environment.checkFailed(wait.ticket, now: now)
+            if let user = verification.notEnrolled {
+                // Worded to the client like a wrong password (it must not learn the name
+                // exists); the operator's log says what to do.
+                return self.refuseNTLM(
+                    wait.request,
+                    .invalidCredentials(NTLMIdentity(user: user, domain: "")),
+                    counted: counted,
+                    logDetail: ["user": "\(user)", "detail": "no-nt-hash (add one with users passwd --ntlm)"],
+                    environment
+                )
+            }
             return self.refuseNTLM(wait.request, refusal, counted: counted, environment)
         case .sendChallenge, .lookUpNTHash, .ignore:
             environment.checkAbandoned(wait.ticket)

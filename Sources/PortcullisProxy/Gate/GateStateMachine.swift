@@ -77,6 +77,9 @@ struct GateStateMachine {
         /// Read a user's NT hashes from the store; they go to
         /// ``GateStateMachine/ntlmSecretsFound(_:lookup:now:in:)``.
         case lookUpNTLMSecrets(CheckID, name: String)
+        /// Check an NTLM answer against the user's NT hashes off the event loop; the result goes
+        /// to ``GateStateMachine/ntlmVerified(_:_:now:in:)``.
+        case verifyNTLM(CheckID, NTLMAcceptor.PendingVerification, current: NTHash?, previous: NTHash?)
         case none
     }
 
@@ -88,6 +91,7 @@ struct GateStateMachine {
         case tarpit(HeldRefusal)
         case acceptingNegotiate(NegotiateLeg)
         case lookingUpNTLMSecrets(NTLMSecretsLookup)
+        case verifyingNTLM(NTLMVerification)
     }
 
     struct BasicCheck {
@@ -329,6 +333,8 @@ struct GateStateMachine {
             self.unwantedChecks.append((check.id, check.ticket))
         case .lookingUpNTLMSecrets(let wait):
             self.unwantedChecks.append((wait.id, wait.ticket))
+        case .verifyingNTLM(let verification):
+            self.unwantedChecks.append((verification.wait.id, verification.wait.ticket))
         case .lookingUpDigestSecrets, .tarpit, .acceptingNegotiate:
             break
         }
