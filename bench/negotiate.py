@@ -44,6 +44,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -439,7 +440,14 @@ def main():
     ap.add_argument("--hs-duration", type=float, default=6)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--quick", action="store_true", help="1 round of 2 s each (a smoke run)")
+    ap.add_argument("--deadline", type=int, default=900, help="give up (and clean up) after this many seconds")
     args = ap.parse_args()
+
+    def expired(*_):
+        raise TimeoutError(f"bench/negotiate.py: still running after --deadline {args.deadline} s")
+
+    signal.signal(signal.SIGALRM, expired)
+    signal.alarm(args.deadline)
     if args.quick:
         args.rounds = args.hs_rounds = 1
         args.duration = args.hs_duration = 2
