@@ -9,12 +9,13 @@
  *   negload handshake SECONDS CONCURRENCY PORT TARGET HOST SPN [preemptive]
  *       CONCURRENCY connections to 127.0.0.1:PORT at a time; each opens a connection, sends
  *       `GET TARGET` without credentials, expects a 407 offering Negotiate, answers with a
- *       SPNEGO token from gss_init_sec_context for SPN (host-based, e.g. HTTP@localhost) on the
+ *       SPNEGO token from gss_init_sec_context for SPN (a principal such as HTTP/localhost, or a
+ *       host-based name such as HTTP@localhost, which MIT canonicalises on every call) on the
  *       same connection, expects 200, checks the proxy's mutual-authentication token when it
  *       sends one, closes, and starts over. `preemptive` skips the first 407 (token on the first
  *       request). The user's tickets come from KRB5CCNAME, copied once into a MEMORY cache, so
- *       after the first handshake fetched the service ticket no handshake touches a file or
- *       the KDC on the client side.
+ *       after the first handshake fetched the service ticket no handshake reads a file (MIT still
+ *       stats krb5.conf a few times per call) or asks the KDC on the client side.
  *
  * Prints one JSON object: completed requests or handshakes inside the window, errors, p50/p90/
  * p99/max latency (µs; for handshakes: from connect() to the 200's last byte), and the client's

@@ -11,8 +11,9 @@
    one-thread epoll client that runs a closed loop of `GET` on every connection for the
    round's duration, as `wrk -t1` would. NTLM and Negotiate requests then carry no
    credentials (the proxy bound the connection to the user); Basic requests carry
-   `Proxy-Authorization: Basic …` every time, as Basic clients do. The three schemes
-   alternate, the order reversing every round; the ratios NTLM/Basic and Negotiate/Basic are
+   `Proxy-Authorization: Basic …` every time, as Basic clients do. The three schemes and
+   `basic-wrk` (the same Basic load from `wrk -t1` and bench/proxy.lua: is negload as light a
+   client?) alternate, the order reversing every round; the ratios NTLM/Basic and Negotiate/Basic are
    taken within each round (paired) and reported as median and range. The proxy's and the
    client's CPU per request are read from /proc and getrusage.
 2. **New-connection Kerberos handshakes.** `negload handshake`: C connections at a time, each
@@ -30,10 +31,10 @@ Needs the KDC's environment (KRB5_CONFIG, PORTCULLIS_TEST_KRB5_*): run under
 `bash scripts/kdc-test-server.sh run python3 bench/negotiate.py`, or just
 `python3 bench/negotiate.py`, which re-runs itself that way when the environment is missing.
 Needs nginx, squid (+ /usr/lib/squid/negotiate_kerberos_auth), cc, libkrb5-dev, pyspnego,
-python-gssapi. Writes bench/out/negotiate.{md,json}. About 4 minutes with the defaults.
+python-gssapi. Writes bench/out/negotiate.{md,json}. About 4½ minutes with the defaults.
 
 Usage: python3 bench/negotiate.py [--part keepalive|handshake|all] [--rounds N] [--duration S]
-       [--connections N] [--hs-rounds N] [--hs-duration S] [--concurrency N] [--quick]
+       [--connections N] [--hs-rounds N] [--hs-duration S] [--concurrency N] [--quick] [--deadline S]
 """
 
 from __future__ import annotations
