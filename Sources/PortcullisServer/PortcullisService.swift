@@ -116,9 +116,21 @@ public enum PortcullisService {
         var negotiate: NegotiateAcceptor?
         if let keytab = configuration.keytab {
             // Reads the keytab: on the thread pool, like every file read.
+            let dataDirectory = configuration.dataDirectory
             do {
                 negotiate = try await threadPool.runIfActive { () throws -> NegotiateAcceptor in
-                    try NegotiateAcceptor(keytab: keytab)
+                    // MIT's replay cache is otherwise /var/tmp/krb5_<uid>.rcache2, shared with every
+                    // acceptor running as this user: one of our own, unless the operator chose one.
+                    if getenv("KRB5RCACHEDIR") == nil {
+                        let directory = dataDirectory + "/krb5-rcache"
+                        try FileManager.default.createDirectory(
+                            atPath: directory,
+                            withIntermediateDirectories: true,
+                            attributes: [.posixPermissions: 0o700]
+                        )
+                        setenv("KRB5RCACHEDIR", directory, 1)
+                    }
+                    return try NegotiateAcceptor(keytab: keytab)
                 }
             } catch {
                 throw ServeError("\(error)")

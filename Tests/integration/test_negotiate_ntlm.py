@@ -347,3 +347,18 @@ def test_curl_anyauth_finds_a_scheme_that_works(launcher, tmp_path, origin, kerb
         assert res.stdout == b"200", (schemes, res.stderr)
     # A client limit, not ours: curl 7.88 picks Negotiate whenever it is offered and, without a
     # ticket, gives up instead of trying the next scheme (README: use --proxy-ntlm there).
+
+
+@needs_kdc
+def test_the_replay_cache_is_the_proxys_own(launcher, tmp_path, origin, kerberos_env):
+    data = tmp_path / "data"
+    port = free_port()
+    env = {"KRB5_CONFIG": os.environ["KRB5_CONFIG"], "KRB5RCACHEDIR": None}
+    launcher.start("--auth", "negotiate", "--keytab", KEYTAB, "--data-dir", data,
+                   listen=[f"127.0.0.1:{port}"], htpasswd=None, env=env)
+    res = run_curl(["-o", "/dev/null", "-w", "%{http_code}", "--proxy-negotiate", "-U", ":",
+                    "-x", f"http://localhost:{port}", origin.base + "/text"], env=kerberos_env)
+    assert res.stdout == b"200", res.stderr
+    rcache = data / "krb5-rcache"
+    assert rcache.is_dir() and oct(rcache.stat().st_mode & 0o777) == "0o700"
+    assert any(rcache.iterdir()), "MIT's replay cache file is in the data directory"
