@@ -183,7 +183,7 @@ public struct ProxyAuthGate: Sendable {
     }
 
     private var offeredNames: String {
-        self.schemes.map { Self.displayName($0.rawValue) }.joined(separator: " or ")
+        self.schemes.map(\.headerName).joined(separator: " or ")
     }
 
     /// Schemes of IANA's HTTP Authentication Scheme registry (and NTLM), lower-cased. Only these
@@ -202,14 +202,8 @@ public struct ProxyAuthGate: Sendable {
     }
 
     private static func displayName(_ lowercasedScheme: String) -> String {
-        switch lowercasedScheme {
-        case AuthScheme.basic.rawValue: return "Basic"
-        case AuthScheme.digest.rawValue: return "Digest"
-        case AuthScheme.negotiate.rawValue: return "Negotiate"
-        case AuthScheme.ntlm.rawValue: return "NTLM"
-        case "bearer": return "Bearer"
-        default: return lowercasedScheme
-        }
+        if let scheme = AuthScheme(rawValue: lowercasedScheme) { return scheme.headerName }
+        return lowercasedScheme == "bearer" ? "Bearer" : lowercasedScheme
     }
 
     /// quoted-string (RFC 9110 §5.6.4) with `"` and `\` escaped.
