@@ -1,4 +1,5 @@
 import CGSSAPI
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -48,40 +49,59 @@ public struct NegotiateSetupError: Error, Sendable, CustomStringConvertible {
     public var description: String
 }
 
-/// The proxy's side of Negotiate: an acceptor credential for every `HTTP/` key in a keytab,
+/// The proxy's side of Negotiate: acceptor credentials for the `HTTP/` keys of a keytab,
 /// through MIT Kerberos' GSSAPI (SPNEGO and raw Kerberos tokens alike).
 ///
-/// ``accept(_:in:)`` blocks (it may read the keytab and the replay cache): call it on a thread
-/// pool. MIT's credential handle locks internally, so one acceptor serves every connection.
-public final class NegotiateAcceptor: @unchecked Sendable {
+/// ``accept(_:in:)`` blocks (it may read the replay cache and, when the file changed, the
+/// keytab): call it on a thread pool.
+///
+/// Two things MIT would otherwise do on every accept are done once here. The keytab's `HTTP/`
+/// keys are copied into a `MEMORY:` keytab, so an accept reads no file for them (a `FILE:`
+/// keytab is opened, locked, read and closed per accept); the file is checked for a change at
+/// most every `keytabCheckInterval`, and a changed file that still holds an `HTTP/` key is
+/// loaded for new handshakes (keytab rotation needs no restart). And there are `credentials`
+/// acquired credentials, one per thread of the pool that calls `accept`: MIT holds a
+/// credential's mutex for the whole of an accept, so one shared credential runs one accept at a
+/// time however many threads call it.
+public final class NegotiateAcceptor: Sendable {
     public let keytab: String
-    /// The keytab's service principals (`HTTP/proxy.example.org@EXAMPLE.ORG`), de-duplicated.
-    public let servicePrincipals: [String]
-    private let credential: gss_cred_id_t
+    private let credentialCount: Int
+    private let keytabCheckInterval: Duration
+    private let onKeytabChange: @Sendable (Result<[String], NegotiateSetupError>) -> Void
+    private let state: Mutex<State>
 
-    /// Reads the keytab and acquires the acceptor credential. Blocking.
-    public init(keytab path: String) throws(NegotiateSetupError) {
-        guard access(path, R_OK) == 0 else {
-            let reason = String(cString: strerror(errno))
-            throw NegotiateSetupError(description: "--keytab \(path): cannot read it (\(reason))")
-        }
-        let principals = try Self.principals(inKeytab: path)
-        let services = principals.filter { $0.hasPrefix("HTTP/") }
-        guard !services.isEmpty else {
-            let held = principals.isEmpty ? "it holds no keys" : "it holds only \(principals.joined(separator: ", "))"
-            throw NegotiateSetupError(
-                description: "--keytab \(path): no HTTP/<host name> key, which Negotiate needs (\(held))"
-            )
-        }
-        self.keytab = path
-        self.servicePrincipals = services
-        self.credential = try Self.acquireCredential(keytab: path)
+    private struct State {
+        var keys: KeytabCredentials
+        var checkedAt: ContinuousClock.Instant
+        /// A changed file that could not be loaded: not tried (nor reported) again until it changes.
+        var refused: FileStamp?
     }
 
-    deinit {
-        var minor: OM_uint32 = 0
-        var credential: gss_cred_id_t? = self.credential
-        gss_release_cred(&minor, &credential)
+    /// Reads the keytab and acquires the acceptor credentials. Blocking.
+    ///
+    /// - Parameters:
+    ///   - credentials: how many accepts may run at once without waiting for each other (the
+    ///     calling pool's thread count); more callers share them.
+    ///   - keytabCheckInterval: how often an accept may look whether the file changed.
+    ///   - onKeytabChange: told, on the accepting thread, of each changed file: its service
+    ///     principals once loaded, or why it was refused (the previous keys stay in use).
+    public init(
+        keytab path: String,
+        credentials: Int = 1,
+        keytabCheckInterval: Duration = .seconds(1),
+        onKeytabChange: @escaping @Sendable (Result<[String], NegotiateSetupError>) -> Void = { _ in }
+    ) throws(NegotiateSetupError) {
+        let keys = try KeytabCredentials(keytab: path, count: max(1, credentials))
+        self.keytab = path
+        self.credentialCount = max(1, credentials)
+        self.keytabCheckInterval = keytabCheckInterval
+        self.onKeytabChange = onKeytabChange
+        self.state = Mutex(State(keys: keys, checkedAt: .now, refused: nil))
+    }
+
+    /// The service principals of the keys in use (`HTTP/proxy.example.org@EXAMPLE.ORG`).
+    public var servicePrincipals: [String] {
+        self.state.withLock { $0.keys.servicePrincipals }
     }
 
     /// A handshake's state on one client connection.
@@ -95,6 +115,9 @@ public final class NegotiateAcceptor: @unchecked Sendable {
             context.reset()
             return .failed(NegotiateFailure(reason: .gssFailure, detail: "the Negotiate token is empty"))
         }
+        let keys = self.currentKeys()
+        let credential = keys.borrow()
+        defer { keys.giveBack(credential) }
         var minor: OM_uint32 = 0
         var name: gss_name_t?
         var mechanism: gss_OID?
@@ -109,7 +132,7 @@ public final class NegotiateAcceptor: @unchecked Sendable {
             return gss_accept_sec_context(
                 &minor,
                 &context.handle,
-                self.credential,
+                credential.handle,
                 &input,
                 portcullis_gss_no_channel_bindings(),
                 &name,
@@ -147,6 +170,33 @@ public final class NegotiateAcceptor: @unchecked Sendable {
         return .established(principal: principal, token: outputToken)
     }
 
+    /// The keys to accept with: the loaded ones, or the keytab file's new ones when it changed
+    /// since the last look (at most one look per `keytabCheckInterval`).
+    private func currentKeys() -> KeytabCredentials {
+        let now = ContinuousClock.now
+        let (keys, due, refused) = self.state.withLock { state in
+            guard now - state.checkedAt >= self.keytabCheckInterval else { return (state.keys, false, state.refused) }
+            state.checkedAt = now
+            return (state.keys, true, state.refused)
+        }
+        guard due else { return keys }
+        let stamp = FileStamp(path: self.keytab)
+        guard stamp != keys.stamp, stamp != refused else { return keys }
+        do {
+            let fresh = try KeytabCredentials(keytab: self.keytab, count: self.credentialCount)
+            self.state.withLock { state in
+                state.keys = fresh
+                state.refused = nil
+            }
+            self.onKeytabChange(.success(fresh.servicePrincipals))
+            return fresh
+        } catch {
+            self.state.withLock { $0.refused = stamp }
+            self.onKeytabChange(.failure(error))
+            return keys
+        }
+    }
+
     /// The service principal the client's ticket was for.
     private static func acceptorName(_ context: NegotiateContext) -> String? {
         guard let handle = context.handle else { return nil }
@@ -158,76 +208,7 @@ public final class NegotiateAcceptor: @unchecked Sendable {
         return target.flatMap(Self.display)
     }
 
-    // MARK: - GSSAPI and krb5 calls
-
-    private static func acquireCredential(keytab path: String) throws(NegotiateSetupError) -> gss_cred_id_t {
-        var minor: OM_uint32 = 0
-        var credential: gss_cred_id_t?
-        let major = "keytab".withCString { key in
-            ("FILE:" + path).withCString { value in
-                var element = gss_key_value_element_desc(key: key, value: value)
-                return withUnsafeMutablePointer(to: &element) { element in
-                    var store = gss_key_value_set_desc(count: 1, elements: element)
-                    return gss_acquire_cred_from(
-                        &minor,
-                        nil,
-                        portcullis_gss_c_indefinite(),
-                        portcullis_gss_no_oid_set(),
-                        gss_cred_usage_t(GSS_C_ACCEPT),
-                        &store,
-                        &credential,
-                        nil,
-                        nil
-                    )
-                }
-            }
-        }
-        guard portcullis_gss_error(major) == 0, let credential else {
-            throw NegotiateSetupError(
-                description: "--keytab \(path): GSSAPI cannot use it: \(Self.statusText(major: major, minor: minor, mechanism: nil))"
-            )
-        }
-        return credential
-    }
-
-    /// Every principal in the keytab, through krb5's keytab API.
-    static func principals(inKeytab path: String) throws(NegotiateSetupError) -> [String] {
-        var context: krb5_context?
-        guard krb5_init_context(&context) == 0, let context else {
-            throw NegotiateSetupError(description: "Kerberos cannot start (krb5_init_context failed; check KRB5_CONFIG)")
-        }
-        defer { krb5_free_context(context) }
-        var keytab: krb5_keytab?
-        var code = krb5_kt_resolve(context, "FILE:" + path, &keytab)
-        guard code == 0, let keytab else {
-            throw NegotiateSetupError(description: "--keytab \(path): \(Self.message(code, context))")
-        }
-        defer { krb5_kt_close(context, keytab) }
-        var cursor: krb5_kt_cursor?
-        code = krb5_kt_start_seq_get(context, keytab, &cursor)
-        guard code == 0 else {
-            throw NegotiateSetupError(description: "--keytab \(path): \(Self.message(code, context))")
-        }
-        defer { krb5_kt_end_seq_get(context, keytab, &cursor) }
-        var names: [String] = []
-        var entry = krb5_keytab_entry()
-        while krb5_kt_next_entry(context, keytab, &entry, &cursor) == 0 {
-            var text: UnsafeMutablePointer<CChar>?
-            if krb5_unparse_name(context, entry.principal, &text) == 0, let text {
-                let name = String(cString: text)
-                if !names.contains(name) { names.append(name) }
-                krb5_free_unparsed_name(context, text)
-            }
-            krb5_free_keytab_entry_contents(context, &entry)
-        }
-        return names
-    }
-
-    private static func message(_ code: krb5_error_code, _ context: krb5_context) -> String {
-        guard let text = krb5_get_error_message(context, code) else { return "Kerberos error \(code)" }
-        defer { krb5_free_error_message(context, text) }
-        return String(cString: text)
-    }
+    // MARK: - GSSAPI status
 
     private static func failure(major: OM_uint32, minor: OM_uint32, mechanism: gss_OID?) -> NegotiateFailure {
         let detail = Self.statusText(major: major, minor: minor, mechanism: mechanism)

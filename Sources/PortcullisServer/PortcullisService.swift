@@ -35,7 +35,7 @@ public enum PortcullisService {
         let reloadSignals = await UnixSignalsSequence(trapping: .sighup, .sigusr1)
         // Password checks (bcrypt), file reads and DNS lookups run here, never on an event loop
         // or Swift's cooperative pool.
-        let threadPool = NIOThreadPool(numberOfThreads: max(2, System.coreCount))
+        let threadPool = NIOThreadPool(numberOfThreads: Self.poolThreads)
         threadPool.start()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: configuration.eventLoops)
         let outcome: Result<Void, any Error>
@@ -59,6 +59,9 @@ public enum PortcullisService {
         try? await threadPool.shutdownGracefully()
         try outcome.get()
     }
+
+    /// The blocking-work pool's size; the Negotiate acceptor holds one credential per thread.
+    static let poolThreads = max(2, System.coreCount)
 
     private static func serve(
         _ configuration: ServerConfiguration,
@@ -130,7 +133,20 @@ public enum PortcullisService {
                         )
                         setenv("KRB5RCACHEDIR", directory, 1)
                     }
-                    return try NegotiateAcceptor(keytab: keytab)
+                    return try NegotiateAcceptor(keytab: keytab, credentials: Self.poolThreads) { change in
+                        switch change {
+                        case .success(let principals):
+                            logger.notice(
+                                "keytab changed: Negotiate accepts its keys for new handshakes",
+                                metadata: ["keytab": "\(keytab)", "principals": "\(principals.joined(separator: ","))"]
+                            )
+                        case .failure(let error):
+                            logger.error(
+                                "keytab changed but cannot be used: the previous keys stay in use",
+                                metadata: ["reason": "\(error)"]
+                            )
+                        }
+                    }
                 }
             } catch {
                 throw ServeError("\(error)")

@@ -1,5 +1,6 @@
 import Foundation
 import PortcullisKerberos
+import Synchronization
 import Testing
 
 @Suite(.enabled(if: TestKDC.isAvailable, "needs scripts/kdc-test-server.sh run (PORTCULLIS_TEST_KRB5_*)"))
@@ -59,6 +60,82 @@ struct NegotiateAcceptorTests {
         }
         #expect(failure.reason == .noKeytabKey, "\(failure)")
         #expect(!failure.detail.isEmpty)
+    }
+
+    /// A replaced keytab file is picked up by the next accept that looks (every accept here),
+    /// with no restart; a broken replacement is reported once and the loaded keys stay.
+    @Test func aRotatedKeytabIsLoadedAndABrokenOneIsRefusedKeepingTheKeys() throws {
+        let right = try #require(TestKDC.keytab, "no test KDC (PORTCULLIS_REQUIRE_KDC is set)")
+        let wrong = try #require(TestKDC.wrongKeytab, "no test KDC (PORTCULLIS_REQUIRE_KDC is set)")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("portcullis-\(UUID())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("proxy.keytab").path
+        // Replaced as deployment tools do: written beside it, renamed over it.
+        func install(_ bytes: Data) throws {
+            let staging = path + ".new"
+            try bytes.write(to: URL(fileURLWithPath: staging))
+            _ = rename(staging, path)
+        }
+        try install(Data(contentsOf: URL(fileURLWithPath: wrong)))
+        let changes = Mutex<[String]>([])
+        let acceptor = try NegotiateAcceptor(keytab: path, credentials: 2, keytabCheckInterval: .zero) { change in
+            changes.withLock {
+                switch change {
+                case .success(let principals): $0.append("loaded \(principals.count)")
+                case .failure(let error): $0.append("refused: \(error)")
+                }
+            }
+        }
+        func attempt() throws -> NegotiateStep {
+            let client = try TestInitiator(user: TestKDC.user, password: TestKDC.password, mechanism: .spnego)
+            return acceptor.accept(try client.step(nil).token, in: acceptor.makeContext())
+        }
+        guard case .failed(let failure) = try attempt() else {
+            Issue.record("accepted with the wrong key")
+            return
+        }
+        #expect(failure.reason == .noKeytabKey)
+        #expect(changes.withLock { $0 }.isEmpty)
+
+        try install(Data(contentsOf: URL(fileURLWithPath: right)))
+        guard case .established = try attempt() else {
+            Issue.record("the rotated keytab was not used")
+            return
+        }
+        #expect(changes.withLock { $0 } == ["loaded \(acceptor.servicePrincipals.count)"])
+
+        try install(Data("not a keytab".utf8))
+        guard case .established = try attempt() else {
+            Issue.record("a broken replacement dropped the loaded keys")
+            return
+        }
+        _ = try attempt()
+        let seen = changes.withLock { $0 }
+        #expect(seen.count == 2, "a refused file is reported once: \(seen)")
+        #expect(seen.last?.hasPrefix("refused: --keytab \(path)") == true, "\(seen)")
+        #expect(acceptor.servicePrincipals.allSatisfy { $0.hasPrefix("HTTP/") })
+    }
+
+    /// More accepts at once than credentials: each still gets a whole accept (shared or own).
+    @Test func concurrentAcceptsAllSucceed() throws {
+        let keytab = try #require(TestKDC.keytab, "no test KDC (PORTCULLIS_REQUIRE_KDC is set)")
+        let acceptor = try NegotiateAcceptor(keytab: keytab, credentials: 2)
+        let tokens = try (0..<12).map { _ in
+            try TestInitiator(user: TestKDC.user, password: TestKDC.password, mechanism: .kerberos).step(nil).token
+        }
+        let outcomes = Mutex<[Bool]>([])
+        DispatchQueue.concurrentPerform(iterations: tokens.count) { index in
+            let step = acceptor.accept(tokens[index], in: acceptor.makeContext())
+            let ok: Bool
+            if case .established(let principal, _) = step {
+                ok = principal == "\(TestKDC.user)@\(TestKDC.realm)"
+            } else {
+                ok = false
+            }
+            outcomes.withLock { $0.append(ok) }
+        }
+        #expect(outcomes.withLock { $0 } == Array(repeating: true, count: tokens.count))
     }
 
     @Test func garbageAndForeignMechanismsAreRefusedWithoutACrash() throws {
