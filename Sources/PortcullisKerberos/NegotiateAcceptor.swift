@@ -38,9 +38,11 @@ public struct NegotiateFailure: Error, Sendable, Hashable, CustomStringConvertib
 public enum NegotiateStep: Sendable, Hashable {
     /// Another leg is needed: send `token` in a 407's `Proxy-Authenticate: Negotiate`.
     case continueNeeded(token: [UInt8])
-    /// Done. `principal` (`alice@EXAMPLE.ORG`) is the authenticated user; `token`, when there
-    /// is one, goes back on the success response (mutual authentication).
-    case established(principal: String, token: [UInt8]?)
+    /// Done. `principal` (`alice@EXAMPLE.ORG`) is the authenticated user; `localName` is what
+    /// krb5.conf's `auth_to_local` rules make of it (by default `alice` for a one-component
+    /// principal of the default realm, nothing for another realm's); `token`, when there is
+    /// one, goes back on the success response (mutual authentication).
+    case established(principal: String, localName: String?, token: [UInt8]?)
     case failed(NegotiateFailure)
 }
 
@@ -167,7 +169,17 @@ public final class NegotiateAcceptor: Sendable {
                 )
             )
         }
-        return .established(principal: principal, token: outputToken)
+        return .established(principal: principal, localName: Self.localName(name, mechanism), token: outputToken)
+    }
+
+    /// The local account name the Kerberos library maps the principal to, if it maps it.
+    private static func localName(_ name: gss_name_t, _ mechanism: gss_OID?) -> String? {
+        var minor: OM_uint32 = 0
+        var text = gss_buffer_desc(length: 0, value: nil)
+        guard portcullis_gss_error(gss_localname(&minor, name, mechanism, &text)) == 0 else { return nil }
+        defer { gss_release_buffer(&minor, &text) }
+        let local = String(decoding: Self.bytes(of: text), as: UTF8.self)
+        return local.isEmpty ? nil : local
     }
 
     /// The keys to accept with: the loaded ones, or the keytab file's new ones when it changed

@@ -101,7 +101,7 @@ public struct ServeOptions: DeclaredSettings {
 
     @Flag(
         inversion: .prefixedNo,
-        help: "Name Negotiate users alice rather than alice@EXAMPLE.ORG in logs, metrics and policy."
+        help: "Name Negotiate users alice rather than alice@EXAMPLE.ORG in logs and metrics (the local name krb5.conf maps the principal to; other realms' principals keep their full name). Policy rules may name either form."
     )
     public var stripRealm: Bool?
 

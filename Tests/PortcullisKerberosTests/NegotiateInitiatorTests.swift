@@ -19,7 +19,7 @@ struct NegotiateInitiatorTests {
             return
         }
         let context = acceptor.makeContext()
-        guard case .established(let principal, let reply) = acceptor.accept(first, in: context) else {
+        guard case .established(let principal, _, let reply) = acceptor.accept(first, in: context) else {
             Issue.record("the acceptor refused the initiator's token")
             return
         }

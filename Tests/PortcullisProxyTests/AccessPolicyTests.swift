@@ -47,6 +47,23 @@ import Testing
         #expect(AccessPolicy.allowAll.decide(user: nil, host: "x", port: 1, method: "GET") == .allowed(rule: nil))
     }
 
+    /// A user's other spelling (a Kerberos principal's local name) matches rules and groups;
+    /// without one, a name is matched only as it is (a Basic user called `alice@EXAMPLE.ORG` is
+    /// not `alice`).
+    @Test func eitherSpellingOfAUserMatchesRulesAndGroups() {
+        let p = AccessPolicy(
+            rules: [
+                .init(name: "by-name", action: .allow, users: ["alice"], ports: [80]),
+                .init(name: "by-group", action: .allow, groups: ["ops"], ports: [443]),
+            ],
+            groups: ["ops": ["alice@EXAMPLE.ORG"]]
+        )
+        #expect(p.decide(user: "alice@EXAMPLE.ORG", otherName: "alice", host: "1.2.3.4", port: 80, method: "GET") == .allowed(rule: "by-name"))
+        #expect(p.decide(user: "alice", otherName: "alice@EXAMPLE.ORG", host: "1.2.3.4", port: 443, method: "GET") == .allowed(rule: "by-group"))
+        #expect(p.decide(user: "alice@EXAMPLE.ORG", host: "1.2.3.4", port: 80, method: "GET") == .denied(rule: nil))
+        #expect(p.decide(user: "alice", host: "1.2.3.4", port: 443, method: "GET") == .denied(rule: nil))
+    }
+
     @Test func userRulesNeverMatchAnonymousRequests() {
         let p = AccessPolicy(rules: [.init(name: "alice", action: .allow, users: ["alice"])])
         #expect(p.decide(user: nil, host: "x", port: 80, method: "GET") == .denied(rule: nil))

@@ -54,28 +54,80 @@ extension GateStateMachineTests {
         guard case .acceptNegotiate(let id2, _) = second else { Issue.record("\(second)"); return }
         let done = gate.negotiateLegFinished(
             id2,
-            step: .established(principal: "alice@EXAMPLE.ORG", token: [7, 7]),
+            step: .established(principal: "alice@EXAMPLE.ORG", localName: "alice", token: [7, 7]),
             in: env
         )
         guard case .allow(let record, .negotiate([7, 7])?) = done else { Issue.record("\(done)"); return }
-        #expect(record == self.record("ok", scheme: "negotiate", user: "alice@EXAMPLE.ORG"))
+        #expect(record == self.record("ok", scheme: "negotiate", user: "alice@EXAMPLE.ORG", otherName: "alice"))
         #expect(env.handshakes == 0)
         // Later requests on the connection need no credentials, nor ask the lockout.
         #expect(env.throttleCalls == ["check", "check"])
         let later = gate.startRequest(try self.request(), in: env)
-        #expect(self.seen(later) == .allow(self.record("ok", scheme: "negotiate", user: "alice@EXAMPLE.ORG"), authenticationInfo: false))
+        let bound = self.record("ok", scheme: "negotiate", user: "alice@EXAMPLE.ORG", otherName: "alice")
+        #expect(self.seen(later) == .allow(bound, authenticationInfo: false))
         #expect(env.throttleCalls == ["check", "check"])
     }
 
-    @Test func stripRealmNamesTheUserAlone() throws {
+    /// `--strip-realm` uses the local name krb5.conf maps the principal to; a principal it maps
+    /// to nothing (another realm's) keeps its full name, so it never passes for a local user.
+    @Test(arguments: [
+        ("alice@EXAMPLE.ORG", "alice" as String?, "alice", "alice@EXAMPLE.ORG" as String?),
+        ("alice@OTHER.ORG", nil, "alice@OTHER.ORG", nil),
+    ])
+    func stripRealmNamesTheUserByItsLocalName(
+        principal: String,
+        localName: String?,
+        user: String,
+        otherName: String?
+    ) throws {
         var gate = GateStateMachine()
         let env = FakeGateEnvironment()
         env.gate = ProxyAuthGate(realm: "R", schemes: [.negotiate])
         env.stripsRealm = true
         guard case .acceptNegotiate(let id, _) = gate.startRequest(try self.request(self.negotiate()), in: env)
         else { Issue.record("no leg"); return }
-        let done = gate.negotiateLegFinished(id, step: .established(principal: "alice@EXAMPLE.ORG", token: nil), in: env)
-        #expect(self.seen(done) == .allow(self.record("ok", scheme: "negotiate", user: "alice"), authenticationInfo: false))
+        let done = gate.negotiateLegFinished(id, step: .established(principal: principal, localName: localName, token: nil), in: env)
+        let record = self.record("ok", scheme: "negotiate", user: user, otherName: otherName)
+        #expect(self.seen(done) == .allow(record, authenticationInfo: false))
+    }
+
+    /// The access rules may name a Kerberos user either way: `alice` or `alice@EXAMPLE.ORG`,
+    /// with or without `--strip-realm`; another realm's `alice` is neither, and a bound
+    /// connection's later requests are judged the same way.
+    @Test(arguments: [
+        (["alice"], false, "alice@EXAMPLE.ORG", "alice" as String?, true),
+        (["alice@EXAMPLE.ORG"], false, "alice@EXAMPLE.ORG", "alice", true),
+        (["alice"], true, "alice@EXAMPLE.ORG", "alice", true),
+        (["alice@EXAMPLE.ORG"], true, "alice@EXAMPLE.ORG", "alice", true),
+        (["alice"], false, "alice@OTHER.ORG", nil, false),
+        (["alice"], true, "alice@OTHER.ORG", nil, false),
+        (["alice@OTHER.ORG"], true, "alice@OTHER.ORG", nil, true),
+    ])
+    func thePolicyMayNameEitherForm(
+        named: [String],
+        strip: Bool,
+        principal: String,
+        localName: String?,
+        allowed: Bool
+    ) throws {
+        var gate = GateStateMachine()
+        let env = FakeGateEnvironment()
+        env.gate = ProxyAuthGate(realm: "R", schemes: [.negotiate])
+        env.stripsRealm = strip
+        env.policy = AccessPolicy(rules: [.init(name: "named", action: .allow, users: Set(named))])
+        guard case .acceptNegotiate(let id, _) = gate.startRequest(try self.request(self.negotiate()), in: env)
+        else { Issue.record("no leg"); return }
+        let done = gate.negotiateLegFinished(id, step: .established(principal: principal, localName: localName, token: nil), in: env)
+        let later = gate.startRequest(try self.request(), in: env)
+        for action in [done, later] {
+            switch action {
+            case .allow: #expect(allowed, "\(named) let \(principal) through")
+            case .refuse(_, let response, _):
+                #expect(!allowed, "\(named) refused \(principal)")
+                #expect(response.status == .forbidden)
+            default: Issue.record("\(action)")
+            }
+        }
     }
 
     @Test(arguments: [
@@ -114,7 +166,7 @@ extension GateStateMachineTests {
         env.gate = ProxyAuthGate(realm: "R", schemes: [.negotiate])
         guard case .acceptNegotiate(let id, _) = gate.startRequest(try self.request(self.negotiate()), in: env)
         else { Issue.record("no leg"); return }
-        _ = gate.negotiateLegFinished(id, step: .established(principal: "alice@R", token: nil), in: env)
+        _ = gate.negotiateLegFinished(id, step: .established(principal: "alice@R", localName: "alice", token: nil), in: env)
         let again = gate.startRequest(try self.request(self.negotiate([5])), in: env)
         guard case .acceptNegotiate(let id2, _) = again else { Issue.record("\(again)"); return }
         _ = gate.negotiateLegFinished(id2, step: .failed(NegotiateFailure(reason: .gssFailure, detail: "x")), in: env)

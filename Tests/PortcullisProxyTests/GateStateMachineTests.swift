@@ -102,8 +102,8 @@ import Testing
         return Response(.proxyAuthenticationRequired(failure, challenges: env.gate.challenges(digest: digest)))
     }
 
-    func record(_ result: String, scheme: String? = nil, user: String? = nil) -> Record {
-        Record(user: user, scheme: scheme, result: result)
+    func record(_ result: String, scheme: String? = nil, user: String? = nil, otherName: String? = nil) -> Record {
+        Record(user: user, otherName: otherName, scheme: scheme, result: result)
     }
 
     static let wrongBasic = AuthFailure(

@@ -188,6 +188,39 @@ def test_strip_realm_names_the_user_alone(launcher, tmp_path, origin, kerberos_e
 
 
 @needs_kdc
+@pytest.mark.parametrize("strip", [False, True])
+def test_the_policy_may_name_a_kerberos_user_either_way(launcher, tmp_path, origin, kerberos_env, strip):
+    """`alice` and `alice@REALM` both name the Kerberos user in --policy, with or without
+    --strip-realm; a rule naming someone else still refuses (403, never 407)."""
+    user, realm = os.environ["PORTCULLIS_TEST_KRB5_USER"], os.environ["PORTCULLIS_TEST_KRB5_REALM"]
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"""
+rules:
+  - name: short
+    action: allow
+    users: [{user}]
+    methods: [GET]
+  - name: full
+    action: allow
+    users: ["{user}@{realm}"]
+    methods: [HEAD]
+  - name: someone-else
+    action: allow
+    users: ["{user}@OTHER.REALM", "x{user}"]
+""")
+    p = negotiate_proxy(launcher, tmp_path, "--policy", policy, *(["--strip-realm"] if strip else []))
+
+    def code(*args):
+        res = run_curl(["-o", "/dev/null", "-w", "%{http_code}", "--proxy-negotiate", "-U", ":",
+                        "-x", p.negotiate_url, *args, origin.base + "/text"], env=kerberos_env)
+        return res.stdout.decode()
+
+    assert code() == "200"
+    assert code("-I") == "200"
+    assert code("-X", "POST", "-d", "x") == "403"
+
+
+@needs_kdc
 def test_no_ticket_gets_a_407_offering_negotiate(launcher, tmp_path, origin):
     p = negotiate_proxy(launcher, tmp_path)
     env = {"KRB5CCNAME": f"FILE:{tmp_path / 'empty-ccache'}", "KRB5_CONFIG": os.environ["KRB5_CONFIG"]}

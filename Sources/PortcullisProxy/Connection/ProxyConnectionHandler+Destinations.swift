@@ -11,6 +11,7 @@ extension ProxyConnectionHandler {
             destinations: self.configuration.destinationPolicy,
             policy: policy ?? self.shared.policy,
             user: exchange.user,
+            otherName: exchange.otherName,
             method: String(decoding: exchange.head.methodBytes, as: UTF8.self)
         )
     }

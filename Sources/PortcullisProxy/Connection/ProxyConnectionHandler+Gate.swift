@@ -144,6 +144,7 @@ extension ProxyConnectionHandler {
     /// What the access log and the metrics say of the request's authentication.
     private func record(_ record: GateStateMachine.Record, on exchange: ProxyExchange) {
         exchange.user = record.user
+        exchange.otherName = record.otherName
         exchange.authScheme = record.scheme
         exchange.authResult = record.result
     }

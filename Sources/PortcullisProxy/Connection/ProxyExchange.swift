@@ -8,6 +8,8 @@ final class ProxyExchange {
     let head: RequestHead
     var target: RequestTarget?
     var user: String?
+    /// The user's other spelling for the access rules (a Kerberos principal's local name).
+    var otherName: String?
     var requestBodyBytes = 0
     /// The head sent upstream, kept to retry once on a fresh connection.
     var upstreamHead: ByteBuffer?

@@ -7,6 +7,7 @@ extension GateStateMachine {
     mutating func accepted(
         _ request: Request,
         user: String,
+        otherName: String? = nil,
         scheme: AuthScheme,
         authenticationInfo: SuccessHeader?,
         _ environment: some GateEnvironment
@@ -14,7 +15,7 @@ extension GateStateMachine {
         self.digestFailuresInARow = 0
         environment.metrics.authOutcome(scheme: scheme, reason: "ok")
         environment.loginSucceeded(for: Self.loopClient(request))
-        let record = Record(user: user, scheme: scheme, result: "ok")
+        let record = Record(user: user, otherName: otherName, scheme: scheme, result: "ok")
         return self.authorized(request, record, authenticationInfo: authenticationInfo, environment)
     }
 
@@ -51,7 +52,7 @@ extension GateStateMachine {
             return nil
         }
         let method = String(decoding: request.head.methodBytes, as: UTF8.self)
-        guard case .denied(let rule) = policy.decide(user: record.user, host: host, port: port, method: method)
+        guard case .denied(let rule) = policy.decide(user: record.user, otherName: record.otherName, host: host, port: port, method: method)
         else { return nil }
         let why = rule.map { "rule \($0)" } ?? "no rule allows this request"
         environment.metrics.refused("policy")

@@ -23,6 +23,8 @@ extension GateStateMachine {
     /// Who a connection proved to be with Negotiate or NTLM.
     struct BoundIdentity: Equatable {
         var user: String
+        /// The other spelling `--policy` may use (see ``Record/otherName``).
+        var otherName: String? = nil
         var scheme: AuthScheme
         /// NTLM: the store generation it was proved under; a change (a password, a disable)
         /// ends it. Negotiate identities come from the KDC, not the store: `nil`.
@@ -64,7 +66,7 @@ extension GateStateMachine {
             self.boundIdentity = nil
             return nil
         }
-        let record = Record(user: bound.user, scheme: bound.scheme, result: "ok")
+        let record = Record(user: bound.user, otherName: bound.otherName, scheme: bound.scheme, result: "ok")
         return self.authorized(request, record, authenticationInfo: nil, environment)
     }
 
@@ -94,13 +96,24 @@ extension GateStateMachine {
         switch step {
         case .continueNeeded(let token):
             return self.continueHandshake(leg.request, scheme: .negotiate, token: token, environment)
-        case .established(let principal, let token):
+        case .established(let principal, let localName, let token):
             self.leaveHandshake(environment)
-            let user = environment.stripsRealm ? Self.strippingRealm(principal) : principal
-            self.boundIdentity = BoundIdentity(user: user, scheme: .negotiate, generation: nil, validUntil: nil)
+            // `--strip-realm` names the user by what krb5.conf maps the principal to (a principal
+            // of another realm maps to nothing and keeps its full name: `alice@OTHER.ORG` is not
+            // the local `alice`). Either way the policy may name both spellings.
+            let user = environment.stripsRealm ? (localName ?? principal) : principal
+            let otherName = user == principal ? localName : principal
+            self.boundIdentity = BoundIdentity(
+                user: user,
+                otherName: otherName,
+                scheme: .negotiate,
+                generation: nil,
+                validUntil: nil
+            )
             return self.accepted(
                 leg.request,
                 user: user,
+                otherName: otherName,
                 scheme: .negotiate,
                 authenticationInfo: token.map(SuccessHeader.negotiate),
                 environment
@@ -131,12 +144,6 @@ extension GateStateMachine {
                 environment
             )
         }
-    }
-
-    /// `alice@EXAMPLE.ORG` → `alice` (`--strip-realm`).
-    static func strippingRealm(_ principal: String) -> String {
-        guard let at = principal.lastIndex(of: "@"), at != principal.startIndex else { return principal }
-        return String(principal[..<at])
     }
 
     // MARK: - NTLM

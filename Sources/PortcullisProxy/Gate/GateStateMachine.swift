@@ -37,20 +37,25 @@ struct GateStateMachine {
     /// What the access log and the metrics say of a request's authentication.
     struct Record: Equatable {
         var user: String?
+        /// The same user's other spelling, which `--policy` rules may name too: a Kerberos
+        /// principal's local name (`alice` for `alice@EXAMPLE.ORG`) or, under `--strip-realm`,
+        /// the principal.
+        var otherName: String?
         /// The scheme the client presented (`basic`, `digest`, a registered other), if any.
         var scheme: String?
         /// `none`, `ok` or a reason token.
         var result: String
 
-        init(user: String?, scheme: String?, result: String) {
+        init(user: String?, otherName: String? = nil, scheme: String?, result: String) {
             self.user = user
+            self.otherName = otherName
             self.scheme = scheme
             self.result = result
         }
 
         /// A decision on credentials of a scheme the proxy offers.
-        init(user: String?, scheme: AuthScheme, result: String) {
-            self.init(user: user, scheme: scheme.rawValue, result: result)
+        init(user: String?, otherName: String? = nil, scheme: AuthScheme, result: String) {
+            self.init(user: user, otherName: otherName, scheme: scheme.rawValue, result: result)
         }
 
         /// Nothing presented yet, or nothing asked for.

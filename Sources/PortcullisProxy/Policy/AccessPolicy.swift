@@ -127,9 +127,11 @@ public struct AccessPolicy: Sendable, Equatable {
     /// Decides a request for `host` (any spelling), or for `host` connected at `address`.
     ///
     /// Without `address`, a name target may be ``Decision/dependsOnAddress``; an IP-literal
-    /// target is its own address.
+    /// target is its own address. `otherName` is the same user's other spelling (a Kerberos
+    /// principal's local name, or the principal): a rule or group naming either matches.
     public func decide(
         user: String?,
+        otherName: String? = nil,
         host: String,
         port: Int,
         method: String,
@@ -148,7 +150,7 @@ public struct AccessPolicy: Sendable, Equatable {
         // with the rule that surely matches, the outcome is known without the address.
         var pending: Set<Action> = []
         for rule in self.rules {
-            switch self.matches(rule, user: user, target: target, port: port, method: method) {
+            switch self.matches(rule, user: user, otherName: otherName, target: target, port: port, method: method) {
             case .no:
                 continue
             case .unknown:
@@ -177,11 +179,21 @@ public struct AccessPolicy: Sendable, Equatable {
 
     enum Match { case no, yes, unknown }
 
-    private func matches(_ rule: Rule, user: String?, target: Target, port: Int, method: String) -> Match {
+    private func matches(
+        _ rule: Rule,
+        user: String?,
+        otherName: String?,
+        target: Target,
+        port: Int,
+        method: String
+    ) -> Match {
         if rule.users != nil || rule.groups != nil {
             guard let user else { return .no }
-            let byName = rule.users?.contains(user) ?? false
-            let byGroup = rule.groups?.contains { self.groups[$0]?.contains(user) ?? false } ?? false
+            func named(_ names: Set<String>) -> Bool {
+                names.contains(user) || otherName.map(names.contains) == true
+            }
+            let byName = rule.users.map(named) ?? false
+            let byGroup = rule.groups?.contains { self.groups[$0].map(named) ?? false } ?? false
             guard byName || byGroup else { return .no }
         }
         if let ports = rule.ports, !ports.contains(port) { return .no }

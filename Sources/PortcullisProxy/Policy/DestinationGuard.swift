@@ -9,6 +9,7 @@ struct DestinationGuard: Sendable {
     /// The access rules in force when the connection is made (a reload applies from then on).
     var policy: AccessPolicy
     var user: String?
+    var otherName: String? = nil
     var method: String
 
     /// The addresses this request may be connected to, in resolver order.
@@ -48,6 +49,6 @@ struct DestinationGuard: Sendable {
     }
 
     private func decide(_ address: SocketAddress, host: String, port: Int) -> AccessPolicy.Decision {
-        self.policy.decide(user: self.user, host: host, port: port, method: self.method, address: address)
+        self.policy.decide(user: self.user, otherName: self.otherName, host: host, port: port, method: self.method, address: address)
     }
 }
