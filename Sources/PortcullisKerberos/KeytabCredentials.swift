@@ -35,18 +35,23 @@ struct FileStamp: Hashable, Sendable {
 }
 
 /// One load of a keytab file: its `HTTP/` keys copied into a `MEMORY:` keytab of this process,
-/// and acceptor credentials on it, lent to one accept at a time each.
+/// and acceptor credentials on it, lent to one accept at a time each with a krb5 context of
+/// its own (for the principal's local name: GSSAPI's `gss_localname` would build a dozen
+/// contexts, each reading krb5.conf's status, per call).
 final class KeytabCredentials: @unchecked Sendable {
-    /// An acquired credential, this accept's own unless every one was taken.
+    /// An acquired credential and a context, this accept's own unless every one was taken.
     struct Lent {
         var handle: gss_cred_id_t
-        /// Its place in `all`; nil when shared.
+        /// Used by one thread at a time: krb5 contexts are not thread-safe.
+        var context: krb5_context?
+        /// Its place in `all`; nil when shared (the context is then a copy of its own).
         fileprivate var index: Int?
     }
 
     let stamp: FileStamp
     let servicePrincipals: [String]
     private let all: [gss_cred_id_t]
+    private let contexts: [krb5_context]
     /// Indices into `all` of the credentials no accept holds.
     private let free: Mutex<[Int]>
     // The MEMORY: keytab lives while a handle on it is open: ours, and the credentials'.
@@ -77,6 +82,7 @@ final class KeytabCredentials: @unchecked Sendable {
             throw NegotiateSetupError(description: "Kerberos cannot make an in-memory keytab: \(text)")
         }
         var acquired: [gss_cred_id_t] = []
+        var contexts: [krb5_context] = []
         do throws(NegotiateSetupError) {
             let (services, others) = try Self.copyServiceKeys(from: path, into: memory, context: context)
             guard !services.isEmpty else {
@@ -87,15 +93,18 @@ final class KeytabCredentials: @unchecked Sendable {
             }
             for _ in 0..<max(1, count) {
                 acquired.append(try Self.acquireCredential(keytab: memoryName, file: path))
+                contexts.append(try Self.makeContext())
             }
             self.servicePrincipals = services
         } catch {
             for credential in acquired { Self.release(credential) }
+            for lent in contexts { krb5_free_context(lent) }
             krb5_kt_close(context, memory)
             krb5_free_context(context)
             throw error
         }
         self.all = acquired
+        self.contexts = contexts
         self.free = Mutex(Array(acquired.indices))
         self.context = context
         self.memory = memory
@@ -103,6 +112,7 @@ final class KeytabCredentials: @unchecked Sendable {
 
     deinit {
         for credential in self.all { Self.release(credential) }
+        for context in self.contexts { krb5_free_context(context) }
         krb5_kt_close(self.context, self.memory)
         krb5_free_context(self.context)
     }
@@ -111,14 +121,33 @@ final class KeytabCredentials: @unchecked Sendable {
     /// own lock serialises.
     func borrow() -> Lent {
         if let index = self.free.withLock({ $0.popLast() }) {
-            return Lent(handle: self.all[index], index: index)
+            return Lent(handle: self.all[index], context: self.contexts[index], index: index)
         }
-        return Lent(handle: self.all[0], index: nil)
+        // A context cannot be shared: a copy of the one only `init` and `deinit` use (made
+        // without reading krb5.conf). Without one, no local name: the user keeps the principal.
+        var copy: krb5_context?
+        if krb5_copy_context(self.context, &copy) != 0 { copy = nil }
+        return Lent(handle: self.all[0], context: copy, index: nil)
     }
 
     func giveBack(_ lent: Lent) {
-        guard let index = lent.index else { return }
+        guard let index = lent.index else {
+            if let context = lent.context { krb5_free_context(context) }
+            return
+        }
         self.free.withLock { $0.append(index) }
+    }
+
+    /// What krb5.conf's `auth_to_local` rules map `principal` to (by default: a one-component
+    /// principal of the default realm to its name), or nil.
+    static func localName(of principal: String, in context: krb5_context) -> String? {
+        var parsed: krb5_principal?
+        guard krb5_parse_name(context, principal, &parsed) == 0, let parsed else { return nil }
+        defer { krb5_free_principal(context, parsed) }
+        var buffer = [CChar](repeating: 0, count: 512)
+        guard krb5_aname_to_localname(context, parsed, Int32(buffer.count - 1), &buffer) == 0 else { return nil }
+        let bytes = buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+        return bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self)
     }
 
     // MARK: - krb5 and GSSAPI calls
@@ -196,6 +225,14 @@ final class KeytabCredentials: @unchecked Sendable {
             throw NegotiateSetupError(description: "--keytab \(path): GSSAPI cannot use it: \(text)")
         }
         return credential
+    }
+
+    private static func makeContext() throws(NegotiateSetupError) -> krb5_context {
+        var context: krb5_context?
+        guard krb5_init_context(&context) == 0, let context else {
+            throw NegotiateSetupError(description: "Kerberos cannot start (krb5_init_context failed; check KRB5_CONFIG)")
+        }
+        return context
     }
 
     private static func release(_ credential: gss_cred_id_t) {

@@ -157,29 +157,9 @@ public final class NegotiateAcceptor: Sendable {
             context.reset()
             return .failed(NegotiateFailure(reason: .gssFailure, detail: "the client's name could not be read"))
         }
-        // The keytab may hold other services' keys (host/…): only a ticket for an HTTP/ one is
-        // a ticket for this proxy.
-        let service = Self.acceptorName(context)
-        guard let service, service.hasPrefix("HTTP/") else {
-            context.reset()
-            return .failed(
-                NegotiateFailure(
-                    reason: .noKeytabKey,
-                    detail: "the ticket is for \(service ?? "another service"), not an HTTP/ service"
-                )
-            )
-        }
-        return .established(principal: principal, localName: Self.localName(name, mechanism), token: outputToken)
-    }
-
-    /// The local account name the Kerberos library maps the principal to, if it maps it.
-    private static func localName(_ name: gss_name_t, _ mechanism: gss_OID?) -> String? {
-        var minor: OM_uint32 = 0
-        var text = gss_buffer_desc(length: 0, value: nil)
-        guard portcullis_gss_error(gss_localname(&minor, name, mechanism, &text)) == 0 else { return nil }
-        defer { gss_release_buffer(&minor, &text) }
-        let local = String(decoding: Self.bytes(of: text), as: UTF8.self)
-        return local.isEmpty ? nil : local
+        // Only a ticket for an HTTP/ service can get here: the keys in use are only those.
+        let localName = credential.context.flatMap { KeytabCredentials.localName(of: principal, in: $0) }
+        return .established(principal: principal, localName: localName, token: outputToken)
     }
 
     /// The keys to accept with: the loaded ones, or the keytab file's new ones when it changed
@@ -207,17 +187,6 @@ public final class NegotiateAcceptor: Sendable {
             self.onKeytabChange(.failure(error))
             return keys
         }
-    }
-
-    /// The service principal the client's ticket was for.
-    private static func acceptorName(_ context: NegotiateContext) -> String? {
-        guard let handle = context.handle else { return nil }
-        var minor: OM_uint32 = 0
-        var target: gss_name_t?
-        guard portcullis_gss_error(gss_inquire_context(&minor, handle, nil, &target, nil, nil, nil, nil, nil)) == 0
-        else { return nil }
-        defer { if target != nil { gss_release_name(&minor, &target) } }
-        return target.flatMap(Self.display)
     }
 
     // MARK: - GSSAPI status
