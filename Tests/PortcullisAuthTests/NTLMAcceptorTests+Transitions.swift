@@ -15,7 +15,7 @@ extension NTLMAcceptorTests {
 
     enum ActionKind: Hashable, Sendable {
         case sendChallenge, lookUp, accept, ignore
-        case refuse(NTLMRefusalReason)
+        case refuse(AuthFailureReason)
     }
 
     struct Transition: Sendable, CustomTestStringConvertible {

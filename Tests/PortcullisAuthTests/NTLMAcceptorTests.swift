@@ -52,7 +52,7 @@ import Testing
         return acceptor.ntHashFound(store(lookup), for: lookup.id)
     }
 
-    static func reason(_ action: NTLMAcceptor.Action) -> NTLMRefusalReason? {
+    static func reason(_ action: NTLMAcceptor.Action) -> AuthFailureReason? {
         if case .refuse(let refusal) = action { return refusal.reason }
         return nil
     }

@@ -334,7 +334,7 @@ extension GateStateMachine {
         var detail = logDetail
         if let claimed = refusal.claimed, detail["user"] == nil { detail["user"] = "\(claimed.user)" }
         let failure = AuthFailure(
-            reason: AuthFailureReason(rawValue: refusal.reason.rawValue) ?? .malformedCredentials,
+            reason: refusal.reason,
             explanation: refusal.explanation,
             presentedScheme: AuthScheme.ntlm.rawValue
         )
