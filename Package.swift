@@ -75,6 +75,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
+                // The TLS listener (--listen-tls).
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 // For ConnectionHarness: one connection without sockets (tests and the fuzzer).
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ] + nio

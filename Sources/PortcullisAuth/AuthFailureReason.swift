@@ -45,6 +45,9 @@ public enum AuthFailureReason: String, Sendable, Hashable, CaseIterable {
     case unexpectedMessage = "unexpected-message"
     /// Too many Negotiate/NTLM handshakes are in progress on the proxy: 503, try again.
     case tooManyHandshakes = "too-many-handshakes"
+    /// Basic on a plain-text connection of a proxy that takes Basic only inside TLS
+    /// (`--basic-requires-tls`): the password was not checked.
+    case basicRequiresTLS = "basic-requires-tls"
 
     /// A stable identifier for headers, logs and metrics labels.
     public var token: String { self.rawValue }

@@ -46,10 +46,21 @@ public enum GateDecision: Sendable, Hashable {
 public struct ProxyAuthGate: Sendable {
     public var realm: String
     public var schemes: [AuthScheme]
+    /// Basic is offered on the proxy's TLS connections but not on this one: a Basic answer is
+    /// refused unchecked, with a 407 that names the https:// address (`--basic-requires-tls`).
+    public var basicOnlyOverTLS = false
 
     public init(realm: String, schemes: [AuthScheme] = [.basic]) {
         self.realm = realm
         self.schemes = schemes
+    }
+
+    /// This gate for a plain-text connection when Basic is accepted only inside TLS.
+    public func withoutBasic() -> ProxyAuthGate {
+        var gate = self
+        gate.schemes.removeAll { $0 == .basic }
+        gate.basicOnlyOverTLS = self.schemes.contains(.basic)
+        return gate
     }
 
     /// The `Proxy-Authenticate` field values of a 407, in the order of ``schemes``: Basic as one
@@ -92,6 +103,16 @@ public struct ProxyAuthGate: Sendable {
                 AuthFailure(
                     reason: .malformedCredentials,
                     explanation: "the Proxy-Authorization header does not start with an authentication scheme"
+                )
+            )
+        }
+        if credentials.schemeIs(AuthScheme.basic.rawValue), self.basicOnlyOverTLS {
+            return .reject(
+                AuthFailure(
+                    reason: .basicRequiresTLS,
+                    explanation:
+                        "this proxy takes Basic credentials only over TLS, where the password is not readable on the way: use its https:// address (an https:// proxy URL)\(self.schemes.isEmpty ? "" : ", or \(self.offeredNames)")",
+                    presentedScheme: AuthScheme.basic.rawValue
                 )
             )
         }

@@ -38,6 +38,8 @@ public struct ProxyConfiguration: Sendable {
     public var ntlm: NTLMAcceptor.Settings?
     /// `--strip-realm`: a Negotiate user is `alice`, not `alice@EXAMPLE.ORG`.
     public var stripRealm = false
+    /// `--basic-requires-tls`: Basic is offered, and accepted, only on TLS connections.
+    public var basicRequiresTLS = false
     /// `--max-pending-handshakes`: Negotiate/NTLM handshakes in progress at once, server-wide.
     public var maximumPendingHandshakes = 1024
 

@@ -11,7 +11,10 @@ public final class ProxyContext: Sendable {
     /// The settings new connections take (each connection keeps the ones it started with).
     public var configuration: ProxyConfiguration { self.configurationBox.withLockedValue { $0 } }
     private let configurationBox: NIOLockedValueBox<ProxyConfiguration>
+    /// The gate of TLS connections, and of plain ones unless Basic needs TLS.
     public let gate: ProxyAuthGate
+    /// The gate of plain-text connections: without Basic under `--basic-requires-tls`.
+    let plainGate: ProxyAuthGate
     public let verifier: CredentialVerifier?
     /// Digest challenges, nonces and replay record, when Digest is offered.
     public let digest: DigestAuthority?
@@ -30,6 +33,8 @@ public final class ProxyContext: Sendable {
     package let connector: any UpstreamConnector
     /// The Kerberos acceptor, when Negotiate is offered.
     public let negotiate: NegotiateAcceptor?
+    /// The certificate and key of the TLS listeners, when there are any.
+    public let tls: ProxyTLS?
     /// Negotiate/NTLM handshakes in progress (bounded by `maximumPendingHandshakes`).
     let pendingHandshakes = NIOLockedValueBox(0)
 
@@ -41,7 +46,8 @@ public final class ProxyContext: Sendable {
         logger: Logger,
         metrics: ProxyMetrics = ProxyMetrics(factory: NOOPMetricsHandler.instance),
         accessLog: AccessLog? = nil,
-        negotiate: NegotiateAcceptor? = nil
+        negotiate: NegotiateAcceptor? = nil,
+        tls: ProxyTLS? = nil
     ) {
         self.init(
             configuration: configuration,
@@ -52,7 +58,8 @@ public final class ProxyContext: Sendable {
             metrics: metrics,
             accessLog: accessLog,
             connector: SocketUpstreamConnector(),
-            negotiate: negotiate
+            negotiate: negotiate,
+            tls: tls
         )
     }
 
@@ -65,15 +72,18 @@ public final class ProxyContext: Sendable {
         metrics: ProxyMetrics,
         accessLog: AccessLog?,
         connector: any UpstreamConnector,
-        negotiate: NegotiateAcceptor? = nil
+        negotiate: NegotiateAcceptor? = nil,
+        tls: ProxyTLS? = nil
     ) {
         self.connector = connector
         self.negotiate = negotiate
+        self.tls = tls
         self.metrics = metrics
         self.accessLog = accessLog
         self.loopDetector = ChallengeLoopDetector()
         self.configurationBox = NIOLockedValueBox(configuration)
         self.gate = ProxyAuthGate(realm: configuration.realm, schemes: configuration.authSchemes)
+        self.plainGate = configuration.basicRequiresTLS ? self.gate.withoutBasic() : self.gate
         self.verifier = verifier
         self.digest = digest
         self.throttle = AuthThrottle(settings: configuration.authThrottle)

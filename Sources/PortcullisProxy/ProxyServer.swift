@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOExtras
 import NIOPosix
+import NIOSSL
 
 /// The proxy's listeners and their connections.
 public final class ProxyServer: Sendable {
@@ -18,16 +19,23 @@ public final class ProxyServer: Sendable {
         self.group = group
     }
 
-    /// Binds every address; fails (and binds nothing that stays open) if any bind fails.
+    /// Binds every plain-HTTP address; fails (and binds nothing that stays open) if any bind fails.
     public func start(listening addresses: [SocketAddress]) async throws -> [SocketAddress] {
-        var bound: [SocketAddress] = []
+        try await self.start(addresses.map { Listener(address: $0, kind: .tcp) }).map(\.address)
+    }
+
+    /// Binds every listener (a TLS one needs the context's ``ProxyContext/tls``); fails (and
+    /// binds nothing that stays open) if any bind fails. Returns the bound addresses.
+    public func start(_ listeners: [Listener]) async throws -> [Listener] {
+        var bound: [Listener] = []
         do {
-            for address in addresses {
+            for listener in listeners {
                 let quiesce = ServerQuiescingHelper(group: self.group)
                 self.quiescers.withLockedValue { $0.append(quiesce) }
-                let channel = try await self.makeBootstrap(quiesce: quiesce).bind(to: address).get()
+                let bootstrap = try self.makeBootstrap(quiesce: quiesce, kind: listener.kind)
+                let channel = try await bootstrap.bind(to: listener.address).get()
                 self.channels.withLockedValue { $0.append(channel) }
-                if let local = channel.localAddress { bound.append(local) }
+                if let local = channel.localAddress { bound.append(Listener(address: local, kind: listener.kind)) }
             }
         } catch {
             for channel in self.channels.withLockedValue({ $0 }) { try? await channel.close() }
@@ -36,8 +44,16 @@ public final class ProxyServer: Sendable {
         return bound
     }
 
-    private func makeBootstrap(quiesce: ServerQuiescingHelper) -> ServerBootstrap {
+    private func makeBootstrap(quiesce: ServerQuiescingHelper, kind: ListenerKind) throws -> ServerBootstrap {
         let shared = self.shared
+        let tls: ProxyTLS?
+        switch kind {
+        case .tcp:
+            tls = nil
+        case .tls:
+            guard let configured = shared.tls else { throw ProxyTLSMissing() }
+            tls = configured
+        }
         return ServerBootstrap(group: self.group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -67,13 +83,20 @@ public final class ProxyServer: Sendable {
                         return
                     }
                     channel.closeFuture.whenComplete { _ in shared.admission.release(address) }
+                    shared.metrics.connectionAccepted(on: kind)
+                    if let tls {
+                        // The certificate in force now; a reload applies to later connections.
+                        try channel.pipeline.syncOperations.addHandler(PlainHTTPOnTLSPortHandler())
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context))
+                    }
                     let pool = self.pool(for: channel.eventLoop)
                     var logger = shared.logger
                     if let remote = channel.remoteAddress { logger[metadataKey: "client"] = "\(remote)" }
                     let handler = ProxyConnectionHandler(
                         shared: shared,
                         pool: pool,
-                        logger: logger
+                        logger: logger,
+                        listener: kind
                     )
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
@@ -127,4 +150,9 @@ public final class ProxyServer: Sendable {
             try? await pool.eventLoop.submit { pool.value.shutdown() }.get()
         }
     }
+}
+
+/// A TLS listener was asked for without a certificate and key.
+struct ProxyTLSMissing: Error, CustomStringConvertible {
+    var description: String { "a TLS listener needs --tls-cert and --tls-key" }
 }

@@ -156,6 +156,16 @@ public enum PortcullisService {
                 metadata: ["keytab": "\(keytab)", "principals": "\(negotiate?.servicePrincipals.joined(separator: ",") ?? "")"]
             )
         }
+        var tls: ProxyTLS?
+        if let files = configuration.tls {
+            // File reads and key checks: on the thread pool.
+            do {
+                tls = try await threadPool.runIfActive { () throws -> ProxyTLS in try ProxyTLS(files: files) }
+            } catch {
+                throw ServeError("\(error)")
+            }
+            logger.info("TLS certificate loaded", metadata: ["certificate": "\(tls?.current.summary ?? "")"])
+        }
         let context = ProxyContext(
             configuration: configuration.proxy,
             verifier: verifier,
@@ -164,7 +174,8 @@ public enum PortcullisService {
             logger: logger,
             metrics: metrics,
             accessLog: accessLog,
-            negotiate: negotiate
+            negotiate: negotiate,
+            tls: tls
         )
         // The admin listener comes up first, so health checks can poll from the start; /readyz
         // says ready once the proxy's listeners are bound.
@@ -192,18 +203,26 @@ public enum PortcullisService {
         }
 
         let server = ProxyServer(context: context, group: group)
-        let bound: [SocketAddress]
+        let bound: [Listener]
         do {
-            bound = try await server.start(listening: configuration.listen)
+            bound = try await server.start(
+                configuration.listen.map { Listener(address: $0, kind: .tcp) }
+                    + configuration.listenTLS.map { Listener(address: $0, kind: .tls) }
+            )
         } catch {
             // The admin listener closes with the event loops.
-            throw ServeError("cannot listen on \(configuration.listenText.joined(separator: ", ")): \(error)")
+            let every = configuration.listenText + configuration.listenTLSText
+            throw ServeError("cannot listen on \(every.joined(separator: ", ")): \(error)")
         }
         listening.withLockedValue { $0 = true }
+        func addresses(_ kind: ListenerKind) -> String {
+            bound.filter { $0.kind == kind }.map { Self.describe($0.address) }.joined(separator: " ")
+        }
         logger.info(
             "listening",
             metadata: [
-                "addresses": "\(bound.map(Self.describe).joined(separator: " "))",
+                "addresses": "\(addresses(.tcp))",
+                "tls_addresses": "\(addresses(.tls))",
                 "auth":
                     "\(configuration.proxy.authSchemes.isEmpty ? "none" : configuration.proxy.authSchemes.map(\.rawValue).joined(separator: ","))",
                 "realm": "\(configuration.proxy.realm)",
@@ -278,10 +297,13 @@ public enum PortcullisService {
 
     /// The one time the generated password is shown; flushed at once so that it reaches a pipe
     /// or a log collector even if the process is killed soon after.
+    /// `listen`: the proxy's URL without user info (`http://127.0.0.1:3128`).
     private static func announce(_ created: EmbeddedUsers.Created, listen: String, digestOnly: Bool) {
+        let scheme = listen.hasPrefix("https://") ? "https://" : "http://"
+        let address = listen.dropFirst(scheme.count)
         let proxyHost =
-            listen.hasPrefix("0.0.0.0") || listen.hasPrefix("*")
-            ? "127.0.0.1" + listen.drop(while: { $0 != ":" }) : listen
+            address.hasPrefix("0.0.0.0") || address.hasPrefix("*")
+            ? "127.0.0.1" + address.drop(while: { $0 != ":" }) : address
         let text: String
         if let password = created.password {
             text = """
@@ -290,7 +312,7 @@ public enum PortcullisService {
                   password: \(password)
                   database: \(created.path) (bcrypt; this password is not shown again)
                 Try it:
-                \(digestOnly ? "curl --proxy-digest -x http://admin:\(password)@\(proxyHost) https://example.com" : "curl -x http://admin:\(password)@\(proxyHost) https://example.com")
+                \(digestOnly ? "curl --proxy-digest -x \(scheme)admin:\(password)@\(proxyHost) https://example.com" : "curl -x \(scheme)admin:\(password)@\(proxyHost) https://example.com")
                 Manage users with: portcullis users --help
 
                 """
@@ -408,7 +430,9 @@ public enum PortcullisService {
                 if let created = ensured.created {
                     Self.announce(
                         created,
-                        listen: configuration.listenText[0],
+                        // A plain listener if there is one, else the TLS one (curl needs the CA then).
+                        listen: configuration.listenText.first.map { "http://\($0)" }
+                            ?? "https://\(configuration.listenTLSText.first ?? ServerConfiguration.defaultListen)",
                         digestOnly: !configuration.proxy.authSchemes.contains(.basic)
                     )
                 }

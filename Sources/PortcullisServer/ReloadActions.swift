@@ -18,6 +18,7 @@ struct ReloadActions: Sendable {
     private let users: UsersSource?
     private let usersReadable: NIOLockedValueBox<Bool>
     private let policy: PolicyReloader?
+    private let tls: TLSReloader?
     private let accessLog: AccessLog?
     private let config: @Sendable (_ forced: Bool) -> Void
 
@@ -41,6 +42,7 @@ struct ReloadActions: Sendable {
         self.users = users
         self.usersReadable = usersReadable
         self.policy = configuration.policyPath.map(PolicyReloader.init(path:))
+        self.tls = context.tls.map(TLSReloader.init(tls:))
         self.accessLog = accessLog
         self.config = Self.configReloader(configuration, context: context, metrics: metrics, logger: logger, reload)
     }
@@ -53,7 +55,10 @@ struct ReloadActions: Sendable {
             self.config(false)
         }
         await self.reloadUsers()
-        await self.onThreadPool { self.reloadPolicy(force: false) }
+        await self.onThreadPool {
+            self.reloadPolicy(force: false)
+            self.reloadTLS(force: false)
+        }
     }
 
     /// SIGHUP: everything read again, changed or not, and the access log reopened (logrotate).
@@ -61,6 +66,7 @@ struct ReloadActions: Sendable {
         await self.onThreadPool {
             self.config(true)
             self.reloadPolicy(force: true)
+            self.reloadTLS(force: true)
         }
         await self.reloadUsers()
         await self.onThreadPool { self.reopenAccessLogNow() }
@@ -105,6 +111,22 @@ struct ReloadActions: Sendable {
         } catch {
             self.metrics.reload("policy", ok: false)
             self.logger.error("policy reload failed; keeping the previous rules", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func reloadTLS(force: Bool) {
+        guard let reloader = self.tls else { return }
+        do {
+            if let summary = try reloader.reload(force: force) {
+                self.metrics.reload("tls", ok: true)
+                self.logger.notice("TLS certificate reloaded: new connections use it", metadata: ["certificate": "\(summary)"])
+            }
+        } catch {
+            self.metrics.reload("tls", ok: false)
+            self.logger.error(
+                "TLS certificate reload failed; new connections keep the previous one",
+                metadata: ["error": "\(error)"]
+            )
         }
     }
 

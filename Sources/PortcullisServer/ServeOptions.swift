@@ -23,6 +23,36 @@ public struct ServeOptions: DeclaredSettings {
 
     @Option(
         name: .long,
+        help: ArgumentHelp(
+            "Address for clients that speak TLS to the proxy (an https:// proxy URL); repeatable, alongside or instead of --listen. Needs --tls-cert and --tls-key.",
+            valueName: "host:port"
+        )
+    )
+    public var listenTLS: [String] = []
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The TLS listeners' certificate: PEM, the proxy's own first, then its chain. Re-read when it changes and on SIGHUP.",
+            valueName: "file"
+        )
+    )
+    public var tlsCert: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("The TLS listeners' private key: PEM, not encrypted, matching --tls-cert.", valueName: "file")
+    )
+    public var tlsKey: String?
+
+    @Flag(
+        inversion: .prefixedNo,
+        help: "Offer Basic only on TLS listeners: on plain ones a Basic answer gets a 407 naming the https:// address."
+    )
+    public var basicRequiresTLS: Bool?
+
+    @Option(
+        name: .long,
         help: ArgumentHelp("Apache htpasswd users file (bcrypt, apr1, SHA, SHA-crypt, DES).", valueName: "file")
     )
     public var htpasswd: String?

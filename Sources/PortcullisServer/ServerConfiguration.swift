@@ -10,6 +10,11 @@ import PortcullisStores
 public struct ServerConfiguration: Sendable {
     public var listen: [SocketAddress]
     public var listenText: [String]
+    /// `--listen-tls`: listeners whose clients speak TLS to the proxy.
+    public var listenTLS: [SocketAddress]
+    public var listenTLSText: [String]
+    /// `--tls-cert` and `--tls-key`, when there are TLS listeners.
+    public var tls: TLSFiles?
     public var htpasswd: String?
     /// Where users come from.
     public var store: StoreLocation = .embedded("")
@@ -42,8 +47,25 @@ public struct ServerConfiguration: Sendable {
     /// Applies defaults and checks everything a user can get wrong, with a message for each.
     public init(options: ServeOptions, environment: [String: String] = ProcessInfo.processInfo.environment) throws {
         self.options = options
-        self.listenText = options.listen.isEmpty ? [Self.defaultListen] : options.listen
+        self.listenText = options.listen.isEmpty && options.listenTLS.isEmpty ? [Self.defaultListen] : options.listen
         self.listen = try self.listenText.map(Self.parseListen)
+        self.listenTLSText = options.listenTLS
+        self.listenTLS = try options.listenTLS.map { try Self.parseListen($0, option: "--listen-tls") }
+        switch (options.tlsCert, options.tlsKey) {
+        case (let certificate?, let key?):
+            guard !self.listenTLS.isEmpty else {
+                throw ServeError("--tls-cert and --tls-key are for --listen-tls: add a TLS listener (--listen-tls HOST:PORT)")
+            }
+            self.tls = TLSFiles(certificate: certificate, key: key)
+        case (nil, nil):
+            guard self.listenTLS.isEmpty else {
+                throw ServeError("--listen-tls needs the proxy's certificate and key: --tls-cert FILE --tls-key FILE (PEM)")
+            }
+        case (_?, nil):
+            throw ServeError("--tls-cert needs --tls-key (the certificate's private key, PEM)")
+        case (nil, _?):
+            throw ServeError("--tls-key needs --tls-cert (the certificate that goes with it, PEM)")
+        }
 
         var proxy = ProxyConfiguration()
         let realm = options.realm ?? "Portcullis"
@@ -67,7 +89,8 @@ public struct ServerConfiguration: Sendable {
             guard !proxy.authSchemes.isEmpty else { throw ServeError("--auth needs at least one scheme, or none") }
         }
         if proxy.authSchemes.isEmpty, !(options.allowOpenProxy ?? false) {
-            if let open = zip(self.listenText, self.listen).first(where: { !Self.isLoopback($0.1) }) {
+            let every = Array(zip(self.listenText, self.listen)) + Array(zip(self.listenTLSText, self.listenTLS))
+            if let open = every.first(where: { !Self.isLoopback($0.1) }) {
                 throw ServeError(
                     "refusing to run without authentication on \(open.0), which is not a loopback address: anyone who can reach it could use this proxy. Use --auth basic, listen on 127.0.0.1/[::1], or pass --allow-open-proxy if that is really what you want."
                 )
@@ -126,6 +149,20 @@ public struct ServerConfiguration: Sendable {
             proxy.ntlm = Self.ntlmSettings(realm: realm)
         }
         proxy.stripRealm = options.stripRealm ?? false
+        if options.basicRequiresTLS == true {
+            guard proxy.authSchemes.contains(.basic) else {
+                throw ServeError("--basic-requires-tls is about Basic, which --auth does not offer")
+            }
+            guard !self.listenTLS.isEmpty else {
+                throw ServeError("--basic-requires-tls needs a TLS listener (--listen-tls), or Basic is offered nowhere")
+            }
+            guard proxy.authSchemes != [.basic] || self.listen.isEmpty else {
+                throw ServeError(
+                    "--basic-requires-tls leaves the plain listeners (--listen \(self.listenText.joined(separator: ", "))) no scheme to offer: drop --listen, or add digest, ntlm or negotiate to --auth"
+                )
+            }
+            proxy.basicRequiresTLS = true
+        }
         if let pending = options.maxPendingHandshakes { proxy.maximumPendingHandshakes = pending.value }
         proxy.destinationPolicy = DestinationPolicy(allowPrivateDestinations: options.allowPrivateDestinations ?? false)
         proxy.connectPorts = Set(options.connectPorts?.ports ?? [443])
@@ -232,7 +269,11 @@ public struct ServerConfiguration: Sendable {
     }
 
     static func parseListen(_ text: String) throws -> SocketAddress {
-        let problem = ServeError("--listen '\(text)' is not HOST:PORT (for example 127.0.0.1:3128 or [::1]:3128)")
+        try Self.parseListen(text, option: "--listen")
+    }
+
+    static func parseListen(_ text: String, option: String) throws -> SocketAddress {
+        let problem = ServeError("\(option) '\(text)' is not HOST:PORT (for example 127.0.0.1:3128 or [::1]:3128)")
         let host: Substring
         let portText: Substring
         if text.hasPrefix("[") {
@@ -251,7 +292,7 @@ public struct ServerConfiguration: Sendable {
         do {
             return try SocketAddress(ipAddress: ip, port: port)
         } catch {
-            throw ServeError("--listen '\(text)': '\(host)' is not an IP address (use 127.0.0.1, [::1], 0.0.0.0 …)")
+            throw ServeError("\(option) '\(text)': '\(host)' is not an IP address (use 127.0.0.1, [::1], 0.0.0.0 …)")
         }
     }
 

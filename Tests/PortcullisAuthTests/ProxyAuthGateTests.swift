@@ -24,6 +24,31 @@ import Testing
         #expect(try ChallengeParser.parse(fieldValue: challenge)[0].parameter("realm") == realm)
     }
 
+    /// `--basic-requires-tls` on a plain connection: Basic is neither challenged nor checked,
+    /// and its refusal says where Basic works; other schemes are untouched.
+    @Test func withoutBasicRefusesBasicNamingTheTLSAddress() {
+        let plain = ProxyAuthGate(realm: "R", schemes: [.digest, .basic]).withoutBasic()
+        #expect(plain.schemes == [.digest])
+        #expect(plain.challenges(digest: ["Digest x"]) == ["Digest x"])
+        guard case .reject(let failure) = plain.evaluate(proxyAuthorization: ["Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="])
+        else {
+            Issue.record("Basic was checked on a plain connection")
+            return
+        }
+        #expect(failure.reason == .basicRequiresTLS)
+        #expect(failure.explanation.contains("https://"))
+        #expect(failure.explanation.contains("or Digest"))
+        #expect(!failure.explanation.contains("open sesame"))
+        // A gate that never offered Basic keeps calling it an unsupported scheme.
+        let digestOnly = ProxyAuthGate(realm: "R", schemes: [.digest]).withoutBasic()
+        guard case .reject(let other) = digestOnly.evaluate(proxyAuthorization: ["Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="])
+        else {
+            Issue.record("accepted")
+            return
+        }
+        #expect(other.reason == .unsupportedScheme)
+    }
+
     @Test func noHeaderIsMissingCredentials() {
         #expect(reason([]) == .missingCredentials)
     }

@@ -46,6 +46,18 @@ struct SettingSample: Sendable, CustomTestStringConvertible {
         SettingSample("digest-challenges", text: "per-algorithm") { $0.digestChallenges },
         SettingSample("keytab", text: "/etc/proxy.keytab") { $0.keytab },
         SettingSample("strip-realm", ["--strip-realm"], "strip-realm: true") { $0.stripRealm == true },
+        SettingSample(
+            "listen-tls",
+            ["--listen-tls", "127.0.0.1:2", "--listen-tls", "[::1]:2"],
+            #"listen-tls: ["127.0.0.1:2", "[::1]:2"]"#
+        ) {
+            $0.listenTLS == ["127.0.0.1:2", "[::1]:2"]
+        },
+        SettingSample("tls-cert", text: "/etc/proxy.pem") { $0.tlsCert },
+        SettingSample("tls-key", text: "/etc/proxy.key") { $0.tlsKey },
+        SettingSample("basic-requires-tls", ["--basic-requires-tls"], "basic-requires-tls: true") {
+            $0.basicRequiresTLS == true
+        },
         count("max-pending-handshakes", 16) { $0.maxPendingHandshakes },
         SettingSample(
             "allow-private-destinations",

@@ -104,3 +104,52 @@ import Testing
         }
     }
 }
+
+@Suite struct TLSListenerConfigurationTests {
+    @Test func aTLSListenerAloneBindsNoPlainOne() throws {
+        let options = try ServeOptions.parse(["--listen-tls", "127.0.0.1:3129", "--tls-cert", "c.pem", "--tls-key", "k.pem"])
+        let c = try ServerConfiguration(options: options, environment: [:])
+        #expect(c.listenText.isEmpty)
+        #expect(c.listenTLSText == ["127.0.0.1:3129"])
+        #expect(c.tls == TLSFiles(certificate: "c.pem", key: "k.pem"))
+    }
+
+    @Test(arguments: [
+        (["--listen-tls", "127.0.0.1:1"], "--listen-tls needs the proxy's certificate and key"),
+        (["--listen-tls", "127.0.0.1:1", "--tls-cert", "c"], "--tls-cert needs --tls-key"),
+        (["--listen-tls", "127.0.0.1:1", "--tls-key", "k"], "--tls-key needs --tls-cert"),
+        (["--tls-cert", "c", "--tls-key", "k"], "are for --listen-tls"),
+        (["--listen-tls", "localhost:x", "--tls-cert", "c", "--tls-key", "k"], "--listen-tls 'localhost:x' is not HOST:PORT"),
+        (["--basic-requires-tls"], "needs a TLS listener"),
+        (
+            ["--basic-requires-tls", "--auth", "digest", "--listen-tls", "127.0.0.1:1", "--tls-cert", "c", "--tls-key", "k"],
+            "is about Basic"
+        ),
+        (
+            ["--basic-requires-tls", "--listen", "127.0.0.1:2", "--listen-tls", "127.0.0.1:1", "--tls-cert", "c", "--tls-key", "k"],
+            "leaves the plain listeners (--listen 127.0.0.1:2) no scheme to offer"
+        ),
+        (
+            ["--auth", "none", "--listen-tls", "0.0.0.0:1", "--tls-cert", "c", "--tls-key", "k"],
+            "refusing to run without authentication on 0.0.0.0:1"
+        ),
+    ])
+    func mistakesAreNamed(arguments: [String], message: String) throws {
+        let options = try ServeOptions.parse(arguments)
+        #expect {
+            try ServerConfiguration(options: options, environment: [:])
+        } throws: { error in
+            "\(error)".contains(message)
+        }
+    }
+
+    @Test func basicRequiresTLSWithAnotherSchemeKeepsThePlainListener() throws {
+        let options = try ServeOptions.parse([
+            "--basic-requires-tls", "--auth", "digest,basic", "--listen", "127.0.0.1:2",
+            "--listen-tls", "127.0.0.1:1", "--tls-cert", "c", "--tls-key", "k",
+        ])
+        let c = try ServerConfiguration(options: options, environment: [:])
+        #expect(c.proxy.basicRequiresTLS)
+        #expect(c.listenText == ["127.0.0.1:2"])
+    }
+}

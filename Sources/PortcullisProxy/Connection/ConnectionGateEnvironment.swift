@@ -17,9 +17,9 @@ struct ConnectionGateEnvironment: GateEnvironment {
     var credentials: CredentialVerifier? {
         self.shared.authenticationEnabled ? self.shared.verifier : nil
     }
-    var gate: ProxyAuthGate { self.shared.gate }
+    var gate: ProxyAuthGate { self.connection.listener == .tls ? self.shared.gate : self.shared.plainGate }
     var digest: DigestAuthority? { self.shared.digest }
-    var offeredSchemeNames: [String] { self.connection.configuration.authSchemes.map(\.headerName) }
+    var offeredSchemeNames: [String] { self.gate.schemes.map(\.headerName) }
     var maximumRequestBody: Int? { self.connection.configuration.maximumRequestBody }
     var policy: AccessPolicy { self.shared.policy }
     var metrics: ProxyMetrics { self.shared.metrics }

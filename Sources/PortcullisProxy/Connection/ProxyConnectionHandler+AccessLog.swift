@@ -32,7 +32,8 @@ extension ProxyConnectionHandler {
                 upstream: exchange.upstreamAddress,
                 contentType: exchange.contentType,
                 proxyStatus: exchange.proxyStatus,
-                isTunnel: false
+                isTunnel: false,
+                listener: self.listener
             )
         )
     }

@@ -63,11 +63,16 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// connections; this one keeps its own).
     let configuration: ProxyConfiguration
 
+    /// The kind of listener the connection came in on.
+    let listener: ListenerKind
+
     init(
         shared: ProxyContext,
         pool: UpstreamPool,
-        logger: Logger
+        logger: Logger,
+        listener: ListenerKind = .tcp
     ) {
+        self.listener = listener
         self.shared = shared
         let configuration = shared.configuration
         self.configuration = configuration

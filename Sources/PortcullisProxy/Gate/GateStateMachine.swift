@@ -187,13 +187,15 @@ struct GateStateMachine {
         if let value = single, !singleIsDigest, !singleIsBound {
             let key = self.cacheKey(of: value, cache)
             cacheKey = key
-            // Still asked every time: the entry may have expired or the users changed.
-            if case .allowed = lock, let user = cache.cachedUser(for: key, now: request.started) {
+            // Still asked every time: the entry may have expired or the users changed. Only
+            // where Basic is offered (not on plain text under --basic-requires-tls).
+            let basicHere = environment.gate.schemes.contains(.basic)
+            if basicHere, case .allowed = lock, let user = cache.cachedUser(for: key, now: request.started) {
                 environment.metrics.cacheHits.increment()
                 self.provenKey = key
                 return self.accepted(request, user: user, scheme: .basic, authenticationInfo: nil, environment)
             }
-            if case .lockedOut = lock, self.provenKey == key,
+            if basicHere, case .lockedOut = lock, self.provenKey == key,
                 let user = cache.cachedUser(for: key, now: request.started)
             {
                 return self.accepted(request, user: user, scheme: .basic, authenticationInfo: nil, environment)

@@ -24,6 +24,8 @@ public struct AccessRecord: Sendable {
     public var contentType: String?
     public var proxyStatus: String?
     public var isTunnel: Bool
+    /// The listener the request came in on (JSON format only: Squid's format has no field for it).
+    public var listener: ListenerKind = .tcp
 
     /// Squid's native format, so existing tooling works:
     /// `%ts.%03tu %6tr %>a %Ss/%03>Hs %<st %rm %ru %[un %Sh/%<a %mt`.
@@ -75,6 +77,7 @@ public struct AccessRecord: Sendable {
         string("upstream", self.upstream)
         string("proxy_status", self.proxyStatus)
         fields.append(("tunnel", self.isTunnel ? "true" : "false"))
+        string("listener", self.listener.rawValue)
         return "{" + fields.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}"
     }
 

@@ -22,6 +22,8 @@ public final class ProxyMetrics: Sendable {
     let challengeLoops: Counter
     let lockouts: Counter
     let activeConnections: Meter
+    /// Client connections accepted (not refused by admission), per listener kind.
+    private let acceptedConnections: [ListenerKind: Counter]
     let activeTunnels: Meter
     let bytesFromClients: Counter
     let bytesToClients: Counter
@@ -60,6 +62,18 @@ public final class ProxyMetrics: Sendable {
         self.challengeLoops = Counter(label: "portcullis_challenge_loops_total", factory: factory)
         self.lockouts = Counter(label: "portcullis_lockouts_total", factory: factory)
         self.activeConnections = Meter(label: "portcullis_client_connections_active", factory: factory)
+        self.acceptedConnections = Dictionary(
+            uniqueKeysWithValues: ListenerKind.allCases.map { kind in
+                (
+                    kind,
+                    Counter(
+                        label: "portcullis_client_connections_total",
+                        dimensions: [("listener", kind.rawValue)],
+                        factory: factory
+                    )
+                )
+            }
+        )
         self.activeTunnels = Meter(label: "portcullis_tunnels_active", factory: factory)
         self.bytesFromClients = Counter(
             label: "portcullis_bytes_total",
@@ -147,6 +161,10 @@ public final class ProxyMetrics: Sendable {
     }
 
     /// A connection or request refused by an admission rule or a limit (`reason` from a closed set).
+    func connectionAccepted(on listener: ListenerKind) {
+        self.acceptedConnections[listener]?.increment()
+    }
+
     func refused(_ reason: String) {
         self.counter(in: self.refusals, key: reason) {
             Counter(label: "portcullis_refusals_total", dimensions: [("reason", reason)], factory: self.factory)

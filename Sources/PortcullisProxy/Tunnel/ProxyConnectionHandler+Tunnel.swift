@@ -89,6 +89,7 @@ extension ProxyConnectionHandler {
         let metrics = self.shared.metrics
         let log = self.shared.accessLog
         let client = self.clientAddress
+        let listener = self.listener
         let upstreamAddress = upstream.remoteAddress?.ipAddress
         exchange.status = 200
         exchange.logged = true
@@ -123,7 +124,8 @@ extension ProxyConnectionHandler {
                     upstream: upstreamAddress,
                     contentType: nil,
                     proxyStatus: nil,
-                    isTunnel: true
+                    isTunnel: true,
+                    listener: listener
                 )
             )
         }

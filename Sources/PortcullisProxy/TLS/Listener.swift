@@ -1,0 +1,19 @@
+import NIOCore
+
+/// What a listener speaks to its clients: plain HTTP (`--listen`) or HTTP inside TLS
+/// (`--listen-tls`). Named in the JSON access log and the metrics.
+public enum ListenerKind: String, Sendable, Hashable, CaseIterable {
+    case tcp
+    case tls
+}
+
+/// One address to listen on, and how.
+public struct Listener: Sendable, Hashable {
+    public var address: SocketAddress
+    public var kind: ListenerKind
+
+    public init(address: SocketAddress, kind: ListenerKind) {
+        self.address = address
+        self.kind = kind
+    }
+}
