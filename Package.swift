@@ -77,6 +77,7 @@ let package = Package(
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
                 // The TLS listener (--listen-tls).
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOTLS", package: "swift-nio"),
                 // For ConnectionHarness: one connection without sockets (tests and the fuzzer).
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ] + nio

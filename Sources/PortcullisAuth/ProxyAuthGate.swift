@@ -8,10 +8,15 @@ public enum AuthScheme: String, Sendable, Hashable, CaseIterable {
     case negotiate
     /// MS-NLMP, NTLMv2 only, bound to the connection.
     case ntlm
+    /// A client certificate on a TLS listener (`--tls-client-ca`): no header, no challenge.
+    case certificate
 
     /// Authenticates the connection rather than each request: several legs on one connection,
     /// then later requests on it pass without credentials.
     public var isConnectionBound: Bool { self == .negotiate || self == .ntlm }
+
+    /// Whether a 407 can ask for it (a certificate is asked for by the TLS handshake).
+    public var isChallenged: Bool { self != .certificate }
 
     /// The scheme as it is written in a header.
     public var headerName: String {
@@ -20,6 +25,7 @@ public enum AuthScheme: String, Sendable, Hashable, CaseIterable {
         case .digest: return "Digest"
         case .negotiate: return "Negotiate"
         case .ntlm: return "NTLM"
+        case .certificate: return "Certificate"
         }
     }
 }
@@ -75,6 +81,8 @@ public struct ProxyAuthGate: Sendable {
                 return digest
             case .negotiate, .ntlm:
                 return [scheme.headerName]
+            case .certificate:
+                return []
             }
         }
     }
@@ -204,7 +212,8 @@ public struct ProxyAuthGate: Sendable {
     }
 
     private var offeredNames: String {
-        self.schemes.map(\.headerName).joined(separator: " or ")
+        self.schemes.map { $0 == .certificate ? "a client certificate (over TLS)" : $0.headerName }
+            .joined(separator: " or ")
     }
 
     /// Schemes of IANA's HTTP Authentication Scheme registry (and NTLM), lower-cased. Only these

@@ -40,6 +40,10 @@ public struct ProxyConfiguration: Sendable {
     public var stripRealm = false
     /// `--basic-requires-tls`: Basic is offered, and accepted, only on TLS connections.
     public var basicRequiresTLS = false
+    /// `--cert-user-from`: where a client certificate names its user.
+    public var certificateUserFrom: CertificateUserSource = .commonName
+    /// `--cert-users-implicit`: a certificate's user need not exist in the store.
+    public var certificateUsersImplicit = false
     /// `--max-pending-handshakes`: Negotiate/NTLM handshakes in progress at once, server-wide.
     public var maximumPendingHandshakes = 1024
 

@@ -53,6 +53,30 @@ public struct ServeOptions: DeclaredSettings {
 
     @Option(
         name: .long,
+        help: ArgumentHelp(
+            "CA certificates (PEM) that client certificates on the TLS listeners are verified against; with --auth certificate they name the user. Without another scheme in --auth, clients without a certificate are refused by the handshake.",
+            valueName: "file"
+        )
+    )
+    public var tlsClientCA: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Where a client certificate names its user: cn (the subject's common name), san-email or san-uri. (default: cn)",
+            valueName: "field"
+        )
+    )
+    public var certUserFrom: String?
+
+    @Flag(
+        inversion: .prefixedNo,
+        help: "Accept a client certificate's user without a user of that name in the users store (no disable or expiry then)."
+    )
+    public var certUsersImplicit: Bool?
+
+    @Option(
+        name: .long,
         help: ArgumentHelp("Apache htpasswd users file (bcrypt, apr1, SHA, SHA-crypt, DES).", valueName: "file")
     )
     public var htpasswd: String?
@@ -78,7 +102,7 @@ public struct ServeOptions: DeclaredSettings {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "Schemes offered, in challenge order: negotiate (Kerberos, needs --keytab), ntlm (users enrolled with --ntlm), digest, basic; or none to turn authentication off (loopback listeners only, unless --allow-open-proxy). (default: basic)",
+            "Schemes offered, in challenge order: negotiate (Kerberos, needs --keytab), ntlm (users enrolled with --ntlm), digest, basic, certificate (client certificates on TLS listeners, needs --tls-client-ca); or none to turn authentication off (loopback listeners only, unless --allow-open-proxy). (default: basic)",
             valueName: "list"
         )
     )

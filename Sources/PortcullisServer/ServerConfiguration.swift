@@ -56,7 +56,7 @@ public struct ServerConfiguration: Sendable {
             guard !self.listenTLS.isEmpty else {
                 throw ServeError("--tls-cert and --tls-key are for --listen-tls: add a TLS listener (--listen-tls HOST:PORT)")
             }
-            self.tls = TLSFiles(certificate: certificate, key: key)
+            self.tls = TLSFiles(certificate: certificate, key: key, clientCA: options.tlsClientCA)
         case (nil, nil):
             guard self.listenTLS.isEmpty else {
                 throw ServeError("--listen-tls needs the proxy's certificate and key: --tls-cert FILE --tls-key FILE (PEM)")
@@ -81,7 +81,7 @@ public struct ServerConfiguration: Sendable {
             proxy.authSchemes = try authNames.map { name in
                 guard let scheme = AuthScheme(rawValue: name) else {
                     throw ServeError(
-                        "--auth: unknown scheme '\(name)' (available: negotiate, ntlm, digest, basic, or none to turn authentication off)"
+                        "--auth: unknown scheme '\(name)' (available: negotiate, ntlm, digest, basic, certificate, or none to turn authentication off)"
                     )
                 }
                 return scheme
@@ -149,6 +149,7 @@ public struct ServerConfiguration: Sendable {
             proxy.ntlm = Self.ntlmSettings(realm: realm)
         }
         proxy.stripRealm = options.stripRealm ?? false
+        self.tls = try Self.clientCertificates(options, tls: self.tls, plainListeners: self.listenText, &proxy)
         if options.basicRequiresTLS == true {
             guard proxy.authSchemes.contains(.basic) else {
                 throw ServeError("--basic-requires-tls is about Basic, which --auth does not offer")
@@ -156,7 +157,7 @@ public struct ServerConfiguration: Sendable {
             guard !self.listenTLS.isEmpty else {
                 throw ServeError("--basic-requires-tls needs a TLS listener (--listen-tls), or Basic is offered nowhere")
             }
-            guard proxy.authSchemes != [.basic] || self.listen.isEmpty else {
+            guard proxy.authSchemes.contains(where: { $0 != .basic && $0 != .certificate }) || self.listen.isEmpty else {
                 throw ServeError(
                     "--basic-requires-tls leaves the plain listeners (--listen \(self.listenText.joined(separator: ", "))) no scheme to offer: drop --listen, or add digest, ntlm or negotiate to --auth"
                 )
@@ -266,6 +267,50 @@ public struct ServerConfiguration: Sendable {
             dnsDomainName: host.contains(".") ? String(host.drop { $0 != "." }.dropFirst()) : "",
             dnsComputerName: host
         )
+    }
+
+    /// `--tls-client-ca`, `--auth certificate`, `--cert-user-from`, `--cert-users-implicit`.
+    private static func clientCertificates(
+        _ options: ServeOptions,
+        tls: TLSFiles?,
+        plainListeners: [String],
+        _ proxy: inout ProxyConfiguration
+    ) throws -> TLSFiles? {
+        let offered = proxy.authSchemes.contains(.certificate)
+        if offered {
+            guard options.tlsClientCA != nil, tls != nil else {
+                throw ServeError(
+                    "--auth certificate needs a TLS listener that asks for client certificates: --listen-tls, --tls-cert, --tls-key and --tls-client-ca FILE (the CA that issues them)"
+                )
+            }
+            if proxy.authSchemes == [.certificate], !plainListeners.isEmpty {
+                throw ServeError(
+                    "--auth certificate alone leaves the plain listeners (--listen \(plainListeners.joined(separator: ", "))) no scheme to offer: a certificate is only seen over TLS; drop --listen or add another scheme"
+                )
+            }
+        } else {
+            if options.certUserFrom != nil || options.certUsersImplicit != nil {
+                throw ServeError("--cert-user-from and --cert-users-implicit are for --auth certificate")
+            }
+        }
+        var tls = tls
+        if let clientCA = options.tlsClientCA {
+            guard var files = tls else {
+                throw ServeError("--tls-client-ca is for TLS listeners: add --listen-tls with --tls-cert and --tls-key")
+            }
+            // Required by the handshake unless another scheme can let a client in without one.
+            files.requireClientCertificate = !proxy.authSchemes.contains { $0 != .certificate }
+            files.clientCA = clientCA
+            tls = files
+        }
+        if let field = options.certUserFrom {
+            guard let source = CertificateUserSource(rawValue: field.lowercased()) else {
+                throw ServeError("--cert-user-from: '\(field.prefix(40))' is not cn, san-email or san-uri")
+            }
+            proxy.certificateUserFrom = source
+        }
+        proxy.certificateUsersImplicit = options.certUsersImplicit ?? false
+        return tls
     }
 
     static func parseListen(_ text: String) throws -> SocketAddress {

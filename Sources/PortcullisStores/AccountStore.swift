@@ -158,6 +158,22 @@ public final class AccountStore<Database: SQLDatabase>: UserAdministration {
         )
     }
 
+    public func account(named name: String) async -> AccountLookup {
+        var statement = SQLStatement(
+            "SELECT name, expires_at, disabled, previous_valid_until FROM users WHERE realm = ? AND name = ?",
+            [.text(self.realm), .text(name)]
+        )
+        statement.failsFast = true
+        let row: SQLRow?
+        do {
+            row = try await self.database.query(statement).first
+        } catch {
+            return .unavailable
+        }
+        guard let row, let user = row.text(0) else { return .unknownUser }
+        return .found(user: user, standing: Self.standing(disabled: row.bool(2), expires: row.real(1), previousUntil: row.real(3)))
+    }
+
     /// The Digest nonce key, made on first need and kept in the database, so every proxy on it
     /// accepts the others' nonces (and a restart does not make every client log in again).
     /// Instances that start together all end up with the one key whose insert won.

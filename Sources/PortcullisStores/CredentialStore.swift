@@ -38,6 +38,9 @@ public protocol CredentialStore: AnyObject, Sendable {
     func digestSecrets(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) async -> DigestLookup
     /// The NT hash of a user, by the name exactly as stored (as for Basic).
     func ntlmSecrets(name: String) async -> NTLMLookup
+    /// Whether an account of that name (exactly as stored) exists and its standing, for an
+    /// identity proved without a secret of the store (a client certificate).
+    func account(named name: String) async -> AccountLookup
     /// A key for signing Digest nonces that every proxy sharing this store uses, so a nonce one
     /// instance minted is good on another; `nil` when the store cannot keep one.
     func nonceKey() async -> [UInt8]?
@@ -93,6 +96,12 @@ public final class HtpasswdStore: CredentialStore {
     public func ntlmSecrets(name: String) async -> NTLMLookup {
         let known = self.state.withLockedValue { $0.file.entries[name] != nil }
         return known ? .notEnrolled(user: name) : .unknownUser
+    }
+
+    /// A users file has no account rules: a user in it is in good standing.
+    public func account(named name: String) async -> AccountLookup {
+        let known = self.state.withLockedValue { $0.file.entries[name] != nil }
+        return known ? .found(user: name, standing: AccountStanding()) : .unknownUser
     }
 
     /// Re-reads the file when its size, modification time or inode changed. Blocking.

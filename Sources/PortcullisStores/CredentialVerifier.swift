@@ -268,6 +268,14 @@ public final class CredentialVerifier: Sendable {
         self.work.run(on: eventLoop) { NTLMAcceptor.verify(pending, ntHash: current, previous: previous) }
     }
 
+    /// An account's standing, for an identity proved without a secret (a client certificate):
+    /// asked where store calls run, answered on `eventLoop`. Not cached: a connection asks once
+    /// and is bound to the answer until the store changes.
+    public func account(named name: String, on eventLoop: any EventLoop) -> EventLoopFuture<AccountLookup> {
+        let store = self.store
+        return self.work.run(on: eventLoop) { await store.account(named: name) }.recover { _ in .unavailable }
+    }
+
     public func ntlmSecrets(name: String, on eventLoop: any EventLoop) -> EventLoopFuture<NTLMLookup> {
         let store = self.store
         let generation = store.generation

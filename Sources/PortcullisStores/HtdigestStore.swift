@@ -124,6 +124,11 @@ public final class HtdigestStore: CredentialStore {
         return known ? .notEnrolled(user: name) : .unknownUser
     }
 
+    public func account(named name: String) async -> AccountLookup {
+        let known = self.state.withLockedValue { $0.file.entries[name] != nil }
+        return known ? .found(user: name, standing: AccountStanding()) : .unknownUser
+    }
+
     /// Re-reads the file when it changed. Blocking. Returns the new file, or `nil` when unchanged.
     @discardableResult
     public func reloadIfChanged() throws -> HtdigestFile? {

@@ -79,6 +79,15 @@ public struct NTLMSecrets: Sendable, Hashable {
 }
 
 /// What a store answers when asked for a user's NT hash.
+/// An account by name, for an identity the store holds no secret for (a client certificate).
+public enum AccountLookup: Sendable, Hashable {
+    /// `user`: the name as the store spells it.
+    case found(user: String, standing: AccountStanding)
+    case unknownUser
+    /// The store could not be read: never grounds for a 407 (the proxy answers 503).
+    case unavailable
+}
+
 public enum NTLMLookup: Sendable, Hashable {
     case found(NTLMSecrets)
     /// The user exists but has no NT hash (not enrolled with `--ntlm`, or a user of an htpasswd

@@ -95,6 +95,8 @@ final class FakeGateEnvironment: GateEnvironment {
         netbiosComputerName: "PROXY"
     )
     var stripsRealm = false
+    var certificateUser: String?
+    var certificateUsersImplicit = false
     /// Negotiate/NTLM handshakes this environment counts as in progress, and the most allowed.
     private(set) var handshakes = 0
     var maximumHandshakes = 1024

@@ -78,6 +78,7 @@ import Testing
         case acceptNegotiate(CheckID, token: [UInt8])
         case lookUpNTLMSecrets(CheckID, name: String)
         case verifyNTLM(CheckID)
+        case lookUpAccount(CheckID, name: String)
         case none
     }
 
@@ -92,6 +93,7 @@ import Testing
         case .acceptNegotiate(let id, let token): return .acceptNegotiate(id, token: token)
         case .lookUpNTLMSecrets(let id, let name): return .lookUpNTLMSecrets(id, name: name)
         case .verifyNTLM(let id, _, _, _): return .verifyNTLM(id)
+        case .lookUpAccount(let id, let name): return .lookUpAccount(id, name: name)
         case .none: return .none
         }
     }

@@ -58,6 +58,11 @@ struct SettingSample: Sendable, CustomTestStringConvertible {
         SettingSample("basic-requires-tls", ["--basic-requires-tls"], "basic-requires-tls: true") {
             $0.basicRequiresTLS == true
         },
+        SettingSample("tls-client-ca", text: "/etc/clients-ca.pem") { $0.tlsClientCA },
+        SettingSample("cert-user-from", text: "san-email") { $0.certUserFrom },
+        SettingSample("cert-users-implicit", ["--cert-users-implicit"], "cert-users-implicit: true") {
+            $0.certUsersImplicit == true
+        },
         count("max-pending-handshakes", 16) { $0.maxPendingHandshakes },
         SettingSample(
             "allow-private-destinations",

@@ -101,6 +101,24 @@ import Testing
         }
     }
 
+    /// A client certificate's user: the account as stored, with its standing; nothing else.
+    @Test(arguments: StoreKind.available)
+    func anAccountIsFoundByItsExactNameWithItsStanding(_ kind: StoreKind) async throws {
+        try await kind.withStore { f in
+            let store = f.store
+            try await store.add("carol", password: "pw", cost: 4, by: actor)
+            #expect(await store.account(named: "carol") == .found(user: "carol", standing: AccountStanding()))
+            #expect(await store.account(named: "Carol") == .unknownUser, "a name matches as stored, as for Basic")
+            #expect(await store.account(named: "nobody") == .unknownUser)
+            try await store.setDisabled("carol", true, by: actor)
+            #expect(await store.account(named: "carol") == .found(user: "carol", standing: AccountStanding(disabled: true)))
+            let end = Date(timeIntervalSince1970: 1_900_000_000)
+            try await store.setDisabled("carol", false, by: actor)
+            try await store.setExpiry("carol", at: end, by: actor)
+            #expect(await store.account(named: "carol") == .found(user: "carol", standing: AccountStanding(expiresAt: end)))
+        }
+    }
+
     @Test(arguments: StoreKind.available)
     func ntHashOnlyForEnrolledUsersAndFollowsEveryPasswordChange(_ kind: StoreKind) async throws {
         try await kind.withStore { f in

@@ -33,6 +33,11 @@ final class CountingStore: CredentialStore {
     let logins = NIOLockedValueBox<[String]>([])
 
     /// Users whose names start with `u` are enrolled for NTLM, with `p` are not; no one else exists.
+    func account(named name: String) async -> AccountLookup {
+        if self.down.withLockedValue({ $0 }) { return .unavailable }
+        return .unknownUser
+    }
+
     func ntlmSecrets(name: String) async -> NTLMLookup {
         self.ntlmCalls.withLockedValue { $0 += 1 }
         if self.down.withLockedValue({ $0 }) { return .unavailable }

@@ -19,7 +19,8 @@ import requests
 from urllib3.exceptions import InsecureRequestWarning
 from cryptography import x509
 
-from portcullis_helpers import PASSWORD, PORTCULLIS_BIN, USER, basic, clean_env, free_port, run_curl, wait_until
+from portcullis_helpers import (PASSWORD, PORTCULLIS_BIN, USER, basic, clean_env, free_port, run_curl, try_connect,
+                                wait_until)
 
 
 def openssl(*args, cwd: Path):
@@ -37,12 +38,14 @@ class CA:
                 "-keyout", self.key, "-out", self.cert, "-subj", "/CN=Portcullis test CA", cwd=directory)
         self.serial = 0x1000
 
-    def leaf(self, name: str) -> tuple[Path, Path, str]:
-        """A certificate and key for the proxy; returns (cert, key, serial in hex)."""
+    def leaf(self, name: str, client: bool = False) -> tuple[Path, Path, str]:
+        """A certificate and key for the proxy (or, `client`, for a client named `name`);
+        returns (cert, key, serial in hex)."""
         self.serial += 1
         cert, key, csr = self.dir / f"{name}.pem", self.dir / f"{name}.key", self.dir / f"{name}.csr"
         ext = self.dir / f"{name}.ext"
-        ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+        ext.write_text(f"subjectAltName=email:{name}@example.org\nextendedKeyUsage=clientAuth\n" if client
+                       else "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
         openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key,
                 "-out", csr, "-subj", f"/CN={name}", cwd=self.dir)
         openssl("x509", "-req", "-in", csr, "-CA", self.cert, "-CAkey", self.key, "-set_serial",
@@ -66,6 +69,8 @@ def tls_proxy(launcher, tmp_path, cert, key, *extra, **options):
     port = free_port()
     p = launcher.start("--listen-tls", f"127.0.0.1:{port}", "--tls-cert", cert, "--tls-key", key,
                        "--access-log", tmp_path / "access.log", "--access-log-format", "json", *extra, **options)
+    # Ready means the plain listener accepts; the TLS one is bound just after it.
+    wait_until(lambda: try_connect("127.0.0.1", port, 0.5) == "ok", 10, what="the TLS listener")
     p.tls_port = port
     p.https_url = f"https://localhost:{port}"
     p.access_log = tmp_path / "access.log"
@@ -245,3 +250,68 @@ def test_basic_requires_tls(launcher, tmp_path, ca, origin):
     res = run_curl(["-o", "/dev/null", "-w", "%{http_code}", "--proxy", p.url, "--proxy-digest",
                     "--proxy-user", "dora:both-ways", origin.base + "/text"])
     assert res.stdout == b"200", res.stderr
+
+
+# ------------------------------------------------------------------------------ client certificates
+
+def add_user(db: Path, name: str, home: Path, *flags: str):
+    subprocess.run([PORTCULLIS_BIN, "users", "add", name, "--store", f"sqlite:{db}", "--password-stdin",
+                    "--cost", "4", *flags], input=b"pw-of-" + name.encode() + b"\n", check=True,
+                   capture_output=True, timeout=60, env=clean_env(home))
+
+
+def curl_code(p, ca: CA, origin, *args) -> subprocess.CompletedProcess:
+    return run_curl(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--proxy", p.https_url, "--proxy-cacert", ca.cert,
+                     *map(str, args), origin.base + "/text"])
+
+
+def test_client_certificates_name_the_user(launcher, tmp_path, ca, origin):
+    db = tmp_path / "users.db"
+    add_user(db, "carol", tmp_path)
+    add_user(db, "dave", tmp_path)
+    subprocess.run([PORTCULLIS_BIN, "users", "disable", "dave", "--store", f"sqlite:{db}"], check=True,
+                   capture_output=True, timeout=60, env=clean_env(tmp_path))
+    cert, key, _ = ca.leaf("proxy")
+    carol_cert, carol_key, _ = ca.leaf("carol", client=True)
+    dave_cert, dave_key, _ = ca.leaf("dave", client=True)
+    erin_cert, erin_key, _ = ca.leaf("erin", client=True)
+    stranger = CA(tmp_path)
+    mallory_cert, mallory_key, _ = stranger.leaf("carol", client=True)
+    p = tls_proxy(launcher, tmp_path, cert, key, "--tls-client-ca", ca.cert, "--store", f"sqlite:{db}",
+                  "--auth", "certificate,basic", htpasswd=None)
+
+    res = curl_code(p, ca, origin, "--proxy-cert", carol_cert, "--proxy-key", carol_key)
+    assert res.stdout == b"200", res.stderr
+    wait_until(lambda: access_records(p.access_log), 5, what="access log line")
+    record = access_records(p.access_log)[-1]
+    assert (record["user"], record["auth_scheme"], record["listener"]) == ("carol", "certificate", "tls")
+    # No certificate: Basic still works (and is what the 407 asks for).
+    assert curl_code(p, ca, origin).stdout == b"407"
+    assert curl_code(p, ca, origin, "--proxy-user", "carol:pw-of-carol").stdout == b"200"
+    # A disabled user's certificate: 407, no longer valid. A user the store lacks: 407.
+    assert curl_code(p, ca, origin, "--proxy-cert", dave_cert, "--proxy-key", dave_key).stdout == b"407"
+    assert curl_code(p, ca, origin, "--proxy-cert", erin_cert, "--proxy-key", erin_key).stdout == b"407"
+    wait_until(lambda: len(access_records(p.access_log)) >= 5, 5, what="access log lines")
+    results = [r["auth_result"] for r in access_records(p.access_log)]
+    assert "disabled" in results and "invalid-credentials" in results
+    # Another CA's certificate, even for carol: the handshake is refused.
+    res = curl_code(p, ca, origin, "--proxy-cert", mallory_cert, "--proxy-key", mallory_key)
+    assert res.returncode != 0 and res.stdout in (b"000", b""), (res.returncode, res.stdout)
+    assert p.running()
+
+
+def test_certificate_alone_requires_one_in_the_handshake_and_can_name_users_by_email(launcher, tmp_path, ca, origin):
+    cert, key, _ = ca.leaf("proxy")
+    carol_cert, carol_key, _ = ca.leaf("carol", client=True)
+    port = free_port()
+    p = launcher.start("--listen-tls", f"127.0.0.1:{port}", "--tls-cert", cert, "--tls-key", key,
+                       "--tls-client-ca", ca.cert, "--auth", "certificate", "--cert-user-from", "san-email",
+                       "--cert-users-implicit", "--access-log", tmp_path / "access.log", "--access-log-format", "json",
+                       listen=[], connect=("127.0.0.1", port), htpasswd=None)
+    p.https_url = f"https://localhost:{port}"
+    res = curl_code(p, ca, origin)
+    assert res.returncode != 0, res
+    res = curl_code(p, ca, origin, "--proxy-cert", carol_cert, "--proxy-key", carol_key)
+    assert res.stdout == b"200", res.stderr
+    wait_until(lambda: access_records(tmp_path / "access.log"), 5, what="access log line")
+    assert access_records(tmp_path / "access.log")[-1]["user"] == "carol@example.org"

@@ -26,6 +26,8 @@ struct ConnectionGateEnvironment: GateEnvironment {
     var currentDate: Date { Date() }
     var ntlmSettings: NTLMAcceptor.Settings? { self.connection.configuration.ntlm }
     var stripsRealm: Bool { self.connection.configuration.stripRealm }
+    var certificateUser: String? { self.connection.certificateUser }
+    var certificateUsersImplicit: Bool { self.connection.configuration.certificateUsersImplicit }
 
     func makeRandom() -> SystemRandomNumberGenerator { SystemRandomNumberGenerator() }
 

@@ -124,6 +124,9 @@ package final class ConnectionHarness {
             guard ConstantTime.equal(name, "alice") else { return .unknownUser }
             return .found(NTLMSecrets(user: "alice", ntHash: NTHash(password: "secret")))
         }
+        func account(named name: String) async -> AccountLookup {
+            ConstantTime.equal(name, "alice") ? .found(user: "alice", standing: AccountStanding()) : .unknownUser
+        }
         func nonceKey() async -> [UInt8]? { nil }
         func noteLogin(_ user: String, at date: Date) async {}
     }

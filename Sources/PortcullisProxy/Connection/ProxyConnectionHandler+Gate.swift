@@ -91,6 +91,14 @@ extension ProxyConnectionHandler {
                 let next = self.gate.negotiateLegFinished(id, step: step, in: self.gateEnvironment)
                 self.carryOut(next, for: exchange)
             }
+        case .lookUpAccount(let id, let name):
+            guard let verifier = self.shared.verifier else { return self.cannotCheck() }
+            verifier.account(named: name, on: self.context.eventLoop)
+                .assumeIsolated()
+                .whenSuccess { lookup in
+                    let next = self.gate.accountFound(id, lookup: lookup, in: self.gateEnvironment)
+                    self.carryOut(next, for: exchange)
+                }
         case .lookUpNTLMSecrets(let id, let name):
             guard let verifier = self.shared.verifier else { return self.cannotCheck() }
             verifier.ntlmSecrets(name: name, on: self.context.eventLoop)

@@ -1,6 +1,8 @@
 import Foundation
 import Logging
 import NIOCore
+import NIOSSL
+import NIOTLS
 import PortcullisKerberos
 
 /// Serves one client connection: translates channel events into events of its
@@ -44,6 +46,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     var gate = GateStateMachine()
     /// This connection's Kerberos security context while a Negotiate handshake is under way.
     var negotiateContext: NegotiateContext?
+    /// The user a verified client certificate names (TLS listeners with `--tls-client-ca`).
+    var certificateUser: String?
     /// An upstream connection an origin authenticated with NTLM/Negotiate: this client
     /// connection's alone (see ``ProxyExchange/pinsUpstream``).
     var pinnedUpstream: (key: UpstreamPool.Key, upstream: UpstreamHandler)?
@@ -168,7 +172,25 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             self.execute(self.machine.clientInputEnded())
             return
         }
+        if case .some(.handshakeCompleted) = event as? TLSUserEvent {
+            self.readClientCertificate(context: context)
+        }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    /// The handshake verified any certificate the client sent (against `--tls-client-ca`): its
+    /// user, when `certificate` is offered. Before the first request, which TLS delivers after.
+    private func readClientCertificate(context: ChannelHandlerContext) {
+        guard self.shared.gate.schemes.contains(.certificate),
+            let certificate = try? context.pipeline.syncOperations.nioSSL_peerCertificate()
+        else { return }
+        self.certificateUser = self.configuration.certificateUserFrom.user(in: certificate)
+        if self.certificateUser == nil, self.mayLog(.certificateWithoutUser) {
+            self.logger.info(
+                "client certificate names no user",
+                metadata: ["client": "\(self.clientAddress)", "field": "\(self.configuration.certificateUserFrom.rawValue)"]
+            )
+        }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {

@@ -35,6 +35,10 @@ protocol GateEnvironment {
     var ntlmSettings: NTLMAcceptor.Settings? { get }
     /// `--strip-realm`: `alice` rather than `alice@EXAMPLE.ORG` for a Negotiate user.
     var stripsRealm: Bool { get }
+    /// The user named by the connection's verified client certificate, if it has one.
+    var certificateUser: String? { get }
+    /// `--cert-users-implicit`: a certificate's user need not exist in the store.
+    var certificateUsersImplicit: Bool { get }
     associatedtype Random: RandomNumberGenerator
     /// Randomness for NTLM's server challenges.
     func makeRandom() -> Random

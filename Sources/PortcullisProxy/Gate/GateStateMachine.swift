@@ -85,6 +85,9 @@ struct GateStateMachine {
         /// Check an NTLM answer against the user's NT hashes off the event loop; the result goes
         /// to ``GateStateMachine/ntlmVerified(_:_:now:in:)``.
         case verifyNTLM(CheckID, NTLMAcceptor.PendingVerification, current: NTHash?, previous: NTHash?)
+        /// Read the standing of the account a client certificate names; it goes to
+        /// ``GateStateMachine/accountFound(_:lookup:in:)``.
+        case lookUpAccount(CheckID, name: String)
         case none
     }
 
@@ -97,6 +100,7 @@ struct GateStateMachine {
         case acceptingNegotiate(NegotiateLeg)
         case lookingUpNTLMSecrets(NTLMSecretsLookup)
         case verifyingNTLM(NTLMVerification)
+        case lookingUpAccount(AccountWait)
     }
 
     struct BasicCheck {
@@ -168,6 +172,10 @@ struct GateStateMachine {
         self.cancel()
         guard let cache = environment.credentials else {
             return self.authorized(request, .unauthenticated, authenticationInfo: nil, environment)
+        }
+        // A verified client certificate speaks for the whole connection, whatever the headers.
+        if let name = environment.certificateUser, environment.gate.schemes.contains(.certificate) {
+            return self.startCertificate(request, name: name, in: environment)
         }
         // Asked before the credential cache: a locked address gets 429 whatever it sends, so
         // the lockout tells no right password from a wrong one.
@@ -342,7 +350,7 @@ struct GateStateMachine {
             self.unwantedChecks.append((wait.id, wait.ticket))
         case .verifyingNTLM(let verification):
             self.unwantedChecks.append((verification.wait.id, verification.wait.ticket))
-        case .lookingUpDigestSecrets, .tarpit, .acceptingNegotiate:
+        case .lookingUpDigestSecrets, .tarpit, .acceptingNegotiate, .lookingUpAccount:
             break
         }
         self.state = .idle

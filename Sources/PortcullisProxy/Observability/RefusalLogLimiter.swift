@@ -44,6 +44,8 @@ public final class RefusalLogLimiter: Sendable {
         case connectionRefused
         /// A Negotiate/NTLM handshake refused: too many in progress.
         case tooManyHandshakes
+        /// A verified client certificate without the field `--cert-user-from` names.
+        case certificateWithoutUser
 
         /// The words of the event's own line, which its summary repeats.
         public var event: String {
@@ -58,6 +60,7 @@ public final class RefusalLogLimiter: Sendable {
             case .storeUnavailable: return "user store unavailable"
             case .connectionRefused: return "connection refused"
             case .tooManyHandshakes: return "too many Negotiate/NTLM handshakes in progress; refusing new ones"
+            case .certificateWithoutUser: return "client certificate names no user"
             }
         }
 
@@ -65,7 +68,9 @@ public final class RefusalLogLimiter: Sendable {
         /// sees the other.
         public var level: Logger.Level {
             switch self {
-            case .authenticationFailed, .addressLockedOut, .userLimit, .policyDenial, .connectionRefused: return .info
+            case .authenticationFailed, .addressLockedOut, .userLimit, .policyDenial, .connectionRefused,
+                .certificateWithoutUser:
+                return .info
             case .lockoutStarted, .challengeLoop, .digestFailures, .tooManyHandshakes: return .warning
             case .storeUnavailable: return .error
             }

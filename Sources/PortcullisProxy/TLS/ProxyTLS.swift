@@ -7,13 +7,20 @@ import NIOSSL
 public struct TLSFiles: Sendable, Hashable {
     public var certificate: String
     public var key: String
+    /// `--tls-client-ca`: the CA certificates (PEM) client certificates are verified against.
+    public var clientCA: String?
+    /// Whether a client without a certificate is refused by the handshake (no scheme but
+    /// `certificate` is offered, or none at all); otherwise a certificate is verified when sent.
+    public var requireClientCertificate: Bool
 
-    public init(certificate: String, key: String) {
+    public init(certificate: String, key: String, clientCA: String? = nil, requireClientCertificate: Bool = false) {
         self.certificate = certificate
         self.key = key
+        self.clientCA = clientCA
+        self.requireClientCertificate = requireClientCertificate
     }
 
-    public var paths: [String] { [self.certificate, self.key] }
+    public var paths: [String] { [self.certificate, self.key] + (self.clientCA.map { [$0] } ?? []) }
 }
 
 /// A certificate and key that cannot be served, with what to fix.
@@ -93,6 +100,22 @@ public final class ProxyTLS: Sendable {
         configuration.minimumTLSVersion = .tlsv12
         configuration.cipherSuiteValues = Self.cipherSuites
         configuration.applicationProtocols = Self.applicationProtocols
+        if let clientCA = files.clientCA {
+            let authorities: [NIOSSLCertificate]
+            do {
+                authorities = try NIOSSLCertificate.fromPEMFile(clientCA)
+            } catch {
+                throw TLSSetupError(description: "--tls-client-ca \(clientCA): \(Self.reason(error, file: clientCA))")
+            }
+            guard !authorities.isEmpty else {
+                throw TLSSetupError(description: "--tls-client-ca \(clientCA): no PEM certificate in it")
+            }
+            configuration.trustRoots = .certificates(authorities)
+            configuration.certificateVerification =
+                files.requireClientCertificate ? .noHostnameVerification : .optionalVerification
+            // Clients with several certificates pick the one these CAs issued.
+            configuration.sendCANameList = true
+        }
         let context: NIOSSLContext
         do {
             // BoringSSL refuses a key that is not the leaf's.
