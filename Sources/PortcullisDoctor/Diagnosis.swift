@@ -177,8 +177,18 @@ struct Diagnosis {
         let (result, ms) = try self.send(request)
         switch result {
         case .success(let response):
+            if let finding = Self.speaksTLSFinding(response: response, error: nil, setup: self.setup) {
+                _ = self.fail(step, with: finding, ms: ms)
+                return nil
+            }
             return (response, ms)
         case .failure(let error):
+            if let finding = Self.proxyTLSFinding(error, setup: self.setup)
+                ?? Self.speaksTLSFinding(response: nil, error: error, setup: self.setup)
+            {
+                _ = self.fail(step, with: finding, ms: ms)
+                return nil
+            }
             _ = self.report.fail(
                 step,
                 .proxyUnreachable,
@@ -236,6 +246,9 @@ struct Diagnosis {
             )
             return true
         case .failure(let error):
+            if let finding = Self.proxyTLSFinding(error, setup: self.setup) {
+                return self.fail("reachability", with: finding)
+            }
             let fix: String
             switch error.kind {
             case .resolution:
@@ -246,7 +259,14 @@ struct Diagnosis {
                 fix = "check that a firewall lets this machine reach \(proxy.authority), and that the proxy is up"
             case .tls, .tlsUntrusted:
                 fix =
-                    "an https:// proxy URL needs a proxy that speaks TLS on that port (most proxies take http:// even for https targets); for a private CA pass --cacert FILE"
+                    "an https:// proxy URL needs a proxy that speaks TLS on that port (most proxies take http:// even for https targets); for a private CA pass --proxy-cacert FILE"
+            case .localFile:
+                return self.report.fail(
+                    "reachability",
+                    .configError,
+                    error.message,
+                    fix: "--proxy-cacert and --proxy-cert take PEM certificates, --proxy-key an unencrypted PEM key"
+                )
             default: fix = "check the proxy address"
             }
             return self.report.fail("reachability", .proxyUnreachable, error.message, fix: fix)

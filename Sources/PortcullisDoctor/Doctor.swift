@@ -17,7 +17,14 @@ public struct DoctorOptions: Sendable {
     public var targets: [String] = ["http://example.com/", "https://example.com/"]
     public var scheme: SchemeChoice = .auto
     public var timeout: Double = 5
+    /// `--cacert`: CA certificates (PEM) for the targets' TLS, through the tunnel.
     public var caCertificateFile: String?
+    /// `--proxy-cacert`: CA certificates (PEM) for an https:// proxy's own certificate.
+    public var proxyCACertificateFile: String?
+    /// `--proxy-cert` and `--proxy-key`: a client certificate (PEM) for an https:// proxy that
+    /// asks for one. The key file is read by the probe only and never shown.
+    public var proxyCertificateFile: String?
+    public var proxyKeyFile: String?
     public var insecure = false
     public var environment: [String: String] = [:]
 

@@ -34,6 +34,26 @@ struct DoctorSetup: Sendable {
     var insecure = false
     /// Whether the password has a character beyond ASCII, which some NTLM clients hash wrongly.
     var passwordIsNonASCII = false
+    /// The TLS files given for the proxy and the targets (paths only: never a file's content).
+    var tlsFiles = TLSFiles()
+
+    struct TLSFiles: Sendable, Equatable {
+        /// `--proxy-cacert`, `--proxy-cert`, `--proxy-key`, `--cacert`.
+        var proxyCACertificate: String?
+        var proxyCertificate: String?
+        var proxyKey: String?
+        var targetCACertificate: String?
+
+        /// The options as the configuration step's details echo them.
+        var details: [String: JSONValue] {
+            var details: [String: JSONValue] = [:]
+            if let file = self.proxyCACertificate { details["proxy_cacert"] = .string(file) }
+            if let file = self.proxyCertificate { details["proxy_cert"] = .string(file) }
+            if let file = self.proxyKey { details["proxy_key"] = .string(file) }
+            if let file = self.targetCACertificate { details["cacert"] = .string(file) }
+            return details
+        }
+    }
 
     /// Runs the configuration step of docs/DOCTOR.md.
     /// - Returns: the setup, and the password when the run goes on to the network.
@@ -41,6 +61,20 @@ struct DoctorSetup: Sendable {
         var setup = DoctorSetup()
         setup.scheme = options.scheme
         setup.insecure = options.insecure
+        setup.tlsFiles = TLSFiles(
+            proxyCACertificate: options.proxyCACertificateFile,
+            proxyCertificate: options.proxyCertificateFile,
+            proxyKey: options.proxyKeyFile,
+            targetCACertificate: options.caCertificateFile
+        )
+        if options.proxyKeyFile != nil && options.proxyCertificateFile == nil {
+            return setup.failed(
+                "configuration",
+                .configError,
+                "--proxy-key was given without --proxy-cert",
+                fix: "pass the client certificate with --proxy-cert FILE (PEM) beside its key"
+            )
+        }
         var password: String?
         let env = ProxyEnvironment(options.environment)
         var warnings: [String] = env.caseConflicts()
@@ -157,6 +191,16 @@ struct DoctorSetup: Sendable {
             }
         }
         setup.passwordIsNonASCII = password.map { !$0.unicodeScalars.allSatisfy(\.isASCII) } ?? false
+        if !url.isTLS {
+            let proxyTLSOptions = [
+                ("--proxy-cacert", options.proxyCACertificateFile), ("--proxy-cert", options.proxyCertificateFile),
+            ].compactMap { $0.1 == nil ? nil : $0.0 }
+            if !proxyTLSOptions.isEmpty {
+                warnings.append(
+                    "\(proxyTLSOptions.joined(separator: " and ")) apply to an https:// proxy only; this one is reached in plain HTTP"
+                )
+            }
+        }
         setup.httpTargets = viaProxy.filter { !$0.isTLS }
         setup.httpsTargets = viaProxy.filter { $0.isTLS }
 
@@ -174,7 +218,7 @@ struct DoctorSetup: Sendable {
             return (setup, nil)
         }
         if warnings.isEmpty {
-            setup.report.add("configuration", .pass, message)
+            setup.report.add("configuration", .pass, message, details: setup.tlsFiles.details)
         } else {
             message += "; " + warnings.joined(separator: "; ")
             setup.report.add(
@@ -182,7 +226,8 @@ struct DoctorSetup: Sendable {
                 .warn,
                 message,
                 fix:
-                    "write the proxy as http://USER:PASSWORD@host:port with special characters percent-encoded (@ → %40, : → %3A, % → %25), and set each variable once"
+                    "write the proxy as http://USER:PASSWORD@host:port with special characters percent-encoded (@ → %40, : → %3A, % → %25), and set each variable once",
+                details: setup.tlsFiles.details
             )
         }
         setup.proceeds = true

@@ -25,10 +25,15 @@ public struct ProbeResponse: Sendable {
 public struct ProbeError: Error, CustomStringConvertible, Sendable {
     public enum Kind: Sendable {
         case resolution, refused, timeout, tls, tlsUntrusted, closed, protocolError, other
+        /// A file this client was given (`--proxy-cacert`, `--proxy-cert`, `--proxy-key`) cannot be used.
+        case localFile
     }
 
     public var kind: Kind
     public var message: String
+    /// What the peer sent, when it explains the failure: a TLS failure's reasons and bytes, or
+    /// the first bytes of an answer that is not HTTP.
+    var evidence: TLSEvidence? = nil
     public var description: String { self.message }
 }
 
@@ -37,12 +42,20 @@ public struct ProbeError: Error, CustomStringConvertible, Sendable {
 final class ProbeConnection {
     let channel: any Channel
     /// The channel's probe handler, used only on the channel's loop.
-    private let handler: NIOLoopBound<ProbeHandler>
+    let handler: NIOLoopBound<ProbeHandler>
+    /// The copy of the peer's first bytes, next to the socket; used only on the channel's loop.
+    let watcher: NIOLoopBound<TLSPeerWatcher>
     let timeout: TimeAmount
 
-    private init(channel: any Channel, handler: NIOLoopBound<ProbeHandler>, timeout: TimeAmount) {
+    private init(
+        channel: any Channel,
+        handler: NIOLoopBound<ProbeHandler>,
+        watcher: NIOLoopBound<TLSPeerWatcher>,
+        timeout: TimeAmount
+    ) {
         self.channel = channel
         self.handler = handler
+        self.watcher = watcher
         self.timeout = timeout
     }
 
@@ -71,18 +84,19 @@ final class ProbeConnection {
                     .channelOption(.socketOption(.tcp_nodelay), value: 1)
                     .channelInitializer { channel in
                         channel.eventLoop.makeCompletedFuture {
-                            try channel.pipeline.syncOperations.addHandler(ProbeHandler())
+                            try channel.pipeline.syncOperations.addHandlers(TLSPeerWatcher(), ProbeHandler())
                         }
                     }
                     .connect(to: address)
                     .wait()
-                let handler = try channel.eventLoop.submit {
-                    NIOLoopBound(
-                        try channel.pipeline.syncOperations.handler(type: ProbeHandler.self),
-                        eventLoop: channel.eventLoop
+                let (handler, watcher) = try channel.eventLoop.submit {
+                    let pipeline = channel.pipeline.syncOperations
+                    return (
+                        NIOLoopBound(try pipeline.handler(type: ProbeHandler.self), eventLoop: channel.eventLoop),
+                        NIOLoopBound(try pipeline.handler(type: TLSPeerWatcher.self), eventLoop: channel.eventLoop)
                     )
                 }.wait()
-                let connection = ProbeConnection(channel: channel, handler: handler, timeout: timeout)
+                let connection = ProbeConnection(channel: channel, handler: handler, watcher: watcher, timeout: timeout)
                 return (
                     connection,
                     Timings(dnsMs: dnsMs, connectMs: Self.ms(since: t1), address: address.ipAddress ?? "\(address)")
@@ -145,51 +159,13 @@ final class ProbeConnection {
         return ProbeError(kind: .other, message: "cannot connect to \(host):\(port): \(text)")
     }
 
-    /// Starts TLS on this connection (to an https:// proxy, or to a target through a tunnel).
-    /// - Returns: the handshake's duration in milliseconds.
-    func startTLS(serverName: String, configuration: TLSConfiguration) throws(ProbeError) -> Double {
-        let start = DispatchTime.now()
-        do {
-            let context = try NIOSSLContext(configuration: configuration)
-            let isIP = (try? SocketAddress(ipAddress: serverName, port: 0)) != nil
-            let hostname = isIP ? nil : serverName
-            let channel = self.channel
-            let promise = channel.eventLoop.makePromise(of: Void.self)
-            let handler = self.handler
-            let timeout = self.timeout
-            try channel.eventLoop.submit {
-                // Made on the channel's loop: the handler is not Sendable.
-                let tls = try NIOSSLClientHandler(context: context, serverHostname: hostname)
-                handler.value.expectHandshake(promise, timeout: timeout)
-                try channel.pipeline.syncOperations.addHandler(tls, position: .before(handler.value))
-            }.wait()
-            try promise.futureResult.wait()
-        } catch let error as ProbeError {
-            throw error
-        } catch {
-            let text = "\(error)"
-            if text.contains("CERTIFICATE_VERIFY_FAILED") || text.contains("certificate") {
-                throw ProbeError(
-                    kind: .tlsUntrusted,
-                    message: "the certificate of \(serverName) is not trusted here (\(Self.shortTLS(text)))"
-                )
-            }
-            throw ProbeError(kind: .tls, message: "TLS handshake with \(serverName) failed: \(Self.shortTLS(text))")
-        }
-        return Self.ms(since: start)
-    }
-
-    /// BoringSSL's reason (`CERTIFICATE_VERIFY_FAILED`) without the error stack around it.
-    static func shortTLS(_ text: String) -> String {
-        if let range = text.range(of: "OPENSSL_internal:") {
-            let reason = text[range.upperBound...].prefix { $0 != " " && $0 != "," && $0 != ")" && $0 != "]" }
-            if !reason.isEmpty { return reason.lowercased().replacingOccurrences(of: "_", with: " ") }
-        }
-        return String(text.prefix(120))
-    }
-
     /// Sends a request and waits for its whole response (body up to the kept maximum).
-    func exchange(_ request: String, method: String) throws(ProbeError) -> ProbeResponse {
+    /// - Parameter clientCertificateOffered: whether this connection's TLS offered a certificate.
+    func exchange(
+        _ request: String,
+        method: String,
+        clientCertificateOffered: Bool = false
+    ) throws(ProbeError) -> ProbeResponse {
         let promise = self.channel.eventLoop.makePromise(of: ProbeResponse.self)
         let handler = self.handler
         let timeout = self.timeout
@@ -200,10 +176,18 @@ final class ProbeConnection {
                 channel.writeAndFlush(ByteBuffer(string: request), promise: nil)
             }.wait()
             return try promise.futureResult.wait()
-        } catch let error as ProbeError {
+        } catch var error as ProbeError {
+            // What came instead of HTTP (a TLS alert from a TLS port?) explains the failure.
+            if error.kind == .protocolError || error.kind == .closed {
+                let bytes = self.peerBytes
+                if !bytes.isEmpty { error.evidence = TLSEvidence(error: nil, peerBytes: bytes) }
+            }
             throw error
         } catch {
-            throw ProbeError(kind: .other, message: "\(error)")
+            // TLS failed after the handshake: a TLS 1.3 server judges the client's certificate
+            // after the client's handshake is over, and says so in an alert here.
+            let tls = self.tlsError(error, serverName: "the proxy", clientCertificateOffered: clientCertificateOffered)
+            throw ProbeError(kind: .tls, message: "TLS failed: \(Self.shortTLS("\(error)"))", evidence: tls.evidence)
         }
     }
 
@@ -228,6 +212,9 @@ final class ProbeHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var head: (status: Int, reason: String, headers: [(name: String, value: String)], minor: Int)?
     private var body: [UInt8] = []
     private var closed = false
+    /// A TLS error that came while no response was awaited (a TLS 1.3 alert right after the
+    /// handshake): the next request is told of it rather than of a bare close.
+    private var unreportedError: (any Error)?
     private var context: ChannelHandlerContext?
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -236,7 +223,7 @@ final class ProbeHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func expectResponse(to method: String, promise: EventLoopPromise<ProbeResponse>, timeout: TimeAmount) {
         guard let context, !self.closed else {
-            promise.fail(ProbeError(kind: .closed, message: "the proxy closed the connection"))
+            promise.fail(self.unreportedError ?? ProbeError(kind: .closed, message: "the proxy closed the connection"))
             return
         }
         let timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [weak self] () -> Void in
@@ -281,12 +268,19 @@ final class ProbeHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        let awaited = self.handshake != nil || self.pending != nil
         if let handshake = self.handshake {
             self.handshake = nil
             handshake.timer.cancel()
             handshake.promise.fail(error)
         }
-        self.failPending(ProbeError(kind: .other, message: "\(error)"))
+        // A TLS error stays itself: the connection turns it into evidence.
+        if error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError {
+            if !awaited { self.unreportedError = error }
+            self.failPending(error)
+        } else {
+            self.failPending(ProbeError(kind: .other, message: "\(error)"))
+        }
         context.close(promise: nil)
     }
 
@@ -303,7 +297,7 @@ final class ProbeHandler: ChannelInboundHandler, RemovableChannelHandler {
         )
     }
 
-    private func failPending(_ error: ProbeError) {
+    private func failPending(_ error: any Error) {
         guard let pending = self.pending else { return }
         self.pending = nil
         pending.timer.cancel()

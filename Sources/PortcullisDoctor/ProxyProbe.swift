@@ -15,6 +15,10 @@ final class ProxyProbe {
     private let group: any EventLoopGroup
     private let timeout: TimeAmount
     private var connection: ProbeConnection?
+    /// The proxy's TLS configuration, once its files are read.
+    private var proxyTLS: TLSConfiguration?
+    /// Requests sent on the current connection.
+    private var exchanges = 0
     /// The Kerberos handshake in progress, and the token it made for the next request.
     private var initiator: NegotiateInitiator?
     private var negotiateToken: [UInt8]?
@@ -73,14 +77,16 @@ final class ProxyProbe {
             do {
                 tlsMs = try connection.startTLS(
                     serverName: self.proxy.host,
-                    configuration: self.tlsConfiguration(for: self.proxy.host)
+                    configuration: try self.proxyTLSConfiguration(),
+                    clientCertificateOffered: self.offersClientCertificate
                 )
             } catch {
                 connection.close()
-                throw error
+                throw self.withPlainAnswer(self.withPeerCertificate(error))
             }
         }
         self.connection = connection
+        self.exchanges = 0
         return (timings, tlsMs)
     }
 
@@ -106,7 +112,18 @@ final class ProxyProbe {
             break
         }
         guard let connection = self.connection else { throw ProbeError(kind: .other, message: "no connection") }
-        let response = try connection.exchange(try self.text(of: request), method: request.method)
+        let fresh = self.exchanges == 0
+        self.exchanges += 1
+        let response: ProbeResponse
+        do {
+            response = try connection.exchange(
+                try self.text(of: request),
+                method: request.method,
+                clientCertificateOffered: self.proxy.isTLS && self.offersClientCertificate
+            )
+        } catch {
+            throw fresh && !self.proxy.isTLS ? self.withTLSAnswer(error) : error
+        }
         if !response.keepAlive && !(request.method == "CONNECT" && response.status / 100 == 2) {
             self.close()
         }
@@ -209,6 +226,129 @@ final class ProxyProbe {
         return client
     }
 
+    private var offersClientCertificate: Bool { self.options.proxyCertificateFile != nil }
+
+    /// TLS to the proxy: its own trust (`--proxy-cacert`), its client certificate, and the host
+    /// of the proxy URL checked against the certificate, an IP address too (against its IP
+    /// names: the connection's peer is the proxy itself).
+    private func proxyTLSConfiguration() throws(ProbeError) -> TLSConfiguration {
+        if let cached = self.proxyTLS { return cached }
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        if self.options.insecure { configuration.certificateVerification = .none }
+        if let file = self.options.proxyCACertificateFile {
+            configuration.trustRoots = .certificates(try Self.certificates(file, option: "--proxy-cacert"))
+        }
+        if let certificateFile = self.options.proxyCertificateFile {
+            let chain = try Self.certificates(certificateFile, option: "--proxy-cert")
+            configuration.certificateChain = chain.map { .certificate($0) }
+            let keyFile = self.options.proxyKeyFile ?? certificateFile
+            do {
+                configuration.privateKey = .privateKey(try NIOSSLPrivateKey(file: keyFile, format: .pem))
+            } catch {
+                // BoringSSL's words only: never the file's content.
+                throw ProbeError(
+                    kind: .localFile,
+                    message:
+                        "--proxy-key \(keyFile): no unencrypted PEM private key can be read from it (\(ProbeConnection.shortTLS("\(error)")))"
+                )
+            }
+            do {
+                _ = try NIOSSLContext(configuration: configuration)
+            } catch {
+                throw ProbeError(
+                    kind: .localFile,
+                    message:
+                        "--proxy-key \(keyFile) is not the key of the certificate in --proxy-cert \(certificateFile) (\(ProbeConnection.shortTLS("\(error)")))"
+                )
+            }
+        }
+        self.proxyTLS = configuration
+        return configuration
+    }
+
+    private static func certificates(_ file: String, option: String) throws(ProbeError) -> [NIOSSLCertificate] {
+        guard FileManager.default.isReadableFile(atPath: file) else {
+            throw ProbeError(kind: .localFile, message: "\(option) \(file): the file cannot be read")
+        }
+        guard let certificates = try? NIOSSLCertificate.fromPEMFile(file), !certificates.isEmpty else {
+            throw ProbeError(kind: .localFile, message: "\(option) \(file): no PEM certificate in it")
+        }
+        return certificates
+    }
+
+    /// A verification failure with the certificate the proxy presented, read by a second
+    /// connection that only looks at it: its names and dates explain the failure.
+    private func withPeerCertificate(_ error: ProbeError) -> ProbeError {
+        guard var evidence = error.evidence, evidence.isVerificationFailure,
+            let configuration = try? self.proxyTLSConfiguration(),
+            let (connection, _) = try? ProbeConnection.open(
+                host: self.proxy.host,
+                port: self.proxy.port,
+                group: self.group,
+                timeout: self.timeout
+            )
+        else { return error }
+        defer { connection.close() }
+        evidence.peerCertificate = connection.inspectCertificate(
+            serverName: self.proxy.host,
+            configuration: configuration
+        )
+        var explained = error
+        explained.evidence = evidence
+        return explained
+    }
+
+    /// A handshake the proxy never answered, with its answer to a plain HTTP request on a new
+    /// connection: a port that speaks plain HTTP waits for a request line, and may answer one.
+    private func withPlainAnswer(_ error: ProbeError) -> ProbeError {
+        guard var evidence = error.evidence, evidence.peerBytes.isEmpty, !evidence.isVerificationFailure,
+            let (connection, _) = try? ProbeConnection.open(
+                host: self.proxy.host,
+                port: self.proxy.port,
+                group: self.group,
+                timeout: self.timeout
+            )
+        else { return error }
+        defer { connection.close() }
+        let request = "HEAD / HTTP/1.1\r\nHost: \(self.proxy.authority)\r\nConnection: close\r\n\r\n"
+        guard let response = try? connection.exchange(request, method: "HEAD") else { return error }
+        evidence.plainAnswer = "\(response.status) \(response.reason)"
+        var explained = error
+        explained.evidence = evidence
+        return explained
+    }
+
+    /// The first request on an http:// proxy's connection with no answer at all (a TLS server
+    /// resets a connection that starts with `GET`), with whether the port answers a TLS
+    /// ClientHello on a new connection; the certificate is not judged there.
+    private func withTLSAnswer(_ error: ProbeError) -> ProbeError {
+        guard error.evidence == nil,
+            let (connection, _) = try? ProbeConnection.open(
+                host: self.proxy.host,
+                port: self.proxy.port,
+                group: self.group,
+                timeout: self.timeout
+            )
+        else { return error }
+        defer { connection.close() }
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.certificateVerification = .none
+        var evidence = TLSEvidence()
+        do {
+            _ = try connection.startTLS(serverName: self.proxy.host, configuration: configuration)
+            evidence.tlsAnswered = true
+        } catch {
+            let bytes = error.evidence?.peerBytes ?? []
+            evidence.tlsAnswered = bytes.count >= 3 && bytes[0] == TLSRecordReader.handshake && bytes[1] == 3
+        }
+        guard evidence.tlsAnswered else { return error }
+        var explained = error
+        explained.evidence = evidence
+        return explained
+    }
+
+    /// TLS to a target through a tunnel (`--cacert`); an IP address is not checked against the
+    /// certificate, as the connection's peer is the proxy, not the target.
     private func tlsConfiguration(for host: String) -> TLSConfiguration {
         var configuration = TLSConfiguration.makeClientConfiguration()
         if let file = self.options.caCertificateFile {

@@ -55,8 +55,35 @@ struct DoctorCommand: ParsableCommand {
     @Flag(name: .long, help: "Print nothing on success and only the verdict line on failure.")
     var startupCheck = false
 
-    @Option(name: .long, help: ArgumentHelp("CA certificates (PEM) to trust for TLS.", valueName: "file"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "CA certificates (PEM) to trust for the targets' TLS (through the tunnel).",
+            valueName: "file"
+        )
+    )
     var cacert: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("CA certificates (PEM) to trust for an https:// proxy's own certificate.", valueName: "file")
+    )
+    var proxyCacert: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Client certificate (PEM) for an https:// proxy that asks for one.", valueName: "file")
+    )
+    var proxyCert: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Private key (unencrypted PEM) of --proxy-cert (default: the --proxy-cert file).",
+            valueName: "file"
+        )
+    )
+    var proxyKey: String?
 
     @Flag(name: .long, help: "Do not verify TLS certificates (reported as a warning).")
     var insecure = false
@@ -96,6 +123,9 @@ struct DoctorCommand: ParsableCommand {
         options.scheme = DoctorOptions.SchemeChoice(rawValue: self.scheme.lowercased()) ?? .auto
         options.timeout = self.timeout
         options.caCertificateFile = self.cacert
+        options.proxyCACertificateFile = self.proxyCacert
+        options.proxyCertificateFile = self.proxyCert
+        options.proxyKeyFile = self.proxyKey
         options.insecure = self.insecure
         options.environment = ProcessInfo.processInfo.environment
 

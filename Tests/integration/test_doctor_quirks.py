@@ -315,7 +315,7 @@ def test_an_https_proxy_is_reached_over_tls(scripted, home, tls_cert):
             return 407, [("Proxy-Authenticate", 'Basic realm="tls"')], b""
         return 200, [("Via", "1.1 scripted")], ORIGIN_BODY
     p = scripted(script, tls_context=ctx)
-    run = doctor(p, "--cacert", tls_cert[0], scheme="https", home=home)
+    run = doctor(p, "--proxy-cacert", tls_cert[0], scheme="https", home=home)
     report = assert_result(run, "ok", 0, "accepted")
     assert report["proxy"].startswith("https://carol:***@127.0.0.1:")
     assert "tls_ms" in run.step("reachability")["details"]
