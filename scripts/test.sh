@@ -28,9 +28,10 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 # pyspnego (NTLM) and gssapi (Kerberos, built against libkrb5-dev) are the second clients of
-# the Negotiate/NTLM tests.
-python3 - <<'PY' || python3 -m pip install --quiet pytest requests prometheus-client pyspnego gssapi
-import pytest, requests, prometheus_client, spnego, gssapi
+# the Negotiate/NTLM tests; h2 is the HTTP/2 client of the TLS listener's; cryptography reads
+# and makes test certificates.
+python3 - <<'PY' || python3 -m pip install --quiet pytest requests prometheus-client pyspnego gssapi h2 cryptography
+import pytest, requests, prometheus_client, spnego, gssapi, h2, cryptography
 PY
 
 swift build --build-tests

@@ -44,6 +44,9 @@ public struct ProxyConfiguration: Sendable {
     public var certificateUserFrom: CertificateUserSource = .commonName
     /// `--cert-users-implicit`: a certificate's user need not exist in the store.
     public var certificateUsersImplicit = false
+    /// HTTP/2 on TLS listeners (`--http2`, offered through ALPN), and its windows and limits.
+    public var http2Enabled = true
+    public var http2 = HTTP2Settings()
     /// `--max-pending-handshakes`: Negotiate/NTLM handshakes in progress at once, server-wide.
     public var maximumPendingHandshakes = 1024
 

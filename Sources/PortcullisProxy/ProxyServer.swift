@@ -4,6 +4,7 @@ import NIOCore
 import NIOExtras
 import NIOPosix
 import NIOSSL
+import NIOTLS
 
 /// The proxy's listeners and their connections.
 public final class ProxyServer: Sendable {
@@ -53,6 +54,8 @@ public final class ProxyServer: Sendable {
         case .tls:
             guard let configured = shared.tls else { throw ProxyTLSMissing() }
             tls = configured
+        case .h2:
+            preconditionFailure("HTTP/2 is negotiated on a TLS listener, not listened for")
         }
         return ServerBootstrap(group: self.group)
             .serverChannelOption(.backlog, value: 1024)
@@ -84,21 +87,46 @@ public final class ProxyServer: Sendable {
                     }
                     channel.closeFuture.whenComplete { _ in shared.admission.release(address) }
                     shared.metrics.connectionAccepted(on: kind)
-                    if let tls {
-                        // The certificate in force now; a reload applies to later connections.
-                        try channel.pipeline.syncOperations.addHandler(PlainHTTPOnTLSPortHandler())
-                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context))
-                    }
                     let pool = self.pool(for: channel.eventLoop)
                     var logger = shared.logger
                     if let remote = channel.remoteAddress { logger[metadataKey: "client"] = "\(remote)" }
-                    let handler = ProxyConnectionHandler(
-                        shared: shared,
-                        pool: pool,
-                        logger: logger,
-                        listener: kind
+                    guard let tls else {
+                        let handler = ProxyConnectionHandler(shared: shared, pool: pool, logger: logger, listener: .tcp)
+                        try channel.pipeline.syncOperations.addHandler(handler)
+                        return
+                    }
+                    // The certificate in force now; a reload applies to later connections.
+                    try channel.pipeline.syncOperations.addHandler(PlainHTTPOnTLSPortHandler())
+                    try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context))
+                    try channel.pipeline.syncOperations.addHandler(
+                        TLSHandshakeTimeoutHandler(timeout: shared.configuration.requestHeadTimeout)
                     )
-                    try channel.pipeline.syncOperations.addHandler(handler)
+                    // Once the handshake is done ALPN says what the connection speaks.
+                    let boundPool = NIOLoopBound(pool, eventLoop: channel.eventLoop)
+                    let negotiation = ApplicationProtocolNegotiationHandler { result, channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            let user = TLSConnectionSetup.certificateUser(of: channel, shared: shared)
+                            if case .negotiated("h2") = result {
+                                try TLSConnectionSetup.configureHTTP2(
+                                    channel,
+                                    shared: shared,
+                                    pool: boundPool,
+                                    logger: logger,
+                                    certificateUser: user
+                                )
+                            } else {
+                                let handler = ProxyConnectionHandler(
+                                    shared: shared,
+                                    pool: boundPool.value,
+                                    logger: logger,
+                                    listener: .tls,
+                                    certificateUser: user
+                                )
+                                try channel.pipeline.syncOperations.addHandler(handler)
+                            }
+                        }
+                    }
+                    try channel.pipeline.syncOperations.addHandler(negotiation)
                 }
             }
     }

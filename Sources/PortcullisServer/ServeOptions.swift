@@ -51,6 +51,36 @@ public struct ServeOptions: DeclaredSettings {
     )
     public var basicRequiresTLS: Bool?
 
+    @Flag(
+        inversion: .prefixedNo,
+        help: "Offer HTTP/2 on the TLS listeners (ALPN h2, then http/1.1): each stream one request or CONNECT tunnel, authenticated on its own. (default: on)"
+    )
+    public var http2: Bool?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("HTTP/2 streams a client may have open at once. (default: 100)", valueName: "n")
+    )
+    public var http2MaxStreams: Count?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Each HTTP/2 stream's receive window in bytes, at least 65535. (default: 1048576)",
+            valueName: "bytes"
+        )
+    )
+    public var http2StreamWindow: ByteCount?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "An HTTP/2 connection's receive window in bytes, shared by its streams. (default: 16777216)",
+            valueName: "bytes"
+        )
+    )
+    public var http2ConnectionWindow: ByteCount?
+
     @Option(
         name: .long,
         help: ArgumentHelp(

@@ -150,6 +150,7 @@ public struct ServerConfiguration: Sendable {
         }
         proxy.stripRealm = options.stripRealm ?? false
         self.tls = try Self.clientCertificates(options, tls: self.tls, plainListeners: self.listenText, &proxy)
+        try Self.applyHTTP2(options, tls: &self.tls, &proxy)
         if options.basicRequiresTLS == true {
             guard proxy.authSchemes.contains(.basic) else {
                 throw ServeError("--basic-requires-tls is about Basic, which --auth does not offer")
@@ -311,6 +312,28 @@ public struct ServerConfiguration: Sendable {
         }
         proxy.certificateUsersImplicit = options.certUsersImplicit ?? false
         return tls
+    }
+
+    /// `--http2`, `--http2-max-streams`, `--http2-stream-window`, `--http2-connection-window`.
+    private static func applyHTTP2(_ options: ServeOptions, tls: inout TLSFiles?, _ proxy: inout ProxyConfiguration) throws {
+        proxy.http2Enabled = options.http2 ?? true
+        tls?.http2 = proxy.http2Enabled
+        if let streams = options.http2MaxStreams?.value {
+            guard streams >= 1 else { throw ServeError("--http2-max-streams must be at least 1") }
+            proxy.http2.maximumConcurrentStreams = streams
+        }
+        // RFC 9113 §6.5.2: a window is at most 2^31 - 1; below the default of 65535 one
+        // stream could not even take a default frame.
+        for (value, name, apply) in [
+            (options.http2StreamWindow, "--http2-stream-window", { (p: inout ProxyConfiguration, v: Int) in p.http2.streamWindow = v }),
+            (options.http2ConnectionWindow, "--http2-connection-window", { (p: inout ProxyConfiguration, v: Int) in p.http2.connectionWindow = v }),
+        ] {
+            guard let bytes = value?.value else { continue }
+            guard bytes >= 65535, bytes <= Int(Int32.max) else {
+                throw ServeError("\(name) must be 65535 to 2147483647 bytes")
+            }
+            apply(&proxy, bytes)
+        }
     }
 
     static func parseListen(_ text: String) throws -> SocketAddress {

@@ -59,6 +59,14 @@ struct SettingSample: Sendable, CustomTestStringConvertible {
             $0.basicRequiresTLS == true
         },
         SettingSample("tls-client-ca", text: "/etc/clients-ca.pem") { $0.tlsClientCA },
+        SettingSample("http2", ["--no-http2"], "http2: false") { $0.http2 == false },
+        count("http2-max-streams", 17) { $0.http2MaxStreams },
+        SettingSample("http2-stream-window", ["--http2-stream-window", "70000"], "http2-stream-window: 70000") {
+            $0.http2StreamWindow == (try? ByteCount(70000))
+        },
+        SettingSample("http2-connection-window", ["--http2-connection-window", "80000"], "http2-connection-window: 80000") {
+            $0.http2ConnectionWindow == (try? ByteCount(80000))
+        },
         SettingSample("cert-user-from", text: "san-email") { $0.certUserFrom },
         SettingSample("cert-users-implicit", ["--cert-users-implicit"], "cert-users-implicit: true") {
             $0.certUsersImplicit == true

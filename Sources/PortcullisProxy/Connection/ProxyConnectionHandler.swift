@@ -1,8 +1,6 @@
 import Foundation
 import Logging
 import NIOCore
-import NIOSSL
-import NIOTLS
 import PortcullisKerberos
 
 /// Serves one client connection: translates channel events into events of its
@@ -74,9 +72,11 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
         shared: ProxyContext,
         pool: UpstreamPool,
         logger: Logger,
-        listener: ListenerKind = .tcp
+        listener: ListenerKind = .tcp,
+        certificateUser: String? = nil
     ) {
         self.listener = listener
+        self.certificateUser = certificateUser
         self.shared = shared
         let configuration = shared.configuration
         self.configuration = configuration
@@ -109,7 +109,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         self.clientAddress = context.channel.remoteAddress?.ipAddress ?? "-"
-        self.shared.metrics.activeConnections.increment()
+        // An HTTP/2 stream is not a connection: its TLS connection was counted.
+        if self.listener != .h2 { self.shared.metrics.activeConnections.increment() }
         if context.channel.isActive { self.activate() }
     }
 
@@ -172,29 +173,11 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
             self.execute(self.machine.clientInputEnded())
             return
         }
-        if case .some(.handshakeCompleted) = event as? TLSUserEvent {
-            self.readClientCertificate(context: context)
-        }
         context.fireUserInboundEventTriggered(event)
     }
 
-    /// The handshake verified any certificate the client sent (against `--tls-client-ca`): its
-    /// user, when `certificate` is offered. Before the first request, which TLS delivers after.
-    private func readClientCertificate(context: ChannelHandlerContext) {
-        guard self.shared.gate.schemes.contains(.certificate),
-            let certificate = try? context.pipeline.syncOperations.nioSSL_peerCertificate()
-        else { return }
-        self.certificateUser = self.configuration.certificateUserFrom.user(in: certificate)
-        if self.certificateUser == nil, self.mayLog(.certificateWithoutUser) {
-            self.logger.info(
-                "client certificate names no user",
-                metadata: ["client": "\(self.clientAddress)", "field": "\(self.configuration.certificateUserFrom.rawValue)"]
-            )
-        }
-    }
-
     func handlerRemoved(context: ChannelHandlerContext) {
-        self.shared.metrics.activeConnections.decrement()
+        if self.listener != .h2 { self.shared.metrics.activeConnections.decrement() }
         // The context holds this handler: keeping it here too would be a cycle that outlives the
         // connection (it did: ~3.4 KiB per connection, found by bench/extras.py's RSS figures).
         self.context = nil

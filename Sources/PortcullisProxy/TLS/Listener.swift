@@ -5,6 +5,9 @@ import NIOCore
 public enum ListenerKind: String, Sendable, Hashable, CaseIterable {
     case tcp
     case tls
+    /// A stream of an HTTP/2 connection on a TLS listener (requests only; the connection
+    /// itself was accepted on a `tls` listener).
+    case h2
 }
 
 /// One address to listen on, and how.

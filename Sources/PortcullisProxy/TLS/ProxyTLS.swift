@@ -12,12 +12,21 @@ public struct TLSFiles: Sendable, Hashable {
     /// Whether a client without a certificate is refused by the handshake (no scheme but
     /// `certificate` is offered, or none at all); otherwise a certificate is verified when sent.
     public var requireClientCertificate: Bool
+    /// Whether ALPN offers `h2` (before `http/1.1`).
+    public var http2: Bool
 
-    public init(certificate: String, key: String, clientCA: String? = nil, requireClientCertificate: Bool = false) {
+    public init(
+        certificate: String,
+        key: String,
+        clientCA: String? = nil,
+        requireClientCertificate: Bool = false,
+        http2: Bool = true
+    ) {
         self.certificate = certificate
         self.key = key
         self.clientCA = clientCA
         self.requireClientCertificate = requireClientCertificate
+        self.http2 = http2
     }
 
     public var paths: [String] { [self.certificate, self.key] + (self.clientCA.map { [$0] } ?? []) }
@@ -72,7 +81,7 @@ public final class ProxyTLS: Sendable {
     ]
 
     /// Protocols offered by ALPN, in preference order.
-    static let applicationProtocols = ["http/1.1"]
+    static func applicationProtocols(http2: Bool) -> [String] { http2 ? ["h2", "http/1.1"] : ["http/1.1"] }
 
     static func load(_ files: TLSFiles) throws(TLSSetupError) -> Loaded {
         let chain: [NIOSSLCertificate]
@@ -99,7 +108,7 @@ public final class ProxyTLS: Sendable {
         )
         configuration.minimumTLSVersion = .tlsv12
         configuration.cipherSuiteValues = Self.cipherSuites
-        configuration.applicationProtocols = Self.applicationProtocols
+        configuration.applicationProtocols = Self.applicationProtocols(http2: files.http2)
         if let clientCA = files.clientCA {
             let authorities: [NIOSSLCertificate]
             do {

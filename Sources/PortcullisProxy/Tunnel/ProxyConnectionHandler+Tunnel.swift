@@ -63,9 +63,12 @@ extension ProxyConnectionHandler {
                 context.fireChannelReadComplete()
             }
             // Bulk tunnels move more per read with larger buffers (fewer syscalls); the
-            // adaptive allocator still shrinks them for an idle or chatty tunnel.
-            context.channel.setOption(.recvAllocator, value: SocketUpstreamConnector.tunnelReceiveAllocator).whenFailure
-            { _ in }
+            // adaptive allocator still shrinks them for an idle or chatty tunnel. Sockets only:
+            // an HTTP/2 stream channel traps on the option (its frames are already read).
+            if self.listener != .h2 {
+                context.channel.setOption(.recvAllocator, value: SocketUpstreamConnector.tunnelReceiveAllocator)
+                    .whenFailure { _ in }
+            }
             // From here reads are gated by the glue.
             let channel = context.channel
             sync.removeHandler(context: context, promise: nil)

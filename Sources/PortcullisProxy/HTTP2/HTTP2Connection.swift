@@ -1,0 +1,144 @@
+import Logging
+import NIOCore
+import NIOHTTP2
+import NIOSSL
+import NIOTLS
+
+/// The settings of the proxy's HTTP/2 connections (ALPN `h2` on a TLS listener).
+public struct HTTP2Settings: Sendable, Hashable {
+    /// Streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    public var maximumConcurrentStreams = 100
+    /// Each stream's receive window, so one bulk tunnel is not held to 64 KiB in flight.
+    public var streamWindow = 1 << 20
+    /// The connection's receive window, shared by its streams.
+    public var connectionWindow = 16 << 20
+
+    public init() {}
+}
+
+/// What a TLS connection becomes once ALPN has picked its protocol.
+enum TLSConnectionSetup {
+    /// The user a verified client certificate names, when `certificate` is offered.
+    static func certificateUser(of channel: any Channel, shared: ProxyContext) -> String? {
+        guard shared.gate.schemes.contains(.certificate),
+            let certificate = try? channel.pipeline.syncOperations.nioSSL_peerCertificate()
+        else { return nil }
+        let user = shared.configuration.certificateUserFrom.user(in: certificate)
+        if user == nil, shared.refusalLog.admit(.certificateWithoutUser, now: .now()) {
+            shared.logger.info(
+                "client certificate names no user",
+                metadata: [
+                    "client": "\(channel.remoteAddress?.ipAddress ?? "-")",
+                    "field": "\(shared.configuration.certificateUserFrom.rawValue)",
+                ]
+            )
+        }
+        return user
+    }
+
+    /// HTTP/2: each stream gets an ``HTTP2StreamAdapter`` and a connection handler of its own.
+    static func configureHTTP2(
+        _ channel: any Channel,
+        shared: ProxyContext,
+        pool: NIOLoopBound<UpstreamPool>,
+        logger: Logger,
+        certificateUser: String?
+    ) throws {
+        let settings = shared.configuration.http2
+        var connection = NIOHTTP2Handler.ConnectionConfiguration()
+        connection.initialSettings = [
+            HTTP2Setting(parameter: .maxConcurrentStreams, value: settings.maximumConcurrentStreams),
+            HTTP2Setting(parameter: .initialWindowSize, value: settings.streamWindow),
+            HTTP2Setting(parameter: .maxHeaderListSize, value: RequestFramer.maximumHeadSize),
+        ]
+        connection.targetWindowSize = settings.connectionWindow
+        var stream = NIOHTTP2Handler.StreamConfiguration()
+        stream.targetWindowSize = settings.streamWindow
+        // The connection stays open while any stream may still use it: idle, it closes after
+        // the longer of the client and tunnel idle timeouts.
+        let idle = max(shared.configuration.clientIdleTimeout, shared.configuration.tunnelIdleTimeout)
+        try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: idle))
+        try channel.pipeline.syncOperations.addHandler(CloseOnIdleHandler())
+        _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+            mode: .server,
+            connectionConfiguration: connection,
+            streamConfiguration: stream
+        ) { streamChannel in
+            streamChannel.eventLoop.makeCompletedFuture {
+                try streamChannel.pipeline.syncOperations.addHandler(HTTP2StreamAdapter())
+                // Streams run on their connection's event loop, the pool's.
+                let handler = ProxyConnectionHandler(
+                    shared: shared,
+                    pool: pool.value,
+                    logger: logger,
+                    listener: .h2,
+                    certificateUser: certificateUser
+                )
+                try streamChannel.pipeline.syncOperations.addHandler(handler)
+            }
+        }
+        // The connection's window starts at 65535 whatever the settings say (RFC 9113 §6.9.2):
+        // opened at once, so the first streams are not held to it.
+        let increment = settings.connectionWindow - 65535
+        if increment > 0 {
+            channel.writeAndFlush(
+                HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: increment)),
+                promise: nil
+            )
+        }
+    }
+}
+
+/// Closes the channel on an idle event (from an `IdleStateHandler` in front of it).
+final class CloseOnIdleHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = NIOAny
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}
+
+/// Closes a TLS connection whose handshake has not completed in time; leaves once it has.
+final class TLSHandshakeTimeoutHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+
+    private let timeout: TimeAmount
+    private var deadline: Scheduled<Void>?
+
+    init(timeout: TimeAmount) {
+        self.timeout = timeout
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { self.arm(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.arm(context: context)
+        context.fireChannelActive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.deadline?.cancel()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        context.fireUserInboundEventTriggered(event)
+        // After passing the event on: a removed handler's context reaches nothing.
+        if case .some(.handshakeCompleted) = event as? TLSUserEvent {
+            self.deadline?.cancel()
+            self.deadline = nil
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        }
+    }
+
+    private func arm(context: ChannelHandlerContext) {
+        guard self.deadline == nil else { return }
+        let channel = context.channel
+        self.deadline = context.eventLoop.scheduleTask(in: self.timeout) { channel.close(promise: nil) }
+    }
+}
