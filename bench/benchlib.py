@@ -73,10 +73,13 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 65;
     return port
 
 
-def wrk(port: int, duration: int, connections: int, script: Path, env: dict | None = None) -> dict:
-    """One `wrk -t1` run: req/s, p50/p99 in ms, requests, non-2xx responses."""
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script),
-                          f"http://127.0.0.1:{port}"], capture_output=True, text=True,
+def wrk(port: int, duration: int, connections: int, script: Path, env: dict | None = None,
+        scheme: str = "http", headers: list[str] | None = None) -> dict:
+    """One `wrk -t1` run: req/s, p50/p99 in ms, requests, non-2xx responses. `scheme` https
+    makes wrk speak TLS to the port; `headers` are extra `-H` values."""
+    extra = [arg for header in headers or [] for arg in ("-H", header)]
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", *extra, "-s", str(script),
+                          f"{scheme}://127.0.0.1:{port}"], capture_output=True, text=True,
                          env={**os.environ, **(env or {})}, timeout=duration + 60)
     text = out.stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))

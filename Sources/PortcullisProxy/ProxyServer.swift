@@ -91,6 +91,7 @@ public final class ProxyServer: Sendable {
                     var logger = shared.logger
                     if let remote = channel.remoteAddress { logger[metadataKey: "client"] = "\(remote)" }
                     guard let tls else {
+                        try channel.pipeline.syncOperations.addHandler(TLSOnPlainPortHandler())
                         let handler = ProxyConnectionHandler(shared: shared, pool: pool, logger: logger, listener: .tcp)
                         try channel.pipeline.syncOperations.addHandler(handler)
                         return

@@ -199,10 +199,8 @@ def test_tls_to_the_plain_port_says_use_http(launcher, pki, origin, home):
                      "--target", f"{origin.base}/text", home=home)
     assert_result(run, "config-error", 1, None)
     step = assert_finding(run, "reachability", "proxy-speaks-plain-http")
-    # Portcullis' plain port waits for a request line, so the ClientHello gets no answer; a
-    # plain request on a second connection gets one.
-    assert_in("did not answer the TLS handshake", step["message"], run, "message")
-    assert_in("answered a plain HTTP request with", step["message"], run, "message")
+    # Portcullis' plain port answers a ClientHello at once with a plain-text 400.
+    assert_in("answered the TLS handshake in plain HTTP", step["message"], run, "message")
     assert_in(f"use http://127.0.0.1:{p.port}", step["fix"], run, "fix")
 
 

@@ -11,6 +11,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import time
 import warnings
 from pathlib import Path
 
@@ -315,3 +316,17 @@ def test_certificate_alone_requires_one_in_the_handshake_and_can_name_users_by_e
     assert res.stdout == b"200", res.stderr
     wait_until(lambda: access_records(tmp_path / "access.log"), 5, what="access log line")
     assert access_records(tmp_path / "access.log")[-1]["user"] == "carol@example.org"
+
+
+def test_tls_sent_to_the_plain_port_is_refused_at_once(launcher, tmp_path, ca, origin):
+    cert, key, _ = ca.leaf("proxy")
+    p = tls_proxy(launcher, tmp_path, cert, key)
+    started = time.monotonic()
+    res = run_curl(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--proxy", f"https://127.0.0.1:{p.port}",
+                    "--proxy-insecure", origin.base + "/text"], timeout=20)
+    assert res.returncode != 0, res
+    assert time.monotonic() - started < 5, "the plain port waited for a head deadline"
+    # And it serves on.
+    res = run_curl(["-o", "/dev/null", "-w", "%{http_code}", "--proxy", p.url, "--proxy-user", f"{USER}:{PASSWORD}",
+                    origin.base + "/text"])
+    assert res.stdout == b"200", res.stderr

@@ -33,3 +33,34 @@ final class PlainHTTPOnTLSPortHandler: ChannelInboundHandler, RemovableChannelHa
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 }
+
+/// First on a plain listener's connections: a client that starts a TLS handshake (an https://
+/// proxy URL for a plain port) gets a plain-text 400 and the connection closes at once — its TLS
+/// stack reports a wrong version or record instead of waiting for the head deadline. Anything
+/// else passes on, and this handler leaves the pipeline.
+final class TLSOnPlainPortHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    static let body = "This port of the proxy speaks plain HTTP: use an http:// proxy URL to reach it.\n"
+
+    static let response =
+        "HTTP/1.1 400 Bad Request\r\n"
+        + "Content-Type: text/plain; charset=utf-8\r\n"
+        + "Proxy-Status: portcullis; error=http_protocol_error; details=\"TLS on a plain HTTP port\"\r\n"
+        + "Connection: close\r\n"
+        + "Content-Length: \(body.utf8.count)\r\n\r\n" + body
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = self.unwrapInboundIn(data)
+        guard let first = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) else { return }
+        guard first != PlainHTTPOnTLSPortHandler.tlsHandshakeRecord else {
+            context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(string: Self.response)))
+                .assumeIsolated()
+                .whenComplete { _ in context.close(promise: nil) }
+            return
+        }
+        context.fireChannelRead(data)
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
+}
