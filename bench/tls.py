@@ -78,7 +78,7 @@ def main():
         plain = work / "plain.lua"
         plain.write_text('wrk.path = "/1k"\n')
         # A check that both answer, through TLS, with what they should.
-        check = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-k", "--proxy",
+        check = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--proxy-insecure", "--proxy",
                                 f"https://127.0.0.1:{pport}", "--proxy-user", "bench:benchpass", url],
                                capture_output=True, text=True)
         assert check.stdout == "200", check

@@ -67,8 +67,8 @@ import Testing
         buffer.writeString(" realm=\"R\"\r\nContent-Length: 2\r\n\r\nhi")
         let head = try #require(HTTP2StreamAdapter.takeResponseHead(&buffer))
         #expect(head.status == 407)
-        #expect(head.fields.map(\.0) == ["Proxy-Authenticate", "Content-Length"])
-        #expect(head.fields[0].1 == "Basic realm=\"R\"")
+        #expect(head.fields.map(\.name) == ["Proxy-Authenticate", "Content-Length"])
+        #expect(head.fields[0].value == "Basic realm=\"R\"")
         #expect(String(buffer: buffer) == "hi")
     }
 

@@ -214,7 +214,9 @@ final class HTTP2StreamAdapter: ChannelDuplexHandler, RemovableChannelHandler {
         headers.add(name: ":status", value: String(head.status))
         var length: Int?
         var chunked = false
-        for (name, value) in head.fields {
+        for field in head.fields {
+            let name = field.name
+            let value = field.value
             let lower = name.lowercased()
             switch lower {
             case "connection", "keep-alive", "proxy-connection", "upgrade", "te":
@@ -337,26 +339,58 @@ final class HTTP2StreamAdapter: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     struct ResponseHead {
+        struct Field {
+            var name: String
+            var value: String
+        }
+
         var status: Int
-        var fields: [(String, String)]
+        var fields: [Field]
     }
 
     /// A response head from the front of `buffer` once it is whole (the bytes after it stay).
+    /// The head is the proxy's own output (or an origin's it re-framed): CRLF lines.
     static func takeResponseHead(_ buffer: inout ByteBuffer) -> ResponseHead? {
-        let view = buffer.readableBytesView
-        guard let end = view.firstRange(of: [13, 10, 13, 10]) else { return nil }
-        let length = end.upperBound - view.startIndex
-        let text = buffer.readString(length: length) ?? ""
-        var lines = text.split(separator: "\r\n", omittingEmptySubsequences: true).makeIterator()
-        guard let statusLine = lines.next() else { return ResponseHead(status: 502, fields: []) }
-        let parts = statusLine.split(separator: " ", maxSplits: 2)
-        let status = parts.count >= 2 ? Int(parts[1]) ?? 502 : 502
-        var fields: [(String, String)] = []
-        while let line = lines.next() {
-            guard let colon = line.firstIndex(of: ":") else { continue }
-            let name = String(line[..<colon])
-            let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
-            fields.append((name, value))
+        let end: Int? = buffer.withUnsafeReadableBytes { raw in
+            var index = 3
+            while index < raw.count {
+                if raw[index] == 10, raw[index - 1] == 13, raw[index - 2] == 10, raw[index - 3] == 13 {
+                    return index + 1
+                }
+                index += 1
+            }
+            return nil
+        }
+        guard let end, let bytes = buffer.readBytes(length: end) else { return nil }
+        var lines: [ArraySlice<UInt8>] = []
+        var start = 0
+        for index in 0..<(bytes.count - 1) where bytes[index] == 13 && bytes[index + 1] == 10 {
+            if index > start { lines.append(bytes[start..<index]) }
+            start = index + 2
+        }
+        guard let statusLine = lines.first else { return ResponseHead(status: 502, fields: []) }
+        // "HTTP/1.1 407 …": the three digits after the first space.
+        var status = 502
+        if let space = statusLine.firstIndex(of: 32), statusLine.index(space, offsetBy: 4) <= statusLine.endIndex {
+            let digits = statusLine[(space + 1)..<(space + 4)]
+            if digits.allSatisfy({ (48...57).contains($0) }) {
+                status = digits.reduce(0) { $0 * 10 + Int($1 - 48) }
+            }
+        }
+        var fields: [ResponseHead.Field] = []
+        fields.reserveCapacity(lines.count - 1)
+        for line in lines.dropFirst() {
+            guard let colon = line.firstIndex(of: 58) else { continue }
+            var valueStart = colon + 1
+            while valueStart < line.endIndex, line[valueStart] == 32 || line[valueStart] == 9 { valueStart += 1 }
+            var valueEnd = line.endIndex
+            while valueEnd > valueStart, line[valueEnd - 1] == 32 || line[valueEnd - 1] == 9 { valueEnd -= 1 }
+            fields.append(
+                ResponseHead.Field(
+                    name: String(decoding: line[line.startIndex..<colon], as: UTF8.self),
+                    value: String(decoding: line[valueStart..<valueEnd], as: UTF8.self)
+                )
+            )
         }
         return ResponseHead(status: status, fields: fields)
     }
