@@ -13,6 +13,7 @@ import struct
 import time
 
 import h2.config
+import h2.exceptions
 import h2.connection
 import h2.events
 import h2.settings
@@ -43,9 +44,10 @@ def h2_proxy(launcher, tmp_path, ca, echo_origin):
 class Client:
     """One HTTP/2 connection to the proxy; events are gathered per stream."""
 
-    def __init__(self, port: int, ca: CA, window: int | None = None):
-        context = ssl.create_default_context(cafile=str(ca.cert))
-        context.set_alpn_protocols(["h2", "http/1.1"])
+    def __init__(self, port: int, ca: CA, window: int | None = None, context: ssl.SSLContext | None = None):
+        if context is None:
+            context = ssl.create_default_context(cafile=str(ca.cert))
+            context.set_alpn_protocols(["h2", "http/1.1"])
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.sock = context.wrap_socket(raw, server_hostname="localhost")
         assert self.sock.selected_alpn_protocol() == "h2"
@@ -289,3 +291,66 @@ def test_http11_clients_still_get_http11_on_the_tls_port(h2_proxy, ca, origin):
         s.sendall(f"GET {origin.base}/text HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\n"
                   f"Proxy-Authorization: {basic()}\r\n\r\n".encode())
         assert s.recv(64).startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize("kind, payload", [
+    ("ping", (6, 0, 0, b"12345678")),
+    ("settings", (4, 0, 0, b"")),
+])
+def test_control_frame_floods_end_the_connection(h2_proxy, ca, kind, payload):
+    s = raw_h2(h2_proxy.tls_port, ca)
+    flood = frame(*payload) * 2000
+    try:
+        s.sendall(flood)
+    except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+        pass
+    code = read_until_goaway(s)
+    assert code in (None, 0xB), code  # ENHANCE_YOUR_CALM
+    s.close()
+    assert h2_proxy.running()
+
+
+def test_streams_beyond_the_limit_are_refused_and_an_oversized_header_list_too(launcher, tmp_path, ca, origin):
+    cert, key, _ = ca.leaf("proxy")
+    port = free_port()
+    p = launcher.start("--listen-tls", f"127.0.0.1:{port}", "--tls-cert", cert, "--tls-key", key,
+                       "--http2-max-streams", "2")
+    wait_until(lambda: try_connect("127.0.0.1", port, 0.5) == "ok", 10, what="the TLS listener")
+    c = Client(port, ca)
+    c.pump(lambda: c.conn.remote_settings.max_concurrent_streams == 2, timeout=5)
+    slow = [c.request("GET", f"127.0.0.1:{origin.port}", "/delay/1", auth=basic()) for _ in range(2)]
+    # The h2 library refuses to open a third itself: the limit is the proxy's SETTINGS.
+    with pytest.raises(h2.exceptions.TooManyStreamsError):
+        c.request("GET", f"127.0.0.1:{origin.port}", "/text", auth=basic())
+    c.pump(lambda: set(slow) <= c.ended, timeout=10)
+    assert [c.status(s) for s in slow] == [200, 200]
+    # A header list over the proxy's limit (SETTINGS_MAX_HEADER_LIST_SIZE): not served.
+    stream = c.conn.get_next_available_stream_id()
+    c.conn.send_headers(stream, [(":method", "GET"), (":scheme", "http"), (":authority", f"127.0.0.1:{origin.port}"),
+                                 (":path", "/text"), ("x-big", "a" * 70000)], end_stream=True)
+    c.flush()
+    c.pump(lambda: stream in c.reset or stream in c.ended or c.terminated is not None, timeout=10)
+    assert stream in c.reset or c.terminated is not None or c.status(stream) in (400, 431)
+    c.close()
+    assert p.running()
+
+
+def test_a_client_certificate_names_every_streams_user(launcher, tmp_path, ca, origin):
+    cert, key, _ = ca.leaf("proxy")
+    carol_cert, carol_key, _ = ca.leaf("carol", client=True)
+    port = free_port()
+    launcher.start("--listen-tls", f"127.0.0.1:{port}", "--tls-cert", cert, "--tls-key", key,
+                   "--tls-client-ca", ca.cert, "--auth", "certificate,basic", "--cert-users-implicit",
+                   "--access-log", tmp_path / "access.log", "--access-log-format", "json")
+    wait_until(lambda: try_connect("127.0.0.1", port, 0.5) == "ok", 10, what="the TLS listener")
+    context = ssl.create_default_context(cafile=str(ca.cert))
+    context.load_cert_chain(str(carol_cert), str(carol_key))
+    context.set_alpn_protocols(["h2"])
+    c = Client(port, ca, context=context)
+    streams = [c.request("GET", f"127.0.0.1:{origin.port}", "/text") for _ in range(3)]
+    c.pump(lambda: set(streams) <= c.ended)
+    assert [c.status(s) for s in streams] == [200, 200, 200]
+    c.close()
+    wait_until(lambda: len(access_records(tmp_path / "access.log")) >= 3, 5, what="access log lines")
+    assert {(r["user"], r["auth_scheme"], r["listener"]) for r in access_records(tmp_path / "access.log")} == {
+        ("carol", "certificate", "h2")}
