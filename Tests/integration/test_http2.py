@@ -155,6 +155,7 @@ def test_streams_are_requests_each_authenticated_on_its_own(h2_proxy, ca, origin
     wait_until(lambda: len(access_records(h2_proxy.access_log)) >= 3, 5, what="access log lines")
     records = access_records(h2_proxy.access_log)
     assert {r["listener"] for r in records} == {"h2"}
+    assert {r["client"] for r in records} == {"127.0.0.1"}
     assert sorted(r["status"] for r in records) == [200, 200, 407]
 
 

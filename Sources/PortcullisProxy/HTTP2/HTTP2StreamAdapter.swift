@@ -139,11 +139,12 @@ final class HTTP2StreamAdapter: ChannelDuplexHandler, RemovableChannelHandler {
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         var bytes = self.unwrapOutboundIn(data)
-        var last: EventLoopFuture<Void>?
+        // Frames go out as they are made; the last one carries the caller's promise (the
+        // earlier ones need none: a stream's writes complete in order).
+        var pending: HTTP2Frame.FramePayload?
         func send(_ payload: HTTP2Frame.FramePayload) {
-            let written = context.eventLoop.makePromise(of: Void.self)
-            context.write(self.wrapOutboundOut(payload), promise: written)
-            last = written.futureResult
+            if let previous = pending { context.write(self.wrapOutboundOut(previous), promise: nil) }
+            pending = payload
         }
         func sendData(_ slice: ByteBuffer, end: Bool) {
             guard slice.readableBytes > 0 || end else { return }
@@ -182,8 +183,8 @@ final class HTTP2StreamAdapter: ChannelDuplexHandler, RemovableChannelHandler {
                 bytes.moveReaderIndex(to: bytes.writerIndex)
             }
         }
-        if let last {
-            last.cascade(to: promise)
+        if let pending {
+            context.write(self.wrapOutboundOut(pending), promise: promise)
         } else {
             promise?.succeed(())
         }
