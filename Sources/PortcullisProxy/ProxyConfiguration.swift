@@ -27,8 +27,10 @@ public struct ProxyConfiguration: Sendable {
     public var maximumRequestBody: Int?
     /// Access rules at start-up (replaced on reload through ``ProxyContext/updatePolicy(_:)``).
     public var policy = AccessPolicy.allowAll
-    /// Idle upstream connections kept per origin and event loop.
-    public var maximumIdleUpstreamPerOrigin: Int = 32
+    /// Idle upstream connections kept per origin and event loop: enough for one HTTP/2 client's
+    /// concurrent streams to one origin (all on its connection's loop) to find theirs again;
+    /// idle ones close after ``upstreamIdleTimeout``.
+    public var maximumIdleUpstreamPerOrigin: Int = 128
     public var upstreamIdleTimeout: TimeAmount = .seconds(30)
     /// How much of a rejected request's body is read and discarded to keep the connection.
     public var rejectedBodyDrainLimit: Int = 1 << 20
