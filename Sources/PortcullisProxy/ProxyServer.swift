@@ -55,7 +55,9 @@ public final class ProxyServer: Sendable {
             guard let configured = shared.tls else { throw ProxyTLSMissing() }
             tls = configured
         case .h2:
-            preconditionFailure("HTTP/2 is negotiated on a TLS listener, not listened for")
+            // HTTP/2 is negotiated on a TLS listener, not listened for.
+            guard let configured = shared.tls else { throw ProxyTLSMissing() }
+            tls = configured
         }
         return ServerBootstrap(group: self.group)
             .serverChannelOption(.backlog, value: 1024)
