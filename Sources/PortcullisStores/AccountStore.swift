@@ -105,7 +105,7 @@ public final class AccountStore<Database: SQLDatabase>: UserAdministration {
     }
 
     public func digestSecrets(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) async -> DigestLookup {
-        var statement = SQLStatement(
+        let lookup = await self.loginRow(
             """
             SELECT u.name, u.expires_at, u.disabled, u.previous_valid_until, d.ha1, d.previous_ha1
             FROM users u LEFT JOIN digest d
@@ -115,21 +115,15 @@ public final class AccountStore<Database: SQLDatabase>: UserAdministration {
             """,
             [.text(hash.rawValue), .text(self.realm), .text(isUserhash ? name.lowercased() : name)]
         )
-        statement.failsFast = true
-        let row: SQLRow?
-        do {
-            row = try await self.database.query(statement).first
-        } catch {
-            return .unavailable
+        guard case .found(let user, let standing, let row) = lookup else {
+            return lookup == .unavailable ? .unavailable : .unknownUser
         }
-        guard let row, let user = row.text(0) else { return .unknownUser }
         guard let ha1 = row.text(4) else { return .notEnrolled(user: user) }
-        let standing = Self.standing(disabled: row.bool(2), expires: row.real(1), previousUntil: row.real(3))
         return .found(DigestSecrets(user: user, ha1: ha1, previousHA1: row.text(5), standing: standing))
     }
 
     public func ntlmSecrets(name: String) async -> NTLMLookup {
-        var statement = SQLStatement(
+        let lookup = await self.loginRow(
             """
             SELECT u.name, u.expires_at, u.disabled, u.previous_valid_until, n.nt_hash, n.previous_nt_hash
             FROM users u LEFT JOIN ntlm n ON n.realm = u.realm AND n.name = u.name
@@ -137,17 +131,11 @@ public final class AccountStore<Database: SQLDatabase>: UserAdministration {
             """,
             [.text(self.realm), .text(name)]
         )
-        statement.failsFast = true
-        let row: SQLRow?
-        do {
-            row = try await self.database.query(statement).first
-        } catch {
-            return .unavailable
+        guard case .found(let user, let standing, let row) = lookup else {
+            return lookup == .unavailable ? .unavailable : .unknownUser
         }
-        guard let row, let user = row.text(0) else { return .unknownUser }
         // A value that is no NT hash (edited by hand) opens nothing: as if not enrolled.
         guard let ntHash = row.text(4).flatMap(NTHash.init(hex:)) else { return .notEnrolled(user: user) }
-        let standing = Self.standing(disabled: row.bool(2), expires: row.real(1), previousUntil: row.real(3))
         return .found(
             NTLMSecrets(
                 user: user,
@@ -159,10 +147,27 @@ public final class AccountStore<Database: SQLDatabase>: UserAdministration {
     }
 
     public func account(named name: String) async -> AccountLookup {
-        var statement = SQLStatement(
+        switch await self.loginRow(
             "SELECT name, expires_at, disabled, previous_valid_until FROM users WHERE realm = ? AND name = ?",
             [.text(self.realm), .text(name)]
-        )
+        ) {
+        case .found(let user, let standing, _): return .found(user: user, standing: standing)
+        case .unknownUser: return .unknownUser
+        case .unavailable: return .unavailable
+        }
+    }
+
+    /// One user's row on the login path (failing fast: a lost database must not make a login
+    /// wait). The query's first four columns are the account's: name, expires_at, disabled,
+    /// previous_valid_until; the caller reads its secrets from the columns after them.
+    private enum LoginRow: Equatable {
+        case found(user: String, standing: AccountStanding, row: SQLRow)
+        case unknownUser
+        case unavailable
+    }
+
+    private func loginRow(_ sql: String, _ arguments: [SQLValue]) async -> LoginRow {
+        var statement = SQLStatement(sql, arguments)
         statement.failsFast = true
         let row: SQLRow?
         do {
@@ -171,7 +176,7 @@ public final class AccountStore<Database: SQLDatabase>: UserAdministration {
             return .unavailable
         }
         guard let row, let user = row.text(0) else { return .unknownUser }
-        return .found(user: user, standing: Self.standing(disabled: row.bool(2), expires: row.real(1), previousUntil: row.real(3)))
+        return .found(user: user, standing: Self.standing(disabled: row.bool(2), expires: row.real(1), previousUntil: row.real(3)), row: row)
     }
 
     /// The Digest nonce key, made on first need and kept in the database, so every proxy on it
