@@ -93,13 +93,13 @@ public final class ProxyServer: Sendable {
                     var logger = shared.logger
                     if let remote = channel.remoteAddress { logger[metadataKey: "client"] = "\(remote)" }
                     guard let tls else {
-                        try channel.pipeline.syncOperations.addHandler(TLSOnPlainPortHandler())
+                        try channel.pipeline.syncOperations.addHandler(ListenerProtocolGuard(listenerSpeaksTLS: false))
                         let handler = ProxyConnectionHandler(shared: shared, pool: pool, logger: logger, listener: .tcp)
                         try channel.pipeline.syncOperations.addHandler(handler)
                         return
                     }
                     // The certificate in force now; a reload applies to later connections.
-                    try channel.pipeline.syncOperations.addHandler(PlainHTTPOnTLSPortHandler())
+                    try channel.pipeline.syncOperations.addHandler(ListenerProtocolGuard(listenerSpeaksTLS: true))
                     try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context))
                     try channel.pipeline.syncOperations.addHandler(
                         TLSHandshakeTimeoutHandler(timeout: shared.configuration.requestHeadTimeout)

@@ -34,13 +34,7 @@ extension GateStateMachine {
         case .found(let user, let standing):
             switch standing.outcome(user: user, matchedCurrent: true, now: environment.currentDate) {
             case .accepted(let user, let validFor):
-                self.boundIdentity = BoundIdentity(
-                    user: user,
-                    scheme: .certificate,
-                    generation: environment.credentials?.storeGeneration,
-                    validUntil: validFor.map { environment.currentDate.addingTimeInterval($0) }
-                )
-                return self.accepted(wait.request, user: user, scheme: .certificate, authenticationInfo: nil, environment)
+                return self.bindStoreUser(wait.request, user: user, scheme: .certificate, validFor: validFor, environment)
             case .rejected(let reason):
                 return self.noLongerValid(wait.request, reason: reason, user: user, scheme: .certificate, environment)
             }

@@ -55,6 +55,24 @@ extension GateStateMachine {
         var ticket: AuthThrottle.Ticket
     }
 
+    /// A store's user proved for the whole connection (NTLM, a client certificate): bound until
+    /// the store changes or the account's expiry or grace ends, and this request let through.
+    mutating func bindStoreUser(
+        _ request: Request,
+        user: String,
+        scheme: AuthScheme,
+        validFor: TimeInterval?,
+        _ environment: some GateEnvironment
+    ) -> Action {
+        self.boundIdentity = BoundIdentity(
+            user: user,
+            scheme: scheme,
+            generation: environment.credentials?.storeGeneration,
+            validUntil: validFor.map { environment.currentDate.addingTimeInterval($0) }
+        )
+        return self.accepted(request, user: user, scheme: scheme, authenticationInfo: nil, environment)
+    }
+
     /// A request without credentials on a connection that has proved who it is: on as that user.
     mutating func continueBound(_ request: Request, in environment: some GateEnvironment) -> Action? {
         guard let bound = self.boundIdentity else { return nil }
@@ -293,13 +311,7 @@ extension GateStateMachine {
             case .accepted(let user, let validFor):
                 environment.checkSucceeded(wait.ticket, now: now)
                 environment.credentials?.noteNTLMLogin(name: wait.user, user: user)
-                self.boundIdentity = BoundIdentity(
-                    user: user,
-                    scheme: .ntlm,
-                    generation: environment.credentials?.storeGeneration,
-                    validUntil: validFor.map { environment.currentDate.addingTimeInterval($0) }
-                )
-                return self.accepted(wait.request, user: user, scheme: .ntlm, authenticationInfo: nil, environment)
+                return self.bindStoreUser(wait.request, user: user, scheme: .ntlm, validFor: validFor, environment)
             case .rejected(let reason):
                 environment.checkAbandoned(wait.ticket)
                 return self.noLongerValid(wait.request, reason: reason, user: secrets.user, scheme: .ntlm, environment)
