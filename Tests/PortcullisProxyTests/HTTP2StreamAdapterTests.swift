@@ -61,6 +61,18 @@ import Testing
         #expect((400...501).contains(refusal.status))
     }
 
+    @Test(arguments: [
+        ("NTLM TlRMTVNTUAABAAAA", true),
+        ("ntlm TlRMTVNTUAABAAAA", true),
+        ("Negotiate TlRMTVNTUAABAAAA", true),
+        ("Negotiate YIIBhgYGKwYBBQUCoIIBejCCAXagMDAu", false),
+        ("Basic YWxpY2U6c2VjcmV0", false),
+        ("NTLMfoo", false),
+    ])
+    func ntlmIsRecognisedWhereverItIsCarried(value: String, ntlm: Bool) {
+        #expect(HTTP2StreamAdapter.carriesNTLM(HPACKHeaders([("proxy-authorization", value)])) == ntlm)
+    }
+
     @Test func aResponseHeadIsTakenOnceWholeAndTheBodyStays() throws {
         var buffer = ByteBuffer(string: "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic")
         #expect(HTTP2StreamAdapter.takeResponseHead(&buffer) == nil)

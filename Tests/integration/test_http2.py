@@ -60,6 +60,7 @@ class Client:
         self.data: dict[int, bytearray] = {}
         self.ended: set[int] = set()
         self.reset: set[int] = set()
+        self.reset_codes: dict[int, int] = {}
         self.terminated = None
         # Streams whose reader stopped: their data is acknowledged for the connection only, so
         # their own window stays shut (as a browser tab that stopped reading one download).
@@ -113,6 +114,7 @@ class Client:
                     self.ended.add(event.stream_id)
                 elif isinstance(event, h2.events.StreamReset):
                     self.reset.add(event.stream_id)
+                    self.reset_codes[event.stream_id] = int(event.error_code)
                 elif isinstance(event, h2.events.ConnectionTerminated):
                     self.terminated = event
             self.flush()
@@ -355,3 +357,19 @@ def test_a_client_certificate_names_every_streams_user(launcher, tmp_path, ca, o
     wait_until(lambda: len(access_records(tmp_path / "access.log")) >= 3, 5, what="access log lines")
     assert {(r["user"], r["auth_scheme"], r["listener"]) for r in access_records(tmp_path / "access.log")} == {
         ("carol", "certificate", "h2")}
+
+
+@pytest.mark.parametrize("auth", ["NTLM TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAKAGFKAAAADw==",
+                                  "Negotiate TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAKAGFKAAAADw=="])
+def test_ntlm_on_a_stream_asks_for_http11(h2_proxy, ca, origin, auth):
+    """NTLM authenticates a connection over several requests; on HTTP/2 a stream is one request,
+    so the stream is reset with HTTP_1_1_REQUIRED (clients retry over HTTP/1.1) and the
+    connection serves on."""
+    c = Client(h2_proxy.tls_port, ca)
+    ntlm = c.request("GET", f"127.0.0.1:{origin.port}", "/text", auth=auth)
+    c.pump(lambda: ntlm in c.reset)
+    assert c.reset_codes[ntlm] == 0xD
+    ok = c.request("GET", f"127.0.0.1:{origin.port}", "/text", auth=basic())
+    c.pump(lambda: ok in c.ended)
+    assert c.status(ok) == 200
+    c.close()

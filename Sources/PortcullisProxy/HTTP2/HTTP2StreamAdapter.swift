@@ -64,6 +64,14 @@ final class HTTP2StreamAdapter: ChannelDuplexHandler, RemovableChannelHandler {
     private func headersReceived(context: ChannelHandlerContext, _ frame: HTTP2Frame.FramePayload.Headers) {
         switch self.request {
         case .head:
+            // NTLM authenticates a connection over several requests; a stream is one request.
+            // HTTP_1_1_REQUIRED makes a client (Chromium, curl) retry it over HTTP/1.1.
+            if Self.carriesNTLM(frame.headers) {
+                self.request = .ended
+                self.response = .done
+                context.writeAndFlush(self.wrapOutboundOut(.rstStream(.http11Required)), promise: nil)
+                return
+            }
             switch Self.requestHead(frame.headers, endStream: frame.endStream, allocator: context.channel.allocator) {
             case .success(let converted):
                 self.isConnect = converted.isConnect
@@ -254,6 +262,18 @@ final class HTTP2StreamAdapter: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     // MARK: - Conversions
+
+    /// Whether the request answers with NTLM (`NTLM …`, or NTLMSSP inside `Negotiate …`, whose
+    /// base64 starts `TlRMTVNT`). Kerberos inside Negotiate takes one leg and works per stream.
+    static func carriesNTLM(_ headers: HPACKHeaders) -> Bool {
+        headers["proxy-authorization"].contains { value in
+            let trimmed = value.drop { $0 == " " }
+            guard let space = trimmed.firstIndex(of: " ") else { return false }
+            let scheme = trimmed[..<space].lowercased()
+            let token = trimmed[trimmed.index(after: space)...].drop { $0 == " " }
+            return scheme == "ntlm" || (scheme == "negotiate" && token.hasPrefix("TlRMTVNT"))
+        }
+    }
 
     struct RequestRefusal: Error {
         var status: Int
