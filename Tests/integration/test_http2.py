@@ -6,7 +6,8 @@ ends the connection with GOAWAY without the proxy growing."""
 
 from __future__ import annotations
 
-import json
+import base64
+import os
 import socket
 import ssl
 import struct
@@ -20,6 +21,7 @@ import h2.settings
 import pytest
 
 from portcullis_helpers import basic, free_port, try_connect, wait_until
+from test_negotiate_ntlm import KEYTAB, _GSSAPIClient, kerberos_env, needs_kdc  # noqa: F401 - kerberos_env is a fixture
 from test_tls import CA, access_records
 
 
@@ -373,3 +375,32 @@ def test_ntlm_on_a_stream_asks_for_http11(h2_proxy, ca, origin, auth):
     c.pump(lambda: ok in c.ended)
     assert c.status(ok) == 200
     c.close()
+
+
+@needs_kdc
+def test_kerberos_through_negotiate_on_each_stream(launcher, tmp_path, ca, origin, kerberos_env, monkeypatch):
+    """Kerberos inside Negotiate takes one leg: each stream carries its own token and is
+    authenticated on its own (python-gssapi as the client, the test realm's KDC)."""
+    for k, v in kerberos_env.items():
+        monkeypatch.setenv(k, v)
+    cert, key, _ = ca.leaf("proxy")
+    port = free_port()
+    launcher.start("--listen-tls", f"127.0.0.1:{port}", "--tls-cert", cert, "--tls-key", key,
+                   "--auth", "negotiate,basic", "--keytab", KEYTAB,
+                   "--access-log", tmp_path / "access.log", "--access-log-format", "json",
+                   env={"KRB5_CONFIG": os.environ.get("KRB5_CONFIG")})
+    wait_until(lambda: try_connect("127.0.0.1", port, 0.5) == "ok", 10, what="the TLS listener")
+    c = Client(port, ca)
+    streams = []
+    for _ in range(3):
+        token = _GSSAPIClient().step()
+        streams.append(c.request("GET", f"127.0.0.1:{origin.port}", "/text",
+                                 auth="Negotiate " + base64.b64encode(token).decode()))
+    c.pump(lambda: set(streams) <= c.ended)
+    assert [c.status(s) for s in streams] == [200, 200, 200]
+    assert all((c.header(s, "proxy-authenticate") or "").startswith("Negotiate ") for s in streams)
+    c.close()
+    wait_until(lambda: len(access_records(tmp_path / "access.log")) >= 3, 5, what="access log lines")
+    user = f"{os.environ['PORTCULLIS_TEST_KRB5_USER']}@{os.environ['PORTCULLIS_TEST_KRB5_REALM']}"
+    assert {(r["user"], r["auth_scheme"], r["listener"]) for r in access_records(tmp_path / "access.log")} == {
+        (user, "negotiate", "h2")}
