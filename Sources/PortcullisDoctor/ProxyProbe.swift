@@ -281,12 +281,7 @@ final class ProxyProbe {
     private func withPeerCertificate(_ error: ProbeError) -> ProbeError {
         guard var evidence = error.evidence, evidence.isVerificationFailure,
             let configuration = try? self.proxyTLSConfiguration(),
-            let (connection, _) = try? ProbeConnection.open(
-                host: self.proxy.host,
-                port: self.proxy.port,
-                group: self.group,
-                timeout: self.timeout
-            )
+            let connection = self.sideConnection()
         else { return error }
         defer { connection.close() }
         evidence.peerCertificate = connection.inspectCertificate(
@@ -298,16 +293,16 @@ final class ProxyProbe {
         return explained
     }
 
+    /// A second connection to the proxy, for evidence the first one could not give.
+    private func sideConnection() -> ProbeConnection? {
+        (try? ProbeConnection.open(host: self.proxy.host, port: self.proxy.port, group: self.group, timeout: self.timeout))?.0
+    }
+
     /// A handshake the proxy never answered, with its answer to a plain HTTP request on a new
     /// connection: a port that speaks plain HTTP waits for a request line, and may answer one.
     private func withPlainAnswer(_ error: ProbeError) -> ProbeError {
         guard var evidence = error.evidence, evidence.peerBytes.isEmpty, !evidence.isVerificationFailure,
-            let (connection, _) = try? ProbeConnection.open(
-                host: self.proxy.host,
-                port: self.proxy.port,
-                group: self.group,
-                timeout: self.timeout
-            )
+            let connection = self.sideConnection()
         else { return error }
         defer { connection.close() }
         let request = "HEAD / HTTP/1.1\r\nHost: \(self.proxy.authority)\r\nConnection: close\r\n\r\n"
@@ -323,12 +318,7 @@ final class ProxyProbe {
     /// ClientHello on a new connection; the certificate is not judged there.
     private func withTLSAnswer(_ error: ProbeError) -> ProbeError {
         guard error.evidence == nil,
-            let (connection, _) = try? ProbeConnection.open(
-                host: self.proxy.host,
-                port: self.proxy.port,
-                group: self.group,
-                timeout: self.timeout
-            )
+            let connection = self.sideConnection()
         else { return error }
         defer { connection.close() }
         var configuration = TLSConfiguration.makeClientConfiguration()
