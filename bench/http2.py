@@ -181,9 +181,7 @@ def main():
         while not holder:
             time.sleep(0.01)
         src = holder[0]
-        cert, key = work / "proxy.pem", work / "proxy.key"
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                        "-days", "2", "-keyout", key, "-out", cert, "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+        cert, key = b.self_signed_certificate(work)
         users = work / "users"
         subprocess.run(["htpasswd", "-bcB", "-C", "5", users, "bench", "benchpass"], check=True, capture_output=True)
         port = b.free_port()

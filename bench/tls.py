@@ -34,10 +34,8 @@ OUT = ROOT / "bench" / "out"
 def certificate(work: Path) -> tuple[Path, Path, Path]:
     """An EC P-256 certificate for 127.0.0.1 (self-signed): PEM cert, key, and both in one file
     for HAProxy."""
-    cert, key, both = work / "proxy.pem", work / "proxy.key", work / "haproxy.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-days", "2", "-keyout", key, "-out", cert, "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    cert, key = b.self_signed_certificate(work)
+    both = work / "haproxy.pem"
     both.write_text(cert.read_text() + key.read_text())
     return cert, key, both
 

@@ -295,7 +295,13 @@ final class ProxyProbe {
 
     /// A second connection to the proxy, for evidence the first one could not give.
     private func sideConnection() -> ProbeConnection? {
-        (try? ProbeConnection.open(host: self.proxy.host, port: self.proxy.port, group: self.group, timeout: self.timeout))?.0
+        let opened = try? ProbeConnection.open(
+            host: self.proxy.host,
+            port: self.proxy.port,
+            group: self.group,
+            timeout: self.timeout
+        )
+        return opened?.0
     }
 
     /// A handshake the proxy never answered, with its answer to a plain HTTP request on a new
