@@ -169,6 +169,8 @@ def main():
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--bulk-mib", type=int, default=256)
     args = ap.parse_args()
+    if not Path(args.bin).exists():
+        sys.exit(f"{args.bin} missing: swift build -c release --product portcullis")
     b.find("h2load", "nghttp2-client")
     work = Path(tempfile.mkdtemp(prefix="portcullis-h2-"))
     os.chmod(work, 0o755)
