@@ -59,6 +59,7 @@ enum TLSConnectionSetup {
         let idle = max(shared.configuration.clientIdleTimeout, shared.configuration.tunnelIdleTimeout)
         try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: idle))
         try channel.pipeline.syncOperations.addHandler(CloseOnIdleHandler())
+        try channel.pipeline.syncOperations.addHandler(TickFlushHandler())
         _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
             mode: .server,
             connectionConfiguration: connection,
@@ -85,6 +86,28 @@ enum TLSConnectionSetup {
                 HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: increment)),
                 promise: nil
             )
+        }
+    }
+}
+
+/// Holds a connection's flushes until the event loop has handled the I/O events it is working
+/// through, then flushes once. An HTTP/2 connection's streams finish on their upstream
+/// connections' reads, each of which flushes; fifty responses ready in one pass of the loop
+/// then leave in one TLS write instead of fifty (each a system call and a wake-up of the client).
+final class TickFlushHandler: ChannelOutboundHandler {
+    typealias OutboundIn = NIOAny
+
+    private var flushPending = false
+
+    func flush(context: ChannelHandlerContext) {
+        guard !self.flushPending else { return }
+        self.flushPending = true
+        // Tasks run after the loop's current batch of I/O events.
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.execute {
+            let (handler, context) = bound.value
+            handler.flushPending = false
+            context.flush()
         }
     }
 }
