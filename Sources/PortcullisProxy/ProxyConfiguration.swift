@@ -51,6 +51,8 @@ public struct ProxyConfiguration: Sendable {
     public var http2 = HTTP2Settings()
     /// `--max-pending-handshakes`: Negotiate/NTLM handshakes in progress at once, server-wide.
     public var maximumPendingHandshakes = 1024
+    /// Parent proxies requests go through (none: straight to the origins).
+    public var parentRouting = ParentRouting()
 
     public init() {}
 }

@@ -35,6 +35,8 @@ public final class ProxyContext: Sendable {
     public let negotiate: NegotiateAcceptor?
     /// The certificate and key of the TLS listeners, when there are any.
     public let tls: ProxyTLS?
+    /// The parent proxies and what is known of them, when `--parent` is set.
+    let parents: ParentSet?
     /// Negotiate/NTLM handshakes in progress (bounded by `maximumPendingHandshakes`).
     let pendingHandshakes = NIOLockedValueBox(0)
 
@@ -93,6 +95,9 @@ public final class ProxyContext: Sendable {
         self.threadPool = threadPool
         self.logger = logger
         self.refusalLog = RefusalLogLimiter(settings: configuration.refusalLog, logger: logger)
+        self.parents =
+            configuration.parentRouting.parents.isEmpty
+            ? nil : ParentSet(routing: configuration.parentRouting, logger: logger, factory: metrics.factory)
     }
 
     var authenticationEnabled: Bool { !self.gate.schemes.isEmpty }

@@ -41,7 +41,10 @@ public struct ServeOptions: DeclaredSettings {
 
     @Option(
         name: .long,
-        help: ArgumentHelp("The TLS listeners' private key: PEM, not encrypted, matching --tls-cert.", valueName: "file")
+        help: ArgumentHelp(
+            "The TLS listeners' private key: PEM, not encrypted, matching --tls-cert.",
+            valueName: "file"
+        )
     )
     public var tlsKey: String?
 
@@ -53,7 +56,8 @@ public struct ServeOptions: DeclaredSettings {
 
     @Flag(
         inversion: .prefixedNo,
-        help: "Offer HTTP/2 on the TLS listeners (ALPN h2, then http/1.1): each stream one request or CONNECT tunnel, authenticated on its own. (default: on)"
+        help:
+            "Offer HTTP/2 on the TLS listeners (ALPN h2, then http/1.1): each stream one request or CONNECT tunnel, authenticated on its own. (default: on)"
     )
     public var http2: Bool?
 
@@ -101,7 +105,8 @@ public struct ServeOptions: DeclaredSettings {
 
     @Flag(
         inversion: .prefixedNo,
-        help: "Accept a client certificate's user without a user of that name in the users store (no disable or expiry then)."
+        help:
+            "Accept a client certificate's user without a user of that name in the users store (no disable or expiry then)."
     )
     public var certUsersImplicit: Bool?
 
@@ -185,7 +190,8 @@ public struct ServeOptions: DeclaredSettings {
 
     @Flag(
         inversion: .prefixedNo,
-        help: "Name Negotiate users alice rather than alice@EXAMPLE.ORG in logs and metrics (the local name krb5.conf maps the principal to; other realms' principals keep their full name). Policy rules may name either form."
+        help:
+            "Name Negotiate users alice rather than alice@EXAMPLE.ORG in logs and metrics (the local name krb5.conf maps the principal to; other realms' principals keep their full name). Policy rules may name either form."
     )
     public var stripRealm: Bool?
 
@@ -209,6 +215,48 @@ public struct ServeOptions: DeclaredSettings {
         help: ArgumentHelp("Ports CONNECT may reach, comma-separated. (default: 443)", valueName: "list")
     )
     public var connectPorts: PortList?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "A parent proxy to forward everything through, http://[USER[:PASSWORD]@]HOST[:PORT] (percent-encoded; port 3128 by default); repeatable: the first one up is used, the next when it cannot be reached. Its 407 is answered with USER's credentials.",
+            valueName: "url"
+        )
+    )
+    public var parent: [String] = []
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "A file whose first line is the parents' password (instead of one in the URL, where `ps` shows it).",
+            valueName: "file"
+        )
+    )
+    public var parentPasswordFile: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("An environment variable holding the parents' password.", valueName: "name")
+    )
+    public var parentPasswordEnv: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Schemes a parent's 407 may be answered with: any, or a comma-separated list of basic, digest, ntlm. any picks the strongest the parent offers. (default: any)",
+            valueName: "list"
+        )
+    )
+    public var parentAuth: CommaList?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Hosts reached directly even with --parent, comma-separated: names (exactly), *.suffix (subdomains), IP addresses and CIDR blocks (matched against literal addresses).",
+            valueName: "list"
+        )
+    )
+    public var directFor: CommaList?
 
     @Flag(inversion: .prefixedNo, help: "Allow --auth none on a non-loopback listener.")
     public var allowOpenProxy: Bool?

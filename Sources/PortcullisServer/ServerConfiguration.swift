@@ -54,12 +54,16 @@ public struct ServerConfiguration: Sendable {
         switch (options.tlsCert, options.tlsKey) {
         case (let certificate?, let key?):
             guard !self.listenTLS.isEmpty else {
-                throw ServeError("--tls-cert and --tls-key are for --listen-tls: add a TLS listener (--listen-tls HOST:PORT)")
+                throw ServeError(
+                    "--tls-cert and --tls-key are for --listen-tls: add a TLS listener (--listen-tls HOST:PORT)"
+                )
             }
             self.tls = TLSFiles(certificate: certificate, key: key, clientCA: options.tlsClientCA)
         case (nil, nil):
             guard self.listenTLS.isEmpty else {
-                throw ServeError("--listen-tls needs the proxy's certificate and key: --tls-cert FILE --tls-key FILE (PEM)")
+                throw ServeError(
+                    "--listen-tls needs the proxy's certificate and key: --tls-cert FILE --tls-key FILE (PEM)"
+                )
             }
         case (_?, nil):
             throw ServeError("--tls-cert needs --tls-key (the certificate's private key, PEM)")
@@ -135,7 +139,9 @@ public struct ServerConfiguration: Sendable {
             throw ServeError("the --digest-… settings need --auth digest (or basic,digest)")
         }
         if proxy.authSchemes.contains(.negotiate) {
-            let fromEnvironment = environment["KRB5_KTNAME"].map { $0.hasPrefix("FILE:") ? String($0.dropFirst(5)) : $0 }
+            let fromEnvironment = environment["KRB5_KTNAME"].map {
+                $0.hasPrefix("FILE:") ? String($0.dropFirst(5)) : $0
+            }
             guard let keytab = options.keytab ?? fromEnvironment, !keytab.isEmpty else {
                 throw ServeError(
                     "--auth negotiate needs the proxy's keytab: --keytab FILE (or KRB5_KTNAME), holding an HTTP/<host name> key"
@@ -156,9 +162,12 @@ public struct ServerConfiguration: Sendable {
                 throw ServeError("--basic-requires-tls is about Basic, which --auth does not offer")
             }
             guard !self.listenTLS.isEmpty else {
-                throw ServeError("--basic-requires-tls needs a TLS listener (--listen-tls), or Basic is offered nowhere")
+                throw ServeError(
+                    "--basic-requires-tls needs a TLS listener (--listen-tls), or Basic is offered nowhere"
+                )
             }
-            guard proxy.authSchemes.contains(where: { $0 != .basic && $0 != .certificate }) || self.listen.isEmpty else {
+            guard proxy.authSchemes.contains(where: { $0 != .basic && $0 != .certificate }) || self.listen.isEmpty
+            else {
                 throw ServeError(
                     "--basic-requires-tls leaves the plain listeners (--listen \(self.listenText.joined(separator: ", "))) no scheme to offer: drop --listen, or add digest, ntlm or negotiate to --auth"
                 )
@@ -168,6 +177,7 @@ public struct ServerConfiguration: Sendable {
         if let pending = options.maxPendingHandshakes { proxy.maximumPendingHandshakes = pending.value }
         proxy.destinationPolicy = DestinationPolicy(allowPrivateDestinations: options.allowPrivateDestinations ?? false)
         proxy.connectPorts = Set(options.connectPorts?.ports ?? [443])
+        proxy.parentRouting = try Self.parentRouting(options)
 
         func amount(_ seconds: Seconds?, _ fallback: TimeAmount) -> TimeAmount {
             seconds.map { .nanoseconds(Int64($0.value * 1e9)) } ?? fallback
@@ -257,7 +267,11 @@ public struct ServerConfiguration: Sendable {
     /// most; they take part in no check.
     static func ntlmSettings(realm: String) -> NTLMAcceptor.Settings {
         func netbios(_ text: String, fallback: String) -> String {
-            let name = String(text.uppercased().unicodeScalars.filter { $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || $0 == "-") }.prefix(15))
+            let name = String(
+                text.uppercased().unicodeScalars.filter {
+                    $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || $0 == "-")
+                }.prefix(15)
+            )
             return name.isEmpty ? fallback : name
         }
         let host = ProcessInfo.processInfo.hostName
@@ -315,7 +329,9 @@ public struct ServerConfiguration: Sendable {
     }
 
     /// `--http2`, `--http2-max-streams`, `--http2-stream-window`, `--http2-connection-window`.
-    private static func applyHTTP2(_ options: ServeOptions, tls: inout TLSFiles?, _ proxy: inout ProxyConfiguration) throws {
+    private static func applyHTTP2(_ options: ServeOptions, tls: inout TLSFiles?, _ proxy: inout ProxyConfiguration)
+        throws
+    {
         proxy.http2Enabled = options.http2 ?? true
         tls?.http2 = proxy.http2Enabled
         if let streams = options.http2MaxStreams?.value {
@@ -325,8 +341,14 @@ public struct ServerConfiguration: Sendable {
         // RFC 9113 §6.5.2: a window is at most 2^31 - 1; below the default of 65535 one
         // stream could not even take a default frame.
         for (value, name, apply) in [
-            (options.http2StreamWindow, "--http2-stream-window", { (p: inout ProxyConfiguration, v: Int) in p.http2.streamWindow = v }),
-            (options.http2ConnectionWindow, "--http2-connection-window", { (p: inout ProxyConfiguration, v: Int) in p.http2.connectionWindow = v }),
+            (
+                options.http2StreamWindow, "--http2-stream-window",
+                { (p: inout ProxyConfiguration, v: Int) in p.http2.streamWindow = v }
+            ),
+            (
+                options.http2ConnectionWindow, "--http2-connection-window",
+                { (p: inout ProxyConfiguration, v: Int) in p.http2.connectionWindow = v }
+            ),
         ] {
             guard let bytes = value?.value else { continue }
             guard bytes >= 65535, bytes <= Int(Int32.max) else {
@@ -334,6 +356,80 @@ public struct ServerConfiguration: Sendable {
             }
             apply(&proxy, bytes)
         }
+    }
+
+    /// `--parent`, its password from a file or the environment, `--parent-auth`, `--direct-for`.
+    static func parentRouting(_ options: ServeOptions) throws -> ParentRouting {
+        var routing = ParentRouting()
+        let sharedPassword: String?
+        switch (options.parentPasswordFile, options.parentPasswordEnv) {
+        case (let file?, nil):
+            do {
+                let text = try String(contentsOfFile: file, encoding: .utf8)
+                sharedPassword = String(text.split(separator: "\n", omittingEmptySubsequences: false).first ?? "")
+                    .trimmingCharacters(in: CharacterSet(charactersIn: "\r"))
+            } catch {
+                throw ServeError("--parent-password-file \(file) cannot be read: \(error.localizedDescription)")
+            }
+        case (nil, let name?):
+            guard let value = ProcessInfo.processInfo.environment[name] else {
+                throw ServeError("--parent-password-env \(name): the variable is not set")
+            }
+            sharedPassword = value
+        case (nil, nil):
+            sharedPassword = nil
+        case (.some, .some):
+            throw ServeError(
+                "--parent-password-file and --parent-password-env both give the parents' password: pass one"
+            )
+        }
+        for text in options.parent {
+            var parent: ParentProxy
+            do {
+                parent = try ParentProxy(url: text)
+            } catch {
+                throw ServeError("--parent: \(error)")
+            }
+            if let sharedPassword {
+                guard parent.user != nil else {
+                    throw ServeError(
+                        "--parent \(parent.name) names no user for the password of --parent-password-file/-env: write http://USER@\(parent.name)"
+                    )
+                }
+                guard parent.password == nil else {
+                    throw ServeError(
+                        "--parent \(parent.name) has a password in its URL and one from --parent-password-file/-env: give it once"
+                    )
+                }
+                parent.password = sharedPassword
+            }
+            routing.parents.append(parent)
+        }
+        if routing.parents.isEmpty {
+            if options.parentAuth != nil || options.directFor != nil || sharedPassword != nil {
+                throw ServeError(
+                    "--parent-auth, --direct-for and --parent-password-file/-env are for --parent, which is not set"
+                )
+            }
+            return routing
+        }
+        if let list = options.parentAuth?.items, list != ["any"] {
+            var schemes = Set<ParentAuthScheme>()
+            for item in list {
+                guard let scheme = ParentAuthScheme(rawValue: item.lowercased()) else {
+                    throw ServeError("--parent-auth: '\(item)' is not any, basic, digest or ntlm")
+                }
+                schemes.insert(scheme)
+            }
+            routing.schemes = schemes
+        }
+        for item in options.directFor?.items ?? [] {
+            guard let pattern = AccessPolicy.HostPattern(item) else {
+                throw ServeError("--direct-for: '\(item)' is not a host name, *.suffix, IP address or CIDR block")
+            }
+            routing.directFor.append(pattern)
+        }
+        return routing
     }
 
     static func parseListen(_ text: String) throws -> SocketAddress {

@@ -104,7 +104,10 @@ import Testing
 
         var basicOnly = self.machine(allowed: [.basic])
         _ = basicOnly.start()
-        #expect(basicOnly.received(status: 407, challenges: offered, reusable: true) == .send(authorization: Self.basicAnswer))
+        #expect(
+            basicOnly.received(status: 407, challenges: offered, reusable: true)
+                == .send(authorization: Self.basicAnswer)
+        )
 
         var none = self.machine(allowed: [.basic])
         _ = none.start()
@@ -175,7 +178,12 @@ import Testing
     @Test func ntlmNegotiatesThenAuthenticatesOnTheSameConnection() throws {
         var m = self.machine()
         _ = m.start()
-        guard case .send(let negotiate?) = m.received(status: 407, challenges: try self.challenges("NTLM"), reusable: true)
+        guard
+            case .send(let negotiate?) = m.received(
+                status: 407,
+                challenges: try self.challenges("NTLM"),
+                reusable: true
+            )
         else {
             Issue.record("an NTLM NEGOTIATE expected")
             return
@@ -203,7 +211,8 @@ import Testing
             return
         }
         let type3 = try #require(Data(base64Encoded: String(authenticate.dropFirst(5))))
-        guard case .lookUpNTHash(let lookup) = acceptor.messageReceived(Array(type3), now: now, random: &generator) else {
+        guard case .lookUpNTHash(let lookup) = acceptor.messageReceived(Array(type3), now: now, random: &generator)
+        else {
             Issue.record("the acceptor should look the user up")
             return
         }

@@ -64,7 +64,11 @@ struct SettingSample: Sendable, CustomTestStringConvertible {
         SettingSample("http2-stream-window", ["--http2-stream-window", "70000"], "http2-stream-window: 70000") {
             $0.http2StreamWindow == (try? ByteCount(70000))
         },
-        SettingSample("http2-connection-window", ["--http2-connection-window", "80000"], "http2-connection-window: 80000") {
+        SettingSample(
+            "http2-connection-window",
+            ["--http2-connection-window", "80000"],
+            "http2-connection-window: 80000"
+        ) {
             $0.http2ConnectionWindow == (try? ByteCount(80000))
         },
         SettingSample("cert-user-from", text: "san-email") { $0.certUserFrom },
@@ -81,6 +85,25 @@ struct SettingSample: Sendable, CustomTestStringConvertible {
         },
         SettingSample("connect-ports", ["--connect-ports", "443,8443"], "connect-ports: [443, 8443]") {
             $0.connectPorts?.ports == [443, 8443]
+        },
+        SettingSample(
+            "parent",
+            ["--parent", "http://a@p1:3128", "--parent", "http://p2:8080"],
+            #"parent: ["http://a@p1:3128", "http://p2:8080"]"#
+        ) {
+            $0.parent == ["http://a@p1:3128", "http://p2:8080"]
+        },
+        SettingSample("parent-password-file", text: "/run/secrets/parent") { $0.parentPasswordFile },
+        SettingSample("parent-password-env", text: "PARENT_PASSWORD") { $0.parentPasswordEnv },
+        SettingSample("parent-auth", ["--parent-auth", "digest,ntlm"], "parent-auth: [digest, ntlm]") {
+            $0.parentAuth?.items == ["digest", "ntlm"]
+        },
+        SettingSample(
+            "direct-for",
+            ["--direct-for", "*.corp.example,10.0.0.0/8"],
+            "direct-for: [\"*.corp.example\", 10.0.0.0/8]"
+        ) {
+            $0.directFor?.items == ["*.corp.example", "10.0.0.0/8"]
         },
         SettingSample("allow-open-proxy", ["--no-allow-open-proxy"], "allow-open-proxy: false") {
             $0.allowOpenProxy == false

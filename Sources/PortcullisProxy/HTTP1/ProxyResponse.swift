@@ -115,6 +115,7 @@ extension ProxyResponse {
     /// Maps a failure to reach an origin to the response the client gets.
     static func upstreamConnectFailure(_ error: any Error, target: OriginAuthority) -> ProxyResponse {
         let name = "\(target.host):\(target.port)"
+        if let parent = error as? ParentError { return Self.parentFailure(parent) }
         if let resolution = Self.resolutionError(in: error) {
             switch resolution {
             case .destinationDenied:
@@ -166,6 +167,45 @@ extension ProxyResponse {
             details: "connect failed",
             message: "could not connect to \(name)."
         )
+    }
+
+    /// A request through the parents failed: a 502 (a 403 when the parent forbids the tunnel)
+    /// whose `Proxy-Status` names the parent and its answer — never the parent's own 407, which
+    /// would make the client send its secret for the wrong hop.
+    static func parentFailure(_ error: ParentError) -> ProxyResponse {
+        switch error {
+        case .unreachable(let parent, let underlying):
+            let timeout = Self.isTimeout(underlying)
+            return ProxyResponse(
+                status: .badGateway,
+                proxyError: timeout ? "connection_timeout" : "connection_refused",
+                details: "parent \(parent) unreachable",
+                message:
+                    "no parent proxy could be reached (the last one tried, \(parent), \(timeout ? "timed out" : "refused or failed the connection"))."
+            )
+        case .authentication(let parent, let failure):
+            return ProxyResponse(
+                status: .badGateway,
+                proxyError: "proxy_configuration_error",
+                details: "parent \(parent): \(failure.details)",
+                message:
+                    "the parent proxy \(parent) did not let this proxy through: \(failure.details). Check --parent's user and password and --parent-auth."
+            )
+        case .refusedTunnel(let parent, let status):
+            return ProxyResponse(
+                status: status == 403 ? .forbidden : .badGateway,
+                proxyError: status == 403 ? "http_request_denied" : "destination_unavailable",
+                details: "parent \(parent) answered \(status)",
+                message: "the parent proxy \(parent) answered the CONNECT with \(status)."
+            )
+        case .brokenAnswer(let parent, let reason):
+            return ProxyResponse(
+                status: .badGateway,
+                proxyError: "http_protocol_error",
+                details: "parent \(parent): \(reason)",
+                message: "the parent proxy \(parent) did not answer properly: \(reason)."
+            )
+        }
     }
 
     private static func resolutionError(in error: any Error) -> ResolutionError? {

@@ -12,7 +12,7 @@ import PortcullisAuth
 public final class ProxyMetrics: Sendable {
     public static let statusClasses = ["1xx", "2xx", "3xx", "4xx", "5xx"]
 
-    private let factory: any MetricsFactory
+    let factory: any MetricsFactory
     /// Indexed by `connect ? 5 : 0` + status class (1xx…5xx): no key built per request.
     private let requests: [Counter]
     /// `basic`/`ok`, the outcome of nearly every request, kept out of the locked table.

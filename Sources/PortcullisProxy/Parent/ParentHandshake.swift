@@ -32,7 +32,8 @@ enum ParentAuthFailure: Error, Equatable, Sendable {
         case .credentialsMissing(let offered):
             return "the parent asks for credentials (\(offered.joined(separator: ", "))) and none are configured"
         case .noCommonScheme(let offered):
-            return "the parent offers \(offered.isEmpty ? "no scheme" : offered.joined(separator: ", ")), none of which --parent-auth allows"
+            return
+                "the parent offers \(offered.isEmpty ? "no scheme" : offered.joined(separator: ", ")), none of which --parent-auth allows"
         case .credentialsRefused(let scheme):
             return "the parent refused the proxy's \(scheme.token) credentials"
         case .malformedChallenge(let scheme):

@@ -28,7 +28,9 @@ public struct ParentProxy: Sendable, Hashable, CustomStringConvertible {
             throw ParentURLError("is not a URL like http://USER:PASSWORD@HOST:PORT")
         }
         guard scheme == "http" else {
-            throw ParentURLError("uses \(scheme)://; parents are reached over http:// (TLS to a parent is not supported yet)")
+            throw ParentURLError(
+                "uses \(scheme)://; parents are reached over http:// (TLS to a parent is not supported yet)"
+            )
         }
         guard let host = components.host, !host.isEmpty else { throw ParentURLError("names no host") }
         guard (components.path.isEmpty || components.path == "/"), components.query == nil, components.fragment == nil

@@ -5,13 +5,28 @@ extension ProxyConnectionHandler {
     func openTunnel(_ exchange: ProxyExchange, to authority: OriginAuthority, attempt: UInt64) {
         let (clientGlue, upstreamGlue) = TunnelGlueHandler.matchedPair()
         let glue = NIOLoopBound(upstreamGlue, eventLoop: self.context.eventLoop)
-        self.connectUpstream(for: exchange, to: authority, isTunnel: true) { channel in
+        let initializer: @Sendable (any Channel) -> EventLoopFuture<Void> = { channel in
             channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandler(glue.value)
             }
         }
-        .assumeIsolated()
-        .whenComplete { result in
+        let connecting: EventLoopFuture<any Channel>
+        if let parents = self.parents(for: authority) {
+            if let refusal = self.parentRouteRefusal(exchange, to: authority) {
+                connecting = self.context.eventLoop.makeFailedFuture(refusal)
+            } else {
+                connecting = self.parentConnector(parents)
+                    .connectTunnel(
+                        to: Self.connectTarget(authority),
+                        on: self.context.eventLoop,
+                        initializer: initializer
+                    )
+                    .map { channel, _ in channel }
+            }
+        } else {
+            connecting = self.connectUpstream(for: exchange, to: authority, isTunnel: true, initializer: initializer)
+        }
+        connecting.assumeIsolated().whenComplete { result in
             let now = self.currentTime
             switch result {
             case .success(let channel):
