@@ -108,6 +108,7 @@ import Testing
             case .gating: return "gating"
             case .connecting: return "connecting"
             case .awaitingHead: return "awaitingHead"
+            case .skippingChallenge: return "skippingChallenge"
             case .relaying: return "relaying"
             case .sent: return "sent"
             }

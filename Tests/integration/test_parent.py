@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import urllib.parse
 
 import pytest
@@ -119,3 +120,117 @@ def test_curl_through_the_bridge_without_credentials_of_its_own(launcher, tls_or
                        "--connect-ports", tls_origin.port, htpasswd=None)
     r = run_curl(["-sS", "-k", "--proxy", f"http://127.0.0.1:{p.port}", f"https://127.0.0.1:{tls_origin.port}/"])
     assert r.returncode == 0, r.stderr
+
+
+def get_through(p, url: str, headers=(AUTH,), method="GET", body=b""):
+    with p.conn() as c:
+        hs = list(headers)
+        if body:
+            hs.append(("Content-Length", str(len(body))))
+        c.send(build_request(method, url, hs, body=body))
+        return c.read_response(method)
+
+
+@pytest.mark.parametrize("kind", ["basic", "digest"])
+def test_plain_requests_through_an_authenticating_squid(launcher, origin, squid_parent_basic,
+                                                        squid_parent_digest, kind):
+    parent = squid_parent_basic if kind == "basic" else squid_parent_digest
+    p = launcher.start("--parent", parent_url(parent))
+    for i in range(4):
+        r = get_through(p, f"{origin.base}/headers?n={i}")
+        assert r.status == 200, r.describe()
+        seen = json.loads(r.body)
+        names = [k.lower() for k, _ in seen["headers"]]
+        # Neither the client's credentials nor the bridge's reach the origin.
+        assert "proxy-authorization" not in names, seen
+        assert seen["target"] == f"/headers?n={i}"
+    # Once the scheme is known, a request with a body goes through on the first try.
+    r = get_through(p, f"{origin.base}/upload", method="POST", body=b"x" * 1000)
+    assert r.status == 200, r.describe()
+    assert json.loads(r.body)["length"] == 1000
+
+
+def test_plain_request_with_a_wrong_parent_password_is_a_502(launcher, origin, squid_parent_digest):
+    p = launcher.start("--parent", parent_url(squid_parent_digest, password="wrong-password"))
+    r = get_through(p, f"{origin.base}/text")
+    assert r.status == 502, r.describe()
+    assert "refused the proxy's Digest credentials" in r.header("Proxy-Status")
+    assert not r.header_all("Proxy-Authenticate")
+    assert origin.requests == []
+
+
+def test_a_body_before_the_scheme_is_known_gets_a_502_that_says_why(launcher, origin, squid_parent_basic):
+    p = launcher.start("--parent", parent_url(squid_parent_basic))
+    r = get_through(p, f"{origin.base}/upload", method="POST", body=b"y" * 10)
+    assert r.status == 502, r.describe()
+    assert "after the request body went out" in r.header("Proxy-Status")
+    # The 407 taught the scheme: the same request now goes through.
+    r = get_through(p, f"{origin.base}/upload", method="POST", body=b"y" * 10)
+    assert r.status == 200, r.describe()
+
+
+class RecordingParent:
+    """A parent proxy that answers every request with a 407 asking for Basic until the request
+    carries the bridge's credentials, then 200; it records every request head it got."""
+
+    def __init__(self):
+        self.heads: list[bytes] = []
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(8)
+        self.port = self.server.getsockname()[1]
+        self.expected = "Basic " + __import__("base64").b64encode(
+            f"{PARENT_USER}:{PARENT_PASSWORD}".encode()).decode()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        buf = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                self.heads.append(head)
+                if f"Proxy-Authorization: {self.expected}".encode() in head:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                else:
+                    body = b"auth please"
+                    conn.sendall(b'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="p"\r\n'
+                                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def close(self):
+        self.server.close()
+
+
+def test_the_parent_gets_the_bridges_credentials_and_never_the_clients(launcher):
+    parent = RecordingParent()
+    try:
+        p = launcher.start("--parent", parent_url(parent))
+        target = "http://origin.invalid:8080/a?b=c"
+        r = get_through(p, target)
+        assert r.status == 200 and r.body == b"ok", r.describe()
+        r = get_through(p, target)
+        assert r.status == 200, r.describe()
+        first, second, third = parent.heads[:3]
+        # Absolute-form to the parent, and the client's own Basic token nowhere.
+        assert first.startswith(b"GET http://origin.invalid:8080/a?b=c HTTP/1.1\r\n"), first
+        assert b"Proxy-Authorization" not in first
+        assert parent.expected.encode() in second
+        for head in parent.heads:
+            assert basic().encode() not in head, head
+        # The third (a new client request) carried the credentials at once: Basic is remembered.
+        assert parent.expected.encode() in third
+        assert len(parent.heads) == 3
+    finally:
+        parent.close()

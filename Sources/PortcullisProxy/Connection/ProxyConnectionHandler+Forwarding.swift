@@ -4,6 +4,10 @@ import NIOCore
 // Forwarding of absolute-form requests over pooled upstream connections.
 extension ProxyConnectionHandler {
     func forward(_ exchange: ProxyExchange, to authority: OriginAuthority, pathAndQuery: String, now: NIODeadline) {
+        if let parents = self.parents(for: authority) {
+            self.forwardThroughParent(exchange, parents, to: authority, pathAndQuery: pathAndQuery, now: now)
+            return
+        }
         Self.dropIfLarge(&self.upstreamHeadBuffer)
         HeaderRewriter.writeUpstreamRequestHead(
             exchange.head,
@@ -27,6 +31,10 @@ extension ProxyConnectionHandler {
     }
 
     func connectUpstream(_ exchange: ProxyExchange, to authority: OriginAuthority, attempt: UInt64) {
+        if exchange.parent != nil {
+            self.connectToParent(exchange, for: authority, attempt: attempt)
+            return
+        }
         let upstream = UpstreamHandler()
         // Set up on this event loop, the one the new channel is created on.
         let handler = NIOLoopBound(upstream, eventLoop: self.context.eventLoop)
@@ -97,6 +105,7 @@ extension ProxyConnectionHandler {
 
     /// Sends the request head over `upstream`; body bytes already read follow at once.
     func send(_ exchange: ProxyExchange, over upstream: UpstreamHandler, now: NIODeadline) {
+        if let parent = exchange.parent { self.writeParentRequestHead(exchange, parent, over: upstream) }
         guard let head = exchange.upstreamHead else { return }
         upstream.attach(to: self)
         upstream.clientIsHTTP10 = exchange.isHTTP10
@@ -125,6 +134,7 @@ extension ProxyConnectionHandler {
                 self.context.write(self.wrapOutboundOut(line), promise: nil)
             }
         case .head(let head, let framing):
+            if let parent = exchange.parent, self.parentAnswered(head, framing: framing, exchange, parent) { return }
             let forcesClose: Bool
             switch framing {
             // An HTTP/1.0 client gets a chunked or close-delimited body decoded and delimited
@@ -168,6 +178,10 @@ extension ProxyConnectionHandler {
                 self.context.write(self.wrapOutboundOut(buffer), promise: nil)
             }
         case .end:
+            if exchange.parent != nil, self.machine.isSkippingChallenge, let upstream = self.machine.upstream {
+                self.sendAgainToParent(exchange, after: upstream)
+                return
+            }
             self.writeHeldHead()
             // One clock read for the pool, the log and the idle timer.
             let now = self.currentTime

@@ -62,7 +62,7 @@ extension ProxyConnectionStateMachine {
             watch?.progressed = true
             exchange.request = .receiving(watch)
             switch exchange.response {
-            case .awaitingHead(let upstream, _, _), .relaying(let upstream):
+            case .awaitingHead(let upstream, _, _), .relaying(let upstream), .skippingChallenge(let upstream, _):
                 if let limit = self.settings.maximumRequestBody, exchange.record.requestBodyBytes > limit {
                     // A chunked body that grew past the limit: stopped before it all reaches the origin.
                     exchange.closeAfter = true
@@ -119,7 +119,7 @@ extension ProxyConnectionStateMachine {
             switch exchange.response {
             case .relaying, .sent:
                 return self.close()
-            case .gating, .connecting, .awaitingHead:
+            case .gating, .connecting, .awaitingHead, .skippingChallenge:
                 exchange.closeAfter = true
                 exchange.request = .ended
                 self.state = .exchange(exchange)
@@ -190,7 +190,7 @@ extension ProxyConnectionStateMachine {
         case .relaying, .sent:
             // Part of a response is already with the client: closing is the only signal left.
             return self.close()
-        case .awaitingHead(let upstream, _, _):
+        case .awaitingHead(let upstream, _, _), .skippingChallenge(let upstream, _):
             abandon = upstream
         case .gating, .connecting:
             break

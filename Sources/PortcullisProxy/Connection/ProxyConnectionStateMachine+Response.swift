@@ -65,7 +65,8 @@ extension ProxyConnectionStateMachine {
     var upstream: Upstream? {
         guard case .exchange(let exchange) = self.state else { return nil }
         switch exchange.response {
-        case .awaitingHead(let upstream, _, _), .relaying(let upstream): return upstream
+        case .awaitingHead(let upstream, _, _), .relaying(let upstream), .skippingChallenge(let upstream, _):
+            return upstream
         case .gating, .connecting, .sent: return nil
         }
     }
@@ -127,9 +128,65 @@ extension ProxyConnectionStateMachine {
                 ),
                 now: now
             )
+        case .skippingChallenge:
+            return self.respond(
+                protocolError
+                    ?? ProxyResponse(
+                        status: .badGateway,
+                        proxyError: "connection_terminated",
+                        details: "parent closed in the middle of its 407",
+                        message: "the parent proxy closed the connection in the middle of its 407 answer."
+                    ),
+                now: now
+            )
         case .gating, .connecting, .sent:
             return .none
         }
+    }
+
+    // MARK: - A parent's 407
+
+    /// A parent answered the request with a 407 that the proxy answers itself. The request can
+    /// go again only if none of its body went out (it is not kept): then the 407's own body is
+    /// dropped and ``challengeSkipped(reuse:now:)`` sends the request again. False: the
+    /// caller answers the client itself.
+    mutating func parentChallenged() -> Bool {
+        guard case .exchange(var exchange) = self.state,
+            case .awaitingHead(let upstream, let deadline, _) = exchange.response,
+            case .ended = exchange.request, exchange.record.requestBodyBytes == 0
+        else { return false }
+        exchange.response = .skippingChallenge(upstream, deadline: deadline)
+        self.state = .exchange(exchange)
+        return true
+    }
+
+    /// The parent's 407 ended: the request goes again on the same connection (`reuse`), or on
+    /// a new one.
+    mutating func challengeSkipped(reuse: Bool, now: NIODeadline) -> Action {
+        guard case .exchange(var exchange) = self.state, case .skippingChallenge(let upstream, _) = exchange.response
+        else { return .none }
+        if reuse {
+            exchange.response = .awaitingHead(
+                upstream,
+                deadline: now + self.settings.upstreamResponseTimeout,
+                pooled: false
+            )
+            self.state = .exchange(exchange)
+            return .sendRequest(exchange.record, over: upstream)
+        }
+        guard case .absolute(let authority, _) = exchange.record.target else { return self.close() }
+        let attempt = self.nextAttempt()
+        exchange.response = .connecting(attempt: attempt, tunnel: false)
+        self.state = .exchange(exchange)
+        return .connect(exchange.record, authority, attempt: attempt, tunnel: false)
+    }
+
+    /// Whether the parent's 407 for the current request is being dropped.
+    var isSkippingChallenge: Bool {
+        guard case .exchange(let exchange) = self.state, case .skippingChallenge = exchange.response else {
+            return false
+        }
+        return true
     }
 
     // MARK: - Deadlines
@@ -147,8 +204,11 @@ extension ProxyConnectionStateMachine {
             case .receiving(let watch?), .discarding(let watch?, _): next = watch.deadline
             case .receiving(nil), .discarding(nil, _), .ended: break
             }
-            if case .awaitingHead(_, let deadline, _) = exchange.response {
+            switch exchange.response {
+            case .awaitingHead(_, let deadline, _), .skippingChallenge(_, let deadline):
                 next = min(next ?? deadline, deadline)
+            case .gating, .connecting, .relaying, .sent:
+                break
             }
             return next
         case .tunnel, .closed:
@@ -197,7 +257,12 @@ extension ProxyConnectionStateMachine {
                 break
             }
             self.state = .exchange(exchange)
-            if case .awaitingHead(_, let deadline, _) = exchange.response, deadline <= now {
+            let headDeadline: NIODeadline?
+            switch exchange.response {
+            case .awaitingHead(_, let deadline, _), .skippingChallenge(_, let deadline): headDeadline = deadline
+            case .gating, .connecting, .relaying, .sent: headDeadline = nil
+            }
+            if let headDeadline, headDeadline <= now {
                 return self.respond(
                     ProxyResponse(
                         status: .gatewayTimeout,
@@ -226,7 +291,7 @@ extension ProxyConnectionStateMachine {
             // A response that already went out whole (a 407 while its body was being dropped)
             // still gets to leave before the close.
             return self.close(afterResponse: true)
-        case .gating, .connecting, .awaitingHead:
+        case .gating, .connecting, .awaitingHead, .skippingChallenge:
             exchange.closeAfter = true
             exchange.request = .ended
             self.state = .exchange(exchange)

@@ -73,6 +73,9 @@ struct ProxyConnectionStateMachine<Upstream: AnyObject> {
         case connecting(attempt: UInt64, tunnel: Bool)
         /// The request went upstream; its response head is due by `deadline`.
         case awaitingHead(Upstream, deadline: NIODeadline, pooled: Bool)
+        /// A parent proxy answered with a 407 the proxy answers itself: that answer's body is
+        /// read and dropped, then the request goes again (``challengeSkipped(reuse:now:)``).
+        case skippingChallenge(Upstream, deadline: NIODeadline)
         /// The response head went to the client; the rest follows.
         case relaying(Upstream)
         /// The whole response was handed to the channel.
@@ -198,7 +201,7 @@ struct ProxyConnectionStateMachine<Upstream: AnyObject> {
         switch self.state {
         case .exchange(let exchange):
             switch exchange.response {
-            case .awaitingHead(let upstream, _, _):
+            case .awaitingHead(let upstream, _, _), .skippingChallenge(let upstream, _):
                 return (exchange.record, upstream, true)
             case .relaying(let upstream):
                 return (exchange.record, upstream, true)
@@ -223,7 +226,7 @@ struct ProxyConnectionStateMachine<Upstream: AnyObject> {
         case .exchange(let exchange):
             unlogged = exchange.record
             switch exchange.response {
-            case .awaitingHead(let upstream, _, _), .relaying(let upstream):
+            case .awaitingHead(let upstream, _, _), .relaying(let upstream), .skippingChallenge(let upstream, _):
                 abandon = upstream
             case .gating, .connecting, .sent:
                 break
@@ -282,7 +285,7 @@ struct ProxyConnectionStateMachine<Upstream: AnyObject> {
             switch exchange.response {
             case .gating, .connecting:
                 return .closed
-            case .awaitingHead(let upstream, _, _), .relaying(let upstream):
+            case .awaitingHead(let upstream, _, _), .relaying(let upstream), .skippingChallenge(let upstream, _):
                 if case .receiving = exchange.request { return .openIfWritable(upstream) }
                 return .openIfNothingBuffered
             case .sent:
@@ -304,7 +307,8 @@ struct ProxyConnectionStateMachine<Upstream: AnyObject> {
             switch (exchange.response, exchange.request) {
             case (_, .ended), (.gating, _), (.connecting, _):
                 return .closed
-            case (.awaitingHead(let upstream, _, _), _), (.relaying(let upstream), _):
+            case (.awaitingHead(let upstream, _, _), _), (.relaying(let upstream), _),
+                (.skippingChallenge(let upstream, _), _):
                 return .openIfWritable(upstream)
             case (.sent, _):
                 return .open

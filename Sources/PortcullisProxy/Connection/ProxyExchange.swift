@@ -20,6 +20,9 @@ final class ProxyExchange {
     /// in `Authorization` or `WWW-Authenticate`): the connection stays with this client
     /// connection and never goes to the shared pool, where another user could get it.
     var pinsUpstream = false
+    /// The parent proxy the request goes through, and the state of its 407 (nil: straight to
+    /// the origin).
+    var parent: ParentRequest?
 
     // For the access log and metrics. The clock is read three times per forwarded request (here,
     // when it goes upstream, when it ends), not at every step: `started` also serves the gate's

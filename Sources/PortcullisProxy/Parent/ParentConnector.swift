@@ -175,7 +175,7 @@ struct ParentConnector: Sendable {
                 switch answer {
                 case .established(let leftover):
                     _ = handshake.received(status: 200, challenges: [], reusable: true)
-                    self.parents.remember(handshake.memory, for: index)
+                    if let memory = handshake.memory { self.parents.remember(memory, for: index) }
                     self.parents.counted(index, scheme: Self.scheme(of: handshake.memory), failure: nil)
                     self.takeOver(
                         channel,

@@ -1,4 +1,5 @@
 import NIOCore
+import PortcullisAuth
 
 // Requests that go through a parent proxy rather than straight to their origin.
 extension ProxyConnectionHandler {
@@ -46,5 +47,186 @@ extension ProxyConnectionHandler {
     /// `host:port` as a CONNECT names it (an IPv6 literal in brackets).
     static func connectTarget(_ authority: OriginAuthority) -> String {
         authority.host.contains(":") ? "[\(authority.host)]:\(authority.port)" : "\(authority.host):\(authority.port)"
+    }
+}
+
+// Plain requests through a parent: absolute-form over pooled keep-alive connections to it,
+// with the parent's 407 answered by sending the request again (requests without a body).
+extension ProxyConnectionHandler {
+    func forwardThroughParent(
+        _ exchange: ProxyExchange,
+        _ parents: ParentSet,
+        to authority: OriginAuthority,
+        pathAndQuery: String,
+        now: NIODeadline
+    ) {
+        let request = ParentRequest(
+            parents: parents,
+            index: parents.candidates(now: now).first ?? 0,
+            absoluteURI: "http://\(authority.hostHeader)\(pathAndQuery)"
+        )
+        exchange.parent = request
+        exchange.upstreamKey = request.poolKey
+        exchange.pinsUpstream = exchange.head.carriesConnectionAuthentication("authorization")
+        if self.parentRouteRefusal(exchange, to: authority) == nil,
+            let upstream = self.pool.acquire(request.poolKey, now: now)
+        {
+            if case .sendRequest(let exchange, let upstream) = self.machine.upstreamAcquired(upstream, now: now) {
+                self.send(exchange, over: upstream, now: now)
+            }
+        } else {
+            // A refused destination fails in the connect, like a resolver's refusal.
+            self.execute(self.machine.upstreamNeeded(authority))
+        }
+    }
+
+    func connectToParent(_ exchange: ProxyExchange, for authority: OriginAuthority, attempt: UInt64) {
+        guard let request = exchange.parent else { return }
+        if let refusal = self.parentRouteRefusal(exchange, to: authority) {
+            self.connectFailed(attempt: attempt, error: refusal, to: authority, now: self.currentTime)
+            return
+        }
+        let upstream = UpstreamHandler()
+        let handler = NIOLoopBound(upstream, eventLoop: self.context.eventLoop)
+        self.parentConnector(request.parents).connect(on: self.context.eventLoop) { channel in
+            channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(handler.value) }
+        }
+        .assumeIsolated()
+        .whenComplete { result in
+            let now = self.currentTime
+            switch result {
+            case .success(let (channel, index)):
+                if index != request.index {
+                    // Failed over: the new parent's 407 starts afresh.
+                    request.index = index
+                    request.handshake = nil
+                    request.nextAuthorization = nil
+                    exchange.upstreamKey = request.poolKey
+                }
+                switch self.machine.upstreamConnected(attempt: attempt, upstream, now: now) {
+                case .sendRequest(let exchange, let upstream):
+                    self.send(exchange, over: upstream, now: now)
+                case .discardConnection:
+                    channel.close(promise: nil)
+                case let action:
+                    self.execute(action)
+                }
+            case .failure(let error):
+                self.connectFailed(attempt: attempt, error: error, to: authority, now: now)
+            }
+        }
+    }
+
+    /// The request head for the parent: absolute-form, with this proxy's `Proxy-Authorization`
+    /// when the parent's 407 calls for one (the client's own never goes on).
+    func writeParentRequestHead(_ exchange: ProxyExchange, _ request: ParentRequest, over upstream: UpstreamHandler) {
+        guard case .absolute(let authority, _) = exchange.target else { return }
+        let authorization: String?
+        if let next = request.nextAuthorization {
+            authorization = next
+            request.nextAuthorization = nil
+        } else {
+            var handshake = ParentHandshake(
+                method: String(decoding: exchange.head.methodBytes, as: UTF8.self),
+                uri: request.absoluteURI,
+                credentials: request.parents.credentials(of: request.index),
+                allowed: request.parents.routing.schemes,
+                memory: upstream.parentConnectionAuthenticated ? nil : request.parents.takeMemory(request.index)
+            )
+            if case .send(let first) = handshake.start() { authorization = first } else { authorization = nil }
+            request.handshake = handshake
+        }
+        var head = ByteBuffer()
+        HeaderRewriter.writeUpstreamRequestHead(
+            exchange.head,
+            pathAndQuery: request.absoluteURI,
+            hostHeader: authority.hostHeader,
+            into: &head
+        )
+        if let authorization {
+            // In before the empty line that ends the head.
+            head.moveWriterIndex(to: head.writerIndex - 2)
+            head.writeStaticString("Proxy-Authorization: ")
+            head.writeString(authorization)
+            head.writeStaticString("\r\n\r\n")
+        }
+        exchange.upstreamHead = head
+    }
+
+    /// The parent's answer head. A 407 is the proxy's to answer: true when it is handled here
+    /// (the request will go again, or the client gets a 502); false to relay the answer.
+    func parentAnswered(
+        _ head: ResponseHead,
+        framing: ResponseFramer.Framing,
+        _ exchange: ProxyExchange,
+        _ request: ParentRequest
+    ) -> Bool {
+        guard var handshake = request.handshake else { return false }
+        let closes =
+            head.minorVersion == 0 || framing == .untilClose
+            || head.values(named: "connection").contains { $0.lowercased().contains("close") }
+        let parents = request.parents
+        guard head.status == 407 else {
+            _ = handshake.received(status: head.status, challenges: [], reusable: !closes)
+            request.handshake = handshake
+            if let memory = handshake.memory {
+                parents.remember(memory, for: request.index)
+                if memory == .ntlm, let upstream = self.machine.upstream {
+                    upstream.parentConnectionAuthenticated = true
+                }
+            }
+            parents.counted(request.index, scheme: ParentConnector.scheme(of: handshake.memory), failure: nil)
+            return false
+        }
+        let challenges = (try? ChallengeParser.parse(fieldValues: head.values(named: "proxy-authenticate"))) ?? []
+        let action = handshake.received(status: 407, challenges: challenges, reusable: !closes)
+        request.handshake = handshake
+        let failure: ParentAuthFailure
+        switch action {
+        case .send(let authorization), .sendOnNewConnection(let authorization):
+            if let memory = handshake.memory { parents.remember(memory, for: request.index) }
+            if self.machine.parentChallenged() {
+                request.nextAuthorization = .some(authorization)
+                if case .sendOnNewConnection = action { request.sendOnNewConnection = true }
+                if closes { request.sendOnNewConnection = true }
+                return true
+            }
+            self.execute(
+                self.machine.upstreamClosed(
+                    protocolError: ProxyResponse(
+                        status: .badGateway,
+                        proxyError: "proxy_internal_response",
+                        details: "parent \(request.parent.name) asked for credentials after the request body went out",
+                        message:
+                            "the parent proxy \(request.parent.name) asked for credentials for a request whose body had already been sent; it cannot be sent again. The next request starts with the credentials."
+                    ),
+                    now: self.currentTime
+                )
+            )
+            return true
+        case .fail(let reason):
+            failure = reason
+        case .done:
+            return false
+        }
+        parents.remember(nil, for: request.index)
+        parents.counted(request.index, scheme: nil, failure: failure)
+        self.execute(
+            self.machine.upstreamClosed(
+                protocolError: ProxyResponse.parentFailure(.authentication(parent: request.parent.name, failure)),
+                now: self.currentTime
+            )
+        )
+        return true
+    }
+
+    /// The parent's 407 has been read: the request goes again with the answer, on the same
+    /// connection or a new one.
+    func sendAgainToParent(_ exchange: ProxyExchange, after upstream: UpstreamHandler) {
+        let reuse = exchange.parent?.sendOnNewConnection != true && upstream.isReusable
+        exchange.parent?.sendOnNewConnection = false
+        upstream.detach()
+        if !reuse { upstream.close() }
+        self.execute(self.machine.challengeSkipped(reuse: reuse, now: self.currentTime))
     }
 }

@@ -25,6 +25,9 @@ final class UpstreamHandler: ChannelDuplexHandler {
     weak var pool: UpstreamPool?
     var poolKey: UpstreamPool.Key?
     var idleSince = NIODeadline.now()
+    /// A parent proxy authenticated this connection itself (NTLM): requests on it need no
+    /// `Proxy-Authorization` of their own.
+    var parentConnectionAuthenticated = false
     /// The owner's client speaks HTTP/1.0: chunked response bodies are decoded for it.
     var clientIsHTTP10 = false
     private(set) var context: ChannelHandlerContext?

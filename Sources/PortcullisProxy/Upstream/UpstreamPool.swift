@@ -5,6 +5,8 @@ final class UpstreamPool {
     struct Key: Hashable {
         var host: String
         var port: Int
+        /// A connection to a parent proxy (absolute-form requests), not to an origin.
+        var viaParent = false
     }
 
     private var idle: [Key: [UpstreamHandler]] = [:]

@@ -1,0 +1,30 @@
+import NIOCore
+import PortcullisAuth
+
+/// A plain (absolute-form) request on its way through a parent proxy: which parent, and where
+/// the answer to its 407 stands.
+final class ParentRequest {
+    let parents: ParentSet
+    /// The parent in use (the first one up; another after a failover).
+    var index: Int
+    /// The request target as the parent gets it (`http://host:port/path?query`).
+    let absoluteURI: String
+    var handshake: ParentHandshake?
+    /// The next send's `Proxy-Authorization` (nil inside: none), decided by the handshake
+    /// after a 407; nil before the first send.
+    var nextAuthorization: String??
+    /// The parent closes after its 407, or the handshake asked for a new connection.
+    var sendOnNewConnection = false
+
+    init(parents: ParentSet, index: Int, absoluteURI: String) {
+        self.parents = parents
+        self.index = index
+        self.absoluteURI = absoluteURI
+    }
+
+    var parent: ParentProxy { self.parents.parents[self.index] }
+
+    var poolKey: UpstreamPool.Key {
+        UpstreamPool.Key(host: self.parent.host, port: self.parent.port, viaParent: true)
+    }
+}
