@@ -11,7 +11,7 @@ import urllib.parse
 import pytest
 
 from portcullis_helpers import (
-    PASSWORD, USER, assert_proxy_status, basic, build_request, free_port, run_curl,
+    PASSWORD, USER, assert_proxy_status, basic, build_request, free_port, run_curl, wait_until,
 )
 from peers import module_peers, peers, squid_basic, squid_digest  # noqa: F401 - fixtures
 
@@ -234,3 +234,37 @@ def test_the_parent_gets_the_bridges_credentials_and_never_the_clients(launcher)
         assert len(parent.heads) == 3
     finally:
         parent.close()
+
+
+def test_portcullis_as_an_ntlm_parent_plain_and_connect(launcher, tmp_path, origin, echo_origin):
+    """The corporate side speaks only NTLM (here Portcullis itself with an NTLM-enrolled user);
+    the bridge answers its challenge: a plain request authenticates the parent connection once
+    and later requests on it need nothing; a CONNECT does the handshake on its own connection."""
+    from test_negotiate_ntlm import access_lines, add_user
+    data = tmp_path / "data"
+    add_user(data, PARENT_USER, PARENT_PASSWORD, "--ntlm")
+    log = tmp_path / "parent-access.log"
+    corp = launcher.start("--auth", "ntlm", "--data-dir", data, "--access-log", log,
+                          "--connect-ports", echo_origin.port, htpasswd=None)
+    p = launcher.start("--connect-ports", echo_origin.port,
+                       "--parent", parent_url(corp, user=f"CORP\\{PARENT_USER}"))
+    with p.conn() as c:
+        for i in range(3):
+            c.send(build_request("GET", f"{origin.base}/text?{i}", [AUTH]))
+            r = c.read_response("GET")
+            assert r.status == 200, r.describe()
+    c, r = connect_through(p, echo_origin.port)
+    with c:
+        assert r.status == 200, r.describe()
+        c.send(b"ntlm tunnel\n")
+        assert c.read_exact(12) == b"ntlm tunnel\n"
+    # The tunnel's line is written once both of its sides have closed.
+    wait_until(lambda: len(access_lines(log)) >= 7, 10, what="the parent's access log")
+    lines = access_lines(log)
+    statuses = [line[3].split("/")[1] for line in lines]
+    users = [line[7] for line in lines]
+    # Plain: a 407 (bare NTLM), a 407 (CHALLENGE), then three 200 as the bridge's user on one
+    # authenticated connection; CONNECT: 407, 200 (the NEGOTIATE went pre-emptively).
+    assert statuses.count("200") == 4, lines
+    assert all(u == PARENT_USER for u, s in zip(users, statuses) if s == "200"), lines
+    assert statuses.count("407") == 3, lines
