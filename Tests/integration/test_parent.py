@@ -268,3 +268,20 @@ def test_portcullis_as_an_ntlm_parent_plain_and_connect(launcher, tmp_path, orig
     assert statuses.count("200") == 4, lines
     assert all(u == PARENT_USER for u, s in zip(users, statuses) if s == "200"), lines
     assert statuses.count("407") == 3, lines
+
+
+def test_parents_that_route_back_make_a_508_not_an_endless_loop(launcher, origin, echo_origin):
+    a_port, b_port = free_port(), free_port()
+    a = launcher.start("--auth", "none", "--parent", f"http://127.0.0.1:{b_port}",
+                       "--connect-ports", echo_origin.port, listen=[f"127.0.0.1:{a_port}"], htpasswd=None)
+    launcher.start("--auth", "none", "--parent", f"http://127.0.0.1:{a_port}", "--connect-ports", echo_origin.port,
+                   listen=[f"127.0.0.1:{b_port}"], htpasswd=None)
+    r = get_through(a, f"{origin.base}/text", headers=())
+    assert r.status == 508, r.describe()
+    assert_proxy_status(r, error="proxy_loop_detected")
+    c, r = connect_through(a, echo_origin.port, headers=())
+    with c:
+        # A refuses the looped CONNECT with a 508; B tells A "parent answered 508" in a 502,
+        # which A passes on as its parent's answer: one round, not an endless one.
+        assert r.status == 502 and "answered 502" in r.header("Proxy-Status"), r.describe()
+    assert origin.requests == [] and echo_origin.connections_accepted == 0

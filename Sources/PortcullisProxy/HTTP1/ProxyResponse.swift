@@ -174,6 +174,13 @@ extension ProxyResponse {
     /// would make the client send its secret for the wrong hop.
     static func parentFailure(_ error: ParentError) -> ProxyResponse {
         switch error {
+        case .loop:
+            return ProxyResponse(
+                status: .loopDetected,
+                proxyError: "proxy_loop_detected",
+                details: "request came back through this proxy",
+                message: "this request already went through this proxy: its parent proxies route back to it (check --parent and the parents' own parents)."
+            )
         case .unreachable(let parent, let underlying):
             let timeout = Self.isTimeout(underlying)
             return ProxyResponse(

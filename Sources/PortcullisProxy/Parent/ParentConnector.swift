@@ -7,6 +7,8 @@ enum ParentError: Error, CustomStringConvertible {
     case unreachable(parent: String, underlying: any Error)
     /// The parent's 407 could not be answered, or it refused the answer.
     case authentication(parent: String, ParentAuthFailure)
+    /// The request already went through this proxy on its way to a parent: a loop.
+    case loop
     /// The parent answered the CONNECT with something else than 2xx or 407.
     case refusedTunnel(parent: String, status: Int)
     /// The parent's answer to the CONNECT was not valid HTTP/1.1, or did not come in time.
@@ -15,6 +17,7 @@ enum ParentError: Error, CustomStringConvertible {
     var description: String {
         switch self {
         case .unreachable(let parent, let error): return "parent \(parent) unreachable: \(error)"
+        case .loop: return "the request came back through this proxy: its parents route to it"
         case .authentication(let parent, let failure): return "parent \(parent): \(failure.details)"
         case .refusedTunnel(let parent, let status): return "parent \(parent) answered the CONNECT with \(status)"
         case .brokenAnswer(let parent, let reason): return "parent \(parent): \(reason)"
@@ -89,17 +92,26 @@ struct ParentConnector: Sendable {
     /// 200 are passed to them.
     func connectTunnel(
         to target: String,
+        via: [String],
         on eventLoop: any EventLoop,
         initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
     ) -> EventLoopFuture<(any Channel, Int)> {
         let promise = eventLoop.makePromise(of: (any Channel, Int).self)
-        self.attempt(target: target, handshake: nil, on: eventLoop, initializer: initializer, promise: promise)
+        self.attempt(
+            target: target,
+            via: via,
+            handshake: nil,
+            on: eventLoop,
+            initializer: initializer,
+            promise: promise
+        )
         return promise.futureResult
     }
 
     /// One connection's try: connect (failing over), then send the CONNECT as `handshake` says.
     private func attempt(
         target: String,
+        via: [String],
         handshake existing: ParentHandshake?,
         fixedParent: Int? = nil,
         authorization: String?? = nil,
@@ -108,7 +120,11 @@ struct ParentConnector: Sendable {
         promise: EventLoopPromise<(any Channel, Int)>
     ) {
         let answers = NIOLoopBound(
-            ParentTunnelHandshakeHandler(target: target, timeout: self.answerTimeout),
+            ParentTunnelHandshakeHandler(
+                target: target,
+                via: (via + ["1.1 \(self.parents.viaName)"]).joined(separator: ", "),
+                timeout: self.answerTimeout
+            ),
             eventLoop: eventLoop
         )
         let connecting: EventLoopFuture<(any Channel, Int)>
@@ -148,6 +164,7 @@ struct ParentConnector: Sendable {
                     index: index,
                     answers: answers.value,
                     target: target,
+                    via: via,
                     initializer: initializer,
                     promise: promise
                 )
@@ -164,6 +181,7 @@ struct ParentConnector: Sendable {
         index: Int,
         answers: ParentTunnelHandshakeHandler,
         target: String,
+        via: [String],
         initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>,
         promise: EventLoopPromise<(any Channel, Int)>
     ) {
@@ -199,6 +217,7 @@ struct ParentConnector: Sendable {
                         index: index,
                         answers: answers,
                         target: target,
+                        via: via,
                         initializer: initializer,
                         promise: promise
                     )
@@ -216,6 +235,7 @@ struct ParentConnector: Sendable {
             channel.close(promise: nil)
             self.attempt(
                 target: target,
+                via: via,
                 handshake: handshake,
                 fixedParent: index,
                 authorization: .some(authorization),
@@ -286,6 +306,8 @@ final class ParentTunnelHandshakeHandler: ChannelInboundHandler, RemovableChanne
     static let maximumHead = 64 * 1024
 
     private let target: String
+    /// The `Via` value sent: the client's hops, then this proxy's.
+    private let via: String
     private let timeout: TimeAmount
     private var context: ChannelHandlerContext?
     private var buffer = ByteBuffer()
@@ -296,8 +318,9 @@ final class ParentTunnelHandshakeHandler: ChannelInboundHandler, RemovableChanne
     private var active = false
     private var queuedAuthorization: String??
 
-    init(target: String, timeout: TimeAmount) {
+    init(target: String, via: String, timeout: TimeAmount) {
         self.target = target
+        self.via = via
         self.timeout = timeout
     }
 
@@ -347,8 +370,7 @@ final class ParentTunnelHandshakeHandler: ChannelInboundHandler, RemovableChanne
         if let authorization {
             head.writeString("Proxy-Authorization: \(authorization)\r\n")
         }
-        head.writeStaticString(HeaderRewriter.viaLine)
-        head.writeStaticString("\r\n")
+        head.writeString("Via: \(self.via)\r\n\r\n")
         context.writeAndFlush(self.wrapOutboundOut(head), promise: nil)
     }
 

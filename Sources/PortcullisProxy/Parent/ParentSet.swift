@@ -16,12 +16,17 @@ final class ParentSet: Sendable {
     }
 
     let routing: ParentRouting
+    /// This instance's pseudonym in the `Via` of what it sends to parents
+    /// (`portcullis-` and 8 random hex digits): a request that comes back with it went round
+    /// in a loop of parents (RFC 9110 §7.6.3).
+    let viaName: String
     private let health: NIOLockedValueBox<[Health]>
     private let logger: Logger
     private let metrics: ParentMetrics
 
     init(routing: ParentRouting, logger: Logger, factory: any MetricsFactory) {
         self.routing = routing
+        self.viaName = "portcullis-" + String(UInt32.random(in: .min ... .max), radix: 16)
         self.health = NIOLockedValueBox(Array(repeating: Health(), count: routing.parents.count))
         self.logger = logger
         self.metrics = ParentMetrics(parents: routing.parents, factory: factory)

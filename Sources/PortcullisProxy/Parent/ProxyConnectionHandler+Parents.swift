@@ -33,6 +33,11 @@ extension ProxyConnectionHandler {
     /// destination rules see only what the target says: an IP literal is checked here (a name
     /// is the parent's to resolve). The error is the resolver's, for the same 403.
     func parentRouteRefusal(_ exchange: ProxyExchange, to authority: OriginAuthority) -> (any Error)? {
+        if let parents = self.shared.parents,
+            exchange.head.values(named: "via").contains(where: { $0.contains(parents.viaName) })
+        {
+            return ParentError.loop
+        }
         guard let host = CanonicalHost(authority.host), host.addressBytes != nil,
             let address = try? SocketAddress(ipAddress: authority.host, port: authority.port)
         else { return nil }
@@ -143,13 +148,16 @@ extension ProxyConnectionHandler {
             hostHeader: authority.hostHeader,
             into: &head
         )
+        // This instance's own `Via` (loops through parents are found by it), then the
+        // credentials, in place of the usual `Via` line and before the head's end.
+        head.moveWriterIndex(to: head.writerIndex - HeaderRewriter.viaLine.utf8CodeUnitCount - 2)
+        head.writeString("Via: 1.1 \(request.parents.viaName)\r\n")
         if let authorization {
-            // In before the empty line that ends the head.
-            head.moveWriterIndex(to: head.writerIndex - 2)
             head.writeStaticString("Proxy-Authorization: ")
             head.writeString(authorization)
-            head.writeStaticString("\r\n\r\n")
+            head.writeStaticString("\r\n")
         }
+        head.writeStaticString("\r\n")
         exchange.upstreamHead = head
     }
 

@@ -18,6 +18,7 @@ extension ProxyConnectionHandler {
                 connecting = self.parentConnector(parents)
                     .connectTunnel(
                         to: Self.connectTarget(authority),
+                        via: exchange.head.values(named: "via"),
                         on: self.context.eventLoop,
                         initializer: initializer
                     )
