@@ -31,6 +31,16 @@ import Testing
         )
     }
 
+    @Test func aRequestThroughAParentIsLoggedAsSquidLogsItsParents() {
+        var direct = Self.record(1)
+        #expect(direct.squidLine.contains(" HIER_DIRECT/93.184.216.34 "))
+        #expect(direct.jsonLine.contains(#""parent":null"#))
+        direct.parent = "proxy.corp:3128"
+        direct.upstream = "10.1.2.3"
+        #expect(direct.squidLine.contains(" FIRSTUP_PARENT/10.1.2.3 "))
+        #expect(direct.jsonLine.contains(#""upstream":"10.1.2.3","parent":"proxy.corp:3128""#))
+    }
+
     private static func temporaryDirectory() throws -> URL {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("access-log-\(UUID())")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)

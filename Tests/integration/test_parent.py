@@ -114,12 +114,24 @@ def test_direct_for_bypasses_the_parent(launcher, echo_origin):
         assert r.status == 200, r.describe()
 
 
-def test_curl_through_the_bridge_without_credentials_of_its_own(launcher, tls_origin, squid_parent_basic):
-    """The laptop case: --auth none on loopback, the parent's credentials held by the bridge."""
+def test_curl_through_the_bridge_without_credentials_of_its_own(launcher, tls_origin, origin, squid_parent_basic,
+                                                                 tmp_path):
+    """The laptop case: --auth none on loopback, the parent's credentials held by the bridge;
+    the access log names the parent (Squid's FIRSTUP_PARENT, JSON's "parent")."""
+    log = tmp_path / "access.log"
     p = launcher.start("--auth", "none", "--parent", parent_url(squid_parent_basic),
-                       "--connect-ports", tls_origin.port, htpasswd=None)
+                       "--connect-ports", tls_origin.port, "--access-log", log, "--access-log-format", "json",
+                       htpasswd=None)
     r = run_curl(["-sS", "-k", "--proxy", f"http://127.0.0.1:{p.port}", f"https://127.0.0.1:{tls_origin.port}/"])
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0 and r.stdout == b"hello over tls\n", r.stderr
+    r = run_curl(["-sS", "--proxy", f"http://127.0.0.1:{p.port}", f"{origin.base}/text"])
+    assert r.returncode == 0 and r.stdout == b"hello from origin\n", r.stderr
+    wait_until(lambda: len(log.read_text().splitlines()) >= 2, 10, what="two access-log lines")
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {rec["method"] for rec in records} == {"CONNECT", "GET"}, records
+    for rec in records:
+        assert rec["parent"] == f"127.0.0.1:{squid_parent_basic.port}", rec
+        assert rec["upstream"] == "127.0.0.1" and rec["status"] == 200, rec
 
 
 def get_through(p, url: str, headers=(AUTH,), method="GET", body=b""):

@@ -33,6 +33,7 @@ extension ProxyConnectionHandler {
                 contentType: exchange.contentType,
                 proxyStatus: exchange.proxyStatus,
                 isTunnel: false,
+                parent: exchange.parentName,
                 listener: self.listener
             )
         )

@@ -59,6 +59,8 @@ final class ProxyExchange {
     var contentType: String?
     var proxyStatus: String?
     var upstreamAddress: String?
+    /// The parent proxy it went through (`host:port`), for the access log.
+    var parentName: String?
     var logged = false
 
     init(head: RequestHead, started: NIODeadline) {

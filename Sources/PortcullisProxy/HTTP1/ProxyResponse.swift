@@ -179,7 +179,8 @@ extension ProxyResponse {
                 status: .loopDetected,
                 proxyError: "proxy_loop_detected",
                 details: "request came back through this proxy",
-                message: "this request already went through this proxy: its parent proxies route back to it (check --parent and the parents' own parents)."
+                message:
+                    "this request already went through this proxy: its parent proxies route back to it (check --parent and the parents' own parents)."
             )
         case .unreachable(let parent, let underlying):
             let timeout = Self.isTimeout(underlying)

@@ -24,6 +24,9 @@ public struct AccessRecord: Sendable {
     public var contentType: String?
     public var proxyStatus: String?
     public var isTunnel: Bool
+    /// The parent proxy (`host:port`) the request went through, if it went through one; then
+    /// `upstream` is the parent's address.
+    public var parent: String? = nil
     /// The listener the request came in on (JSON format only: Squid's format has no field for it).
     public var listener: ListenerKind = .tcp
 
@@ -41,7 +44,9 @@ public struct AccessRecord: Sendable {
         } else {
             code = "TCP_MISS"
         }
-        let hierarchy = self.upstream.map { "HIER_DIRECT/\($0)" } ?? "HIER_NONE/-"
+        // Squid's own names: FIRSTUP_PARENT for the first parent up, as its `cache_peer` logs.
+        let hierarchy =
+            self.upstream.map { self.parent == nil ? "HIER_DIRECT/\($0)" : "FIRSTUP_PARENT/\($0)" } ?? "HIER_NONE/-"
         let duration =
             String(repeating: " ", count: max(0, 6 - String(self.durationMs).count)) + String(self.durationMs)
         return
@@ -53,7 +58,7 @@ public struct AccessRecord: Sendable {
     var heldBytes: Int {
         var bytes = 160 + self.client.utf8.count + self.authResult.utf8.count + self.method.utf8.count
         bytes += self.target.utf8.count + (self.user?.utf8.count ?? 0) + (self.authScheme?.utf8.count ?? 0)
-        bytes += (self.upstream?.utf8.count ?? 0) + (self.contentType?.utf8.count ?? 0)
+        bytes += (self.upstream?.utf8.count ?? 0) + (self.contentType?.utf8.count ?? 0) + (self.parent?.utf8.count ?? 0)
         return bytes + (self.proxyStatus?.utf8.count ?? 0)
     }
 
@@ -75,6 +80,7 @@ public struct AccessRecord: Sendable {
         fields.append(("bytes_from_client", "\(self.bytesFromClient)"))
         fields.append(("bytes_to_client", "\(self.bytesToClient)"))
         string("upstream", self.upstream)
+        string("parent", self.parent)
         string("proxy_status", self.proxyStatus)
         fields.append(("tunnel", self.isTunnel ? "true" : "false"))
         string("listener", self.listener.rawValue)

@@ -126,6 +126,7 @@ extension ProxyConnectionHandler {
     /// when the parent's 407 calls for one (the client's own never goes on).
     func writeParentRequestHead(_ exchange: ProxyExchange, _ request: ParentRequest, over upstream: UpstreamHandler) {
         guard case .absolute(let authority, _) = exchange.target else { return }
+        exchange.parentName = request.parent.name
         let authorization: String?
         if let next = request.nextAuthorization {
             authorization = next

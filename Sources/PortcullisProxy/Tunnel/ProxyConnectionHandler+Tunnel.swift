@@ -22,7 +22,12 @@ extension ProxyConnectionHandler {
                         on: self.context.eventLoop,
                         initializer: initializer
                     )
-                    .map { channel, _ in channel }
+                    .assumeIsolated()
+                    .map { channel, index in
+                        exchange.parentName = parents.parents[index].name
+                        return channel
+                    }
+                    .nonisolated()
             }
         } else {
             connecting = self.connectUpstream(for: exchange, to: authority, isTunnel: true, initializer: initializer)
@@ -144,6 +149,7 @@ extension ProxyConnectionHandler {
                     contentType: nil,
                     proxyStatus: nil,
                     isTunnel: true,
+                    parent: exchange.parentName,
                     listener: listener
                 )
             )
