@@ -185,7 +185,9 @@ class RecordingParent:
     """A parent proxy that answers every request with a 407 asking for Basic until the request
     carries the bridge's credentials, then 200; it records every request head it got."""
 
-    def __init__(self):
+    def __init__(self, close_after_407: bool = False):
+        self.close_after_407 = close_after_407
+        self.connections = 0
         self.heads: list[bytes] = []
         self.server = socket.socket()
         self.server.bind(("127.0.0.1", 0))
@@ -201,6 +203,7 @@ class RecordingParent:
                 conn, _ = self.server.accept()
             except OSError:
                 return
+            self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn):
@@ -218,11 +221,25 @@ class RecordingParent:
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 else:
                     body = b"auth please"
+                    close = b"Connection: close\r\n" if self.close_after_407 else b""
                     conn.sendall(b'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="p"\r\n'
-                                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                                 b"%sContent-Length: %d\r\n\r\n%s" % (close, len(body), body))
+                    if self.close_after_407:
+                        return
 
     def close(self):
         self.server.close()
+
+
+def test_a_parent_that_closes_after_its_407_gets_the_request_again_on_a_new_connection(launcher):
+    parent = RecordingParent(close_after_407=True)
+    try:
+        p = launcher.start("--parent", parent_url(parent))
+        r = get_through(p, "http://origin.invalid/x")
+        assert r.status == 200 and r.body == b"ok", r.describe()
+        assert len(parent.heads) == 2 and parent.connections == 2, parent.heads
+    finally:
+        parent.close()
 
 
 def test_the_parent_gets_the_bridges_credentials_and_never_the_clients(launcher):

@@ -65,8 +65,16 @@ struct ParentHandshake {
     }
 
     struct Credentials: Equatable {
-        var user: String
-        var password: String
+        let user: String
+        let password: String
+        /// The Basic answer, made once (it is sent with every request to a Basic parent).
+        let basic: String
+
+        init(user: String, password: String) {
+            self.user = user
+            self.password = password
+            self.basic = "Basic " + Data("\(user):\(password)".utf8).base64EncodedString()
+        }
     }
 
     /// Randomness and time for the client's nonces (Digest's cnonce, NTLM's client challenge
@@ -272,7 +280,7 @@ struct ParentHandshake {
     }
 
     static func basic(_ credentials: Credentials) -> String {
-        "Basic " + Data("\(credentials.user):\(credentials.password)".utf8).base64EncodedString()
+        credentials.basic
     }
 
     private func digestResponder(_ challenge: DigestChallenge, _ credentials: Credentials) -> DigestResponder? {

@@ -26,6 +26,9 @@ final class ParentSet: Sendable {
 
     init(routing: ParentRouting, logger: Logger, factory: any MetricsFactory) {
         self.routing = routing
+        self.credentials = routing.parents.map { parent in
+            parent.user.map { ParentHandshake.Credentials(user: $0, password: parent.password ?? "") }
+        }
         self.viaName = "portcullis-" + String(UInt32.random(in: .min ... .max), radix: 16)
         self.health = NIOLockedValueBox(Array(repeating: Health(), count: routing.parents.count))
         self.logger = logger
@@ -34,11 +37,12 @@ final class ParentSet: Sendable {
 
     var parents: [ParentProxy] { self.routing.parents }
 
+    /// Parent `index`'s credentials (nil: none configured).
     func credentials(of index: Int) -> ParentHandshake.Credentials? {
-        let parent = self.routing.parents[index]
-        guard let user = parent.user else { return nil }
-        return ParentHandshake.Credentials(user: user, password: parent.password ?? "")
+        self.credentials[index]
     }
+
+    private let credentials: [ParentHandshake.Credentials?]
 
     /// The parents to try, in order: those up, in configuration order; when every one is down,
     /// all of them, the one whose backoff ends first first (a request is not refused while a

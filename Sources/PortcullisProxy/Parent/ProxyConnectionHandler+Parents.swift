@@ -171,12 +171,9 @@ extension ProxyConnectionHandler {
         _ request: ParentRequest
     ) -> Bool {
         guard var handshake = request.handshake else { return false }
-        let closes =
-            head.minorVersion == 0 || framing == .untilClose
-            || head.values(named: "connection").contains { $0.lowercased().contains("close") }
         let parents = request.parents
         guard head.status == 407 else {
-            _ = handshake.received(status: head.status, challenges: [], reusable: !closes)
+            _ = handshake.received(status: head.status, challenges: [], reusable: true)
             request.handshake = handshake
             if let memory = handshake.memory {
                 parents.remember(memory, for: request.index)
@@ -187,6 +184,13 @@ extension ProxyConnectionHandler {
             parents.counted(request.index, scheme: ParentConnector.scheme(of: handshake.memory), failure: nil)
             return false
         }
+        // Rare (a 407), so read plainly: `Connection: close`, HTTP/1.0, a body delimited by
+        // the close, or a connection already known not to be reusable.
+        let closes =
+            framing == .untilClose || head.minorVersion == 0 || self.machine.upstream?.isReusable != true
+            || head.values(named: "connection").contains { value in
+                value.split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces).lowercased() == "close" }
+            }
         let challenges = (try? ChallengeParser.parse(fieldValues: head.values(named: "proxy-authenticate"))) ?? []
         let action = handshake.received(status: 407, challenges: challenges, reusable: !closes)
         request.handshake = handshake
