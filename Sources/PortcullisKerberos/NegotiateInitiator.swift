@@ -71,7 +71,11 @@ public final class NegotiateInitiator {
     ///   - credentialCache: a ticket cache other than the default (`FILE:/path`), for tests.
     /// - Throws: ``NegotiateInitiatorFailureReason/noTicket`` or `ticketExpired` when there is no
     ///   usable ticket-granting ticket.
-    public init(host: String, credentialCache: String? = nil) throws(NegotiateInitiatorFailure) {
+    ///   - clientKeytab: a keytab with the client's own key: MIT gets (and renews) the ticket from
+    ///     it by itself, into `credentialCache` (a proxy's own `MEMORY:` cache).
+    public init(host: String, credentialCache: String? = nil, clientKeytab: String? = nil)
+        throws(NegotiateInitiatorFailure)
+    {
         let service = "HTTP@" + host
         self.service = service
         let target = try Self.importService(service)
@@ -80,7 +84,8 @@ public final class NegotiateInitiator {
         var minor: OM_uint32 = 0
         var credential: gss_cred_id_t?
         var lifetime: OM_uint32 = 0
-        let major = Self.acquire(portcullis_gss_mech_krb5(), from: credentialCache, &credential, &minor, &lifetime)
+        let store = Self.store(cache: credentialCache, clientKeytab: clientKeytab)
+        let major = Self.acquire(portcullis_gss_mech_krb5(), from: store, &credential, &minor, &lifetime)
         var ignored: OM_uint32 = 0
         guard portcullis_gss_error(major) == 0, credential != nil else {
             var name: gss_name_t? = target
@@ -96,7 +101,8 @@ public final class NegotiateInitiator {
             let (principal, cache) = Self.ticketCache(credentialCache)
             throw NegotiateInitiatorFailure(
                 reason: .ticketExpired,
-                detail: "the ticket-granting ticket\(principal.map { " of \($0)" } ?? "") in \(cache ?? "the ticket cache") has expired"
+                detail:
+                    "the ticket-granting ticket\(principal.map { " of \($0)" } ?? "") in \(cache ?? "the ticket cache") has expired"
             )
         }
         var name: gss_name_t?
@@ -109,9 +115,9 @@ public final class NegotiateInitiator {
         // Another cache needs a credential of SPNEGO's own: given the Kerberos one, SPNEGO
         // would not find its element in it and fall back to the default cache.
         var spnego: gss_cred_id_t?
-        if credentialCache != nil {
+        if !store.isEmpty {
             var unused: OM_uint32 = 0
-            let major = Self.acquire(portcullis_gss_mech_spnego(), from: credentialCache, &spnego, &minor, &unused)
+            let major = Self.acquire(portcullis_gss_mech_spnego(), from: store, &spnego, &minor, &unused)
             if portcullis_gss_error(major) != 0 {
                 var name: gss_name_t? = target
                 gss_release_name(&ignored, &name)
@@ -226,15 +232,23 @@ public final class NegotiateInitiator {
         return (String(cString: unparsed), name)
     }
 
-    /// An initiator credential for `mechanism` from `cache`, or the default ticket cache.
+    /// The credential store's elements (empty: the default ticket cache).
+    private static func store(cache: String?, clientKeytab: String?) -> [(String, String)] {
+        var elements: [(String, String)] = []
+        if let cache { elements.append(("ccache", cache)) }
+        if let clientKeytab { elements.append(("client_keytab", clientKeytab)) }
+        return elements
+    }
+
+    /// An initiator credential for `mechanism` from `store`, or the default ticket cache.
     private static func acquire(
         _ mechanism: gss_OID,
-        from cache: String?,
+        from store: [(String, String)],
         _ credential: inout gss_cred_id_t?,
         _ minor: inout OM_uint32,
         _ lifetime: inout OM_uint32
     ) -> OM_uint32 {
-        Self.withCredentialStore(cache) { store in
+        Self.withCredentialStore(store) { store in
             var mechanisms = gss_OID_set_desc(count: 1, elements: mechanism)
             return gss_acquire_cred_from(
                 &minor,
@@ -251,18 +265,22 @@ public final class NegotiateInitiator {
     }
 
     private static func withCredentialStore(
-        _ cache: String?,
+        _ elements: [(String, String)],
         _ body: (gss_const_key_value_set_t?) -> OM_uint32
     ) -> OM_uint32 {
-        guard let cache else { return body(nil) }
-        return "ccache".withCString { key in
-            cache.withCString { value in
-                var element = gss_key_value_element_desc(key: key, value: value)
-                return withUnsafeMutablePointer(to: &element) { element in
-                    var store = gss_key_value_set_desc(count: 1, elements: element)
-                    return withUnsafePointer(to: &store) { body($0) }
-                }
+        guard !elements.isEmpty else { return body(nil) }
+        // C strings that live through the call.
+        let strings = elements.map { (strdup($0.0)!, strdup($0.1)!) }
+        defer {
+            for (key, value) in strings {
+                free(key)
+                free(value)
             }
+        }
+        var descriptors = strings.map { gss_key_value_element_desc(key: $0.0, value: $0.1) }
+        return descriptors.withUnsafeMutableBufferPointer { buffer in
+            var store = gss_key_value_set_desc(count: OM_uint32(buffer.count), elements: buffer.baseAddress)
+            return withUnsafePointer(to: &store) { body($0) }
         }
     }
 

@@ -243,7 +243,16 @@ public struct ServeOptions: DeclaredSettings {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "Schemes a parent's 407 may be answered with: any, or a comma-separated list of basic, digest, ntlm. any picks the strongest the parent offers. (default: any)",
+            "A keytab with the proxy's own client key, for parents that ask for Negotiate (Kerberos); without it, the process's ticket cache (KRB5CCNAME).",
+            valueName: "file"
+        )
+    )
+    public var parentKeytab: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Schemes a parent's 407 may be answered with: any, or a comma-separated list of basic, digest, ntlm, negotiate. any picks the strongest the parent offers. (default: any)",
             valueName: "list"
         )
     )

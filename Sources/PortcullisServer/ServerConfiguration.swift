@@ -406,9 +406,11 @@ public struct ServerConfiguration: Sendable {
             routing.parents.append(parent)
         }
         if routing.parents.isEmpty {
-            if options.parentAuth != nil || options.directFor != nil || sharedPassword != nil {
+            if options.parentAuth != nil || options.directFor != nil || sharedPassword != nil
+                || options.parentKeytab != nil
+            {
                 throw ServeError(
-                    "--parent-auth, --direct-for and --parent-password-file/-env are for --parent, which is not set"
+                    "--parent-auth, --direct-for, --parent-keytab and --parent-password-file/-env are for --parent, which is not set"
                 )
             }
             return routing
@@ -417,11 +419,17 @@ public struct ServerConfiguration: Sendable {
             var schemes = Set<ParentAuthScheme>()
             for item in list {
                 guard let scheme = ParentAuthScheme(rawValue: item.lowercased()) else {
-                    throw ServeError("--parent-auth: '\(item)' is not any, basic, digest or ntlm")
+                    throw ServeError("--parent-auth: '\(item)' is not any, basic, digest, ntlm or negotiate")
                 }
                 schemes.insert(scheme)
             }
             routing.schemes = schemes
+        }
+        if let keytab = options.parentKeytab {
+            guard FileManager.default.isReadableFile(atPath: keytab) else {
+                throw ServeError("--parent-keytab \(keytab) cannot be read")
+            }
+            routing.clientKeytab = keytab
         }
         for item in options.directFor?.items ?? [] {
             guard let pattern = AccessPolicy.HostPattern(item) else {

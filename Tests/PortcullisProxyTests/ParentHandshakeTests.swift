@@ -236,4 +236,80 @@ import Testing
                 == .fail(.connectionClosedMidHandshake)
         )
     }
+
+    // MARK: - Negotiate: tokens made outside, fallback when there is no ticket
+
+    @Test func negotiateIsPreferredAndItsTokenIsAskedForThenSent() throws {
+        var m = self.machine()
+        _ = m.start()
+        let offered = try self.challenges("Negotiate", "NTLM", #"Basic realm="corp""#)
+        #expect(m.received(status: 407, challenges: offered, reusable: true) == .negotiate(input: nil))
+        #expect(m.negotiateStepped(.token([1, 2, 3])) == .send(authorization: "Negotiate AQID"))
+        #expect(m.received(status: 200, challenges: [], reusable: true) == .done)
+        #expect(m.memory == .negotiate)
+    }
+
+    @Test func withoutATicketTheNextStrongestSchemeIsUsed() throws {
+        var m = self.machine()
+        _ = m.start()
+        let offered = try self.challenges("Negotiate", #"Basic realm="corp""#)
+        #expect(m.received(status: 407, challenges: offered, reusable: true) == .negotiate(input: nil))
+        #expect(m.negotiateStepped(.failed(reason: "no-ticket")) == .send(authorization: Self.basicAnswer))
+        #expect(m.received(status: 200, challenges: [], reusable: true) == .done)
+        #expect(m.memory == .basic)
+    }
+
+    @Test func negotiateAloneWithoutATicketSaysWhy() throws {
+        var m = self.machine(nil)
+        _ = m.start()
+        #expect(
+            m.received(status: 407, challenges: try self.challenges("Negotiate"), reusable: false)
+                == .negotiate(input: nil)
+        )
+        #expect(m.negotiateStepped(.failed(reason: "no-ticket")) == .fail(.negotiateUnavailable("no-ticket")))
+    }
+
+    @Test func negotiateNeedsNoConfiguredPasswordAndGoesOnANewConnectionWhenTheParentClosed() throws {
+        var m = self.machine(nil)
+        _ = m.start()
+        #expect(
+            m.received(status: 407, challenges: try self.challenges("Negotiate"), reusable: false)
+                == .negotiate(input: nil)
+        )
+        #expect(m.negotiateStepped(.token([9])) == .sendOnNewConnection(authorization: "Negotiate CQ=="))
+    }
+
+    @Test func aRememberedNegotiateStartsWithAToken() throws {
+        var m = self.machine(memory: .negotiate)
+        #expect(m.start() == .negotiate(input: nil))
+        // No ticket any more: the request goes without and the parent's challenge decides.
+        #expect(m.negotiateStepped(.failed(reason: "ticket-expired")) == .send(authorization: nil))
+        #expect(m.memory == nil)
+        let offered = try self.challenges("Negotiate", #"Basic realm="corp""#)
+        #expect(m.received(status: 407, challenges: offered, reusable: true) == .send(authorization: Self.basicAnswer))
+    }
+
+    @Test func aNegotiateAnswerRefusedIsSaidSoAndAContinuationIsFollowed() throws {
+        var refused = self.machine(memory: .negotiate)
+        _ = refused.start()
+        _ = refused.negotiateStepped(.token([1]))
+        #expect(
+            refused.received(status: 407, challenges: try self.challenges("Negotiate"), reusable: true)
+                == .fail(.credentialsRefused(.negotiate))
+        )
+        var continued = self.machine(memory: .negotiate)
+        _ = continued.start()
+        _ = continued.negotiateStepped(.token([1]))
+        #expect(
+            continued.received(status: 407, challenges: try self.challenges("Negotiate oYG2"), reusable: true)
+                == .negotiate(input: [0xa1, 0x81, 0xb6])
+        )
+    }
+
+    @Test func negotiateIsNotUsedWhenParentAuthLeavesItOut() throws {
+        var m = self.machine(allowed: [.basic, .digest, .ntlm], memory: .negotiate)
+        #expect(m.start() == .send(authorization: nil))
+        let offered = try self.challenges("Negotiate", #"Basic realm="corp""#)
+        #expect(m.received(status: 407, challenges: offered, reusable: true) == .send(authorization: Self.basicAnswer))
+    }
 }

@@ -314,3 +314,67 @@ def test_parents_that_route_back_make_a_508_not_an_endless_loop(launcher, origin
         # which A passes on as its parent's answer: one round, not an endless one.
         assert r.status == 502 and "answered 502" in r.header("Proxy-Status"), r.describe()
     assert origin.requests == [] and echo_origin.connections_accepted == 0
+
+
+def _negotiate_parent(launcher, tmp_path, echo_origin):
+    from test_negotiate_ntlm import negotiate_proxy
+    return negotiate_proxy(launcher, tmp_path, "--connect-ports", str(echo_origin.port))
+
+
+def _through_negotiate_parent(launcher, bridge, corp, origin, echo_origin):
+    """Three plain requests on one client connection and a CONNECT, through the bridge; the
+    parent logs the Kerberos user for each 200."""
+    from test_negotiate_ntlm import access_lines
+    import os
+    with bridge.conn() as c:
+        for i in range(3):
+            c.send(build_request("GET", f"{origin.base}/text?{i}", [AUTH]))
+            r = c.read_response("GET")
+            assert r.status == 200, r.describe()
+    c, r = connect_through(bridge, echo_origin.port)
+    with c:
+        assert r.status == 200, r.describe()
+        c.send(b"kerberos tunnel\n")
+        assert c.read_exact(16) == b"kerberos tunnel\n"
+    wait_until(lambda: sum(1 for line in access_lines(corp.access_log) if line[3].endswith("/200")) >= 4, 10,
+               what="the parent's access log")
+    principal = f"{os.environ['PORTCULLIS_TEST_KRB5_USER']}@{os.environ['PORTCULLIS_TEST_KRB5_REALM']}"
+    lines = access_lines(corp.access_log)
+    assert {line[7] for line in lines if line[3].endswith("/200")} == {principal}, lines
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("PORTCULLIS_TEST_KRB5_KEYTAB")
+                    and __import__("os").environ.get("PORTCULLIS_REQUIRE_KDC") != "1",
+                    reason="no test KDC (run under scripts/kdc-test-server.sh)")
+def test_portcullis_as_a_negotiate_parent_from_the_ticket_cache(launcher, tmp_path, origin, echo_origin):
+    import os
+    import subprocess
+    from test_negotiate_ntlm import kerberos_env as _unused  # noqa: F401 - same ticket set-up below
+    env = {"KRB5CCNAME": f"FILE:{tmp_path / 'bridge-ccache'}", "KRB5_CONFIG": os.environ["KRB5_CONFIG"]}
+    subprocess.run(["kinit", os.environ["PORTCULLIS_TEST_KRB5_USER"]],
+                   input=os.environ["PORTCULLIS_TEST_KRB5_PASSWORD"].encode(), check=True,
+                   capture_output=True, timeout=30, env={**os.environ, **env})
+    corp = _negotiate_parent(launcher, tmp_path, echo_origin)
+    bridge = launcher.start("--connect-ports", echo_origin.port,
+                            "--parent", f"http://localhost:{corp.port}", env=env)
+    _through_negotiate_parent(launcher, bridge, corp, origin, echo_origin)
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("PORTCULLIS_TEST_KRB5_KEYTAB")
+                    and __import__("os").environ.get("PORTCULLIS_REQUIRE_KDC") != "1",
+                    reason="no test KDC (run under scripts/kdc-test-server.sh)")
+def test_portcullis_as_a_negotiate_parent_from_a_client_keytab(launcher, tmp_path, origin, echo_origin):
+    """--parent-keytab: no ticket cache at all; MIT gets the ticket from the keytab itself."""
+    import os
+    import subprocess
+    keytab = tmp_path / "client.keytab"
+    principal = f"{os.environ['PORTCULLIS_TEST_KRB5_USER']}@{os.environ['PORTCULLIS_TEST_KRB5_REALM']}"
+    made = subprocess.run(["kadmin.local", "-q", f"ktadd -k {keytab} -norandkey {principal}"],
+                          capture_output=True, text=True, timeout=30)
+    assert keytab.exists(), made.stdout + made.stderr
+    corp = _negotiate_parent(launcher, tmp_path, echo_origin)
+    bridge = launcher.start("--connect-ports", echo_origin.port, "--parent", f"http://localhost:{corp.port}",
+                            "--parent-keytab", keytab,
+                            env={"KRB5_CONFIG": os.environ["KRB5_CONFIG"],
+                                 "KRB5CCNAME": f"FILE:{tmp_path / 'no-such-ccache'}"})
+    _through_negotiate_parent(launcher, bridge, corp, origin, echo_origin)

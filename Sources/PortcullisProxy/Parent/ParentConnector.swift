@@ -1,4 +1,5 @@
 import NIOCore
+import NIOPosix
 import PortcullisAuth
 
 /// Why a request through the parents failed, for the client's 502 (``ProxyResponse/parentFailure(_:)``).
@@ -37,6 +38,8 @@ struct ParentConnector: Sendable {
     let answerTimeout: TimeAmount
     /// A resolver for one connection attempt (a resolver keeps its one lookup).
     let makeResolver: @Sendable () -> PolicyResolver
+    /// Where Negotiate tokens are made (GSSAPI blocks).
+    let threadPool: NIOThreadPool
 
     /// A connection to a parent for absolute-form requests: `initializer` set it up before it
     /// became active. Succeeds with the channel and the parent's index.
@@ -188,6 +191,29 @@ struct ParentConnector: Sendable {
         var handshake = handshake
         let parent = self.parents.parents[index].name
         switch action {
+        case .negotiate(let input):
+            let negotiation =
+                answers.negotiation
+                ?? ParentNegotiation(
+                    host: self.parents.parents[index].host,
+                    clientKeytab: self.parents.routing.clientKeytab
+                )
+            answers.negotiation = negotiation
+            negotiation.step(input, threadPool: self.threadPool, on: channel.eventLoop).assumeIsolated()
+                .whenSuccess { result in
+                    let next = handshake.negotiateStepped(result)
+                    self.drive(
+                        next,
+                        handshake: handshake,
+                        channel: channel,
+                        index: index,
+                        answers: answers,
+                        target: target,
+                        via: via,
+                        initializer: initializer,
+                        promise: promise
+                    )
+                }
         case .send(let authorization):
             answers.send(authorization: authorization) { answer in
                 switch answer {
@@ -282,6 +308,7 @@ struct ParentConnector: Sendable {
         case .basic?: return .basic
         case .digest?: return .digest
         case .ntlm?: return .ntlm
+        case .negotiate?: return .negotiate
         case nil: return nil
         }
     }
@@ -316,6 +343,8 @@ final class ParentTunnelHandshakeHandler: ChannelInboundHandler, RemovableChanne
     private var answer: (status: Int, challenges: [Challenge], framer: ResponseFramer)?
     private var deadline: Scheduled<Void>?
     private var active = false
+    /// The Kerberos context of this connection's Negotiate, once one is begun.
+    var negotiation: ParentNegotiation?
     private var queuedAuthorization: String??
 
     init(target: String, via: String, timeout: TimeAmount) {

@@ -9,6 +9,7 @@ enum ParentAuthMemory: Sendable, Equatable {
     case basic
     case digest(DigestChallenge, nonceCount: Int)
     case ntlm
+    case negotiate
 }
 
 /// Why a parent's answer ended the request (the client gets a 502 that says so; never the
@@ -25,6 +26,9 @@ enum ParentAuthFailure: Error, Equatable, Sendable {
     case malformedChallenge(ParentAuthScheme)
     /// A connection-bound handshake (NTLM) lost its connection half-way.
     case connectionClosedMidHandshake
+    /// The parent wants Negotiate alone and this machine has no Kerberos ticket for it (the
+    /// reason from GSSAPI: no-ticket, ticket-expired, no-service-principal, …).
+    case negotiateUnavailable(String)
 
     /// For the client's 502 and the log: never a credential, only what went wrong.
     var details: String {
@@ -40,6 +44,8 @@ enum ParentAuthFailure: Error, Equatable, Sendable {
             return "the parent's \(scheme.token) challenge could not be answered"
         case .connectionClosedMidHandshake:
             return "the parent closed the connection in the middle of an NTLM handshake"
+        case .negotiateUnavailable(let reason):
+            return "the parent asks for Negotiate (Kerberos) and no ticket could be had for it (\(reason))"
         }
     }
 }
@@ -59,6 +65,9 @@ struct ParentHandshake {
         case send(authorization: String?)
         /// The parent closed the connection after its 407: send again on a new one.
         case sendOnNewConnection(authorization: String?)
+        /// Make the next Negotiate token (GSSAPI blocks: off the event loop) from the parent's
+        /// `input` (nil: the first token), then call ``negotiateStepped(_:)``.
+        case negotiate(input: [UInt8]?)
         /// The answer is not a 407: relay it (a CONNECT's 2xx opens the tunnel).
         case done
         case fail(ParentAuthFailure)
@@ -95,6 +104,8 @@ struct ParentHandshake {
         case sent(scheme: ParentAuthScheme?)
         /// NTLM's NEGOTIATE went out; its CHALLENGE is due.
         case ntlmNegotiateSent(negotiate: [UInt8])
+        /// A Negotiate token is being made; `reusable` says where it goes.
+        case makingToken(reusable: Bool)
         case finished
     }
 
@@ -107,6 +118,10 @@ struct ParentHandshake {
     private var state = State.initial
     private var sends = 0
     private var staleRetried = false
+    /// Schemes tried and given up on for this request (Negotiate without a ticket).
+    private var excluded: Set<ParentAuthScheme> = []
+    /// The challenges of the last 407, to choose again from when a scheme cannot be used.
+    private var lastChallenges: [Challenge] = []
     private let entropy: Entropy
 
     /// What to remember for this parent once the exchange is over (nil: nothing learnt).
@@ -133,7 +148,11 @@ struct ParentHandshake {
     /// The first send: pre-emptive with what worked last time.
     mutating func start() -> Action {
         guard case .initial = self.state else { return .fail(.connectionClosedMidHandshake) }
-        guard let credentials, let memory, self.allowed.contains(Self.scheme(of: memory)) else {
+        if self.memory == .negotiate, self.allowed.contains(.negotiate) {
+            self.state = .makingToken(reusable: true)
+            return .negotiate(input: nil)
+        }
+        guard let credentials, let memory, memory != .negotiate, self.allowed.contains(Self.scheme(of: memory)) else {
             self.state = .sent(scheme: nil)
             return self.send(nil)
         }
@@ -154,6 +173,35 @@ struct ParentHandshake {
             let negotiate = self.ntlmClient(credentials).negotiate()
             self.state = .ntlmNegotiateSent(negotiate: negotiate)
             return self.send("NTLM " + Data(negotiate).base64EncodedString())
+        case .negotiate:
+            self.state = .sent(scheme: nil)
+            return self.send(nil)
+        }
+    }
+
+    /// What ``Action/negotiate(input:)`` came to: the token to send, or why none could be made
+    /// (then the next strongest scheme the parent offered is used, if any).
+    enum NegotiateResult: Equatable {
+        case token([UInt8])
+        case failed(reason: String)
+    }
+
+    mutating func negotiateStepped(_ result: NegotiateResult) -> Action {
+        guard case .makingToken(let reusable) = self.state else { return .fail(.connectionClosedMidHandshake) }
+        switch result {
+        case .token(let token):
+            self.state = .sent(scheme: .negotiate)
+            self.memory = .negotiate
+            return self.send("Negotiate " + Data(token).base64EncodedString(), reusable: reusable)
+        case .failed(let reason):
+            self.excluded.insert(.negotiate)
+            if self.memory == .negotiate { self.memory = nil }
+            guard !self.lastChallenges.isEmpty else {
+                // Pre-emptive: go without, and choose from the parent's challenges.
+                self.state = .sent(scheme: nil)
+                return self.send(nil, reusable: reusable)
+            }
+            return self.choose(from: self.lastChallenges, reusable: reusable, unavailable: reason)
         }
     }
 
@@ -166,9 +214,10 @@ struct ParentHandshake {
             return .done
         }
         let offered = challenges.map(\.scheme)
+        self.lastChallenges = challenges
         let previous: ParentAuthScheme?
         switch self.state {
-        case .initial, .finished:
+        case .initial, .finished, .makingToken:
             return .fail(.connectionClosedMidHandshake)
         case .ntlmNegotiateSent(let negotiate):
             guard let credentials else { return self.finish(.credentialsMissing(offered: offered)) }
@@ -198,27 +247,55 @@ struct ParentHandshake {
             self.staleRetried = true
             return self.answerDigest(stale, reusable: reusable)
         }
+        // A Negotiate continuation (SPNEGO with more than one leg) carries a token.
+        if previous == .negotiate,
+            let token = challenges.first(where: { $0.schemeIs("Negotiate") })?.token68,
+            let bytes = Data(base64Encoded: token), !bytes.isEmpty
+        {
+            self.state = .makingToken(reusable: reusable)
+            return .negotiate(input: Array(bytes))
+        }
         if let previous {
             // Credentials went out and came back refused.
             self.memory = nil
             return self.finish(.credentialsRefused(previous))
         }
-        guard let credentials else { return self.finish(.credentialsMissing(offered: offered)) }
-        // Strongest allowed scheme the parent offers.
+        return self.choose(from: challenges, reusable: reusable, unavailable: nil)
+    }
+
+    /// Answers the strongest scheme among `challenges` that is allowed, not given up on, and
+    /// answerable with what is configured.
+    private mutating func choose(from challenges: [Challenge], reusable: Bool, unavailable: String?) -> Action {
+        let offered = challenges.map(\.scheme)
         let usable = challenges.compactMap { challenge -> (ParentAuthScheme, Challenge)? in
             guard let scheme = ParentAuthScheme.allCases.first(where: { challenge.schemeIs($0.token) }),
-                self.allowed.contains(scheme)
+                self.allowed.contains(scheme), !self.excluded.contains(scheme)
             else { return nil }
-            if scheme == .digest {
-                guard let parsed = DigestChallenge(challenge), self.digestResponder(parsed, credentials) != nil else {
-                    return nil
-                }
+            switch scheme {
+            case .negotiate:
+                return (scheme, challenge)
+            case .digest:
+                guard let credentials = self.credentials, let parsed = DigestChallenge(challenge),
+                    self.digestResponder(parsed, credentials) != nil
+                else { return nil }
+                return (scheme, challenge)
+            case .basic, .ntlm:
+                return self.credentials == nil ? nil : (scheme, challenge)
             }
-            return (scheme, challenge)
         }
         guard let (scheme, challenge) = usable.max(by: { $0.0 < $1.0 }) else {
+            if let unavailable { return self.finish(.negotiateUnavailable(unavailable)) }
+            let answerable = challenges.contains { challenge in
+                ParentAuthScheme.allCases.contains { challenge.schemeIs($0.token) && self.allowed.contains($0) }
+            }
+            if self.credentials == nil, answerable { return self.finish(.credentialsMissing(offered: offered)) }
             let malformedDigest = challenges.contains { $0.schemeIs("Digest") } && self.allowed.contains(.digest)
             return self.finish(malformedDigest ? .malformedChallenge(.digest) : .noCommonScheme(offered: offered))
+        }
+        guard let credentials = self.credentials else {
+            // Only Negotiate needs no configured credentials (the ticket cache or keytab has them).
+            self.state = .makingToken(reusable: reusable)
+            return .negotiate(input: nil)
         }
         switch scheme {
         case .basic:
@@ -232,6 +309,9 @@ struct ParentHandshake {
             let negotiate = self.ntlmClient(credentials).negotiate()
             self.state = .ntlmNegotiateSent(negotiate: negotiate)
             return self.send("NTLM " + Data(negotiate).base64EncodedString(), reusable: reusable)
+        case .negotiate:
+            self.state = .makingToken(reusable: reusable)
+            return .negotiate(input: nil)
         }
     }
 
@@ -240,7 +320,7 @@ struct ParentHandshake {
         switch self.state {
         case .ntlmNegotiateSent:
             return self.finish(.connectionClosedMidHandshake)
-        case .initial, .sent, .finished:
+        case .initial, .sent, .finished, .makingToken:
             self.state = .finished
             return .fail(.connectionClosedMidHandshake)
         }
@@ -276,6 +356,7 @@ struct ParentHandshake {
         case .basic: return .basic
         case .digest: return .digest
         case .ntlm: return .ntlm
+        case .negotiate: return .negotiate
         }
     }
 

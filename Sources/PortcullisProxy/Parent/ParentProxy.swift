@@ -69,7 +69,7 @@ public struct ParentURLError: Error, CustomStringConvertible, Sendable, Equatabl
 
 /// The schemes the proxy answers a parent's 407 with.
 public enum ParentAuthScheme: String, Sendable, Hashable, CaseIterable, Comparable {
-    case basic, digest, ntlm
+    case basic, digest, ntlm, negotiate
 
     /// Strongest first: what `--parent-auth any` picks among what the parent offers.
     var strength: Int {
@@ -77,6 +77,7 @@ public enum ParentAuthScheme: String, Sendable, Hashable, CaseIterable, Comparab
         case .basic: return 0
         case .digest: return 1
         case .ntlm: return 2
+        case .negotiate: return 3
         }
     }
 
@@ -88,6 +89,7 @@ public enum ParentAuthScheme: String, Sendable, Hashable, CaseIterable, Comparab
         case .basic: return "Basic"
         case .digest: return "Digest"
         case .ntlm: return "NTLM"
+        case .negotiate: return "Negotiate"
         }
     }
 }
@@ -106,12 +108,16 @@ public struct ParentRouting: Sendable, Equatable {
     /// failure up to `maximumBackoff`.
     public var backoff: TimeAmount = .seconds(5)
     public var maximumBackoff: TimeAmount = .seconds(120)
+    /// A keytab with the proxy's own client key for Negotiate parents (`--parent-keytab`);
+    /// without it, the process's ticket cache (`KRB5CCNAME`).
+    public var clientKeytab: String?
 
     public init() {}
 
     public static func == (lhs: Self, rhs: Self) -> Bool {
         lhs.parents == rhs.parents && lhs.schemes == rhs.schemes && lhs.directFor == rhs.directFor
             && lhs.backoff == rhs.backoff && lhs.maximumBackoff == rhs.maximumBackoff
+            && lhs.clientKeytab == rhs.clientKeytab
     }
 
     /// Whether a request for `host` goes through the parents.

@@ -15,6 +15,10 @@ final class ParentRequest {
     var nextAuthorization: String??
     /// The parent closes after its 407, or the handshake asked for a new connection.
     var sendOnNewConnection = false
+    /// A Negotiate token being made for the next send (the 407's body is read meanwhile).
+    var pendingToken: EventLoopFuture<ParentHandshake.NegotiateResult>?
+    /// The Kerberos context of this request's Negotiate.
+    var negotiation: ParentNegotiation?
 
     init(parents: ParentSet, index: Int, absoluteURI: String) {
         self.parents = parents

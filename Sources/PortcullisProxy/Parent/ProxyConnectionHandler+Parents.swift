@@ -25,7 +25,8 @@ extension ProxyConnectionHandler {
             answerTimeout: self.configuration.upstreamResponseTimeout,
             makeResolver: { [eventLoop = self.context.eventLoop, threadPool = self.shared.threadPool] in
                 PolicyResolver(eventLoop: eventLoop, threadPool: threadPool, guard: open)
-            }
+            },
+            threadPool: self.shared.threadPool
         )
     }
 
@@ -47,6 +48,12 @@ extension ProxyConnectionHandler {
         } catch {
             return error
         }
+    }
+
+    /// What a plain request may start with: a Negotiate token cannot be made before the head
+    /// goes out (GSSAPI blocks), so such a request goes without and answers the 407.
+    static func preemptive(_ memory: ParentAuthMemory?) -> ParentAuthMemory? {
+        memory == .negotiate ? nil : memory
     }
 
     /// `host:port` as a CONNECT names it (an IPv6 literal in brackets).
@@ -137,7 +144,8 @@ extension ProxyConnectionHandler {
                 uri: request.absoluteURI,
                 credentials: request.parents.credentials(of: request.index),
                 allowed: request.parents.routing.schemes,
-                memory: upstream.parentConnectionAuthenticated ? nil : request.parents.takeMemory(request.index)
+                memory: upstream.parentConnectionAuthenticated
+                    ? nil : Self.preemptive(request.parents.takeMemory(request.index))
             )
             if case .send(let first) = handshake.start() { authorization = first } else { authorization = nil }
             request.handshake = handshake
@@ -177,7 +185,7 @@ extension ProxyConnectionHandler {
             request.handshake = handshake
             if let memory = handshake.memory {
                 parents.remember(memory, for: request.index)
-                if memory == .ntlm, let upstream = self.machine.upstream {
+                if memory == .ntlm || memory == .negotiate, let upstream = self.machine.upstream {
                     upstream.parentConnectionAuthenticated = true
                 }
             }
@@ -204,18 +212,23 @@ extension ProxyConnectionHandler {
                 if closes { request.sendOnNewConnection = true }
                 return true
             }
-            self.execute(
-                self.machine.upstreamClosed(
-                    protocolError: ProxyResponse(
-                        status: .badGateway,
-                        proxyError: "proxy_internal_response",
-                        details: "parent \(request.parent.name) asked for credentials after the request body went out",
-                        message:
-                            "the parent proxy \(request.parent.name) asked for credentials for a request whose body had already been sent; it cannot be sent again. The next request starts with the credentials."
-                    ),
-                    now: self.currentTime
-                )
+            self.cannotSendAgain(request)
+            return true
+        case .negotiate(let input):
+            guard self.machine.parentChallenged() else {
+                self.cannotSendAgain(request)
+                return true
+            }
+            let negotiation =
+                request.negotiation
+                ?? ParentNegotiation(host: request.parent.host, clientKeytab: parents.routing.clientKeytab)
+            request.negotiation = negotiation
+            request.pendingToken = negotiation.step(
+                input,
+                threadPool: self.shared.threadPool,
+                on: self.context.eventLoop
             )
+            if closes { request.sendOnNewConnection = true }
             return true
         case .fail(let reason):
             failure = reason
@@ -233,9 +246,53 @@ extension ProxyConnectionHandler {
         return true
     }
 
+    /// A 502 for a request the parent challenged after its body went out (bodies are not kept).
+    private func cannotSendAgain(_ request: ParentRequest) {
+        self.execute(
+            self.machine.upstreamClosed(
+                protocolError: ProxyResponse(
+                    status: .badGateway,
+                    proxyError: "proxy_internal_response",
+                    details: "parent \(request.parent.name) asked for credentials after the request body went out",
+                    message:
+                        "the parent proxy \(request.parent.name) asked for credentials for a request whose body had already been sent; it cannot be sent again. The next request starts with the credentials."
+                ),
+                now: self.currentTime
+            )
+        )
+    }
+
     /// The parent's 407 has been read: the request goes again with the answer, on the same
     /// connection or a new one.
     func sendAgainToParent(_ exchange: ProxyExchange, after upstream: UpstreamHandler) {
+        if let request = exchange.parent, let pending = request.pendingToken {
+            // The Negotiate token is still being made: the request goes once it is there.
+            request.pendingToken = nil
+            pending.assumeIsolated().whenSuccess { result in
+                guard var handshake = request.handshake, self.machine.isSkippingChallenge else { return }
+                let action = handshake.negotiateStepped(result)
+                request.handshake = handshake
+                switch action {
+                case .send(let authorization), .sendOnNewConnection(let authorization):
+                    request.nextAuthorization = .some(authorization)
+                    if case .sendOnNewConnection = action { request.sendOnNewConnection = true }
+                    self.sendAgainToParent(exchange, after: upstream)
+                case .fail(let failure):
+                    request.parents.counted(request.index, scheme: nil, failure: failure)
+                    self.execute(
+                        self.machine.upstreamClosed(
+                            protocolError: ProxyResponse.parentFailure(
+                                .authentication(parent: request.parent.name, failure)
+                            ),
+                            now: self.currentTime
+                        )
+                    )
+                case .negotiate, .done:
+                    self.execute(self.machine.upstreamClosed(protocolError: nil, now: self.currentTime))
+                }
+            }
+            return
+        }
         let reuse = exchange.parent?.sendOnNewConnection != true && upstream.isReusable
         exchange.parent?.sendOnNewConnection = false
         upstream.detach()
