@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v curl >/dev/null || need+=(curl)
+command -v git >/dev/null || need+=(git)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v mkpasswd >/dev/null || need+=(whois)
 command -v openssl >/dev/null || need+=(openssl)

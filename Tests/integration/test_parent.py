@@ -4,6 +4,7 @@ answering the parent's 407 itself; the client's own credentials never leave the 
 from __future__ import annotations
 
 import json
+import sys
 import socket
 import threading
 import urllib.parse
@@ -378,3 +379,88 @@ def test_portcullis_as_a_negotiate_parent_from_a_client_keytab(launcher, tmp_pat
                             env={"KRB5_CONFIG": os.environ["KRB5_CONFIG"],
                                  "KRB5CCNAME": f"FILE:{tmp_path / 'no-such-ccache'}"})
     _through_negotiate_parent(launcher, bridge, corp, origin, echo_origin)
+
+
+class StaticSite:
+    """A plain HTTP server over a directory (git's dumb protocol, a pip "simple" index)."""
+
+    def __init__(self, root):
+        import functools
+        import http.server
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+        handler.log_message = lambda *args: None
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _wheel(path):
+    """A minimal pure-Python wheel, demo_pkg 1.0."""
+    import hashlib
+    import zipfile
+    files = {
+        "demo_pkg/__init__.py": b"VALUE = 42\n",
+        "demo_pkg-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: demo-pkg\nVersion: 1.0\n",
+        "demo_pkg-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = ""
+    for name, data in files.items():
+        digest = __import__("base64").urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record += f"{name},sha256={digest},{len(data)}\n"
+    record += "demo_pkg-1.0.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+        z.writestr("demo_pkg-1.0.dist-info/RECORD", record)
+
+
+def test_git_and_pip_through_the_bridge_without_proxy_credentials(launcher, squid_parent_basic, tmp_path):
+    """The laptop case end to end: git (dumb HTTP clone) and pip (download from a simple index)
+    with a proxy URL that holds no credentials; Squid, the corporate proxy, asks for Basic and
+    gets the bridge's."""
+    import os
+    import subprocess
+    site = tmp_path / "site"
+    repo_src = tmp_path / "src"
+    subprocess.run(["git", "init", "-q", str(repo_src)], check=True)
+    (repo_src / "README").write_text("through two proxies\n")
+    git_env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+               "GIT_COMMITTER_EMAIL": "t@t", "GIT_TERMINAL_PROMPT": "0", "HOME": str(tmp_path)}
+    subprocess.run(["git", "-C", str(repo_src), "add", "README"], check=True, env=git_env)
+    subprocess.run(["git", "-C", str(repo_src), "commit", "-qm", "one"], check=True, env=git_env)
+    site.mkdir()
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo_src), str(site / "repo.git")], check=True, env=git_env)
+    subprocess.run(["git", "-C", str(site / "repo.git"), "update-server-info"], check=True, env=git_env)
+    (site / "simple" / "demo-pkg").mkdir(parents=True)
+    _wheel(site / "simple" / "demo-pkg" / "demo_pkg-1.0-py3-none-any.whl")
+    (site / "simple" / "demo-pkg" / "index.html").write_text(
+        '<html><body><a href="demo_pkg-1.0-py3-none-any.whl">demo_pkg-1.0-py3-none-any.whl</a></body></html>\n')
+    static = StaticSite(site)
+    try:
+        log = tmp_path / "bridge-access.log"
+        bridge = launcher.start("--auth", "none", "--parent", parent_url(squid_parent_basic), "--access-log", log,
+                                htpasswd=None)
+        proxy = f"http://127.0.0.1:{bridge.port}"
+        clone = subprocess.run(["git", "-c", f"http.proxy={proxy}", "clone", "-q",
+                                f"http://127.0.0.1:{static.port}/repo.git", str(tmp_path / "clone")],
+                               capture_output=True, text=True, timeout=60, env=git_env)
+        assert clone.returncode == 0, clone.stderr
+        assert (tmp_path / "clone" / "README").read_text() == "through two proxies\n"
+        pip = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir",
+                              "--disable-pip-version-check", "--index-url", f"http://127.0.0.1:{static.port}/simple/",
+                              "--proxy", proxy, "-d", str(tmp_path / "wheels"), "demo-pkg"],
+                             capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+        assert pip.returncode == 0, pip.stdout + pip.stderr
+        assert (tmp_path / "wheels" / "demo_pkg-1.0-py3-none-any.whl").exists()
+        # Both really went through the bridge and on to the parent.
+        wait_until(lambda: "demo_pkg-1.0-py3-none-any.whl" in log.read_text(), 5, what="pip's download logged")
+        lines = log.read_text().splitlines()
+        assert any("/repo.git/info/refs" in line for line in lines), lines
+        assert all("FIRSTUP_PARENT/127.0.0.1" in line for line in lines if f":{static.port}/" in line), lines
+    finally:
+        static.close()
