@@ -243,6 +243,15 @@ public struct ServeOptions: DeclaredSettings {
     @Option(
         name: .long,
         help: ArgumentHelp(
+            "CA certificates (PEM) that https:// parents' certificates are verified against, instead of the system's.",
+            valueName: "file"
+        )
+    )
+    public var parentCacert: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
             "A keytab with the proxy's own client key, for parents that ask for Negotiate (Kerberos); without it, the process's ticket cache (KRB5CCNAME).",
             valueName: "file"
         )

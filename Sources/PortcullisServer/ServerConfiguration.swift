@@ -407,10 +407,10 @@ public struct ServerConfiguration: Sendable {
         }
         if routing.parents.isEmpty {
             if options.parentAuth != nil || options.directFor != nil || sharedPassword != nil
-                || options.parentKeytab != nil
+                || options.parentKeytab != nil || options.parentCacert != nil
             {
                 throw ServeError(
-                    "--parent-auth, --direct-for, --parent-keytab and --parent-password-file/-env are for --parent, which is not set"
+                    "--parent-auth, --direct-for, --parent-keytab, --parent-cacert and --parent-password-file/-env are for --parent, which is not set"
                 )
             }
             return routing
@@ -424,6 +424,14 @@ public struct ServerConfiguration: Sendable {
                 schemes.insert(scheme)
             }
             routing.schemes = schemes
+        }
+        if let cacert = options.parentCacert {
+            do {
+                _ = try ParentTLS.context(trustRoots: cacert)
+            } catch {
+                throw ServeError("--parent-cacert \(cacert) does not load as PEM CA certificates: \(error)")
+            }
+            routing.trustRoots = cacert
         }
         if let keytab = options.parentKeytab {
             guard FileManager.default.isReadableFile(atPath: keytab) else {

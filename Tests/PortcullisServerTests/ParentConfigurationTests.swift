@@ -31,6 +31,9 @@ import Testing
         #expect(r.parents[0].user == #"CORP\bridge"# && r.parents[0].password == "p@ss:w%rd")
         #expect(r.parents[1].host == "::1" && r.parents[1].port == 3128 && r.parents[1].user == nil)
         #expect(r.parents[1].name == "[::1]:3128")
+        let tls = try self.routing(["--parent", "https://p.example"])
+        #expect(tls.parents[0].tls && tls.parents[0].port == 443)
+        #expect(!r.parents[0].tls)
         #expect(r.schemes == Set(ParentAuthScheme.allCases))
         // The description never carries the password.
         #expect(!"\(r.parents[0])".contains("p@ss"))
@@ -66,7 +69,7 @@ import Testing
 
     @Test func badURLsAreRefusedWithoutRepeatingThem() {
         for (url, says) in [
-            ("https://u:topsecret@p:1", "https://"),
+            ("ftp://u:topsecret@p:1", "ftp://"),
             ("http://u:topsecret@p:1/path", "path"),
             ("u:topsecret@p:1", "URL"),
             ("http://u:topsecret@:1", "no host"),

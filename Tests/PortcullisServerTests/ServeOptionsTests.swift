@@ -96,6 +96,7 @@ struct SettingSample: Sendable, CustomTestStringConvertible {
         SettingSample("parent-password-file", text: "/run/secrets/parent") { $0.parentPasswordFile },
         SettingSample("parent-password-env", text: "PARENT_PASSWORD") { $0.parentPasswordEnv },
         SettingSample("parent-keytab", text: "/etc/portcullis/parent.keytab") { $0.parentKeytab },
+        SettingSample("parent-cacert", text: "/etc/portcullis/corp-ca.pem") { $0.parentCacert },
         SettingSample("parent-auth", ["--parent-auth", "digest,ntlm"], "parent-auth: [digest, ntlm]") {
             $0.parentAuth?.items == ["digest", "ntlm"]
         },

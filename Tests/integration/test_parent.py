@@ -464,3 +464,49 @@ def test_git_and_pip_through_the_bridge_without_proxy_credentials(launcher, squi
         assert all("FIRSTUP_PARENT/127.0.0.1" in line for line in lines if f":{static.port}/" in line), lines
     finally:
         static.close()
+
+
+def test_an_https_parent_plain_and_connect(launcher, tls_cert, origin, echo_origin):
+    """Portcullis' own TLS listener as the parent (Basic over TLS); the bridge verifies its
+    certificate against --parent-cacert."""
+    cert, key = tls_cert
+    port = free_port()
+    corp = launcher.start("--listen-tls", f"127.0.0.1:{port}", "--tls-cert", cert, "--tls-key", key,
+                          "--connect-ports", echo_origin.port, listen=[], connect=("127.0.0.1", port))
+    url = f"https://{USER}:{PASSWORD}@127.0.0.1:{port}"
+    bridge = launcher.start("--auth", "none", "--parent", url, "--parent-cacert", cert,
+                            "--connect-ports", echo_origin.port, htpasswd=None)
+    r = get_through(bridge, f"{origin.base}/text", headers=())
+    assert r.status == 200 and r.body == b"hello from origin\n", r.describe()
+    c, r = connect_through(bridge, echo_origin.port, headers=())
+    with c:
+        assert r.status == 200, r.describe()
+        c.send(b"tls to the parent\n")
+        assert c.read_exact(18) == b"tls to the parent\n"
+    # Without the CA, the parent's certificate is not trusted: a 502 that says so, both ways.
+    untrusting = launcher.start("--auth", "none", "--parent", url, "--connect-ports", echo_origin.port,
+                                htpasswd=None)
+    r = get_through(untrusting, f"{origin.base}/text", headers=())
+    assert r.status == 502, r.describe()
+    assert_proxy_status(r, error="tls_certificate_error")
+    c, r = connect_through(untrusting, echo_origin.port, headers=())
+    with c:
+        assert r.status == 502, r.describe()
+        assert_proxy_status(r, error="tls_certificate_error")
+
+
+def test_an_https_parent_whose_certificate_names_another_host_is_refused(launcher, tmp_path, origin):
+    import subprocess
+    cert, key = tmp_path / "other.pem", tmp_path / "other.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "2", "-keyout", str(key), "-out", str(cert), "-subj", "/CN=other.example",
+                    "-addext", "subjectAltName=DNS:other.example"], check=True, capture_output=True, timeout=60)
+    port = free_port()
+    launcher.start("--listen-tls", f"127.0.0.1:{port}", "--tls-cert", cert, "--tls-key", key, listen=[],
+                   connect=("127.0.0.1", port))
+    bridge = launcher.start("--auth", "none", "--parent", f"https://{USER}:{PASSWORD}@127.0.0.1:{port}",
+                            "--parent-cacert", cert, htpasswd=None)
+    r = get_through(bridge, f"{origin.base}/text", headers=())
+    assert r.status == 502, r.describe()
+    assert_proxy_status(r, error="tls_certificate_error")
+    assert origin.requests == []

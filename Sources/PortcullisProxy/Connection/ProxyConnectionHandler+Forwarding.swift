@@ -275,7 +275,11 @@ extension ProxyConnectionHandler {
     func upstreamClosed(error: (any Error)?) {
         self.writeHeldHead()
         var protocolError: ProxyResponse?
-        if let error = error as? ResponseFramer.ProtocolError {
+        if let error, ProxyResponse.isTLSError(error),
+            case .exchange(let current) = self.machine.state, let parent = current.record.parent
+        {
+            protocolError = ProxyResponse.parentTLSFailure(parent: parent.parent.name, error)
+        } else if let error = error as? ResponseFramer.ProtocolError {
             protocolError = ProxyResponse(
                 status: .badGateway,
                 proxyError: "http_protocol_error",

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import PortcullisAuth
 
 /// A response the proxy generates itself, with its RFC 9209 `Proxy-Status`.
@@ -206,6 +207,8 @@ extension ProxyResponse {
                 details: "parent \(parent) answered \(status)",
                 message: "the parent proxy \(parent) answered the CONNECT with \(status)."
             )
+        case .tls(let parent, let underlying):
+            return Self.parentTLSFailure(parent: parent, underlying)
         case .brokenAnswer(let parent, let reason):
             return ProxyResponse(
                 status: .badGateway,
@@ -214,6 +217,28 @@ extension ProxyResponse {
                 message: "the parent proxy \(parent) did not answer properly: \(reason)."
             )
         }
+    }
+
+    /// TLS to an `https://` parent failed: its certificate (`tls_certificate_error`: not from
+    /// a trusted CA, or not for that name) or the handshake itself.
+    static func parentTLSFailure(parent: String, _ error: any Error) -> ProxyResponse {
+        let text = "\(error)"
+        let certificate =
+            text.contains("CERTIFICATE_VERIFY_FAILED") || text.contains("unableToValidateCertificate")
+            || text.contains("failedToValidateHostname")
+        return ProxyResponse(
+            status: .badGateway,
+            proxyError: certificate ? "tls_certificate_error" : "tls_protocol_error",
+            details: "parent \(parent): TLS \(certificate ? "certificate not trusted" : "handshake failed")",
+            message: certificate
+                ? "the parent proxy \(parent)'s certificate is not trusted for that name (give its CA with --parent-cacert)."
+                : "TLS to the parent proxy \(parent) failed."
+        )
+    }
+
+    /// Whether `error` is a TLS failure (NIOSSL's or BoringSSL's).
+    static func isTLSError(_ error: any Error) -> Bool {
+        error is NIOSSLError || error is NIOSSLExtraError || error is BoringSSLError
     }
 
     private static func resolutionError(in error: any Error) -> ResolutionError? {

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import NIOSSL
 import PortcullisAuth
 
 /// Why a request through the parents failed, for the client's 502 (``ProxyResponse/parentFailure(_:)``).
@@ -14,6 +15,8 @@ enum ParentError: Error, CustomStringConvertible {
     case refusedTunnel(parent: String, status: Int)
     /// The parent's answer to the CONNECT was not valid HTTP/1.1, or did not come in time.
     case brokenAnswer(parent: String, reason: String)
+    /// TLS to an `https://` parent failed (its certificate, or the handshake).
+    case tls(parent: String, underlying: any Error)
 
     var description: String {
         switch self {
@@ -22,6 +25,7 @@ enum ParentError: Error, CustomStringConvertible {
         case .authentication(let parent, let failure): return "parent \(parent): \(failure.details)"
         case .refusedTunnel(let parent, let status): return "parent \(parent) answered the CONNECT with \(status)"
         case .brokenAnswer(let parent, let reason): return "parent \(parent): \(reason)"
+        case .tls(let parent, let error): return "TLS to parent \(parent) failed: \(error)"
         }
     }
 }
@@ -73,7 +77,29 @@ struct ParentConnector: Sendable {
         )
         let parents = self.parents
         let this = self
-        return self.base.connect(request, on: eventLoop, initializer: initializer)
+        var setUp = initializer
+        if parent.tls {
+            guard let context = parents.tlsContext else {
+                return eventLoop.makeFailedFuture(
+                    ParentError.brokenAnswer(
+                        parent: parent.name,
+                        reason: "the TLS settings for https:// parents did not load"
+                    )
+                )
+            }
+            setUp = { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    // A name is sent (SNI) and checked against the certificate; for an address
+                    // NIOSSL checks the address connected to against the certificate's IP SANs.
+                    let name = CanonicalHost(parent.host)?.addressBytes == nil ? parent.host : nil
+                    try channel.pipeline.syncOperations.addHandler(
+                        NIOSSLClientHandler(context: context, serverHostname: name)
+                    )
+                }
+                .flatMap { initializer(channel) }
+            }
+        }
+        return self.base.connect(request, on: eventLoop, initializer: setUp)
             .map { channel -> (any Channel, Int) in
                 parents.connected(index)
                 return (channel, index)
@@ -247,6 +273,9 @@ struct ParentConnector: Sendable {
                         initializer: initializer,
                         promise: promise
                     )
+                case .tlsFailed(let error):
+                    channel.close(promise: nil)
+                    promise.fail(ParentError.tls(parent: parent, underlying: error))
                 case .failed(let reason):
                     channel.close(promise: nil)
                     if case .fail(let failure) = handshake.connectionClosed(), failure != .connectionClosedMidHandshake
@@ -327,6 +356,8 @@ final class ParentTunnelHandshakeHandler: ChannelInboundHandler, RemovableChanne
         case answered(status: Int, challenges: [Challenge], reusable: Bool)
         /// The connection closed or the answer was broken or late (the reason, for the 502).
         case failed(String)
+        /// TLS to the parent failed.
+        case tlsFailed(any Error)
     }
 
     /// Longest answer head read from a parent.
@@ -502,7 +533,7 @@ final class ParentTunnelHandshakeHandler: ChannelInboundHandler, RemovableChanne
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.finish(.failed("\(error)"))
+        self.finish(ProxyResponse.isTLSError(error) ? .tlsFailed(error) : .failed("\(error)"))
         context.close(promise: nil)
     }
 

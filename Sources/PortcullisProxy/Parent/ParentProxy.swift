@@ -8,12 +8,15 @@ public struct ParentProxy: Sendable, Hashable, CustomStringConvertible {
     public var port: Int
     public var user: String?
     public var password: String?
+    /// Spoken to over TLS (an `https://` parent).
+    public var tls: Bool
 
-    public init(host: String, port: Int, user: String? = nil, password: String? = nil) {
+    public init(host: String, port: Int, user: String? = nil, password: String? = nil, tls: Bool = false) {
         self.host = host
         self.port = port
         self.user = user
         self.password = password
+        self.tls = tls
     }
 
     /// `host:port`: how logs, metrics and errors name the parent.
@@ -21,23 +24,22 @@ public struct ParentProxy: Sendable, Hashable, CustomStringConvertible {
 
     public var description: String { self.name }
 
-    /// Reads `http://[USER[:PASSWORD]@]HOST[:PORT]` (user and password percent-encoded; port
-    /// 3128 when absent). The error never repeats the URL, which may hold a password.
+    /// Reads `http://[USER[:PASSWORD]@]HOST[:PORT]` or `https://…` (user and password
+    /// percent-encoded; port 3128 for http and 443 for https when absent, as curl does for an
+    /// https proxy). The error never repeats the URL, which may hold a password.
     public init(url text: String) throws(ParentURLError) {
         guard let components = URLComponents(string: text), let scheme = components.scheme?.lowercased() else {
             throw ParentURLError("is not a URL like http://USER:PASSWORD@HOST:PORT")
         }
-        guard scheme == "http" else {
-            throw ParentURLError(
-                "uses \(scheme)://; parents are reached over http:// (TLS to a parent is not supported yet)"
-            )
+        guard scheme == "http" || scheme == "https" else {
+            throw ParentURLError("uses \(scheme)://; a parent is an http:// or https:// proxy")
         }
         guard let host = components.host, !host.isEmpty else { throw ParentURLError("names no host") }
         guard (components.path.isEmpty || components.path == "/"), components.query == nil, components.fragment == nil
         else {
             throw ParentURLError("has a path, query or fragment; a parent is only http://[USER[:PASSWORD]@]HOST[:PORT]")
         }
-        let port = components.port ?? 3128
+        let port = components.port ?? (scheme == "https" ? 443 : 3128)
         guard (1...65535).contains(port) else { throw ParentURLError("has port \(port), outside 1-65535") }
         var user: String?
         var password: String?
@@ -56,7 +58,7 @@ public struct ParentProxy: Sendable, Hashable, CustomStringConvertible {
         // An IPv6 literal comes without brackets from URLComponents on Linux and with them on Darwin.
         var bare = host
         if bare.hasPrefix("["), bare.hasSuffix("]") { bare = String(bare.dropFirst().dropLast()) }
-        self.init(host: bare.lowercased(), port: port, user: user, password: password)
+        self.init(host: bare.lowercased(), port: port, user: user, password: password, tls: scheme == "https")
     }
 }
 
@@ -108,6 +110,9 @@ public struct ParentRouting: Sendable, Equatable {
     /// failure up to `maximumBackoff`.
     public var backoff: TimeAmount = .seconds(5)
     public var maximumBackoff: TimeAmount = .seconds(120)
+    /// CA certificates (PEM) that `https://` parents are verified against (`--parent-cacert`);
+    /// nil: the system's.
+    public var trustRoots: String?
     /// A keytab with the proxy's own client key for Negotiate parents (`--parent-keytab`);
     /// without it, the process's ticket cache (`KRB5CCNAME`).
     public var clientKeytab: String?
@@ -117,7 +122,7 @@ public struct ParentRouting: Sendable, Equatable {
     public static func == (lhs: Self, rhs: Self) -> Bool {
         lhs.parents == rhs.parents && lhs.schemes == rhs.schemes && lhs.directFor == rhs.directFor
             && lhs.backoff == rhs.backoff && lhs.maximumBackoff == rhs.maximumBackoff
-            && lhs.clientKeytab == rhs.clientKeytab
+            && lhs.clientKeytab == rhs.clientKeytab && lhs.trustRoots == rhs.trustRoots
     }
 
     /// Whether a request for `host` goes through the parents.

@@ -2,6 +2,7 @@ import CoreMetrics
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOSSL
 
 /// The parents of one server and what every connection learns about them: which are down
 /// (passed over until a backoff ends), and how each one's 407 was answered last (so the next
@@ -33,7 +34,21 @@ final class ParentSet: Sendable {
         self.health = NIOLockedValueBox(Array(repeating: Health(), count: routing.parents.count))
         self.logger = logger
         self.metrics = ParentMetrics(parents: routing.parents, factory: factory)
+        if routing.parents.contains(where: \.tls) {
+            do {
+                self.tlsContext = try ParentTLS.context(trustRoots: routing.trustRoots)
+            } catch {
+                // `serve` checked the file at start-up; a file broken since is said per request.
+                logger.error("the https:// parents' TLS settings do not load", metadata: ["error": "\(error)"])
+                self.tlsContext = nil
+            }
+        } else {
+            self.tlsContext = nil
+        }
     }
+
+    /// The client context for `https://` parents (nil when none is one, or it did not load).
+    let tlsContext: NIOSSLContext?
 
     var parents: [ParentProxy] { self.routing.parents }
 
@@ -180,4 +195,20 @@ struct ParentMetrics: Sendable {
 
     func failure(_ index: Int) { self.failures[index].increment() }
     func failover(_ index: Int) { self.failovers[index].increment() }
+}
+
+public enum ParentTLS {
+    /// The TLS client context of `https://` parents: TLS 1.2 or later, the certificate
+    /// verified against `trustRoots` (PEM) or the system's CAs and the parent's name, ALPN
+    /// `http/1.1` (a parent that also speaks HTTP/2 must not pick it: requests go as HTTP/1.1).
+    public static func context(trustRoots: String?) throws -> NIOSSLContext {
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.minimumTLSVersion = .tlsv12
+        configuration.applicationProtocols = ["http/1.1"]
+        if let trustRoots {
+            configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(trustRoots))
+        }
+        return try NIOSSLContext(configuration: configuration)
+    }
+
 }
