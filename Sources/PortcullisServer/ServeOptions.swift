@@ -276,6 +276,16 @@ public struct ServeOptions: DeclaredSettings {
     )
     public var directFor: CommaList?
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "A routing rule, PATTERNS=VIA (repeatable, first match wins, after --direct-for): host patterns as in --direct-for, then direct or one --parent's host[:port]. Hosts no rule matches go through the parents in order.",
+            valueName: "rule"
+        ),
+        transform: { try RouteRule(argument: $0) }
+    )
+    public var routes: [RouteRule] = []
+
     @Flag(inversion: .prefixedNo, help: "Allow --auth none on a non-loopback listener.")
     public var allowOpenProxy: Bool?
 

@@ -407,10 +407,10 @@ public struct ServerConfiguration: Sendable {
         }
         if routing.parents.isEmpty {
             if options.parentAuth != nil || options.directFor != nil || sharedPassword != nil
-                || options.parentKeytab != nil || options.parentCacert != nil
+                || options.parentKeytab != nil || options.parentCacert != nil || !options.routes.isEmpty
             {
                 throw ServeError(
-                    "--parent-auth, --direct-for, --parent-keytab, --parent-cacert and --parent-password-file/-env are for --parent, which is not set"
+                    "--parent-auth, --direct-for, --routes, --parent-keytab, --parent-cacert and --parent-password-file/-env are for --parent, which is not set"
                 )
             }
             return routing
@@ -438,6 +438,34 @@ public struct ServerConfiguration: Sendable {
                 throw ServeError("--parent-keytab \(keytab) cannot be read")
             }
             routing.clientKeytab = keytab
+        }
+        for rule in options.routes {
+            var hosts: [AccessPolicy.HostPattern] = []
+            for item in rule.hosts {
+                guard let pattern = AccessPolicy.HostPattern(item) else {
+                    throw ServeError("--routes: '\(item)' is not a host name, *.suffix, IP address or CIDR block")
+                }
+                hosts.append(pattern)
+            }
+            let parent: Int?
+            if rule.via.lowercased() == "direct" {
+                parent = nil
+            } else {
+                let named = routing.parents.indices.filter { index in
+                    let p = routing.parents[index]
+                    return p.name == rule.via.lowercased() || p.host == rule.via.lowercased()
+                }
+                guard named.count == 1 else {
+                    let known = routing.parents.map(\.name).joined(separator: ", ")
+                    throw ServeError(
+                        named.isEmpty
+                            ? "--routes: '\(rule.via)' is neither direct nor a --parent (\(known))"
+                            : "--routes: '\(rule.via)' names more than one --parent; write host:port"
+                    )
+                }
+                parent = named[0]
+            }
+            routing.routes.append(ParentRouting.Route(hosts: hosts, parent: parent))
         }
         for item in options.directFor?.items ?? [] {
             guard let pattern = AccessPolicy.HostPattern(item) else {

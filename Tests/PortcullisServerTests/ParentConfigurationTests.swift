@@ -98,4 +98,35 @@ import Testing
         )
         #expect(self.message(["--direct-for", "intranet"])?.contains("for --parent") == true)
     }
+
+    @Test func routesNameDirectOrOneParentAndDecideInOrderAfterDirectFor() throws {
+        let r = try self.routing([
+            "--parent", "http://p1.corp:3128", "--parent", "http://p2.corp:8080",
+            "--direct-for", "intranet",
+            "--routes", "*.partner.example=p2.corp",
+            "--routes", "*.corp.example,10.0.0.0/8=DIRECT",
+            "--routes", "*.example=p1.corp:3128",
+        ])
+        #expect(r.routes.count == 3)
+        #expect(r.route(for: "intranet") == nil)
+        #expect(r.route(for: "api.partner.example") == [1])
+        #expect(r.route(for: "git.corp.example") == nil)
+        #expect(r.route(for: "10.1.2.3") == nil)
+        // The first match wins: *.partner.example came before *.example.
+        #expect(r.route(for: "www.example") == [0])
+        #expect(r.route(for: "elsewhere.test") == [0, 1])
+        #expect(r.route(for: "Elsewhere.Test.") == [0, 1])
+
+        #expect(
+            self.message(["--parent", "http://p:1", "--routes", "a=q"])?.contains("neither direct nor a --parent")
+                == true
+        )
+        #expect(
+            self.message(["--parent", "http://p:1", "--parent", "http://p:2", "--routes", "a=p"])?
+                .contains("more than one") == true
+        )
+        #expect(self.message(["--parent", "http://p:1", "--routes", "bad host!=direct"])?.contains("--routes") == true)
+        #expect(self.message(["--routes", "a=direct"])?.contains("for --parent") == true)
+        #expect(throws: (any Error).self) { try ServeOptions.parse(["--routes", "no-equals-sign"]) }
+    }
 }

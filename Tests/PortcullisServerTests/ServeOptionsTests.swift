@@ -93,6 +93,16 @@ struct SettingSample: Sendable, CustomTestStringConvertible {
         ) {
             $0.parent == ["http://a@p1:3128", "http://p2:8080"]
         },
+        SettingSample(
+            "routes",
+            ["--routes", "*.corp.example=direct", "--routes", "10.0.0.0/8,intra=p2:8080"],
+            #"routes: ["*.corp.example=direct", {hosts: [10.0.0.0/8, intra], via: "p2:8080"}]"#
+        ) {
+            $0.routes == [
+                RouteRule(hosts: ["*.corp.example"], via: "direct"),
+                RouteRule(hosts: ["10.0.0.0/8", "intra"], via: "p2:8080"),
+            ]
+        },
         SettingSample("parent-password-file", text: "/run/secrets/parent") { $0.parentPasswordFile },
         SettingSample("parent-password-env", text: "PARENT_PASSWORD") { $0.parentPasswordEnv },
         SettingSample("parent-keytab", text: "/etc/portcullis/parent.keytab") { $0.parentKeytab },

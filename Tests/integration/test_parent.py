@@ -510,3 +510,30 @@ def test_an_https_parent_whose_certificate_names_another_host_is_refused(launche
     assert r.status == 502, r.describe()
     assert_proxy_status(r, error="tls_certificate_error")
     assert origin.requests == []
+
+
+def test_routes_send_each_host_to_its_parent_or_direct(launcher, origin, tmp_path):
+    """Two parents (both ask for the bridge's Basic); routes from a config file send
+    *.one.test to the first, *.two.test to the second, and the origin's address direct."""
+    first, second = RecordingParent(), RecordingParent()
+    try:
+        config = tmp_path / "portcullis.yaml"
+        config.write_text(
+            f"parent: [\"{parent_url(first)}\", \"{parent_url(second)}\"]\n"
+            "routes:\n"
+            f"  - \"*.one.test=127.0.0.1:{first.port}\"\n"
+            f"  - {{hosts: [\"*.two.test\"], via: \"127.0.0.1:{second.port}\"}}\n"
+            "  - {hosts: [127.0.0.0/8], via: direct}\n")
+        p = launcher.start("--config", config)
+        assert get_through(p, "http://a.one.test/x").status == 200
+        assert get_through(p, "http://b.two.test/y").status == 200
+        r = get_through(p, f"{origin.base}/text")
+        assert r.status == 200 and r.body == b"hello from origin\n", r.describe()
+        assert [h.split(b" ")[1] for h in first.heads] == [b"http://a.one.test/x"] * 2
+        assert [h.split(b" ")[1] for h in second.heads] == [b"http://b.two.test/y"] * 2
+        # A host no rule names goes through the parents in order: the first.
+        assert get_through(p, "http://elsewhere.test/z").status == 200
+        assert first.heads[-1].split(b" ")[1] == b"http://elsewhere.test/z"
+    finally:
+        first.close()
+        second.close()

@@ -4,8 +4,15 @@ import NIOCore
 // Forwarding of absolute-form requests over pooled upstream connections.
 extension ProxyConnectionHandler {
     func forward(_ exchange: ProxyExchange, to authority: OriginAuthority, pathAndQuery: String, now: NIODeadline) {
-        if let parents = self.parents(for: authority) {
-            self.forwardThroughParent(exchange, parents, to: authority, pathAndQuery: pathAndQuery, now: now)
+        if let (parents, allowed) = self.parents(for: authority) {
+            self.forwardThroughParent(
+                exchange,
+                parents,
+                allowed: allowed,
+                to: authority,
+                pathAndQuery: pathAndQuery,
+                now: now
+            )
             return
         }
         Self.dropIfLarge(&self.upstreamHeadBuffer)

@@ -36,6 +36,8 @@ enum ParentError: Error, CustomStringConvertible {
 /// channel over. Runs on the requesting connection's event loop.
 struct ParentConnector: Sendable {
     let parents: ParentSet
+    /// The parents this request's route allows, in order.
+    let allowed: [Int]
     let base: any UpstreamConnector
     let connectTimeout: TimeAmount
     /// How long the parent has for its answer to the CONNECT.
@@ -51,7 +53,7 @@ struct ParentConnector: Sendable {
         on eventLoop: any EventLoop,
         initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
     ) -> EventLoopFuture<(any Channel, Int)> {
-        let candidates = self.parents.candidates(now: .now())
+        let candidates = self.parents.candidates(now: .now(), among: self.allowed)
         return self.connect(candidates[...], on: eventLoop, lastError: nil, initializer: initializer)
     }
 

@@ -110,6 +110,21 @@ public struct ParentRouting: Sendable, Equatable {
     /// failure up to `maximumBackoff`.
     public var backoff: TimeAmount = .seconds(5)
     public var maximumBackoff: TimeAmount = .seconds(120)
+    /// Ordered rules after `directFor`: the first whose hosts match decides (`parent` nil:
+    /// direct; else that parent alone). No rule matching: all parents, in order.
+    public var routes: [Route] = []
+
+    public struct Route: Sendable, Equatable {
+        public var hosts: [AccessPolicy.HostPattern]
+        /// Index into `parents`; nil: straight to the origin.
+        public var parent: Int?
+
+        public init(hosts: [AccessPolicy.HostPattern], parent: Int?) {
+            self.hosts = hosts
+            self.parent = parent
+        }
+    }
+
     /// CA certificates (PEM) that `https://` parents are verified against (`--parent-cacert`);
     /// nil: the system's.
     public var trustRoots: String?
@@ -122,18 +137,25 @@ public struct ParentRouting: Sendable, Equatable {
     public static func == (lhs: Self, rhs: Self) -> Bool {
         lhs.parents == rhs.parents && lhs.schemes == rhs.schemes && lhs.directFor == rhs.directFor
             && lhs.backoff == rhs.backoff && lhs.maximumBackoff == rhs.maximumBackoff
-            && lhs.clientKeytab == rhs.clientKeytab && lhs.trustRoots == rhs.trustRoots
+            && lhs.clientKeytab == rhs.clientKeytab && lhs.trustRoots == rhs.trustRoots && lhs.routes == rhs.routes
     }
 
-    /// Whether a request for `host` goes through the parents.
-    func usesParents(for host: String) -> Bool {
-        guard !self.parents.isEmpty else { return false }
+    /// The parents a request for `host` may go through, in order of preference; nil: straight
+    /// to the origin.
+    public func route(for host: String) -> [Int]? {
+        guard !self.parents.isEmpty else { return nil }
+        let all = Array(self.parents.indices)
+        guard !self.directFor.isEmpty || !self.routes.isEmpty else { return all }
         let target: AccessPolicy.Target
         switch CanonicalHost(host) {
         case .name(let name)?: target = AccessPolicy.Target(name: name, address: nil)
         case let literal?: target = AccessPolicy.Target(name: nil, address: literal.addressBytes)
-        case nil: return true
+        case nil: return all
         }
-        return !self.directFor.contains { $0.matches(target) == .yes }
+        if self.directFor.contains(where: { $0.matches(target) == .yes }) { return nil }
+        for route in self.routes where route.hosts.contains(where: { $0.matches(target) == .yes }) {
+            return route.parent.map { [$0] }
+        }
+        return all
     }
 }

@@ -5,6 +5,8 @@ import PortcullisAuth
 /// the answer to its 407 stands.
 final class ParentRequest {
     let parents: ParentSet
+    /// The parents its route allows, in order.
+    let allowed: [Int]
     /// The parent in use (the first one up; another after a failover).
     var index: Int
     /// The request target as the parent gets it (`http://host:port/path?query`).
@@ -20,8 +22,9 @@ final class ParentRequest {
     /// The Kerberos context of this request's Negotiate.
     var negotiation: ParentNegotiation?
 
-    init(parents: ParentSet, index: Int, absoluteURI: String) {
+    init(parents: ParentSet, allowed: [Int], index: Int, absoluteURI: String) {
         self.parents = parents
+        self.allowed = allowed
         self.index = index
         self.absoluteURI = absoluteURI
     }

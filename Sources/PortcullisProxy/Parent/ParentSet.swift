@@ -62,11 +62,11 @@ final class ParentSet: Sendable {
     /// The parents to try, in order: those up, in configuration order; when every one is down,
     /// all of them, the one whose backoff ends first first (a request is not refused while a
     /// parent might be back).
-    func candidates(now: NIODeadline) -> [Int] {
+    func candidates(now: NIODeadline, among allowed: [Int]) -> [Int] {
         self.health.withLockedValue { health in
-            let up = health.indices.filter { (health[$0].downUntil ?? now) <= now }
+            let up = allowed.filter { (health[$0].downUntil ?? now) <= now }
             if !up.isEmpty { return up }
-            return health.indices.sorted { (health[$0].downUntil ?? now) < (health[$1].downUntil ?? now) }
+            return allowed.sorted { (health[$0].downUntil ?? now) < (health[$1].downUntil ?? now) }
         }
     }
 

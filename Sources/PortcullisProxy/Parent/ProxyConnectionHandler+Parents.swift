@@ -3,13 +3,16 @@ import PortcullisAuth
 
 // Requests that go through a parent proxy rather than straight to their origin.
 extension ProxyConnectionHandler {
-    /// The parents `authority`'s requests go through, or nil: straight to the origin.
-    func parents(for authority: OriginAuthority) -> ParentSet? {
-        guard let parents = self.shared.parents, parents.routing.usesParents(for: authority.host) else { return nil }
-        return parents
+    /// The parents `authority`'s requests go through (and which of them), or nil: straight to
+    /// the origin.
+    func parents(for authority: OriginAuthority) -> (set: ParentSet, allowed: [Int])? {
+        guard let parents = self.shared.parents, let allowed = parents.routing.route(for: authority.host) else {
+            return nil
+        }
+        return (parents, allowed)
     }
 
-    func parentConnector(_ parents: ParentSet) -> ParentConnector {
+    func parentConnector(_ parents: ParentSet, allowed: [Int]) -> ParentConnector {
         // The parent's own name is resolved off the event loop like an origin's, without the
         // destination rules: they are about origins, and a corporate proxy is usually internal.
         let open = DestinationGuard(
@@ -20,6 +23,7 @@ extension ProxyConnectionHandler {
         )
         return ParentConnector(
             parents: parents,
+            allowed: allowed,
             base: self.shared.connector,
             connectTimeout: self.configuration.upstreamConnectTimeout,
             answerTimeout: self.configuration.upstreamResponseTimeout,
@@ -68,13 +72,15 @@ extension ProxyConnectionHandler {
     func forwardThroughParent(
         _ exchange: ProxyExchange,
         _ parents: ParentSet,
+        allowed: [Int],
         to authority: OriginAuthority,
         pathAndQuery: String,
         now: NIODeadline
     ) {
         let request = ParentRequest(
             parents: parents,
-            index: parents.candidates(now: now).first ?? 0,
+            allowed: allowed,
+            index: parents.candidates(now: now, among: allowed).first ?? allowed[0],
             absoluteURI: "http://\(authority.hostHeader)\(pathAndQuery)"
         )
         exchange.parent = request
@@ -100,7 +106,7 @@ extension ProxyConnectionHandler {
         }
         let upstream = UpstreamHandler()
         let handler = NIOLoopBound(upstream, eventLoop: self.context.eventLoop)
-        self.parentConnector(request.parents).connect(on: self.context.eventLoop) { channel in
+        self.parentConnector(request.parents, allowed: request.allowed).connect(on: self.context.eventLoop) { channel in
             channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(handler.value) }
         }
         .assumeIsolated()

@@ -11,11 +11,11 @@ extension ProxyConnectionHandler {
             }
         }
         let connecting: EventLoopFuture<any Channel>
-        if let parents = self.parents(for: authority) {
+        if let (parents, allowed) = self.parents(for: authority) {
             if let refusal = self.parentRouteRefusal(exchange, to: authority) {
                 connecting = self.context.eventLoop.makeFailedFuture(refusal)
             } else {
-                connecting = self.parentConnector(parents)
+                connecting = self.parentConnector(parents, allowed: allowed)
                     .connectTunnel(
                         to: Self.connectTarget(authority),
                         via: exchange.head.values(named: "via"),
