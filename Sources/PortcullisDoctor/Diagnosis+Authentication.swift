@@ -297,6 +297,20 @@ extension Diagnosis {
         return nil
     }
 
+    /// The next hop a `Proxy-Status` names (RFC 9209 §2.1.2), quoted or not.
+    static func nextHop(_ response: RecordedResponse) -> String? {
+        for value in response.values("Proxy-Status") {
+            guard let range = value.range(of: "next-hop=") else { continue }
+            var rest = value[range.upperBound...]
+            if rest.first == "\"" {
+                rest = rest.dropFirst()
+                return rest.firstIndex(of: "\"").map { String(rest[..<$0]) }
+            }
+            return String(rest.prefix { $0 != ";" && $0 != "," && $0 != " " })
+        }
+        return nil
+    }
+
     static func reasonSuffix(_ response: RecordedResponse) -> String {
         guard let reason = self.proxyReason(response) else { return "" }
         return "; proxy says: \(reason)"

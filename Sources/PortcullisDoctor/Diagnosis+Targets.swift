@@ -29,7 +29,7 @@ extension Diagnosis {
                 }
             }
             let (status, message, targetVerdict) = Self.classifyTarget(response, target: target)
-            self.recordTarget(target, status, response.status, message)
+            self.recordTarget(target, status, response.status, message, nextHop: Self.nextHop(response))
             if status == .fail {
                 failures.append("\(target.url): \(message)")
                 if targetVerdict == .denied { verdict = .denied }
@@ -56,7 +56,8 @@ extension Diagnosis {
         _ target: DoctorTarget,
         _ status: DoctorReport.Status,
         _ httpStatus: Int?,
-        _ message: String
+        _ message: String,
+        nextHop: String? = nil
     ) {
         self.report.targets.append(
             DoctorReport.Target(
@@ -64,7 +65,8 @@ extension Diagnosis {
                 viaProxy: true,
                 status: status,
                 httpStatus: httpStatus,
-                message: message
+                message: message,
+                nextHop: nextHop
             )
         )
     }
@@ -83,7 +85,8 @@ extension Diagnosis {
                 .targetFailed
             )
         default:
-            return (.pass, "\(response.status) \(response.reason) through the proxy", nil)
+            let parent = Self.nextHop(response).map { " and its parent proxy \($0)" } ?? ""
+            return (.pass, "\(response.status) \(response.reason) through the proxy\(parent)", nil)
         }
     }
 
@@ -154,10 +157,17 @@ extension Diagnosis {
                     }
                 } else {
                     let tlsMs = handshake?.ms ?? 0
+                    let parent = Self.nextHop(response).map { " through the parent proxy \($0)" } ?? ""
                     let message =
-                        "CONNECT \(target.requestTarget): \(response.status), TLS handshake \(String(format: "%.1f", tlsMs)) ms"
+                        "CONNECT \(target.requestTarget): \(response.status)\(parent), TLS handshake \(String(format: "%.1f", tlsMs)) ms"
                     lines.append(message)
-                    self.recordTarget(target, self.setup.insecure ? .warn : .pass, response.status, message)
+                    self.recordTarget(
+                        target,
+                        self.setup.insecure ? .warn : .pass,
+                        response.status,
+                        message,
+                        nextHop: Self.nextHop(response)
+                    )
                     if self.setup.insecure {
                         warnings.append("--insecure: \(target.host)'s certificate was not verified")
                     }

@@ -88,11 +88,15 @@ public struct DoctorReport: Encodable, Sendable {
         public var status: Status
         public var httpStatus: Int?
         public var message: String
+        /// The proxy's next hop for this target when the proxy said (RFC 9209 `next-hop`: the
+        /// parent proxy a Portcullis with `--parent` used).
+        public var nextHop: String? = nil
 
         enum CodingKeys: String, CodingKey {
             case url, status, message
             case viaProxy = "via_proxy"
             case httpStatus = "http_status"
+            case nextHop = "next_hop"
         }
 
         public func encode(to encoder: any Encoder) throws {
@@ -102,6 +106,7 @@ public struct DoctorReport: Encodable, Sendable {
             try c.encode(self.status, forKey: .status)
             try c.encode(self.httpStatus, forKey: .httpStatus)
             try c.encode(self.message, forKey: .message)
+            try c.encodeIfPresent(self.nextHop, forKey: .nextHop)
         }
     }
 

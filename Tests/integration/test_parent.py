@@ -537,3 +537,27 @@ def test_routes_send_each_host_to_its_parent_or_direct(launcher, origin, tmp_pat
     finally:
         first.close()
         second.close()
+
+
+def test_doctor_reports_the_parent_each_target_went_through(launcher, origin, tls_origin, squid_parent_basic,
+                                                           tmp_path):
+    """A Portcullis with a parent names it as the next hop (Proxy-Status next-hop, RFC 9209):
+    doctor shows it per target; a --direct-for target has none."""
+    from test_doctor import assert_result, proxy_env, run_doctor
+    from peers import proxy_url
+    home = tmp_path / "home"
+    home.mkdir()
+    p = launcher.start("--parent", parent_url(squid_parent_basic), "--connect-ports", tls_origin.port,
+                       "--direct-for", "localhost")
+    through = f"{origin.base}/text"
+    direct = f"http://localhost:{origin.port}/text"
+    tunnel = f"https://127.0.0.1:{tls_origin.port}/"
+    run = run_doctor("--target", through, "--target", direct, "--target", tunnel, "--insecure", home=home,
+                     env_vars=proxy_env(proxy_url(p.port, USER, PASSWORD)))
+    report = assert_result(run, "ok", 0, "accepted")
+    by_url = {t["url"]: t for t in report["targets"]}
+    parent = f"127.0.0.1:{squid_parent_basic.port}"
+    assert by_url[through].get("next_hop") == parent, run.describe()
+    assert f"its parent proxy {parent}" in by_url[through]["message"], run.describe()
+    assert "next_hop" not in by_url[direct], run.describe()
+    assert by_url[tunnel].get("next_hop") == parent, run.describe()

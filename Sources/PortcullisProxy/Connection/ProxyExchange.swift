@@ -52,6 +52,15 @@ final class ProxyExchange {
         }
         out.writeStaticString("\r\n")
     }
+    /// Through a parent: `Proxy-Status` with the parent as the next hop (RFC 9209 §2.1.2), so a
+    /// client (`portcullis doctor`) can tell which parent carried the request.
+    func writeNextHop(into out: inout ByteBuffer) {
+        guard let parent = self.parentName else { return }
+        out.writeStaticString("Proxy-Status: portcullis; next-hop=\"")
+        out.writeString(parent)
+        out.writeStaticString("\"\r\n")
+    }
+
     /// `ok`, `none` or a reason token.
     var authResult = "none"
     var status = 0
