@@ -132,3 +132,36 @@ def self_signed_certificate(work: Path, name: str = "proxy") -> tuple[Path, Path
                     "-days", "2", "-keyout", key, "-out", cert, "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True)
     return cert, key
+
+
+def start_byte_source(stop) -> int:
+    """A TCP source on loopback, until `stop` (a threading.Event) is set: every connection gets
+    1 MiB blocks as fast as it takes them, until the peer closes. Returns its port."""
+    import socket
+    import threading
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.5)
+    block = b"\0" * (1 << 20)
+
+    def serve(conn):
+        try:
+            while not stop.is_set():
+                conn.sendall(block)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except socket.timeout:
+                continue
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+        server.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server.getsockname()[1]

@@ -40,33 +40,6 @@ OUT = ROOT / "bench" / "out"
 AUTH = "Basic " + base64.b64encode(b"bench:benchpass").decode()
 
 
-def source(port_holder: list, stop: threading.Event):
-    """A TCP source on loopback: every connection gets 1 MiB blocks until the peer closes."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    port_holder.append(server.getsockname()[1])
-    block = b"\0" * (1 << 20)
-
-    def serve(conn):
-        try:
-            while not stop.is_set():
-                conn.sendall(block)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    server.settimeout(0.5)
-    while not stop.is_set():
-        try:
-            conn, _ = server.accept()
-        except socket.timeout:
-            continue
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
-    server.close()
-
-
 def tls_context() -> ssl.SSLContext:
     context = ssl.create_default_context()
     context.check_hostname = False
@@ -178,11 +151,7 @@ def main():
     started = time.monotonic()
     try:
         origin = b.start_origin(b.find("nginx", "nginx-light"), work)
-        holder: list = []
-        threading.Thread(target=source, args=(holder, stop), daemon=True).start()
-        while not holder:
-            time.sleep(0.01)
-        src = holder[0]
+        src = b.start_byte_source(stop)
         cert, key = b.self_signed_certificate(work)
         users = work / "users"
         subprocess.run(["htpasswd", "-bcB", "-C", "5", users, "bench", "benchpass"], check=True, capture_output=True)

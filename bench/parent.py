@@ -38,33 +38,6 @@ USER, PASSWORD = "bench", "benchpass"
 AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 
 
-def source(port_holder: list, stop: threading.Event):
-    """A TCP source on loopback: every connection gets 1 MiB blocks until the peer closes."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    port_holder.append(server.getsockname()[1])
-    block = b"\0" * (1 << 20)
-
-    def serve(conn):
-        try:
-            while not stop.is_set():
-                conn.sendall(block)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    server.settimeout(0.5)
-    while not stop.is_set():
-        try:
-            conn, _ = server.accept()
-        except socket.timeout:
-            continue
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
-    server.close()
-
-
 def bulk(port: int, target: str, total: int, auth: str | None) -> float:
     """MB/s reading `total` bytes through an HTTP/1.1 CONNECT tunnel (plain TCP to the proxy)."""
     with socket.create_connection(("127.0.0.1", port)) as s:
@@ -133,11 +106,7 @@ def main():
     started = time.monotonic()
     try:
         origin = b.start_origin(b.find("nginx", "nginx-light"), work)
-        holder: list = []
-        threading.Thread(target=source, args=(holder, stop), daemon=True).start()
-        while not holder:
-            time.sleep(0.01)
-        src = holder[0]
+        src = b.start_byte_source(stop)
         squid_port, squid = start_squid(b.find("squid", "squid"), work)
         bridge_port = b.free_port()
         bridge = b.spawn([args.bin, "serve", "--auth", "none", "--listen", f"127.0.0.1:{bridge_port}",

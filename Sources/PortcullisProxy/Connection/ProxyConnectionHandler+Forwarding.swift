@@ -54,20 +54,31 @@ extension ProxyConnectionHandler {
         }
         .assumeIsolated()
         .whenComplete { result in
-            let now = self.currentTime
-            switch result {
-            case .success(let channel):
-                switch self.machine.upstreamConnected(attempt: attempt, upstream, now: now) {
-                case .sendRequest(let exchange, let upstream):
-                    self.send(exchange, over: upstream, now: now)
-                case .discardConnection:
-                    channel.close(promise: nil)
-                case let action:
-                    self.execute(action)
-                }
-            case .failure(let error):
-                self.connectFailed(attempt: attempt, error: error, to: authority, now: now)
+            self.upstreamConnectFinished(result, upstream, attempt: attempt, to: authority)
+        }
+    }
+
+    /// A new upstream connection for the request of `attempt` opened (the request goes, or the
+    /// channel closes if the request is gone) or failed (the client's 502/504/403).
+    func upstreamConnectFinished(
+        _ result: Result<any Channel, any Error>,
+        _ upstream: UpstreamHandler,
+        attempt: UInt64,
+        to authority: OriginAuthority
+    ) {
+        let now = self.currentTime
+        switch result {
+        case .success(let channel):
+            switch self.machine.upstreamConnected(attempt: attempt, upstream, now: now) {
+            case .sendRequest(let exchange, let upstream):
+                self.send(exchange, over: upstream, now: now)
+            case .discardConnection:
+                channel.close(promise: nil)
+            case let action:
+                self.execute(action)
             }
+        case .failure(let error):
+            self.connectFailed(attempt: attempt, error: error, to: authority, now: now)
         }
     }
 

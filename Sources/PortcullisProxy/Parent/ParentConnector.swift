@@ -218,6 +218,20 @@ struct ParentConnector: Sendable {
     ) {
         var handshake = handshake
         let parent = self.parents.parents[index].name
+        // The next step on the same connection, with the handshake as it stands then.
+        func continueWith(_ next: ParentHandshake.Action, _ handshake: ParentHandshake) {
+            self.drive(
+                next,
+                handshake: handshake,
+                channel: channel,
+                index: index,
+                answers: answers,
+                target: target,
+                via: via,
+                initializer: initializer,
+                promise: promise
+            )
+        }
         switch action {
         case .negotiate(let input):
             let negotiation =
@@ -230,17 +244,7 @@ struct ParentConnector: Sendable {
             negotiation.step(input, threadPool: self.threadPool, on: channel.eventLoop).assumeIsolated()
                 .whenSuccess { result in
                     let next = handshake.negotiateStepped(result)
-                    self.drive(
-                        next,
-                        handshake: handshake,
-                        channel: channel,
-                        index: index,
-                        answers: answers,
-                        target: target,
-                        via: via,
-                        initializer: initializer,
-                        promise: promise
-                    )
+                    continueWith(next, handshake)
                 }
         case .send(let authorization):
             answers.send(authorization: authorization) { answer in
@@ -264,17 +268,7 @@ struct ParentConnector: Sendable {
                         promise.fail(ParentError.refusedTunnel(parent: parent, status: status))
                         return
                     }
-                    self.drive(
-                        next,
-                        handshake: handshake,
-                        channel: channel,
-                        index: index,
-                        answers: answers,
-                        target: target,
-                        via: via,
-                        initializer: initializer,
-                        promise: promise
-                    )
+                    continueWith(next, handshake)
                 case .tlsFailed(let error):
                     channel.close(promise: nil)
                     promise.fail(ParentError.tls(parent: parent, underlying: error))

@@ -111,27 +111,14 @@ extension ProxyConnectionHandler {
         }
         .assumeIsolated()
         .whenComplete { result in
-            let now = self.currentTime
-            switch result {
-            case .success(let (channel, index)):
-                if index != request.index {
-                    // Failed over: the new parent's 407 starts afresh.
-                    request.index = index
-                    request.handshake = nil
-                    request.nextAuthorization = nil
-                    exchange.upstreamKey = request.poolKey
-                }
-                switch self.machine.upstreamConnected(attempt: attempt, upstream, now: now) {
-                case .sendRequest(let exchange, let upstream):
-                    self.send(exchange, over: upstream, now: now)
-                case .discardConnection:
-                    channel.close(promise: nil)
-                case let action:
-                    self.execute(action)
-                }
-            case .failure(let error):
-                self.connectFailed(attempt: attempt, error: error, to: authority, now: now)
+            if case .success(let (_, index)) = result, index != request.index {
+                // Failed over: the new parent's 407 starts afresh.
+                request.index = index
+                request.handshake = nil
+                request.nextAuthorization = nil
+                exchange.upstreamKey = request.poolKey
             }
+            self.upstreamConnectFinished(result.map(\.0), upstream, attempt: attempt, to: authority)
         }
     }
 
