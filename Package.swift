@@ -36,6 +36,16 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CCrypt", path: "Sources/CCrypt", providers: [.apt(["libcrypt-dev"])]),
         .systemLibrary(name: "CGSSAPI", path: "Sources/CGSSAPI", providers: [.apt(["libkrb5-dev"])]),
+        .systemLibrary(name: "COpenLDAP", path: "Sources/COpenLDAP", providers: [.apt(["libldap-dev"])]),
+        .target(
+            name: "PortcullisLDAP",
+            dependencies: [
+                "COpenLDAP",
+                "PortcullisStores",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
+        ),
         // Negotiate (Kerberos, SPNEGO) through MIT's GSSAPI; its own target so that only what
         // needs Kerberos links it.
         .target(name: "PortcullisKerberos", dependencies: ["CGSSAPI"]),
@@ -90,6 +100,7 @@ let package = Package(
             dependencies: [
                 "PortcullisProxy",
                 "PortcullisKerberos",
+                "PortcullisLDAP",
                 "PortcullisStores",
                 "PortcullisPostgres",
                 .product(name: "Logging", package: "swift-log"),
@@ -135,6 +146,7 @@ let package = Package(
         ),
         .testTarget(name: "PortcullisAuthTests", dependencies: ["PortcullisAuth"]),
         .testTarget(name: "PortcullisKerberosTests", dependencies: ["PortcullisKerberos", "CGSSAPI"]),
+        .testTarget(name: "PortcullisLDAPTests", dependencies: ["PortcullisLDAP"]),
         // Both SQL stores: the one contract suite runs against SQLite and PostgreSQL.
         .testTarget(
             name: "PortcullisStoresTests",

@@ -4,8 +4,9 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import PortcullisAuth
-import PortcullisPostgres
 import PortcullisKerberos
+import PortcullisLDAP
+import PortcullisPostgres
 import PortcullisProxy
 import PortcullisStores
 import Prometheus
@@ -85,7 +86,13 @@ public enum PortcullisService {
         var store: UsersSource?
         var digest: DigestAuthority?
         if !configuration.proxy.authSchemes.isEmpty {
-            let source = try await Self.openStore(configuration, threadPool: threadPool, logger: logger)
+            var source = try await Self.openStore(configuration, threadPool: threadPool, logger: logger)
+            if let ldap = configuration.ldap {
+                // The local users first, then the directory.
+                let directory = LDAPDirectory(settings: ldap, threadPool: threadPool)
+                source.store = ChainedStore(local: source.store, directory: directory)
+                source.description += ", then LDAP \(ldap.urls.joined(separator: " "))"
+            }
             store = source
             if let settings = configuration.digest {
                 let key = try await Self.nonceKey(configuration, store: source.store, threadPool: threadPool)
@@ -153,7 +160,9 @@ public enum PortcullisService {
             }
             logger.info(
                 "Negotiate (Kerberos) offered",
-                metadata: ["keytab": "\(keytab)", "principals": "\(negotiate?.servicePrincipals.joined(separator: ",") ?? "")"]
+                metadata: [
+                    "keytab": "\(keytab)", "principals": "\(negotiate?.servicePrincipals.joined(separator: ",") ?? "")",
+                ]
             )
         }
         var tls: ProxyTLS?

@@ -286,6 +286,51 @@ public struct ServeOptions: DeclaredSettings {
     )
     public var routes: [RouteRule] = []
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "A directory to check Basic passwords against after the local users: ldap://HOST[:PORT] (StartTLS) or ldaps://; repeatable (failover in order).",
+            valueName: "url"
+        )
+    )
+    public var ldap: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("The DN users are searched under.", valueName: "dn"))
+    public var ldapBase: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("The service account that searches for users (else an anonymous search).", valueName: "dn")
+    )
+    public var ldapBindDn: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("A file whose first line is --ldap-bind-dn's password.", valueName: "file")
+    )
+    public var ldapBindPasswordFile: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The search for a user, %s the escaped name. (default: (&(objectClass=person)(uid=%s)))",
+            valueName: "filter"
+        )
+    )
+    public var ldapUserFilter: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("CA certificates (PEM) the directory's certificate is verified against.", valueName: "file")
+    )
+    public var ldapCa: String?
+
+    @Flag(
+        inversion: .prefixedNo,
+        help: "StartTLS on ldap:// URLs: binds carry passwords. (default: on)"
+    )
+    public var ldapStarttls: Bool?
+
     @Flag(inversion: .prefixedNo, help: "Allow --auth none on a non-loopback listener.")
     public var allowOpenProxy: Bool?
 

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import PortcullisAuth
+import PortcullisLDAP
 import PortcullisPostgres
 import PortcullisProxy
 import PortcullisStores
@@ -36,6 +37,8 @@ public struct ServerConfiguration: Sendable {
     public var digestSecretFile: String?
     /// `--keytab` (else `KRB5_KTNAME`) when Negotiate is offered.
     public var keytab: String?
+    /// `--ldap` and its companions: the directory tried after the local users.
+    public var ldap: LDAPDirectory.Settings?
     public var logLevel: Logger.Level
     public var credentialCacheTTL: TimeAmount
     public var shutdownGrace: TimeAmount
@@ -178,6 +181,7 @@ public struct ServerConfiguration: Sendable {
         proxy.destinationPolicy = DestinationPolicy(allowPrivateDestinations: options.allowPrivateDestinations ?? false)
         proxy.connectPorts = Set(options.connectPorts?.ports ?? [443])
         proxy.parentRouting = try Self.parentRouting(options)
+        self.ldap = try Self.ldapSettings(options)
 
         func amount(_ seconds: Seconds?, _ fallback: TimeAmount) -> TimeAmount {
             seconds.map { .nanoseconds(Int64($0.value * 1e9)) } ?? fallback
@@ -356,6 +360,61 @@ public struct ServerConfiguration: Sendable {
             }
             apply(&proxy, bytes)
         }
+    }
+
+    /// `--ldap` and its companions.
+    static func ldapSettings(_ options: ServeOptions) throws -> LDAPDirectory.Settings? {
+        guard !options.ldap.isEmpty else {
+            let given: [String?] = [
+                options.ldapBase, options.ldapBindDn, options.ldapBindPasswordFile, options.ldapUserFilter,
+                options.ldapCa,
+            ]
+            if given.contains(where: { $0 != nil }) || options.ldapStarttls != nil {
+                throw ServeError("the --ldap-… settings are for --ldap, which is not set")
+            }
+            return nil
+        }
+        for url in options.ldap {
+            let lower = url.lowercased()
+            guard lower.hasPrefix("ldap://") || lower.hasPrefix("ldaps://") else {
+                throw ServeError("--ldap \(url): an ldap:// or ldaps:// URL")
+            }
+        }
+        guard let base = options.ldapBase, !base.isEmpty else {
+            throw ServeError("--ldap needs --ldap-base: the DN users are searched under (dc=example,dc=org)")
+        }
+        var settings = LDAPDirectory.Settings(urls: options.ldap, base: base)
+        if let dn = options.ldapBindDn {
+            guard let file = options.ldapBindPasswordFile else {
+                throw ServeError("--ldap-bind-dn needs --ldap-bind-password-file: the service account's password")
+            }
+            do {
+                let text = try String(contentsOfFile: file, encoding: .utf8)
+                settings.bindPassword = String(
+                    text.split(separator: "\n", omittingEmptySubsequences: false).first ?? ""
+                )
+                .trimmingCharacters(in: CharacterSet(charactersIn: "\r"))
+            } catch {
+                throw ServeError("--ldap-bind-password-file \(file) cannot be read: \(error.localizedDescription)")
+            }
+            settings.bindDN = dn
+        } else if options.ldapBindPasswordFile != nil {
+            throw ServeError("--ldap-bind-password-file is for --ldap-bind-dn, which is not set")
+        }
+        if let filter = options.ldapUserFilter {
+            guard filter.contains("%s"), filter.hasPrefix("("), filter.hasSuffix(")") else {
+                throw ServeError("--ldap-user-filter must be a filter in parentheses with %s for the user name")
+            }
+            settings.userFilter = filter
+        }
+        if let ca = options.ldapCa {
+            guard FileManager.default.isReadableFile(atPath: ca) else {
+                throw ServeError("--ldap-ca \(ca) cannot be read")
+            }
+            settings.caFile = ca
+        }
+        settings.startTLS = options.ldapStarttls ?? true
+        return settings
     }
 
     /// `--parent`, its password from a file or the environment, `--parent-auth`, `--direct-for`.

@@ -103,6 +103,19 @@ struct SettingSample: Sendable, CustomTestStringConvertible {
                 RouteRule(hosts: ["10.0.0.0/8", "intra"], via: "p2:8080"),
             ]
         },
+        SettingSample(
+            "ldap",
+            ["--ldap", "ldap://dir1", "--ldap", "ldaps://dir2:636"],
+            #"ldap: ["ldap://dir1", "ldaps://dir2:636"]"#
+        ) {
+            $0.ldap == ["ldap://dir1", "ldaps://dir2:636"]
+        },
+        SettingSample("ldap-base", text: "dc=example,dc=org") { $0.ldapBase },
+        SettingSample("ldap-bind-dn", text: "cn=reader,dc=example,dc=org") { $0.ldapBindDn },
+        SettingSample("ldap-bind-password-file", text: "/run/secrets/ldap") { $0.ldapBindPasswordFile },
+        SettingSample("ldap-user-filter", text: "(uid=%s)") { $0.ldapUserFilter },
+        SettingSample("ldap-ca", text: "/etc/ssl/dir-ca.pem") { $0.ldapCa },
+        SettingSample("ldap-starttls", ["--no-ldap-starttls"], "ldap-starttls: false") { $0.ldapStarttls == false },
         SettingSample("parent-password-file", text: "/run/secrets/parent") { $0.parentPasswordFile },
         SettingSample("parent-password-env", text: "PARENT_PASSWORD") { $0.parentPasswordEnv },
         SettingSample("parent-keytab", text: "/etc/portcullis/parent.keytab") { $0.parentKeytab },

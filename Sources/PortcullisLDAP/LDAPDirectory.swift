@@ -1,0 +1,202 @@
+import Foundation
+import NIOConcurrencyHelpers
+import NIOPosix
+import PortcullisAuth
+import PortcullisStores
+
+/// Users in an LDAP directory (OpenLDAP, Active Directory), for Basic: the user is found by a
+/// search as the service account (`--ldap-bind-dn`), then the password is checked by binding as
+/// the entry found — never by comparing a hash read from the directory. The user name is escaped
+/// into the filter (RFC 4515); a search that finds no entry or more than one is a wrong password;
+/// an empty password is refused before any bind. Several URLs fail over in order; a directory
+/// that cannot be reached makes the outcome `unavailable` (the proxy answers 503, not 407).
+///
+/// OpenLDAP's API blocks: every operation runs on the thread pool. Service-bound connections
+/// are kept for searches (at most `maximumIdleConnections`); each password is checked on a
+/// connection of its own, closed after the bind.
+public final class LDAPDirectory: CredentialStore {
+    public struct Settings: Sendable, Equatable {
+        public var urls: [String]
+        public var base: String
+        public var bindDN: String?
+        public var bindPassword: String?
+        /// `%s` is the escaped user name.
+        public var userFilter = "(&(objectClass=person)(uid=%s))"
+        /// The attribute that holds the user's name as the directory spells it.
+        public var nameAttribute = "uid"
+        /// StartTLS on `ldap://` URLs (on by default: a bind carries the password).
+        public var startTLS = true
+        public var caFile: String?
+        public var timeout: TimeInterval = 5
+        public var maximumIdleConnections = 4
+
+        public init(urls: [String], base: String) {
+            self.urls = urls
+            self.base = base
+        }
+    }
+
+    public let settings: Settings
+    private let threadPool: NIOThreadPool
+    /// Idle service-bound connections and the URL each is for.
+    private let idle = NIOLockedValueBox<[(url: String, connection: LDAPConnectionBox)]>([])
+
+    public init(settings: Settings, threadPool: NIOThreadPool) {
+        self.settings = settings
+        self.threadPool = threadPool
+    }
+
+    public var generation: UInt64 { 1 }
+
+    public func verify(user: String, password: String) async -> VerificationOutcome {
+        // An empty password would be an unauthenticated bind, a success on many servers.
+        guard !user.isEmpty, !password.isEmpty else { return .rejected(.invalid) }
+        do {
+            return try await self.threadPool.runIfActive { self.verifyBlocking(user: user, password: password) }
+        } catch {
+            return .rejected(.unavailable)
+        }
+    }
+
+    /// What one search and bind came to, step by step (for `portcullis ldap test` and the tests).
+    public struct Trace: Sendable {
+        public var url: String?
+        public var filter: String
+        public var dn: String?
+        public var outcome: VerificationOutcome
+        public var detail: String?
+    }
+
+    func verifyBlocking(user: String, password: String) -> VerificationOutcome {
+        self.trace(user: user, password: password).outcome
+    }
+
+    /// The search and the bind, on the calling thread (it blocks).
+    public func trace(user: String, password: String) -> Trace {
+        let filter = LDAPEscaping.filter(self.settings.userFilter, user: user)
+        var trace = Trace(url: nil, filter: filter, dn: nil, outcome: .rejected(.unavailable), detail: nil)
+        guard !user.isEmpty, !password.isEmpty else {
+            trace.outcome = .rejected(.invalid)
+            trace.detail = "an empty user name or password is refused before any bind"
+            return trace
+        }
+        for url in self.settings.urls {
+            trace.url = url
+            do throws(LDAPError) {
+                let found = try self.withServiceConnection(url) { connection throws(LDAPError) in
+                    try connection.search(
+                        base: self.settings.base,
+                        filter: filter,
+                        attributes: [self.settings.nameAttribute],
+                        sizeLimit: 2
+                    )
+                }
+                guard found.count == 1, let entry = found.first, !entry.dn.isEmpty else {
+                    trace.outcome = .rejected(.invalid)
+                    trace.detail = found.isEmpty ? "no entry matches" : "more than one entry matches"
+                    return trace
+                }
+                trace.dn = entry.dn
+                let connection = try LDAPConnection(self.connectionSettings(url))
+                defer { connection.close() }
+                do throws(LDAPError) {
+                    try connection.bind(dn: entry.dn, password: password)
+                } catch {
+                    guard error.kind == .result(LDAP_INVALID_CREDENTIALS_CODE) else { throw error }
+                    trace.outcome = .rejected(.invalid)
+                    trace.detail = "the bind as the entry failed: wrong password"
+                    return trace
+                }
+                // The directory's own spelling of the name: it matched `DORA` or ` dora` to the
+                // entry of `dora` (its matching rules ignore case and surrounding spaces), and
+                // one person must be one user for policy, limits and lockout.
+                let names = entry.attributes[self.settings.nameAttribute] ?? []
+                trace.outcome = .accepted(user: names.count == 1 ? names[0] : user)
+                trace.detail = "bound as \(entry.dn)"
+                return trace
+            } catch {
+                trace.detail = error.description
+                if error.kind == .unavailable { continue }
+                // Any other result (a filter the server refuses, insufficient access): the
+                // directory is misconfigured for us, which is no reason to let anyone in.
+                trace.outcome = .rejected(.unavailable)
+                return trace
+            }
+        }
+        trace.outcome = .rejected(.unavailable)
+        return trace
+    }
+
+    private func connectionSettings(_ url: String) -> LDAPConnection.Settings {
+        LDAPConnection.Settings(
+            url: url,
+            startTLS: self.settings.startTLS && !url.lowercased().hasPrefix("ldaps://"),
+            caFile: self.settings.caFile,
+            timeout: self.settings.timeout
+        )
+    }
+
+    /// Runs `body` on an idle service-bound connection to `url` (or a new one); it goes back
+    /// idle after a success, and is closed after a failure.
+    private func withServiceConnection<Result>(
+        _ url: String,
+        fresh: Bool = false,
+        _ body: (LDAPConnection) throws(LDAPError) -> Result
+    ) throws(LDAPError) -> Result {
+        let reused = self.idle.withLockedValue { idle -> LDAPConnectionBox? in
+            guard !fresh, let index = idle.lastIndex(where: { $0.url == url }) else { return nil }
+            return idle.remove(at: index).connection
+        }
+        let box: LDAPConnectionBox
+        if let reused {
+            box = reused
+        } else {
+            let connection = try LDAPConnection(self.connectionSettings(url))
+            if let dn = self.settings.bindDN {
+                try connection.bind(dn: dn, password: self.settings.bindPassword ?? "")
+            }
+            box = LDAPConnectionBox(connection)
+        }
+        let result: Result
+        do throws(LDAPError) {
+            result = try body(box.connection)
+        } catch {
+            box.connection.close()
+            // An idle connection the directory dropped (a restart, an idle timeout): once more
+            // on a new one before the directory counts as down.
+            guard reused != nil, error.kind == .unavailable else { throw error }
+            return try self.withServiceConnection(url, fresh: true, body)
+        }
+        let maximum = self.settings.maximumIdleConnections
+        let kept = self.idle.withLockedValue { idle -> Bool in
+            guard idle.count < maximum else { return false }
+            idle.append((url, box))
+            return true
+        }
+        if !kept { box.connection.close() }
+        return result
+    }
+
+    // MARK: - What a directory does not hold
+
+    public func digestSecrets(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) async -> DigestLookup {
+        .unknownUser
+    }
+
+    public func ntlmSecrets(name: String) async -> NTLMLookup { .unknownUser }
+
+    public func account(named name: String) async -> AccountLookup { .unknownUser }
+
+    public func nonceKey() async -> [UInt8]? { nil }
+
+    public func noteLogin(_ user: String, at date: Date) async {}
+}
+
+/// A connection handed between pool threads: used by one thread at a time (taken out of the
+/// idle list under its lock before use).
+final class LDAPConnectionBox: @unchecked Sendable {
+    let connection: LDAPConnection
+    init(_ connection: LDAPConnection) { self.connection = connection }
+}
+
+let LDAP_INVALID_CREDENTIALS_CODE: Int32 = 49

@@ -1,0 +1,43 @@
+import Testing
+
+@testable import PortcullisLDAP
+
+/// RFC 4515 §3 and §4 (filter values) and RFC 4514 §2.4 (DN values), and the attacks a user name
+/// can carry into a filter.
+@Suite struct LDAPEscapingTests {
+    @Test(arguments: [
+        // RFC 4515 §4's examples, as values.
+        ("Parens R Us (for all your parenthetical needs)", #"Parens R Us \28for all your parenthetical needs\29"#),
+        ("*", #"\2a"#),
+        (#"C:\MyFile"#, #"C:\5cMyFile"#),
+        ("\u{0}\u{0}\u{0}\u{4}", #"\00\00\00\04"#),
+        // UTF-8 stays as it is (RFC 4515 allows it; Lučić is the RFC's own example).
+        ("Lučić", "Lučić"),
+        // Injections: nothing of the filter's syntax survives.
+        ("*)(uid=*))(|(uid=*", #"\2a\29\28uid=\2a\29\29\28|\28uid=\2a"#),
+        ("admin)(&", #"admin\29\28&"#),
+        ("a\u{7f}b\nc", #"a\7fb\0ac"#),
+    ])
+    func filterValues(value: String, escaped: String) {
+        #expect(LDAPEscaping.filterValue(value) == escaped)
+    }
+
+    @Test func theTemplateGetsTheEscapedNameEverywhere() {
+        #expect(
+            LDAPEscaping.filter("(|(uid=%s)(mail=%s))", user: "x*)")
+                == #"(|(uid=x\2a\29)(mail=x\2a\29))"#
+        )
+    }
+
+    @Test(arguments: [
+        ("plain", "plain"),
+        ("Sam, Jr.", #"Sam\, Jr."#),
+        ("a+b=c;d<e>\"f\\", #"a\+b\=c\;d\<e\>\"f\\"#),
+        ("#lead", ##"\#lead"##),
+        (" both ", #"\ both\ "#),
+        ("nul\u{0}", #"nul\00"#),
+    ])
+    func dnValues(value: String, escaped: String) {
+        #expect(LDAPEscaping.dnValue(value) == escaped)
+    }
+}

@@ -1,0 +1,192 @@
+"""Directory users: Basic checked against a real OpenLDAP (slapd, started here on loopback with
+StartTLS and the suite's test certificate), by a search as a service account and a bind as the
+user found; injection attempts in the user name; the directory down means 503, never 407."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from portcullis_helpers import (
+    USER, PASSWORD, assert_proxy_status, basic, build_request, free_port, wait_until,
+)
+
+BASE = "dc=example,dc=test"
+READER_DN = f"cn=reader,{BASE}"
+READER_PASSWORD = "reader-pw"
+DIR_USER, DIR_PASSWORD = "dora", "dir-pa$$word é"
+OTHER_USER, OTHER_PASSWORD = "oscar", "oscar-pw"
+
+
+def _program(name: str) -> str:
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    if not path:
+        pytest.fail(f"{name} is missing: apt-get install -y slapd", pytrace=False)
+    return path
+
+
+class Slapd:
+    """slapd on 127.0.0.1 with an mdb database loaded by slapadd: people (dora, oscar, and
+    'star*' whose name is a filter metacharacter), a service account that may search."""
+
+    def __init__(self, workdir: Path, cert: str, key: str):
+        self.dir = workdir
+        self.port = free_port()
+        (workdir / "db").mkdir()
+        people = [(DIR_USER, DIR_PASSWORD), (OTHER_USER, OTHER_PASSWORD), ("star*", "star-pw")]
+        ldif = [
+            f"dn: {BASE}\nobjectClass: dcObject\nobjectClass: organization\no: example\ndc: example\n",
+            f"dn: ou=people,{BASE}\nobjectClass: organizationalUnit\nou: people\n",
+            f"dn: {READER_DN}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\ncn: reader\n"
+            f"userPassword: {READER_PASSWORD}\n",
+        ]
+        for uid, password in people:
+            escaped = uid.replace("*", "\\2a")
+            ldif.append(f"dn: uid={escaped},ou=people,{BASE}\nobjectClass: inetOrgPerson\nuid: {uid}\n"
+                        f"cn: {uid}\nsn: {uid}\nuserPassword:: {__import__('base64').b64encode(password.encode()).decode()}\n")
+        (workdir / "data.ldif").write_text("\n".join(ldif))
+        (workdir / "slapd.conf").write_text(f"""include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+modulepath /usr/lib/ldap
+moduleload back_mdb
+pidfile {workdir}/slapd.pid
+TLSCertificateFile {cert}
+TLSCertificateKeyFile {key}
+database mdb
+maxsize 10485760
+suffix "{BASE}"
+rootdn "cn=admin,{BASE}"
+directory {workdir}/db
+access to attrs=userPassword by anonymous auth by self write by * none
+access to * by dn.exact="{READER_DN}" read by * none
+""")
+        subprocess.run([_program("slapadd"), "-f", str(workdir / "slapd.conf"), "-l", str(workdir / "data.ldif")],
+                       check=True, capture_output=True, timeout=60)
+        self.log = open(workdir / "slapd.log", "wb")
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"ldap://127.0.0.1:{self.port}"
+
+    def start(self):
+        self.proc = subprocess.Popen([_program("slapd"), "-f", str(self.dir / "slapd.conf"), "-h", self.url + "/",
+                                      "-d", "0"], stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                __import__("socket").create_connection(("127.0.0.1", self.port), 0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("slapd did not start: " + (self.dir / "slapd.log").read_text(errors="replace")[-2000:])
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def slapd(tmp_path_factory, tls_cert):
+    server = Slapd(tmp_path_factory.mktemp("slapd"), *tls_cert)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ldap_proxy(launcher, slapd, tls_cert, tmp_path):
+    secret = tmp_path / "reader-password"
+    secret.write_text(READER_PASSWORD + "\n")
+    return launcher.start("--ldap", slapd.url, "--ldap-base", BASE, "--ldap-bind-dn", READER_DN,
+                          "--ldap-bind-password-file", secret, "--ldap-ca", tls_cert[0])
+
+
+def get(p, url: str, user: str, password: str):
+    with p.conn() as c:
+        c.send(build_request("GET", url, [("Proxy-Authorization", basic(user, password))]))
+        return c.read_response("GET")
+
+
+def test_a_directory_user_gets_in_and_local_users_still_do(ldap_proxy, origin):
+    r = get(ldap_proxy, f"{origin.base}/text", DIR_USER, DIR_PASSWORD)
+    assert r.status == 200 and r.body == b"hello from origin\n", r.describe()
+    r = get(ldap_proxy, f"{origin.base}/text", USER, PASSWORD)  # the htpasswd user, first in line
+    assert r.status == 200, r.describe()
+
+
+def test_a_wrong_password_and_an_unknown_user_get_the_same_407(ldap_proxy, origin):
+    for user, password in [(DIR_USER, "wrong-password"), ("nobody-here", "whatever-pw"), (DIR_USER, "")]:
+        r = get(ldap_proxy, f"{origin.base}/text", user, password)
+        assert r.status == 407, (user, r.describe())
+        assert_proxy_status(r, details="invalid-credentials")
+
+
+@pytest.mark.parametrize("name", [
+    "*", "d*", "*a", "dora)(uid=*", "dora)(|(uid=*", "*)(uid=*))(|(uid=*", "dora\\", "dora\x00", "dora,ou=people",
+    "uid=dora", "dora+cn=x", "#dora", "(uid=dora)", "star\\2a",
+])
+def test_injected_names_match_no_one_else(ldap_proxy, origin, name):
+    """With the right password of dora (or of the user literally named star*), a name carrying
+    filter or DN syntax never authenticates: it matches no entry, or exactly its own."""
+    for password in (DIR_PASSWORD, "star-pw", OTHER_PASSWORD):
+        r = get(ldap_proxy, f"{origin.base}/text", name, password)
+        assert r.status == 407, (name, password, r.describe())
+
+
+def test_spellings_the_directory_matches_are_one_user_in_the_log(launcher, slapd, tls_cert, tmp_path, origin):
+    """LDAP's matching ignores case and surrounding spaces: `DORA` and ` dora ` are dora, and
+    logged as dora (one person, one user for policy, limits and lockout)."""
+    secret = tmp_path / "reader-password"
+    secret.write_text(READER_PASSWORD + "\n")
+    log = tmp_path / "access.log"
+    p = launcher.start("--ldap", slapd.url, "--ldap-base", BASE, "--ldap-bind-dn", READER_DN,
+                       "--ldap-bind-password-file", secret, "--ldap-ca", tls_cert[0], "--access-log", log)
+    for name in ("DORA", " dora", "dora "):
+        assert get(p, f"{origin.base}/text", name, DIR_PASSWORD).status == 200
+    wait_until(lambda: len(log.read_text().splitlines()) >= 3, 5, what="three access-log lines")
+    assert {line.split()[7] for line in log.read_text().splitlines()} == {DIR_USER}
+
+
+def test_a_name_with_a_star_is_a_literal_star(ldap_proxy, origin):
+    r = get(ldap_proxy, f"{origin.base}/text", "star*", "star-pw")
+    assert r.status == 200, r.describe()
+
+
+def test_the_directory_down_is_a_503_not_a_407_and_recovery_needs_no_restart(launcher, slapd, tls_cert, tmp_path,
+                                                                               origin):
+    secret = tmp_path / "reader-password"
+    secret.write_text(READER_PASSWORD + "\n")
+    p = launcher.start("--ldap", slapd.url, "--ldap-base", BASE, "--ldap-bind-dn", READER_DN,
+                       "--ldap-bind-password-file", secret, "--ldap-ca", tls_cert[0], "--credential-cache-ttl", "0.05")
+    assert get(p, f"{origin.base}/text", OTHER_USER, OTHER_PASSWORD).status == 200
+    slapd.stop()
+    time.sleep(0.1)  # the cached success (50 ms) is gone
+    try:
+        r = get(p, f"{origin.base}/text", OTHER_USER, OTHER_PASSWORD)
+        assert r.status == 503, r.describe()
+        assert_proxy_status(r, details="store-unavailable")
+    finally:
+        slapd.start()
+    wait_until(lambda: get(p, f"{origin.base}/text", OTHER_USER, OTHER_PASSWORD).status == 200, 15,
+               what="the directory back")
+
+
+def test_starttls_is_required_and_an_untrusted_directory_is_unavailable(launcher, slapd, tmp_path, origin):
+    """Without --ldap-ca the directory's self-signed certificate is not trusted: StartTLS fails,
+    and that is the directory being unusable (503), never a wrong password (407)."""
+    secret = tmp_path / "reader-password"
+    secret.write_text(READER_PASSWORD + "\n")
+    p = launcher.start("--ldap", slapd.url, "--ldap-base", BASE, "--ldap-bind-dn", READER_DN,
+                       "--ldap-bind-password-file", secret)
+    r = get(p, f"{origin.base}/text", DIR_USER, DIR_PASSWORD)
+    assert r.status == 503, r.describe()
