@@ -132,6 +132,7 @@ let package = Package(
                 "PortcullisStores",
                 "PortcullisPostgres",
                 "PortcullisDoctor",
+                "PortcullisLDAP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

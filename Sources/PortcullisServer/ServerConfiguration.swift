@@ -363,7 +363,7 @@ public struct ServerConfiguration: Sendable {
     }
 
     /// `--ldap` and its companions.
-    static func ldapSettings(_ options: ServeOptions) throws -> LDAPDirectory.Settings? {
+    public static func ldapSettings(_ options: ServeOptions) throws -> LDAPDirectory.Settings? {
         guard !options.ldap.isEmpty else {
             let given: [String?] = [
                 options.ldapBase, options.ldapBindDn, options.ldapBindPasswordFile, options.ldapUserFilter,

@@ -190,3 +190,31 @@ def test_starttls_is_required_and_an_untrusted_directory_is_unavailable(launcher
                        "--ldap-bind-password-file", secret)
     r = get(p, f"{origin.base}/text", DIR_USER, DIR_PASSWORD)
     assert r.status == 503, r.describe()
+
+
+def test_ldap_test_prints_each_step_and_never_the_password(slapd, tls_cert, tmp_path):
+    from portcullis_helpers import PORTCULLIS_BIN
+    secret = tmp_path / "reader-password"
+    secret.write_text(READER_PASSWORD + "\n")
+    args = [PORTCULLIS_BIN, "ldap", "test", "--ldap", slapd.url, "--ldap-base", BASE, "--ldap-bind-dn", READER_DN,
+            "--ldap-bind-password-file", str(secret), "--ldap-ca", tls_cert[0]]
+
+    def run(user: str, password: str):
+        return subprocess.run(args + ["--user", user], input=(password + "\n").encode(), capture_output=True,
+                              timeout=60)
+
+    ok = run("DORA", DIR_PASSWORD)
+    out = ok.stdout.decode()
+    assert ok.returncode == 0, out + ok.stderr.decode()
+    assert f"entry:   uid={DIR_USER},ou=people,{BASE}" in out and f"ok, as {DIR_USER}" in out, out
+    assert "(&(objectClass=person)(uid=DORA))" in out, out
+    wrong = run(DIR_USER, "wrong-password")
+    assert wrong.returncode == 1 and "refused" in wrong.stdout.decode(), wrong.stdout.decode()
+    injected = run("*", DIR_PASSWORD)
+    assert injected.returncode == 1 and "uid=\\2a" in injected.stdout.decode(), injected.stdout.decode()
+    for result in (ok, wrong, injected):
+        text = result.stdout.decode() + result.stderr.decode()
+        assert DIR_PASSWORD not in text and READER_PASSWORD not in text, text
+    down = subprocess.run([PORTCULLIS_BIN, "ldap", "test", "--ldap", f"ldap://127.0.0.1:{free_port()}",
+                           "--ldap-base", BASE, "--user", DIR_USER], input=b"x\n", capture_output=True, timeout=60)
+    assert down.returncode == 2 and "unavailable" in down.stdout.decode(), down.stdout.decode()
