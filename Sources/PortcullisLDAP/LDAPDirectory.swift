@@ -14,7 +14,7 @@ import PortcullisStores
 /// OpenLDAP's API blocks: every operation runs on the thread pool. Service-bound connections
 /// are kept for searches (at most `maximumIdleConnections`); each password is checked on a
 /// connection of its own, closed after the bind.
-public final class LDAPDirectory: CredentialStore {
+public final class LDAPDirectory: CredentialStore, GroupLookup {
     public struct Settings: Sendable, Equatable {
         public var urls: [String]
         public var base: String
@@ -24,6 +24,10 @@ public final class LDAPDirectory: CredentialStore {
         public var userFilter = "(&(objectClass=person)(uid=%s))"
         /// The attribute that holds the user's name as the directory spells it.
         public var nameAttribute = "uid"
+        /// The attribute of a user's entry that lists its groups' DNs.
+        public var groupAttribute = "memberOf"
+        /// How long the groups read at a login count for the access rules.
+        public var groupCacheTTL: TimeInterval = 300
         /// StartTLS on `ldap://` URLs (on by default: a bind carries the password).
         public var startTLS = true
         public var caFile: String?
@@ -38,6 +42,9 @@ public final class LDAPDirectory: CredentialStore {
 
     public let settings: Settings
     private let threadPool: NIOThreadPool
+    /// Each user's groups as of their last login, until `expires`; at most `maximumCachedUsers`.
+    private let groupCache = NIOLockedValueBox<[String: (groups: Set<String>, expires: Date)]>([:])
+    static let maximumCachedUsers = 10_000
     /// Idle service-bound connections and the URL each is for.
     private let idle = NIOLockedValueBox<[(url: String, connection: LDAPConnectionBox)]>([])
 
@@ -65,6 +72,8 @@ public final class LDAPDirectory: CredentialStore {
         public var dn: String?
         public var outcome: VerificationOutcome
         public var detail: String?
+        /// The names the user's groups count under in the access rules.
+        public var groups: [String] = []
     }
 
     func verifyBlocking(user: String, password: String) -> VerificationOutcome {
@@ -87,7 +96,7 @@ public final class LDAPDirectory: CredentialStore {
                     try connection.search(
                         base: self.settings.base,
                         filter: filter,
-                        attributes: [self.settings.nameAttribute],
+                        attributes: [self.settings.nameAttribute, self.settings.groupAttribute],
                         sizeLimit: 2
                     )
                 }
@@ -111,7 +120,11 @@ public final class LDAPDirectory: CredentialStore {
                 // entry of `dora` (its matching rules ignore case and surrounding spaces), and
                 // one person must be one user for policy, limits and lockout.
                 let names = entry.attributes[self.settings.nameAttribute] ?? []
-                trace.outcome = .accepted(user: names.count == 1 ? names[0] : user)
+                let accepted = names.count == 1 ? names[0] : user
+                let groups = Self.groupNames(entry.attributes[self.settings.groupAttribute] ?? [])
+                self.remember(groups, of: accepted)
+                trace.groups = groups.sorted()
+                trace.outcome = .accepted(user: accepted)
                 trace.detail = "bound as \(entry.dn)"
                 return trace
             } catch {
@@ -175,6 +188,61 @@ public final class LDAPDirectory: CredentialStore {
         }
         if !kept { box.connection.close() }
         return result
+    }
+
+    // MARK: - Groups
+
+    /// A group DN counts under itself and under its first RDN's value
+    /// (`cn=staff,ou=groups,dc=example,dc=org` is `staff` in a policy file too).
+    static func groupNames(_ dns: [String]) -> Set<String> {
+        var names = Set<String>()
+        for dn in dns {
+            names.insert(dn)
+            if let equals = dn.firstIndex(of: "=") {
+                let rest = dn[dn.index(after: equals)...]
+                // The value ends at the first comma not escaped with a backslash.
+                var value = ""
+                var escaped = false
+                for character in rest {
+                    if escaped {
+                        value.append(character)
+                        escaped = false
+                    } else if character == "\\" {
+                        escaped = true
+                    } else if character == "," {
+                        break
+                    } else {
+                        value.append(character)
+                    }
+                }
+                if !value.isEmpty { names.insert(value) }
+            }
+        }
+        return names
+    }
+
+    private func remember(_ groups: Set<String>, of user: String) {
+        let now = Date()
+        let expires = now.addingTimeInterval(self.settings.groupCacheTTL)
+        self.groupCache.withLockedValue { cache in
+            if cache.count >= Self.maximumCachedUsers, cache[user] == nil {
+                cache = cache.filter { $0.value.expires > now }
+                if cache.count >= Self.maximumCachedUsers,
+                    let oldest = cache.min(by: { $0.value.expires < $1.value.expires })
+                {
+                    cache[oldest.key] = nil
+                }
+            }
+            cache[user] = (groups, expires)
+        }
+    }
+
+    public func groups(of user: String) -> Set<String> {
+        let now = Date()
+        return self.groupCache.withLockedValue { cache in
+            guard let entry = cache[user], entry.expires > now else { return [] }
+            return entry.groups
+        }
     }
 
     // MARK: - What a directory does not hold

@@ -35,6 +35,8 @@ public final class ProxyContext: Sendable {
     public let negotiate: NegotiateAcceptor?
     /// The certificate and key of the TLS listeners, when there are any.
     public let tls: ProxyTLS?
+    /// The directory's groups of its users, for the access rules (`--ldap`).
+    public let directoryGroups: (any GroupLookup)?
     /// The parent proxies and what is known of them, when `--parent` is set.
     let parents: ParentSet?
     /// Negotiate/NTLM handshakes in progress (bounded by `maximumPendingHandshakes`).
@@ -49,7 +51,8 @@ public final class ProxyContext: Sendable {
         metrics: ProxyMetrics = ProxyMetrics(factory: NOOPMetricsHandler.instance),
         accessLog: AccessLog? = nil,
         negotiate: NegotiateAcceptor? = nil,
-        tls: ProxyTLS? = nil
+        tls: ProxyTLS? = nil,
+        directoryGroups: (any GroupLookup)? = nil
     ) {
         self.init(
             configuration: configuration,
@@ -61,7 +64,8 @@ public final class ProxyContext: Sendable {
             accessLog: accessLog,
             connector: SocketUpstreamConnector(),
             negotiate: negotiate,
-            tls: tls
+            tls: tls,
+            directoryGroups: directoryGroups
         )
     }
 
@@ -75,8 +79,10 @@ public final class ProxyContext: Sendable {
         accessLog: AccessLog?,
         connector: any UpstreamConnector,
         negotiate: NegotiateAcceptor? = nil,
-        tls: ProxyTLS? = nil
+        tls: ProxyTLS? = nil,
+        directoryGroups: (any GroupLookup)? = nil
     ) {
+        self.directoryGroups = directoryGroups
         self.connector = connector
         self.negotiate = negotiate
         self.tls = tls

@@ -24,17 +24,21 @@ import Yams
 /// without `rules` — empty, blank, or cut short by a save in progress: no rules would allow
 /// everything. Only an explicit `rules: []` means "no rules".
 public enum PolicyFile {
-    public static func load(path: String) throws -> AccessPolicy {
+    /// `directoryGroups`: groups may also come from a directory (`--ldap`), so a rule may name
+    /// one the file does not define.
+    public static func load(path: String, directoryGroups: Bool = false) throws -> AccessPolicy {
         let text: String
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
             throw ServeError("cannot read policy file \(path): \((error as NSError).localizedDescription)")
         }
-        return try self.parse(text, path: path)
+        return try self.parse(text, path: path, directoryGroups: directoryGroups)
     }
 
-    public static func parse(_ text: String, path: String = "policy") throws -> AccessPolicy {
+    public static func parse(_ text: String, path: String = "policy", directoryGroups: Bool = false) throws
+        -> AccessPolicy
+    {
         let empty = ServeError(
             "policy file \(path) is empty (or only comments); write 'rules: []' for no rules, which allows everything"
         )
@@ -82,7 +86,7 @@ public enum PolicyFile {
                 "policy file \(path) has no 'rules' (cut short?); write 'rules: []' for no rules, which allows everything"
             )
         }
-        for rule in policy.rules {
+        for rule in policy.rules where !directoryGroups {
             for group in rule.groups ?? [] where policy.groups[group] == nil {
                 throw ServeError(
                     "policy file \(path): rule '\(rule.name)' names group '\(group)', which 'groups' does not define"
@@ -160,10 +164,12 @@ public enum PolicyFile {
 /// that does not parse is reported and the previous rules stay.
 final class PolicyReloader: Sendable {
     let path: String
+    let directoryGroups: Bool
     private let settling: NIOLockedValueBox<SettledFileChange<FileIdentity>>
 
-    init(path: String) {
+    init(path: String, directoryGroups: Bool = false) {
         self.path = path
+        self.directoryGroups = directoryGroups
         self.settling = NIOLockedValueBox(SettledFileChange(current: FileIdentity(path: path)))
     }
 
@@ -172,7 +178,7 @@ final class PolicyReloader: Sendable {
     func reload(force: Bool) throws -> AccessPolicy? {
         let before = FileIdentity(path: self.path)
         guard self.settling.withLockedValue({ $0.poll(before, force: force) }) else { return nil }
-        let policy = try PolicyFile.load(path: self.path)
+        let policy = try PolicyFile.load(path: self.path, directoryGroups: self.directoryGroups)
         // Written to while it was read: the text may be half old, half new. The next polls see
         // the new version and read it once it settles.
         guard FileIdentity(path: self.path) == before else {

@@ -84,13 +84,15 @@ public enum PortcullisService {
         }
         var verifier: CredentialVerifier?
         var store: UsersSource?
+        var directory: LDAPDirectory?
         var digest: DigestAuthority?
         if !configuration.proxy.authSchemes.isEmpty {
             var source = try await Self.openStore(configuration, threadPool: threadPool, logger: logger)
             if let ldap = configuration.ldap {
                 // The local users first, then the directory.
-                let directory = LDAPDirectory(settings: ldap, threadPool: threadPool)
-                source.store = ChainedStore(local: source.store, directory: directory)
+                let ldapDirectory = LDAPDirectory(settings: ldap, threadPool: threadPool)
+                directory = ldapDirectory
+                source.store = ChainedStore(local: source.store, directory: ldapDirectory)
                 source.description += ", then LDAP \(ldap.urls.joined(separator: " "))"
             }
             store = source
@@ -184,7 +186,8 @@ public enum PortcullisService {
             metrics: metrics,
             accessLog: accessLog,
             negotiate: negotiate,
-            tls: tls
+            tls: tls,
+            directoryGroups: directory
         )
         // The admin listener comes up first, so health checks can poll from the start; /readyz
         // says ready once the proxy's listeners are bound.

@@ -41,7 +41,9 @@ struct ReloadActions: Sendable {
         self.logger = logger
         self.users = users
         self.usersReadable = usersReadable
-        self.policy = configuration.policyPath.map(PolicyReloader.init(path:))
+        self.policy = configuration.policyPath.map {
+            PolicyReloader(path: $0, directoryGroups: configuration.ldap != nil)
+        }
         self.tls = context.tls.map(TLSReloader.init(tls:))
         self.accessLog = accessLog
         self.config = Self.configReloader(configuration, context: context, metrics: metrics, logger: logger, reload)
@@ -119,7 +121,10 @@ struct ReloadActions: Sendable {
         do {
             if let summary = try reloader.reload(force: force) {
                 self.metrics.reload("tls", ok: true)
-                self.logger.notice("TLS certificate reloaded: new connections use it", metadata: ["certificate": "\(summary)"])
+                self.logger.notice(
+                    "TLS certificate reloaded: new connections use it",
+                    metadata: ["certificate": "\(summary)"]
+                )
             }
         } catch {
             self.metrics.reload("tls", ok: false)

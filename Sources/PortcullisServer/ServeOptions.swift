@@ -331,6 +331,24 @@ public struct ServeOptions: DeclaredSettings {
     )
     public var ldapStarttls: Bool?
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The attribute of a user's entry listing its groups' DNs; a group counts in --policy under its DN and its first RDN's value (cn=staff,… is staff). (default: memberOf)",
+            valueName: "name"
+        )
+    )
+    public var ldapGroupAttribute: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Seconds the groups read at a user's login count for the access rules; keep it at least --credential-cache-ttl. (default: 300)",
+            valueName: "seconds"
+        )
+    )
+    public var ldapGroupCacheTTL: Seconds?
+
     @Flag(inversion: .prefixedNo, help: "Allow --auth none on a non-loopback listener.")
     public var allowOpenProxy: Bool?
 

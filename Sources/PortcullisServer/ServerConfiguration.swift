@@ -212,7 +212,7 @@ public struct ServerConfiguration: Sendable {
             self.accessLogFormat = format
         }
         if let path = options.policy {
-            proxy.policy = try PolicyFile.load(path: path)
+            proxy.policy = try PolicyFile.load(path: path, directoryGroups: !options.ldap.isEmpty)
             self.policyPath = path
         }
         if let clients = options.allowClients?.items {
@@ -367,9 +367,9 @@ public struct ServerConfiguration: Sendable {
         guard !options.ldap.isEmpty else {
             let given: [String?] = [
                 options.ldapBase, options.ldapBindDn, options.ldapBindPasswordFile, options.ldapUserFilter,
-                options.ldapCa,
+                options.ldapCa, options.ldapGroupAttribute,
             ]
-            if given.contains(where: { $0 != nil }) || options.ldapStarttls != nil {
+            if given.contains(where: { $0 != nil }) || options.ldapStarttls != nil || options.ldapGroupCacheTTL != nil {
                 throw ServeError("the --ldap-… settings are for --ldap, which is not set")
             }
             return nil
@@ -414,6 +414,8 @@ public struct ServerConfiguration: Sendable {
             settings.caFile = ca
         }
         settings.startTLS = options.ldapStarttls ?? true
+        if let attribute = options.ldapGroupAttribute { settings.groupAttribute = attribute }
+        if let ttl = options.ldapGroupCacheTTL { settings.groupCacheTTL = ttl.value }
         return settings
     }
 

@@ -41,3 +41,17 @@ import Testing
         #expect(LDAPEscaping.dnValue(value) == escaped)
     }
 }
+
+/// How a group DN counts in the access rules.
+@Suite struct LDAPGroupNameTests {
+    @Test func aGroupCountsUnderItsDNAndItsFirstValue() {
+        #expect(
+            LDAPDirectory.groupNames(["cn=staff,ou=groups,dc=example,dc=org", #"cn=R\, D,ou=groups,dc=example,dc=org"#])
+                == [
+                    "cn=staff,ou=groups,dc=example,dc=org", "staff",
+                    #"cn=R\, D,ou=groups,dc=example,dc=org"#, "R, D",
+                ]
+        )
+        #expect(LDAPDirectory.groupNames([]) == [])
+    }
+}

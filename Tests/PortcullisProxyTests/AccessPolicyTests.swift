@@ -64,6 +64,25 @@ import Testing
         #expect(p.decide(user: "alice", host: "1.2.3.4", port: 443, method: "GET") == .denied(rule: nil))
     }
 
+    /// A directory's groups count like the file's: a rule naming `staff` matches a user the
+    /// directory puts in `staff`, and only that user.
+    @Test func directoryGroupsMatchGroupRules() {
+        let p = AccessPolicy(
+            rules: [
+                .init(name: "staff-web", action: .allow, groups: ["staff"], ports: [443]),
+                .init(name: "ops", action: .allow, groups: ["ops"]),
+            ],
+            groups: ["ops": ["carol"]]
+        )
+        #expect(p.decide(user: "dora", groups: ["staff"], host: "1.2.3.4", port: 443, method: "CONNECT") == .allowed(rule: "staff-web"))
+        #expect(p.decide(user: "dora", groups: ["staff"], host: "1.2.3.4", port: 80, method: "GET") == .denied(rule: nil))
+        #expect(p.decide(user: "oscar", host: "1.2.3.4", port: 443, method: "CONNECT") == .denied(rule: nil))
+        // The file's groups still count, with or without directory groups.
+        #expect(p.decide(user: "carol", groups: ["staff"], host: "1.2.3.4", port: 80, method: "GET") == .allowed(rule: "ops"))
+        // No user, no group.
+        #expect(p.decide(user: nil, groups: ["staff"], host: "1.2.3.4", port: 443, method: "GET") == .denied(rule: nil))
+    }
+
     @Test func userRulesNeverMatchAnonymousRequests() {
         let p = AccessPolicy(rules: [.init(name: "alice", action: .allow, users: ["alice"])])
         #expect(p.decide(user: nil, host: "x", port: 80, method: "GET") == .denied(rule: nil))

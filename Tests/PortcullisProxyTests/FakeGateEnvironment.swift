@@ -87,6 +87,8 @@ final class FakeGateEnvironment: GateEnvironment {
     var offeredSchemeNames = ["Basic", "Digest"]
     var maximumRequestBody: Int?
     var policy = AccessPolicy()
+    var userGroups: [String: Set<String>] = [:]
+    func directoryGroups(of user: String) -> Set<String> { self.userGroups[user] ?? [] }
     let counters = CountingMetrics()
     lazy var metrics = ProxyMetrics(factory: self.counters)
     var currentDate = Date(timeIntervalSince1970: 1_800_000_000)

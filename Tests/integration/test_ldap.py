@@ -47,8 +47,12 @@ class Slapd:
         ]
         for uid, password in people:
             escaped = uid.replace("*", "\\2a")
+            # Groups in departmentNumber (slapadd bypasses the memberOf overlay, so the tests
+            # name another attribute with --ldap-group-attribute; the mechanism is the same).
+            groups = f"departmentNumber: cn=staff,ou=groups,{BASE}\n" if uid == DIR_USER else ""
             ldif.append(f"dn: uid={escaped},ou=people,{BASE}\nobjectClass: inetOrgPerson\nuid: {uid}\n"
-                        f"cn: {uid}\nsn: {uid}\nuserPassword:: {__import__('base64').b64encode(password.encode()).decode()}\n")
+                        f"cn: {uid}\nsn: {uid}\n{groups}"
+                        f"userPassword:: {__import__('base64').b64encode(password.encode()).decode()}\n")
         (workdir / "data.ldif").write_text("\n".join(ldif))
         (workdir / "slapd.conf").write_text(f"""include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
@@ -218,3 +222,22 @@ def test_ldap_test_prints_each_step_and_never_the_password(slapd, tls_cert, tmp_
     down = subprocess.run([PORTCULLIS_BIN, "ldap", "test", "--ldap", f"ldap://127.0.0.1:{free_port()}",
                            "--ldap-base", BASE, "--user", DIR_USER], input=b"x\n", capture_output=True, timeout=60)
     assert down.returncode == 2 and "unavailable" in down.stdout.decode(), down.stdout.decode()
+
+
+def test_directory_groups_decide_the_access_rules(launcher, slapd, tls_cert, tmp_path, origin):
+    """A policy rule for the group `staff`, which the policy file does not define: dora (in it
+    per the directory) is let through, oscar (not in it) gets the 403 naming no rule."""
+    secret = tmp_path / "reader-password"
+    secret.write_text(READER_PASSWORD + "\n")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules:\n  - name: staff-only\n    action: allow\n    groups: [staff]\n")
+    p = launcher.start("--ldap", slapd.url, "--ldap-base", BASE, "--ldap-bind-dn", READER_DN,
+                       "--ldap-bind-password-file", secret, "--ldap-ca", tls_cert[0],
+                       "--ldap-group-attribute", "departmentNumber", "--policy", policy)
+    r = get(p, f"{origin.base}/text", DIR_USER, DIR_PASSWORD)
+    assert r.status == 200, r.describe()
+    # Cached now: the groups still count on the next request.
+    assert get(p, f"{origin.base}/text", DIR_USER, DIR_PASSWORD).status == 200
+    r = get(p, f"{origin.base}/text", OTHER_USER, OTHER_PASSWORD)
+    assert r.status == 403, r.describe()
+    assert_proxy_status(r, error="http_request_denied")

@@ -22,6 +22,10 @@ struct ConnectionGateEnvironment: GateEnvironment {
     var offeredSchemeNames: [String] { self.gate.schemes.map(\.headerName) }
     var maximumRequestBody: Int? { self.connection.configuration.maximumRequestBody }
     var policy: AccessPolicy { self.shared.policy }
+
+    func directoryGroups(of user: String) -> Set<String> {
+        self.shared.directoryGroups?.groups(of: user) ?? []
+    }
     var metrics: ProxyMetrics { self.shared.metrics }
     var currentDate: Date { Date() }
     var ntlmSettings: NTLMAcceptor.Settings? { self.connection.configuration.ntlm }

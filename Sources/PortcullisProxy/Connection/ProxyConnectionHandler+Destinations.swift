@@ -12,6 +12,7 @@ extension ProxyConnectionHandler {
             policy: policy ?? self.shared.policy,
             user: exchange.user,
             otherName: exchange.otherName,
+            groups: exchange.user.flatMap { self.shared.directoryGroups?.groups(of: $0) } ?? [],
             method: String(decoding: exchange.head.methodBytes, as: UTF8.self)
         )
     }

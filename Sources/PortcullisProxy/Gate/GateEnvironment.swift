@@ -25,6 +25,8 @@ protocol GateEnvironment {
     /// Largest request body accepted (413 beyond); `nil`: no limit.
     var maximumRequestBody: Int? { get }
     var policy: AccessPolicy { get }
+    /// The directory groups of `user` (none without a directory).
+    func directoryGroups(of user: String) -> Set<String>
     var metrics: ProxyMetrics { get }
     /// The wall clock: account expiry and rotation grace are dates in the store.
     var currentDate: Date { get }

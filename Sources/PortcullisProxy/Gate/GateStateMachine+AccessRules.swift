@@ -52,7 +52,16 @@ extension GateStateMachine {
             return nil
         }
         let method = String(decoding: request.head.methodBytes, as: UTF8.self)
-        guard case .denied(let rule) = policy.decide(user: record.user, otherName: record.otherName, host: host, port: port, method: method)
+        let groups = record.user.map(environment.directoryGroups(of:)) ?? []
+        guard
+            case .denied(let rule) = policy.decide(
+                user: record.user,
+                otherName: record.otherName,
+                groups: groups,
+                host: host,
+                port: port,
+                method: method
+            )
         else { return nil }
         let why = rule.map { "rule \($0)" } ?? "no rule allows this request"
         environment.metrics.refused("policy")

@@ -132,6 +132,7 @@ public struct AccessPolicy: Sendable, Equatable {
     public func decide(
         user: String?,
         otherName: String? = nil,
+        groups userGroups: Set<String> = [],
         host: String,
         port: Int,
         method: String,
@@ -150,7 +151,15 @@ public struct AccessPolicy: Sendable, Equatable {
         // with the rule that surely matches, the outcome is known without the address.
         var pending: Set<Action> = []
         for rule in self.rules {
-            switch self.matches(rule, user: user, otherName: otherName, target: target, port: port, method: method) {
+            switch self.matches(
+                rule,
+                user: user,
+                otherName: otherName,
+                groups: userGroups,
+                target: target,
+                port: port,
+                method: method
+            ) {
             case .no:
                 continue
             case .unknown:
@@ -183,6 +192,7 @@ public struct AccessPolicy: Sendable, Equatable {
         _ rule: Rule,
         user: String?,
         otherName: String?,
+        groups userGroups: Set<String>,
         target: Target,
         port: Int,
         method: String
@@ -193,7 +203,9 @@ public struct AccessPolicy: Sendable, Equatable {
                 names.contains(user) || otherName.map(names.contains) == true
             }
             let byName = rule.users.map(named) ?? false
-            let byGroup = rule.groups?.contains { self.groups[$0].map(named) ?? false } ?? false
+            // A group of the policy file naming the user, or one the directory puts the user in.
+            let byGroup =
+                rule.groups?.contains { self.groups[$0].map(named) ?? false || userGroups.contains($0) } ?? false
             guard byName || byGroup else { return .no }
         }
         if let ports = rule.ports, !ports.contains(port) { return .no }

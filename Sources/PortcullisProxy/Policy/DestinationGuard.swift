@@ -10,6 +10,8 @@ struct DestinationGuard: Sendable {
     var policy: AccessPolicy
     var user: String?
     var otherName: String? = nil
+    /// The user's directory groups.
+    var groups: Set<String> = []
     var method: String
 
     /// The addresses this request may be connected to, in resolver order.
@@ -49,6 +51,14 @@ struct DestinationGuard: Sendable {
     }
 
     private func decide(_ address: SocketAddress, host: String, port: Int) -> AccessPolicy.Decision {
-        self.policy.decide(user: self.user, otherName: self.otherName, host: host, port: port, method: self.method, address: address)
+        self.policy.decide(
+            user: self.user,
+            otherName: self.otherName,
+            groups: self.groups,
+            host: host,
+            port: port,
+            method: self.method,
+            address: address
+        )
     }
 }
