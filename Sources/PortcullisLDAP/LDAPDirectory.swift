@@ -190,6 +190,29 @@ public final class LDAPDirectory: CredentialStore, GroupLookup {
         return result
     }
 
+    /// Whether any of the directory's URLs answers a search as the service account now (for
+    /// /readyz, every 2 s): on a kept connection, so it costs one round trip.
+    public func reachable() async -> Bool {
+        (try? await self.threadPool.runIfActive { () -> Bool in
+            for url in self.settings.urls {
+                do throws(LDAPError) {
+                    _ = try self.withServiceConnection(url) { connection throws(LDAPError) in
+                        try connection.search(
+                            base: self.settings.base,
+                            filter: "(objectClass=*)",
+                            attributes: ["1.1"],
+                            sizeLimit: 1
+                        )
+                    }
+                    return true
+                } catch {
+                    continue
+                }
+            }
+            return false
+        }) ?? false
+    }
+
     // MARK: - Groups
 
     /// A group DN counts under itself and under its first RDN's value

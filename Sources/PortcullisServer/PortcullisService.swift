@@ -93,6 +93,27 @@ public enum PortcullisService {
                 let ldapDirectory = LDAPDirectory(settings: ldap, threadPool: threadPool)
                 directory = ldapDirectory
                 source.store = ChainedStore(local: source.store, directory: ldapDirectory)
+                // /readyz also needs the directory; its going and coming back are logged once each.
+                let localReadable = source.readable
+                let directoryUp = NIOLockedValueBox(true)
+                let urls = ldap.urls.joined(separator: " ")
+                source.readable = {
+                    let local = await localReadable()
+                    let up = await ldapDirectory.reachable()
+                    let changed = directoryUp.withLockedValue { previous -> Bool in
+                        defer { previous = up }
+                        return previous != up
+                    }
+                    if changed, up {
+                        logger.notice("directory reachable again", metadata: ["ldap": "\(urls)"])
+                    } else if changed {
+                        logger.error(
+                            "directory unreachable: its users get 503 until it is back",
+                            metadata: ["ldap": "\(urls)"]
+                        )
+                    }
+                    return local && up
+                }
                 source.description += ", then LDAP \(ldap.urls.joined(separator: " "))"
             }
             store = source

@@ -170,19 +170,36 @@ def test_the_directory_down_is_a_503_not_a_407_and_recovery_needs_no_restart(lau
                                                                                origin):
     secret = tmp_path / "reader-password"
     secret.write_text(READER_PASSWORD + "\n")
+    admin = free_port()
     p = launcher.start("--ldap", slapd.url, "--ldap-base", BASE, "--ldap-bind-dn", READER_DN,
-                       "--ldap-bind-password-file", secret, "--ldap-ca", tls_cert[0], "--credential-cache-ttl", "0.05")
+                       "--ldap-bind-password-file", secret, "--ldap-ca", tls_cert[0], "--credential-cache-ttl", "0.05",
+                       "--admin", f"127.0.0.1:{admin}")
+
+    def readyz() -> int:
+        import urllib.error
+        import urllib.request
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
     assert get(p, f"{origin.base}/text", OTHER_USER, OTHER_PASSWORD).status == 200
+    wait_until(lambda: readyz() == 200, 10, what="/readyz ready")
     slapd.stop()
     time.sleep(0.1)  # the cached success (50 ms) is gone
     try:
         r = get(p, f"{origin.base}/text", OTHER_USER, OTHER_PASSWORD)
         assert r.status == 503, r.describe()
         assert_proxy_status(r, details="store-unavailable")
+        wait_until(lambda: readyz() == 503, 10, what="/readyz to report the directory down")
     finally:
         slapd.start()
     wait_until(lambda: get(p, f"{origin.base}/text", OTHER_USER, OTHER_PASSWORD).status == 200, 15,
                what="the directory back")
+    wait_until(lambda: readyz() == 200, 10, what="/readyz ready again")
+    log = p.stderr.text()
+    assert log.count("directory unreachable") == 1 and log.count("directory reachable again") == 1, log
 
 
 def test_starttls_is_required_and_an_untrusted_directory_is_unavailable(launcher, slapd, tmp_path, origin):
