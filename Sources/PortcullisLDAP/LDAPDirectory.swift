@@ -28,6 +28,17 @@ public final class LDAPDirectory: CredentialStore, GroupLookup {
         public var groupAttribute = "memberOf"
         /// How long the groups read at a login count for the access rules.
         public var groupCacheTTL: TimeInterval = 300
+        /// Groups also through nesting, by Active Directory's LDAP_MATCHING_RULE_IN_CHAIN: a
+        /// search for the groups whose `member` chain reaches the user's DN.
+        public var nestedGroups = false
+
+        /// Active Directory: users by `sAMAccountName` or `userPrincipalName`, named by
+        /// `sAMAccountName`, groups through nesting.
+        public mutating func applyActiveDirectoryPreset() {
+            self.userFilter = "(&(objectClass=user)(|(sAMAccountName=%s)(userPrincipalName=%s)))"
+            self.nameAttribute = "sAMAccountName"
+            self.nestedGroups = true
+        }
         /// StartTLS on `ldap://` URLs (on by default: a bind carries the password).
         public var startTLS = true
         public var caFile: String?
@@ -121,7 +132,20 @@ public final class LDAPDirectory: CredentialStore, GroupLookup {
                 // one person must be one user for policy, limits and lockout.
                 let names = entry.attributes[self.settings.nameAttribute] ?? []
                 let accepted = names.count == 1 ? names[0] : user
-                let groups = Self.groupNames(entry.attributes[self.settings.groupAttribute] ?? [])
+                var groupDNs = entry.attributes[self.settings.groupAttribute] ?? []
+                if self.settings.nestedGroups {
+                    // Best effort: a directory without the rule leaves the direct groups.
+                    let nested = try? self.withServiceConnection(url) { connection throws(LDAPError) in
+                        try connection.search(
+                            base: self.settings.base,
+                            filter: Self.nestedGroupFilter(userDN: entry.dn),
+                            attributes: ["1.1"],
+                            sizeLimit: 1000
+                        )
+                    }
+                    groupDNs += (nested ?? []).map(\.dn).filter { !$0.isEmpty }
+                }
+                let groups = Self.groupNames(groupDNs)
                 self.remember(groups, of: accepted)
                 trace.groups = groups.sorted()
                 trace.outcome = .accepted(user: accepted)
@@ -214,6 +238,12 @@ public final class LDAPDirectory: CredentialStore, GroupLookup {
     }
 
     // MARK: - Groups
+
+    /// The groups whose membership chain reaches `userDN` (AD's in-chain matching rule), with
+    /// the DN escaped as a filter value.
+    static func nestedGroupFilter(userDN: String) -> String {
+        "(member:1.2.840.113556.1.4.1941:=\(LDAPEscaping.filterValue(userDN)))"
+    }
 
     /// A group DN counts under itself and under its first RDN's value
     /// (`cn=staff,ou=groups,dc=example,dc=org` is `staff` in a policy file too).

@@ -300,6 +300,15 @@ public struct ServeOptions: DeclaredSettings {
 
     @Option(
         name: .long,
+        help: ArgumentHelp(
+            "openldap, or ad: users by sAMAccountName or userPrincipalName, named by sAMAccountName, nested groups (LDAP_MATCHING_RULE_IN_CHAIN). --ldap-user-filter still wins. (default: openldap)",
+            valueName: "name"
+        )
+    )
+    public var ldapPreset: String?
+
+    @Option(
+        name: .long,
         help: ArgumentHelp("The service account that searches for users (else an anonymous search).", valueName: "dn")
     )
     public var ldapBindDn: String?

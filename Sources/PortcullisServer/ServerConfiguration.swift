@@ -367,7 +367,7 @@ public struct ServerConfiguration: Sendable {
         guard !options.ldap.isEmpty else {
             let given: [String?] = [
                 options.ldapBase, options.ldapBindDn, options.ldapBindPasswordFile, options.ldapUserFilter,
-                options.ldapCa, options.ldapGroupAttribute,
+                options.ldapCa, options.ldapGroupAttribute, options.ldapPreset,
             ]
             if given.contains(where: { $0 != nil }) || options.ldapStarttls != nil || options.ldapGroupCacheTTL != nil {
                 throw ServeError("the --ldap-… settings are for --ldap, which is not set")
@@ -384,6 +384,11 @@ public struct ServerConfiguration: Sendable {
             throw ServeError("--ldap needs --ldap-base: the DN users are searched under (dc=example,dc=org)")
         }
         var settings = LDAPDirectory.Settings(urls: options.ldap, base: base)
+        switch options.ldapPreset?.lowercased() {
+        case nil, "openldap": break
+        case "ad": settings.applyActiveDirectoryPreset()
+        case let other?: throw ServeError("--ldap-preset: '\(other)' is not openldap or ad")
+        }
         if let dn = options.ldapBindDn {
             guard let file = options.ldapBindPasswordFile else {
                 throw ServeError("--ldap-bind-dn needs --ldap-bind-password-file: the service account's password")

@@ -55,3 +55,19 @@ import Testing
         #expect(LDAPDirectory.groupNames([]) == [])
     }
 }
+
+@Suite struct LDAPPresetTests {
+    @Test func activeDirectoryFindsUsersByEitherNameAndGroupsThroughNesting() {
+        var settings = LDAPDirectory.Settings(urls: ["ldaps://dc.example.org"], base: "dc=example,dc=org")
+        settings.applyActiveDirectoryPreset()
+        #expect(
+            LDAPEscaping.filter(settings.userFilter, user: "j*")
+                == #"(&(objectClass=user)(|(sAMAccountName=j\2a)(userPrincipalName=j\2a)))"#
+        )
+        #expect(settings.nameAttribute == "sAMAccountName" && settings.nestedGroups)
+        #expect(
+            LDAPDirectory.nestedGroupFilter(userDN: #"CN=Smith\, J (ops),OU=Users,DC=example,DC=org"#)
+                == #"(member:1.2.840.113556.1.4.1941:=CN=Smith\5c, J \28ops\29,OU=Users,DC=example,DC=org)"#
+        )
+    }
+}

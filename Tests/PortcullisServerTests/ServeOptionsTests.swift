@@ -111,6 +111,7 @@ struct SettingSample: Sendable, CustomTestStringConvertible {
             $0.ldap == ["ldap://dir1", "ldaps://dir2:636"]
         },
         SettingSample("ldap-base", text: "dc=example,dc=org") { $0.ldapBase },
+        SettingSample("ldap-preset", text: "ad") { $0.ldapPreset },
         SettingSample("ldap-bind-dn", text: "cn=reader,dc=example,dc=org") { $0.ldapBindDn },
         SettingSample("ldap-bind-password-file", text: "/run/secrets/ldap") { $0.ldapBindPasswordFile },
         SettingSample("ldap-user-filter", text: "(uid=%s)") { $0.ldapUserFilter },
