@@ -20,6 +20,7 @@ command -v tinyproxy >/dev/null || [ -x /usr/bin/tinyproxy ] || need+=(tinyproxy
 [ -e /usr/include/gssapi/gssapi.h ] || need+=(libkrb5-dev)
 [ -e /usr/include/ldap.h ] || need+=(libldap-dev)
 [ -x /usr/sbin/slapd ] || need+=(slapd)
+command -v ldappasswd >/dev/null || need+=(ldap-utils)
 [ -x /usr/sbin/krb5kdc ] || need+=(krb5-kdc)
 [ -x /usr/sbin/kadmin.local ] || need+=(krb5-admin-server)
 command -v kinit >/dev/null || need+=(krb5-user)

@@ -21,6 +21,7 @@ READER_DN = f"cn=reader,{BASE}"
 READER_PASSWORD = "reader-pw"
 DIR_USER, DIR_PASSWORD = "dora", "dir-pa$$word é"
 OTHER_USER, OTHER_PASSWORD = "oscar", "oscar-pw"
+ADMIN_PASSWORD = "admin-pw"
 
 
 def _program(name: str) -> str:
@@ -38,7 +39,7 @@ class Slapd:
         self.dir = workdir
         self.port = free_port()
         (workdir / "db").mkdir()
-        people = [(DIR_USER, DIR_PASSWORD), (OTHER_USER, OTHER_PASSWORD), ("star*", "star-pw")]
+        people = [(DIR_USER, DIR_PASSWORD), (OTHER_USER, OTHER_PASSWORD), ("star*", "star-pw"), ("pat", "pat-old-pw")]
         ldif = [
             f"dn: {BASE}\nobjectClass: dcObject\nobjectClass: organization\no: example\ndc: example\n",
             f"dn: ou=people,{BASE}\nobjectClass: organizationalUnit\nou: people\n",
@@ -66,6 +67,7 @@ database mdb
 maxsize 10485760
 suffix "{BASE}"
 rootdn "cn=admin,{BASE}"
+rootpw {ADMIN_PASSWORD}
 directory {workdir}/db
 access to attrs=userPassword by anonymous auth by self write by * none
 access to * by dn.exact="{READER_DN}" read by * none
@@ -258,3 +260,19 @@ def test_directory_groups_decide_the_access_rules(launcher, slapd, tls_cert, tmp
     r = get(p, f"{origin.base}/text", OTHER_USER, OTHER_PASSWORD)
     assert r.status == 403, r.describe()
     assert_proxy_status(r, error="http_request_denied")
+
+
+def test_a_password_changed_in_the_directory_counts_after_the_cache_ttl(launcher, slapd, tls_cert, tmp_path, origin):
+    secret = tmp_path / "reader-password"
+    secret.write_text(READER_PASSWORD + "\n")
+    p = launcher.start("--ldap", slapd.url, "--ldap-base", BASE, "--ldap-bind-dn", READER_DN,
+                       "--ldap-bind-password-file", secret, "--ldap-ca", tls_cert[0], "--credential-cache-ttl", "1")
+    assert get(p, f"{origin.base}/text", "pat", "pat-old-pw").status == 200
+    changed = subprocess.run([shutil.which("ldappasswd") or "/usr/bin/ldappasswd", "-x", "-H", slapd.url,
+                              "-D", f"cn=admin,{BASE}", "-w", ADMIN_PASSWORD, "-s", "pat-new-pw",
+                              f"uid=pat,ou=people,{BASE}"], capture_output=True, text=True, timeout=30)
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    # The old password is still the cached success for at most the TTL, then refused.
+    wait_until(lambda: get(p, f"{origin.base}/text", "pat", "pat-old-pw").status == 407, 10,
+               what="the old password refused")
+    assert get(p, f"{origin.base}/text", "pat", "pat-new-pw").status == 200
