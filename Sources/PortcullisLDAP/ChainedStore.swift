@@ -2,26 +2,41 @@ import Foundation
 import PortcullisAuth
 import PortcullisStores
 
-/// The local users store first, then the directory: a name the local store does not know, or a
-/// password it refuses, is tried against the directory (so a directory user needs no local
-/// entry, and a local account is never looked up remotely when its password is right). An
-/// expired, disabled or rotated-out local account is final. What only a local store can hold
-/// (Digest and NTLM secrets, accounts for certificates, the nonce key) comes from it alone.
+/// The local users store and the directory, the local one first unless `directoryFirst`
+/// (`--ldap-first`): a name the first does not know, or a password it refuses, is tried against
+/// the second (so a directory user needs no local entry). An expired, disabled or rotated-out
+/// account is final. When one of them cannot be read, the other still decides a success; a
+/// refusal then is `unavailable` (503), as the unread one might have said yes. What only a local
+/// store can hold (Digest and NTLM secrets, accounts for certificates, the nonce key) comes from
+/// it alone.
 public final class ChainedStore: CredentialStore {
     public let local: any CredentialStore
-    public let directory: LDAPDirectory
+    public let directory: any CredentialStore
+    public let directoryFirst: Bool
 
-    public init(local: any CredentialStore, directory: LDAPDirectory) {
+    public init(local: any CredentialStore, directory: any CredentialStore, directoryFirst: Bool = false) {
         self.local = local
         self.directory = directory
+        self.directoryFirst = directoryFirst
     }
 
     public var generation: UInt64 { self.local.generation }
 
     public func verify(user: String, password: String) async -> VerificationOutcome {
-        let first = await self.local.verify(user: user, password: password)
-        guard case .rejected(.invalid) = first else { return first }
-        return await self.directory.verify(user: user, password: password)
+        let (first, second): (any CredentialStore, any CredentialStore) =
+            self.directoryFirst ? (self.directory, self.local) : (self.local, self.directory)
+        let firstOutcome = await first.verify(user: user, password: password)
+        switch firstOutcome {
+        case .accepted, .rejected(.expired), .rejected(.disabled), .rejected(.rotatedOut):
+            return firstOutcome
+        case .rejected(.invalid), .rejected(.unavailable):
+            break
+        }
+        let secondOutcome = await second.verify(user: user, password: password)
+        if case .rejected(.invalid) = secondOutcome, case .rejected(.unavailable) = firstOutcome {
+            return .rejected(.unavailable)
+        }
+        return secondOutcome
     }
 
     public func digestSecrets(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) async -> DigestLookup {

@@ -31,6 +31,8 @@ public final class LDAPDirectory: CredentialStore, GroupLookup {
         /// Groups also through nesting, by Active Directory's LDAP_MATCHING_RULE_IN_CHAIN: a
         /// search for the groups whose `member` chain reaches the user's DN.
         public var nestedGroups = false
+        /// Ask the directory before the local users (`--ldap-first`).
+        public var first = false
 
         /// Active Directory: users by `sAMAccountName` or `userPrincipalName`, named by
         /// `sAMAccountName`, groups through nesting.

@@ -92,7 +92,7 @@ public enum PortcullisService {
                 // The local users first, then the directory.
                 let ldapDirectory = LDAPDirectory(settings: ldap, threadPool: threadPool)
                 directory = ldapDirectory
-                source.store = ChainedStore(local: source.store, directory: ldapDirectory)
+                source.store = ChainedStore(local: source.store, directory: ldapDirectory, directoryFirst: ldap.first)
                 // /readyz also needs the directory; its going and coming back are logged once each.
                 let localReadable = source.readable
                 let directoryUp = NIOLockedValueBox(true)

@@ -340,6 +340,12 @@ public struct ServeOptions: DeclaredSettings {
     )
     public var ldapStarttls: Bool?
 
+    @Flag(
+        inversion: .prefixedNo,
+        help: "Ask the directory before the local users. (default: the local users first)"
+    )
+    public var ldapFirst: Bool?
+
     @Option(
         name: .long,
         help: ArgumentHelp(

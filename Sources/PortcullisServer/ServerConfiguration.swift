@@ -369,7 +369,9 @@ public struct ServerConfiguration: Sendable {
                 options.ldapBase, options.ldapBindDn, options.ldapBindPasswordFile, options.ldapUserFilter,
                 options.ldapCa, options.ldapGroupAttribute, options.ldapPreset,
             ]
-            if given.contains(where: { $0 != nil }) || options.ldapStarttls != nil || options.ldapGroupCacheTTL != nil {
+            if given.contains(where: { $0 != nil }) || options.ldapStarttls != nil || options.ldapGroupCacheTTL != nil
+                || options.ldapFirst != nil
+            {
                 throw ServeError("the --ldap-… settings are for --ldap, which is not set")
             }
             return nil
@@ -419,6 +421,7 @@ public struct ServerConfiguration: Sendable {
             settings.caFile = ca
         }
         settings.startTLS = options.ldapStarttls ?? true
+        settings.first = options.ldapFirst ?? false
         if let attribute = options.ldapGroupAttribute { settings.groupAttribute = attribute }
         if let ttl = options.ldapGroupCacheTTL { settings.groupCacheTTL = ttl.value }
         return settings

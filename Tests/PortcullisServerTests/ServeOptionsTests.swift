@@ -117,6 +117,7 @@ struct SettingSample: Sendable, CustomTestStringConvertible {
         SettingSample("ldap-user-filter", text: "(uid=%s)") { $0.ldapUserFilter },
         SettingSample("ldap-ca", text: "/etc/ssl/dir-ca.pem") { $0.ldapCa },
         SettingSample("ldap-starttls", ["--no-ldap-starttls"], "ldap-starttls: false") { $0.ldapStarttls == false },
+        SettingSample("ldap-first", ["--ldap-first"], "ldap-first: true") { $0.ldapFirst == true },
         SettingSample("ldap-group-attribute", text: "isMemberOf") { $0.ldapGroupAttribute },
         seconds("ldap-group-cache-ttl", 60) { $0.ldapGroupCacheTTL },
         SettingSample("parent-password-file", text: "/run/secrets/parent") { $0.parentPasswordFile },
