@@ -134,20 +134,7 @@ public final class LDAPDirectory: CredentialStore, GroupLookup {
                 // one person must be one user for policy, limits and lockout.
                 let names = entry.attributes[self.settings.nameAttribute] ?? []
                 let accepted = names.count == 1 ? names[0] : user
-                var groupDNs = entry.attributes[self.settings.groupAttribute] ?? []
-                if self.settings.nestedGroups {
-                    // Best effort: a directory without the rule leaves the direct groups.
-                    let nested = try? self.withServiceConnection(url) { connection throws(LDAPError) in
-                        try connection.search(
-                            base: self.settings.base,
-                            filter: Self.nestedGroupFilter(userDN: entry.dn),
-                            attributes: ["1.1"],
-                            sizeLimit: 1000
-                        )
-                    }
-                    groupDNs += (nested ?? []).map(\.dn).filter { !$0.isEmpty }
-                }
-                let groups = Self.groupNames(groupDNs)
+                let groups = self.groups(of: entry, url: url)
                 self.remember(groups, of: accepted)
                 trace.groups = groups.sorted()
                 trace.outcome = .accepted(user: accepted)
@@ -290,6 +277,58 @@ public final class LDAPDirectory: CredentialStore, GroupLookup {
             }
             cache[user] = (groups, expires)
         }
+    }
+
+    public func knowsGroups(of user: String) -> Bool {
+        let now = Date()
+        return self.groupCache.withLockedValue { cache in (cache[user]?.expires).map { $0 > now } ?? false }
+    }
+
+    /// For identities proved without the directory (Kerberos, NTLM): the entry found by the
+    /// user filter (as the service account) and its groups; none when it is not there or the
+    /// directory cannot be read (kept for the TTL all the same: a busy proxy must not ask again
+    /// for every request of a user the directory does not know).
+    public func lookUpGroups(name: String, keptAs user: String) async {
+        let groups =
+            (try? await self.threadPool.runIfActive { () -> Set<String> in
+                let filter = LDAPEscaping.filter(self.settings.userFilter, user: name)
+                for url in self.settings.urls {
+                    do throws(LDAPError) {
+                        let found = try self.withServiceConnection(url) { connection throws(LDAPError) in
+                            try connection.search(
+                                base: self.settings.base,
+                                filter: filter,
+                                attributes: [self.settings.groupAttribute],
+                                sizeLimit: 2
+                            )
+                        }
+                        guard found.count == 1, let entry = found.first, !entry.dn.isEmpty else { return [] }
+                        return self.groups(of: entry, url: url)
+                    } catch {
+                        continue
+                    }
+                }
+                return []
+            }) ?? []
+        self.remember(groups, of: user)
+    }
+
+    /// The groups of a user's entry: its group attribute, and nested ones with the AD preset.
+    private func groups(of entry: LDAPConnection.Entry, url: String) -> Set<String> {
+        var groupDNs = entry.attributes[self.settings.groupAttribute] ?? []
+        if self.settings.nestedGroups {
+            // Best effort: a directory without the rule leaves the direct groups.
+            let nested = try? self.withServiceConnection(url) { connection throws(LDAPError) in
+                try connection.search(
+                    base: self.settings.base,
+                    filter: Self.nestedGroupFilter(userDN: entry.dn),
+                    attributes: ["1.1"],
+                    sizeLimit: 1000
+                )
+            }
+            groupDNs += (nested ?? []).map(\.dn).filter { !$0.isEmpty }
+        }
+        return Self.groupNames(groupDNs)
     }
 
     public func groups(of user: String) -> Set<String> {

@@ -89,6 +89,9 @@ final class FakeGateEnvironment: GateEnvironment {
     var policy = AccessPolicy()
     var userGroups: [String: Set<String>] = [:]
     func directoryGroups(of user: String) -> Set<String> { self.userGroups[user] ?? [] }
+    /// Users whose groups the gate must look up first.
+    var groupsToLookUp: Set<String> = []
+    func directoryGroupsNeeded(for user: String) -> Bool { self.groupsToLookUp.contains(user) }
     let counters = CountingMetrics()
     lazy var metrics = ProxyMetrics(factory: self.counters)
     var currentDate = Date(timeIntervalSince1970: 1_800_000_000)

@@ -79,6 +79,7 @@ import Testing
         case lookUpNTLMSecrets(CheckID, name: String)
         case verifyNTLM(CheckID)
         case lookUpAccount(CheckID, name: String)
+        case lookUpGroups(CheckID, name: String, user: String)
         case none
     }
 
@@ -94,6 +95,7 @@ import Testing
         case .lookUpNTLMSecrets(let id, let name): return .lookUpNTLMSecrets(id, name: name)
         case .verifyNTLM(let id, _, _, _): return .verifyNTLM(id)
         case .lookUpAccount(let id, let name): return .lookUpAccount(id, name: name)
+        case .lookUpGroups(let id, let name, let user): return .lookUpGroups(id, name: name, user: user)
         case .none: return .none
         }
     }

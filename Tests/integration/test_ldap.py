@@ -276,3 +276,27 @@ def test_a_password_changed_in_the_directory_counts_after_the_cache_ttl(launcher
     wait_until(lambda: get(p, f"{origin.base}/text", "pat", "pat-old-pw").status == 407, 10,
                what="the old password refused")
     assert get(p, f"{origin.base}/text", "pat", "pat-new-pw").status == 200
+
+
+def test_an_ntlm_users_groups_come_from_the_directory(launcher, slapd, tls_cert, tmp_path, origin):
+    """NTLM proves the user without the directory (local NT hashes): the gate looks the user's
+    groups up by name before the access rules decide — dora (staff) in, oscar out."""
+    from portcullis_helpers import run_curl
+    from test_negotiate_ntlm import add_user
+    data = tmp_path / "data"
+    for user in (DIR_USER, OTHER_USER):
+        add_user(data, user, "Ntlm-pa$$word 1", "--ntlm")
+    secret = tmp_path / "reader-password"
+    secret.write_text(READER_PASSWORD + "\n")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules:\n  - name: staff-only\n    action: allow\n    groups: [staff]\n")
+    p = launcher.start("--auth", "ntlm", "--data-dir", data, "--ldap", slapd.url, "--ldap-base", BASE,
+                       "--ldap-bind-dn", READER_DN, "--ldap-bind-password-file", secret, "--ldap-ca", tls_cert[0],
+                       "--ldap-group-attribute", "departmentNumber", "--policy", policy, htpasswd=None)
+
+    def status(user: str) -> bytes:
+        return run_curl(["-o", "/dev/null", "-w", "%{http_code}", "--proxy-ntlm", "-U", f"{user}:Ntlm-pa$$word 1",
+                         "-x", p.url, f"{origin.base}/text"]).stdout
+
+    assert status(DIR_USER) == b"200"
+    assert status(OTHER_USER) == b"403"

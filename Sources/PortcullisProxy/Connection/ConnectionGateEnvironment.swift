@@ -26,6 +26,13 @@ struct ConnectionGateEnvironment: GateEnvironment {
     func directoryGroups(of user: String) -> Set<String> {
         self.shared.directoryGroups?.groups(of: user) ?? []
     }
+
+    func directoryGroupsNeeded(for user: String) -> Bool {
+        guard let directory = self.shared.directoryGroups else { return false }
+        let policy = self.shared.policy
+        guard policy.rules.contains(where: { $0.groups != nil }) else { return false }
+        return !directory.knowsGroups(of: user)
+    }
     var metrics: ProxyMetrics { self.shared.metrics }
     var currentDate: Date { Date() }
     var ntlmSettings: NTLMAcceptor.Settings? { self.connection.configuration.ntlm }

@@ -91,6 +91,16 @@ extension ProxyConnectionHandler {
                 let next = self.gate.negotiateLegFinished(id, step: step, in: self.gateEnvironment)
                 self.carryOut(next, for: exchange)
             }
+        case .lookUpGroups(let id, let name, let user):
+            guard let directory = self.shared.directoryGroups else {
+                return self.carryOut(self.gate.groupsFound(id, in: self.gateEnvironment), for: exchange)
+            }
+            let promise = self.context.eventLoop.makePromise(of: Void.self)
+            promise.completeWithTask { await directory.lookUpGroups(name: name, keptAs: user) }
+            promise.futureResult.assumeIsolated().whenComplete { _ in
+                let next = self.gate.groupsFound(id, in: self.gateEnvironment)
+                self.carryOut(next, for: exchange)
+            }
         case .lookUpAccount(let id, let name):
             guard let verifier = self.shared.verifier else { return self.cannotCheck() }
             verifier.account(named: name, on: self.context.eventLoop)

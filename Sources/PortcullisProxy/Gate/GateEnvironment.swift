@@ -27,6 +27,9 @@ protocol GateEnvironment {
     var policy: AccessPolicy { get }
     /// The directory groups of `user` (none without a directory).
     func directoryGroups(of user: String) -> Set<String>
+    /// Whether the access rules need `user`'s directory groups and they are not known yet: the
+    /// gate looks them up before deciding.
+    func directoryGroupsNeeded(for user: String) -> Bool
     var metrics: ProxyMetrics { get }
     /// The wall clock: account expiry and rotation grace are dates in the store.
     var currentDate: Date { get }

@@ -19,8 +19,43 @@ extension GateStateMachine {
         return self.authorized(request, record, authenticationInfo: authenticationInfo, environment)
     }
 
+    struct GroupsWait {
+        var id: CheckID
+        var request: Request
+        var record: Record
+        var authenticationInfo: SuccessHeader?
+    }
+
     /// The access rules, then the limits, with the record of how the request authenticated.
-    func authorized(
+    /// A user whose directory groups the rules need and nobody knows yet (a Kerberos or NTLM
+    /// identity: a Basic login through the directory brings its groups) waits for them first.
+    mutating func authorized(
+        _ request: Request,
+        _ record: Record,
+        authenticationInfo: SuccessHeader?,
+        _ environment: some GateEnvironment
+    ) -> Action {
+        if let user = record.user, environment.directoryGroupsNeeded(for: user) {
+            let id = self.newCheckID()
+            self.transition(
+                to: .lookingUpGroups(
+                    GroupsWait(id: id, request: request, record: record, authenticationInfo: authenticationInfo)
+                )
+            )
+            // A principal is looked up by its local name, the directory's spelling.
+            return .lookUpGroups(id, name: record.otherName ?? user, user: user)
+        }
+        return Self.decided(request, record, authenticationInfo: authenticationInfo, environment)
+    }
+
+    /// The directory answered (or not: then the user has no directory groups for now).
+    mutating func groupsFound(_ id: CheckID, in environment: some GateEnvironment) -> Action {
+        guard case .lookingUpGroups(let wait) = self.state, wait.id == id else { return .none }
+        self.transition(to: .idle)
+        return Self.decided(wait.request, wait.record, authenticationInfo: wait.authenticationInfo, environment)
+    }
+
+    private static func decided(
         _ request: Request,
         _ record: Record,
         authenticationInfo: SuccessHeader?,

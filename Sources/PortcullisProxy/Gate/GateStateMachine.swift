@@ -88,6 +88,9 @@ struct GateStateMachine {
         /// Read the standing of the account a client certificate names; it goes to
         /// ``GateStateMachine/accountFound(_:lookup:in:)``.
         case lookUpAccount(CheckID, name: String)
+        /// Look up a user's groups in the directory (`name`: as the directory knows the user;
+        /// kept as `user`'s); then ``GateStateMachine/groupsFound(_:in:)``.
+        case lookUpGroups(CheckID, name: String, user: String)
         case none
     }
 
@@ -101,6 +104,7 @@ struct GateStateMachine {
         case lookingUpNTLMSecrets(NTLMSecretsLookup)
         case verifyingNTLM(NTLMVerification)
         case lookingUpAccount(AccountWait)
+        case lookingUpGroups(GroupsWait)
     }
 
     struct BasicCheck {
@@ -350,7 +354,7 @@ struct GateStateMachine {
             self.unwantedChecks.append((wait.id, wait.ticket))
         case .verifyingNTLM(let verification):
             self.unwantedChecks.append((verification.wait.id, verification.wait.ticket))
-        case .lookingUpDigestSecrets, .tarpit, .acceptingNegotiate, .lookingUpAccount:
+        case .lookingUpDigestSecrets, .tarpit, .acceptingNegotiate, .lookingUpAccount, .lookingUpGroups:
             break
         }
         self.state = .idle
