@@ -300,3 +300,38 @@ def test_an_ntlm_users_groups_come_from_the_directory(launcher, slapd, tls_cert,
 
     assert status(DIR_USER) == b"200"
     assert status(OTHER_USER) == b"403"
+
+
+def test_the_directory_stopped_under_load_gives_503_never_407_and_cached_users_go_on(launcher, slapd, tls_cert,
+                                                                                   tmp_path, origin):
+    """Four clients keep sending while slapd stops and comes back: a user already checked keeps
+    getting 200 from the cache; a user not yet checked gets 503 while it is down and 200 after;
+    no response is ever a 407."""
+    import threading
+    secret = tmp_path / "reader-password"
+    secret.write_text(READER_PASSWORD + "\n")
+    p = launcher.start("--ldap", slapd.url, "--ldap-base", BASE, "--ldap-bind-dn", READER_DN,
+                       "--ldap-bind-password-file", secret, "--ldap-ca", tls_cert[0])
+    assert get(p, f"{origin.base}/text", DIR_USER, DIR_PASSWORD).status == 200  # cached from here on
+    statuses = {DIR_USER: [], OTHER_USER: []}
+    stop = threading.Event()
+
+    def client(user: str, password: str):
+        while not stop.is_set():
+            statuses[user].append(get(p, f"{origin.base}/text", user, password).status)
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=client, args=(u, pw), daemon=True)
+               for u, pw in ((DIR_USER, DIR_PASSWORD), (DIR_USER, DIR_PASSWORD), (OTHER_USER, OTHER_PASSWORD))]
+    slapd.stop()
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    slapd.start()
+    wait_until(lambda: statuses[OTHER_USER] and statuses[OTHER_USER][-1] == 200, 15, what="oscar in again")
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert set(statuses[DIR_USER]) == {200}, statuses[DIR_USER]
+    assert 503 in statuses[OTHER_USER] and 407 not in statuses[OTHER_USER], statuses[OTHER_USER]
+    assert set(statuses[OTHER_USER]) <= {200, 503}, statuses[OTHER_USER]
