@@ -31,6 +31,10 @@ public final class LDAPDirectory: CredentialStore, GroupLookup {
         /// Groups also through nesting, by Active Directory's LDAP_MATCHING_RULE_IN_CHAIN: a
         /// search for the groups whose `member` chain reaches the user's DN.
         public var nestedGroups = false
+        /// A search for the user's groups by membership (`%d`: the user's DN, escaped), for
+        /// directories whose entries list no groups of their own (`groupOfNames` without the
+        /// memberOf overlay): `(&(objectClass=groupOfNames)(member=%d))`.
+        public var groupFilter: String?
         /// Ask the directory before the local users (`--ldap-first`).
         public var first = false
 
@@ -316,6 +320,13 @@ public final class LDAPDirectory: CredentialStore, GroupLookup {
     /// The groups of a user's entry: its group attribute, and nested ones with the AD preset.
     private func groups(of entry: LDAPConnection.Entry, url: String) -> Set<String> {
         var groupDNs = entry.attributes[self.settings.groupAttribute] ?? []
+        if let template = self.settings.groupFilter {
+            let filter = template.replacingOccurrences(of: "%d", with: LDAPEscaping.filterValue(entry.dn))
+            let found = try? self.withServiceConnection(url) { connection throws(LDAPError) in
+                try connection.search(base: self.settings.base, filter: filter, attributes: ["1.1"], sizeLimit: 1000)
+            }
+            groupDNs += (found ?? []).map(\.dn).filter { !$0.isEmpty }
+        }
         if self.settings.nestedGroups {
             // Best effort: a directory without the rule leaves the direct groups.
             let nested = try? self.withServiceConnection(url) { connection throws(LDAPError) in

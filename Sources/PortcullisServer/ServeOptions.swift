@@ -358,6 +358,15 @@ public struct ServeOptions: DeclaredSettings {
     @Option(
         name: .long,
         help: ArgumentHelp(
+            "A search for the user's groups by membership, %d the user's DN: (&(objectClass=groupOfNames)(member=%d)). Its groups count with --ldap-group-attribute's.",
+            valueName: "filter"
+        )
+    )
+    public var ldapGroupFilter: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
             "Seconds the groups read at a user's login count for the access rules; keep it at least --credential-cache-ttl. (default: 300)",
             valueName: "seconds"
         )

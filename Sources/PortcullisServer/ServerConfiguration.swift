@@ -367,7 +367,7 @@ public struct ServerConfiguration: Sendable {
         guard !options.ldap.isEmpty else {
             let given: [String?] = [
                 options.ldapBase, options.ldapBindDn, options.ldapBindPasswordFile, options.ldapUserFilter,
-                options.ldapCa, options.ldapGroupAttribute, options.ldapPreset,
+                options.ldapCa, options.ldapGroupAttribute, options.ldapPreset, options.ldapGroupFilter,
             ]
             if given.contains(where: { $0 != nil }) || options.ldapStarttls != nil || options.ldapGroupCacheTTL != nil
                 || options.ldapFirst != nil
@@ -423,6 +423,12 @@ public struct ServerConfiguration: Sendable {
         settings.startTLS = options.ldapStarttls ?? true
         settings.first = options.ldapFirst ?? false
         if let attribute = options.ldapGroupAttribute { settings.groupAttribute = attribute }
+        if let filter = options.ldapGroupFilter {
+            guard filter.contains("%d"), filter.hasPrefix("("), filter.hasSuffix(")") else {
+                throw ServeError("--ldap-group-filter must be a filter in parentheses with %d for the user's DN")
+            }
+            settings.groupFilter = filter
+        }
         if let ttl = options.ldapGroupCacheTTL { settings.groupCacheTTL = ttl.value }
         return settings
     }

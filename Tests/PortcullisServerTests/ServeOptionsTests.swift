@@ -119,6 +119,7 @@ struct SettingSample: Sendable, CustomTestStringConvertible {
         SettingSample("ldap-starttls", ["--no-ldap-starttls"], "ldap-starttls: false") { $0.ldapStarttls == false },
         SettingSample("ldap-first", ["--ldap-first"], "ldap-first: true") { $0.ldapFirst == true },
         SettingSample("ldap-group-attribute", text: "isMemberOf") { $0.ldapGroupAttribute },
+        SettingSample("ldap-group-filter", text: "(member=%d)") { $0.ldapGroupFilter },
         seconds("ldap-group-cache-ttl", 60) { $0.ldapGroupCacheTTL },
         SettingSample("parent-password-file", text: "/run/secrets/parent") { $0.parentPasswordFile },
         SettingSample("parent-password-env", text: "PARENT_PASSWORD") { $0.parentPasswordEnv },

@@ -54,6 +54,9 @@ class Slapd:
             ldif.append(f"dn: uid={escaped},ou=people,{BASE}\nobjectClass: inetOrgPerson\nuid: {uid}\n"
                         f"cn: {uid}\nsn: {uid}\n{groups}"
                         f"userPassword:: {__import__('base64').b64encode(password.encode()).decode()}\n")
+        ldif.append(f"dn: ou=groups,{BASE}\nobjectClass: organizationalUnit\nou: groups\n")
+        ldif.append(f"dn: cn=ops,ou=groups,{BASE}\nobjectClass: groupOfNames\ncn: ops\n"
+                    f"member: uid={OTHER_USER},ou=people,{BASE}\n")
         (workdir / "data.ldif").write_text("\n".join(ldif))
         (workdir / "slapd.conf").write_text(f"""include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
@@ -335,3 +338,24 @@ def test_the_directory_stopped_under_load_gives_503_never_407_and_cached_users_g
     assert set(statuses[DIR_USER]) == {200}, statuses[DIR_USER]
     assert 503 in statuses[OTHER_USER] and 407 not in statuses[OTHER_USER], statuses[OTHER_USER]
     assert set(statuses[OTHER_USER]) <= {200, 503}, statuses[OTHER_USER]
+
+
+def test_groups_found_by_membership_with_a_group_filter(launcher, slapd, tls_cert, tmp_path, origin):
+    """groupOfNames entries that list their members (no memberOf on the user): --ldap-group-filter
+    finds oscar's group `ops` by his DN, and curl gets through an ops-only rule as him."""
+    from portcullis_helpers import run_curl
+    secret = tmp_path / "reader-password"
+    secret.write_text(READER_PASSWORD + "\n")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules:\n  - name: ops-only\n    action: allow\n    groups: [ops]\n")
+    p = launcher.start("--ldap", slapd.url, "--ldap-base", BASE, "--ldap-bind-dn", READER_DN,
+                       "--ldap-bind-password-file", secret, "--ldap-ca", tls_cert[0],
+                       "--ldap-group-filter", "(&(objectClass=groupOfNames)(member=%d))", "--policy", policy)
+
+    def curl(user: str, password: str) -> bytes:
+        return run_curl(["-o", "/dev/null", "-w", "%{http_code}", "-x", p.url, "--proxy-user", f"{user}:{password}",
+                         f"{origin.base}/text"]).stdout
+
+    assert curl(OTHER_USER, OTHER_PASSWORD) == b"200"
+    assert curl(DIR_USER, DIR_PASSWORD) == b"403"
+    assert curl(OTHER_USER, "wrong-password") == b"407"
