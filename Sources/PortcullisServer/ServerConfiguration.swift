@@ -362,6 +362,24 @@ public struct ServerConfiguration: Sendable {
         }
     }
 
+    /// The first line of a file holding a password (a trailing CR dropped).
+    static func secret(fromFile file: String, option: String) throws -> String {
+        do {
+            let text = try String(contentsOfFile: file, encoding: .utf8)
+            return String(text.split(separator: "\n", omittingEmptySubsequences: false).first ?? "")
+                .trimmingCharacters(in: CharacterSet(charactersIn: "\r"))
+        } catch {
+            throw ServeError("\(option) \(file) cannot be read: \(error.localizedDescription)")
+        }
+    }
+
+    /// A search filter template: in parentheses, with its placeholder.
+    static func checkFilter(_ filter: String, option: String, placeholder: String, standsFor: String) throws {
+        guard filter.contains(placeholder), filter.hasPrefix("("), filter.hasSuffix(")") else {
+            throw ServeError("\(option) must be a filter in parentheses with \(placeholder) for \(standsFor)")
+        }
+    }
+
     /// `--ldap` and its companions.
     public static func ldapSettings(_ options: ServeOptions) throws -> LDAPDirectory.Settings? {
         guard !options.ldap.isEmpty else {
@@ -395,23 +413,13 @@ public struct ServerConfiguration: Sendable {
             guard let file = options.ldapBindPasswordFile else {
                 throw ServeError("--ldap-bind-dn needs --ldap-bind-password-file: the service account's password")
             }
-            do {
-                let text = try String(contentsOfFile: file, encoding: .utf8)
-                settings.bindPassword = String(
-                    text.split(separator: "\n", omittingEmptySubsequences: false).first ?? ""
-                )
-                .trimmingCharacters(in: CharacterSet(charactersIn: "\r"))
-            } catch {
-                throw ServeError("--ldap-bind-password-file \(file) cannot be read: \(error.localizedDescription)")
-            }
+            settings.bindPassword = try Self.secret(fromFile: file, option: "--ldap-bind-password-file")
             settings.bindDN = dn
         } else if options.ldapBindPasswordFile != nil {
             throw ServeError("--ldap-bind-password-file is for --ldap-bind-dn, which is not set")
         }
         if let filter = options.ldapUserFilter {
-            guard filter.contains("%s"), filter.hasPrefix("("), filter.hasSuffix(")") else {
-                throw ServeError("--ldap-user-filter must be a filter in parentheses with %s for the user name")
-            }
+            try Self.checkFilter(filter, option: "--ldap-user-filter", placeholder: "%s", standsFor: "the user name")
             settings.userFilter = filter
         }
         if let ca = options.ldapCa {
@@ -424,9 +432,7 @@ public struct ServerConfiguration: Sendable {
         settings.first = options.ldapFirst ?? false
         if let attribute = options.ldapGroupAttribute { settings.groupAttribute = attribute }
         if let filter = options.ldapGroupFilter {
-            guard filter.contains("%d"), filter.hasPrefix("("), filter.hasSuffix(")") else {
-                throw ServeError("--ldap-group-filter must be a filter in parentheses with %d for the user's DN")
-            }
+            try Self.checkFilter(filter, option: "--ldap-group-filter", placeholder: "%d", standsFor: "the user's DN")
             settings.groupFilter = filter
         }
         if let ttl = options.ldapGroupCacheTTL { settings.groupCacheTTL = ttl.value }
@@ -439,13 +445,7 @@ public struct ServerConfiguration: Sendable {
         let sharedPassword: String?
         switch (options.parentPasswordFile, options.parentPasswordEnv) {
         case (let file?, nil):
-            do {
-                let text = try String(contentsOfFile: file, encoding: .utf8)
-                sharedPassword = String(text.split(separator: "\n", omittingEmptySubsequences: false).first ?? "")
-                    .trimmingCharacters(in: CharacterSet(charactersIn: "\r"))
-            } catch {
-                throw ServeError("--parent-password-file \(file) cannot be read: \(error.localizedDescription)")
-            }
+            sharedPassword = try Self.secret(fromFile: file, option: "--parent-password-file")
         case (nil, let name?):
             guard let value = ProcessInfo.processInfo.environment[name] else {
                 throw ServeError("--parent-password-env \(name): the variable is not set")

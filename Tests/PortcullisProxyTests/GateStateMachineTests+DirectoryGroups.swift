@@ -40,10 +40,8 @@ extension GateStateMachineTests {
         #expect(self.seen(gate.groupsFound(id, in: env)) == .none)
     }
 
-    @Test func aUserInNoGroupIsRefusedByTheRulesAfterTheLookUp() throws {
-        var gate = GateStateMachine()
-        let env = self.groupsEnvironment()
-        env.groupsToLookUp = ["alice"]
+    /// alice's Basic check accepted: the gate asks for her groups (the look-up's id).
+    func waitingForGroups(_ gate: inout GateStateMachine, _ env: FakeGateEnvironment) throws -> CheckID? {
         guard case .verifyBasic(let check, _, _) = gate.startRequest(try self.request(Self.alice), in: env),
             case .lookUpGroups(let id, _, _) = gate.basicCheckFinished(
                 check,
@@ -53,8 +51,16 @@ extension GateStateMachineTests {
             )
         else {
             Issue.record("a check, then a look-up, expected")
-            return
+            return nil
         }
+        return id
+    }
+
+    @Test func aUserInNoGroupIsRefusedByTheRulesAfterTheLookUp() throws {
+        var gate = GateStateMachine()
+        let env = self.groupsEnvironment()
+        env.groupsToLookUp = ["alice"]
+        guard let id = try self.waitingForGroups(&gate, env) else { return }
         env.groupsToLookUp = []
         guard case .refuse(_, let response, _) = gate.groupsFound(id, in: env) else {
             Issue.record("the rules' 403 expected")
@@ -67,17 +73,7 @@ extension GateStateMachineTests {
         var gate = GateStateMachine()
         let env = self.groupsEnvironment()
         env.groupsToLookUp = ["alice"]
-        guard case .verifyBasic(let check, _, _) = gate.startRequest(try self.request(Self.alice), in: env),
-            case .lookUpGroups(let id, _, _) = gate.basicCheckFinished(
-                check,
-                outcome: .accepted(user: "alice"),
-                now: t0,
-                in: env
-            )
-        else {
-            Issue.record("a check, then a look-up, expected")
-            return
-        }
+        guard let id = try self.waitingForGroups(&gate, env) else { return }
         gate.cancel()
         #expect(self.seen(gate.groupsFound(id, in: env)) == .none)
     }

@@ -4,7 +4,6 @@ user found; injection attempts in the user name; the directory down means 503, n
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
@@ -112,12 +111,17 @@ def slapd(tmp_path_factory, tls_cert):
     server.stop()
 
 
-@pytest.fixture
-def ldap_proxy(launcher, slapd, tls_cert, tmp_path):
+def ldap_args(slapd, tls_cert, tmp_path) -> list:
+    """--ldap and its companions for the test slapd, the service account's password in a file."""
     secret = tmp_path / "reader-password"
     secret.write_text(READER_PASSWORD + "\n")
-    return launcher.start("--ldap", slapd.url, "--ldap-base", BASE, "--ldap-bind-dn", READER_DN,
-                          "--ldap-bind-password-file", secret, "--ldap-ca", tls_cert[0])
+    return ["--ldap", slapd.url, "--ldap-base", BASE, "--ldap-bind-dn", READER_DN, "--ldap-bind-password-file", secret,
+            "--ldap-ca", tls_cert[0]]
+
+
+@pytest.fixture
+def ldap_proxy(launcher, slapd, tls_cert, tmp_path):
+    return launcher.start(*ldap_args(slapd, tls_cert, tmp_path))
 
 
 def get(p, url: str, user: str, password: str):
@@ -155,11 +159,8 @@ def test_injected_names_match_no_one_else(ldap_proxy, origin, name):
 def test_spellings_the_directory_matches_are_one_user_in_the_log(launcher, slapd, tls_cert, tmp_path, origin):
     """LDAP's matching ignores case and surrounding spaces: `DORA` and ` dora ` are dora, and
     logged as dora (one person, one user for policy, limits and lockout)."""
-    secret = tmp_path / "reader-password"
-    secret.write_text(READER_PASSWORD + "\n")
     log = tmp_path / "access.log"
-    p = launcher.start("--ldap", slapd.url, "--ldap-base", BASE, "--ldap-bind-dn", READER_DN,
-                       "--ldap-bind-password-file", secret, "--ldap-ca", tls_cert[0], "--access-log", log)
+    p = launcher.start(*ldap_args(slapd, tls_cert, tmp_path), "--access-log", log)
     for name in ("DORA", " dora", "dora "):
         assert get(p, f"{origin.base}/text", name, DIR_PASSWORD).status == 200
     wait_until(lambda: len(log.read_text().splitlines()) >= 3, 5, what="three access-log lines")
@@ -173,11 +174,8 @@ def test_a_name_with_a_star_is_a_literal_star(ldap_proxy, origin):
 
 def test_the_directory_down_is_a_503_not_a_407_and_recovery_needs_no_restart(launcher, slapd, tls_cert, tmp_path,
                                                                                origin):
-    secret = tmp_path / "reader-password"
-    secret.write_text(READER_PASSWORD + "\n")
     admin = free_port()
-    p = launcher.start("--ldap", slapd.url, "--ldap-base", BASE, "--ldap-bind-dn", READER_DN,
-                       "--ldap-bind-password-file", secret, "--ldap-ca", tls_cert[0], "--credential-cache-ttl", "0.05",
+    p = launcher.start(*ldap_args(slapd, tls_cert, tmp_path), "--credential-cache-ttl", "0.05",
                        "--admin", f"127.0.0.1:{admin}")
 
     def readyz() -> int:
@@ -249,12 +247,9 @@ def test_ldap_test_prints_each_step_and_never_the_password(slapd, tls_cert, tmp_
 def test_directory_groups_decide_the_access_rules(launcher, slapd, tls_cert, tmp_path, origin):
     """A policy rule for the group `staff`, which the policy file does not define: dora (in it
     per the directory) is let through, oscar (not in it) gets the 403 naming no rule."""
-    secret = tmp_path / "reader-password"
-    secret.write_text(READER_PASSWORD + "\n")
     policy = tmp_path / "policy.yaml"
     policy.write_text("rules:\n  - name: staff-only\n    action: allow\n    groups: [staff]\n")
-    p = launcher.start("--ldap", slapd.url, "--ldap-base", BASE, "--ldap-bind-dn", READER_DN,
-                       "--ldap-bind-password-file", secret, "--ldap-ca", tls_cert[0],
+    p = launcher.start(*ldap_args(slapd, tls_cert, tmp_path),
                        "--ldap-group-attribute", "departmentNumber", "--policy", policy)
     r = get(p, f"{origin.base}/text", DIR_USER, DIR_PASSWORD)
     assert r.status == 200, r.describe()
@@ -266,10 +261,7 @@ def test_directory_groups_decide_the_access_rules(launcher, slapd, tls_cert, tmp
 
 
 def test_a_password_changed_in_the_directory_counts_after_the_cache_ttl(launcher, slapd, tls_cert, tmp_path, origin):
-    secret = tmp_path / "reader-password"
-    secret.write_text(READER_PASSWORD + "\n")
-    p = launcher.start("--ldap", slapd.url, "--ldap-base", BASE, "--ldap-bind-dn", READER_DN,
-                       "--ldap-bind-password-file", secret, "--ldap-ca", tls_cert[0], "--credential-cache-ttl", "1")
+    p = launcher.start(*ldap_args(slapd, tls_cert, tmp_path), "--credential-cache-ttl", "1")
     assert get(p, f"{origin.base}/text", "pat", "pat-old-pw").status == 200
     changed = subprocess.run([shutil.which("ldappasswd") or "/usr/bin/ldappasswd", "-x", "-H", slapd.url,
                               "-D", f"cn=admin,{BASE}", "-w", ADMIN_PASSWORD, "-s", "pat-new-pw",
@@ -289,12 +281,9 @@ def test_an_ntlm_users_groups_come_from_the_directory(launcher, slapd, tls_cert,
     data = tmp_path / "data"
     for user in (DIR_USER, OTHER_USER):
         add_user(data, user, "Ntlm-pa$$word 1", "--ntlm")
-    secret = tmp_path / "reader-password"
-    secret.write_text(READER_PASSWORD + "\n")
     policy = tmp_path / "policy.yaml"
     policy.write_text("rules:\n  - name: staff-only\n    action: allow\n    groups: [staff]\n")
-    p = launcher.start("--auth", "ntlm", "--data-dir", data, "--ldap", slapd.url, "--ldap-base", BASE,
-                       "--ldap-bind-dn", READER_DN, "--ldap-bind-password-file", secret, "--ldap-ca", tls_cert[0],
+    p = launcher.start("--auth", "ntlm", "--data-dir", data, *ldap_args(slapd, tls_cert, tmp_path),
                        "--ldap-group-attribute", "departmentNumber", "--policy", policy, htpasswd=None)
 
     def status(user: str) -> bytes:
@@ -311,10 +300,7 @@ def test_the_directory_stopped_under_load_gives_503_never_407_and_cached_users_g
     getting 200 from the cache; a user not yet checked gets 503 while it is down and 200 after;
     no response is ever a 407."""
     import threading
-    secret = tmp_path / "reader-password"
-    secret.write_text(READER_PASSWORD + "\n")
-    p = launcher.start("--ldap", slapd.url, "--ldap-base", BASE, "--ldap-bind-dn", READER_DN,
-                       "--ldap-bind-password-file", secret, "--ldap-ca", tls_cert[0])
+    p = launcher.start(*ldap_args(slapd, tls_cert, tmp_path))
     assert get(p, f"{origin.base}/text", DIR_USER, DIR_PASSWORD).status == 200  # cached from here on
     statuses = {DIR_USER: [], OTHER_USER: []}
     stop = threading.Event()
@@ -344,12 +330,9 @@ def test_groups_found_by_membership_with_a_group_filter(launcher, slapd, tls_cer
     """groupOfNames entries that list their members (no memberOf on the user): --ldap-group-filter
     finds oscar's group `ops` by his DN, and curl gets through an ops-only rule as him."""
     from portcullis_helpers import run_curl
-    secret = tmp_path / "reader-password"
-    secret.write_text(READER_PASSWORD + "\n")
     policy = tmp_path / "policy.yaml"
     policy.write_text("rules:\n  - name: ops-only\n    action: allow\n    groups: [ops]\n")
-    p = launcher.start("--ldap", slapd.url, "--ldap-base", BASE, "--ldap-bind-dn", READER_DN,
-                       "--ldap-bind-password-file", secret, "--ldap-ca", tls_cert[0],
+    p = launcher.start(*ldap_args(slapd, tls_cert, tmp_path),
                        "--ldap-group-filter", "(&(objectClass=groupOfNames)(member=%d))", "--policy", policy)
 
     def curl(user: str, password: str) -> bytes:
