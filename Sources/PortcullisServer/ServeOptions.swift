@@ -367,7 +367,7 @@ public struct ServeOptions: DeclaredSettings {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "Seconds the groups read at a user's login count for the access rules; keep it at least --credential-cache-ttl. (default: 300)",
+            "Seconds a user's directory groups (read at the login, or looked up when a rule needs them) count for the access rules before they are looked up again. (default: 300)",
             valueName: "seconds"
         )
     )
