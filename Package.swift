@@ -42,6 +42,7 @@ let package = Package(
             dependencies: [
                 "COpenLDAP",
                 "PortcullisStores",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]

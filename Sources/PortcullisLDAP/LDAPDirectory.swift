@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import NIOConcurrencyHelpers
 import NIOPosix
 import PortcullisAuth
@@ -59,15 +60,19 @@ public final class LDAPDirectory: CredentialStore, GroupLookup {
 
     public let settings: Settings
     private let threadPool: NIOThreadPool
+    /// Says which logins the directory accepted (the local store's are not logged), so the log
+    /// names a user's source.
+    private let logger: Logger?
     /// Each user's groups as of their last login, until `expires`; at most `maximumCachedUsers`.
     private let groupCache = NIOLockedValueBox<[String: (groups: Set<String>, expires: Date)]>([:])
     static let maximumCachedUsers = 10_000
     /// Idle service-bound connections and the URL each is for.
     private let idle = NIOLockedValueBox<[(url: String, connection: LDAPConnectionBox)]>([])
 
-    public init(settings: Settings, threadPool: NIOThreadPool) {
+    public init(settings: Settings, threadPool: NIOThreadPool, logger: Logger? = nil) {
         self.settings = settings
         self.threadPool = threadPool
+        self.logger = logger
     }
 
     public var generation: UInt64 { 1 }
@@ -142,6 +147,10 @@ public final class LDAPDirectory: CredentialStore, GroupLookup {
                 self.remember(groups, of: accepted)
                 trace.groups = groups.sorted()
                 trace.outcome = .accepted(user: accepted)
+                self.logger?.info(
+                    "login accepted by the directory",
+                    metadata: ["user": "\(accepted)", "dn": "\(entry.dn)", "ldap": "\(url)"]
+                )
                 trace.detail = "bound as \(entry.dn)"
                 return trace
             } catch {

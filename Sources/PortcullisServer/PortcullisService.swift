@@ -90,7 +90,7 @@ public enum PortcullisService {
             var source = try await Self.openStore(configuration, threadPool: threadPool, logger: logger)
             if let ldap = configuration.ldap {
                 // The local users first, then the directory.
-                let ldapDirectory = LDAPDirectory(settings: ldap, threadPool: threadPool)
+                let ldapDirectory = LDAPDirectory(settings: ldap, threadPool: threadPool, logger: logger)
                 directory = ldapDirectory
                 source.store = ChainedStore(local: source.store, directory: ldapDirectory, directoryFirst: ldap.first)
                 // /readyz also needs the directory; its going and coming back are logged once each.

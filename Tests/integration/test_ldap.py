@@ -135,6 +135,11 @@ def test_a_directory_user_gets_in_and_local_users_still_do(ldap_proxy, origin):
     assert r.status == 200 and r.body == b"hello from origin\n", r.describe()
     r = get(ldap_proxy, f"{origin.base}/text", USER, PASSWORD)  # the htpasswd user, first in line
     assert r.status == 200, r.describe()
+    # The log names the directory as dora's source (and only hers), never a password.
+    ldap_proxy.stderr.wait_for("login accepted by the directory", 5)
+    lines = [line for line in ldap_proxy.stderr.text().splitlines() if "login accepted by the directory" in line]
+    assert len(lines) == 1 and f"user={DIR_USER}" in lines[0] and f"uid={DIR_USER},ou=people" in lines[0], lines
+    assert DIR_PASSWORD not in ldap_proxy.stderr.text()
 
 
 def test_a_wrong_password_and_an_unknown_user_get_the_same_407(ldap_proxy, origin):
