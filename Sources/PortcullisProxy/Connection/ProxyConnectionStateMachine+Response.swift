@@ -4,41 +4,26 @@ import NIOCore
 extension ProxyConnectionStateMachine {
     /// ``Action/forward(_:_:pathAndQuery:)`` found a fit pooled connection and sent the request on it.
     mutating func upstreamAcquired(_ upstream: Upstream, now: NIODeadline) -> Action {
-        guard case .exchange(var exchange) = self.state, case .gating = exchange.response else { return .none }
-        exchange.response = .awaitingHead(
-            upstream,
-            deadline: now + self.settings.upstreamResponseTimeout,
-            pooled: true
-        )
-        self.state = .exchange(exchange)
-        return .sendRequest(exchange.record, over: upstream)
+        guard case .exchange(let exchange) = self.state, case .gating = exchange.response else { return .none }
+        return self.send(exchange, over: upstream, pooled: true, now: now)
     }
 
     /// ``Action/forward(_:_:pathAndQuery:)`` found no pooled connection: a new one is opened.
     mutating func upstreamNeeded(_ authority: OriginAuthority) -> Action {
-        guard case .exchange(var exchange) = self.state, case .gating = exchange.response else { return .none }
-        let attempt = self.nextAttempt()
-        exchange.response = .connecting(attempt: attempt, tunnel: false)
-        self.state = .exchange(exchange)
-        return .connect(exchange.record, authority, attempt: attempt, tunnel: false)
+        guard case .exchange(let exchange) = self.state, case .gating = exchange.response else { return .none }
+        return self.connect(exchange, to: authority)
     }
 
     /// The connection of `attempt` is up: an upstream for a request, or a tunnel's.
     mutating func upstreamConnected(attempt: UInt64, _ upstream: Upstream?, now: NIODeadline) -> Action {
-        guard case .exchange(var exchange) = self.state,
+        guard case .exchange(let exchange) = self.state,
             case .connecting(attempt, let tunnel) = exchange.response
         else { return .discardConnection }
         guard let upstream, !tunnel else {
             self.state = .tunnel
             return .becomeTunnel(exchange.record)
         }
-        exchange.response = .awaitingHead(
-            upstream,
-            deadline: now + self.settings.upstreamResponseTimeout,
-            pooled: false
-        )
-        self.state = .exchange(exchange)
-        return .sendRequest(exchange.record, over: upstream)
+        return self.send(exchange, over: upstream, pooled: false, now: now)
     }
 
     /// The connection of `attempt` could not be opened: the proxy's 502/504/403 says why.
@@ -98,7 +83,7 @@ extension ProxyConnectionStateMachine {
     /// The upstream connection of the exchange closed (`protocolError`: the response the
     /// origin's broken HTTP gets).
     mutating func upstreamClosed(protocolError: ProxyResponse?, now: NIODeadline) -> Action {
-        guard case .exchange(var exchange) = self.state else { return .none }
+        guard case .exchange(let exchange) = self.state else { return .none }
         switch exchange.response {
         case .relaying:
             // Part of the response is already with the client; the only honest signal left is to close.
@@ -114,10 +99,7 @@ extension ProxyConnectionStateMachine {
             {
                 // A reused keep-alive connection that the origin had already closed: sent once
                 // more on a fresh connection (RFC 9112 §9.3.1 allows this for idempotent requests).
-                let attempt = self.nextAttempt()
-                exchange.response = .connecting(attempt: attempt, tunnel: false)
-                self.state = .exchange(exchange)
-                return .connect(exchange.record, authority, attempt: attempt, tunnel: false)
+                return self.connect(exchange, to: authority)
             }
             return self.respond(
                 ProxyResponse(
@@ -163,22 +145,13 @@ extension ProxyConnectionStateMachine {
     /// The parent's 407 ended: the request goes again on the same connection (`reuse`), or on
     /// a new one.
     mutating func challengeSkipped(reuse: Bool, now: NIODeadline) -> Action {
-        guard case .exchange(var exchange) = self.state, case .skippingChallenge(let upstream, _) = exchange.response
+        guard case .exchange(let exchange) = self.state, case .skippingChallenge(let upstream, _) = exchange.response
         else { return .none }
         if reuse {
-            exchange.response = .awaitingHead(
-                upstream,
-                deadline: now + self.settings.upstreamResponseTimeout,
-                pooled: false
-            )
-            self.state = .exchange(exchange)
-            return .sendRequest(exchange.record, over: upstream)
+            return self.send(exchange, over: upstream, pooled: false, now: now)
         }
         guard case .absolute(let authority, _) = exchange.record.target else { return self.close() }
-        let attempt = self.nextAttempt()
-        exchange.response = .connecting(attempt: attempt, tunnel: false)
-        self.state = .exchange(exchange)
-        return .connect(exchange.record, authority, attempt: attempt, tunnel: false)
+        return self.connect(exchange, to: authority)
     }
 
     /// Whether the parent's 407 for the current request is being dropped.
@@ -187,6 +160,30 @@ extension ProxyConnectionStateMachine {
             return false
         }
         return true
+    }
+
+    // MARK: - Shared steps
+
+    /// The request goes out over `upstream`; its response head is due within the timeout.
+    private mutating func send(_ exchange: Exchange, over upstream: Upstream, pooled: Bool, now: NIODeadline) -> Action
+    {
+        var exchange = exchange
+        exchange.response = .awaitingHead(
+            upstream,
+            deadline: now + self.settings.upstreamResponseTimeout,
+            pooled: pooled
+        )
+        self.state = .exchange(exchange)
+        return .sendRequest(exchange.record, over: upstream)
+    }
+
+    /// A new connection is opened for the request (a new attempt id).
+    private mutating func connect(_ exchange: Exchange, to authority: OriginAuthority) -> Action {
+        var exchange = exchange
+        let attempt = self.nextAttempt()
+        exchange.response = .connecting(attempt: attempt, tunnel: false)
+        self.state = .exchange(exchange)
+        return .connect(exchange.record, authority, attempt: attempt, tunnel: false)
     }
 
     // MARK: - Deadlines
