@@ -52,20 +52,7 @@ def bulk_h1(port: int, target: str, total: int) -> float:
     context = tls_context()
     context.set_alpn_protocols(["http/1.1"])
     with context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost") as s:
-        s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {AUTH}\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += s.recv(4096)
-        assert head.startswith(b"HTTP/1.1 200"), head[:80]
-        got = len(head.split(b"\r\n\r\n", 1)[1])
-        buffer = bytearray(1 << 20)
-        start = time.monotonic()
-        while got < total:
-            n = s.recv_into(buffer)
-            if not n:
-                raise RuntimeError("tunnel closed early")
-            got += n
-        return total / (time.monotonic() - start) / 1e6
+        return b.connect_download(s, target, total, AUTH)
 
 
 def bulk_h2(port: int, target: str, total: int) -> float:

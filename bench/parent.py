@@ -41,26 +41,7 @@ AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 def bulk(port: int, target: str, total: int, auth: str | None) -> float:
     """MB/s reading `total` bytes through an HTTP/1.1 CONNECT tunnel (plain TCP to the proxy)."""
     with socket.create_connection(("127.0.0.1", port)) as s:
-        head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
-        if auth:
-            head += f"Proxy-Authorization: {auth}\r\n"
-        s.sendall((head + "\r\n").encode())
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            chunk = s.recv(65536)
-            if not chunk:
-                raise RuntimeError("closed before the CONNECT's answer")
-            answer += chunk
-        assert answer.startswith(b"HTTP/1.1 200") or answer.startswith(b"HTTP/1.0 200"), answer[:120]
-        got = len(answer.split(b"\r\n\r\n", 1)[1])
-        buffer = bytearray(1 << 20)
-        start = time.monotonic()
-        while got < total:
-            n = s.recv_into(buffer)
-            if not n:
-                raise RuntimeError("tunnel closed early")
-            got += n
-        return total / (time.monotonic() - start) / 1e6
+        return b.connect_download(s, target, total, auth)
 
 
 def start_squid(squid: str, work: Path) -> tuple[int, subprocess.Popen]:
