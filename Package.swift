@@ -37,6 +37,9 @@ let package = Package(
         .systemLibrary(name: "CCrypt", path: "Sources/CCrypt", providers: [.apt(["libcrypt-dev"])]),
         .systemLibrary(name: "CGSSAPI", path: "Sources/CGSSAPI", providers: [.apt(["libkrb5-dev"])]),
         .systemLibrary(name: "COpenLDAP", path: "Sources/COpenLDAP", providers: [.apt(["libldap-dev"])]),
+        .systemLibrary(name: "CDuktape", path: "Sources/CDuktape", providers: [.apt(["duktape-dev"])]),
+        // PAC files: Duktape, and the child process that bounds each evaluation.
+        .target(name: "PortcullisPAC", dependencies: ["CDuktape"]),
         .target(
             name: "PortcullisLDAP",
             dependencies: [
@@ -104,6 +107,8 @@ let package = Package(
                 "PortcullisLDAP",
                 "PortcullisStores",
                 "PortcullisPostgres",
+                // serve --pac: checked before it is served.
+                "PortcullisPAC",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -119,6 +124,8 @@ let package = Package(
             name: "PortcullisDoctor",
             dependencies: [
                 "PortcullisAuth",
+                // doctor --pac: the PAC's choice comes first.
+                "PortcullisPAC",
                 // The client's side of Negotiate, from the caller's ticket cache.
                 "PortcullisKerberos",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -134,6 +141,7 @@ let package = Package(
                 "PortcullisPostgres",
                 "PortcullisDoctor",
                 "PortcullisLDAP",
+                "PortcullisPAC",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -149,6 +157,7 @@ let package = Package(
         .testTarget(name: "PortcullisAuthTests", dependencies: ["PortcullisAuth"]),
         .testTarget(name: "PortcullisKerberosTests", dependencies: ["PortcullisKerberos", "CGSSAPI"]),
         .testTarget(name: "PortcullisLDAPTests", dependencies: ["PortcullisLDAP"]),
+        .testTarget(name: "PortcullisPACTests", dependencies: ["PortcullisPAC"]),
         // Both SQL stores: the one contract suite runs against SQLite and PostgreSQL.
         .testTarget(
             name: "PortcullisStoresTests",

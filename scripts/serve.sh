@@ -11,6 +11,7 @@ need=()
 [ -e /usr/include/sqlite3.h ] || need+=(libsqlite3-dev)
 [ -e /usr/include/gssapi/gssapi.h ] || need+=(libkrb5-dev)
 [ -e /usr/include/ldap.h ] || need+=(libldap-dev)
+[ -e /usr/include/duktape.h ] || need+=(duktape-dev)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}" >&2
     sudo_cmd=""

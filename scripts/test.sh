@@ -19,6 +19,7 @@ command -v tinyproxy >/dev/null || [ -x /usr/bin/tinyproxy ] || need+=(tinyproxy
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql)
 [ -e /usr/include/gssapi/gssapi.h ] || need+=(libkrb5-dev)
 [ -e /usr/include/ldap.h ] || need+=(libldap-dev)
+[ -e /usr/include/duktape.h ] || need+=(duktape-dev)
 [ -x /usr/sbin/slapd ] || need+=(slapd)
 command -v ldappasswd >/dev/null || need+=(ldap-utils)
 [ -x /usr/sbin/krb5kdc ] || need+=(krb5-kdc)

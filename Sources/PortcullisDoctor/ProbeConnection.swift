@@ -10,7 +10,7 @@ public struct ProbeResponse: Sendable {
     public var status: Int
     public var reason: String
     public var headers: [(name: String, value: String)]
-    /// At most ``ProbeHandler/maximumBody`` bytes of the body.
+    /// At most the handler's `maximumBody` bytes of the body.
     public var body: [UInt8]
     public var keepAlive: Bool
 
@@ -70,7 +70,8 @@ final class ProbeConnection {
         host: String,
         port: Int,
         group: any EventLoopGroup,
-        timeout: TimeAmount
+        timeout: TimeAmount,
+        maximumBody: Int = 64 * 1024
     ) throws(ProbeError) -> (ProbeConnection, Timings) {
         let t0 = DispatchTime.now()
         let addresses = try Self.resolve(host: host, port: port, timeout: timeout)
@@ -84,7 +85,10 @@ final class ProbeConnection {
                     .channelOption(.socketOption(.tcp_nodelay), value: 1)
                     .channelInitializer { channel in
                         channel.eventLoop.makeCompletedFuture {
-                            try channel.pipeline.syncOperations.addHandlers(TLSPeerWatcher(), ProbeHandler())
+                            try channel.pipeline.syncOperations.addHandlers(
+                                TLSPeerWatcher(),
+                                ProbeHandler(maximumBody: maximumBody)
+                            )
                         }
                     }
                     .connect(to: address)
@@ -203,8 +207,13 @@ final class ProbeConnection {
 final class ProbeHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
 
-    static let maximumBody = 64 * 1024
     static let maximumHead = 64 * 1024
+    /// Bytes of a body kept (the rest is read and dropped): a probe needs little, a PAC file more.
+    let maximumBody: Int
+
+    init(maximumBody: Int = 64 * 1024) {
+        self.maximumBody = maximumBody
+    }
 
     private var buffer = ByteBuffer()
     private var pending: (method: String, promise: EventLoopPromise<ProbeResponse>, timer: Scheduled<Void>)?
@@ -354,8 +363,8 @@ final class ProbeHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         let transferEncoding = head.headers.first { $0.name.lowercased() == "transfer-encoding" }?.value.lowercased()
         if let transferEncoding, transferEncoding.contains("chunked") {
-            if let decoded = Self.dechunk(self.buffer) {
-                self.body = Array(decoded.body.prefix(Self.maximumBody))
+            if let decoded = Self.dechunk(self.buffer, maximumBody: self.maximumBody) {
+                self.body = Array(decoded.body.prefix(self.maximumBody))
                 self.buffer.moveReaderIndex(forwardBy: decoded.consumed)
                 self.succeed(keepAlive: keepAlive)
             } else if self.closed {
@@ -373,7 +382,7 @@ final class ProbeHandler: ChannelInboundHandler, RemovableChannelHandler {
         {
             if self.buffer.readableBytes >= length {
                 let bytes = self.buffer.readBytes(length: length) ?? []
-                self.body = Array(bytes.prefix(Self.maximumBody))
+                self.body = Array(bytes.prefix(self.maximumBody))
                 self.succeed(keepAlive: keepAlive)
             } else if self.closed {
                 self.failPending(
@@ -384,7 +393,7 @@ final class ProbeHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         // Delimited by the close.
         if self.closed {
-            self.body = Array(self.buffer.readableBytesView.prefix(Self.maximumBody))
+            self.body = Array(self.buffer.readableBytesView.prefix(self.maximumBody))
             self.buffer.clear()
             self.succeed(keepAlive: false)
         }
@@ -421,7 +430,7 @@ final class ProbeHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     /// Decodes a complete chunked body, or `nil` if it has not all arrived.
-    static func dechunk(_ buffer: ByteBuffer) -> (body: [UInt8], consumed: Int)? {
+    static func dechunk(_ buffer: ByteBuffer, maximumBody: Int) -> (body: [UInt8], consumed: Int)? {
         let bytes = Array(buffer.readableBytesView)
         var i = 0
         var body: [UInt8] = []
@@ -448,7 +457,7 @@ final class ProbeHandler: ChannelInboundHandler, RemovableChannelHandler {
                 }
             }
             guard i + size + 2 <= bytes.count else { return nil }
-            if body.count < Self.maximumBody { body += bytes[i..<(i + size)] }
+            if body.count < maximumBody { body += bytes[i..<(i + size)] }
             i += size + 2
         }
     }

@@ -11,7 +11,9 @@ struct Portcullis: AsyncParsableCommand {
         commandName: "portcullis",
         abstract: "An authenticating HTTP/1.1 forward proxy that gets the 407 handshake right.",
         version: PortcullisVersion.current,
-        subcommands: [Serve.self, UsersCommand.self, DoctorCommand.self, StatusCommand.self, LDAPCommand.self]
+        subcommands: [
+            Serve.self, UsersCommand.self, DoctorCommand.self, StatusCommand.self, LDAPCommand.self, PACCommand.self,
+        ]
     )
 }
 

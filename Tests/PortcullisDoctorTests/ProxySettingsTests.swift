@@ -124,11 +124,11 @@ import Testing
 @Suite struct ProbeHandlerParsingTests {
     @Test func chunkedBodiesAreDecodedOnlyWhenComplete() {
         var buffer = ByteBuffer(string: "4\r\nwiki\r\n5\r\npedia\r\n0\r\n\r\nnext")
-        let decoded = ProbeHandler.dechunk(buffer)
+        let decoded = ProbeHandler.dechunk(buffer, maximumBody: 64 * 1024)
         #expect(decoded.map { String(decoding: $0.body, as: UTF8.self) } == "wikipedia")
         #expect(decoded?.consumed == buffer.readableBytes - 4)
         buffer = ByteBuffer(string: "4\r\nwiki\r\n5\r\npe")
-        #expect(ProbeHandler.dechunk(buffer) == nil)
+        #expect(ProbeHandler.dechunk(buffer, maximumBody: 64 * 1024) == nil)
     }
 
     @Test func statusLineAndFields() throws {

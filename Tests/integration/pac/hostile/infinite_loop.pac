@@ -1,0 +1,6 @@
+// expect: time limit
+// FindProxyForURL never returns.
+function FindProxyForURL(url, host) {
+    while (true) {
+    }
+}
