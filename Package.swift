@@ -107,8 +107,9 @@ let package = Package(
                 "PortcullisLDAP",
                 "PortcullisStores",
                 "PortcullisPostgres",
-                // serve --pac: checked before it is served.
+                // serve --pac: checked before it is served (and its ETag hashed).
                 "PortcullisPAC",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

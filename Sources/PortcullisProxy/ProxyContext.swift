@@ -41,6 +41,8 @@ public final class ProxyContext: Sendable {
     let parents: ParentSet?
     /// Negotiate/NTLM handshakes in progress (bounded by `maximumPendingHandshakes`).
     let pendingHandshakes = NIOLockedValueBox(0)
+    /// The PAC file served at `/proxy.pac` and `/wpad.dat` (`serve --pac`), as last loaded.
+    private let servedDocumentBox = NIOLockedValueBox<ServedDocument?>(nil)
 
     public convenience init(
         configuration: ProxyConfiguration,
@@ -116,6 +118,15 @@ public final class ProxyContext: Sendable {
     /// and limit settings are kept by ``ProxyContext``'s own objects and need a restart.
     public func updateConfiguration(_ update: (inout ProxyConfiguration) -> Void) {
         self.configurationBox.withLockedValue { update(&$0) }
+    }
+
+    /// The PAC file served now; nil when there is none.
+    public var servedDocument: ServedDocument? { self.servedDocumentBox.withLockedValue { $0 } }
+
+    /// Serves `document` from now on (connections accepted before keep answering with the
+    /// newest one: each request reads it).
+    public func updateServedDocument(_ document: ServedDocument) {
+        self.servedDocumentBox.withLockedValue { $0 = document }
     }
 
     /// Puts new access rules in force for every request decided from now on.

@@ -210,6 +210,15 @@ public enum PortcullisService {
             tls: tls,
             directoryGroups: directory
         )
+        if let path = configuration.pacPath {
+            // A child process evaluates it: on the thread pool.
+            let document = try await threadPool.runIfActive { try PACReloader.load(path: path) }
+            context.updateServedDocument(document)
+            logger.info(
+                "PAC file served at /proxy.pac and /wpad.dat",
+                metadata: ["file": "\(path)", "etag": "\(document.etag)"]
+            )
+        }
         // The admin listener comes up first, so health checks can poll from the start; /readyz
         // says ready once the proxy's listeners are bound.
         let listening = NIOLockedValueBox(false)

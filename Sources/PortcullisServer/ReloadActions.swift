@@ -19,6 +19,7 @@ struct ReloadActions: Sendable {
     private let usersReadable: NIOLockedValueBox<Bool>
     private let policy: PolicyReloader?
     private let tls: TLSReloader?
+    private let pac: PACReloader?
     private let accessLog: AccessLog?
     private let config: @Sendable (_ forced: Bool) -> Void
 
@@ -45,6 +46,7 @@ struct ReloadActions: Sendable {
             PolicyReloader(path: $0, directoryGroups: configuration.ldap != nil)
         }
         self.tls = context.tls.map(TLSReloader.init(tls:))
+        self.pac = configuration.pacPath.map(PACReloader.init(path:))
         self.accessLog = accessLog
         self.config = Self.configReloader(configuration, context: context, metrics: metrics, logger: logger, reload)
     }
@@ -60,6 +62,7 @@ struct ReloadActions: Sendable {
         await self.onThreadPool {
             self.reloadPolicy(force: false)
             self.reloadTLS(force: false)
+            self.reloadPAC(force: false)
         }
     }
 
@@ -69,6 +72,7 @@ struct ReloadActions: Sendable {
             self.config(true)
             self.reloadPolicy(force: true)
             self.reloadTLS(force: true)
+            self.reloadPAC(force: true)
         }
         await self.reloadUsers()
         await self.onThreadPool { self.reopenAccessLogNow() }
@@ -131,6 +135,26 @@ struct ReloadActions: Sendable {
             self.logger.error(
                 "TLS certificate reload failed; new connections keep the previous one",
                 metadata: ["error": "\(error)"]
+            )
+        }
+    }
+
+    private func reloadPAC(force: Bool) {
+        guard let reloader = self.pac else { return }
+        do {
+            if let document = try reloader.reload(force: force) {
+                self.context.updateServedDocument(document)
+                self.metrics.reload("pac", ok: true)
+                self.logger.notice(
+                    "PAC file reloaded: served from now on",
+                    metadata: ["file": "\(reloader.path)", "etag": "\(document.etag)"]
+                )
+            }
+        } catch {
+            self.metrics.reload("pac", ok: false)
+            self.logger.error(
+                "PAC file refused; serving the previous one",
+                metadata: ["file": "\(reloader.path)", "error": "\(error)"]
             )
         }
     }

@@ -469,6 +469,15 @@ public struct ServeOptions: DeclaredSettings {
     @Option(
         name: .long,
         help: ArgumentHelp(
+            "PAC file served at /proxy.pac and /wpad.dat on the proxy's listeners, without credentials; checked before it is served, re-read on change and SIGHUP (a bad file keeps the previous one).",
+            valueName: "file"
+        )
+    )
+    public var pac: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
             "Serve /metrics, /healthz and /readyz here (loopback unless --allow-remote-admin). (default: off)",
             valueName: "host:port"
         )

@@ -21,6 +21,8 @@ public struct ServerConfiguration: Sendable {
     public var store: StoreLocation = .embedded("")
     /// `--policy`: re-read on change and SIGHUP.
     public var policyPath: String?
+    /// `--pac`: served, re-read on change and SIGHUP.
+    public var pacPath: String?
     /// `--admin`: where /metrics, /healthz and /readyz are served.
     public var admin: SocketAddress?
     public var accessLogPath: String?
@@ -215,6 +217,7 @@ public struct ServerConfiguration: Sendable {
             proxy.policy = try PolicyFile.load(path: path, directoryGroups: !options.ldap.isEmpty)
             self.policyPath = path
         }
+        self.pacPath = options.pac
         if let clients = options.allowClients?.items {
             proxy.admission.allowedClients = try clients.map { text in
                 guard let network = IPNetwork(text) else {

@@ -12,6 +12,9 @@ extension ProxyConnectionHandler {
             return
         case .runGate(let exchange, let target):
             self.startGate(exchange, target: target)
+        case .serveDocument(let exchange):
+            self.serveDocument(exchange)
+            return
         case .respond(let response, let exchange, let close, let abandon, let then):
             if let abandon {
                 abandon.detach()
@@ -50,6 +53,20 @@ extension ProxyConnectionHandler {
             break
         }
         self.rearmTimer()
+    }
+
+    /// Answers a request for the served document (the PAC file) with the one in force now.
+    private func serveDocument(_ exchange: ProxyExchange) {
+        let response: ProxyResponse
+        if let document = self.shared.servedDocument {
+            response = document.response(
+                headOnly: exchange.head.method == .head,
+                ifNoneMatch: exchange.head.values(named: "if-none-match")
+            )
+        } else {
+            response = .badRequest("this proxy serves no PAC file.")
+        }
+        self.execute(self.machine.respond(response, now: self.currentTime))
     }
 
     /// Writes the proxy's own response whole, then what the machine says follows it.

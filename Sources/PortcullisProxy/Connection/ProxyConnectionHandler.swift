@@ -91,7 +91,8 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
                 maximumRequestBody: configuration.maximumRequestBody,
                 rejectedBodyDrainLimit: configuration.rejectedBodyDrainLimit,
                 connectPorts: configuration.connectPorts,
-                lingerAfterResponse: Self.lingerAfterResponse
+                lingerAfterResponse: Self.lingerAfterResponse,
+                servesDocuments: shared.servedDocument != nil
             ),
             // Counted from the connection's activation (`connectionActive`).
             now: .uptimeNanoseconds(0)

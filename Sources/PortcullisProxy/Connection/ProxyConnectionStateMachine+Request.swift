@@ -22,6 +22,10 @@ extension ProxyConnectionStateMachine {
             )
         )
         switch RequestTarget.parse(head.target, isConnect: record.isConnect) {
+        case .success(.origin(let path))
+        where self.settings.servesDocuments && (head.method == .get || head.method == .head)
+            && ServedDocument.isServedPath(path):
+            return .serveDocument(record)
         case .success(.origin), .success(.asterisk):
             return self.respond(
                 .badRequest(

@@ -23,6 +23,8 @@ struct ProxyConnectionStateMachine<Upstream: AnyObject> {
         var connectPorts: Set<Int>
         /// How long a closing connection still reads (and drops) what the client sends.
         var lingerAfterResponse: TimeAmount
+        /// Origin-form GET and HEAD for a ``ServedDocument`` path are answered (`serve --pac`).
+        var servesDocuments = false
     }
 
     enum State {
@@ -108,6 +110,8 @@ struct ProxyConnectionStateMachine<Upstream: AnyObject> {
         case runGate(ProxyExchange, RequestTarget)
         /// The proxy answers itself. `abandon`: an upstream connection to close first.
         case respond(ProxyResponse, ProxyExchange, close: Bool, abandon: Upstream?, then: AfterResponse)
+        /// A request for a ``ServedDocument``: the handler answers it with ``respond(_:now:)``.
+        case serveDocument(ProxyExchange)
         /// Send the request over a pooled connection if one is fit, else call ``connecting(tunnel:)``.
         case forward(ProxyExchange, OriginAuthority, pathAndQuery: String)
         /// Open a connection for the request (attempt id for ``upstreamConnected(attempt:_:now:)``).

@@ -14,6 +14,15 @@ struct ProxyResponse {
     /// One line for the client. Never a secret.
     var message: String
     var extraHeaders: [(String, String)] = []
+    /// A served file (``ServedDocument``) instead of the one-line message.
+    var document: Document?
+
+    struct Document {
+        var bytes: [UInt8]
+        var contentType: String
+        /// False for HEAD and 304: the headers describe the body, which is not sent.
+        var sendsBody: Bool
+    }
 
     /// A duration as a message says it: "30 s", "0.5 s".
     static func seconds(_ amount: TimeAmount) -> String {
@@ -77,6 +86,9 @@ struct ProxyResponse {
 
     /// The whole response, head and body, as it goes on the wire.
     func serialized(httpMinorVersion: Int, close: Bool, allocator: ByteBufferAllocator) -> ByteBuffer {
+        if let document = self.document {
+            return self.serialized(document, httpMinorVersion: httpMinorVersion, close: close, allocator: allocator)
+        }
         let body = self.body
         var out = allocator.buffer(capacity: 256 + body.utf8.count)
         out.writeString("HTTP/1.\(httpMinorVersion) \(self.status.code) \(self.status.reasonPhrase)\r\n")
@@ -92,6 +104,27 @@ struct ProxyResponse {
     }
 
     var body: String { "\(self.status.code) \(self.status.reasonPhrase): \(self.message)\n" }
+
+    private func serialized(
+        _ document: Document,
+        httpMinorVersion: Int,
+        close: Bool,
+        allocator: ByteBufferAllocator
+    ) -> ByteBuffer {
+        var out = allocator.buffer(capacity: 256 + (document.sendsBody ? document.bytes.count : 0))
+        out.writeString("HTTP/1.\(httpMinorVersion) \(self.status.code) \(self.status.reasonPhrase)\r\n")
+        for (name, value) in self.extraHeaders { out.writeString("\(name): \(value)\r\n") }
+        if self.status != .notModified {
+            out.writeString("Content-Type: \(document.contentType)\r\n")
+            out.writeString("Content-Length: \(document.bytes.count)\r\n")
+        }
+        // Kept, but asked again each time: a changed file reaches clients at their next fetch.
+        out.writeString("Cache-Control: no-cache\r\n")
+        if close { out.writeString("Connection: close\r\n") }
+        out.writeString("\r\n")
+        if document.sendsBody { out.writeBytes(document.bytes) }
+        return out
+    }
 
     /// An RFC 8941 sf-string: printable ASCII with `"` and `\` escaped; anything else replaced.
     static func sfString(_ s: String) -> String {
