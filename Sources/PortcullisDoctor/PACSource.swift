@@ -29,7 +29,7 @@ public enum PACSource {
             throw .unreadable("cannot read \(location): \(Self.reason(error))")
         }
         guard data.count <= PACEvaluator.maximumSourceBytes else {
-            throw .tooLarge(bytes: data.count, limit: PACEvaluator.maximumSourceBytes)
+            throw .tooLarge(limit: PACEvaluator.maximumSourceBytes)
         }
         return Loaded(text: String(decoding: data, as: UTF8.self), name: url.lastPathComponent)
     }
@@ -46,9 +46,27 @@ public enum PACSource {
         return nsError.localizedDescription
     }
 
+    /// `location` as it may be shown: a password in it replaced by `***`.
+    public static func redacted(_ location: String) -> String {
+        guard let schemeEnd = location.range(of: "://") else { return location }
+        let rest = location[schemeEnd.upperBound...]
+        let authorityEnd = rest.firstIndex { $0 == "/" || $0 == "?" || $0 == "#" } ?? rest.endIndex
+        guard let at = rest[..<authorityEnd].lastIndex(of: "@"), let colon = rest[..<at].firstIndex(of: ":") else {
+            return location
+        }
+        return String(location[..<colon]) + ":***" + String(rest[at...])
+    }
+
     private static func fetch(_ location: String, caFile: String?, timeout: Double) throws(PACError) -> Loaded {
+        let shown = Self.redacted(location)
         guard let components = URLComponents(string: location), let host = components.host, !host.isEmpty else {
-            throw .unreadable("\(location) is not a URL")
+            throw .unreadable("\(shown) is not a URL")
+        }
+        // Credentials in the URL are sent as Basic, as to any web server that asks for them.
+        var authorization = ""
+        if let user = components.user {
+            let pair = "\(user.removingPercentEncoding ?? user):\(components.password?.removingPercentEncoding ?? "")"
+            authorization = "Authorization: Basic \(Data(pair.utf8).base64EncodedString())\r\n"
         }
         let secure = components.scheme?.lowercased() == "https"
         let port = components.port ?? (secure ? 443 : 80)
@@ -73,17 +91,17 @@ public enum PACSource {
             }
             let authority = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
             response = try connection.exchange(
-                "GET \(path) HTTP/1.1\r\nHost: \(authority)\r\nUser-Agent: portcullis-pac\r\nAccept: application/x-ns-proxy-autoconfig, */*\r\nConnection: close\r\n\r\n",
+                "GET \(path) HTTP/1.1\r\nHost: \(authority)\r\n\(authorization)User-Agent: portcullis-pac\r\nAccept: application/x-ns-proxy-autoconfig, */*\r\nConnection: close\r\n\r\n",
                 method: "GET"
             )
         } catch {
-            throw .unreadable("cannot fetch \(location): \(error.message)")
+            throw .unreadable("cannot fetch \(shown): \(error.message)")
         }
         guard response.status == 200 else {
-            throw .unreadable("fetching \(location) gave \(response.status) \(response.reason), not 200")
+            throw .unreadable("fetching \(shown) gave \(response.status) \(response.reason), not 200")
         }
         guard response.body.count <= PACEvaluator.maximumSourceBytes else {
-            throw .tooLarge(bytes: response.body.count, limit: PACEvaluator.maximumSourceBytes)
+            throw .tooLarge(limit: PACEvaluator.maximumSourceBytes)
         }
         return Loaded(
             text: response.bodyText,

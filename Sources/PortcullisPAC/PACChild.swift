@@ -53,7 +53,8 @@ public enum PACChild {
             alarm(cpuSeconds: 0)
             switch outcome {
             case .success(let evaluation): reply(PACChildReply(evaluation: evaluation))
-            case .failure(let error): reply(PACChildReply(error: error))
+            case .failure(let error):
+                reply(PACChildReply(error: error, calls: request.trace ? script.lastCalls : nil))
             }
         }
         return 0

@@ -13,7 +13,7 @@ public enum PACError: Error, Equatable, Codable, Sendable, CustomStringConvertib
     /// The evaluation asked for more memory than allowed.
     case memoryLimit(bytes: Int)
     /// The file is larger than a PAC file may be.
-    case tooLarge(bytes: Int, limit: Int)
+    case tooLarge(limit: Int)
     /// The file could not be read or fetched.
     case unreadable(String)
     /// The isolated evaluator failed for another reason (it crashed, or could not start).
@@ -33,8 +33,8 @@ public enum PACError: Error, Equatable, Codable, Sendable, CustomStringConvertib
             return "the script ran longer than its CPU-time limit (\(PACValue.format(seconds)) s): an endless loop?"
         case .memoryLimit(let bytes):
             return "the script used more memory than its limit (\(bytes / (1024 * 1024)) MiB)"
-        case .tooLarge(let bytes, let limit):
-            return "the file is \(bytes) bytes, more than the \(limit) bytes a PAC file may have"
+        case .tooLarge(let limit):
+            return "the file is larger than the \(limit) bytes a PAC file may have"
         case .unreadable(let why):
             return why
         case .engine(let why):

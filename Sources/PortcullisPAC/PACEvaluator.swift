@@ -40,6 +40,8 @@ public struct PACRun: Sendable {
     public var loadError: PACError?
     /// One per target, in order.
     public var outcomes: [Result<PACEvaluation, PACError>]
+    /// For traced evaluations that failed: the helper calls made before the failure, by index.
+    public var callsBeforeFailure: [Int: [PACCall]] = [:]
 }
 
 /// Evaluates PAC files in a child process (`portcullis pac evaluate-isolated`) bounded in CPU
@@ -83,10 +85,11 @@ public struct PACEvaluator: Sendable {
     {
         let sourceBytes = source.utf8.count
         guard sourceBytes <= Self.maximumSourceBytes else {
-            let error = PACError.tooLarge(bytes: sourceBytes, limit: Self.maximumSourceBytes)
+            let error = PACError.tooLarge(limit: Self.maximumSourceBytes)
             return PACRun(loadError: error, outcomes: targets.map { _ in .failure(error) })
         }
         var outcomes: [Result<PACEvaluation, PACError>?] = Array(repeating: nil, count: targets.count)
+        var callsBeforeFailure: [Int: [PACCall]] = [:]
         var next = 0
         repeat {
             let request = PACChildRequest(
@@ -104,6 +107,7 @@ public struct PACEvaluator: Sendable {
                 return PACRun(loadError: loadError, outcomes: outcomes.map { $0! })
             }
             for (offset, outcome) in batch.outcomes.enumerated() { outcomes[next + offset] = outcome }
+            for (offset, calls) in batch.callsBeforeFailure { callsBeforeFailure[next + offset] = calls }
             next += batch.outcomes.count
             if next < targets.count, let failure = batch.failure {
                 // The child died on this URL: it gets the reason; a new child does the rest.
@@ -114,7 +118,7 @@ public struct PACEvaluator: Sendable {
                 next += 1
             }
         } while next < targets.count
-        return PACRun(loadError: nil, outcomes: outcomes.map { $0! })
+        return PACRun(loadError: nil, outcomes: outcomes.map { $0! }, callsBeforeFailure: callsBeforeFailure)
     }
 
     /// Loads the file alone: nil when it loads and defines `FindProxyForURL`.
@@ -125,6 +129,7 @@ public struct PACEvaluator: Sendable {
     private struct Batch {
         var loadError: PACError?
         var outcomes: [Result<PACEvaluation, PACError>] = []
+        var callsBeforeFailure: [Int: [PACCall]] = [:]
         /// Why the child ended before answering every URL.
         var failure: PACError?
     }
@@ -170,6 +175,9 @@ public struct PACEvaluator: Sendable {
                 } else if let evaluation = reply.evaluation {
                     batch.outcomes.append(.success(evaluation))
                 } else if let error = reply.error {
+                    if let calls = reply.calls, !calls.isEmpty {
+                        batch.callsBeforeFailure[batch.outcomes.count] = calls
+                    }
                     batch.outcomes.append(.failure(error))
                 }
                 if loaded, batch.outcomes.count == request.targets.count { return batch }
@@ -218,6 +226,8 @@ struct PACChildReply: Codable {
     var loadError: PACError?
     var evaluation: PACEvaluation?
     var error: PACError?
+    /// With `error`, when traced: the calls made before it.
+    var calls: [PACCall]?
 }
 
 /// A child process with pipes on its standard streams (posix_spawn).

@@ -88,6 +88,10 @@ public final class PACScript {
         )
     }
 
+    /// The helper calls of the last evaluation, whatever its outcome (traced evaluations only):
+    /// what led up to an exception or a wrong answer.
+    public var lastCalls: [PACCall] { self.state.calls }
+
     /// `alert()` messages from loading the file.
     public var loadAlerts: [String] { self.state.alerts }
 
@@ -158,53 +162,66 @@ public final class PACScript {
         return Self.value(ctx, -1).string
     }
 
-    /// Duktape names the line (`SyntaxError: parse error (line 4, end of input)`) but not the
-    /// column. The column is found by compiling prefixes of the failing line: Duktape's lexer
+    /// Duktape names a line — the line its lexer had reached, which can be past the offending
+    /// token — and no column. The position is found by compiling prefixes of the file: the lexer
     /// reads one character past the token it fails on and flags the error "end of input" when
     /// that character is missing, so the shortest prefix that fails with the same message and
-    /// without the flag ends one character after the offending token.
+    /// without the flag ends just past the offending token (after any white space). An error
+    /// only "end of input" shows points at the file's last token.
     private func syntaxError(_ message: String, source: [UInt8], filename: String) -> PACError {
         let parsed = Self.splitPosition(message)
-        guard let line = parsed.line else { return .syntax(message: parsed.message, line: 1, column: nil) }
-        var lineStarts = [0]
-        for (index, byte) in source.enumerated() where byte == UInt8(ascii: "\n") { lineStarts.append(index + 1) }
-        let lineIndex = min(line, lineStarts.count) - 1
-        let start = lineStarts[lineIndex]
-        var end = lineIndex + 1 < lineStarts.count ? lineStarts[lineIndex + 1] - 1 : source.count
-        if end > start, source[end - 1] == UInt8(ascii: "\r") { end -= 1 }
-        func column(at offset: Int) -> Int {
-            String(decoding: source[start..<offset], as: UTF8.self).count + 1
-        }
-        if parsed.endOfInput { return .syntax(message: parsed.message, line: line, column: column(at: end)) }
         func failsHere(_ length: Int) -> Bool {
             guard let error = self.compileError(Array(source[..<length]), filename: filename) else { return false }
             let prefix = Self.splitPosition(error)
-            return prefix.message == parsed.message && prefix.line == line && !prefix.endOfInput
+            return prefix.message == parsed.message && !prefix.endOfInput
         }
-        // The line's end of line counts: a token that ends the line is followed by it.
-        let upper = min(end + 1, source.count)
-        guard upper > start, failsHere(upper) else { return .syntax(message: parsed.message, line: line, column: nil) }
-        var low = start + 1
-        var high = upper
-        while low < high {
-            let middle = (low + high) / 2
-            if failsHere(middle) { high = middle } else { low = middle + 1 }
-            if self.state.limitError() != nil { return .syntax(message: parsed.message, line: line, column: nil) }
+        var end = source.count
+        if !parsed.endOfInput, !source.isEmpty {
+            // A bounded search: about 23 compiles for a file of the largest size allowed.
+            var low = 1
+            var high = source.count
+            while low < high {
+                let middle = (low + high) / 2
+                if failsHere(middle) { high = middle } else { low = middle + 1 }
+                if self.state.limitError() != nil { break }
+            }
+            end = low - 1
         }
-        // The offending token's last byte, then back to its first.
-        var first = max(start, low - 2)
-        let last = source[first]
+        func isSpace(_ byte: UInt8) -> Bool {
+            byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") || byte == UInt8(ascii: "\n")
+                || byte == UInt8(ascii: "\r")
+        }
         func isWordByte(_ byte: UInt8) -> Bool {
             byte >= 0x80 || byte == UInt8(ascii: "_") || byte == UInt8(ascii: "$")
                 || (byte | 0x20 >= UInt8(ascii: "a") && byte | 0x20 <= UInt8(ascii: "z"))
                 || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9"))
         }
-        if last == UInt8(ascii: "\"") || last == UInt8(ascii: "'") {
-            if let opening = source[start..<first].lastIndex(of: last) { first = opening }
-        } else if isWordByte(last) {
-            while first > start, isWordByte(source[first - 1]) { first -= 1 }
+        /// The first byte of the last token that ends before `end`.
+        func tokenStart(before end: Int) -> Int? {
+            var last = min(end, source.count) - 1
+            while last >= 0, isSpace(source[last]) { last -= 1 }
+            guard last >= 0 else { return nil }
+            var first = last
+            let byte = source[last]
+            if byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "'") {
+                if let opening = source[..<last].lastIndex(of: byte) { first = opening }
+            } else if isWordByte(byte) {
+                while first > 0, isWordByte(source[first - 1]) { first -= 1 }
+            }
+            return first
         }
-        return .syntax(message: parsed.message, line: line, column: column(at: min(first, end)))
+        guard var first = tokenStart(before: end) else {
+            return .syntax(message: parsed.message, line: parsed.line ?? 1, column: nil)
+        }
+        // Duktape's generic "parse error" comes one token late: it is raised on the token after
+        // the one that cannot continue the program.
+        if !parsed.endOfInput, parsed.message == "SyntaxError: parse error", let previous = tokenStart(before: first) {
+            first = previous
+        }
+        let lineStart = source[..<first].lastIndex(of: UInt8(ascii: "\n")).map { $0 + 1 } ?? 0
+        let line = source[..<first].reduce(1) { $1 == UInt8(ascii: "\n") ? $0 + 1 : $0 }
+        let column = String(decoding: source[lineStart..<first], as: UTF8.self).count + 1
+        return .syntax(message: parsed.message, line: line, column: column)
     }
 
     /// `SyntaxError: parse error (line 4, end of input)` → (`SyntaxError: parse error`, 4, true).

@@ -12,16 +12,28 @@ public enum PACGenerator {
     public static func generate(options: ServeOptions, proxy: String) throws -> String {
         guard !proxy.isEmpty, !proxy.contains(where: { $0 == "\"" || $0 == "\\" || $0 == ";" || $0.isWhitespace })
         else { throw Failure(description: "--proxy takes HOST:PORT") }
-        var rules: [(patterns: [String], direct: Bool, origin: String)] = []
-        if let direct = options.directFor?.items, !direct.isEmpty {
-            rules.append((direct, true, "direct-for"))
+        // The rules are read and checked as serve reads them (a route's `via` must name a
+        // --parent); the parents' secrets are not needed to write a PAC file, so not read.
+        var routingOptions = options
+        routingOptions.parentPasswordFile = nil
+        routingOptions.parentPasswordEnv = nil
+        routingOptions.parentKeytab = nil
+        routingOptions.parentCacert = nil
+        let routing: ParentRouting
+        do {
+            routing = try ServerConfiguration.parentRouting(routingOptions)
+        } catch let error as ServeError {
+            throw Failure(description: error.message)
         }
-        for route in options.routes {
+        var rules: [(patterns: [AccessPolicy.HostPattern], direct: Bool, origin: String)] = []
+        if !routing.directFor.isEmpty {
             rules.append(
-                (
-                    route.hosts, route.via.lowercased() == "direct",
-                    "routes: \(route.hosts.joined(separator: ","))=\(route.via)"
-                )
+                (routing.directFor, true, "direct-for: \(options.directFor?.items.joined(separator: ",") ?? "")")
+            )
+        }
+        for (route, written) in zip(routing.routes, options.routes) {
+            rules.append(
+                (route.hosts, route.parent == nil, "routes: \(written.hosts.joined(separator: ","))=\(written.via)")
             )
         }
         guard !rules.isEmpty else {
@@ -36,14 +48,8 @@ public enum PACGenerator {
             "    var literal4 = /^\\d+\\.\\d+\\.\\d+\\.\\d+$/.test(host);",
         ]
         for rule in rules {
-            var tests: [String] = []
-            for pattern in rule.patterns {
-                guard let parsed = AccessPolicy.HostPattern(pattern) else {
-                    throw Failure(description: "\(rule.origin): \(pattern) is not a host pattern")
-                }
-                tests.append(Self.test(parsed))
-            }
-            lines.append("    // \(rule.origin)")
+            let tests = rule.patterns.map(Self.test)
+            lines.append("    // \(rule.origin.replacingOccurrences(of: "\n", with: " "))")
             lines.append(
                 "    if (\(tests.joined(separator: " ||\n        "))) return \"\(rule.direct ? "DIRECT" : "PROXY \(proxy)")\";"
             )

@@ -59,7 +59,7 @@ struct PACCommand: ParsableCommand {
                 targets: targets
             )
             var report = PACTestReport(
-                pac: self.evaluation.pac,
+                pac: PACSource.redacted(self.evaluation.pac),
                 loadError: run.loadError.map(PACTestReport.Failure.init)
             )
             for (row, outcome) in zip(rows, run.outcomes) {
@@ -126,6 +126,7 @@ struct PACCommand: ParsableCommand {
                     document.alerts = evaluation.alerts
                 case .failure(let error):
                     document.error = PACTestReport.Failure(error)
+                    document.calls = run.callsBeforeFailure[0] ?? []
                 }
                 print(String(decoding: try encoder.encode(document), as: UTF8.self))
             } else {
@@ -138,11 +139,7 @@ struct PACCommand: ParsableCommand {
                         print("calls:   none (the answer does not depend on any helper)")
                     } else {
                         print("calls:")
-                        let width = String(evaluation.calls.count).count
-                        for (index, call) in evaluation.calls.enumerated() {
-                            let number = String(index + 1)
-                            print("  \(String(repeating: " ", count: width - number.count))\(number)  \(call)")
-                        }
+                        Self.printNumbered(evaluation.calls)
                         if evaluation.untracedCalls > 0 {
                             print("  … and \(evaluation.untracedCalls) more calls, not listed")
                         }
@@ -150,9 +147,23 @@ struct PACCommand: ParsableCommand {
                     for alert in evaluation.alerts { print("alert:   \(alert)") }
                 case .failure(let error):
                     print("error:   \(error)")
+                    let calls = run.callsBeforeFailure[0] ?? []
+                    if !calls.isEmpty {
+                        print("calls before it:")
+                        Self.printNumbered(calls)
+                    }
                 }
             }
             if case .failure = outcome { throw ExitCode(1) }
+        }
+
+        /// `  1  dnsDomainIs("a.corp", ".corp") → true`, numbers right-aligned.
+        private static func printNumbered(_ calls: [PACCall]) {
+            let width = String(calls.count).count
+            for (index, call) in calls.enumerated() {
+                let number = String(index + 1)
+                print("  \(String(repeating: " ", count: width - number.count))\(number)  \(call)")
+            }
         }
     }
 
@@ -297,7 +308,7 @@ struct PACEvaluationOptions: ParsableArguments {
             return try PACSource.load(self.pac, caFile: self.pacCacert)
         } catch {
             if json {
-                var report = PACTestReport(pac: self.pac, loadError: PACTestReport.Failure(error))
+                var report = PACTestReport(pac: PACSource.redacted(self.pac), loadError: PACTestReport.Failure(error))
                 report.finish()
                 if let text = try? report.json() { print(text) }
             } else {

@@ -104,11 +104,36 @@ import Testing
                 environment: self.environment
             )
         }
-        #expect(throws: PACError.syntax(message: "SyntaxError: parse error", line: 3, column: 1)) {
+        // At the end of the file: the last token.
+        #expect(throws: PACError.syntax(message: "SyntaxError: parse error", line: 2, column: 14)) {
             try PACScript(
                 source: "function FindProxyForURL(url, host) {\n    return 1 +\n",
                 environment: self.environment
             )
+        }
+    }
+
+    @Test(arguments: [
+        // Duktape raises its generic "parse error" on the token after the one at fault, and
+        // names the line its lexer reached: the position is the offending token's.
+        ("function FindProxyForURL(url, host) {\n    return \"DIRECT\";\n}\n}\n\n\n", 4, 1),
+        ("function FindProxyForURL(url, host) {\n    return \"DIRECT\";\n}}\nvar x = 1;\n", 3, 2),
+        ("else { }\n", 1, 1),
+        ("var x = 1 +* 2;\n", 1, 12),
+        ("var y = 1;\nvar = \"DIRECT\";\n", 2, 5),
+        ("function f() {\n  return \"a\" \"b\";\n}", 2, 14),
+    ])
+    func syntaxErrorsPointAtTheOffendingToken(source: String, line: Int, column: Int) {
+        do {
+            _ = try PACScript(source: source, environment: self.environment)
+            Issue.record("compiled")
+        } catch {
+            guard case .syntax(_, let gotLine, let gotColumn) = error else {
+                Issue.record("\(error)")
+                return
+            }
+            #expect(gotLine == line)
+            #expect(gotColumn == column)
         }
     }
 

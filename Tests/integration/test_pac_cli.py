@@ -192,7 +192,9 @@ def test_explain_of_a_pac_that_throws_exits_1_with_the_error(tmp_path):
     assert r.code == 1, r.describe()
     assert r.out == ("url:     http://bad.test/x\n"
                      "host:    bad.test\n"
-                     "error:   the script threw Error: boom for bad.test (line 3)\n"), r.describe()
+                     "error:   the script threw Error: boom for bad.test (line 3)\n"
+                     "calls before it:\n"
+                     "  1  isPlainHostName(\"bad.test\") → false\n"), r.describe()
     # The same file answers for other hosts.
     r = portcullis(tmp_path, "pac", "explain", "--pac", pac, "--no-dns", "http://good.test/")
     assert r.code == 0, r.describe()
@@ -255,7 +257,8 @@ def test_explain_json_of_a_pac_that_throws(tmp_path):
         "url": "http://bad.test/",
         "host": "bad.test",
         "error": {"kind": "exception", "message": "the script threw Error: boom for bad.test (line 3)"},
-        "calls": [],
+        # The calls that led up to the exception.
+        "calls": [{"helper": "isPlainHostName", "arguments": ['"bad.test"'], "answer": "false"}],
         "alerts": [],
         "untraced_calls": 0,
     }, r.describe()
@@ -507,11 +510,11 @@ def test_pac_body_of_8_mib_loads_and_one_byte_more_is_refused(tmp_path, pac_http
     assert r.code == 1, r.describe()
     load_error = r.json().get("load_error") or {}
     assert load_error.get("kind") == "too-large", r.describe()
-    assert f"more than the {MAX_PAC_BYTES} bytes a PAC file may have" in load_error.get("message", ""), r.describe()
+    assert f"larger than the {MAX_PAC_BYTES} bytes a PAC file may have" in load_error.get("message", ""), r.describe()
     r = portcullis(tmp_path, "pac", "test", "--pac", pac_http.url("/huge.pac"), "--no-dns", "http://in.test/")
     assert r.code == 1, r.describe()
     assert r.out == "", r.describe()
-    assert f"more than the {MAX_PAC_BYTES} bytes a PAC file may have" in r.err, r.describe()
+    assert f"larger than the {MAX_PAC_BYTES} bytes a PAC file may have" in r.err, r.describe()
 
 
 def test_pac_over_https_with_and_without_the_ca(tmp_path, pac_https, tls_cert):
@@ -778,7 +781,8 @@ def test_generated_pac_never_resolves_a_name(tmp_path, generated_pac, url):
 
 
 def test_generate_from_the_command_line_and_over_a_config(tmp_path):
-    r = portcullis(tmp_path, "pac", "generate", "--proxy", PROXY, "--direct-for", "*.corp.example,192.0.2.0/24",
+    r = portcullis(tmp_path, "pac", "generate", "--proxy", PROXY, "--parent", "http://p1.test:3128",
+                   "--direct-for", "*.corp.example,192.0.2.0/24",
                    "--routes", "*.lab.example=p1.test", "--routes", "*.example.net=direct")
     assert r.code == 0, r.describe()
     pac = write(tmp_path, "cli.pac", r.out)
@@ -817,7 +821,12 @@ def test_generate_without_rules_fails(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--direct-for", "a.test,not a host!"], "Error: direct-for: not a host! is not a host pattern"),
+    (["--parent", "http://p1.test:3128", "--direct-for", "a.test,not a host!"],
+     "Error: --direct-for: 'not a host!' is not a host name, *.suffix, IP address or CIDR block"),
+    # As serve: a route's via names a --parent, and the rules need one.
+    (["--parent", "http://p1.test:3128", "--routes", "*.x.test=drect"],
+     "Error: --routes: 'drect' is neither direct nor a --parent (p1.test:3128)"),
+    (["--direct-for", "a.test"], "Error: --parent-auth, --direct-for, --routes"),
     (["--direct-for", "a.test", "--proxy", "p.local:3128; DIRECT"], "Error: --proxy takes HOST:PORT"),
     (["--direct-for", "a.test", "--proxy", 'p.local:3128"'], "Error: --proxy takes HOST:PORT"),
 ])
