@@ -27,6 +27,8 @@ public struct DoctorOptions: Sendable {
     public var proxyKeyFile: String?
     public var insecure = false
     public var environment: [String: String] = [:]
+    /// `--pac`: the PAC file chooses the proxy for each target.
+    public var pac: DoctorPAC?
 
     public init() {}
 }
@@ -46,6 +48,7 @@ public final class Doctor {
     }
 
     public func run() -> DoctorReport {
+        if let pac = self.options.pac { return self.run(with: pac) }
         let (setup, password) = DoctorSetup.resolve(self.options)
         self.transcript = ProbeTranscript()
         guard setup.proceeds, let proxy = setup.proxy else {

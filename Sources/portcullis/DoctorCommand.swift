@@ -88,6 +88,18 @@ struct DoctorCommand: ParsableCommand {
     @Flag(name: .long, help: "Do not verify TLS certificates (reported as a warning).")
     var insecure = false
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "A PAC file (path or http(s):// URL) that chooses the proxy for each target, as browsers do: its choice is reported first, then the chosen proxy is tested.",
+            valueName: "file|url"
+        )
+    )
+    var pac: String?
+
+    @Option(name: .long, help: ArgumentHelp("CA certificates (PEM) for an https:// PAC URL.", valueName: "file"))
+    var pacCacert: String?
+
     func validate() throws {
         if self.passwordStdin && self.passwordEnv != nil {
             throw ValidationError("use either --password-stdin or --password-env, not both")
@@ -128,6 +140,7 @@ struct DoctorCommand: ParsableCommand {
         options.proxyKeyFile = self.proxyKey
         options.insecure = self.insecure
         options.environment = ProcessInfo.processInfo.environment
+        if let pac = self.pac { options.pac = DoctorPAC(location: pac, caFile: self.pacCacert) }
 
         let report = Doctor(options: options).run()
         if self.json {
