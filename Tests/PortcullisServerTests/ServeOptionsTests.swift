@@ -152,6 +152,7 @@ struct SettingSample: Sendable, CustomTestStringConvertible {
             $0.allowClients?.items == ["10.0.0.0/8", "::1"]
         },
         SettingSample("policy", text: "/etc/policy.yaml") { $0.policy },
+        SettingSample("pac", text: "/etc/proxy.pac") { $0.pac },
         SettingSample("admin", text: "127.0.0.1:9090") { $0.admin },
         SettingSample("allow-remote-admin", ["--allow-remote-admin"], "allow-remote-admin: yes") {
             $0.allowRemoteAdmin == true
