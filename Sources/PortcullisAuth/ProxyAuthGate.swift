@@ -10,6 +10,8 @@ public enum AuthScheme: String, Sendable, Hashable, CaseIterable {
     case ntlm
     /// A client certificate on a TLS listener (`--tls-client-ca`): no header, no challenge.
     case certificate
+    /// RFC 6750's `Bearer` with a short-lived token (``AccessToken``) of the user store.
+    case bearer
 
     /// Authenticates the connection rather than each request: several legs on one connection,
     /// then later requests on it pass without credentials.
@@ -26,6 +28,7 @@ public enum AuthScheme: String, Sendable, Hashable, CaseIterable {
         case .negotiate: return "Negotiate"
         case .ntlm: return "NTLM"
         case .certificate: return "Certificate"
+        case .bearer: return "Bearer"
         }
     }
 }
@@ -34,6 +37,9 @@ public enum AuthScheme: String, Sendable, Hashable, CaseIterable {
 public enum GateDecision: Sendable, Hashable {
     /// Well-formed Basic credentials that a credential store must now verify.
     case verifyBasic(BasicCredentials)
+    /// A Bearer token: its user (read from the token) and the token as the password, for the
+    /// store to verify as it verifies a token sent as a Basic password.
+    case verifyBearer(BasicCredentials)
     /// Well-formed Digest credentials: the proxy must now check them against the user's secrets.
     case verifyDigest(DigestAuthorization)
     /// A Negotiate token (decoded from base64) for the Kerberos acceptor.
@@ -81,6 +87,8 @@ public struct ProxyAuthGate: Sendable {
                 return digest
             case .negotiate, .ntlm:
                 return [scheme.headerName]
+            case .bearer:
+                return ["Bearer realm=\(Self.quoted(self.realm))"]
             case .certificate:
                 return []
             }
@@ -131,6 +139,20 @@ public struct ProxyAuthGate: Sendable {
             case .failure(let failure):
                 return .reject(failure)
             }
+        }
+        if credentials.schemeIs(AuthScheme.bearer.rawValue), self.schemes.contains(.bearer) {
+            let value = credentials.parameters.trimmingCharacters(in: .whitespaces)
+            guard let token = AccessToken.peek(value) else {
+                return .reject(
+                    AuthFailure(
+                        reason: .malformedCredentials,
+                        explanation:
+                            "the Bearer value is not a token of this proxy (portcullis tokens issue makes one)",
+                        presentedScheme: AuthScheme.bearer.rawValue
+                    )
+                )
+            }
+            return .verifyBearer(BasicCredentials(user: token.user, password: value))
         }
         if credentials.schemeIs(AuthScheme.digest.rawValue),
             let decision = self.evaluateDigest(fieldValue: Array(first.utf8))

@@ -27,7 +27,8 @@ public final class ChainedStore: CredentialStore {
             self.directoryFirst ? (self.directory, self.local) : (self.local, self.directory)
         let firstOutcome = await first.verify(user: user, password: password)
         switch firstOutcome {
-        case .accepted, .rejected(.expired), .rejected(.disabled), .rejected(.rotatedOut):
+        case .accepted, .rejected(.expired), .rejected(.disabled), .rejected(.rotatedOut), .rejected(.tokenExpired),
+            .rejected(.tokenRevoked):
             return firstOutcome
         case .rejected(.invalid), .rejected(.unavailable):
             break

@@ -137,7 +137,7 @@ public struct ServeOptions: DeclaredSettings {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "Schemes offered, in challenge order: negotiate (Kerberos, needs --keytab), ntlm (users enrolled with --ntlm), digest, basic, certificate (client certificates on TLS listeners, needs --tls-client-ca); or none to turn authentication off (loopback listeners only, unless --allow-open-proxy). (default: basic)",
+            "Schemes offered, in challenge order: negotiate (Kerberos, needs --keytab), ntlm (users enrolled with --ntlm), digest, basic, bearer (tokens of portcullis tokens issue), certificate (client certificates on TLS listeners, needs --tls-client-ca); or none to turn authentication off (loopback listeners only, unless --allow-open-proxy). (default: basic)",
             valueName: "list"
         )
     )

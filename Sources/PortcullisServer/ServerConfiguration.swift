@@ -90,7 +90,7 @@ public struct ServerConfiguration: Sendable {
             proxy.authSchemes = try authNames.map { name in
                 guard let scheme = AuthScheme(rawValue: name) else {
                     throw ServeError(
-                        "--auth: unknown scheme '\(name)' (available: negotiate, ntlm, digest, basic, certificate, or none to turn authentication off)"
+                        "--auth: unknown scheme '\(name)' (available: negotiate, ntlm, digest, basic, bearer, certificate, or none to turn authentication off)"
                     )
                 }
                 return scheme
@@ -258,6 +258,16 @@ public struct ServerConfiguration: Sendable {
         self.eventLoops = Int(environment["PORTCULLIS_EVENT_LOOPS"] ?? "") ?? System.coreCount
         self.dataDirectory = options.dataDir ?? Self.defaultDataDirectory(environment: environment)
         self.store = try Self.storeLocation(options, dataDirectory: self.dataDirectory)
+        if self.proxy.authSchemes.contains(.bearer) {
+            switch self.store {
+            case .htpasswd, .htdigest:
+                throw ServeError(
+                    "--auth bearer takes tokens of a user database (the embedded one, sqlite: or postgres://), not of a user file"
+                )
+            case .embedded, .sqlite, .postgres:
+                break
+            }
+        }
     }
 
     /// `$XDG_DATA_HOME/portcullis`, else `~/.local/share/portcullis`.

@@ -9,6 +9,8 @@
 /// - `ntlm`: the NT hash of users enrolled for NTLM, and the previous one during a rotation's
 ///   grace (password-equivalent wherever NTLM is accepted).
 /// - `secrets`: the Digest nonce key shared by every proxy on the database.
+/// - `tokens`: short-lived tokens issued (never the token: its id, user, label, times,
+///   revocation); the token key is in `secrets`.
 /// - `meta.version`: bumped by every change, so that running proxies notice changes made by
 ///   another process and drop cached verifications.
 /// - `schema_version`: one row, the version below.
@@ -90,6 +92,21 @@ enum AccountSchema {
                 FOREIGN KEY (realm, name) REFERENCES users (realm, name) ON DELETE CASCADE
             )
             """,
+            """
+            CREATE TABLE IF NOT EXISTS tokens (
+                realm text NOT NULL,
+                id text NOT NULL,
+                name text NOT NULL,
+                label text NOT NULL DEFAULT '',
+                created_at double precision NOT NULL,
+                expires_at double precision NOT NULL,
+                revoked_at double precision,
+                last_used_at double precision,
+                PRIMARY KEY (realm, id),
+                FOREIGN KEY (realm, name) REFERENCES users (realm, name) ON DELETE CASCADE
+            )
+            """,
+            "CREATE INDEX IF NOT EXISTS tokens_by_name ON tokens (realm, name)",
             // One row, never moved backwards (a newer portcullis may have migrated meanwhile).
             "DELETE FROM schema_version WHERE version < \(Self.version)",
             """

@@ -25,6 +25,8 @@ public final class AccountStore<Database: SQLDatabase>: UserAdministration {
     /// start-up do not pay a bcrypt for it.
     private let decoyBox = NIOLockedValueBox<PasswordHash?>(nil)
     private let lastAuditBox = NIOLockedValueBox<AuditEntry?>(nil)
+    /// The token key and the tokens that can still work (``AccountStore/verifyToken(user:secret:)``).
+    let tokenCache = NIOLockedValueBox(TokenCache())
 
     /// Creates or upgrades the tables, then reads the change counter.
     public init(
@@ -64,6 +66,7 @@ public final class AccountStore<Database: SQLDatabase>: UserAdministration {
             throw StoreError("cannot read the user database \(self.location): \(self.database.describe(error))")
         }
         let seen = rows.first?.integer(0) ?? 0
+        await self.flushTokenUse()
         return self.version.withLockedValue { state in
             guard seen != state.seen else { return false }
             state = (seen, state.generation + 1)
@@ -72,6 +75,8 @@ public final class AccountStore<Database: SQLDatabase>: UserAdministration {
     }
 
     public func verify(user: String, password: String) async -> VerificationOutcome {
+        // A short-lived token as the password: its MAC, then the cached tokens table; no bcrypt.
+        if let outcome = await self.verifyToken(user: user, secret: password) { return outcome }
         var statement = SQLStatement(
             "SELECT hash, expires_at, disabled, previous_hash, previous_valid_until FROM users WHERE realm = ? AND name = ?",
             [.text(self.realm), .text(user)]
@@ -176,7 +181,11 @@ public final class AccountStore<Database: SQLDatabase>: UserAdministration {
             return .unavailable
         }
         guard let row, let user = row.text(0) else { return .unknownUser }
-        return .found(user: user, standing: Self.standing(disabled: row.bool(2), expires: row.real(1), previousUntil: row.real(3)), row: row)
+        return .found(
+            user: user,
+            standing: Self.standing(disabled: row.bool(2), expires: row.real(1), previousUntil: row.real(3)),
+            row: row
+        )
     }
 
     /// The Digest nonce key, made on first need and kept in the database, so every proxy on it

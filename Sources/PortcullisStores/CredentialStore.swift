@@ -6,8 +6,9 @@ import PortcullisAuth
 /// The outcome of checking one user name and password against a store.
 public enum VerificationOutcome: Sendable, Hashable {
     /// `validFor`: seconds until the credential stops working (expiry, end of a rotation's
-    /// grace), so a cached success never outlives it.
-    case accepted(user: String, validFor: TimeInterval? = nil)
+    /// grace, a token's end), so a cached success never outlives it. `token`: the label (or
+    /// `id=…`) of the short-lived token the login used, for the access log.
+    case accepted(user: String, validFor: TimeInterval? = nil, token: String? = nil)
     case rejected(RejectionReason)
 }
 
@@ -23,6 +24,10 @@ public enum RejectionReason: String, Sendable, Hashable {
     case rotatedOut = "rotated-out"
     /// The store could not be read (database down): never a reason to let anyone in.
     case unavailable = "store-unavailable"
+    /// A short-lived token past its end.
+    case tokenExpired = "token-expired"
+    /// A short-lived token that was revoked.
+    case tokenRevoked = "token-revoked"
 }
 
 /// A source of users and their secrets.

@@ -58,8 +58,21 @@ public final class CredentialVerifier: Sendable {
 
     private struct Entry {
         var user: String
+        /// The token's label, when the credential was a short-lived token.
+        var token: String?
         var expires: NIODeadline
         var generation: UInt64
+    }
+
+    /// A verification remembered: who, and through which token if one.
+    public struct CachedLogin: Sendable, Equatable {
+        public var user: String
+        public var token: String?
+
+        public init(user: String, token: String? = nil) {
+            self.user = user
+            self.token = token
+        }
     }
 
     private struct State {
@@ -123,6 +136,11 @@ public final class CredentialVerifier: Sendable {
 
     /// The user of a still-valid cached verification, without calling the store.
     public func cachedUser(for key: CacheKey, now: NIODeadline = .now()) -> String? {
+        self.cachedLogin(for: key, now: now)?.user
+    }
+
+    /// A still-valid cached verification (user and token label), without calling the store.
+    public func cachedLogin(for key: CacheKey, now: NIODeadline = .now()) -> CachedLogin? {
         let generation = self.store.generation
         return self.state.withLockedValue { state in
             guard let entry = state.entries[key] else { return nil }
@@ -130,7 +148,7 @@ public final class CredentialVerifier: Sendable {
                 state.entries[key] = nil
                 return nil
             }
-            return entry.user
+            return CachedLogin(user: entry.user, token: entry.token)
         }
     }
 
@@ -163,12 +181,12 @@ public final class CredentialVerifier: Sendable {
             case .failure: outcome = .rejected(.unavailable)
             }
             let waiters = self.state.withLockedValue { state -> [EventLoopPromise<VerificationOutcome>] in
-                if case .accepted(let user, let validFor) = outcome {
+                if case .accepted(let user, let validFor, let token) = outcome {
                     // Never cache past the credential's own end (expiry, end of a rotation grace).
                     var ttl = self.configuration.ttl
                     if let validFor { ttl = min(ttl, .nanoseconds(Int64(validFor * 1e9))) }
                     self.insert(
-                        Entry(user: user, expires: .now() + ttl, generation: generation),
+                        Entry(user: user, token: token, expires: .now() + ttl, generation: generation),
                         key: key,
                         into: &state
                     )

@@ -259,6 +259,16 @@ public protocol UserAdministration: CredentialStore {
     func exportHtpasswd() async throws -> (lines: [String], skipped: [String])
     func list() async throws -> [UserInfo]
     func audit() async throws -> [AuditEntry]
+    /// Issues a short-lived token for `user` (``AccessToken``); the token is returned once.
+    func issueToken(
+        for user: String,
+        ttl: TimeInterval,
+        label: String,
+        by actor: ChangeActor
+    ) async throws -> (token: String, info: TokenInfo)
+    func tokens(user: String?) async throws -> [TokenInfo]
+    /// Revokes the tokens matching every given criterion; returns how many.
+    func revokeTokens(id: String?, label: String?, user: String?, by actor: ChangeActor) async throws -> Int
     /// The audit entry of the last change this instance made (for the JSON-lines audit file).
     var lastAudit: AuditEntry? { get }
     /// Reads the change counter; `true` when the users changed since the last call. Throws

@@ -42,7 +42,7 @@ struct LDAPCommand: ParsableCommand {
                 print("search:  \(settings.base) \(trace.filter)")
                 print("entry:   \(trace.dn ?? "-")")
                 switch trace.outcome {
-                case .accepted(let user, _):
+                case .accepted(let user, _, _):
                     print("bind:    ok, as \(user)")
                     if let detail = trace.detail { print("         \(detail)") }
                 case .rejected(let reason):

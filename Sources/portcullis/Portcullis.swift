@@ -12,7 +12,8 @@ struct Portcullis: AsyncParsableCommand {
         abstract: "An authenticating HTTP/1.1 forward proxy that gets the 407 handshake right.",
         version: PortcullisVersion.current,
         subcommands: [
-            Serve.self, UsersCommand.self, DoctorCommand.self, StatusCommand.self, LDAPCommand.self, PACCommand.self,
+            Serve.self, UsersCommand.self, TokensCommand.self, DoctorCommand.self, StatusCommand.self, LDAPCommand.self,
+            PACCommand.self,
         ]
     )
 }

@@ -70,6 +70,25 @@ import Testing
         #expect(failure.explanation.contains("accepts Basic"))
     }
 
+    @Test func bearerWhenOfferedReadsTheTokensUserAndLeavesTheRestToTheStore() {
+        let gate = ProxyAuthGate(realm: "Portcullis", schemes: [.basic, .bearer])
+        #expect(gate.challenges() == [#"Basic realm="Portcullis", charset="UTF-8""#, #"Bearer realm="Portcullis""#])
+        let token = AccessToken(id: Array(0..<12), user: "ci", expires: 1).encoded(
+            key: [UInt8](repeating: 1, count: 32)
+        )
+        #expect(
+            gate.evaluate(proxyAuthorization: ["Bearer \(token)"])
+                == .verifyBearer(BasicCredentials(user: "ci", password: token))
+        )
+        // Not a token of this proxy: refused before any store is asked.
+        guard case .reject(let failure) = gate.evaluate(proxyAuthorization: ["Bearer abc"]) else {
+            Issue.record("accepted")
+            return
+        }
+        #expect(failure.reason == .malformedCredentials)
+        #expect(failure.presentedScheme == "bearer")
+    }
+
     @Test func malformedBasicAndGarbage() {
         #expect(reason(["Basic !!!"]) == .malformedCredentials)
         #expect(reason(["Basic"]) == .malformedCredentials)

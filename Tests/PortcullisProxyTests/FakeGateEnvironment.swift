@@ -30,9 +30,9 @@ final class FakeGateEnvironment: GateEnvironment {
             return Self.key(value)
         }
 
-        func cachedUser(for key: CredentialVerifier.CacheKey, now: NIODeadline) -> String? {
+        func cachedLogin(for key: CredentialVerifier.CacheKey, now: NIODeadline) -> CredentialVerifier.CachedLogin? {
             self.lookups += 1
-            return self.users[key]
+            return self.users[key].map { CredentialVerifier.CachedLogin(user: $0) }
         }
 
         func cachedDigestSecrets(_ key: CredentialVerifier.DigestKey, now: NIODeadline) -> DigestLookup? {

@@ -34,7 +34,8 @@ extension ProxyConnectionHandler {
                 proxyStatus: exchange.proxyStatus,
                 isTunnel: false,
                 parent: exchange.parentName,
-                listener: self.listener
+                listener: self.listener,
+                token: exchange.token
             )
         )
     }

@@ -163,6 +163,7 @@ extension ProxyConnectionHandler {
     private func record(_ record: GateStateMachine.Record, on exchange: ProxyExchange) {
         exchange.user = record.user
         exchange.otherName = record.otherName
+        exchange.token = record.token
         exchange.authScheme = record.scheme
         exchange.authResult = record.result
     }

@@ -8,6 +8,8 @@ final class ProxyExchange {
     let head: RequestHead
     var target: RequestTarget?
     var user: String?
+    /// The label (or `id=…`) of the short-lived token the user logged in with.
+    var token: String?
     /// The user's other spelling for the access rules (a Kerberos principal's local name).
     var otherName: String?
     var requestBodyBytes = 0

@@ -97,8 +97,8 @@ protocol GateEnvironment {
 protocol GateCredentialCache {
     /// The cache key of one `Proxy-Authorization` field value (a keyed MAC: it costs a hash).
     func cacheKey(forFieldValue value: String) -> CredentialVerifier.CacheKey
-    /// The user of a still-valid verification of the credential under `key`.
-    func cachedUser(for key: CredentialVerifier.CacheKey, now: NIODeadline) -> String?
+    /// The user (and token label) of a still-valid verification of the credential under `key`.
+    func cachedLogin(for key: CredentialVerifier.CacheKey, now: NIODeadline) -> CredentialVerifier.CachedLogin?
     func cachedDigestSecrets(_ key: CredentialVerifier.DigestKey, now: NIODeadline) -> DigestLookup?
     /// A Digest login succeeded (the store records it, once per cached entry).
     func noteDigestLogin(_ key: CredentialVerifier.DigestKey, user: String)

@@ -9,13 +9,15 @@ extension GateStateMachine {
         user: String,
         otherName: String? = nil,
         scheme: AuthScheme,
+        token: String? = nil,
         authenticationInfo: SuccessHeader?,
         _ environment: some GateEnvironment
     ) -> Action {
         self.digestFailuresInARow = 0
         environment.metrics.authOutcome(scheme: scheme, reason: "ok")
         environment.loginSucceeded(for: Self.loopClient(request))
-        let record = Record(user: user, otherName: otherName, scheme: scheme, result: "ok")
+        var record = Record(user: user, otherName: otherName, scheme: scheme, result: "ok")
+        record.token = token
         return self.authorized(request, record, authenticationInfo: authenticationInfo, environment)
     }
 

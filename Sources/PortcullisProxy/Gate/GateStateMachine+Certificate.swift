@@ -33,8 +33,14 @@ extension GateStateMachine {
         switch lookup {
         case .found(let user, let standing):
             switch standing.outcome(user: user, matchedCurrent: true, now: environment.currentDate) {
-            case .accepted(let user, let validFor):
-                return self.bindStoreUser(wait.request, user: user, scheme: .certificate, validFor: validFor, environment)
+            case .accepted(let user, let validFor, _):
+                return self.bindStoreUser(
+                    wait.request,
+                    user: user,
+                    scheme: .certificate,
+                    validFor: validFor,
+                    environment
+                )
             case .rejected(let reason):
                 return self.noLongerValid(wait.request, reason: reason, user: user, scheme: .certificate, environment)
             }
@@ -45,12 +51,16 @@ extension GateStateMachine {
                 wait.request,
                 AuthFailure(
                     reason: .invalidCredentials,
-                    explanation: "the client certificate names a user this proxy does not know; ask the proxy's administrator to add it",
+                    explanation:
+                        "the client certificate names a user this proxy does not know; ask the proxy's administrator to add it",
                     presentedScheme: AuthScheme.certificate.rawValue
                 ),
                 user: wait.name,
                 counted: (delay: .zero, lockedOut: false),
-                logDetail: ["user": "\(wait.name)", "detail": "no such user (add it with users add, or run with --cert-users-implicit)"],
+                logDetail: [
+                    "user": "\(wait.name)",
+                    "detail": "no such user (add it with users add, or run with --cert-users-implicit)",
+                ],
                 environment
             )
         case .unavailable:

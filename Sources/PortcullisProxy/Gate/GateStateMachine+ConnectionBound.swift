@@ -143,17 +143,20 @@ extension GateStateMachine {
             switch failure.reason {
             case .clockSkew:
                 reason = .clockSkew
-                advice = "the client's clock differs from the proxy's by more than Kerberos allows; synchronise the clocks (NTP)"
+                advice =
+                    "the client's clock differs from the proxy's by more than Kerberos allows; synchronise the clocks (NTP)"
             case .noKeytabKey:
                 reason = .noKeytabKey
                 advice =
                     "the proxy's keytab has no key for the ticket the client presented; the proxy's administrator must refresh its keytab (the service principal's key or version changed)"
             case .unsupportedMechanism:
                 reason = .unsupportedMechanism
-                advice = "the Negotiate token is not Kerberos; get a Kerberos ticket (kinit) and name the proxy by its host name"
+                advice =
+                    "the Negotiate token is not Kerberos; get a Kerberos ticket (kinit) and name the proxy by its host name"
             case .gssFailure:
                 reason = .gssFailure
-                advice = "the proxy could not accept the Kerberos token; check the client's ticket (klist) and that it names this proxy"
+                advice =
+                    "the proxy could not accept the Kerberos token; check the client's ticket (klist) and that it names this proxy"
             }
             return self.reject(
                 leg.request,
@@ -308,7 +311,7 @@ extension GateStateMachine {
                 now: environment.currentDate
             )
             switch outcome {
-            case .accepted(let user, let validFor):
+            case .accepted(let user, let validFor, _):
                 environment.checkSucceeded(wait.ticket, now: now)
                 environment.credentials?.noteNTLMLogin(name: wait.user, user: user)
                 return self.bindStoreUser(wait.request, user: user, scheme: .ntlm, validFor: validFor, environment)
@@ -350,7 +353,14 @@ extension GateStateMachine {
             explanation: refusal.explanation,
             presentedScheme: AuthScheme.ntlm.rawValue
         )
-        return self.reject(request, failure, user: refusal.claimed?.user, counted: counted, logDetail: detail, environment)
+        return self.reject(
+            request,
+            failure,
+            user: refusal.claimed?.user,
+            counted: counted,
+            logDetail: detail,
+            environment
+        )
     }
 
     // MARK: - Handshakes in progress

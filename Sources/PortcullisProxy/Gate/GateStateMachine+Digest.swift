@@ -192,7 +192,7 @@ extension GateStateMachine {
             now: environment.currentDate
         )
         switch standing {
-        case .accepted(let user, _):
+        case .accepted(let user, _, _):
             let info = authority.authenticationInfoBytes(authorization, ha1: ha1, nonceAge: nonceAge, hashes: hashes)
             // Once per connection and user, as Basic's cached path does: not a lock each on
             // every request.
@@ -209,7 +209,13 @@ extension GateStateMachine {
                 }
                 environment.credentials?.noteDigestLogin(key, user: user)
             }
-            return self.accepted(request, user: user, scheme: .digest, authenticationInfo: .authenticationInfo(info), environment)
+            return self.accepted(
+                request,
+                user: user,
+                scheme: .digest,
+                authenticationInfo: .authenticationInfo(info),
+                environment
+            )
         case .rejected(let reason):
             return self.noLongerValid(request, reason: reason, user: secrets.user, scheme: .digest, environment)
         }

@@ -45,6 +45,8 @@ struct GateStateMachine {
         var scheme: String?
         /// `none`, `ok` or a reason token.
         var result: String
+        /// The label (or `id=…`) of the short-lived token the user logged in with.
+        var token: String?
 
         init(user: String?, otherName: String? = nil, scheme: String?, result: String) {
             self.user = user
@@ -112,6 +114,8 @@ struct GateStateMachine {
         var request: Request
         /// The name presented (never the password: it is not kept past the check's start).
         var user: String
+        /// Basic, or Bearer (a token, checked by the store the same way).
+        var scheme: AuthScheme
         var key: CredentialVerifier.CacheKey
         /// The throttle's slot for this check.
         var ticket: AuthThrottle.Ticket
@@ -201,16 +205,31 @@ struct GateStateMachine {
             cacheKey = key
             // Still asked every time: the entry may have expired or the users changed. Only
             // where Basic is offered (not on plain text under --basic-requires-tls).
-            let basicHere = environment.gate.schemes.contains(.basic)
-            if basicHere, case .allowed = lock, let user = cache.cachedUser(for: key, now: request.started) {
+            let presented = Self.isBearer(value) ? AuthScheme.bearer : .basic
+            let basicHere = environment.gate.schemes.contains(presented)
+            if basicHere, case .allowed = lock, let login = cache.cachedLogin(for: key, now: request.started) {
                 environment.metrics.cacheHits.increment()
                 self.provenKey = key
-                return self.accepted(request, user: user, scheme: .basic, authenticationInfo: nil, environment)
+                return self.accepted(
+                    request,
+                    user: login.user,
+                    scheme: presented,
+                    token: login.token,
+                    authenticationInfo: nil,
+                    environment
+                )
             }
             if basicHere, case .lockedOut = lock, self.provenKey == key,
-                let user = cache.cachedUser(for: key, now: request.started)
+                let login = cache.cachedLogin(for: key, now: request.started)
             {
-                return self.accepted(request, user: user, scheme: .basic, authenticationInfo: nil, environment)
+                return self.accepted(
+                    request,
+                    user: login.user,
+                    scheme: presented,
+                    token: login.token,
+                    authenticationInfo: nil,
+                    environment
+                )
             }
             environment.metrics.cacheMisses.increment()
         }
@@ -244,9 +263,11 @@ struct GateStateMachine {
                 return Self.storeUnavailable(request, scheme: .digest, environment)
             }
             return self.verifyDigest(request, authorization, authority: authority, cache, environment)
-        case .verifyBasic(let credentials):
+        case .verifyBasic(let credentials), .verifyBearer(let credentials):
+            let scheme: AuthScheme
+            if case .verifyBearer = decision { scheme = .bearer } else { scheme = .basic }
             // A single Basic value always has its key by now (else a 503, not a request left waiting).
-            guard let key = cacheKey else { return Self.storeUnavailable(request, scheme: .basic, environment) }
+            guard let key = cacheKey else { return Self.storeUnavailable(request, scheme: scheme, environment) }
             // A slot for this check, or 429 unchecked: checks in flight count against the
             // lockout like failures.
             let ticket: AuthThrottle.Ticket
@@ -262,7 +283,7 @@ struct GateStateMachine {
             }
             let id = self.newCheckID()
             self.state = .verifyingBasic(
-                BasicCheck(id: id, request: request, user: credentials.user, key: key, ticket: ticket)
+                BasicCheck(id: id, request: request, user: credentials.user, scheme: scheme, key: key, ticket: ticket)
             )
             return .verifyBasic(id, credentials, key: key)
         }
@@ -286,26 +307,40 @@ struct GateStateMachine {
         self.state = .idle
         let counted = Self.settle(check.ticket, outcome, now: now, environment)
         switch outcome {
-        case .accepted(let user, _):
+        case .accepted(let user, _, let token):
             environment.metrics.verifyDuration.recordNanoseconds((now - check.request.started).nanoseconds)
             self.provenKey = check.key
-            return self.accepted(check.request, user: user, scheme: .basic, authenticationInfo: nil, environment)
+            return self.accepted(
+                check.request,
+                user: user,
+                scheme: check.scheme,
+                token: token,
+                authenticationInfo: nil,
+                environment
+            )
         case .rejected(.unavailable):
-            return Self.storeUnavailable(check.request, scheme: .basic, environment)
+            return Self.storeUnavailable(check.request, scheme: check.scheme, environment)
         case .rejected(.invalid):
             return self.reject(
                 check.request,
                 AuthFailure(
                     reason: .invalidCredentials,
-                    explanation: "unknown user or wrong password",
-                    presentedScheme: AuthScheme.basic.rawValue
+                    explanation: check.scheme == .bearer
+                        ? "the token is not valid here" : "unknown user or wrong password",
+                    presentedScheme: check.scheme.rawValue
                 ),
                 user: check.user,
                 counted: counted,
                 environment
             )
         case .rejected(let reason):
-            return self.noLongerValid(check.request, reason: reason, user: check.user, scheme: .basic, environment)
+            return self.noLongerValid(
+                check.request,
+                reason: reason,
+                user: check.user,
+                scheme: check.scheme,
+                environment
+            )
         }
     }
 
@@ -419,5 +454,10 @@ struct GateStateMachine {
     static func isDigest(_ value: ByteBufferView) -> Bool {
         guard value.count > 7 else { return false }
         return FieldName.equals(value.prefix(7), "digest ")
+    }
+
+    static func isBearer(_ value: ByteBufferView) -> Bool {
+        guard value.count > 7 else { return false }
+        return FieldName.equals(value.prefix(7), "bearer ")
     }
 }

@@ -29,6 +29,9 @@ public struct AccessRecord: Sendable {
     public var parent: String? = nil
     /// The listener the request came in on (JSON format only: Squid's format has no field for it).
     public var listener: ListenerKind = .tcp
+    /// The label (or `id=…`) of the short-lived token the user logged in with (JSON format
+    /// only; never the token).
+    public var token: String? = nil
 
     /// Squid's native format, so existing tooling works:
     /// `%ts.%03tu %6tr %>a %Ss/%03>Hs %<st %rm %ru %[un %Sh/%<a %mt`.
@@ -59,6 +62,7 @@ public struct AccessRecord: Sendable {
         var bytes = 160 + self.client.utf8.count + self.authResult.utf8.count + self.method.utf8.count
         bytes += self.target.utf8.count + (self.user?.utf8.count ?? 0) + (self.authScheme?.utf8.count ?? 0)
         bytes += (self.upstream?.utf8.count ?? 0) + (self.contentType?.utf8.count ?? 0) + (self.parent?.utf8.count ?? 0)
+        bytes += self.token?.utf8.count ?? 0
         return bytes + (self.proxyStatus?.utf8.count ?? 0)
     }
 
@@ -72,6 +76,7 @@ public struct AccessRecord: Sendable {
         fields.append(("duration_ms", "\(self.durationMs)"))
         string("client", self.client)
         string("user", self.user)
+        string("token", self.token)
         string("auth_scheme", self.authScheme)
         string("auth_result", self.authResult)
         string("method", self.method)

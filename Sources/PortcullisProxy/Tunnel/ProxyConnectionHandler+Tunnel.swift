@@ -151,7 +151,8 @@ extension ProxyConnectionHandler {
                     proxyStatus: nil,
                     isTunnel: true,
                     parent: exchange.parentName,
-                    listener: listener
+                    listener: listener,
+                    token: exchange.token
                 )
             )
         }
