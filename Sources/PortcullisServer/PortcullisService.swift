@@ -86,8 +86,11 @@ public enum PortcullisService {
         var store: UsersSource?
         var directory: LDAPDirectory?
         var digest: DigestAuthority?
+        /// The user database tokens are issued in (not a user file).
+        var administered: (any UserAdministration)?
         if !configuration.proxy.authSchemes.isEmpty {
             var source = try await Self.openStore(configuration, threadPool: threadPool, logger: logger)
+            administered = source.store as? any UserAdministration
             if let ldap = configuration.ldap {
                 // The local users first, then the directory.
                 let ldapDirectory = LDAPDirectory(settings: ldap, threadPool: threadPool, logger: logger)
@@ -228,8 +231,23 @@ public enum PortcullisService {
         var admin: AdminServer?
         if let address = configuration.admin {
             let usersSource = store
+            var tokens: TokenEndpoint?
+            if let administered, let checking = store?.store {
+                tokens = TokenEndpoint(
+                    credentials: checking,
+                    store: administered,
+                    policy: { context.policy },
+                    maximumTTL: configuration.options.tokenMaxTtl?.seconds ?? 86400,
+                    logger: logger
+                )
+            }
             do {
-                let (server, local) = try await AdminServer.start(at: address, group: group, registry: registry) {
+                let (server, local) = try await AdminServer.start(
+                    at: address,
+                    group: group,
+                    registry: registry,
+                    tokens: tokens
+                ) {
                     // Ready: the listeners are bound and the users store could be read.
                     guard listening.withLockedValue({ $0 }) else { return (false, "listeners not bound yet") }
                     if let usersSource, !usersReadable.withLockedValue({ $0 }) {

@@ -478,6 +478,15 @@ public struct ServeOptions: DeclaredSettings {
     @Option(
         name: .long,
         help: ArgumentHelp(
+            "The longest lifetime of a token issued through the admin listener's POST /v1/tokens. (default: 24h)",
+            valueName: "duration"
+        )
+    )
+    public var tokenMaxTtl: DurationText?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
             "Serve /metrics, /healthz and /readyz here (loopback unless --allow-remote-admin). (default: off)",
             valueName: "host:port"
         )

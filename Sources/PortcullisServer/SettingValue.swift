@@ -174,3 +174,40 @@ public struct PortList: SettingValue, Hashable {
         try container.encode(self.ports)
     }
 }
+
+/// A length of time written with its unit — `90s`, `30m`, `24h`, `7d` — or plain seconds:
+/// more than 0 and under a year.
+public struct DurationText: SettingValue, Hashable {
+    public let seconds: Double
+    public static let requirement = "a duration like 90s, 30m, 24h or 7d (more than 0, under a year)"
+
+    public init(argument: String) throws {
+        guard let seconds = Self.parse(argument), seconds > 0, seconds < 365 * 24 * 3600 else { throw Self.refusal }
+        self.seconds = seconds
+    }
+
+    public init(from decoder: any Decoder) throws {
+        // A number in a file is seconds; a string is read as on the command line.
+        if (try? decoder.singleValueContainer().decode(Double.self)) != nil {
+            self = try Self.decode(Double.self, from: decoder) { try Self(argument: String($0)) }
+        } else {
+            self = try Self.decode(String.self, from: decoder, Self.init(argument:))
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(self.seconds)
+    }
+
+    /// `90s`, `30m`, `24h`, `7d` or a number of seconds.
+    public static func parse(_ text: String) -> Double? {
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        if let last = trimmed.last, let unit = units[last], let n = Double(trimmed.dropLast()), n.isFinite, n >= 0 {
+            return n * unit
+        }
+        if let n = Double(trimmed), n.isFinite, n >= 0 { return n }
+        return nil
+    }
+}

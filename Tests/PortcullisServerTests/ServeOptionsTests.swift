@@ -153,6 +153,9 @@ struct SettingSample: Sendable, CustomTestStringConvertible {
         },
         SettingSample("policy", text: "/etc/policy.yaml") { $0.policy },
         SettingSample("pac", text: "/etc/proxy.pac") { $0.pac },
+        SettingSample("token-max-ttl", ["--token-max-ttl", "12h"], "token-max-ttl: 12h") {
+            $0.tokenMaxTtl?.seconds == 43200
+        },
         SettingSample("admin", text: "127.0.0.1:9090") { $0.admin },
         SettingSample("allow-remote-admin", ["--allow-remote-admin"], "allow-remote-admin: yes") {
             $0.allowRemoteAdmin == true
