@@ -4,6 +4,9 @@ import PortcullisAuth
 /// Everything that shapes how the proxy treats a connection.
 public struct ProxyConfiguration: Sendable {
     public var realm: String = "Portcullis"
+    /// Credentials that end within this get `Proxy-Status: …; details="credential-expires-in=N"`
+    /// on their responses (`--expiry-warning`).
+    public var expiryWarning: TimeAmount = .hours(7 * 24)
     /// Schemes offered, in challenge order; empty means authentication is off.
     public var authSchemes: [AuthScheme] = [.basic]
     public var destinationPolicy = DestinationPolicy(allowPrivateDestinations: false)

@@ -487,6 +487,15 @@ public struct ServeOptions: DeclaredSettings {
     @Option(
         name: .long,
         help: ArgumentHelp(
+            "Credentials (passwords, tokens) that end within this are warned about: a Proxy-Status hint on their responses, a log warning a day, the expiring state in portcullis_users. (default: 7d)",
+            valueName: "duration"
+        )
+    )
+    public var expiryWarning: DurationText?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
             "Serve /metrics, /healthz and /readyz here (loopback unless --allow-remote-admin). (default: off)",
             valueName: "host:port"
         )

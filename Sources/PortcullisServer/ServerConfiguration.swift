@@ -218,6 +218,9 @@ public struct ServerConfiguration: Sendable {
             self.policyPath = path
         }
         self.pacPath = options.pac
+        if let warning = options.expiryWarning {
+            proxy.expiryWarning = .nanoseconds(Int64(warning.seconds * 1e9))
+        }
         if let clients = options.allowClients?.items {
             proxy.admission.allowedClients = try clients.map { text in
                 guard let network = IPNetwork(text) else {

@@ -60,6 +60,8 @@ public final class CredentialVerifier: Sendable {
         var user: String
         /// The token's label, when the credential was a short-lived token.
         var token: String?
+        /// When the credential itself stops working (expiry, grace, a token's end), if it does.
+        var ends: NIODeadline?
         var expires: NIODeadline
         var generation: UInt64
     }
@@ -68,10 +70,13 @@ public final class CredentialVerifier: Sendable {
     public struct CachedLogin: Sendable, Equatable {
         public var user: String
         public var token: String?
+        /// When the credential stops working, if it does.
+        public var ends: NIODeadline?
 
-        public init(user: String, token: String? = nil) {
+        public init(user: String, token: String? = nil, ends: NIODeadline? = nil) {
             self.user = user
             self.token = token
+            self.ends = ends
         }
     }
 
@@ -148,7 +153,7 @@ public final class CredentialVerifier: Sendable {
                 state.entries[key] = nil
                 return nil
             }
-            return CachedLogin(user: entry.user, token: entry.token)
+            return CachedLogin(user: entry.user, token: entry.token, ends: entry.ends)
         }
     }
 
@@ -184,9 +189,11 @@ public final class CredentialVerifier: Sendable {
                 if case .accepted(let user, let validFor, let token) = outcome {
                     // Never cache past the credential's own end (expiry, end of a rotation grace).
                     var ttl = self.configuration.ttl
+                    let now = NIODeadline.now()
+                    let ends = validFor.map { now + .nanoseconds(Int64($0 * 1e9)) }
                     if let validFor { ttl = min(ttl, .nanoseconds(Int64(validFor * 1e9))) }
                     self.insert(
-                        Entry(user: user, token: token, expires: .now() + ttl, generation: generation),
+                        Entry(user: user, token: token, ends: ends, expires: now + ttl, generation: generation),
                         key: key,
                         into: &state
                     )

@@ -95,6 +95,7 @@ final class FakeGateEnvironment: GateEnvironment {
     let counters = CountingMetrics()
     lazy var metrics = ProxyMetrics(factory: self.counters)
     var currentDate = Date(timeIntervalSince1970: 1_800_000_000)
+    var expiryWarning: TimeAmount = .hours(7 * 24)
     var ntlmSettings: NTLMAcceptor.Settings? = NTLMAcceptor.Settings(
         netbiosDomainName: "CORP",
         netbiosComputerName: "PROXY"

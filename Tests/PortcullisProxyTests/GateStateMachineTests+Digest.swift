@@ -241,9 +241,12 @@ extension GateStateMachineTests {
         let field = try self.digestField(env, password: "old")
         let inGrace = AccountStanding(previousValidUntil: env.currentDate + 60)
         self.cacheSecrets(env, self.secrets(env, previous: "old", standing: inGrace))
+        // Accepted, and the response will say that this secret ends in 60 s.
+        var ending = self.record("ok", scheme: "digest", user: "alice")
+        ending.expiresIn = 60
         #expect(
             self.seen(gate.startRequest(try self.request(field), in: env))
-                == .allow(self.record("ok", scheme: "digest", user: "alice"), authenticationInfo: true)
+                == .allow(ending, authenticationInfo: true)
         )
 
         let over = AccountStanding(previousValidUntil: env.currentDate - 1)

@@ -156,6 +156,9 @@ struct SettingSample: Sendable, CustomTestStringConvertible {
         SettingSample("token-max-ttl", ["--token-max-ttl", "12h"], "token-max-ttl: 12h") {
             $0.tokenMaxTtl?.seconds == 43200
         },
+        SettingSample("expiry-warning", ["--expiry-warning", "3d"], "expiry-warning: 3d") {
+            $0.expiryWarning?.seconds == 3 * 86400
+        },
         SettingSample("admin", text: "127.0.0.1:9090") { $0.admin },
         SettingSample("allow-remote-admin", ["--allow-remote-admin"], "allow-remote-admin: yes") {
             $0.allowRemoteAdmin == true

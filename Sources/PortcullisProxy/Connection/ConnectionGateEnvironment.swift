@@ -35,6 +35,7 @@ struct ConnectionGateEnvironment: GateEnvironment {
     }
     var metrics: ProxyMetrics { self.shared.metrics }
     var currentDate: Date { Date() }
+    var expiryWarning: TimeAmount { self.connection.configuration.expiryWarning }
     var ntlmSettings: NTLMAcceptor.Settings? { self.connection.configuration.ntlm }
     var stripsRealm: Bool { self.connection.configuration.stripRealm }
     var certificateUser: String? { self.connection.certificateUser }

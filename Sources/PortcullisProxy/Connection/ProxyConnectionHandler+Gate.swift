@@ -164,6 +164,7 @@ extension ProxyConnectionHandler {
         exchange.user = record.user
         exchange.otherName = record.otherName
         exchange.token = record.token
+        exchange.credentialExpiresIn = record.expiresIn
         exchange.authScheme = record.scheme
         exchange.authResult = record.result
     }

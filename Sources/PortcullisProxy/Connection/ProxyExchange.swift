@@ -10,6 +10,8 @@ final class ProxyExchange {
     var user: String?
     /// The label (or `id=…`) of the short-lived token the user logged in with.
     var token: String?
+    /// Seconds until the user's credential ends, when that is within the expiry warning.
+    var credentialExpiresIn: Int?
     /// The user's other spelling for the access rules (a Kerberos principal's local name).
     var otherName: String?
     var requestBodyBytes = 0
@@ -54,13 +56,24 @@ final class ProxyExchange {
         }
         out.writeStaticString("\r\n")
     }
-    /// Through a parent: `Proxy-Status` with the parent as the next hop (RFC 9209 §2.1.2), so a
-    /// client (`portcullis doctor`) can tell which parent carried the request.
-    func writeNextHop(into out: inout ByteBuffer) {
-        guard let parent = self.parentName else { return }
-        out.writeStaticString("Proxy-Status: portcullis; next-hop=\"")
-        out.writeString(parent)
-        out.writeStaticString("\"\r\n")
+    /// `Proxy-Status` on a response the proxy relays (RFC 9209): through a parent, the parent as
+    /// the next hop (§2.1.2), so a client (`portcullis doctor`) can tell which parent carried the
+    /// request; for a credential that ends soon, `details="credential-expires-in=SECONDS"`, so a
+    /// runner's start-up check warns days before its 407.
+    func writeProxyStatus(into out: inout ByteBuffer) {
+        guard self.parentName != nil || self.credentialExpiresIn != nil else { return }
+        out.writeStaticString("Proxy-Status: portcullis")
+        if let parent = self.parentName {
+            out.writeStaticString("; next-hop=\"")
+            out.writeString(parent)
+            out.writeStaticString("\"")
+        }
+        if let seconds = self.credentialExpiresIn {
+            out.writeStaticString("; details=\"credential-expires-in=")
+            out.writeString(String(seconds))
+            out.writeStaticString("\"")
+        }
+        out.writeStaticString("\r\n")
     }
 
     /// `ok`, `none` or a reason token.

@@ -33,6 +33,9 @@ protocol GateEnvironment {
     var metrics: ProxyMetrics { get }
     /// The wall clock: account expiry and rotation grace are dates in the store.
     var currentDate: Date { get }
+    /// A credential ending within this gets a `credential-expires-in` hint on its responses
+    /// (`--expiry-warning`).
+    var expiryWarning: TimeAmount { get }
 
     // MARK: Negotiate and NTLM
 

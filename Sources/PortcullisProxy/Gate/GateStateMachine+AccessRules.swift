@@ -1,3 +1,4 @@
+import NIOCore
 import PortcullisAuth
 
 // After the credential (or without one, when authentication is off): the access rules, then
@@ -10,6 +11,7 @@ extension GateStateMachine {
         otherName: String? = nil,
         scheme: AuthScheme,
         token: String? = nil,
+        validFor: TimeAmount? = nil,
         authenticationInfo: SuccessHeader?,
         _ environment: some GateEnvironment
     ) -> Action {
@@ -18,6 +20,9 @@ extension GateStateMachine {
         environment.loginSucceeded(for: Self.loopClient(request))
         var record = Record(user: user, otherName: otherName, scheme: scheme, result: "ok")
         record.token = token
+        if let validFor, validFor <= environment.expiryWarning {
+            record.expiresIn = max(0, Int(validFor.nanoseconds / 1_000_000_000))
+        }
         return self.authorized(request, record, authenticationInfo: authenticationInfo, environment)
     }
 

@@ -192,7 +192,7 @@ extension GateStateMachine {
             now: environment.currentDate
         )
         switch standing {
-        case .accepted(let user, _, _):
+        case .accepted(let user, let validFor, _):
             let info = authority.authenticationInfoBytes(authorization, ha1: ha1, nonceAge: nonceAge, hashes: hashes)
             // Once per connection and user, as Basic's cached path does: not a lock each on
             // every request.
@@ -213,6 +213,7 @@ extension GateStateMachine {
                 request,
                 user: user,
                 scheme: .digest,
+                validFor: validFor.map { .nanoseconds(Int64($0 * 1e9)) },
                 authenticationInfo: .authenticationInfo(info),
                 environment
             )

@@ -47,6 +47,8 @@ struct GateStateMachine {
         var result: String
         /// The label (or `id=…`) of the short-lived token the user logged in with.
         var token: String?
+        /// Seconds until the credential ends, when that is within the expiry warning.
+        var expiresIn: Int?
 
         init(user: String?, otherName: String? = nil, scheme: String?, result: String) {
             self.user = user
@@ -215,6 +217,7 @@ struct GateStateMachine {
                     user: login.user,
                     scheme: presented,
                     token: login.token,
+                    validFor: login.ends.map { $0 - request.started },
                     authenticationInfo: nil,
                     environment
                 )
@@ -227,6 +230,7 @@ struct GateStateMachine {
                     user: login.user,
                     scheme: presented,
                     token: login.token,
+                    validFor: login.ends.map { $0 - request.started },
                     authenticationInfo: nil,
                     environment
                 )
@@ -307,7 +311,7 @@ struct GateStateMachine {
         self.state = .idle
         let counted = Self.settle(check.ticket, outcome, now: now, environment)
         switch outcome {
-        case .accepted(let user, _, let token):
+        case .accepted(let user, let validFor, let token):
             environment.metrics.verifyDuration.recordNanoseconds((now - check.request.started).nanoseconds)
             self.provenKey = check.key
             return self.accepted(
@@ -315,6 +319,7 @@ struct GateStateMachine {
                 user: user,
                 scheme: check.scheme,
                 token: token,
+                validFor: validFor.map { .nanoseconds(Int64($0 * 1e9)) },
                 authenticationInfo: nil,
                 environment
             )

@@ -84,7 +84,7 @@ extension HeaderRewriter {
         }
         if exchange.rechunkBody { out.writeStaticString("Transfer-Encoding: chunked\r\n") }
         out.writeStaticString(HeaderRewriter.viaLine)
-        exchange.writeNextHop(into: &out)
+        exchange.writeProxyStatus(into: &out)
         exchange.writeAuthenticationInfo(into: &out)
         if close { out.writeStaticString("Connection: close\r\n") }
         out.writeStaticString("\r\n")

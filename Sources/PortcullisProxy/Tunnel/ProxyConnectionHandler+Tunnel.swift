@@ -61,7 +61,7 @@ extension ProxyConnectionHandler {
         self.stopTimer()
         var established = context.channel.allocator.buffer(capacity: 40)
         established.writeString("HTTP/1.\(exchange.isHTTP10 ? 0 : 1) 200 Connection established\r\n")
-        exchange.writeNextHop(into: &established)
+        exchange.writeProxyStatus(into: &established)
         exchange.writeAuthenticationInfo(into: &established)
         established.writeStaticString("\r\n")
         self.recordTunnel(
