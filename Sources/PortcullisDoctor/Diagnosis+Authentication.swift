@@ -194,6 +194,20 @@ extension Diagnosis {
         status: DoctorReport.Status = .pass,
         note: (message: String, fix: String)? = nil
     ) -> Bool {
+        var status = status
+        var note = note
+        var details = details
+        // Portcullis says when a credential ends soon (`credential-expires-in`): a warning now,
+        // days before the 407.
+        if note == nil, let seconds = Self.credentialExpiresIn(response) {
+            let date = ISO8601DateFormatter().string(from: Date().addingTimeInterval(TimeInterval(seconds)))
+            status = .warn
+            details["credential_expires_in"] = .int(seconds)
+            note = (
+                "the credential expires in \(Self.duration(seconds)), on \(date)",
+                "renew it before then: a new password (portcullis users passwd/rotate) or a new token (portcullis tokens issue)"
+            )
+        }
         let method = target.isTLS ? "CONNECT" : "GET"
         self.report.authentication = DoctorReport.Authentication(
             outcome: response.status == 403 ? "denied" : "accepted",
@@ -295,6 +309,23 @@ extension Diagnosis {
             return squid.split(separator: " ").first.map(String.init)
         }
         return nil
+    }
+
+    /// Seconds until the credential ends, when the proxy said (`details="credential-expires-in=N"`).
+    static func credentialExpiresIn(_ response: RecordedResponse) -> Int? {
+        for value in response.values("Proxy-Status") {
+            guard let range = value.range(of: "credential-expires-in=") else { continue }
+            return Int(value[range.upperBound...].prefix { $0.isNumber })
+        }
+        return nil
+    }
+
+    /// `3 d 4 h`, `5 h 12 min`, `40 s`.
+    static func duration(_ seconds: Int) -> String {
+        if seconds >= 86400 { return "\(seconds / 86400) d \(seconds % 86400 / 3600) h" }
+        if seconds >= 3600 { return "\(seconds / 3600) h \(seconds % 3600 / 60) min" }
+        if seconds >= 60 { return "\(seconds / 60) min" }
+        return "\(seconds) s"
     }
 
     /// The next hop a `Proxy-Status` names (RFC 9209 §2.1.2), quoted or not.

@@ -300,6 +300,14 @@ public enum PortcullisService {
             users: store,
             usersReadable: usersReadable,
             accessLog: accessLog,
+            expiry: administered.map {
+                ExpiryWatch(
+                    store: $0,
+                    warning: configuration.options.expiryWarning?.seconds ?? 7 * 86400,
+                    metrics: metrics,
+                    logger: logger
+                )
+            },
             reload: reload
         )
         // The termination service starts the group's graceful shutdown; it needs the group, which

@@ -20,6 +20,7 @@ struct ReloadActions: Sendable {
     private let policy: PolicyReloader?
     private let tls: TLSReloader?
     private let pac: PACReloader?
+    private let expiry: ExpiryWatch?
     private let accessLog: AccessLog?
     private let config: @Sendable (_ forced: Bool) -> Void
 
@@ -34,8 +35,10 @@ struct ReloadActions: Sendable {
         users: UsersSource?,
         usersReadable: NIOLockedValueBox<Bool>,
         accessLog: AccessLog?,
+        expiry: ExpiryWatch? = nil,
         reload: PortcullisService.Reloader?
     ) {
+        self.expiry = expiry
         self.threadPool = threadPool
         self.context = context
         self.metrics = metrics
@@ -59,6 +62,7 @@ struct ReloadActions: Sendable {
             self.config(false)
         }
         await self.reloadUsers()
+        await self.expiry?.check()
         await self.onThreadPool {
             self.reloadPolicy(force: false)
             self.reloadTLS(force: false)

@@ -147,6 +147,13 @@ struct DoctorCommand: ParsableCommand {
             print(report.json())
         } else if self.startupCheck {
             if report.verdict != .ok { print(report.verdictLine) }
+            // Silent on success, except for a credential about to end: the warning that comes
+            // days before the 407.
+            if report.verdict == .ok,
+                let step = report.steps.first(where: { $0.details["credential_expires_in"] != nil })
+            {
+                print("portcullis doctor: WARN (exit 0) — \(step.message)")
+            }
         } else {
             print(report.text())
         }

@@ -378,15 +378,35 @@ struct UsersCommand: AsyncParsableCommand {
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Users with their state, expiry and last login (never a hash)."
+            abstract: "Users with their state, expiry and last login (never a hash).",
+            discussion:
+                "With --expiring-within: only the users and tokens whose credential ends within that time (not ended yet), and exit 1 when there is any — for cron and CI."
         )
         @OptionGroup var storeOptions: StoreOptions
+
+        @Option(
+            name: .long,
+            help: ArgumentHelp("Only credentials ending within this: 90s, 12h, 7d.", valueName: "duration")
+        )
+        var expiringWithin: String?
 
         func run() async throws {
             try await UsersCommand.run {
                 let store = try await self.storeOptions.open()
                 let users: [UserInfo]
                 do { users = try await store.list() } catch let error as StoreError { throw Failure(error.message) }
+                if let text = self.expiringWithin {
+                    guard let window = UsersCommand.duration(text) else {
+                        throw Failure("--expiring-within: '\(text)' is not a duration like 90s, 12h or 7d")
+                    }
+                    try await Self.listExpiring(
+                        users: users,
+                        store: store,
+                        window: window,
+                        json: self.storeOptions.json
+                    )
+                    return
+                }
                 if self.storeOptions.json {
                     let encoder = JSONEncoder()
                     encoder.dateEncodingStrategy = .iso8601
@@ -482,5 +502,57 @@ struct UsersCommand: AsyncParsableCommand {
         if let date = formatter.date(from: text) { return date }
         formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         return formatter.date(from: text)
+    }
+}
+
+extension UsersCommand.List {
+    /// Users whose expiry and tokens whose end fall within `window` from now (not past yet);
+    /// exit 1 when there is any.
+    static func listExpiring(users: [UserInfo], store: any UserAdministration, window: TimeInterval, json: Bool)
+        async throws
+    {
+        let now = Date()
+        let limit = now.addingTimeInterval(window)
+        let expiring = users.filter { user in
+            guard user.state != "disabled", let expires = user.expiresAt else { return false }
+            return expires > now && expires <= limit
+        }
+        let tokens: [TokenInfo]
+        do {
+            tokens = try await store.tokens(user: nil).filter { $0.state == .active && $0.expiresAt <= limit }
+        } catch let error as StoreError {
+            throw UsersCommand.Failure(error.message)
+        }
+        if json {
+            struct Document: Encodable {
+                var users: [UserInfo]
+                var tokens: [TokenInfo]
+            }
+            let encoder = JSONEncoder()
+            encoder.dateEncodingStrategy = .iso8601
+            encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+            print(String(decoding: try encoder.encode(Document(users: expiring, tokens: tokens)), as: UTF8.self))
+        } else {
+            let iso = ISO8601DateFormatter()
+            func left(_ date: Date) -> String {
+                let seconds = Int(date.timeIntervalSince(now))
+                return seconds >= 86400
+                    ? "\(seconds / 86400)d \(seconds % 86400 / 3600)h" : "\(seconds / 3600)h \(seconds % 3600 / 60)m"
+            }
+            if expiring.isEmpty && tokens.isEmpty {
+                print("nothing ends within \(Int(window)) s")
+            }
+            for user in expiring {
+                guard let expires = user.expiresAt else { continue }
+                print("user   \(user.name)  expires \(iso.string(from: expires))  (in \(left(expires)))")
+            }
+            for token in tokens {
+                let label = token.label.isEmpty ? token.id : token.label
+                print(
+                    "token  \(token.user) \(label)  expires \(iso.string(from: token.expiresAt))  (in \(left(token.expiresAt)))"
+                )
+            }
+        }
+        if !expiring.isEmpty || !tokens.isEmpty { throw ExitCode(1) }
     }
 }

@@ -32,5 +32,7 @@ extension GateStateMachineTests {
         let record = try self.allowed(.accepted(user: "u", validFor: 60, token: "job-1"), env)
         #expect(record?.token == "job-1")
         #expect(record?.user == "u")
+        // A token ends by design: no expiry hint.
+        #expect(record?.expiresIn == nil)
     }
 }

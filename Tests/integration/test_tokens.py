@@ -175,3 +175,72 @@ def test_bearer_needs_a_user_database(launcher, users_file):
     p.proc.wait(30)
     assert p.proc.returncode != 0
     assert "bearer" in p.stderr.text()
+
+
+# ------------------------------------------------------------------ expiry warnings
+
+def iso_in(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds))
+
+
+def expires_in(response) -> int | None:
+    for name, value in response.headers:
+        if name.lower() == "proxy-status" and "credential-expires-in=" in value:
+            return int(value.split("credential-expires-in=")[1].split('"')[0])
+    return None
+
+
+def test_expiry_warnings(launcher, db, origin):
+    admin = free_port()
+    cli(db, "users", "add", "soon", "--password-stdin", "--cost", "4", stdin="soon-secret\n")
+    cli(db, "users", "add", "later", "--password-stdin", "--cost", "4", stdin="later-secret\n")
+    cli(db, "users", "expire", "soon", "--at", iso_in(2 * 86400))
+    cli(db, "users", "expire", "later", "--at", iso_in(30 * 86400))
+    p = launcher.start("--store", f"sqlite:{db}", "--admin", f"127.0.0.1:{admin}", htpasswd=None)
+    # The hint on a response to a credential ending within the 7-day window, not outside it.
+    seconds = expires_in(through(p, origin, basic("soon", "soon-secret")))
+    assert seconds is not None and 2 * 86400 - 60 <= seconds <= 2 * 86400, seconds
+    assert expires_in(through(p, origin, basic("later", "later-secret"))) is None
+    assert expires_in(through(p, origin, basic(RUNNER, RUNNER_PASSWORD))) is None
+    # Cached (second request): still counted down, still there.
+    assert expires_in(through(p, origin, basic("soon", "soon-secret"))) is not None
+    # One warning in the log, naming the user and never the password.
+    p.stderr.wait_for(r"user=soon .*credential expires soon", 10)
+    assert "user=later" not in p.stderr.text() and "soon-secret" not in p.stderr.text()
+    # The gauges.
+    def gauges():
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        return {line.split("{state=\"")[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines() if line.startswith("portcullis_users{")}
+    wait_until(lambda: gauges().get("expiring") == 1, 10, what="the users gauges")
+    assert gauges() == {"active": 3, "expiring": 1, "expired": 0, "disabled": 0, "rotating": 0}, gauges()
+    # users list --expiring-within: exit 1 with the user listed, exit 0 when nothing ends.
+    out = cli(db, "users", "list", "--expiring-within", "7d", check=False)
+    assert out.returncode == 1 and "soon" in out.stdout and "later" not in out.stdout, out.stdout
+    out = cli(db, "users", "list", "--expiring-within", "1d", check=False)
+    assert out.returncode == 0, out.stdout
+    token = issue(db, "--ttl", "1h", "--label", "nightly")
+    out = cli(db, "users", "list", "--expiring-within", "1d", "--json", check=False)
+    listed = json.loads(out.stdout)
+    assert out.returncode == 1 and [t["label"] for t in listed["tokens"]] == ["nightly"] and listed["users"] == []
+    # A token ends by design: no hint on its responses.
+    assert expires_in(through(p, origin, basic(RUNNER, token))) is None
+
+
+def test_doctor_warns_days_before(launcher, db, origin):
+    cli(db, "users", "add", "soon", "--password-stdin", "--cost", "4", stdin="soon-secret\n")
+    cli(db, "users", "expire", "soon", "--at", iso_in(3 * 86400))
+    p = launcher.start("--store", f"sqlite:{db}", htpasswd=None)
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "HTTP_PROXY": f"http://soon:soon-secret@{p.host}:{p.port}"}
+    out = subprocess.run([PORTCULLIS_BIN, "doctor", "--target", f"{origin.base}/text", "--json"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    report = json.loads(out.stdout)
+    assert out.returncode == 0 and report["verdict"] == "ok", out.stdout
+    step = next(s for s in report["steps"] if s["name"] == "authentication")
+    assert step["status"] == "warn" and "expires in 2 d" in step["message"], step
+    assert iso_in(3 * 86400)[:10] in step["message"] or iso_in(3 * 86400 - 86400)[:10] in step["message"], step
+    out = subprocess.run([PORTCULLIS_BIN, "doctor", "--target", f"{origin.base}/text", "--startup-check"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("portcullis doctor: WARN (exit 0)"), out.stdout
+    assert "soon-secret" not in out.stdout + out.stderr

@@ -20,7 +20,8 @@ extension GateStateMachine {
         environment.loginSucceeded(for: Self.loopClient(request))
         var record = Record(user: user, otherName: otherName, scheme: scheme, result: "ok")
         record.token = token
-        if let validFor, validFor <= environment.expiryWarning {
+        // Tokens end by design, within a day by default: no hint for them.
+        if token == nil, let validFor, validFor <= environment.expiryWarning {
             record.expiresIn = max(0, Int(validFor.nanoseconds / 1_000_000_000))
         }
         return self.authorized(request, record, authenticationInfo: authenticationInfo, environment)

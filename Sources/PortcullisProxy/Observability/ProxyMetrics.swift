@@ -34,6 +34,10 @@ public final class ProxyMetrics: Sendable {
     let cacheMisses: Counter
     let verifyDuration: Timer
     private let refusals: NIOLockedValueBox<[String: Counter]>
+    /// `portcullis_users{state}` and `portcullis_tokens_active`, made at their first report.
+    private let credentialGauges = NIOLockedValueBox<[String: Gauge]>([:])
+    /// The states `portcullis_users` counts, each user in exactly one (the first that applies).
+    public static let userStates = ["disabled", "expired", "expiring", "rotating", "active"]
     /// Lines of the server log (stderr) dropped because it did not keep up (``LogSink``).
     public let droppedServerLogLines: Counter
     /// Lines of the access log dropped because its destination did not keep up.
@@ -181,6 +185,23 @@ public final class ProxyMetrics: Sendable {
                 factory: self.factory
             )
         }.increment()
+    }
+
+    /// How many users are in each of ``userStates`` (missing states: 0) and how many tokens can
+    /// still be used. Written by the server's periodic look at the user database.
+    public func credentials(users: [String: Int], tokensActive: Int) {
+        self.credentialGauges.withLockedValue { gauges in
+            for state in Self.userStates {
+                let gauge =
+                    gauges[state]
+                    ?? Gauge(label: "portcullis_users", dimensions: [("state", state)], factory: self.factory)
+                gauges[state] = gauge
+                gauge.record(users[state] ?? 0)
+            }
+            let tokens = gauges["tokens"] ?? Gauge(label: "portcullis_tokens_active", factory: self.factory)
+            gauges["tokens"] = tokens
+            tokens.record(tokensActive)
+        }
     }
 
     private func counter(in box: NIOLockedValueBox<[String: Counter]>, key: String, make: () -> Counter) -> Counter {
