@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 need=()
 command -v curl >/dev/null || need+=(curl)
 command -v git >/dev/null || need+=(git)
+command -v wget >/dev/null || need+=(wget)
+# npm: a real client of client-config's tests.
+command -v npm >/dev/null || need+=(npm)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v mkpasswd >/dev/null || need+=(whois)
 command -v openssl >/dev/null || need+=(openssl)

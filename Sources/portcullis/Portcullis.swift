@@ -13,7 +13,7 @@ struct Portcullis: AsyncParsableCommand {
         version: PortcullisVersion.current,
         subcommands: [
             Serve.self, UsersCommand.self, TokensCommand.self, DoctorCommand.self, StatusCommand.self, LDAPCommand.self,
-            PACCommand.self,
+            PACCommand.self, ClientConfigCommand.self,
         ]
     )
 }
