@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -86,7 +85,6 @@ def test_pip(served, origin, tmp_path):
     assert "407" not in out.stdout + out.stderr, out
 
 
-@pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not installed (scripts/test.sh installs it)")
 def test_npm(served, origin, tmp_path):
     _, env = home_with(tmp_path, {".npmrc": generate(served.url, "npm")})
     out = run(["npm", "view", "no-such-package", "--registry", f"{origin.base}/", "--fetch-retries", "0"], env,
