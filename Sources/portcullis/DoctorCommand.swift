@@ -100,6 +100,16 @@ struct DoctorCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("CA certificates (PEM) for an https:// PAC URL.", valueName: "file"))
     var pacCacert: String?
 
+    @Flag(
+        name: .long,
+        help:
+            "Read the proxy settings of every tool here (environment, ~/.curlrc, ~/.wgetrc, git, pip, npm, Maven, Gradle, JAVA_TOOL_OPTIONS, Docker, apt) and check their credentials against their proxy."
+    )
+    var clients = false
+
+    @Option(name: .long, help: ArgumentHelp("The home directory --clients reads. (default: $HOME)", valueName: "dir"))
+    var home: String?
+
     func validate() throws {
         if self.passwordStdin && self.passwordEnv != nil {
             throw ValidationError("use either --password-stdin or --password-env, not both")
@@ -116,6 +126,20 @@ struct DoctorCommand: ParsableCommand {
     }
 
     func run() throws {
+        if self.clients {
+            let environment = ProcessInfo.processInfo.environment
+            let home = self.home ?? environment["HOME"] ?? NSHomeDirectory()
+            let check = ClientsCheck.run(
+                home: home,
+                environment: environment,
+                target: self.target.first { $0.lowercased().hasPrefix("http://") } ?? self.target.first
+                    ?? "http://example.com/",
+                timeout: self.timeout
+            )
+            print(self.json ? check.json() : check.text())
+            if check.exitCode != 0 { throw ExitCode(check.exitCode) }
+            return
+        }
         var options = DoctorOptions()
         options.proxy = self.proxy
         options.user = self.user

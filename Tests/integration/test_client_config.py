@@ -125,3 +125,55 @@ def test_the_password_is_escaped_for_each_format(served):
 def test_bad_arguments(args, message):
     out = subprocess.run([PORTCULLIS_BIN, "client-config", *args], capture_output=True, text=True, timeout=30)
     assert out.returncode == 64 and message in out.stderr, out
+
+
+# ------------------------------------------------------------------ doctor --clients
+
+def doctor_clients(home: Path, env_extra: dict, target: str, as_json: bool = True):
+    env = {"PATH": os.environ["PATH"], "HOME": "/nonexistent", **env_extra}
+    args = [PORTCULLIS_BIN, "doctor", "--clients", "--home", str(home), "--target", target, "--timeout", "3"]
+    if as_json:
+        args.append("--json")
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_doctor_clients_finds_the_stale_password_the_bad_encoding_and_the_stray_proxy(served, origin, tmp_path):
+    right = f"http://{USER}:p%40ss%3A%20w%25rd%2F%23x%20y@{served.host}:{served.port}"
+    stray = free_port_here()
+    home, _ = home_with(tmp_path, {
+        ".npmrc": f"proxy=http://{USER}:old-password@{served.host}:{served.port}/\n",
+        ".gitconfig": f"[http]\n\tproxy = http://{served.host}:{stray}\n",
+        ".curlrc": f'proxy = "http://{served.host}:{served.port}"\nproxy-user = "{USER}:{PASSWORD}"\n',
+        ".config/pip/pip.conf": f"[global]\nproxy = {right}\n",
+    })
+    # HTTPS_PROXY with the "@" of the password not encoded: curl reads it, others do not.
+    unencoded = f"http://{USER}:p@ss:%20w%25rd%2F%23x%20y@{served.host}:{served.port}"
+    out = doctor_clients(home, {"HTTPS_PROXY": unencoded}, f"{origin.base}/text")
+    assert out.returncode == 2, out
+    lines = {line["tool"]: line for line in json.loads(out.stdout)["clients"]}
+    assert lines["npm"]["check"] == "refused" and "credentials refused" in lines["npm"]["detail"], lines["npm"]
+    assert lines["npm"]["source"] == "~/.npmrc proxy"
+    assert any("unencoded \"@\"" in p for p in lines["env"]["problems"]), lines["env"]
+    assert any(f"points at {served.host}:{stray}" in p for p in lines["git"]["problems"]), lines["git"]
+    assert lines["git"]["check"] == "unreachable", lines["git"]
+    assert lines["curl"]["check"] == "accepted" and lines["pip"]["check"] == "accepted", (lines["curl"], lines["pip"])
+    assert lines["maven"]["check"] == "none" and any("ignores HTTPS_PROXY" in n for n in lines["maven"]["notes"])
+    # Never a password in the output.
+    for secret in (PASSWORD, "old-password", "p%40ss"):
+        assert secret not in out.stdout + out.stderr
+    text = doctor_clients(home, {"HTTPS_PROXY": unencoded}, f"{origin.base}/text", as_json=False).stdout
+    assert text.startswith("portcullis doctor --clients: 1 of 11 tools would get a 407, 1 would not reach their proxy")
+
+
+def test_doctor_clients_on_a_clean_home(served, origin, tmp_path):
+    home, _ = home_with(tmp_path, {".npmrc": generate(served.url, "npm")})
+    out = doctor_clients(home, {}, f"{origin.base}/text")
+    assert out.returncode == 0, out
+    lines = {line["tool"]: line for line in json.loads(out.stdout)["clients"]}
+    assert lines["npm"]["check"] == "accepted" and lines["npm"]["credentials"] is True
+    assert lines["env"]["check"] == "none"
+
+
+def free_port_here() -> int:
+    from portcullis_helpers import free_port
+    return free_port()
