@@ -1,0 +1,128 @@
+"""Short-lived tokens against passwords, in one run, everything on loopback (issue 23's
+figures): keep-alive GETs of nginx's 1 KiB file through Portcullis (SQLite store, `wrk -t1
+-c50`, proxy.lua), the credential on every request being
+
+1. the user's password (bcrypt cost 10, `users add`'s) or a token as the Basic password, with
+   the credential cache on (the usual case: both answered from the cache);
+2. the same with `--credential-cache-ttl 0.001`, so every request is checked again: a bcrypt
+   check, against a token's MAC and the in-memory tokens table (no database round trip).
+
+Targets alternate, order reversed every round; ratios are paired within a round.
+
+    python3 bench/tokens.py [--rounds 4] [--duration 5]
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib as b  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+USER, PASSWORD = "bench", "benchpass"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bin", default=str(ROOT / ".build/release/portcullis"))
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--duration", type=int, default=5)
+    args = ap.parse_args()
+    if not Path(args.bin).exists():
+        sys.exit(f"{args.bin} missing: swift build -c release --product portcullis")
+    work = Path(tempfile.mkdtemp(prefix="portcullis-tokens-"))
+    os.chmod(work, 0o755)
+    started = time.monotonic()
+    try:
+        origin = b.start_origin(b.find("nginx", "nginx-light"), work)
+        db = work / "users.db"
+        subprocess.run([args.bin, "users", "add", USER, "--store", f"sqlite:{db}", "--password-stdin"],
+                       input=PASSWORD + "\n", text=True, check=True, capture_output=True)
+        token = subprocess.run([args.bin, "tokens", "issue", "--user", USER, "--ttl", "1h", "--label", "bench",
+                                "--store", f"sqlite:{db}"], text=True, check=True, capture_output=True).stdout.strip()
+        proxies = {}
+        for name, extra in (("cached", []), ("checked", ["--credential-cache-ttl", "0.001"])):
+            port = b.free_port()
+            process = b.spawn([args.bin, "serve", "--listen", f"127.0.0.1:{port}", "--store", f"sqlite:{db}", *extra,
+                               "--allow-private-destinations", "--log-level", "error", "--data-dir", work / name])
+            b.wait_port(port)
+            proxies[name] = (port, process)
+        lua = ROOT / "bench" / "proxy.lua"
+
+        def env(secret: str) -> dict:
+            return {"BENCH_ORIGIN_URL": f"http://127.0.0.1:{origin}/1k", "BENCH_ORIGIN_HOST": f"127.0.0.1:{origin}",
+                    "BENCH_PROXY_AUTH": "Basic " + base64.b64encode(f"{USER}:{secret}".encode()).decode()}
+
+        targets = {
+            "cached-password": ("cached", PASSWORD), "cached-token": ("cached", token),
+            "checked-password": ("checked", PASSWORD), "checked-token": ("checked", token),
+        }
+
+        def run(name: str, duration: int) -> dict:
+            proxy, secret = targets[name]
+            port, process = proxies[proxy]
+            before = sum(b.cpu_seconds(process.pid))
+            x = b.wrk(port, duration, 50, lua, env(secret))
+            x["proxy_cpu_us"] = (sum(b.cpu_seconds(process.pid)) - before) / max(x["requests"], 1) * 1e6
+            assert x["non2xx"] == 0, (name, x)
+            return x
+
+        for name in targets:
+            run(name, 2)
+        results = {name: [] for name in targets}
+        for r in range(args.rounds):
+            for pair in (("cached-password", "cached-token"), ("checked-password", "checked-token")):
+                for name in (pair if r % 2 == 0 else tuple(reversed(pair))):
+                    x = run(name, args.duration)
+                    results[name].append(x)
+                    print(f"[tokens] round {r + 1} {name}: {x['rps']:.0f} req/s, p99 {x['p99_ms']:.2f} ms, "
+                          f"{x['proxy_cpu_us']:.1f} µs/req", flush=True)
+        med = statistics.median
+        ratios = {
+            "cached: token / password": [x["rps"] / y["rps"] for x, y in
+                                         zip(results["cached-token"], results["cached-password"])],
+            "every request checked: token / password (bcrypt)":
+                [x["rps"] / y["rps"] for x, y in zip(results["checked-token"], results["checked-password"])],
+            "token checked every request / token cached":
+                [x["rps"] / y["rps"] for x, y in zip(results["checked-token"], results["cached-token"])],
+        }
+        meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count(),
+                "rounds": args.rounds, "duration": args.duration, "seconds": round(time.monotonic() - started)}
+        labels = {
+            "cached-password": "password, cached credential",
+            "cached-token": "token as the Basic password, cached credential",
+            "checked-password": "password, every request checked (bcrypt cost 10)",
+            "checked-token": "token, every request checked (MAC + in-memory table)",
+        }
+        lines = [f"# Tokens vs passwords ({meta['date']})", "",
+                 "| target | req/s (median) | p99 | proxy CPU |", "| --- | ---: | ---: | ---: |"]
+        for name, label in labels.items():
+            xs = results[name]
+            lines.append(f"| {label} | {med(x['rps'] for x in xs):.0f} | {med(x['p99_ms'] for x in xs):.2f} ms "
+                         f"| {med(x['proxy_cpu_us'] for x in xs):.1f} µs |")
+        lines += ["", "| ratio (paired per round) | median (range) | per round |", "| --- | --- | --- |"]
+        lines += [f"| {k} | {med(v):.3f} ({min(v):.3f}–{max(v):.3f}) | {', '.join(f'{x:.3f}' for x in v)} |"
+                  for k, v in ratios.items()]
+        text = "\n".join(lines) + "\n"
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "tokens.md").write_text(text)
+        (OUT / "tokens.json").write_text(json.dumps({"meta": meta, "results": results, "ratios": ratios}, indent=2))
+        print(text)
+    finally:
+        b.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
