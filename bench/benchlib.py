@@ -191,3 +191,42 @@ def connect_download(sock, target: str, total: int, auth: str | None) -> float:
             raise RuntimeError("tunnel closed early")
         got += n
     return total / (time.monotonic() - start) / 1e6
+
+
+def alternate(rounds: int, pairs, run, duration: int, tag: str, describe=lambda x: "") -> dict:
+    """Runs each pair of targets `rounds` times, order reversed every round (so neither side
+    always runs warm); returns every run's figures by target."""
+    results = {name: [] for pair in pairs for name in pair}
+    for r in range(rounds):
+        for pair in pairs:
+            for name in (pair if r % 2 == 0 else tuple(reversed(pair))):
+                x = run(name, duration)
+                results[name].append(x)
+                print(f"[{tag}] round {r + 1} {name}: {x['rps']:.0f} req/s, p99 {x['p99_ms']:.2f} ms{describe(x)}",
+                      flush=True)
+    return results
+
+
+def paired(results: dict, numerator: str, denominator: str) -> list[float]:
+    """req/s ratios of two targets, round by round."""
+    return [x["rps"] / y["rps"] for x, y in zip(results[numerator], results[denominator])]
+
+
+def paired_report(title: str, meta: dict, labels: dict, results: dict, ratios: dict,
+                  cpu: list[tuple[str, str]]) -> str:
+    """Markdown: one row per target (median req/s, p99 and each `(column, key)` of CPU µs per
+    request, `—` where a target has none), then the paired ratios with their range."""
+    import statistics
+    med = statistics.median
+    lines = [f"# {title} ({meta['date']})", "",
+             "| target | req/s (median) | p99 |" + "".join(f" {column} |" for column, _ in cpu),
+             "| --- | ---: | ---: |" + " ---: |" * len(cpu)]
+    for name, label in labels.items():
+        xs = results[name]
+        cells = [f"{med(x['rps'] for x in xs):.0f}", f"{med(x['p99_ms'] for x in xs):.2f} ms"]
+        cells += [f"{med(x[key] for x in xs):.1f} µs" if key in xs[0] else "—" for _, key in cpu]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "| ratio (paired per round) | median (range) | per round |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {med(v):.3f} ({min(v):.3f}–{max(v):.3f}) | {', '.join(f'{x:.3f}' for x in v)} |"
+              for k, v in ratios.items()]
+    return "\n".join(lines) + "\n"

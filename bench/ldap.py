@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -137,20 +136,12 @@ def main():
 
         for name in proxies:
             run(name, 2)
-        results = {name: [] for name in proxies}
-        for r in range(args.rounds):
-            for pair in (("sqlite-cached", "ldap-cached"), ("sqlite-logins", "ldap-logins")):
-                for name in (pair if r % 2 == 0 else tuple(reversed(pair))):
-                    x = run(name, args.duration)
-                    results[name].append(x)
-                    print(f"[ldap] round {r + 1} {name}: {x['rps']:.0f} req/s, p99 {x['p99_ms']:.2f} ms, "
-                          f"proxy {x['proxy_cpu_us']:.1f} µs/req, slapd {x['slapd_cpu_us']:.1f} µs/req", flush=True)
-        med = statistics.median
+        results = b.alternate(args.rounds, (("sqlite-cached", "ldap-cached"), ("sqlite-logins", "ldap-logins")), run,
+                              args.duration, "ldap",
+                              lambda x: f", proxy {x['proxy_cpu_us']:.1f} µs/req, slapd {x['slapd_cpu_us']:.1f} µs/req")
         ratios = {
-            "cached req/s, LDAP user / SQLite user (target >= 0.95)":
-                [x["rps"] / y["rps"] for x, y in zip(results["ldap-cached"], results["sqlite-cached"])],
-            "logins/s, LDAP search+bind / SQLite bcrypt":
-                [x["rps"] / y["rps"] for x, y in zip(results["ldap-logins"], results["sqlite-logins"])],
+            "cached req/s, LDAP user / SQLite user (target >= 0.95)": b.paired(results, "ldap-cached", "sqlite-cached"),
+            "logins/s, LDAP search+bind / SQLite bcrypt": b.paired(results, "ldap-logins", "sqlite-logins"),
         }
         meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count(),
                 "rounds": args.rounds, "duration": args.duration,
@@ -163,16 +154,8 @@ def main():
             "sqlite-logins": "SQLite user, every request checked (bcrypt)",
             "ldap-logins": "directory user, every request checked (search + bind)",
         }
-        lines = [f"# Directory users vs SQLite ({meta['date']})", "",
-                 "| target | req/s (median) | p99 | proxy CPU | slapd CPU |", "| --- | ---: | ---: | ---: | ---: |"]
-        for name, label in labels.items():
-            xs = results[name]
-            lines.append(f"| {label} | {med(x['rps'] for x in xs):.0f} | {med(x['p99_ms'] for x in xs):.2f} ms "
-                         f"| {med(x['proxy_cpu_us'] for x in xs):.1f} µs | {med(x['slapd_cpu_us'] for x in xs):.1f} µs |")
-        lines += ["", "| ratio (paired per round) | median (range) | per round |", "| --- | --- | --- |"]
-        lines += [f"| {k} | {med(v):.3f} ({min(v):.3f}–{max(v):.3f}) | {', '.join(f'{x:.3f}' for x in v)} |"
-                  for k, v in ratios.items()]
-        text = "\n".join(lines) + "\n"
+        text = b.paired_report("Directory users vs SQLite", meta, labels, results, ratios,
+                               [("proxy CPU", "proxy_cpu_us"), ("slapd CPU", "slapd_cpu_us")])
         OUT.mkdir(parents=True, exist_ok=True)
         (OUT / "ldap.md").write_text(text)
         (OUT / "ldap.json").write_text(json.dumps({"meta": meta, "results": results, "ratios": ratios}, indent=2))

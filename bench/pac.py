@@ -108,18 +108,11 @@ def main():
 
         for name in targets:
             run(name, 2)
-        results = {name: [] for name in targets}
-        for r in range(args.rounds):
-            for pair in (("pac-portcullis", "pac-nginx"), ("proxied", "proxied-pac")):
-                for name in (pair if r % 2 == 0 else tuple(reversed(pair))):
-                    x = run(name, args.duration)
-                    results[name].append(x)
-                    print(f"[pac] round {r + 1} {name}: {x['rps']:.0f} req/s, p99 {x['p99_ms']:.2f} ms", flush=True)
+        results = b.alternate(args.rounds, (("pac-portcullis", "pac-nginx"), ("proxied", "proxied-pac")), run,
+                              args.duration, "pac")
         ratios = {
-            "GET /proxy.pac, Portcullis / nginx static file":
-                [x["rps"] / y["rps"] for x, y in zip(results["pac-portcullis"], results["pac-nginx"])],
-            "proxied GET with --pac / without (target ≈ 1)":
-                [x["rps"] / y["rps"] for x, y in zip(results["proxied-pac"], results["proxied"])],
+            "GET /proxy.pac, Portcullis / nginx static file": b.paired(results, "pac-portcullis", "pac-nginx"),
+            "proxied GET with --pac / without (target ≈ 1)": b.paired(results, "proxied-pac", "proxied"),
         }
 
         # Evaluation: 1 and 1,000 URLs through the corporate PAC.
@@ -150,15 +143,7 @@ def main():
             "proxied": "proxied 1 KiB GET, Portcullis without --pac",
             "proxied-pac": "proxied 1 KiB GET, Portcullis with --pac",
         }
-        lines = [f"# PAC files ({meta['date']})", "",
-                 "| target | req/s (median) | p99 | proxy CPU |", "| --- | ---: | ---: | ---: |"]
-        for name, label in labels.items():
-            xs = results[name]
-            cpu = f"{med(x['proxy_cpu_us'] for x in xs):.1f} µs" if "proxy_cpu_us" in xs[0] else "—"
-            lines.append(f"| {label} | {med(x['rps'] for x in xs):.0f} | {med(x['p99_ms'] for x in xs):.2f} ms | {cpu} |")
-        lines += ["", "| ratio (paired per round) | median (range) | per round |", "| --- | --- | --- |"]
-        lines += [f"| {k} | {med(v):.3f} ({min(v):.3f}–{max(v):.3f}) | {', '.join(f'{x:.3f}' for x in v)} |"
-                  for k, v in ratios.items()]
+        lines = [b.paired_report("PAC files", meta, labels, results, ratios, [("proxy CPU", "proxy_cpu_us")]).rstrip("\n")]
         lines += ["", "| `pac test` through acme_bypass.pac (5 runs) | median |", "| --- | ---: |",
                   f"| 1 URL (two process starts, load, one evaluation) | {med(one) * 1000:.0f} ms |",
                   f"| 1,000 URLs | {med(thousand) * 1000:.0f} ms |",

@@ -18,7 +18,6 @@ import base64
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,22 +79,12 @@ def main():
 
         for name in targets:
             run(name, 2)
-        results = {name: [] for name in targets}
-        for r in range(args.rounds):
-            for pair in (("cached-password", "cached-token"), ("checked-password", "checked-token")):
-                for name in (pair if r % 2 == 0 else tuple(reversed(pair))):
-                    x = run(name, args.duration)
-                    results[name].append(x)
-                    print(f"[tokens] round {r + 1} {name}: {x['rps']:.0f} req/s, p99 {x['p99_ms']:.2f} ms, "
-                          f"{x['proxy_cpu_us']:.1f} µs/req", flush=True)
-        med = statistics.median
+        results = b.alternate(args.rounds, (("cached-password", "cached-token"), ("checked-password", "checked-token")),
+                              run, args.duration, "tokens", lambda x: f", {x['proxy_cpu_us']:.1f} µs/req")
         ratios = {
-            "cached: token / password": [x["rps"] / y["rps"] for x, y in
-                                         zip(results["cached-token"], results["cached-password"])],
-            "every request checked: token / password (bcrypt)":
-                [x["rps"] / y["rps"] for x, y in zip(results["checked-token"], results["checked-password"])],
-            "token checked every request / token cached":
-                [x["rps"] / y["rps"] for x, y in zip(results["checked-token"], results["cached-token"])],
+            "cached: token / password": b.paired(results, "cached-token", "cached-password"),
+            "every request checked: token / password (bcrypt)": b.paired(results, "checked-token", "checked-password"),
+            "token checked every request / token cached": b.paired(results, "checked-token", "cached-token"),
         }
         meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count(),
                 "rounds": args.rounds, "duration": args.duration, "seconds": round(time.monotonic() - started)}
@@ -105,16 +94,7 @@ def main():
             "checked-password": "password, every request checked (bcrypt cost 10)",
             "checked-token": "token, every request checked (MAC + in-memory table)",
         }
-        lines = [f"# Tokens vs passwords ({meta['date']})", "",
-                 "| target | req/s (median) | p99 | proxy CPU |", "| --- | ---: | ---: | ---: |"]
-        for name, label in labels.items():
-            xs = results[name]
-            lines.append(f"| {label} | {med(x['rps'] for x in xs):.0f} | {med(x['p99_ms'] for x in xs):.2f} ms "
-                         f"| {med(x['proxy_cpu_us'] for x in xs):.1f} µs |")
-        lines += ["", "| ratio (paired per round) | median (range) | per round |", "| --- | --- | --- |"]
-        lines += [f"| {k} | {med(v):.3f} ({min(v):.3f}–{max(v):.3f}) | {', '.join(f'{x:.3f}' for x in v)} |"
-                  for k, v in ratios.items()]
-        text = "\n".join(lines) + "\n"
+        text = b.paired_report("Tokens vs passwords", meta, labels, results, ratios, [("proxy CPU", "proxy_cpu_us")])
         OUT.mkdir(parents=True, exist_ok=True)
         (OUT / "tokens.md").write_text(text)
         (OUT / "tokens.json").write_text(json.dumps({"meta": meta, "results": results, "ratios": ratios}, indent=2))

@@ -187,16 +187,8 @@ extension AccountStore {
     /// The token key, made on first need and kept in the database (like the Digest nonce key).
     func tokenKey() async -> [UInt8]? {
         if let key = self.tokenCache.withLockedValue({ $0.key }) { return key }
-        var generator = SystemRandomNumberGenerator()
-        let candidate = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
-        let results = try? await self.database.transaction([
-            SQLStatement(
-                "INSERT INTO secrets (name, value) VALUES ('token-key', ?) ON CONFLICT (name) DO NOTHING",
-                [.bytes(candidate)]
-            ),
-            SQLStatement("SELECT value FROM secrets WHERE name = 'token-key'"),
-        ])
-        guard let key = results?.last?.first?.bytes(0), key.count == 32 else { return nil }
+        let stored = await self.sharedSecret(named: "token-key")
+        guard let key = stored, key.count == 32 else { return nil }
         self.tokenCache.withLockedValue { $0.key = key }
         return key
     }

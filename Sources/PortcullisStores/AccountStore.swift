@@ -192,14 +192,20 @@ public final class AccountStore<Database: SQLDatabase>: UserAdministration {
     /// accepts the others' nonces (and a restart does not make every client log in again).
     /// Instances that start together all end up with the one key whose insert won.
     public func nonceKey() async -> [UInt8]? {
+        await self.sharedSecret(named: "digest-nonce")
+    }
+
+    /// A random 32-byte key kept in `secrets` under `name`, made by whichever proxy needs it
+    /// first: the insert that wins is the one everybody reads back.
+    func sharedSecret(named name: String) async -> [UInt8]? {
         var generator = SystemRandomNumberGenerator()
         let candidate = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
         let results = try? await self.database.transaction([
             SQLStatement(
-                "INSERT INTO secrets (name, value) VALUES ('digest-nonce', ?) ON CONFLICT (name) DO NOTHING",
-                [.bytes(candidate)]
+                "INSERT INTO secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                [.text(name), .bytes(candidate)]
             ),
-            SQLStatement("SELECT value FROM secrets WHERE name = 'digest-nonce'"),
+            SQLStatement("SELECT value FROM secrets WHERE name = ?", [.text(name)]),
         ])
         return results?.last?.first?.bytes(0)
     }

@@ -10,7 +10,11 @@ import Testing
 /// Serialized: one test's closed port must not become the other's silent listener.
 @Suite(.serialized) struct PostgresDatabaseTests {
     @Test func anUnreachableDatabaseIsOneLineWithoutThePassword() async throws {
-        let port = try Self.closedPort()
+        // Bound but not listening, and kept so for the test: a connect is refused, and no other
+        // test's listener can take the port meanwhile (a port closed before the connect could
+        // be, and then the connect waited for an answer that never came).
+        let (fd, port) = try Self.socket(listening: false)
+        defer { close(fd) }
         let url = PostgresURL(
             host: "127.0.0.1",
             port: port,
@@ -62,13 +66,6 @@ import Testing
         }
         // Without the deadline it would wait for ever; the margin is for a busy test machine.
         #expect(ContinuousClock.now - started < .seconds(30))
-    }
-
-    /// A loopback port nothing listens on (bound, then closed).
-    static func closedPort() throws -> Int {
-        let (fd, port) = try Self.socket(listening: false)
-        close(fd)
-        return port
     }
 
     /// A TCP socket bound to a free loopback port.

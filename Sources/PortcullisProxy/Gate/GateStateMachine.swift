@@ -212,28 +212,12 @@ struct GateStateMachine {
             if basicHere, case .allowed = lock, let login = cache.cachedLogin(for: key, now: request.started) {
                 environment.metrics.cacheHits.increment()
                 self.provenKey = key
-                return self.accepted(
-                    request,
-                    user: login.user,
-                    scheme: presented,
-                    token: login.token,
-                    validFor: login.ends.map { $0 - request.started },
-                    authenticationInfo: nil,
-                    environment
-                )
+                return self.acceptedFromCache(request, login, scheme: presented, environment)
             }
             if basicHere, case .lockedOut = lock, self.provenKey == key,
                 let login = cache.cachedLogin(for: key, now: request.started)
             {
-                return self.accepted(
-                    request,
-                    user: login.user,
-                    scheme: presented,
-                    token: login.token,
-                    validFor: login.ends.map { $0 - request.started },
-                    authenticationInfo: nil,
-                    environment
-                )
+                return self.acceptedFromCache(request, login, scheme: presented, environment)
             }
             environment.metrics.cacheMisses.increment()
         }
@@ -459,6 +443,24 @@ struct GateStateMachine {
     static func isDigest(_ value: ByteBufferView) -> Bool {
         guard value.count > 7 else { return false }
         return FieldName.equals(value.prefix(7), "digest ")
+    }
+
+    /// A Basic or Bearer credential the cache still vouches for.
+    private mutating func acceptedFromCache(
+        _ request: Request,
+        _ login: CredentialVerifier.CachedLogin,
+        scheme: AuthScheme,
+        _ environment: some GateEnvironment
+    ) -> Action {
+        self.accepted(
+            request,
+            user: login.user,
+            scheme: scheme,
+            token: login.token,
+            validFor: login.ends.map { $0 - request.started },
+            authenticationInfo: nil,
+            environment
+        )
     }
 
     static func isBearer(_ value: ByteBufferView) -> Bool {
