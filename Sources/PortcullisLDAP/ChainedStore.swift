@@ -7,8 +7,8 @@ import PortcullisStores
 /// the second (so a directory user needs no local entry). An expired, disabled or rotated-out
 /// account is final. When one of them cannot be read, the other still decides a success; a
 /// refusal then is `unavailable` (503), as the unread one might have said yes. What only a local
-/// store can hold (Digest and NTLM secrets, accounts for certificates, the nonce key) comes from
-/// it alone.
+/// store can hold (Digest and NTLM secrets, accounts for certificates, the nonce key, short-lived
+/// tokens) comes from it alone: a token is never sent to the directory as a password.
 public final class ChainedStore: CredentialStore {
     public let local: any CredentialStore
     public let directory: any CredentialStore
@@ -23,6 +23,11 @@ public final class ChainedStore: CredentialStore {
     public var generation: UInt64 { self.local.generation }
 
     public func verify(user: String, password: String) async -> VerificationOutcome {
+        if AccessToken.peek(password) != nil {
+            let local = await self.local.verify(user: user, password: password)
+            // Not one of ours after all (a password that looks like a token): the usual order.
+            guard case .rejected(.invalid) = local else { return local }
+        }
         let (first, second): (any CredentialStore, any CredentialStore) =
             self.directoryFirst ? (self.directory, self.local) : (self.local, self.directory)
         let firstOutcome = await first.verify(user: user, password: password)

@@ -35,7 +35,7 @@ struct TokensCommand: AsyncParsableCommand {
         @OptionGroup var storeOptions: UsersCommand.StoreOptions
 
         func run() async throws {
-            try await UsersCommand.run {
+            try await UsersCommand.run(command: "tokens") {
                 let ttl = try Self.seconds(self.ttl, option: "--ttl")
                 let maximum = try Self.seconds(self.tokenMaxTtl, option: "--token-max-ttl")
                 guard ttl <= maximum else {
@@ -80,7 +80,7 @@ struct TokensCommand: AsyncParsableCommand {
         @OptionGroup var storeOptions: UsersCommand.StoreOptions
 
         func run() async throws {
-            try await UsersCommand.run {
+            try await UsersCommand.run(command: "tokens") {
                 let store = try await self.storeOptions.open()
                 let tokens: [TokenInfo]
                 do { tokens = try await store.tokens(user: self.user) } catch let error as StoreError {
@@ -142,7 +142,7 @@ struct TokensCommand: AsyncParsableCommand {
         }
 
         func run() async throws {
-            try await UsersCommand.run {
+            try await UsersCommand.run(command: "tokens") {
                 let store = try await self.storeOptions.open()
                 var count = 0
                 try await self.storeOptions.change(store) {

@@ -178,11 +178,11 @@ struct UsersCommand: AsyncParsableCommand {
     }
 
     /// Runs a subcommand body: a failure is one line on stderr and exit code 1, store untouched.
-    static func run(_ body: () async throws -> Void) async throws {
+    static func run(command: String = "users", _ body: () async throws -> Void) async throws {
         do {
             try await body()
         } catch let failure as Failure {
-            FileHandle.standardError.write(Data("portcullis users: \(failure.description)\n".utf8))
+            FileHandle.standardError.write(Data("portcullis \(command): \(failure.description)\n".utf8))
             throw ExitCode(1)
         }
     }

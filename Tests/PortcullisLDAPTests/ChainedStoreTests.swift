@@ -62,4 +62,18 @@ import Testing
             #expect(b.calls.count == (asked ? 1 : 0))
         }
     }
+
+    @Test func aTokenIsNeverSentToTheDirectory() async {
+        let token = AccessToken(id: Array(0..<12), user: "u", expires: 4_000_000_000)
+            .encoded(key: [UInt8](repeating: 1, count: 32))
+        let local = Fixed(.accepted(user: "u", token: "job"))
+        let directory = Fixed(Self.ok)
+        let store = ChainedStore(local: local, directory: directory, directoryFirst: true)
+        #expect(await store.verify(user: "u", password: token) == .accepted(user: "u", token: "job"))
+        #expect(directory.calls.count == 0)
+        // Revoked: final, the directory is not asked either.
+        let revoked = ChainedStore(local: Fixed(.rejected(.tokenRevoked)), directory: directory, directoryFirst: true)
+        #expect(await revoked.verify(user: "u", password: token) == .rejected(.tokenRevoked))
+        #expect(directory.calls.count == 0)
+    }
 }
