@@ -181,6 +181,10 @@ extension Doctor {
             options.targets = group.targets
             // The PAC decided what goes through the proxy: NO_PROXY has no say.
             options.environment = options.environment.filter { $0.key.lowercased() != "no_proxy" }
+            options.client = nil
+            options.environment = options.environment.filter {
+                $0.key != "JAVA_TOOL_OPTIONS" && $0.key != "NODE_USE_ENV_PROXY"
+            }
             let sub = Doctor(options: options).run()
             if report.proxy == nil {
                 report.proxy = sub.proxy

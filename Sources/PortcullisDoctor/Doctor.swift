@@ -29,6 +29,8 @@ public struct DoctorOptions: Sendable {
     public var environment: [String: String] = [:]
     /// `--pac`: the PAC file chooses the proxy for each target.
     public var pac: DoctorPAC?
+    /// `--client`: the client whose known limits are checked (else those the environment shows).
+    public var client: ClientKind?
 
     public init() {}
 }
@@ -48,7 +50,26 @@ public final class Doctor {
     }
 
     public func run() -> DoctorReport {
-        if let pac = self.options.pac { return self.run(with: pac) }
+        var report = self.options.pac.map { self.run(with: $0) } ?? self.runSteps()
+        let clients = ClientLimits.clients(named: self.options.client, environment: self.options.environment)
+        guard !clients.isEmpty else { return report }
+        let password = self.options.password ?? DoctorSetup.resolve(self.options).password
+        let offered = report.challenges.map(\.scheme)
+        let limits = clients.flatMap { client in
+            ClientLimits.limits(
+                client,
+                offered: offered,
+                httpsTarget: self.options.targets.contains { $0.lowercased().hasPrefix("https:") },
+                httpTarget: self.options.targets.contains { $0.lowercased().hasPrefix("http:") },
+                password: password,
+                environment: self.options.environment
+            ).map { (client, $0) }
+        }
+        report.addClientLimits(limits)
+        return report
+    }
+
+    private func runSteps() -> DoctorReport {
         let (setup, password) = DoctorSetup.resolve(self.options)
         self.transcript = ProbeTranscript()
         guard setup.proceeds, let proxy = setup.proxy else {

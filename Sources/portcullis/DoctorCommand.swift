@@ -110,6 +110,15 @@ struct DoctorCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("The home directory --clients reads. (default: $HOME)", valueName: "dir"))
     var home: String?
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The client that will use the proxy: java, node, undici, python-urllib, python-requests, pip, go, curl. Its known limits that end in a 407 come first in the report. (default: those the environment shows, JAVA_TOOL_OPTIONS, NODE_USE_ENV_PROXY)",
+            valueName: "kind"
+        )
+    )
+    var client: String?
+
     func validate() throws {
         if self.passwordStdin && self.passwordEnv != nil {
             throw ValidationError("use either --password-stdin or --password-env, not both")
@@ -165,6 +174,14 @@ struct DoctorCommand: ParsableCommand {
         options.insecure = self.insecure
         options.environment = ProcessInfo.processInfo.environment
         if let pac = self.pac { options.pac = DoctorPAC(location: pac, caFile: self.pacCacert) }
+        if let client = self.client {
+            guard let kind = ClientKind(rawValue: client.lowercased()) else {
+                throw ValidationError(
+                    "--client: '\(client)' is not one of \(ClientKind.allCases.map(\.rawValue).joined(separator: ", "))"
+                )
+            }
+            options.client = kind
+        }
 
         let report = Doctor(options: options).run()
         if self.json {

@@ -58,8 +58,10 @@ class DoctorRun:
         assert EXIT.get(report.get("verdict")) == self.returncode, \
             f"verdict {report.get('verdict')!r} does not go with exit {self.returncode}\n{self.describe()}"
         names = [s.get("name") for s in report.get("steps", [])]
-        # "pac" steps come first with --pac (test_pac_doctor.py).
-        assert names and all(n in STEP_NAMES or n == "pac" for n in names), f"unexpected steps {names}\n{self.describe()}"
+        # "pac" steps come first with --pac (test_pac_doctor.py), "client" ones with --client
+        # (test_doctor_clients.py).
+        assert names and all(n in STEP_NAMES or n in ("pac", "client") for n in names), \
+            f"unexpected steps {names}\n{self.describe()}"
         return report
 
     def step(self, name: str) -> dict:
