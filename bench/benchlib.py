@@ -230,3 +230,26 @@ def paired_report(title: str, meta: dict, labels: dict, results: dict, ratios: d
     lines += [f"| {k} | {med(v):.3f} ({min(v):.3f}–{max(v):.3f}) | {', '.join(f'{x:.3f}' for x in v)} |"
               for k, v in ratios.items()]
     return "\n".join(lines) + "\n"
+
+
+def release_run(description: str, root: Path, prefix: str):
+    """The usual arguments (--bin, --rounds, --duration), the release binary checked, and a
+    work directory others can read (nginx): `(args, work)`."""
+    import argparse
+    import tempfile
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--bin", default=str(root / ".build/release/portcullis"))
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--duration", type=int, default=5)
+    args = ap.parse_args()
+    if not Path(args.bin).exists():
+        sys.exit(f"{args.bin} missing: swift build -c release --product portcullis")
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(work, 0o755)
+    return args, work
+
+
+def sqlite_user(binary: str, db: Path, user: str, password: str):
+    """A user in a SQLite store (bcrypt cost 10, `users add`'s)."""
+    subprocess.run([binary, "users", "add", user, "--store", f"sqlite:{db}", "--password-stdin"],
+                   input=password + "\n", text=True, check=True, capture_output=True)

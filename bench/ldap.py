@@ -15,7 +15,6 @@ Targets alternate, order reversed every round; ratios are paired within a round.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import json
@@ -23,7 +22,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -82,23 +80,14 @@ access to * by dn.exact="{READER_DN}" read by * none
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bin", default=str(ROOT / ".build/release/portcullis"))
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--duration", type=int, default=5)
-    args = ap.parse_args()
-    if not Path(args.bin).exists():
-        sys.exit(f"{args.bin} missing: swift build -c release --product portcullis")
-    work = Path(tempfile.mkdtemp(prefix="portcullis-ldap-"))
-    os.chmod(work, 0o755)
+    args, work = b.release_run(__doc__.split("\n\n")[0], ROOT, "portcullis-ldap-")
     started = time.monotonic()
     try:
         origin = b.start_origin(b.find("nginx", "nginx-light"), work)
         cert, key = b.self_signed_certificate(work, "slapd")
         ldap_port, slapd = start_slapd(work, cert, key)
         db = work / "users.db"
-        subprocess.run([args.bin, "users", "add", USER, "--store", f"sqlite:{db}", "--password-stdin"],
-                       input=PASSWORD + "\n", text=True, check=True, capture_output=True)
+        b.sqlite_user(args.bin, db, USER, PASSWORD)
         empty = work / "empty.htpasswd"
         empty.write_text("")
         secret = work / "reader-password"

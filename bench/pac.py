@@ -15,7 +15,6 @@ wrk targets alternate, order reversed every round; ratios are paired within a ro
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import os
@@ -23,7 +22,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -55,15 +53,7 @@ def timed(cmd: list) -> tuple[float, int]:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bin", default=str(ROOT / ".build/release/portcullis"))
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--duration", type=int, default=5)
-    args = ap.parse_args()
-    if not Path(args.bin).exists():
-        sys.exit(f"{args.bin} missing: swift build -c release --product portcullis")
-    work = Path(tempfile.mkdtemp(prefix="portcullis-pac-"))
-    os.chmod(work, 0o755)
+    args, work = b.release_run(__doc__.split("\n\n")[0], ROOT, "portcullis-pac-")
     started = time.monotonic()
     med = statistics.median
     try:
@@ -71,8 +61,7 @@ def main():
         shutil.copy(CORPORATE, work / "www" / "proxy.pac")
         os.chmod(work / "www" / "proxy.pac", 0o644)
         db = work / "users.db"
-        subprocess.run([args.bin, "users", "add", USER, "--store", f"sqlite:{db}", "--password-stdin"],
-                       input=PASSWORD + "\n", text=True, check=True, capture_output=True)
+        b.sqlite_user(args.bin, db, USER, PASSWORD)
         proxies = {}
 
         def start(name: str, extra: list):

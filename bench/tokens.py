@@ -13,14 +13,12 @@ Targets alternate, order reversed every round; ratios are paired within a round.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,21 +31,12 @@ USER, PASSWORD = "bench", "benchpass"
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bin", default=str(ROOT / ".build/release/portcullis"))
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--duration", type=int, default=5)
-    args = ap.parse_args()
-    if not Path(args.bin).exists():
-        sys.exit(f"{args.bin} missing: swift build -c release --product portcullis")
-    work = Path(tempfile.mkdtemp(prefix="portcullis-tokens-"))
-    os.chmod(work, 0o755)
+    args, work = b.release_run(__doc__.split("\n\n")[0], ROOT, "portcullis-tokens-")
     started = time.monotonic()
     try:
         origin = b.start_origin(b.find("nginx", "nginx-light"), work)
         db = work / "users.db"
-        subprocess.run([args.bin, "users", "add", USER, "--store", f"sqlite:{db}", "--password-stdin"],
-                       input=PASSWORD + "\n", text=True, check=True, capture_output=True)
+        b.sqlite_user(args.bin, db, USER, PASSWORD)
         token = subprocess.run([args.bin, "tokens", "issue", "--user", USER, "--ttl", "1h", "--label", "bench",
                                 "--store", f"sqlite:{db}"], text=True, check=True, capture_output=True).stdout.strip()
         proxies = {}
