@@ -29,7 +29,7 @@ final class ExpiryWatch: Sendable {
         self.interval = interval
     }
 
-    /// Runs a look when the last one is `interval` old (the reload loop asks every 2 s).
+    /// Runs a look when the last one is `interval` old (the reload loop asks every second).
     func check(now: Date = Date()) async {
         let due = self.state.withLockedValue { state -> Bool in
             if let last = state.last, now.timeIntervalSince(last) < self.interval { return false }

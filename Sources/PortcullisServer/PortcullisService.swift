@@ -225,7 +225,7 @@ public enum PortcullisService {
         // The admin listener comes up first, so health checks can poll from the start; /readyz
         // says ready once the proxy's listeners are bound.
         let listening = NIOLockedValueBox(false)
-        // Whether the users store could be read at the last 2-second check: /readyz is answered
+        // Whether the users store could be read at the last 1-second check: /readyz is answered
         // on an event loop, which must not touch a file or a database itself.
         let usersReadable = NIOLockedValueBox(true)
         var admin: AdminServer?
@@ -338,7 +338,7 @@ public enum PortcullisService {
                 serviceName: "proxy-listeners"
             ),
             .init(
-                service: FileWatchService(interval: .seconds(2)) { await reloads.periodic() },
+                service: FileWatchService(interval: .seconds(1)) { await reloads.periodic() },
                 serviceName: "file-watch"
             ),
         ]
@@ -537,7 +537,7 @@ public enum PortcullisService {
             }
             return UsersSource(store: opened, description: opened.location) {
                 // The store itself logs losing and regaining the database, once each: a poll
-                // that fails while it is down is not news worth a line every 2 seconds.
+                // that fails while it is down is not news worth a line every second.
                 guard let changed = try? await opened.refresh() else { return nil }
                 return changed ? "user database changed" : nil
             } readable: {
@@ -562,7 +562,7 @@ struct UsersSource: Sendable {
     /// Picks up changes; says what changed, or `nil`. A file is read on the thread pool, a
     /// database awaited.
     var reload: @Sendable () async throws -> String?
-    /// Whether the store can be read now: asked by the 2-second watch, whose answer /readyz
+    /// Whether the store can be read now: asked by the 1-second watch, whose answer /readyz
     /// reports.
     var readable: @Sendable () async -> Bool
 }

@@ -6,8 +6,9 @@ import NIOPosix
 import PortcullisProxy
 import PortcullisStores
 
-/// What `serve` re-reads while it runs, and when: every 2 seconds what changed (the config file,
-/// the users store, the policy file), on SIGHUP all of it (and the access log reopened), on SIGUSR1
+/// What `serve` re-reads while it runs, and when: every second what changed (the config file,
+/// the users store, the policy file, the TLS pair, the PAC file; a file once it has settled, two
+/// looks alike), so a change is in force within 2 s; on SIGHUP all of it (and the access log reopened), on SIGUSR1
 /// the access log only. A file that is bad keeps the state in force. The blocking reads run on
 /// the thread pool, never on an event loop or a service's task; a user database is awaited.
 struct ReloadActions: Sendable {
@@ -54,7 +55,7 @@ struct ReloadActions: Sendable {
         self.config = Self.configReloader(configuration, context: context, metrics: metrics, logger: logger, reload)
     }
 
-    /// The 2-second check: only what changed is read again.
+    /// The 1-second check: only what changed is read again.
     func periodic() async {
         await self.onThreadPool {
             // A refusal flood that stopped is summed up now, not at the next refusal.
