@@ -33,8 +33,17 @@ public final class ProxyServer: Sendable {
             for listener in listeners {
                 let quiesce = ServerQuiescingHelper(group: self.group)
                 self.quiescers.withLockedValue { $0.append(quiesce) }
-                let bootstrap = try self.makeBootstrap(quiesce: quiesce, kind: listener.kind)
-                let channel = try await bootstrap.bind(to: listener.address).get()
+                let bootstrap = try self.makeBootstrap(
+                    quiesce: quiesce,
+                    kind: listener.kind,
+                    name: listener.socket.map { "inherited socket \($0)" } ?? "\(listener.address)"
+                )
+                let channel: any Channel
+                if let socket = listener.socket {
+                    channel = try await bootstrap.withBoundSocket(socket).get()
+                } else {
+                    channel = try await bootstrap.bind(to: listener.address).get()
+                }
                 self.channels.withLockedValue { $0.append(channel) }
                 if let local = channel.localAddress { bound.append(Listener(address: local, kind: listener.kind)) }
             }
@@ -45,7 +54,11 @@ public final class ProxyServer: Sendable {
         return bound
     }
 
-    private func makeBootstrap(quiesce: ServerQuiescingHelper, kind: ListenerKind) throws -> ServerBootstrap {
+    private func makeBootstrap(
+        quiesce: ServerQuiescingHelper,
+        kind: ListenerKind,
+        name: String
+    ) throws -> ServerBootstrap {
         let shared = self.shared
         let tls: ProxyTLS?
         switch kind {
@@ -67,6 +80,8 @@ public final class ProxyServer: Sendable {
                     try channel.pipeline.syncOperations.addHandler(
                         quiesce.makeServerChannelHandler(channel: channel)
                     )
+                    // Out of descriptors: pause accepting a second at a time, not spin.
+                    try channel.pipeline.syncOperations.addHandler(AcceptPause(logger: shared.logger, listener: name))
                 }
             }
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -154,6 +169,7 @@ public final class ProxyServer: Sendable {
     /// what is still open then is closed with the event loops (tunnels included). Cancelling the
     /// calling task ends the wait at once.
     public func shutdown(grace: TimeAmount) async {
+        await self.stopAccepting()
         let loop = self.group.next()
         let quiescers = self.quiescers.withLockedValue { $0 }
         let drained = quiescers.map { quiesce in
@@ -179,6 +195,31 @@ public final class ProxyServer: Sendable {
         let pools = self.pools.withLockedValue { Array($0.values) }
         for pool in pools {
             try? await pool.eventLoop.submit { pool.value.shutdown() }.get()
+        }
+    }
+}
+
+extension ProxyServer {
+    /// Stops accepting, then waits until every connection already accepted has finished its
+    /// set-up. NIO's accept handler sets a connection up on the connection's event loop and, back
+    /// on the listener's, drops it if the listener closed meanwhile — unanswered, its request
+    /// unread, so the client gets a reset. Closing the listeners only after that round trip (the
+    /// quiescing helper does it) lets each of those connections be answered.
+    func stopAccepting() async {
+        let listeners = self.channels.withLockedValue { $0 }
+        for listener in listeners {
+            try? await listener.eventLoop.submit {
+                listener.pipeline.fireUserInboundEventTriggered(AcceptPause.Stop())
+            }.get()
+            try? await listener.setOption(.autoRead, value: false).get()
+        }
+        // Tasks run in order on each loop: a set-up queued before this barrier has run after it,
+        // and its hop back to the listener's loop was queued before the second one.
+        for loop in self.group.makeIterator() {
+            try? await loop.submit {}.get()
+        }
+        for listener in listeners {
+            try? await listener.eventLoop.submit {}.get()
         }
     }
 }

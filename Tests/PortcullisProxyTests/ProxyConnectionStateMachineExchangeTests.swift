@@ -276,18 +276,78 @@ import Testing
 
     // MARK: - Shutdown and the client's half-close
 
-    @Test(arguments: [T.Fixture.idle, .receivingHead])
-    func quiescingAnIdleConnectionClosesIt(fixture: T.Fixture) throws {
-        var built = try T.build(fixture)
-        guard case .close(abandon: nil, afterResponse: false) = built.machine.quiesce() else {
+    @Test func quiescingBetweenTwoRequestsClosesAtOnce() throws {
+        var machine = T.machine()
+        _ = machine.requestHead(try T.record(T.get), now: self.now)
+        _ = machine.gateRefused(.badRequest("407 stand-in"), close: false, now: self.now)
+        guard case .finish(.keepAlive) = machine.requestEnd(now: self.now) else {
+            Issue.record("kept alive")
+            return
+        }
+        // A client retries a request on a reused connection that closed unanswered.
+        guard case .close(abandon: nil, afterResponse: false) = machine.quiesce(now: self.now) else {
             Issue.record("nothing to finish")
             return
         }
     }
 
+    @Test func quiescingANewConnectionWaitsBrieflyForItsFirstRequestAndAnswersIt() throws {
+        var machine = T.machine()
+        // Just accepted: its first request may already be in the socket.
+        #expect(machine.quiesce(now: self.now + .seconds(1)).isNone)
+        #expect(T.stateName(machine) == "idle")
+        #expect(machine.nextDeadline == self.now + .seconds(3))
+        let first = try T.record(T.get)
+        #expect(machine.requestHead(first, now: self.now + .seconds(2)).isRunGate)
+        _ = machine.requestEnd(now: self.now + .seconds(2))
+        // Answered, then closed: no request after it.
+        guard
+            case .respond(_, _, close: true, abandon: nil, then: .close) =
+                machine.gateRefused(.badRequest("407 stand-in"), close: false, now: self.now + .seconds(2))
+        else {
+            Issue.record("the answer closes the connection")
+            return
+        }
+    }
+
+    @Test func aNewConnectionThatSendsNothingWhileDrainingClosesAfterTheWait() {
+        var machine = T.machine()
+        #expect(machine.quiesce(now: self.now).isNone)
+        #expect(machine.timerFired(now: self.now + .milliseconds(1999), readsPaused: false).isNone)
+        #expect(machine.timerFired(now: self.now + .seconds(2), readsPaused: false).isCloseNow)
+        // The idle deadline is never pushed later by the drain.
+        var late = T.machine()
+        #expect(late.quiesce(now: self.now + .milliseconds(59_500)).isNone)
+        #expect(late.nextDeadline == self.now + .seconds(60))
+    }
+
+    @Test func aConnectionQuiescedBeforeItIsActiveGetsTheWaitFromActivation() {
+        // The drain can reach a connection whose activation is still queued on its event loop.
+        var machine = Machine(settings: T.settings, now: .uptimeNanoseconds(0))
+        #expect(machine.quiesce(now: self.now).isNone)
+        #expect(machine.timerFired(now: self.now, readsPaused: false).isNone)
+        machine.connectionActive(now: self.now + .seconds(1))
+        #expect(machine.nextDeadline == self.now + .seconds(3))
+        #expect(machine.timerFired(now: self.now + .seconds(2), readsPaused: false).isNone)
+        #expect(machine.timerFired(now: self.now + .seconds(3), readsPaused: false).isCloseNow)
+    }
+
+    @Test func quiescingMidHeadAnswersThatRequest() throws {
+        var built = try T.build(.receivingHead)
+        #expect(built.machine.quiesce(now: self.now).isNone)
+        #expect(T.stateName(built.machine) == "receivingHead")
+        let record = try T.record(T.get)
+        #expect(built.machine.requestHead(record, now: self.now).isRunGate)
+        guard case .exchange(let exchange) = built.machine.state else {
+            Issue.record("an exchange")
+            return
+        }
+        #expect(exchange.closeAfter)
+    }
+
     @Test func quiescingFinishesTheExchangeThenCloses() throws {
         var built = try T.build(.relaying, request: T.get)
-        #expect(built.machine.quiesce().isNone)
+        #expect(built.machine.quiesce(now: self.now).isNone)
         _ = built.machine.requestEnd(now: self.now)
         guard case .finishRelay(_, release: true, then: .close) = built.machine.responseEnd(now: self.now) else {
             Issue.record("closed after the exchange")

@@ -167,7 +167,9 @@ final class ProxyConnectionHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent {
-            self.execute(self.machine.quiesce())
+            self.execute(self.machine.quiesce(now: self.currentTime))
+            // A connection that has not sent a request yet gets a shorter deadline.
+            self.rearmTimer()
             return
         }
         if case .some(.inputClosed) = event as? ChannelEvent {

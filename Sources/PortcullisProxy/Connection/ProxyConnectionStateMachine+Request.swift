@@ -6,6 +6,7 @@ extension ProxyConnectionStateMachine {
     /// A request head was read: its target is checked, then the gate runs.
     mutating func requestHead(_ record: ProxyExchange, now: NIODeadline) -> Action {
         guard case .idle = self.state else { return .none }
+        self.hadRequest = true
         let head = record.head
         // The body must keep arriving (slow-body guard): checked each time the deadline passes.
         let watch =

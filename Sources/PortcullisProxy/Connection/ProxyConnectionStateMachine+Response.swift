@@ -191,7 +191,10 @@ extension ProxyConnectionStateMachine {
     /// The earliest deadline of the current state: the handler's timer fires by then.
     var nextDeadline: NIODeadline? {
         switch self.state {
-        case .idle(.waiting(let deadline)), .idle(.receivingHead(let deadline)):
+        case .idle(.waiting(let deadline)):
+            // Before activation the idle deadline is not set yet.
+            return self.activated ? deadline : nil
+        case .idle(.receivingHead(let deadline)):
             return deadline
         case .closing(let closing):
             return closing.deadline
@@ -223,7 +226,8 @@ extension ProxyConnectionStateMachine {
             guard let deadline = closing.deadline, deadline <= now else { return .none }
             return .closeNow
         case .idle(.waiting(let deadline)):
-            guard deadline <= now else { return .none }
+            // Before activation the idle deadline is not set yet.
+            guard self.activated, deadline <= now else { return .none }
             self.state = .closing(Closing(unlogged: nil, deadline: nil, awaitingWrite: false))
             return .closeNow
         case .idle(.receivingHead(let deadline)):

@@ -140,6 +140,10 @@ struct ProxyConnectionStateMachine<Upstream: AnyObject> {
     let settings: Settings
     /// The server is draining: no request after the current one.
     var quiescing = false
+    /// A request head has been read on this connection.
+    var hadRequest = false
+    /// The connection is active (its deadlines count from then).
+    var activated = false
     /// The client will send nothing more.
     var clientInputClosed = false
     private var lastAttempt: UInt64 = 0
@@ -153,8 +157,13 @@ struct ProxyConnectionStateMachine<Upstream: AnyObject> {
 
     /// The connection became active: the idle deadline counts from now.
     mutating func connectionActive(now: NIODeadline) {
+        self.activated = true
         guard case .idle(.waiting) = self.state else { return }
-        self.state = .idle(.waiting(deadline: now + self.settings.clientIdleTimeout))
+        // Quiesced before it was active: it gets the drain's short wait for its first request.
+        let wait =
+            self.quiescing
+            ? min(self.settings.clientIdleTimeout, Self.firstRequestWaitWhenDraining) : self.settings.clientIdleTimeout
+        self.state = .idle(.waiting(deadline: now + wait))
     }
 
     /// Bytes of a head that is not complete yet were read.
@@ -184,13 +193,31 @@ struct ProxyConnectionStateMachine<Upstream: AnyObject> {
         }
     }
 
+    /// How long a connection that has not sent its first request yet still gets to send it when
+    /// the server starts draining.
+    static var firstRequestWaitWhenDraining: TimeAmount { .seconds(2) }
+
     /// The server is shutting down: finish the current exchange, then close.
-    mutating func quiesce() -> Action {
+    ///
+    /// A connection between two requests closes now (a client retries a request on a reused
+    /// connection that closed before answering). One that has not carried a request yet — just
+    /// accepted, its first request perhaps already in the socket — or is sending a head gets that
+    /// request answered (with `Connection: close`): a new connection closed unanswered is a failed
+    /// request for every client.
+    mutating func quiesce(now: NIODeadline) -> Action {
         self.quiescing = true
         switch self.state {
         case .exchange(var exchange):
             exchange.closeAfter = true
             self.state = .exchange(exchange)
+            return .none
+        case .idle(.receivingHead):
+            return .none
+        case .idle(.waiting(let deadline)) where !self.hadRequest:
+            // Before activation the deadline means nothing yet: `connectionActive` sets it.
+            if self.activated {
+                self.state = .idle(.waiting(deadline: min(deadline, now + Self.firstRequestWaitWhenDraining)))
+            }
             return .none
         case .idle:
             return self.close()

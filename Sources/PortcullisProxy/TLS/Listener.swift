@@ -14,9 +14,13 @@ public enum ListenerKind: String, Sendable, Hashable, CaseIterable {
 public struct Listener: Sendable, Hashable {
     public var address: SocketAddress
     public var kind: ListenerKind
+    /// A socket already bound and listening (handed over at start): served as it is, `address`
+    /// is where it is bound.
+    public var socket: CInt?
 
-    public init(address: SocketAddress, kind: ListenerKind) {
+    public init(address: SocketAddress, kind: ListenerKind, socket: CInt? = nil) {
         self.address = address
         self.kind = kind
+        self.socket = socket
     }
 }
