@@ -22,14 +22,16 @@ final class AdminServer: Sendable {
         self.channel = channel
     }
 
+    /// `socket`: an inherited socket already bound to `address` (socket activation), served as it is.
     static func start(
         at address: SocketAddress,
+        socket: CInt? = nil,
         group: any EventLoopGroup,
         registry: PrometheusCollectorRegistry,
         tokens: TokenEndpoint? = nil,
         readiness: @escaping @Sendable () -> (ready: Bool, reason: String)
     ) async throws -> (AdminServer, SocketAddress?) {
-        let channel = try await ServerBootstrap(group: group)
+        let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -39,8 +41,8 @@ final class AdminServer: Sendable {
                     )
                 }
             }
-            .bind(to: address)
-            .get()
+        let channel =
+            try await (socket.map { bootstrap.withBoundSocket($0) } ?? bootstrap.bind(to: address)).get()
         return (AdminServer(registry: registry, readiness: readiness, channel: channel), channel.localAddress)
     }
 

@@ -244,6 +244,7 @@ public enum PortcullisService {
             do {
                 let (server, local) = try await AdminServer.start(
                     at: address,
+                    socket: configuration.adminSocket,
                     group: group,
                     registry: registry,
                     tokens: tokens
@@ -268,10 +269,19 @@ public enum PortcullisService {
             bound = try await server.start(
                 configuration.listen.map { Listener(address: $0, kind: .tcp) }
                     + configuration.listenTLS.map { Listener(address: $0, kind: .tls) }
+                    + configuration.inherited.compactMap { socket in
+                        switch socket.role {
+                        case .proxy: Listener(address: socket.address, kind: .tcp, socket: socket.descriptor)
+                        case .tls: Listener(address: socket.address, kind: .tls, socket: socket.descriptor)
+                        case .admin: nil
+                        }
+                    }
             )
         } catch {
             // The admin listener closes with the event loops.
-            let every = configuration.listenText + configuration.listenTLSText
+            let every =
+                configuration.listenText + configuration.listenTLSText
+                + configuration.inherited.filter { $0.role != .admin }.map(\.description)
             throw ServeError("cannot listen on \(every.joined(separator: ", ")): \(error)")
         }
         listening.withLockedValue { $0 = true }
@@ -500,7 +510,10 @@ public enum PortcullisService {
                         created,
                         // A plain listener if there is one, else the TLS one (curl needs the CA then).
                         listen: configuration.listenText.first.map { "http://\($0)" }
-                            ?? "https://\(configuration.listenTLSText.first ?? ServerConfiguration.defaultListen)",
+                            ?? configuration.inherited.first { $0.role == .proxy }.map { "http://\($0.hostAndPort)" }
+                            ?? configuration.listenTLSText.first.map { "https://\($0)" }
+                            ?? configuration.inherited.first { $0.role == .tls }.map { "https://\($0.hostAndPort)" }
+                            ?? "http://\(ServerConfiguration.defaultListen)",
                         digestOnly: !configuration.proxy.authSchemes.contains(.basic)
                     )
                 }

@@ -14,6 +14,9 @@ public struct ServerConfiguration: Sendable {
     /// `--listen-tls`: listeners whose clients speak TLS to the proxy.
     public var listenTLS: [SocketAddress]
     public var listenTLSText: [String]
+    /// Listening sockets handed over at start (``SocketActivation``): proxy, TLS and admin
+    /// listeners like those above, already bound.
+    public var inherited: [InheritedSocket] = []
     /// `--tls-cert` and `--tls-key`, when there are TLS listeners.
     public var tls: TLSFiles?
     public var htpasswd: String?
@@ -25,6 +28,8 @@ public struct ServerConfiguration: Sendable {
     public var pacPath: String?
     /// `--admin`: where /metrics, /healthz and /readyz are served.
     public var admin: SocketAddress?
+    /// An inherited socket named `admin` serves them instead of `--admin`.
+    public var adminSocket: CInt?
     public var accessLogPath: String?
     public var accessLogFormat: AccessLog.Format = .squid
     public var dataDirectory: String
@@ -50,22 +55,36 @@ public struct ServerConfiguration: Sendable {
     public static let defaultListen = "127.0.0.1:3128"
 
     /// Applies defaults and checks everything a user can get wrong, with a message for each.
-    public init(options: ServeOptions, environment: [String: String] = ProcessInfo.processInfo.environment) throws {
+    /// `inherited`: the sockets handed over at start (``SocketActivation/sockets(environment:pid:)``),
+    /// the same on every reload.
+    public init(
+        options: ServeOptions,
+        environment: [String: String] = ProcessInfo.processInfo.environment,
+        inherited: [InheritedSocket] = []
+    ) throws {
         self.options = options
-        self.listenText = options.listen.isEmpty && options.listenTLS.isEmpty ? [Self.defaultListen] : options.listen
+        self.inherited = inherited
+        let inheritedListeners = inherited.contains { $0.role != .admin }
+        self.listenText =
+            options.listen.isEmpty && options.listenTLS.isEmpty && !inheritedListeners
+            ? [Self.defaultListen] : options.listen
         self.listen = try self.listenText.map(Self.parseListen)
         self.listenTLSText = options.listenTLS
         self.listenTLS = try options.listenTLS.map { try Self.parseListen($0, option: "--listen-tls") }
+        let inheritedPlain = inherited.filter { $0.role == .proxy }.map { ($0.description, $0.address) }
+        let inheritedTLS = inherited.filter { $0.role == .tls }.map { ($0.description, $0.address) }
+        let hasTLSListener = !self.listenTLS.isEmpty || !inheritedTLS.isEmpty
+        let plainListeners = self.listenText + inheritedPlain.map(\.0)
         switch (options.tlsCert, options.tlsKey) {
         case (let certificate?, let key?):
-            guard !self.listenTLS.isEmpty else {
+            guard hasTLSListener else {
                 throw ServeError(
                     "--tls-cert and --tls-key are for --listen-tls: add a TLS listener (--listen-tls HOST:PORT)"
                 )
             }
             self.tls = TLSFiles(certificate: certificate, key: key, clientCA: options.tlsClientCA)
         case (nil, nil):
-            guard self.listenTLS.isEmpty else {
+            guard !hasTLSListener else {
                 throw ServeError(
                     "--listen-tls needs the proxy's certificate and key: --tls-cert FILE --tls-key FILE (PEM)"
                 )
@@ -98,7 +117,9 @@ public struct ServerConfiguration: Sendable {
             guard !proxy.authSchemes.isEmpty else { throw ServeError("--auth needs at least one scheme, or none") }
         }
         if proxy.authSchemes.isEmpty, !(options.allowOpenProxy ?? false) {
-            let every = Array(zip(self.listenText, self.listen)) + Array(zip(self.listenTLSText, self.listenTLS))
+            let every =
+                Array(zip(self.listenText, self.listen)) + Array(zip(self.listenTLSText, self.listenTLS))
+                + inheritedPlain + inheritedTLS
             if let open = every.first(where: { !Self.isLoopback($0.1) }) {
                 throw ServeError(
                     "refusing to run without authentication on \(open.0), which is not a loopback address: anyone who can reach it could use this proxy. Use --auth basic, listen on 127.0.0.1/[::1], or pass --allow-open-proxy if that is really what you want."
@@ -160,21 +181,21 @@ public struct ServerConfiguration: Sendable {
             proxy.ntlm = Self.ntlmSettings(realm: realm)
         }
         proxy.stripRealm = options.stripRealm ?? false
-        self.tls = try Self.clientCertificates(options, tls: self.tls, plainListeners: self.listenText, &proxy)
+        self.tls = try Self.clientCertificates(options, tls: self.tls, plainListeners: plainListeners, &proxy)
         try Self.applyHTTP2(options, tls: &self.tls, &proxy)
         if options.basicRequiresTLS == true {
             guard proxy.authSchemes.contains(.basic) else {
                 throw ServeError("--basic-requires-tls is about Basic, which --auth does not offer")
             }
-            guard !self.listenTLS.isEmpty else {
+            guard hasTLSListener else {
                 throw ServeError(
                     "--basic-requires-tls needs a TLS listener (--listen-tls), or Basic is offered nowhere"
                 )
             }
-            guard proxy.authSchemes.contains(where: { $0 != .basic && $0 != .certificate }) || self.listen.isEmpty
+            guard proxy.authSchemes.contains(where: { $0 != .basic && $0 != .certificate }) || plainListeners.isEmpty
             else {
                 throw ServeError(
-                    "--basic-requires-tls leaves the plain listeners (--listen \(self.listenText.joined(separator: ", "))) no scheme to offer: drop --listen, or add digest, ntlm or negotiate to --auth"
+                    "--basic-requires-tls leaves the plain listeners (--listen \(plainListeners.joined(separator: ", "))) no scheme to offer: drop --listen, or add digest, ntlm or negotiate to --auth"
                 )
             }
             proxy.basicRequiresTLS = true
@@ -205,6 +226,18 @@ public struct ServerConfiguration: Sendable {
                 )
             }
             self.admin = address
+        }
+        if let socket = inherited.first(where: { $0.role == .admin }) {
+            guard options.admin == nil else {
+                throw ServeError("\(socket.description) is the admin listener: drop --admin, or the inherited socket")
+            }
+            if !Self.isLoopback(socket.address), !(options.allowRemoteAdmin ?? false) {
+                throw ServeError(
+                    "\(socket.description) (admin) is not on a loopback address; metrics tell a lot about who uses this proxy. Bind it to 127.0.0.1/[::1], or pass --allow-remote-admin."
+                )
+            }
+            self.admin = socket.address
+            self.adminSocket = socket.descriptor
         }
         self.accessLogPath = options.accessLog
         if let name = options.accessLogFormat {

@@ -43,12 +43,16 @@ struct Serve: AsyncParsableCommand {
     func run() async throws {
         var configuration: ServerConfiguration
         let commandLine = self.settings
+        let inherited: [InheritedSocket]
         do {
+            // Taken once: a reload keeps serving the same sockets.
+            inherited = try SocketActivation.sockets(environment: ProcessInfo.processInfo.environment, pid: getpid())
+            SocketActivation.forget()
             var options = commandLine
             if let config = self.config {
                 options = try commandLine.layered(over: ServeOptions.load(yamlFile: config))
             }
-            configuration = try ServerConfiguration(options: options)
+            configuration = try ServerConfiguration(options: options, inherited: inherited)
         } catch let error as ServeError {
             throw ValidationError(error.message)
         }
@@ -73,7 +77,10 @@ struct Serve: AsyncParsableCommand {
         if let config = self.config {
             configuration.configPath = config
             reload = {
-                try ServerConfiguration(options: commandLine.layered(over: ServeOptions.load(yamlFile: config)))
+                try ServerConfiguration(
+                    options: commandLine.layered(over: ServeOptions.load(yamlFile: config)),
+                    inherited: inherited
+                )
             }
         }
         do {
