@@ -404,3 +404,57 @@ def test_kerberos_through_negotiate_on_each_stream(launcher, tmp_path, ca, origi
     user = f"{os.environ['PORTCULLIS_TEST_KRB5_USER']}@{os.environ['PORTCULLIS_TEST_KRB5_REALM']}"
     assert {(r["user"], r["auth_scheme"], r["listener"]) for r in access_records(tmp_path / "access.log")} == {
         (user, "negotiate", "h2")}
+
+
+def read_to_eof(s: ssl.SSLSocket, timeout: float) -> bool:
+    """Whether the proxy closed the connection within `timeout` (everything before is dropped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            if not s.recv(65536):
+                return True
+        except (socket.timeout, TimeoutError):
+            continue
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLError, OSError):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("bad", ["data-on-stream-0", "bad-preface"])
+def test_a_goaway_for_an_error_is_followed_by_the_close(h2_proxy, ca, bad):
+    """RFC 9113 §5.4.1: after a GOAWAY for a connection error the proxy closes the connection
+    (it used to stay open until the idle timeout, and a Go client hung on it)."""
+    if bad == "bad-preface":
+        context = ssl.create_default_context(cafile=str(ca.cert))
+        context.set_alpn_protocols(["h2"])
+        s = context.wrap_socket(socket.create_connection(("127.0.0.1", h2_proxy.tls_port), timeout=10),
+                                server_hostname="localhost")
+        s.sendall(b"CONNECT x.test:443 HTTP/1.1\r\n\r\n")  # 24 bytes at least: not the preface
+    else:
+        s = raw_h2(h2_proxy.tls_port, ca)
+        s.sendall(frame(0, 0, 0, b"x"))  # DATA on the connection's stream: PROTOCOL_ERROR
+    started = time.monotonic()
+    assert read_to_eof(s, 5), "the connection stayed open after the GOAWAY"
+    assert time.monotonic() - started < 2
+    s.close()
+    assert h2_proxy.running()
+
+
+def test_a_client_that_closes_its_connection_ends_it_and_its_tunnels(h2_proxy, ca, echo_origin):
+    """HTTP/2 has no half-close: a client that closed its side is gone, and the proxy closes the
+    connection and the tunnels on it (they used to sit in CLOSE-WAIT until the idle timeout)."""
+    c = Client(h2_proxy.tls_port, ca)
+    stream = c.request("CONNECT", f"127.0.0.1:{echo_origin.port}", auth=basic(), end=False)
+    c.pump(lambda: stream in c.headers)
+    assert c.status(stream) == 200
+    c.send(stream, b"ping")
+    c.pump(lambda: bytes(c.data.get(stream, b"")) == b"ping")
+    assert not echo_origin.eof_seen.is_set()
+    c.sock.shutdown(socket.SHUT_WR)  # a FIN without close_notify, as a killed browser sends
+    started = time.monotonic()
+    assert echo_origin.eof_seen.wait(10), "the tunnel stayed open after the client left"
+    # The proxy's close_notify waits 1 s for the client's, which never comes.
+    assert time.monotonic() - started < 3
+    assert read_to_eof(c.sock, 2)
+    c.sock.close()

@@ -58,7 +58,7 @@ enum TLSConnectionSetup {
         // the longer of the client and tunnel idle timeouts.
         let idle = max(shared.configuration.clientIdleTimeout, shared.configuration.tunnelIdleTimeout)
         try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: idle))
-        try channel.pipeline.syncOperations.addHandler(CloseOnIdleHandler())
+        try channel.pipeline.syncOperations.addHandler(HTTP2ConnectionCloser())
         try channel.pipeline.syncOperations.addHandler(TickFlushHandler())
         _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
             mode: .server,
@@ -112,16 +112,95 @@ final class TickFlushHandler: ChannelOutboundHandler {
     }
 }
 
-/// Closes the channel on an idle event (from an `IdleStateHandler` in front of it).
-final class CloseOnIdleHandler: ChannelInboundHandler, Sendable {
+/// Closes an HTTP/2 connection when nothing more can happen on it: on an idle event (from an
+/// `IdleStateHandler` in front of it); when the client's input ends (HTTP/2 has no half-close:
+/// a client that closed its side is gone, and its tunnels with it — left open, the socket sat in
+/// CLOSE-WAIT until the idle timeout); and once a GOAWAY for an error has been written (RFC 9113
+/// §5.4.1: the endpoint MUST then close the TCP connection; NIOHTTP2 writes it and leaves the
+/// closing to the application). It sits between NIOSSL and NIOHTTP2's handler and reads the
+/// frame headers of what NIOHTTP2 writes (``HTTP2FrameWatch``).
+final class HTTP2ConnectionCloser: ChannelDuplexHandler {
     typealias InboundIn = NIOAny
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private var watch = HTTP2FrameWatch()
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is IdleStateHandler.IdleStateEvent {
             context.close(promise: nil)
             return
         }
+        if case .some(.inputClosed) = event as? ChannelEvent {
+            context.fireUserInboundEventTriggered(event)
+            context.close(promise: nil)
+            return
+        }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let bytes = self.unwrapOutboundIn(data)
+        guard self.watch.consume(bytes) else {
+            context.write(data, promise: promise)
+            return
+        }
+        // The GOAWAY leaves first (the flush that follows it sends it), then the connection closes.
+        let written = promise ?? context.eventLoop.makePromise()
+        context.write(data, promise: written)
+        written.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+    }
+}
+
+/// Follows the frames in an HTTP/2 byte stream written in pieces of any size (RFC 9113 §4.1: a
+/// 9-byte header — 24-bit length, type, flags, stream — then the payload) and reports a GOAWAY
+/// whose error code is not NO_ERROR.
+struct HTTP2FrameWatch {
+    private static let headerLength = 9
+    private static let goAway: UInt8 = 0x7
+
+    /// Bytes of the frame header read so far.
+    private var header: [UInt8] = []
+    /// Payload bytes of the current frame still to come.
+    private var remaining = 0
+    /// In a GOAWAY: its first 8 payload bytes (last stream id, error code).
+    private var goAwayPayload: [UInt8]?
+    private(set) var sawErrorGoAway = false
+
+    /// Reads `bytes`; true when they complete a GOAWAY for an error (once).
+    mutating func consume(_ bytes: ByteBuffer) -> Bool {
+        var reported = false
+        var view = bytes.readableBytesView[...]
+        while !view.isEmpty {
+            if self.header.count < Self.headerLength {
+                let take = min(Self.headerLength - self.header.count, view.count)
+                self.header.append(contentsOf: view.prefix(take))
+                view = view.dropFirst(take)
+                guard self.header.count == Self.headerLength else { continue }
+                self.remaining = Int(self.header[0]) << 16 | Int(self.header[1]) << 8 | Int(self.header[2])
+                self.goAwayPayload = self.header[3] == Self.goAway ? [] : nil
+                if self.remaining == 0 { self.frameEnded() }
+                continue
+            }
+            let take = min(self.remaining, view.count)
+            if var payload = self.goAwayPayload, payload.count < 8 {
+                payload.append(contentsOf: view.prefix(min(take, 8 - payload.count)))
+                self.goAwayPayload = payload
+                if payload.count == 8, !self.sawErrorGoAway, payload[4..<8] != [0, 0, 0, 0] {
+                    self.sawErrorGoAway = true
+                    reported = true
+                }
+            }
+            view = view.dropFirst(take)
+            self.remaining -= take
+            if self.remaining == 0 { self.frameEnded() }
+        }
+        return reported
+    }
+
+    private mutating func frameEnded() {
+        self.header.removeAll(keepingCapacity: true)
+        self.goAwayPayload = nil
     }
 }
 

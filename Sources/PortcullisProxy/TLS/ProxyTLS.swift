@@ -1,5 +1,6 @@
 import Foundation
 import NIOConcurrencyHelpers
+import NIOCore
 import NIOSSL
 
 /// The files a TLS listener serves with: `--tls-cert` (PEM, the leaf first, then its chain)
@@ -74,6 +75,9 @@ public final class ProxyTLS: Sendable {
     }
 
     /// TLS 1.2 and 1.3; for 1.2 only forward-secret AEAD suites (1.3's are all of that kind).
+    /// How long a closing connection waits for the client's close_notify.
+    static let shutdownTimeout: TimeAmount = .seconds(1)
+
     static let cipherSuites: [NIOTLSCipher] = [
         .TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, .TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
         .TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, .TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
@@ -88,7 +92,9 @@ public final class ProxyTLS: Sendable {
         do {
             chain = try NIOSSLCertificate.fromPEMFile(files.certificate)
         } catch {
-            throw TLSSetupError(description: "--tls-cert \(files.certificate): \(Self.reason(error, file: files.certificate))")
+            throw TLSSetupError(
+                description: "--tls-cert \(files.certificate): \(Self.reason(error, file: files.certificate))"
+            )
         }
         guard let leaf = chain.first else {
             throw TLSSetupError(description: "--tls-cert \(files.certificate): no PEM certificate in it")
@@ -99,7 +105,8 @@ public final class ProxyTLS: Sendable {
             key = try NIOSSLPrivateKey(file: files.key, format: .pem) { (_: NIOSSLPassphraseSetter<[UInt8]>) in }
         } catch {
             throw TLSSetupError(
-                description: "--tls-key \(files.key): \(Self.reason(error, file: files.key)) (a PEM private key, not encrypted)"
+                description:
+                    "--tls-key \(files.key): \(Self.reason(error, file: files.key)) (a PEM private key, not encrypted)"
             )
         }
         var configuration = TLSConfiguration.makeServerConfiguration(
@@ -109,6 +116,10 @@ public final class ProxyTLS: Sendable {
         configuration.minimumTLSVersion = .tlsv12
         configuration.cipherSuiteValues = Self.cipherSuites
         configuration.applicationProtocols = Self.applicationProtocols(http2: files.http2)
+        // After its close_notify the proxy waits this long for the client's before closing the
+        // socket (TLS does not require the wait; NIOSSL's default is 5 s). A client that dropped
+        // its connection never sends one: its HTTP/2 tunnels would stay open that long.
+        configuration.shutdownTimeout = Self.shutdownTimeout
         if let clientCA = files.clientCA {
             let authorities: [NIOSSLCertificate]
             do {
@@ -140,7 +151,8 @@ public final class ProxyTLS: Sendable {
         let expiry = Date(timeIntervalSince1970: TimeInterval(leaf.notValidAfter))
         return Loaded(
             context: context,
-            summary: "subject \(subject.isEmpty ? "-" : subject), serial \(serial), expires \(expiry.formatted(.iso8601))",
+            summary:
+                "subject \(subject.isEmpty ? "-" : subject), serial \(serial), expires \(expiry.formatted(.iso8601))",
             serial: serial
         )
     }
