@@ -49,6 +49,13 @@ public struct DigestAlgorithm: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// Lower-case hex of the hash of `bytes`.
+    public func hex(bytes: [UInt8]) -> String {
+        bytes.withUnsafeBufferPointer { bytes in
+            String(unsafeUninitializedCapacity: self.hexLength) { self.hex(of: bytes, into: $0) }
+        }
+    }
+
     static func hex<D: Sequence>(_ digest: D) -> String where D.Element == UInt8 {
         let bytes = Array(digest)
         return String(unsafeUninitializedCapacity: bytes.count * 2) { out in

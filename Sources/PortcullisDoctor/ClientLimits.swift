@@ -63,9 +63,9 @@ enum ClientLimits {
                     ClientLimit(
                         status: .warn,
                         message:
-                            "Java's HttpURLConnection hashes a Digest password as ISO-8859-1 bytes, whatever charset the proxy names\(latin1 ? "" : "; this password has characters outside ISO-8859-1, which it cannot send at all"); HttpClient has no Digest",
+                            "Java's HttpURLConnection hashes a Digest password as ISO-8859-1 bytes, whatever charset the proxy names\(latin1 ? " (Portcullis keeps that hash too for a password set with --digest since schema version 3; most proxies do not)" : "; this password has characters outside ISO-8859-1, which it cannot send at all"); HttpClient has no Digest",
                         fix: latin1
-                            ? "use Basic over TLS, or a password of ASCII characters"
+                            ? "on Portcullis set the password again (users passwd NAME --digest); elsewhere use Basic over TLS, or a password of ASCII characters"
                             : "use a password of ISO-8859-1 (better: ASCII) characters, or Basic over TLS"
                     )
                 )

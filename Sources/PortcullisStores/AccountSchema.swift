@@ -6,6 +6,9 @@
 /// - `audit`: who changed what, when, from where — never a secret.
 /// - `digest`: per algorithm, the user hash and HA1 of users enrolled for Digest, and the
 ///   previous HA1 during a rotation's grace (password-equivalent for the realm).
+/// - `digest_latin1`: the HA1 over the Latin-1 bytes of a password whose Latin-1 and UTF-8 bytes
+///   differ (Java hashes those), and the previous one during a rotation's grace; rows follow
+///   `digest`'s.
 /// - `ntlm`: the NT hash of users enrolled for NTLM, and the previous one during a rotation's
 ///   grace (password-equivalent wherever NTLM is accepted).
 /// - `secrets`: the Digest nonce key shared by every proxy on the database.
@@ -17,8 +20,9 @@
 enum AccountSchema {
     /// What this version of portcullis creates and understands. Raised with every table an older
     /// portcullis would leave stale: version 2 has `ntlm`, and a portcullis that knows only 1
-    /// must refuse it, since a password it changed would leave the old one's NT hash working.
-    static let version = 2
+    /// must refuse it, since a password it changed would leave the old one's NT hash working;
+    /// version 3 has `digest_latin1`, for the same reason.
+    static let version = 3
 
     /// Creates what is missing and records the version, in one transaction. Every statement
     /// may run again (`IF NOT EXISTS`, `ON CONFLICT DO NOTHING`), so databases made by earlier
@@ -81,6 +85,17 @@ enum AccountSchema {
             )
             """,
             "CREATE INDEX IF NOT EXISTS digest_by_userhash ON digest (realm, algorithm, userhash)",
+            """
+            CREATE TABLE IF NOT EXISTS digest_latin1 (
+                realm text NOT NULL,
+                name text NOT NULL,
+                algorithm text NOT NULL,
+                ha1 text,
+                previous_ha1 text,
+                PRIMARY KEY (realm, name, algorithm),
+                FOREIGN KEY (realm, name, algorithm) REFERENCES digest (realm, name, algorithm) ON DELETE CASCADE
+            )
+            """,
             "CREATE TABLE IF NOT EXISTS secrets (name text PRIMARY KEY, value \(d.bytes) NOT NULL)",
             """
             CREATE TABLE IF NOT EXISTS ntlm (

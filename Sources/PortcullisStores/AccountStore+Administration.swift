@@ -100,22 +100,59 @@ extension AccountStore {
     private func writeDigestSecrets(_ name: String, password: String, enroll: Bool, keepPrevious: Bool)
         -> [SQLStatement]
     {
-        DigestEnrollment.make(name: name, realm: self.realm, password: password).map { entry in
-            SQLStatement(
-                """
-                INSERT INTO digest (realm, name, algorithm, userhash, ha1, previous_ha1)
-                SELECT ?, ?, ?, ?, ?, NULL
-                WHERE ? OR EXISTS (SELECT 1 FROM digest WHERE realm = ? AND name = ?)
-                ON CONFLICT (realm, name, algorithm) DO UPDATE SET
-                    previous_ha1 = CASE WHEN ? THEN digest.ha1 ELSE NULL END,
-                    ha1 = excluded.ha1, userhash = excluded.userhash
-                """,
-                [
-                    .text(self.realm), .text(name), .text(entry.hash.rawValue), .text(entry.userhash), .text(entry.ha1),
-                    .bool(enroll), .text(self.realm), .text(name), .bool(keepPrevious),
-                ]
-            )
+        DigestEnrollment.make(name: name, realm: self.realm, password: password).flatMap { entry in
+            [
+                self.writeHA1(name, entry, enroll: enroll, keepPrevious: keepPrevious),
+                self.writeLatin1HA1(name, entry, keepPrevious: keepPrevious),
+            ]
         }
+    }
+
+    private func writeHA1(_ name: String, _ entry: DigestEnrollment, enroll: Bool, keepPrevious: Bool)
+        -> SQLStatement
+    {
+        SQLStatement(
+            """
+            INSERT INTO digest (realm, name, algorithm, userhash, ha1, previous_ha1)
+            SELECT ?, ?, ?, ?, ?, NULL
+            WHERE ? OR EXISTS (SELECT 1 FROM digest WHERE realm = ? AND name = ?)
+            ON CONFLICT (realm, name, algorithm) DO UPDATE SET
+                previous_ha1 = CASE WHEN ? THEN digest.ha1 ELSE NULL END,
+                ha1 = excluded.ha1, userhash = excluded.userhash
+            """,
+            [
+                .text(self.realm), .text(name), .text(entry.hash.rawValue), .text(entry.userhash), .text(entry.ha1),
+                .bool(enroll), .text(self.realm), .text(name), .bool(keepPrevious),
+            ]
+        )
+    }
+
+    /// The Latin-1 HA1 follows the HA1 (run after it, for an enrolled user only): written when the
+    /// new password has one, else dropped; a rotation keeps the previous one, as for the HA1.
+    private func writeLatin1HA1(_ name: String, _ entry: DigestEnrollment, keepPrevious: Bool) -> SQLStatement {
+        let key: [SQLValue] = [.text(self.realm), .text(name), .text(entry.hash.rawValue)]
+        guard let latin1 = entry.latin1HA1 else {
+            return keepPrevious
+                ? SQLStatement(
+                    """
+                    UPDATE digest_latin1 SET previous_ha1 = ha1, ha1 = NULL
+                    WHERE realm = ? AND name = ? AND algorithm = ?
+                    """,
+                    key
+                )
+                : SQLStatement("DELETE FROM digest_latin1 WHERE realm = ? AND name = ? AND algorithm = ?", key)
+        }
+        return SQLStatement(
+            """
+            INSERT INTO digest_latin1 (realm, name, algorithm, ha1, previous_ha1)
+            SELECT ?, ?, ?, ?, NULL
+            WHERE EXISTS (SELECT 1 FROM digest WHERE realm = ? AND name = ? AND algorithm = ?)
+            ON CONFLICT (realm, name, algorithm) DO UPDATE SET
+                previous_ha1 = CASE WHEN ? THEN digest_latin1.ha1 ELSE NULL END,
+                ha1 = excluded.ha1
+            """,
+            key + [.text(latin1)] + key + [.bool(keepPrevious)]
+        )
     }
 
     /// The NT hash, written for a user enrolled for NTLM — already, or now (`enroll`), with the

@@ -112,9 +112,12 @@ public final class AccountStore<Database: SQLDatabase>: UserAdministration {
     public func digestSecrets(name: String, isUserhash: Bool, hash: DigestAlgorithm.Hash) async -> DigestLookup {
         let lookup = await self.loginRow(
             """
-            SELECT u.name, u.expires_at, u.disabled, u.previous_valid_until, d.ha1, d.previous_ha1
+            SELECT u.name, u.expires_at, u.disabled, u.previous_valid_until, d.ha1, d.previous_ha1,
+                   l.ha1, l.previous_ha1
             FROM users u LEFT JOIN digest d
               ON d.realm = u.realm AND d.name = u.name AND d.algorithm = ?
+            LEFT JOIN digest_latin1 l
+              ON l.realm = d.realm AND l.name = d.name AND l.algorithm = d.algorithm
             WHERE u.realm = ? AND \(isUserhash ? "d.userhash" : "u.name") = ?
             LIMIT 1
             """,
@@ -124,7 +127,16 @@ public final class AccountStore<Database: SQLDatabase>: UserAdministration {
             return lookup == .unavailable ? .unavailable : .unknownUser
         }
         guard let ha1 = row.text(4) else { return .notEnrolled(user: user) }
-        return .found(DigestSecrets(user: user, ha1: ha1, previousHA1: row.text(5), standing: standing))
+        return .found(
+            DigestSecrets(
+                user: user,
+                ha1: ha1,
+                previousHA1: row.text(5),
+                latin1HA1: row.text(6),
+                previousLatin1HA1: row.text(7),
+                standing: standing
+            )
+        )
     }
 
     public func ntlmSecrets(name: String) async -> NTLMLookup {

@@ -38,12 +38,26 @@ public struct DigestSecrets: Sendable, Hashable {
     public var ha1: String
     /// The HA1 of the secret before the last rotation, valid until `standing.previousValidUntil`.
     public var previousHA1: String?
+    /// The HA1 over the Latin-1 bytes of `user:realm:password`, kept when they differ from the
+    /// UTF-8 ones (``DigestEnrollment/latin1HA1``): Java's `HttpURLConnection` hashes those,
+    /// whatever `charset=UTF-8` says. And the previous secret's, during a rotation's grace.
+    public var latin1HA1: String?
+    public var previousLatin1HA1: String?
     public var standing: AccountStanding
 
-    public init(user: String, ha1: String, previousHA1: String? = nil, standing: AccountStanding = .init()) {
+    public init(
+        user: String,
+        ha1: String,
+        previousHA1: String? = nil,
+        latin1HA1: String? = nil,
+        previousLatin1HA1: String? = nil,
+        standing: AccountStanding = .init()
+    ) {
         self.user = user
         self.ha1 = ha1
         self.previousHA1 = previousHA1
+        self.latin1HA1 = latin1HA1
+        self.previousLatin1HA1 = previousLatin1HA1
         self.standing = standing
     }
 }
@@ -326,16 +340,34 @@ public struct DigestEnrollment: Sendable, Hashable {
     public var hash: DigestAlgorithm.Hash
     public var userhash: String
     public var ha1: String
+    /// The HA1 over the ISO-8859-1 bytes of `name:realm:password`, when every character has one
+    /// and they differ from the UTF-8 bytes (a character from U+0080 to U+00FF): what Java's
+    /// `HttpURLConnection` computes, ignoring `charset=UTF-8`. Never kept when the two agree.
+    public var latin1HA1: String?
 
     /// One per hash algorithm.
     public static func make(name: String, realm: String, password: String) -> [DigestEnrollment] {
-        DigestAlgorithm.Hash.allCases.map { hash in
+        let text = "\(name):\(realm):\(password)"
+        let latin1 = Self.latin1Bytes(text)
+        return DigestAlgorithm.Hash.allCases.map { hash in
             let algorithm = DigestAlgorithm(hash: hash)
             return DigestEnrollment(
                 hash: hash,
                 userhash: algorithm.hex("\(name):\(realm)"),
-                ha1: algorithm.hex("\(name):\(realm):\(password)")
+                ha1: algorithm.hex(text),
+                latin1HA1: latin1.map { algorithm.hex(bytes: $0) }
             )
         }
+    }
+
+    /// The ISO-8859-1 bytes of `text` if it has them and they are not its UTF-8 bytes.
+    static func latin1Bytes(_ text: String) -> [UInt8]? {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(text.unicodeScalars.count)
+        for scalar in text.unicodeScalars {
+            guard scalar.value <= 0xFF else { return nil }
+            bytes.append(UInt8(scalar.value))
+        }
+        return bytes.elementsEqual(text.utf8) ? nil : bytes
     }
 }

@@ -20,7 +20,8 @@ extension GateStateMachineTests {
         algorithm: String = "SHA-256",
         nonce: String? = nil,
         nc: Int = 1,
-        opaque: String? = nil
+        opaque: String? = nil,
+        ha1 given: String? = nil
     ) throws -> String {
         let authority = try #require(env.digest)
         let a = try #require(DigestAlgorithm(token: algorithm))
@@ -34,7 +35,7 @@ extension GateStateMachineTests {
         let draft =
             "Digest " + (parts + ["response=\"\(String(repeating: "0", count: a.hexLength))\""]).joined(separator: ", ")
         let parsed = try DigestAuthorization.parse(draft).get()
-        let ha1 = a.hex("\(user):\(realm):\(password)")
+        let ha1 = given ?? a.hex("\(user):\(realm):\(password)")
         parts.append("response=\"\(authority.expectedResponse(parsed, ha1: ha1, method: method))\"")
         return "Digest " + parts.joined(separator: ", ")
     }
@@ -86,6 +87,48 @@ extension GateStateMachineTests {
         #expect(env.throttleCalls == ["check", "check", "begin(alice)", "succeeded"])
         #expect(env.counters.value("portcullis_credential_cache_total", [("result", "hit")]) == 1)
         #expect(self.outcomes(env, scheme: "digest", reason: "ok") == 1)
+    }
+
+    /// Java's HttpURLConnection hashes the Latin-1 bytes of `user:realm:password`: its answer
+    /// matches the Latin-1 HA1 the store keeps, current or (during a grace) previous.
+    @Test func anAnswerOverTheLatin1BytesOfThePasswordIsAllowed() throws {
+        let a = DigestAlgorithm(hash: .sha256)
+        let latin1 = { (text: String) in a.hex(bytes: text.unicodeScalars.map { UInt8($0.value) }) }
+        for (current, previous, answered, allowed) in [
+            ("pässe", nil, "pässe", true), ("nöu", "pässe", "pässe", true), ("nöu", nil, "pässe", false),
+        ] as [(String, String?, String, Bool)] {
+            var gate = GateStateMachine()
+            let env = FakeGateEnvironment()
+            var standing = AccountStanding()
+            standing.previousValidUntil = previous == nil ? nil : env.currentDate.addingTimeInterval(60)
+            let secrets = DigestSecrets(
+                user: "alice",
+                ha1: a.hex("alice:R:\(current)"),
+                previousHA1: previous.map { a.hex("alice:R:\($0)") },
+                latin1HA1: latin1("alice:R:\(current)"),
+                previousLatin1HA1: previous.map { latin1("alice:R:\($0)") },
+                standing: standing
+            )
+            self.cacheSecrets(env, .found(secrets))
+            let field = try self.digestField(env, ha1: latin1("alice:R:\(answered)"))
+            let action = gate.startRequest(try self.request(field), in: env)
+            if allowed {
+                guard case .allow(let record, _) = action else {
+                    Issue.record("\(current)/\(String(describing: previous)): \(action)")
+                    continue
+                }
+                #expect(record.user == "alice")
+            } else {
+                #expect(
+                    self.seen(action)
+                        == .refuse(
+                            self.record("invalid-credentials", scheme: "digest"),
+                            self.challenge(env, Self.wrongDigest),
+                            close: false
+                        )
+                )
+            }
+        }
     }
 
     /// Noted once per connection and user (not a throttle lock and a store write per request);

@@ -101,6 +101,53 @@ import Testing
         }
     }
 
+    /// Java's HttpURLConnection hashes the Latin-1 bytes of `user:realm:password`: a password
+    /// whose Latin-1 and UTF-8 bytes differ also keeps that HA1, which follows every change.
+    @Test(arguments: StoreKind.available)
+    func aLatin1HA1IsKeptOnlyWhenItDiffersAndFollowsThePassword(_ kind: StoreKind) async throws {
+        try await kind.withStore { f in
+            let store = f.store
+            let sha256 = DigestAlgorithm(hash: .sha256)
+            func latin1(_ text: String) -> String { sha256.hex(bytes: text.unicodeScalars.map { UInt8($0.value) }) }
+            func secrets(_ name: String) async throws -> DigestSecrets {
+                let lookup = await store.digestSecrets(name: name, isUserhash: false, hash: .sha256)
+                guard let found = Self.found(lookup) else { throw StoreError("no Digest secrets for \(name)") }
+                return found
+            }
+            try await store.add("java", password: "pässwörd", groups: [], cost: 4, digest: true, by: actor)
+            try await store.add("ascii", password: "plain", groups: [], cost: 4, digest: true, by: actor)
+            try await store.add("euro", password: "prix€", groups: [], cost: 4, digest: true, by: actor)
+            let java = try await secrets("java")
+            #expect(java.ha1 == sha256.hex("java:R:pässwörd"))
+            #expect(java.latin1HA1 == latin1("java:R:pässwörd") && java.latin1HA1 != java.ha1)
+            // Never stored when the bytes agree, or when there are no Latin-1 bytes.
+            #expect(try await secrets("ascii").latin1HA1 == nil)
+            #expect(try await secrets("euro").latin1HA1 == nil)
+            #expect(try await f.everything().components(separatedBy: latin1("java:R:pässwörd")).count == 2)
+            // A rotation keeps the previous one for its grace, like the HA1.
+            try await store.rotate("java", password: "nöu", grace: 60, cost: 4, by: actor)
+            var rotated = try await secrets("java")
+            #expect(rotated.latin1HA1 == latin1("java:R:nöu"))
+            #expect(rotated.previousLatin1HA1 == latin1("java:R:pässwörd"))
+            // Rotated to a password without one: the current goes, the previous stays for the grace.
+            try await store.rotate("java", password: "ascii-now", grace: 60, cost: 4, by: actor)
+            rotated = try await secrets("java")
+            #expect(rotated.latin1HA1 == nil && rotated.previousLatin1HA1 == latin1("java:R:nöu"))
+            // A password change ends any grace: nothing Latin-1 is left.
+            try await store.setPassword("java", password: "again", cost: 4, by: actor)
+            let changed = try await secrets("java")
+            #expect(changed.latin1HA1 == nil && changed.previousLatin1HA1 == nil)
+            #expect(try await !f.everything().contains(latin1("java:R:nöu")))
+            // A user not enrolled for Digest gets none.
+            try await store.add("basic", password: "pässwörd", cost: 4, by: actor)
+            #expect(try await !f.everything().contains(latin1("basic:R:pässwörd")))
+            try await store.setPassword("ascii", password: "é", cost: 4, by: actor)
+            #expect(try await secrets("ascii").latin1HA1 == latin1("ascii:R:é"))
+            try await store.remove("ascii", by: actor)
+            #expect(try await !f.everything().contains(latin1("ascii:R:é")), "Latin-1 HA1 rows outlived the user")
+        }
+    }
+
     /// A client certificate's user: the account as stored, with its standing; nothing else.
     @Test(arguments: StoreKind.available)
     func anAccountIsFoundByItsExactNameWithItsStanding(_ kind: StoreKind) async throws {
@@ -111,11 +158,15 @@ import Testing
             #expect(await store.account(named: "Carol") == .unknownUser, "a name matches as stored, as for Basic")
             #expect(await store.account(named: "nobody") == .unknownUser)
             try await store.setDisabled("carol", true, by: actor)
-            #expect(await store.account(named: "carol") == .found(user: "carol", standing: AccountStanding(disabled: true)))
+            #expect(
+                await store.account(named: "carol") == .found(user: "carol", standing: AccountStanding(disabled: true))
+            )
             let end = Date(timeIntervalSince1970: 1_900_000_000)
             try await store.setDisabled("carol", false, by: actor)
             try await store.setExpiry("carol", at: end, by: actor)
-            #expect(await store.account(named: "carol") == .found(user: "carol", standing: AccountStanding(expiresAt: end)))
+            #expect(
+                await store.account(named: "carol") == .found(user: "carol", standing: AccountStanding(expiresAt: end))
+            )
         }
     }
 
@@ -217,13 +268,32 @@ import Testing
         try await kind.withStore { f in
             try await f.store.add("old", password: "old-pass", cost: 4, by: actor)
             try await f.execute("DROP TABLE ntlm")
+            try await f.execute("DROP TABLE digest_latin1")
             try await f.execute("UPDATE schema_version SET version = 1")
             let upgraded = try await f.open("R")
-            #expect(try await f.query("SELECT version FROM schema_version") == [SQLRow([.integer(2)])])
+            #expect(try await f.query("SELECT version FROM schema_version") == [SQLRow([.integer(3)])])
             #expect(await upgraded.verify(user: "old", password: "old-pass") == .accepted(user: "old", validFor: nil))
             #expect(await upgraded.ntlmSecrets(name: "old") == .notEnrolled(user: "old"))
             try await upgraded.setPassword("old", password: "new", cost: 4, digest: false, ntlm: true, by: actor)
             #expect(await Self.found(upgraded.ntlmSecrets(name: "old"))?.ntHash == NTHash(password: "new"))
+        }
+    }
+
+    /// Version 2 had no Latin-1 HA1s: the table is added, and a Digest user gets one with the
+    /// next password that needs it (the old password is not known to make it sooner).
+    @Test(arguments: StoreKind.available)
+    func aVersion2DatabaseGetsTheLatin1Table(_ kind: StoreKind) async throws {
+        try await kind.withStore { f in
+            try await f.store.add("dig", password: "pässe", groups: [], cost: 4, digest: true, by: actor)
+            try await f.execute("DROP TABLE digest_latin1")
+            try await f.execute("UPDATE schema_version SET version = 2")
+            let upgraded = try await f.open("R")
+            #expect(try await f.query("SELECT version FROM schema_version") == [SQLRow([.integer(3)])])
+            let before = await Self.found(upgraded.digestSecrets(name: "dig", isUserhash: false, hash: .md5))
+            #expect(before?.ha1 == DigestAlgorithm(hash: .md5).hex("dig:R:pässe") && before?.latin1HA1 == nil)
+            try await upgraded.setPassword("dig", password: "nöw", cost: 4, by: actor)
+            let after = await Self.found(upgraded.digestSecrets(name: "dig", isUserhash: false, hash: .md5))
+            #expect(after?.latin1HA1 == DigestAlgorithm(hash: .md5).hex(bytes: [UInt8]("dig:R:n".utf8) + [0xF6, 0x77]))
         }
     }
 

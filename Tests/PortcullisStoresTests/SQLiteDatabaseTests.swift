@@ -44,7 +44,7 @@ import Testing
             try await store.setPassword("old", password: "nt-pass", cost: 4, digest: false, ntlm: true, by: actor)
             #expect(try await store.list().map(\.ntlm) == [false, true])
             let version = try await old.query(SQLStatement("SELECT version FROM schema_version"))
-            #expect(version == [SQLRow([.integer(2)])])
+            #expect(version == [SQLRow([.integer(3)])])
         }
     }
 

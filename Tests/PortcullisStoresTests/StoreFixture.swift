@@ -105,7 +105,7 @@ extension StoreKind {
 
     private static func everything(in database: some SQLDatabase) async throws -> String {
         var text = ""
-        for table in ["users", "audit", "digest", "ntlm", "meta", "secrets", "schema_version"] {
+        for table in ["users", "audit", "digest", "digest_latin1", "ntlm", "meta", "secrets", "schema_version"] {
             for row in try await database.query(SQLStatement("SELECT * FROM \(table)")) { text += "\(row.values)\n" }
         }
         return text

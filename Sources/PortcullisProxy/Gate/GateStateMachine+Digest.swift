@@ -149,16 +149,24 @@ extension GateStateMachine {
             hashes = authority.requestHashes(authorization, method: Array(method))
             self.lastRequestHashes = hashes
         }
-        var ha1 = secrets.ha1
-        var matchedCurrent = true
-        if !authority.responseMatches(authorization, ha1: ha1, hashes: hashes) {
-            guard let previous = secrets.previousHA1,
-                authority.responseMatches(authorization, ha1: previous, hashes: hashes)
-            else {
-                return self.reject(request, wrong, user: secrets.user, environment)
-            }
-            ha1 = previous
-            matchedCurrent = false
+        // The password's HA1, its Latin-1 one (Java), then those of the previous password.
+        let ha1: String
+        let matchedCurrent: Bool
+        if authority.responseMatches(authorization, ha1: secrets.ha1, hashes: hashes) {
+            (ha1, matchedCurrent) = (secrets.ha1, true)
+        } else if let latin1 = secrets.latin1HA1, authority.responseMatches(authorization, ha1: latin1, hashes: hashes)
+        {
+            (ha1, matchedCurrent) = (latin1, true)
+        } else if let previous = secrets.previousHA1,
+            authority.responseMatches(authorization, ha1: previous, hashes: hashes)
+        {
+            (ha1, matchedCurrent) = (previous, false)
+        } else if let previous = secrets.previousLatin1HA1,
+            authority.responseMatches(authorization, ha1: previous, hashes: hashes)
+        {
+            (ha1, matchedCurrent) = (previous, false)
+        } else {
+            return self.reject(request, wrong, user: secrets.user, environment)
         }
         // The client knows the secret. A nonce that is not good any more (or an opaque that is
         // not ours) only needs a new nonce: stale=true, and clients retry on their own.
