@@ -13,6 +13,8 @@ public final class ProxyServer: Sendable {
     /// One per listener: a helper collects the children of exactly one server channel.
     private let quiescers = NIOLockedValueBox<[ServerQuiescingHelper]>([])
     private let channels = NIOLockedValueBox<[any Channel]>([])
+    /// Listeners on sockets handed over at start: their listen queue outlives this process's close.
+    private let inheritedChannels = NIOLockedValueBox<Set<ObjectIdentifier>>([])
     private let pools = NIOLockedValueBox<[ObjectIdentifier: NIOLoopBound<UpstreamPool>]>([:])
 
     public init(context: ProxyContext, group: MultiThreadedEventLoopGroup) {
@@ -45,6 +47,9 @@ public final class ProxyServer: Sendable {
                     channel = try await bootstrap.bind(to: listener.address).get()
                 }
                 self.channels.withLockedValue { $0.append(channel) }
+                if listener.socket != nil {
+                    self.inheritedChannels.withLockedValue { _ = $0.insert(ObjectIdentifier(channel)) }
+                }
                 if let local = channel.localAddress { bound.append(Listener(address: local, kind: listener.kind)) }
             }
         } catch {
@@ -169,14 +174,8 @@ public final class ProxyServer: Sendable {
     /// what is still open then is closed with the event loops (tunnels included). Cancelling the
     /// calling task ends the wait at once.
     public func shutdown(grace: TimeAmount) async {
-        await self.stopAccepting()
         let loop = self.group.next()
-        let quiescers = self.quiescers.withLockedValue { $0 }
-        let drained = quiescers.map { quiesce in
-            let promise = loop.makePromise(of: Void.self)
-            quiesce.initiateShutdown(promise: promise)
-            return promise.futureResult
-        }
+        let drained = await self.closeListeners(on: loop)
         let done = loop.makePromise(of: Void.self)
         EventLoopFuture.andAllComplete(drained, on: loop).cascade(to: done)
         let timeout = loop.scheduleTask(in: grace) {
@@ -200,27 +199,92 @@ public final class ProxyServer: Sendable {
 }
 
 extension ProxyServer {
-    /// Stops accepting, then waits until every connection already accepted has finished its
-    /// set-up. NIO's accept handler sets a connection up on the connection's event loop and, back
-    /// on the listener's, drops it if the listener closed meanwhile — unanswered, its request
-    /// unread, so the client gets a reset. Closing the listeners only after that round trip (the
-    /// quiescing helper does it) lets each of those connections be answered.
-    func stopAccepting() async {
-        let listeners = self.channels.withLockedValue { $0 }
-        for listener in listeners {
+    /// Stops accepting, takes what waits in the kernel's listen queue, lets every accepted
+    /// connection finish its set-up, then closes each listener and quiesces its connections
+    /// (the quiescing helper). Returns the futures that complete when each listener's connections
+    /// have all closed.
+    ///
+    /// NIO's accept handler sets a connection up on the connection's event loop and, back on the
+    /// listener's, drops it if the listener closed meanwhile — unanswered, its request unread, a
+    /// reset for the client. And a connection whose handshake completed but that was not accepted
+    /// yet is reset by the kernel when the listener closes. So: reads stop; then, one read at a
+    /// time, what is queued is accepted and set up; a listener closes in the same task that finds
+    /// no connection accepted since its last read (after at most 1 s of rounds, anyway): only a
+    /// connection arriving in that instant can still meet the close.
+    func closeListeners(on loop: any EventLoop) async -> [EventLoopFuture<Void>] {
+        let listeners = Array(
+            zip(self.quiescers.withLockedValue { $0 }, self.channels.withLockedValue { $0 })
+        )
+        for (_, listener) in listeners {
             try? await listener.eventLoop.submit {
                 listener.pipeline.fireUserInboundEventTriggered(AcceptPause.Stop())
             }.get()
             try? await listener.setOption(.autoRead, value: false).get()
         }
-        // Tasks run in order on each loop: a set-up queued before this barrier has run after it,
-        // and its hop back to the listener's loop was queued before the second one.
+        await self.setUpsFinished(listeners.map(\.1))
+        // A handed-over socket stays open in whoever else holds it (the replacement process, the
+        // service manager): what is queued waits for them, so its listener closes now.
+        let inherited = self.inheritedChannels.withLockedValue { $0 }
+        var drained: [EventLoopFuture<Void>] = []
+        for (quiesce, listener) in listeners where inherited.contains(ObjectIdentifier(listener)) {
+            let promise = loop.makePromise(of: Void.self)
+            quiesce.initiateShutdown(promise: promise)
+            drained.append(promise.futureResult)
+        }
+        let deadline = NIODeadline.now() + .seconds(1)
+        var open = listeners.filter { !inherited.contains(ObjectIdentifier($0.1)) }
+        while !open.isEmpty {
+            var counts: [Int] = []
+            for (_, listener) in open {
+                counts.append(await self.acceptedCount(listener))
+                listener.eventLoop.execute { listener.read() }
+            }
+            // The loop handles the listener's readiness before the tasks queued after the read.
+            await self.setUpsFinished(open.map(\.1))
+            var stillOpen: [(ServerQuiescingHelper, any Channel)] = []
+            for ((quiesce, listener), before) in zip(open, counts) {
+                let promise = loop.makePromise(of: Void.self)
+                let closed = try? await listener.eventLoop.submit { () -> Bool in
+                    let pause = try? listener.pipeline.syncOperations.handler(type: AcceptPause.self)
+                    guard pause?.accepted ?? before == before || NIODeadline.now() >= deadline else { return false }
+                    // On the listener's loop: the helper closes it now, in this task.
+                    quiesce.initiateShutdown(promise: promise)
+                    return true
+                }.get()
+                if closed == nil {
+                    // The loop is gone (it cannot be, short of a shutdown race): close anyway.
+                    quiesce.initiateShutdown(promise: promise)
+                    drained.append(promise.futureResult)
+                } else if closed == true {
+                    drained.append(promise.futureResult)
+                } else {
+                    promise.succeed(())
+                    stillOpen.append((quiesce, listener))
+                }
+            }
+            open = stillOpen
+        }
+        return drained
+    }
+
+    /// Tasks run in order on each loop: a set-up queued before this barrier has run after it,
+    /// and its hop back to the listener's loop was queued before the second one.
+    private func setUpsFinished(_ listeners: [any Channel]) async {
+        for listener in listeners {
+            try? await listener.eventLoop.submit {}.get()
+        }
         for loop in self.group.makeIterator() {
             try? await loop.submit {}.get()
         }
         for listener in listeners {
             try? await listener.eventLoop.submit {}.get()
         }
+    }
+
+    private func acceptedCount(_ listener: any Channel) async -> Int {
+        (try? await listener.eventLoop.submit {
+            try listener.pipeline.syncOperations.handler(type: AcceptPause.self).accepted
+        }.get()) ?? 0
     }
 }
 

@@ -28,6 +28,8 @@ final class AcceptPause: ChannelInboundHandler {
     private var burst: (started: NIODeadline, failures: Int)?
     private var resume: Scheduled<Void>?
     private var stopped = false
+    /// Connections accepted on this listener (the drain reads it to know the queue is empty).
+    private(set) var accepted = 0
 
     init(logger: Logger, listener: String) {
         self.logger = logger
@@ -35,6 +37,7 @@ final class AcceptPause: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.accepted &+= 1
         if let burst = self.burst {
             self.burst = nil
             let seconds = Double((NIODeadline.now() - burst.started).nanoseconds / 1_000_000) / 1000
