@@ -86,7 +86,11 @@ extension GateStateMachineTests {
         env.stripsRealm = true
         guard case .acceptNegotiate(let id, _) = gate.startRequest(try self.request(self.negotiate()), in: env)
         else { Issue.record("no leg"); return }
-        let done = gate.negotiateLegFinished(id, step: .established(principal: principal, localName: localName, token: nil), in: env)
+        let done = gate.negotiateLegFinished(
+            id,
+            step: .established(principal: principal, localName: localName, token: nil),
+            in: env
+        )
         let record = self.record("ok", scheme: "negotiate", user: user, otherName: otherName)
         #expect(self.seen(done) == .allow(record, authenticationInfo: false))
     }
@@ -117,7 +121,11 @@ extension GateStateMachineTests {
         env.policy = AccessPolicy(rules: [.init(name: "named", action: .allow, users: Set(named))])
         guard case .acceptNegotiate(let id, _) = gate.startRequest(try self.request(self.negotiate()), in: env)
         else { Issue.record("no leg"); return }
-        let done = gate.negotiateLegFinished(id, step: .established(principal: principal, localName: localName, token: nil), in: env)
+        let done = gate.negotiateLegFinished(
+            id,
+            step: .established(principal: principal, localName: localName, token: nil),
+            in: env
+        )
         let later = gate.startRequest(try self.request(), in: env)
         for action in [done, later] {
             switch action {
@@ -160,13 +168,41 @@ extension GateStateMachineTests {
         #expect(!env.throttleCalls.contains("failed"))
     }
 
+    /// libcurl (curl, git) sends the token that established the connection again with every
+    /// request on it; the acceptor would refuse the replay: the connection stays bound instead.
+    @Test func theEstablishingTokenSentAgainKeepsTheConnectionBound() throws {
+        var gate = GateStateMachine()
+        let env = FakeGateEnvironment()
+        env.gate = ProxyAuthGate(realm: "R", schemes: [.negotiate])
+        guard case .acceptNegotiate(let id, _) = gate.startRequest(try self.request(self.negotiate()), in: env)
+        else { Issue.record("no leg"); return }
+        _ = gate.negotiateLegFinished(id, step: .established(principal: "alice@R", localName: nil, token: nil), in: env)
+        for _ in 0..<3 {
+            let again = gate.startRequest(try self.request(self.negotiate()), in: env)
+            #expect(
+                self.seen(again)
+                    == .allow(self.record("ok", scheme: "negotiate", user: "alice@R"), authenticationInfo: false)
+            )
+        }
+        #expect(env.handshakes == 0)
+        // Another token is another authentication.
+        guard case .acceptNegotiate = gate.startRequest(try self.request(self.negotiate([5])), in: env) else {
+            Issue.record("a new token goes to the acceptor")
+            return
+        }
+    }
+
     @Test func aNewTokenOnABoundConnectionAuthenticatesAgain() throws {
         var gate = GateStateMachine()
         let env = FakeGateEnvironment()
         env.gate = ProxyAuthGate(realm: "R", schemes: [.negotiate])
         guard case .acceptNegotiate(let id, _) = gate.startRequest(try self.request(self.negotiate()), in: env)
         else { Issue.record("no leg"); return }
-        _ = gate.negotiateLegFinished(id, step: .established(principal: "alice@R", localName: "alice", token: nil), in: env)
+        _ = gate.negotiateLegFinished(
+            id,
+            step: .established(principal: "alice@R", localName: "alice", token: nil),
+            in: env
+        )
         let again = gate.startRequest(try self.request(self.negotiate([5])), in: env)
         guard case .acceptNegotiate(let id2, _) = again else { Issue.record("\(again)"); return }
         _ = gate.negotiateLegFinished(id2, step: .failed(NegotiateFailure(reason: .gssFailure, detail: "x")), in: env)
@@ -206,7 +242,10 @@ extension GateStateMachineTests {
         var gate = GateStateMachine()
         let env = FakeGateEnvironment()
         env.gate = ProxyAuthGate(realm: "R", schemes: [.negotiate])
-        let action = gate.startRequest(try self.request(self.ntlm(NTLMClient().negotiate(), scheme: "Negotiate")), in: env)
+        let action = gate.startRequest(
+            try self.request(self.ntlm(NTLMClient().negotiate(), scheme: "Negotiate")),
+            in: env
+        )
         guard case .refuse(let record, _, close: false) = action else { Issue.record("\(action)"); return }
         #expect(record.result == "unsupported-mechanism")
     }
@@ -229,7 +268,9 @@ extension GateStateMachineTests {
 
     /// The store's answer, then the NT hash check the gate asks for (run here as the verifier
     /// would run it off the event loop).
-    func found(_ gate: inout GateStateMachine, _ env: FakeGateEnvironment, _ id: CheckID, _ lookup: NTLMLookup) -> Action {
+    func found(_ gate: inout GateStateMachine, _ env: FakeGateEnvironment, _ id: CheckID, _ lookup: NTLMLookup)
+        -> Action
+    {
         let action = gate.ntlmSecretsFound(id, lookup: lookup, now: t0, in: env)
         guard case .verifyNTLM(let check, let pending, let current, let previous) = action else { return action }
         #expect(check == id)

@@ -31,11 +31,16 @@ extension GateStateMachine {
         var generation: UInt64?
         /// The account's expiry or the end of a rotation's grace, when it has one.
         var validUntil: Date?
+        /// Negotiate: the token that established the identity. libcurl (curl, git) sends it
+        /// again with every request on the connection; the Kerberos replay cache refuses it the
+        /// second time, so it is recognised here instead: the same connection, the same token.
+        var establishingToken: [UInt8]? = nil
     }
 
     struct NegotiateLeg {
         var id: CheckID
         var request: Request
+        var token: [UInt8]
     }
 
     /// An NTLM answer being verified against what the store found.
@@ -99,7 +104,7 @@ extension GateStateMachine {
         self.boundIdentity = nil
         if let refusal = self.enterHandshake(request, scheme: .negotiate, environment) { return refusal }
         let id = self.newCheckID()
-        self.transition(to: .acceptingNegotiate(NegotiateLeg(id: id, request: request)))
+        self.transition(to: .acceptingNegotiate(NegotiateLeg(id: id, request: request, token: token)))
         return .acceptNegotiate(id, token)
     }
 
@@ -126,7 +131,8 @@ extension GateStateMachine {
                 otherName: otherName,
                 scheme: .negotiate,
                 generation: nil,
-                validUntil: nil
+                validUntil: nil,
+                establishingToken: leg.token
             )
             return self.accepted(
                 leg.request,

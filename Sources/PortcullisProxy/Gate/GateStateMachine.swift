@@ -239,6 +239,12 @@ struct GateStateMachine {
         }
         switch decision {
         case .negotiate(let token):
+            // The token that bound this connection, sent again (libcurl does): still bound.
+            if let bound = self.boundIdentity, bound.scheme == .negotiate, bound.establishingToken == token,
+                let continued = self.continueBound(request, in: environment)
+            {
+                return continued
+            }
             return self.startNegotiate(request, token: token, in: environment)
         case .ntlm(let message, let wireScheme):
             return self.startNTLM(request, message: message, wireScheme: wireScheme, in: environment)
