@@ -121,7 +121,12 @@ public enum PortcullisService {
             }
             store = source
             if let settings = configuration.digest {
-                let key = try await Self.nonceKey(configuration, store: source.store, threadPool: threadPool)
+                let key = try await Self.nonceKey(
+                    configuration,
+                    store: source.store,
+                    threadPool: threadPool,
+                    logger: logger
+                )
                 digest = DigestAuthority(settings: settings, key: key)
                 await Self.warnIfNobodyCanUseDigest(source.store, logger: logger)
             }
@@ -428,7 +433,8 @@ public enum PortcullisService {
     private static func nonceKey(
         _ configuration: ServerConfiguration,
         store: any CredentialStore,
-        threadPool: NIOThreadPool
+        threadPool: NIOThreadPool,
+        logger: Logger
     ) async throws -> [UInt8] {
         if let path = configuration.digestSecretFile {
             let data: Data
@@ -445,6 +451,12 @@ public enum PortcullisService {
             return Array(data)
         }
         if let shared = await store.nonceKey() { return shared }
+        if store is any UserAdministration {
+            // A database shares its key with every proxy on it; this one could not read or write it.
+            logger.warning(
+                "the user database's Digest nonce key could not be read or created: this instance uses a key of its own, so its nonces work only here (behind a balancer, Digest clients moved to another instance get a stale 407); check the database role's rights on the secrets table, or give every instance the same --digest-secret-file"
+            )
+        }
         var generator = SystemRandomNumberGenerator()
         return (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
     }
