@@ -26,6 +26,15 @@ enum DescriptorLimit {
         return UInt64(limit.rlim_cur)
     }
 
+    /// Connections that `descriptors` hold with room to spare: two each (client and origin), after
+    /// a reserve of an eighth (at least 64) for idle pooled upstream connections, the user
+    /// database, logs, the PAC evaluator and the runtime's own (libdispatch ends the process when
+    /// it cannot open one).
+    static func connectionCap(descriptors: UInt64) -> Int {
+        let reserve = max(64, descriptors / 8)
+        return Int(max(1, (descriptors - min(descriptors, reserve)) / 2))
+    }
+
     #if canImport(Glibc)
         private static let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
     #else

@@ -74,9 +74,29 @@ public enum PortcullisService {
         reload: Reloader?
     ) async throws {
         let descriptorLimit = DescriptorLimit.raiseSoftToHard()
+        var configuration = configuration
+        if let descriptorLimit {
+            // Connections are refused (503) before the descriptors run out: out of descriptors,
+            // libdispatch's worker monitor fails to open /proc/…/stat, takes the worker for dead
+            // and ends the process (bench/reliability/descriptors.py).
+            let cap = DescriptorLimit.connectionCap(descriptors: descriptorLimit)
+            if configuration.proxy.admission.maximumConnections > cap {
+                if configuration.options.maxConnections != nil {
+                    // The operator's number stands; accepting pauses when descriptors run out.
+                    logger.warning(
+                        "--max-connections \(configuration.proxy.admission.maximumConnections) is more than \(descriptorLimit) descriptors hold with room to spare (\(cap)): running out of descriptors can end the process",
+                        metadata: [
+                            "hint": "raise the hard limit (ulimit -Hn, LimitNOFILE=), or lower --max-connections"
+                        ]
+                    )
+                } else {
+                    configuration.proxy.admission.maximumConnections = cap
+                }
+            }
+        }
         if let descriptorLimit, descriptorLimit < 4096 {
             logger.warning(
-                "few descriptors allowed: at most about \(descriptorLimit / 2) connections at once",
+                "few descriptors allowed: at most \(configuration.proxy.admission.maximumConnections) connections at once",
                 metadata: [
                     "max_open_files": "\(descriptorLimit)", "hint": "raise the hard limit (ulimit -Hn, LimitNOFILE=)",
                 ]

@@ -366,7 +366,7 @@ def test_serve_raises_its_descriptor_soft_limit_to_the_hard_one(launcher, origin
 def test_serve_warns_when_the_hard_descriptor_limit_is_low(launcher, users_file, tmp_path):
     p = _start_with_nofile(launcher, users_file, tmp_path, 512, 1000)
     assert _nofile_limits(p.pid) == (1000, 1000)
-    wait_until(lambda: "few descriptors allowed: at most about 500 connections" in p.stderr.text(), 5)
+    wait_until(lambda: "few descriptors allowed: at most 437 connections at once" in p.stderr.text(), 5)
 
 
 def test_logs_go_to_stderr_not_stdout(launcher, origin):
