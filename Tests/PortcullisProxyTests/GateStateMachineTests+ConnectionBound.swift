@@ -168,8 +168,7 @@ extension GateStateMachineTests {
         #expect(!env.throttleCalls.contains("failed"))
     }
 
-    /// libcurl (curl, git) sends the token that established the connection again with every
-    /// request on it; the acceptor would refuse the replay: the connection stays bound instead.
+    /// The token that established the connection, sent again on it: not a replay to refuse.
     @Test func theEstablishingTokenSentAgainKeepsTheConnectionBound() throws {
         var gate = GateStateMachine()
         let env = FakeGateEnvironment()

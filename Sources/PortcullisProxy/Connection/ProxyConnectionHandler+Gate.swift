@@ -88,6 +88,10 @@ extension ProxyConnectionHandler {
                 case .failure:
                     step = .failed(NegotiateFailure(reason: .gssFailure, detail: "the proxy is shutting down"))
                 }
+                // A security context serves one handshake: once it is established (or failed), a
+                // later token on the connection — libcurl sends a new one with every request — is
+                // a new handshake; fed to the finished context it was refused as invalid.
+                if case .continueNeeded = step {} else { self.negotiateContext = nil }
                 let next = self.gate.negotiateLegFinished(id, step: step, in: self.gateEnvironment)
                 self.carryOut(next, for: exchange)
             }

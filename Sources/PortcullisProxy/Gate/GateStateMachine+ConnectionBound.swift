@@ -31,9 +31,9 @@ extension GateStateMachine {
         var generation: UInt64?
         /// The account's expiry or the end of a rotation's grace, when it has one.
         var validUntil: Date?
-        /// Negotiate: the token that established the identity. libcurl (curl, git) sends it
-        /// again with every request on the connection; the Kerberos replay cache refuses it the
-        /// second time, so it is recognised here instead: the same connection, the same token.
+        /// Negotiate: the token that established the identity. A client that sends it again on
+        /// the connection would meet the Kerberos replay cache; it is recognised here instead:
+        /// the same connection, the same token, the same identity.
         var establishingToken: [UInt8]? = nil
     }
 

@@ -239,7 +239,7 @@ struct GateStateMachine {
         }
         switch decision {
         case .negotiate(let token):
-            // The token that bound this connection, sent again (libcurl does): still bound.
+            // The token that bound this connection, sent again: still bound (not a replay).
             if let bound = self.boundIdentity, bound.scheme == .negotiate, bound.establishingToken == token,
                 let continued = self.continueBound(request, in: environment)
             {
