@@ -25,6 +25,14 @@ command -v tinyproxy >/dev/null || [ -x /usr/bin/tinyproxy ] || need+=(tinyproxy
 [ -e /usr/include/duktape.h ] || need+=(duktape-dev)
 [ -x /usr/sbin/slapd ] || need+=(slapd)
 command -v ldappasswd >/dev/null || need+=(ldap-utils)
+# Real clients of the client matrix (Tests/integration/test_clients_*.py, docs/CLIENTS.md).
+command -v go >/dev/null || need+=(golang-go)
+[ -x /usr/lib/chromium/chromium ] || need+=(chromium)
+command -v javac >/dev/null || need+=(openjdk-17-jdk-headless)
+[ -d /usr/share/nodejs/undici ] || need+=(node-undici)
+# The fleet (examples/fleet) and the graceful-restart scenario: HAProxy in front, nginx origins.
+[ -x /usr/sbin/haproxy ] || need+=(haproxy)
+[ -x /usr/sbin/nginx ] || need+=(nginx-light)
 [ -x /usr/sbin/krb5kdc ] || need+=(krb5-kdc)
 [ -x /usr/sbin/kadmin.local ] || need+=(krb5-admin-server)
 command -v kinit >/dev/null || need+=(krb5-user)
@@ -38,15 +46,17 @@ fi
 # pyspnego (NTLM) and gssapi (Kerberos, built against libkrb5-dev) are the second clients of
 # the Negotiate/NTLM tests; h2 is the HTTP/2 client of the TLS listener's; cryptography reads
 # and makes test certificates.
-python3 - <<'PY' || python3 -m pip install --quiet pytest requests prometheus-client pyspnego gssapi h2 cryptography
-import pytest, requests, prometheus_client, spnego, gssapi, h2, cryptography
+# httpx and aiohttp are clients of the matrix; playwright drives Debian's Chromium (no browser
+# download: the tests pass its executable).
+python3 - <<'PY' || python3 -m pip install --quiet pytest requests prometheus-client pyspnego gssapi h2 cryptography httpx aiohttp playwright
+import pytest, requests, prometheus_client, spnego, gssapi, h2, cryptography, httpx, aiohttp, playwright
 PY
 
 swift build --build-tests
 # Unit and integration tests run with a throwaway PostgreSQL 15 (PORTCULLIS_TEST_POSTGRES_URL)
 # and a throwaway Kerberos KDC (PORTCULLIS_TEST_KRB5_*) up; here their tests must run, never
 # skip: a server that cannot start fails the run.
-export PORTCULLIS_REQUIRE_POSTGRES=1 PORTCULLIS_REQUIRE_KDC=1
+export PORTCULLIS_REQUIRE_POSTGRES=1 PORTCULLIS_REQUIRE_KDC=1 PORTCULLIS_REQUIRE_CLIENTS=1
 PORTCULLIS_BIN="$(swift build --show-bin-path)/portcullis"
 export PORTCULLIS_BIN
 bash scripts/kdc-test-server.sh run bash scripts/postgres-test-server.sh run bash -c '
