@@ -21,7 +21,8 @@ enum AccountSchema {
     /// What this version of portcullis creates and understands. Raised with every table an older
     /// portcullis would leave stale: version 2 has `ntlm`, and a portcullis that knows only 1
     /// must refuse it, since a password it changed would leave the old one's NT hash working;
-    /// version 3 has `digest_latin1`, for the same reason.
+    /// version 3 has `digest_latin1`, for the same reason. Every new table or index raises it: a
+    /// database at this version is not migrated at all (see ``AccountStore``).
     static let version = 3
 
     /// Creates what is missing and records the version, in one transaction. Every statement

@@ -40,7 +40,13 @@ public final class AccountStore<Database: SQLDatabase>: UserAdministration {
         self.threadPool = threadPool
         self.now = now
         do {
-            _ = try await database.transaction(AccountSchema.migration(database.dialect))
+            // A database already at this version is not migrated again: its DDL (even `CREATE …
+            // IF NOT EXISTS`) needs the tables' owner on PostgreSQL, which a proxy's role with
+            // only the rights it uses is not.
+            let current = try? await database.query(SQLStatement("SELECT max(version) FROM schema_version"))
+            if current?.first?.integer(0) != Int64(AccountSchema.version) {
+                _ = try await database.transaction(AccountSchema.migration(database.dialect))
+            }
         } catch let error as StoreError {
             throw error
         } catch {
