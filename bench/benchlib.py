@@ -34,6 +34,24 @@ def wait_port(port: int, timeout: float = 20) -> float:
     raise RuntimeError(f"nothing listens on {port} after {timeout}s")
 
 
+def wait_ready(process: subprocess.Popen, admin: int, timeout: float, name: str, tail) -> float:
+    """Seconds until `process`'s admin listener answers /readyz with 200 (RuntimeError naming
+    `name` with `tail()` if the process exits first or it never does)."""
+    import urllib.request
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}: {tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return time.monotonic() - start
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise RuntimeError(f"{name} not ready after {timeout} s: {tail()}")
+
+
 def spawn(cmd, **kw) -> subprocess.Popen:
     """Start a child with its stdout and stderr discarded, never a pipe left unread: once its
     64 KiB were full, a child that logs blocked in the write and the benchmark measured the

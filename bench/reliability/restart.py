@@ -41,7 +41,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -148,18 +147,7 @@ class Proxy:
 
     def ready(self, timeout: float = 30) -> float:
         """Seconds until /readyz answers 200 (raises if the process died or it never does)."""
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"portcullis exited with {self.process.returncode}: {self.tail()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        return time.monotonic() - start
-            except OSError:
-                pass
-            time.sleep(0.02)
-        raise RuntimeError(f"portcullis not ready after {timeout} s: {self.tail()}")
+        return b.wait_ready(self.process, self.admin, timeout, "portcullis", self.tail)
 
     def tail(self) -> str:
         """The log's last lines, or the first lines of a crash report."""

@@ -174,18 +174,7 @@ class Instance:
 
     def ready(self, timeout: float = 60) -> float:
         """Seconds until /readyz says 200."""
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}: {self.tail()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        return time.monotonic() - start
-            except OSError:
-                pass
-            time.sleep(0.02)
-        raise RuntimeError(f"{self.name} not ready after {timeout} s: {self.tail()}")
+        return b.wait_ready(self.process, self.admin, timeout, self.name, self.tail)
 
     def stop(self, timeout: float = 20) -> tuple[int | None, float]:
         """SIGTERM; (exit code, seconds to exit)."""
