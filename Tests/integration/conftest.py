@@ -73,7 +73,7 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: 1 GiB streaming tests")
+    config.addinivalue_line("markers", "slow: long tests (1 GiB streams, the soak, the store faults)")
 
 
 @pytest.fixture(scope="session", autouse=True)
