@@ -149,6 +149,14 @@ class Proxy:
         """Seconds until /readyz answers 200 (raises if the process died or it never does)."""
         return b.wait_ready(self.process, self.admin, timeout, "portcullis", self.tail)
 
+    def wait_exit(self, timeout: float, since: float) -> tuple[int | None, float]:
+        """The exit code (None if it did not exit within `timeout`) and the seconds from `since`."""
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        return code, time.monotonic() - since
+
     def tail(self) -> str:
         """The log's last lines, or the first lines of a crash report."""
         try:
@@ -405,11 +413,7 @@ def sigterm_under_load(args, work: Path, db: Path, nginx: int, slow: int) -> tup
         tally.t0 = time.monotonic()
         term = tally.t0
         proxy.process.send_signal(signal.SIGTERM)
-        try:
-            code = proxy.process.wait(args.grace + 10)
-        except subprocess.TimeoutExpired:
-            code = None
-        exited = time.monotonic() - term
+        code, exited = proxy.wait_exit(args.grace + 10, since=term)
         time.sleep(0.3)
     finally:
         stop.set()
@@ -469,11 +473,7 @@ def sigterm_under_load(args, work: Path, db: Path, nginx: int, slow: int) -> tup
     assert held.recv(4096).startswith(b"HTTP/1.1 200"), "the held tunnel was refused"
     term = time.monotonic()
     proxy.process.send_signal(signal.SIGTERM)
-    try:
-        code = proxy.process.wait(args.grace + 10)
-    except subprocess.TimeoutExpired:
-        code = None
-    exited = time.monotonic() - term
+    code, exited = proxy.wait_exit(args.grace + 10, since=term)
     held.settimeout(5)
     try:
         closed = held.recv(1) == b""
@@ -525,11 +525,7 @@ def replacement(args, work: Path, db: Path, nginx: int, slow: int) -> tuple[bool
                 term = time.monotonic()
                 old.process.send_signal(signal.SIGTERM)
                 new, ready = start()
-            try:
-                code = old.process.wait(args.grace + 10)
-            except subprocess.TimeoutExpired:
-                code = None
-            drained = time.monotonic() - term
+            code, drained = old.wait_exit(args.grace + 10, since=term)
             for thread, _ in long:
                 thread.join(30)
             slow_results += [r for _, r in long]
